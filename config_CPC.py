@@ -1,0 +1,26 @@
+"""Options for training on CPC (evaluated on FCDB and FLMS), with the paper's defaults.
+
+Same options as ``config_GAICD.Config``; only the defaults that differ are set here.
+Importing this module has no side effects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from config_GAICD import Config as GAICDConfig
+
+
+@dataclass
+class Config(GAICDConfig):
+    training_set: str = field(default="CPC", metadata={"help": "GAICD or CPC"})
+    num_workers: int = field(default=8, metadata={"help": "DataLoader workers"})
+    keep_aspect_ratio: bool = field(default=False, metadata={
+        "help": "resize the shorter side to image_size[0] (else a fixed size)"})
+    batch_size: int = field(default=8, metadata={"help": "images per optimiser step"})
+    max_epoch: int = field(default=30, metadata={"help": "epochs"})
+    view_per_image: int = field(default=16, metadata={"help": "candidate crops sampled per image per step"})
+    display_freq: int = field(default=100, metadata={"help": "log losses every N steps"})
+    visualize_freq: int = field(default=100, metadata={"help": "log image panels every N steps"})
+
+
+cfg = Config()

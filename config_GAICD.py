@@ -1,0 +1,197 @@
+"""Options for training and evaluating on GAICD, with the paper's defaults.
+
+Importing this module has no side effects. Every field can be overridden from the
+command line of any script (``--max_epoch 2 --backbone mobilenetv2``); the data root
+also comes from ``--data-root`` or the ``HCIC_DATA_ROOT`` environment variable.
+Paths left as ``None`` are derived from ``data_root`` in the release's layout.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from untils.config import check_choice
+
+BACKBONES = ("vgg16", "resnet50", "mobilenetv2", "shufflenetv2")
+LOSS_TYPES = ("L1Loss", "RankLoss", "WeightedL1Loss", "LVRLoss")
+DATA_ROOT_ENV = "HCIC_DATA_ROOT"
+
+
+def _default_data_root() -> str:
+    return os.environ.get(DATA_ROOT_ENV, "./dataset")
+
+
+def _opt(help_text: str, default=None, **kwargs):
+    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
+@dataclass
+class Config:
+    # data
+    data_root: str = field(default_factory=_default_data_root, metadata={
+        "help": f"folder holding GAICD/, CPCDataset/, FCDB/, FLMS/ (env {DATA_ROOT_ENV})"})
+    predefined_pkl: Optional[str] = _opt("the 1,745 predefined anchors used on FCDB/FLMS")
+    CPC_path: Optional[str] = _opt("CPC folder")
+    CPC_image: Optional[str] = _opt("CPC images")
+    CPC_anno: Optional[str] = _opt("CPC image_crop.json")
+    CPC_human: Optional[str] = _opt("CPC human_bboxes.json")
+    FCDB_path: Optional[str] = _opt("FCDB folder")
+    FCDB_image: Optional[str] = _opt("FCDB images")
+    FCDB_anno: Optional[str] = _opt("FCDB image_crop.json")
+    FCDB_human: Optional[str] = _opt("FCDB human_bboxes.json")
+    FCDB_split: Optional[str] = _opt("FCDB data_split.json")
+    FLMS_path: Optional[str] = _opt("FLMS folder")
+    FLMS_image: Optional[str] = _opt("FLMS images")
+    FLMS_anno: Optional[str] = _opt("FLMS image_crop.json")
+    FLMS_human: Optional[str] = _opt("FLMS human_bboxes.json")
+    GAIC_path: Optional[str] = _opt("GAICD folder")
+    GAIC_image: Optional[str] = _opt("GAICD images (flat, or with train/ and test/ inside)")
+    GAIC_anno: Optional[str] = _opt("GAICD image_crop.json")
+    GAIC_human: Optional[str] = _opt("GAICD human_bboxes.json")
+    GAIC_split: Optional[str] = _opt("GAICD original_data_split.json")
+    GAIC_human_split: Optional[str] = _opt("GAICD human_data_split.json")
+    heat_map_dir: Optional[str] = _opt("pseudo heat maps, as written by generate_pseudo_heatmap.py")
+    CPC_heat_map: Optional[str] = _opt("CPC pseudo heat maps")
+    GAIC_heat_map: Optional[str] = _opt("GAICD pseudo heat maps")
+
+    heat_map_size: float = _opt("heat map size relative to the input", 1.0 / 4)
+    image_size: tuple[int, int] = _opt("shorter side when keeping the aspect ratio, else (width, height)",
+                                       (256, 256))
+    backbone: str = _opt(f"one of {', '.join(BACKBONES)}", "vgg16")
+    backbone_weight_path: Optional[str] = _opt(
+        "local ImageNet weights for the backbone; None uses torchvision's weights API")
+    pretrained: bool = _opt("start the backbone from ImageNet weights (false: random init)", True)
+
+    # training
+    training_set: str = _opt("GAICD or CPC", "GAICD")
+    loss_type: list[str] = _opt(f"any of {', '.join(LOSS_TYPES)} (default: L1Loss RankLoss)")
+    device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
+    gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
+    num_workers: int = _opt("DataLoader workers", 4)
+    seed: int = _opt("random seed", 0)
+    only_human: bool = _opt("train on the human-centric images only", False)
+    data_augmentation: bool = _opt("flip and colour jitter while training", True)
+    keep_aspect_ratio: bool = _opt("resize the shorter side to image_size[0] (else a fixed size)", True)
+
+    use_partition_aware: bool = _opt("partition-aware feature", True)
+    partition_aware_type: int = _opt("0 (no partition), 1 (human only), 2 (human/background), 9", 9)
+    concat_with_human: bool = _opt("concatenate the person's RoI feature before partitioning", True)
+    visualize_partition_feature: bool = _opt("log partition maps", False)
+
+    use_content_preserve: bool = _opt("content-preserving feature", True)
+    only_content_preserve: bool = _opt("score crops from the content feature alone", False)
+    content_preserve_type: str = _opt("gcn or conv", "gcn")
+    content_loss_weight: float = _opt("weight of the heat map L1 loss", 1.0)
+    visualize_heat_map: bool = _opt("log heat maps", False)
+
+    use_rod_feature: bool = _opt("RoD (discarded content) feature", True)
+    reduced_dim: int = _opt("channels of the reduced feature map", 32)
+
+    batch_size: int = _opt("images per optimiser step", 1)
+    lr_scheduler: str = _opt("cosine or step", "cosine")
+    warmup_epochs: int = _opt("linear warm-up epochs before the cosine schedule", 5)
+    max_epoch: int = _opt("epochs", 80)
+    lr_decay_epoch: Optional[list[int]] = _opt("epochs where the step schedule decays (default: never)")
+    eval_freq: int = _opt("evaluate every N epochs", 1)
+
+    view_per_image: int = _opt("candidate crops sampled per image per step", 64)
+    lr: float = _opt("learning rate", 1e-4)
+    lr_decay: float = _opt("step schedule decay factor", 0.1)
+    weight_decay: float = _opt("Adam weight decay", 1e-4)
+
+    save_freq: Optional[int] = _opt("also keep epoch_N.pth every N epochs (default: never)")
+    display_freq: int = _opt("log losses every N steps", 50)
+    visualize_freq: int = _opt("log image panels every N steps", 50)
+
+    exp_root: str = _opt("folder for experiments", "./experiments")
+    exp_name: Optional[str] = _opt("experiment name (default: derived from the options)")
+
+    def __post_init__(self) -> None:
+        if self.loss_type is None:
+            self.loss_type = ["L1Loss", "RankLoss"]
+        self.image_size = tuple(int(v) for v in self.image_size)
+        root = self.data_root
+        self._derive("predefined_pkl", root, "pdefined_anchors.pkl")
+        self._derive("CPC_path", root, "CPCDataset")
+        self._derive("CPC_image", self.CPC_path, "images")
+        self._derive("CPC_anno", self.CPC_path, "image_crop.json")
+        self._derive("CPC_human", self.CPC_path, "human_bboxes.json")
+        self._derive("FCDB_path", root, "FCDB")
+        self._derive("FCDB_image", self.FCDB_path, "data")
+        self._derive("FCDB_anno", self.FCDB_path, "image_crop.json")
+        self._derive("FCDB_human", self.FCDB_path, "human_bboxes.json")
+        self._derive("FCDB_split", self.FCDB_path, "data_split.json")
+        self._derive("FLMS_path", root, "FLMS")
+        self._derive("FLMS_image", self.FLMS_path, "image")
+        self._derive("FLMS_anno", self.FLMS_path, "image_crop.json")
+        self._derive("FLMS_human", self.FLMS_path, "human_bboxes.json")
+        self._derive("GAIC_path", root, "GAICD")
+        self._derive("GAIC_image", self.GAIC_path, "images")
+        self._derive("GAIC_anno", self.GAIC_path, "image_crop.json")
+        self._derive("GAIC_human", self.GAIC_path, "human_bboxes.json")
+        self._derive("GAIC_split", self.GAIC_path, "original_data_split.json")
+        self._derive("GAIC_human_split", self.GAIC_path, "human_data_split.json")
+        self._derive("heat_map_dir", root, "heat_map_gt")
+        self._derive("CPC_heat_map", self.heat_map_dir, os.path.join("CPC", "mask"))
+        self._derive("GAIC_heat_map", self.heat_map_dir, os.path.join("GAICD", "mask"))
+        self.validate()
+
+    def _derive(self, name: str, folder: str, leaf: str) -> None:
+        if getattr(self, name) is None:
+            setattr(self, name, os.path.join(folder, leaf))
+
+    def validate(self) -> None:
+        check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("training_set", self.training_set, ("GAICD", "CPC"))
+        check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
+        check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
+        check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step"))
+        for loss in self.loss_type:
+            check_choice("loss_type", loss, LOSS_TYPES)
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
+        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
+        if self.only_content_preserve and not self.use_content_preserve:
+            raise ValueError("only_content_preserve=True needs use_content_preserve=True")
+
+    @property
+    def prefix(self) -> str:
+        """The release's experiment name: dataset and the switches that differ from the paper."""
+        prefix = self.training_set + ("-Human" if self.only_human else "")
+        if not self.data_augmentation:
+            prefix += "_wodataaug"
+        if self.reduced_dim != 32:
+            prefix += f"_{self.reduced_dim}redim"
+        if list(self.loss_type) != ["L1Loss", "RankLoss"]:
+            prefix += "".join(f"_{loss}" for loss in self.loss_type if loss != "L1Loss")
+        if self.use_partition_aware:
+            prefix += "_PA" + (f"-{self.partition_aware_type}part" if self.partition_aware_type != 9 else "")
+        if self.use_content_preserve:
+            prefix += "_CP" + (f"-{self.content_preserve_type}" if self.content_preserve_type != "gcn" else "")
+            prefix += "_onlycontent" if self.only_content_preserve else ""
+        if not self.use_rod_feature:
+            prefix += "_woRoD"
+        return prefix
+
+    def create_experiment_dir(self) -> str:
+        """Create ``exp_root/<name>`` (``_repeatN`` appended if taken) with checkpoints/ and logs/."""
+        base = self.exp_name or self.prefix
+        name, repeat = base, 0
+        while True:
+            path = os.path.join(self.exp_root, name)
+            try:
+                os.makedirs(path)
+                break
+            except FileExistsError:
+                repeat += 1
+                name = f"{base}_repeat{repeat}"
+        os.makedirs(os.path.join(path, "checkpoints"))
+        os.makedirs(os.path.join(path, "logs"))
+        self.exp_name = name
+        return path
+
+
+cfg = Config()
