@@ -63,9 +63,12 @@ class Config:
         "local ImageNet weights for the backbone; None uses torchvision's weights API")
     pretrained: bool = _opt("start the backbone from ImageNet weights (false: random init)", True)
 
+    model_type: str = _opt("HCIC (human-centric) or GAIC (baseline)", "HCIC")
+
     # training
     training_set: str = _opt("GAICD or CPC", "GAICD")
     loss_type: list[str] = _opt(f"any of {', '.join(LOSS_TYPES)} (default: L1Loss RankLoss)")
+    rank_loss_weighting: str = _opt("RankLoss pair weight: sign (GAIC) or sin (the HCIC release)", "sign")
     device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
     num_workers: int = _opt("DataLoader workers", 4)
@@ -143,6 +146,8 @@ class Config:
 
     def validate(self) -> None:
         check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("model_type", self.model_type, ("HCIC", "GAIC"))
+        check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
         check_choice("training_set", self.training_set, ("GAICD", "CPC"))
         check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
         check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
