@@ -1,0 +1,212 @@
+"""Box utilities: the one place that scales, flips, clips and rasterises crop boxes.
+
+Boxes are ``[x1, y1, x2, y2]`` in pixels, in the last dimension. Functions work on
+torch tensors on any device (batched where natural); the ones that say so also accept
+numpy arrays and then return numpy arrays.
+
+A box whose ``x1`` is negative is padding (the release pads with ``[-1, -1, -1, -1]``):
+it rasterises to an all-zero mask and never counts as a person.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+BoxesLike = Union[torch.Tensor, np.ndarray]
+
+
+def _as_tensor(boxes: BoxesLike) -> tuple[torch.Tensor, bool]:
+    """Return ``(tensor, came_from_numpy)``; lists and tuples count as numpy."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes, False
+    return torch.from_numpy(np.asarray(boxes)), True
+
+
+def _check_last_dim(boxes: torch.Tensor, name: str) -> None:
+    if boxes.shape[-1:] != (4,):
+        raise ValueError(f"{name} must have shape (..., 4) with [x1, y1, x2, y2] last, got {tuple(boxes.shape)}")
+
+
+def _like_input(result: torch.Tensor, came_from_numpy: bool) -> BoxesLike:
+    return result.numpy() if came_from_numpy else result
+
+
+def rescale_boxes(boxes: BoxesLike, ratio_w: float, ratio_h: float) -> BoxesLike:
+    """Scale boxes to a resized image as the release: x1, y1 floored, x2, y2 ceiled.
+
+    The products are taken in float64 (the release multiplies integer JSON boxes by a
+    Python float), so the floor/ceil sees the exact product; the result is float32.
+    Accepts numpy (returns numpy) or torch (returns torch on the same device).
+    """
+    tensor, from_numpy = _as_tensor(boxes)
+    _check_last_dim(tensor, "boxes")
+    scaled = tensor.to(torch.float64) * tensor.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h], dtype=torch.float64)
+    scaled = torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
+    return _like_input(scaled.to(torch.float32), from_numpy)
+
+
+def flip_boxes_horizontal(boxes: BoxesLike, width: float) -> BoxesLike:
+    """Mirror boxes in an image ``width`` wide: ``x1' = width - x2``, ``x2' = width - x1``.
+
+    Padding rows (x1 < 0) stay as they are. Numpy or torch, same kind out.
+    """
+    tensor, from_numpy = _as_tensor(boxes)
+    _check_last_dim(tensor, "boxes")
+    flipped = torch.stack([width - tensor[..., 2], tensor[..., 1], width - tensor[..., 0], tensor[..., 3]], dim=-1)
+    flipped = torch.where((tensor[..., 0] < 0).unsqueeze(-1), tensor, flipped.to(tensor.dtype))
+    return _like_input(flipped, from_numpy)
+
+
+def clip_boxes(boxes: BoxesLike, width: float, height: float) -> BoxesLike:
+    """Clamp x to [0, width] and y to [0, height]. Numpy or torch, same kind out.
+
+    Padding is not special here: clip real boxes before padding them.
+    """
+    tensor, from_numpy = _as_tensor(boxes)
+    _check_last_dim(tensor, "boxes")
+    upper = tensor.new_tensor([width, height, width, height])
+    clipped = torch.minimum(tensor.clamp(min=0), upper)
+    return _like_input(clipped, from_numpy)
+
+
+def box_area(boxes: BoxesLike) -> BoxesLike:
+    """Areas (...,) of boxes (..., 4); boxes with x2 <= x1 or y2 <= y1 have area 0.
+
+    Integer boxes are measured in float64; float boxes keep their dtype.
+    """
+    tensor, from_numpy = _as_tensor(boxes)
+    _check_last_dim(tensor, "boxes")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float64)
+    widths = (tensor[..., 2] - tensor[..., 0]).clamp(min=0)
+    heights = (tensor[..., 3] - tensor[..., 1]).clamp(min=0)
+    return _like_input(widths * heights, from_numpy)
+
+
+def box_iou(boxes_a: BoxesLike, boxes_b: BoxesLike) -> BoxesLike:
+    """Pairwise IoU (M, N) of boxes (M, 4) and (N, 4); 0 where the union is empty.
+
+    Computed in the wider float dtype of the two inputs (float64 stays float64).
+    """
+    a, from_numpy = _as_tensor(boxes_a)
+    b, _ = _as_tensor(boxes_b)
+    for tensor, name in ((a, "boxes_a"), (b, "boxes_b")):
+        _check_last_dim(tensor, name)
+        if tensor.dim() != 2:
+            raise ValueError(f"{name} must have shape (K, 4), got {tuple(tensor.shape)}")
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
+    inter_w = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])).clamp(min=0)
+    inter_h = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])).clamp(min=0)
+    inter = inter_w * inter_h
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(inter))
+    return _like_input(iou, from_numpy)
+
+
+def _scaled_grid_coords(boxes: torch.Tensor, width: float, height: float,
+                        target_w: int, target_h: int) -> torch.Tensor:
+    """Boxes scaled to a ``target_w`` x ``target_h`` grid and truncated toward zero.
+
+    float32 arithmetic on purpose: the release multiplies float32 boxes by the ratio,
+    and truncation makes the result sensitive to that rounding.
+    """
+    boxes = boxes.to(torch.float32)
+    ratios = torch.tensor([target_w / width, target_h / height] * 2, dtype=torch.float32, device=boxes.device)
+    return (boxes * ratios).trunc().to(torch.int64)
+
+
+def _spans(starts: torch.Tensor, stops: torch.Tensor, length: int) -> torch.Tensor:
+    """Boolean (..., length): positions p with start <= p < stop (numpy-slice semantics)."""
+    positions = torch.arange(length, device=starts.device)
+    return (positions >= starts.unsqueeze(-1)) & (positions < stops.unsqueeze(-1))
+
+
+def crop_masks(boxes: torch.Tensor, width: float, height: float,
+               size: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """Binary masks (..., N, size_h, size_w) of crops (N, 4) or (B, N, 4) in a ``width`` x ``height`` image.
+
+    The release's ``generate_target_size_crop_mask``: each box is scaled to the
+    ``size`` grid, truncated to integers, and ``[y1:y2, x1:x2]`` is filled. Padding
+    boxes (x1 < 0) give all-zero masks. Built on the boxes' device without a loop.
+    """
+    _check_last_dim(boxes, "boxes")
+    if boxes.dim() not in (2, 3):
+        raise ValueError(f"crop boxes must have shape (N, 4) or (B, N, 4), got {tuple(boxes.shape)}")
+    size_h, size_w = int(size[0]), int(size[1])
+    grid = _scaled_grid_coords(boxes, width, height, size_w, size_h)
+    columns = _spans(grid[..., 0], grid[..., 2], size_w)
+    rows = _spans(grid[..., 1], grid[..., 3], size_h)
+    masks = rows.unsqueeze(-1) & columns.unsqueeze(-2)
+    masks &= (boxes[..., 0] >= 0)[..., None, None]
+    return masks.to(torch.float32)
+
+
+def _human_boxes_as_batch(human_boxes: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(B, 4) boxes and whether the input was batched: (4,)/(1, 4) is one image, (B, 1, 4) a batch."""
+    if not isinstance(human_boxes, torch.Tensor):
+        raise TypeError(f"human boxes must be a torch tensor, got {type(human_boxes).__name__}")
+    if human_boxes.dim() == 3 and human_boxes.shape[1:] == (1, 4):
+        return human_boxes.reshape(-1, 4), True
+    if human_boxes.numel() == 4 and human_boxes.dim() <= 2:
+        return human_boxes.reshape(1, 4), False
+    raise ValueError("human boxes must have shape (4,), (1, 4) or (B, 1, 4), "
+                     f"got {tuple(human_boxes.shape)}")
+
+
+def has_person(human_boxes: torch.Tensor) -> torch.Tensor:
+    """Whether each image has a person: x1 >= 0 and x2 > x1 and y2 > y1.
+
+    (4,)/(1, 4) gives a 0-dim bool tensor, (B, 1, 4) a (B,) bool tensor.
+    """
+    boxes, batched = _human_boxes_as_batch(human_boxes)
+    present = (boxes[:, 0] >= 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return present if batched else present[0]
+
+
+def partition_masks(human_boxes: torch.Tensor, width: int, height: int,
+                    downsample: int = 16) -> torch.Tensor:
+    """The nine partition masks (9, H', W') around the person, H' = int(height / downsample).
+
+    The release's ``generate_partition_mask``: the box is scaled to the grid and
+    truncated, the grid lines ``[0, x1, x2, W'] x [0, y1, y2, H']`` cut the map into
+    3 x 3 cells (channel = row * 3 + column), and a box that truncates to zero width
+    or height is widened by one cell (the release widened after building the grid
+    lines, so its widening never took effect). Images without a person
+    (``has_person`` false) get all zeros; the release checked after scaling, where
+    the -1 padding truncates to 0, and filled channel 8 with ones.
+    ``human_boxes`` (4,)/(1, 4) gives (9, H', W'); (B, 1, 4) gives (B, 9, H', W').
+    """
+    boxes, batched = _human_boxes_as_batch(human_boxes)
+    target_w, target_h = int(width / downsample), int(height / downsample)
+    grid = _scaled_grid_coords(boxes, width, height, target_w, target_h)
+    x1, y1, x2, y2 = grid.unbind(-1)
+    x2 = torch.where(x2 == x1, x1 + 1, x2)
+    y2 = torch.where(y2 == y1, y1 + 1, y2)
+    zeros = torch.zeros_like(x1)
+    vertical_lines = torch.stack([zeros, x1, x2, torch.full_like(x1, target_w)], dim=-1)
+    horizontal_lines = torch.stack([zeros, y1, y2, torch.full_like(y1, target_h)], dim=-1)
+    columns = _spans(vertical_lines[:, :3], vertical_lines[:, 1:], target_w)
+    rows = _spans(horizontal_lines[:, :3], horizontal_lines[:, 1:], target_h)
+    cells = rows[:, :, None, :, None] & columns[:, None, :, None, :]
+    masks = cells.reshape(-1, 9, target_h, target_w) & has_person(boxes.unsqueeze(1))[:, None, None, None]
+    masks = masks.to(torch.float32)
+    return masks if batched else masks[0]
+
+
+def resized_size(width: int, height: int, image_size: tuple[int, int],
+                 keep_aspect_ratio: bool) -> tuple[int, int]:
+    """The network's input size ``(w, h)`` for a ``width`` x ``height`` image.
+
+    Keeping the aspect ratio, the shorter side is scaled to ``image_size[0]`` and each
+    side rounded to a multiple of 32 (Python's ``round``, half to even, as the release);
+    otherwise the fixed ``(image_size[0], image_size[1])``.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not keep_aspect_ratio:
+        return int(image_size[0]), int(image_size[1])
+    scale = float(image_size[0]) / min(width, height)
+    return int(round(width * scale / 32.0) * 32), int(round(height * scale / 32.0) * 32)
