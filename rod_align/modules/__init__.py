@@ -1,0 +1,3 @@
+from .rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax
+
+__all__ = ["RoDAlign", "RoDAlignAvg", "RoDAlignMax"]

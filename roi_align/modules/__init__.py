@@ -1,0 +1,3 @@
+from .roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax
+
+__all__ = ["RoIAlign", "RoIAlignAvg", "RoIAlignMax"]
