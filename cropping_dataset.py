@@ -1,0 +1,651 @@
+"""The four cropping datasets (GAICD, CPC, FCDB, FLMS), their collate function and batch sampler.
+
+Every dataset reads the release's annotation formats (see ``human_bboxes/README.md``)
+from the paths of a ``config_GAICD.Config``/``config_CPC.Config`` and yields dicts:
+
+``image``           (3, h, w) float32, ImageNet-normalised, resized as the paper
+``crop_box``        (N, 4) float32 candidate crops in resized pixels
+``crop_mask``       (N, 64, 64) float32 (only with ``with_crop_masks``)
+``score``           (N,) float32 mean opinion scores (GAICD, CPC)
+``human_box``       (1, 4) float32 in resized pixels, -1s without a person
+``has_human``       bool
+``partition_mask``  (9, h/16, w/16) float32, zeros without a person
+``heat_map``        (1, 64, 64) float32 in [0, 1] and ``has_heat_map`` (GAICD, CPC)
+``gt_crops``        (M, 4) float32 ground-truth crops in original pixels (FCDB, FLMS)
+``width``/``height`` original image size; ``name`` the file name; ``flipped`` bool.
+
+FCDB and FLMS items carry the 1,745 predefined anchors as ``crop_box``, so evaluating
+on them is the same loop as on GAICD: score every crop, pick the best.
+
+Everything a dataset needs is checked at construction, and every missing file or bad
+annotation is reported in one error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from untils.boxes import (clip_boxes, crop_masks, flip_boxes_horizontal, has_person, partition_masks,
+                          rescale_boxes, resized_size)
+from untils.torchvision_compat import transforms
+
+if TYPE_CHECKING:
+    from config_GAICD import Config
+
+IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
+IMAGE_NET_STD = (0.229, 0.224, 0.225)
+HEAT_MAP_SIZE = 64  # the release resizes every heat map to 64x64, whatever the input size
+CROP_MASK_SIZE = (64, 64)
+PARTITION_DOWNSAMPLE = 16
+FLMS_MAX_CROPS = 10
+CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
+MAX_LISTED_PROBLEMS = 20
+GAICD_SPLITS = ("train", "test", "all")
+NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)
+# Keys padded by collate_crops to the largest count in the batch, with their padding values.
+PADDED_KEYS = {"crop_box": -1.0, "crop_mask": 0.0, "score": float("nan"), "gt_crops": -1.0}
+
+
+class DatasetError(ValueError):
+    """A dataset's files or annotations are missing or malformed."""
+
+
+def problems_error(title: str, problems: Sequence[str]) -> DatasetError:
+    """One error listing the first problems and how many there are in all."""
+    shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return DatasetError(f"{title}: {len(problems)} problem(s):\n  {shown}{tail}")
+
+
+def load_json(path: str, what: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{what} {path} is not valid JSON: {error}") from error
+
+
+@dataclass
+class CropAnnotation:
+    """Candidate crops (N, 4) in original pixels (float64) and their scores (N,)."""
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+def read_crop_annotations(path: str, box_key: str, score_key: str) -> dict[str, CropAnnotation]:
+    """Read ``{name: {box_key: [[x1, y1, x2, y2], ...], score_key: [s, ...]}}``.
+
+    GAICD uses ``bbox``/``score``, CPC ``bboxes``/``scores``.
+    """
+    raw = load_json(path, "crop annotation file")
+    if not isinstance(raw, dict):
+        raise DatasetError(f"crop annotation file {path} must hold a JSON object {{name: ...}}")
+    annotations, problems = {}, []
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or box_key not in entry or score_key not in entry:
+            problems.append(f"{name}: expected keys '{box_key}' and '{score_key}'")
+            continue
+        try:
+            boxes = np.asarray(entry[box_key], dtype=np.float64).reshape(-1, 4)
+            scores = np.asarray(entry[score_key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            problems.append(f"{name}: '{box_key}' must be a list of [x1, y1, x2, y2] and '{score_key}' numbers")
+            continue
+        if len(boxes) == 0 or len(boxes) != len(scores):
+            problems.append(f"{name}: {len(boxes)} boxes but {len(scores)} scores")
+            continue
+        annotations[name] = CropAnnotation(boxes, scores)
+    if problems:
+        raise problems_error(f"crop annotation file {path}", problems)
+    return annotations
+
+
+def score_statistics(annotations: dict[str, CropAnnotation]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of every score in the annotation file, as the release."""
+    scores = np.concatenate([entry.scores for entry in annotations.values()])
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def read_human_boxes(path: str) -> dict[str, np.ndarray]:
+    """Person boxes (4,) float64 by image name.
+
+    Accepts ``{name: [x1, y1, x2, y2]}`` (GAICD, FCDB, FLMS) and CPC's
+    ``{name: {"bbox": [...], "weight": W, "height": H}}``.
+    """
+    raw = load_json(path, "human box file")
+    if not isinstance(raw, dict):
+        raise DatasetError(f"human box file {path} must hold a JSON object {{name: box}}")
+    boxes, problems = {}, []
+    for name, entry in raw.items():
+        box = entry.get("bbox") if isinstance(entry, dict) else entry
+        try:
+            boxes[name] = np.asarray(box, dtype=np.float64).reshape(4)
+        except (TypeError, ValueError):
+            problems.append(f"{name}: expected [x1, y1, x2, y2], got {box!r}")
+    if problems:
+        raise problems_error(f"human box file {path}", problems)
+    return boxes
+
+
+def load_predefined_anchors(path: str) -> np.ndarray:
+    """The predefined anchors (K, 4) float32 as image fractions (1,745 in the release's file)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"predefined anchor file not found: {path}")
+    with open(path, "rb") as handle:
+        anchors = np.asarray(pickle.load(handle, encoding="iso-8859-1"), dtype=np.float32)
+    if anchors.ndim != 2 or anchors.shape[1] != 4 or anchors.min() < 0 or anchors.max() > 1:
+        raise DatasetError(f"predefined anchor file {path} must hold [x1, y1, x2, y2] fractions in [0, 1], "
+                           f"got shape {anchors.shape}")
+    return anchors
+
+
+def _names_from_split(path: str, key: str, what: str) -> list[str]:
+    split = load_json(path, what)
+    if not isinstance(split, dict) or key not in split:
+        raise DatasetError(f"{what} {path} has no '{key}' list")
+    return list(split[key])
+
+
+def gaicd_image_names(cfg: "Config", split: str, only_human: bool) -> list[str]:
+    """GAICD image names of ``split`` (train/test/all), or its human-centric subset."""
+    if split not in GAICD_SPLITS:
+        raise ValueError(f"GAICD split must be one of {GAICD_SPLITS}, got {split!r}")
+    if only_human:
+        if split == "all":
+            return list(read_human_boxes(cfg.GAIC_human))
+        return _names_from_split(cfg.GAIC_human_split, split, "GAICD human-centric split file")
+    if split == "all":
+        return (_names_from_split(cfg.GAIC_split, "test", "GAICD split file")
+                + _names_from_split(cfg.GAIC_split, "train", "GAICD split file"))
+    return _names_from_split(cfg.GAIC_split, split, "GAICD split file")
+
+
+def cpc_image_names(cfg: "Config", only_human: bool) -> list[str]:
+    if only_human:
+        return list(read_human_boxes(cfg.CPC_human))
+    return list(load_json(cfg.CPC_anno, "CPC crop annotation file"))
+
+
+def fcdb_image_names(cfg: "Config", only_human: bool) -> list[str]:
+    """FCDB's 176 human-centric images, or its 319-image test split."""
+    if only_human:
+        return list(read_human_boxes(cfg.FCDB_human))
+    return _names_from_split(cfg.FCDB_split, "test", "FCDB split file")
+
+
+def flms_image_names(cfg: "Config", only_human: bool) -> list[str]:
+    """FLMS's 39 human-centric images, or all 500."""
+    if only_human:
+        return list(read_human_boxes(cfg.FLMS_human))
+    return list(load_json(cfg.FLMS_anno, "FLMS crop annotation file"))
+
+
+def gaicd_image_path(image_dir: str, name: str) -> Optional[str]:
+    """Where a GAICD image is: flat ``images/`` or the download's ``images/train|test/``."""
+    for candidate in (os.path.join(image_dir, name), os.path.join(image_dir, "train", name),
+                      os.path.join(image_dir, "test", name)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def heat_map_path(heat_map_dir: str, name: str) -> str:
+    return os.path.join(heat_map_dir, os.path.splitext(name)[0] + ".png")
+
+
+def check_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, bool, Optional[str]]:
+    """Validate boxes (N, 4) of a ``width`` x ``height`` image.
+
+    Returns ``(boxes, clipped, problem)``: boxes at most ``CLIP_TOLERANCE`` of a side
+    outside the image are clipped; an empty box or one further out is a problem.
+    """
+    x1, y1, x2, y2 = boxes.T
+    empty = (x2 <= x1) | (y2 <= y1)
+    if empty.any():
+        index = int(np.argmax(empty))
+        return boxes, False, f"box {index} {boxes[index].tolist()} has x2 <= x1 or y2 <= y1"
+    slack_w, slack_h = CLIP_TOLERANCE * width, CLIP_TOLERANCE * height
+    far = (x1 < -slack_w) | (y1 < -slack_h) | (x2 > width + slack_w) | (y2 > height + slack_h)
+    if far.any():
+        index = int(np.argmax(far))
+        return boxes, False, (f"box {index} {boxes[index].tolist()} lies more than {CLIP_TOLERANCE:.0%} "
+                              f"outside the {width}x{height} image")
+    outside = (x1 < 0) | (y1 < 0) | (x2 > width) | (y2 > height)
+    if outside.any():
+        return clip_boxes(boxes, width, height), True, None
+    return boxes, False, None
+
+
+def normalize_image(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> (3, h, w) float32, scaled to [0, 1] then ImageNet-normalised."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGE_NET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGE_NET_STD).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+class CroppingDataset(Dataset):
+    """What the four datasets share: image files, sizes, resizing, person boxes, checks.
+
+    Subclasses list their images, gather problems while reading annotations, and call
+    ``_finish_checks`` once so that all problems surface in a single error.
+    """
+
+    title = "dataset"
+
+    def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
+                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool, with_crop_masks: bool) -> None:
+        self.cfg = cfg
+        self.image_size = tuple(cfg.image_size)
+        self.keep_aspect_ratio = keep_aspect_ratio
+        self.with_crop_masks = with_crop_masks
+        self.names = list(names)
+        self.image_paths: list[str] = []
+        self.original_sizes: list[tuple[int, int]] = []
+        self.human_boxes: list[Optional[np.ndarray]] = []
+        self.problems: list[str] = []
+        self._clipped_names: list[str] = []
+        for name, path in zip(self.names, image_paths):
+            self.image_paths.append(path or "")
+            self.original_sizes.append(self._read_header(name, path))
+        for name, size in zip(self.names, self.original_sizes):
+            box = human_boxes.get(name)
+            self.human_boxes.append(None if box is None or size is None
+                                    else self._checked(name, "person box", box.reshape(1, 4), size))
+
+    def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
+        if path is None or not os.path.isfile(path):
+            self.problems.append(f"missing image {path or name}")
+            return None
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except (OSError, SyntaxError, ValueError) as error:
+            self.problems.append(f"unreadable image {path}: {error}")
+            return None
+
+    def _checked(self, name: str, what: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``boxes`` validated against the image size; problems are collected, not raised."""
+        boxes, clipped, problem = check_boxes(boxes, *size)
+        if problem:
+            self.problems.append(f"{name}: {what} {problem}")
+        if clipped:
+            self._clipped_names.append(name)
+        return boxes
+
+    def _finish_checks(self) -> None:
+        if self.problems:
+            raise problems_error(f"{self.title} ({len(self.names)} images)", self.problems)
+        if self._clipped_names:
+            warnings.warn(f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
+                          f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
+                          f"(first: {self._clipped_names[0]})", stacklevel=3)
+        self.resized_sizes = [resized_size(w, h, self.image_size, self.keep_aspect_ratio)
+                              for w, h in self.original_sizes]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def resized_size_of(self, index: int) -> tuple[int, int]:
+        """The network input size ``(w, h)`` of item ``index``, known without loading it."""
+        return self.resized_sizes[index]
+
+    def _load_resized_image(self, index: int) -> Image.Image:
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{self.title}: cannot decode image {path}: {error}") from error
+        if image.size != self.original_sizes[index]:
+            raise DatasetError(f"{self.title}: image {path} is {image.size[0]}x{image.size[1]} now, "
+                               f"{self.original_sizes[index][0]}x{self.original_sizes[index][1]} when the "
+                               "dataset was built")
+        return image.resize(self.resized_sizes[index], Image.Resampling.LANCZOS)
+
+    def _resized_human_box(self, index: int) -> np.ndarray:
+        box = self.human_boxes[index]
+        if box is None:
+            return np.array([NO_PERSON_BOX], dtype=np.float32)
+        return rescale_boxes(box, *self._ratios(index))
+
+    def _ratios(self, index: int) -> tuple[float, float]:
+        (width, height), (resized_w, resized_h) = self.original_sizes[index], self.resized_sizes[index]
+        return resized_w / width, resized_h / height
+
+    def _common_item(self, index: int, image: Image.Image, crop_box: np.ndarray,
+                     human_box: np.ndarray, flipped: bool) -> dict[str, Any]:
+        resized_w, resized_h = self.resized_sizes[index]
+        width, height = self.original_sizes[index]
+        crop_tensor = torch.from_numpy(np.ascontiguousarray(crop_box, dtype=np.float32))
+        human_tensor = torch.from_numpy(np.ascontiguousarray(human_box, dtype=np.float32))
+        item = {
+            "image": normalize_image(image),
+            "crop_box": crop_tensor,
+            "human_box": human_tensor,
+            "has_human": bool(has_person(human_tensor)),
+            "partition_mask": partition_masks(human_tensor, resized_w, resized_h, PARTITION_DOWNSAMPLE),
+            "width": width,
+            "height": height,
+            "name": self.names[index],
+            "flipped": flipped,
+        }
+        if self.with_crop_masks:
+            item["crop_mask"] = crop_masks(crop_tensor, resized_w, resized_h, CROP_MASK_SIZE)
+        return item
+
+
+class ScoredCropDataset(CroppingDataset):
+    """GAICD and CPC: scored candidate crops, pseudo heat maps, training augmentation."""
+
+    def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
+                 annotations: dict[str, CropAnnotation], human_boxes: dict[str, np.ndarray],
+                 heat_map_dir: str, require_heat_maps: bool, keep_aspect_ratio: bool,
+                 augment: bool, with_crop_masks: bool) -> None:
+        super().__init__(cfg, names, image_paths, human_boxes, keep_aspect_ratio, with_crop_masks)
+        self.score_mean, self.score_std = score_statistics(annotations)
+        self.augment = augment
+        self.heat_map_dir = heat_map_dir
+        self.crop_boxes: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.heat_map_paths: list[Optional[str]] = []
+        missing_annotations = []
+        for name, size in zip(self.names, self.original_sizes):
+            entry = annotations.get(name)
+            if entry is None:
+                missing_annotations.append(name)
+            self.crop_boxes.append(None if entry is None or size is None
+                                   else self._checked(name, "crop", entry.boxes, size))
+            self.scores.append(None if entry is None else entry.scores.astype(np.float32))
+            path = heat_map_path(heat_map_dir, name)
+            if os.path.isfile(path):
+                self.heat_map_paths.append(path)
+            else:
+                self.heat_map_paths.append(None)
+                if require_heat_maps:
+                    self.problems.append(f"missing heat map {path} (run generate_pseudo_heatmap.py)")
+        self.problems.extend(f"{name}: not in the crop annotation file" for name in missing_annotations)
+        self.color_jitter = transforms.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
+        self._finish_checks()
+
+    def _load_heat_map(self, index: int) -> Optional[Image.Image]:
+        path = self.heat_map_paths[index]
+        if path is None:
+            return None
+        try:
+            with Image.open(path) as heat_map:
+                heat_map = heat_map.convert("L")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{self.title}: cannot decode heat map {path}: {error}") from error
+        return heat_map.resize((HEAT_MAP_SIZE, HEAT_MAP_SIZE), Image.Resampling.BICUBIC)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self._load_resized_image(index)
+        heat_map = self._load_heat_map(index)
+        crop_box = rescale_boxes(self.crop_boxes[index], *self._ratios(index))
+        human_box = self._resized_human_box(index)
+        flipped = False
+        if self.augment:
+            flipped = bool(torch.rand(()) < 0.5)
+            if flipped:
+                resized_w = self.resized_sizes[index][0]
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                if heat_map is not None:
+                    heat_map = heat_map.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                crop_box = flip_boxes_horizontal(crop_box, resized_w)
+                human_box = flip_boxes_horizontal(human_box, resized_w)
+            image = self.color_jitter(image)
+        item = self._common_item(index, image, crop_box, human_box, flipped)
+        item["score"] = torch.from_numpy(self.scores[index])
+        if heat_map is None:
+            item["heat_map"] = torch.zeros(1, HEAT_MAP_SIZE, HEAT_MAP_SIZE)
+        else:
+            item["heat_map"] = torch.from_numpy(np.asarray(heat_map, dtype=np.float32) / 255.0).unsqueeze(0)
+        item["has_heat_map"] = heat_map is not None
+        return item
+
+
+class GAICDataset(ScoredCropDataset):
+    """GAICD (1,036 train / 200 test images; 289 / 50 human-centric), 54-90 scored crops each.
+
+    ``augment=None`` means ``cfg.data_augmentation and split == 'train'``; heat maps
+    are required for the train split (``require_heat_maps=None``) and optional otherwise.
+    """
+
+    def __init__(self, cfg: "Config", split: str = "train", only_human_images: bool = False,
+                 keep_aspect_ratio: bool = True, augment: Optional[bool] = None,
+                 with_crop_masks: bool = True, require_heat_maps: Optional[bool] = None) -> None:
+        self.split = split
+        self.title = f"GAICD {split} split" + (" (human-centric)" if only_human_images else "")
+        names = gaicd_image_names(cfg, split, only_human_images)
+        if not os.path.isdir(cfg.GAIC_image):
+            raise FileNotFoundError(f"GAICD image folder not found: {cfg.GAIC_image}")
+        super().__init__(
+            cfg, names, [gaicd_image_path(cfg.GAIC_image, name) for name in names],
+            read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), read_human_boxes(cfg.GAIC_human),
+            cfg.GAIC_heat_map, split == "train" if require_heat_maps is None else require_heat_maps,
+            keep_aspect_ratio, cfg.data_augmentation and split == "train" if augment is None else augment,
+            with_crop_masks)
+
+
+class CPCDataset(ScoredCropDataset):
+    """CPC (10,797 images, 1,154 human-centric), scored crops in ``{"bboxes", "scores"}``.
+
+    A training set: ``augment=None`` means ``cfg.data_augmentation``, and heat maps are
+    required unless ``require_heat_maps=False``.
+    """
+
+    title = "CPC"
+
+    def __init__(self, cfg: "Config", only_human_images: bool = False, keep_aspect_ratio: bool = False,
+                 augment: Optional[bool] = None, with_crop_masks: bool = True,
+                 require_heat_maps: bool = True) -> None:
+        if only_human_images:
+            self.title = "CPC (human-centric)"
+        names = cpc_image_names(cfg, only_human_images)
+        if not os.path.isdir(cfg.CPC_image):
+            raise FileNotFoundError(f"CPC image folder not found: {cfg.CPC_image}")
+        super().__init__(
+            cfg, names, [os.path.join(cfg.CPC_image, name) for name in names],
+            read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), read_human_boxes(cfg.CPC_human),
+            cfg.CPC_heat_map, require_heat_maps, keep_aspect_ratio,
+            cfg.data_augmentation if augment is None else augment, with_crop_masks)
+
+
+class AnchorEvalDataset(CroppingDataset):
+    """FCDB and FLMS: ground-truth crops, scored against the predefined anchors."""
+
+    def __init__(self, cfg: "Config", names: list[str], image_dir: str, gt_crops: dict[str, np.ndarray],
+                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool, with_crop_masks: bool) -> None:
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"{self.title} image folder not found: {image_dir}")
+        super().__init__(cfg, names, [os.path.join(image_dir, name) for name in names], human_boxes,
+                         keep_aspect_ratio, with_crop_masks)
+        self.anchors = load_predefined_anchors(cfg.predefined_pkl)
+        self.gt_crops: list[Optional[np.ndarray]] = []
+        for name, size in zip(self.names, self.original_sizes):
+            boxes = gt_crops.get(name)
+            if boxes is None:
+                self.problems.append(f"{name}: not in the crop annotation file")
+            elif size is not None:
+                boxes = self._prepare_gt(name, boxes, size)
+            self.gt_crops.append(boxes)
+        self._finish_checks()
+
+    def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return self._checked(name, "ground-truth crop", boxes, size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self._load_resized_image(index)
+        resized_w, resized_h = self.resized_sizes[index]
+        anchors = self.anchors * np.array([resized_w, resized_h, resized_w, resized_h], dtype=np.float32)
+        item = self._common_item(index, image, anchors, self._resized_human_box(index), flipped=False)
+        item["gt_crops"] = torch.from_numpy(self.gt_crops[index].astype(np.float32))
+        return item
+
+
+class FCDBDataset(AnchorEvalDataset):
+    """FCDB: one ground-truth crop per image (``[x, y, w, h]`` in the file); 176 human-centric images."""
+
+    title = "FCDB"
+
+    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False,
+                 with_crop_masks: bool = True) -> None:
+        raw = load_json(cfg.FCDB_anno, "FCDB crop annotation file")
+        gt_crops = {}
+        for name, xywh in raw.items():
+            try:
+                x, y, w, h = np.asarray(xywh, dtype=np.float64).reshape(4)
+            except (TypeError, ValueError) as error:
+                raise DatasetError(f"FCDB crop annotation file {cfg.FCDB_anno}: {name} must be [x, y, w, h], "
+                                   f"got {xywh!r}") from error
+            gt_crops[name] = np.array([[x, y, x + w, y + h]])
+        super().__init__(cfg, fcdb_image_names(cfg, only_human_images), cfg.FCDB_image, gt_crops,
+                         read_human_boxes(cfg.FCDB_human), keep_aspect_ratio, with_crop_masks)
+
+
+class FLMSDataset(AnchorEvalDataset):
+    """FLMS: up to 10 ground-truth crops per image, padded with -1s; 39 human-centric images.
+
+    As the release, crops reaching beyond the image's right or bottom edge are dropped.
+    """
+
+    title = "FLMS"
+
+    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False,
+                 with_crop_masks: bool = True) -> None:
+        raw = load_json(cfg.FLMS_anno, "FLMS crop annotation file")
+        gt_crops = {}
+        for name, boxes in raw.items():
+            try:
+                gt_crops[name] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            except (TypeError, ValueError) as error:
+                raise DatasetError(f"FLMS crop annotation file {cfg.FLMS_anno}: {name} must be a list of "
+                                   f"[x1, y1, x2, y2], got {boxes!r}") from error
+        super().__init__(cfg, flms_image_names(cfg, only_human_images), cfg.FLMS_image, gt_crops,
+                         read_human_boxes(cfg.FLMS_human), keep_aspect_ratio, with_crop_masks)
+
+    def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        width, height = size
+        inside = boxes[(boxes[:, 2] <= width) & (boxes[:, 3] <= height)]
+        if not 1 <= len(inside) <= FLMS_MAX_CROPS:
+            self.problems.append(f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
+                                 f"expected 1 to {FLMS_MAX_CROPS}")
+            return inside
+        inside = self._checked(name, "ground-truth crop", inside, size)
+        padding = np.full((FLMS_MAX_CROPS - len(inside), 4), -1.0)
+        return np.concatenate([inside, padding])
+
+
+def _pad_stack(tensors: list[torch.Tensor], length: int, value: float) -> torch.Tensor:
+    padded = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
+    for row, tensor in enumerate(tensors):
+        padded[row, :len(tensor)] = tensor
+    return padded
+
+
+def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items of one resized size; crops are padded to the largest count.
+
+    ``crop_valid`` (B, N) marks real crops; padded boxes are -1s, padded masks zeros
+    and padded scores NaN, so nothing can score a padded crop by accident.
+    """
+    if not items:
+        raise ValueError("collate_crops needs at least one item")
+    sizes = {tuple(item["image"].shape[-2:]) for item in items}
+    if len(sizes) > 1:
+        described = ", ".join(f"{item['name']}: {item['image'].shape[-1]}x{item['image'].shape[-2]}"
+                              for item in items)
+        raise ValueError(f"collate_crops needs images of one resized size, got {described}; "
+                         "batch with SizeBucketBatchSampler")
+    keys = set(items[0])
+    for item in items[1:]:
+        if set(item) != keys:
+            raise ValueError(f"items {items[0]['name']} and {item['name']} have different keys: "
+                             f"{sorted(keys ^ set(item))}")
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key in PADDED_KEYS:
+            batch[key] = _pad_stack(values, max(len(value) for value in values), PADDED_KEYS[key])
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    counts = torch.tensor([len(item["crop_box"]) for item in items])
+    batch["crop_valid"] = torch.arange(batch["crop_box"].shape[1]) < counts[:, None]
+    return batch
+
+
+class SizeBucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose images share a resized size, so ``collate_crops`` can stack them.
+
+    Each epoch (``set_epoch``) reshuffles within every size and the order of the
+    batches, from ``seed + epoch``. With ``num_replicas`` > 1 each rank takes every
+    ``num_replicas``-th batch; the batch list is cut (``drop_last``) or wrapped around
+    so every rank gets the same number of batches.
+    """
+
+    def __init__(self, dataset: CroppingDataset, batch_size: int, shuffle: bool = True, drop_last: bool = False,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for index in range(len(dataset)):
+            buckets.setdefault(dataset.resized_size_of(index), []).append(index)
+        self.buckets = [buckets[size] for size in sorted(buckets)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for bucket in self.buckets:
+            if self.shuffle:
+                bucket = [bucket[i] for i in torch.randperm(len(bucket), generator=generator).tolist()]
+            for start in range(0, len(bucket), self.batch_size):
+                batch = bucket[start:start + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def _batches_per_replica(self, total: int) -> int:
+        if self.drop_last:
+            return total // self.num_replicas
+        return math.ceil(total / self.num_replicas)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        wanted = self._batches_per_replica(len(batches)) * self.num_replicas
+        if wanted > len(batches):
+            batches = batches * math.ceil(wanted / len(batches))
+        yield from batches[:wanted][self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        total = 0
+        for bucket in self.buckets:
+            total += len(bucket) // self.batch_size if self.drop_last else math.ceil(len(bucket) / self.batch_size)
+        return self._batches_per_replica(total)
