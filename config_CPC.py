@@ -17,6 +17,8 @@ class Config(GAICDConfig):
     keep_aspect_ratio: bool = field(default=False, metadata={
         "help": "resize the shorter side to image_size[0] (else a fixed size)"})
     batch_size: int = field(default=8, metadata={"help": "images per optimiser step"})
+    images_per_step: int = field(default=8, metadata={
+        "help": "images per forward pass (same resized size); gradients accumulate to batch_size"})
     max_epoch: int = field(default=30, metadata={"help": "epochs"})
     view_per_image: int = field(default=16, metadata={"help": "candidate crops sampled per image per step"})
     display_freq: int = field(default=100, metadata={"help": "log losses every N steps"})

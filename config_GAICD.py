@@ -98,6 +98,11 @@ class Config:
     lr_decay_epoch: Optional[list[int]] = _opt("epochs where the step schedule decays (default: never)")
     eval_freq: int = _opt("evaluate every N epochs", 1)
 
+    images_per_step: int = _opt("images per forward pass (same resized size); gradients accumulate to batch_size", 1)
+    selection: str = _opt("choose best checkpoints on 'val' (carved from train; test reported once) or on "
+                          "'test' (the release's protocol, used for the paper's numbers)", "val")
+    val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
+    checkpoint_steps: int = _opt("also save last.pth every N steps inside an epoch (0: at epoch ends only)", 0)
     view_per_image: int = _opt("candidate crops sampled per image per step", 64)
     lr: float = _opt("learning rate", 1e-4)
     lr_decay: float = _opt("step schedule decay factor", 0.1)
@@ -148,6 +153,7 @@ class Config:
         check_choice("backbone", self.backbone, BACKBONES)
         check_choice("model_type", self.model_type, ("HCIC", "GAIC"))
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
+        check_choice("selection", self.selection, ("val", "test"))
         check_choice("training_set", self.training_set, ("GAICD", "CPC"))
         check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
         check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
@@ -156,9 +162,13 @@ class Config:
             check_choice("loss_type", loss, LOSS_TYPES)
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
-        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq"):
+        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
+        if self.batch_size % self.images_per_step:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"config option val_fraction={self.val_fraction} must be between 0 and 1")
         if self.only_content_preserve and not self.use_content_preserve:
             raise ValueError("only_content_preserve=True needs use_content_preserve=True")
 

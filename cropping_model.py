@@ -1,0 +1,523 @@
+"""Crop-scoring models: the human-centric model (ECCV 2022), the GAIC baseline, and their losses.
+
+Both models share one backbone builder (:func:`build_backbone`, three feature scales) and one
+RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names and shapes of
+:class:`HumanCentricCroppingModel` are those of the official release, so its checkpoints load with
+``strict=True``. Differences from the release, each a bug fix:
+
+* whether an image contains a person is decided per image, not from the first image of the batch;
+* ``use_rod_feature=False`` really removes the RoD branch (the release ignored the switch);
+* the graph-reasoning similarity cannot divide by a zero norm;
+* padded crops of a multi-image batch (``crop_valid``) are never scored: their score is ``-inf``;
+* the pairwise rank loss uses ``sign`` of the score difference as GAIC does (the release's
+  ``sin`` is available as ``rank_loss_weighting="sin"`` for reproducing its numbers).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from roi_align import RoIAlignAvg
+from rod_align import RoDAlignAvg
+from untils.torchvision_compat import models
+
+ALIGN_SIZE = 9
+FEATURE_STRIDE = 16  # RoI/RoD features are taken from f4, at 1/16 of the input
+CONTENT_FEAT_DIM = 256
+HEAT_MAP_SIZE = 64
+MOS_MEAN = 2.95  # GAICD mean opinion score, used by the score-weighted regression loss
+
+# torchvision constructor, ImageNet weights enum, and the channels of f3, f4, f5.
+_BACKBONES = {
+    "vgg16": ("vgg16", "VGG16_Weights", (512, 512, 512)),
+    "resnet50": ("resnet50", "ResNet50_Weights", (512, 1024, 2048)),
+    "mobilenetv2": ("mobilenet_v2", "MobileNet_V2_Weights", (32, 96, 320)),
+    "shufflenetv2": ("shufflenet_v2_x1_0", "ShuffleNet_V2_X1_0_Weights", (116, 232, 464)),
+}
+
+
+class BackboneWeightsError(RuntimeError):
+    """ImageNet weights were asked for but cannot be loaded."""
+
+
+def _imagenet_model(name: str, weight_path: Optional[str]) -> nn.Module:
+    constructor_name, weights_enum_name, _ = _BACKBONES[name]
+    constructor = getattr(models, constructor_name)
+    if weight_path is not None:
+        if not os.path.isfile(weight_path):
+            raise BackboneWeightsError(f"backbone weight file {weight_path!r} does not exist")
+        model = constructor(weights=None)
+        state = torch.load(weight_path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise BackboneWeightsError(
+                f"{weight_path!r} is not a torchvision {constructor_name} ImageNet state_dict: {error}") from error
+        return model
+    weights = getattr(models, weights_enum_name).IMAGENET1K_V1
+    try:
+        return constructor(weights=weights)
+    except Exception as error:  # offline, proxy, corrupt cache: all end the same way for the user
+        raise BackboneWeightsError(
+            f"could not load ImageNet weights for {name} through torchvision ({type(error).__name__}: "
+            f"{error}). Download {weights.url} and pass it with --backbone_weight_path PATH, "
+            f"place it in torch's hub cache ({torch.hub.get_dir()}/checkpoints), "
+            f"or train from random init with --pretrained false") from error
+
+
+class Backbone(nn.Module):
+    """A CNN cut into three stages giving features at strides 8 (f3), 16 (f4) and 32 (f5)."""
+
+    def __init__(self, feature3: nn.Module, feature4: nn.Module, feature5: nn.Module,
+                 channels: Sequence[int]) -> None:
+        super().__init__()
+        self.feature3 = feature3
+        self.feature4 = feature4
+        self.feature5 = feature5
+        self.channels = tuple(channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f3 = self.feature3(x)
+        f4 = self.feature4(f3)
+        f5 = self.feature5(f4)
+        return f3, f4, f5
+
+
+def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str] = None) -> Backbone:
+    """Build ``name`` (vgg16, resnet50, mobilenetv2, shufflenetv2) cut into three scales.
+
+    With ``pretrained`` the ImageNet weights come from ``weight_path`` or torchvision's weights
+    API; if neither works a :class:`BackboneWeightsError` says how to fix it. Module names follow
+    the official release (``feature3.0.<index>`` for vgg16), so its checkpoints load.
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_BACKBONES)}")
+    if pretrained:
+        net = _imagenet_model(name, weight_path)
+    else:
+        net = getattr(models, _BACKBONES[name][0])(weights=None)
+    channels = _BACKBONES[name][2]
+    if name == "vgg16":
+        stages = (nn.Sequential(net.features[:23]), nn.Sequential(net.features[23:30]),
+                  nn.Sequential(net.features[30:]))
+    elif name == "resnet50":
+        stages = (nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2),
+                  nn.Sequential(net.layer3), nn.Sequential(net.layer4))
+    elif name == "mobilenetv2":
+        stages = (nn.Sequential(net.features[:7]), nn.Sequential(net.features[7:14]),
+                  nn.Sequential(net.features[14:-1]))
+    else:
+        stages = (nn.Sequential(net.conv1, net.maxpool, net.stage2), nn.Sequential(net.stage3),
+                  nn.Sequential(net.stage4))
+    return Backbone(*stages, channels=channels)
+
+
+def resize_to(feature: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    if feature.shape[-2:] == reference.shape[-2:]:
+        return feature
+    return F.interpolate(feature, size=reference.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def boxes_with_batch_index(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, N, 4) boxes -> (B*N, 5) rows ``(batch_index, x1, y1, x2, y2)``; (K, 5) passes through."""
+    if boxes.dim() == 2:
+        if boxes.shape[-1] != 5:
+            raise ValueError(f"boxes of shape {tuple(boxes.shape)}: expected (B, N, 4) or (K, 5)")
+        return boxes
+    if boxes.dim() != 3 or boxes.shape[-1] not in (4, 5):
+        raise ValueError(f"boxes of shape {tuple(boxes.shape)}: expected (B, N, 4) or (K, 5)")
+    if boxes.shape[-1] == 5:
+        return boxes.reshape(-1, 5)
+    batch, count, _ = boxes.shape
+    index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).view(batch, 1, 1).expand(batch, count, 1)
+    return torch.cat([index, boxes], dim=-1).reshape(-1, 5)
+
+
+class CropAlignFeatures(nn.Module):
+    """RoIAlign (inside the crop) and RoDAlign (what the crop discards) features of each crop.
+
+    Output ``(K, C * (2 if use_rod else 1), align, align)``; shared by every crop scorer.
+    """
+
+    def __init__(self, align_size: int = ALIGN_SIZE, spatial_scale: float = 1.0 / FEATURE_STRIDE,
+                 use_rod: bool = True) -> None:
+        super().__init__()
+        self.RoIAlign = RoIAlignAvg(align_size, align_size, spatial_scale)
+        self.RoDAlign = RoDAlignAvg(align_size, align_size, spatial_scale) if use_rod else None
+
+    def forward(self, feature_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        roi_feat = self.RoIAlign(feature_map, rois)
+        if self.RoDAlign is None:
+            return roi_feat
+        return torch.cat([roi_feat, self.RoDAlign(feature_map, rois)], dim=1)
+
+
+def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: Optional[torch.Tensor],
+                         batch: int, count: int) -> torch.Tensor:
+    """Place the scores of valid crops in a (B, N) tensor; padded crops get ``-inf``."""
+    if crop_valid is None:
+        return valid_scores.reshape(batch, count)
+    scores = valid_scores.new_full((batch * count,), float("-inf"))
+    scores[crop_valid.reshape(-1)] = valid_scores.reshape(-1)
+    return scores.reshape(batch, count)
+
+
+# ----------------------------------------------------------------------------------------------
+# Human-centric model
+# ----------------------------------------------------------------------------------------------
+
+class PartitionAwareModule(nn.Module):
+    """Partition-aware feature: the 3x3 regions around the person's box get their own conv.
+
+    ``partition`` 9: nine region-specific features fused with the partition mask; 0: the nine
+    features averaged (no partition); 1: the person's region only; 2: person vs. background.
+    With ``concat_with_human`` the person's RoI feature is appended to every position first.
+    """
+
+    def __init__(self, in_dim: int, partition: int = 9, concat_with_human: bool = True) -> None:
+        super().__init__()
+        if partition not in (0, 1, 2, 9):
+            raise ValueError(f"partition_aware_type={partition!r}; expected 0, 1, 2 or 9")
+        human_dim = in_dim // 2 if concat_with_human else 0
+        groups = 9 if partition in (0, 9) else partition
+        self.group_conv = nn.Conv2d(in_dim + human_dim, in_dim * groups, kernel_size=3, padding=1)
+        if concat_with_human:
+            self.RoIAlign = RoIAlignAvg(3, 3, 1.0 / FEATURE_STRIDE)
+            self.RoIConv = nn.Conv2d(in_dim, human_dim, kernel_size=3)
+        self.partition = partition
+        self.groups = groups
+        self.concat_with_human = concat_with_human
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the partition map it returns."""
+        return 9 if self.partition in (0, 9) else self.partition
+
+    def forward(self, x: torch.Tensor, human_rois: torch.Tensor,
+                partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,C,H,W), human_rois (B,5), partition_mask (B,9,H,W) -> (x + fused, partition map)."""
+        if self.concat_with_human:
+            human = self.RoIConv(self.RoIAlign(x, human_rois))  # (B, C/2, 1, 1)
+            x_in = torch.cat([x, human.expand(-1, -1, x.shape[-2], x.shape[-1])], dim=1)
+        else:
+            x_in = x
+        p_conv = F.relu(self.group_conv(x_in))
+        if self.partition == 1:
+            fused = p_conv * partition_mask[:, 4:5]
+            return x + fused, p_conv.mean(dim=1, keepdim=True)
+        batch, _, height, width = p_conv.shape
+        p_feat = p_conv.view(batch, self.groups, -1, height, width)
+        p_mean = p_feat.mean(dim=2)
+        if self.partition == 0:
+            fused = p_feat.mean(dim=1)
+        elif self.partition == 9:
+            fused = (p_feat * partition_mask.unsqueeze(2)).sum(dim=1)
+        else:
+            human_mask = partition_mask[:, 4:5]
+            fused = p_feat[:, 0] * human_mask + p_feat[:, 1] * (1 - human_mask)
+        return x + fused, p_mean
+
+
+class GraphReasoningModule(nn.Module):
+    """Graph reasoning over feature-map positions: cosine-similarity softmax, then a projection."""
+
+    def __init__(self, in_dim: int, inter_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.phi = nn.Linear(in_dim, inter_dim, bias=False)
+        self.theta = nn.Linear(in_dim, inter_dim, bias=False)
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, feat_map: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = feat_map.shape
+        nodes = feat_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+        phi, theta = self.phi(nodes), self.theta(nodes)
+        product = phi @ theta.transpose(1, 2)
+        norms = phi.norm(dim=-1, keepdim=True) @ theta.norm(dim=-1, keepdim=True).transpose(1, 2)
+        similarity = torch.softmax(product / norms.clamp_min(1e-12), dim=-1)
+        out = (similarity @ nodes) @ self.weight  # (B, HW, out_dim)
+        return F.relu(out.transpose(1, 2).reshape(batch, -1, height, width))
+
+
+class ContentPreserveModule(nn.Module):
+    """Predicts a heat map of content a good crop keeps, and a feature of each crop's mask on it."""
+
+    def __init__(self, in_dim: int, inter_dim: int, out_dim: int, mode: str = "gcn") -> None:
+        super().__init__()
+        if mode == "conv":
+            self.relation_encoder = nn.Sequential(
+                nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1), nn.ReLU(True),
+                nn.Conv2d(in_dim, inter_dim, kernel_size=1))
+        elif mode == "gcn":
+            self.relation_encoder = GraphReasoningModule(in_dim, in_dim, inter_dim)
+        else:
+            raise ValueError(f"content_preserve_type={mode!r}; expected 'gcn' or 'conv'")
+        self.preserve_predict = nn.Sequential(
+            nn.Upsample(size=(HEAT_MAP_SIZE, HEAT_MAP_SIZE), mode="bilinear", align_corners=True),
+            nn.Conv2d(inter_dim, inter_dim, kernel_size=3, padding=1), nn.ReLU(True),
+            nn.Conv2d(inter_dim, 1, kernel_size=1), nn.Sigmoid())
+        # No non-linearity between these layers, as in the release (parameter indices match it).
+        self.content_feat_layer = nn.Sequential(
+            nn.Conv2d(2, 64, kernel_size=5), nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(64, 32, kernel_size=5), nn.MaxPool2d(kernel_size=2),
+            nn.Flatten(1), nn.Linear(32 * 13 * 13, out_dim))
+
+    def predict_heat_map(self, feat_map: torch.Tensor) -> torch.Tensor:
+        return self.preserve_predict(self.relation_encoder(feat_map))
+
+    def crop_features(self, heat_map: torch.Tensor, crop_mask: torch.Tensor,
+                      image_index: torch.Tensor) -> torch.Tensor:
+        """Content feature of each crop: its 64x64 mask stacked on its image's heat map."""
+        pairs = torch.stack([heat_map[image_index, 0], crop_mask], dim=1)  # (K, 2, 64, 64)
+        return self.content_feat_layer(pairs)
+
+
+class HumanCentricCroppingModel(nn.Module):
+    """The human-centric cropping model (Zhang et al., ECCV 2022).
+
+    ``forward(im, crop_box, human_box, crop_mask, partition_mask)`` with ``im`` (B,3,H,W),
+    ``crop_box`` (B,N,4) in input pixels, ``human_box`` (B,1,4) (-1s when there is no person),
+    ``crop_mask`` (B,N,64,64), ``partition_mask`` (B,9,H/16,W/16) returns
+    ``(partition_feat, heat_map, score)``: (B,P,H/16,W/16), (B,1,64,64), (B,N).
+    ``crop_valid`` (B,N) bool marks the real crops of a padded batch.
+    """
+
+    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+        super().__init__()
+        if cfg is None:
+            from config_GAICD import cfg
+        self.cfg = cfg
+        pretrained = cfg.pretrained if loadweights is None else loadweights
+        reduce_dim = cfg.reduced_dim
+        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
+        c3, c4, c5 = self.backbone.channels
+        self.f3_layer = nn.Conv2d(c3, 256, kernel_size=1)
+        self.f4_layer = nn.Conv2d(c4, 256, kernel_size=1)
+        self.f5_layer = nn.Conv2d(c5, 256, kernel_size=1)
+        self.feat_ext = nn.Conv2d(256, reduce_dim, kernel_size=1)
+        self.partition_aware = (PartitionAwareModule(reduce_dim, cfg.partition_aware_type, cfg.concat_with_human)
+                                if cfg.use_partition_aware else None)
+        self.content_preserve = (ContentPreserveModule(reduce_dim, 8, CONTENT_FEAT_DIM, cfg.content_preserve_type)
+                                 if cfg.use_content_preserve else None)
+        self.only_content = bool(cfg.use_content_preserve and cfg.only_content_preserve)
+        self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
+        align_dim = reduce_dim * (2 if cfg.use_rod_feature else 1)
+        fc1_dim, fc2_dim = 512, 256
+        if self.only_content:
+            self.roi_feat_layer = None
+            head_dim = CONTENT_FEAT_DIM
+        else:
+            self.roi_feat_layer = nn.Sequential(
+                nn.Conv2d(align_dim, fc1_dim, kernel_size=ALIGN_SIZE), nn.ReLU(True), nn.Flatten(1),
+                nn.Linear(fc1_dim, fc2_dim, bias=False))
+            head_dim = fc2_dim + (CONTENT_FEAT_DIM if self.content_preserve is not None else 0)
+        self.fc_layer = nn.Linear(head_dim, 1)
+
+    def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
+        """Backbone scales resized to f4, projected, summed and reduced: (B, reduced_dim, H/16, W/16)."""
+        f3, f4, f5 = self.backbone(im)
+        agg = self.f3_layer(resize_to(f3, f4)) + self.f4_layer(f4) + self.f5_layer(resize_to(f5, f4))
+        return self.feat_ext(agg)
+
+    def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
+                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the partition-aware module to the images that contain a person, each on its own."""
+        batch = red_feat.shape[0]
+        has_person = partition_mask[:, 4].flatten(1).ne(0).any(dim=1)
+        if self.partition_aware is None:
+            return red_feat, torch.zeros_like(partition_mask)
+        part_feat = red_feat.new_zeros(batch, self.partition_aware.out_channels, *red_feat.shape[-2:])
+        index = has_person.nonzero().flatten()
+        if index.numel() == 0:
+            return red_feat, part_feat
+        human_xyxy = human_box.reshape(batch, -1)[:, -4:][index]
+        human_rois = torch.cat([torch.arange(index.numel(), device=red_feat.device,
+                                             dtype=human_xyxy.dtype).unsqueeze(1), human_xyxy], dim=1)
+        fused, p_mean = self.partition_aware(red_feat[index], human_rois, partition_mask[index])
+        return red_feat.index_copy(0, index, fused), part_feat.index_copy(0, index, p_mean.to(part_feat.dtype))
+
+    def forward(self, im: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
+                crop_mask: torch.Tensor, partition_mask: torch.Tensor,
+                crop_valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = im.shape[0]
+        if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
+            raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
+        count = crop_box.shape[1]
+        rois = boxes_with_batch_index(crop_box)
+        crop_mask = crop_mask.reshape(batch * count, *crop_mask.shape[-2:])
+        if crop_valid is not None:
+            keep = crop_valid.reshape(-1)
+            rois, crop_mask = rois[keep], crop_mask[keep]
+        red_feat = self.reduced_features(im)
+        red_feat, part_feat = self.partition_features(red_feat, human_box, partition_mask)
+
+        heat_map = red_feat.new_zeros(batch, 1, HEAT_MAP_SIZE, HEAT_MAP_SIZE)
+        features = []
+        if self.roi_feat_layer is not None:
+            features.append(self.roi_feat_layer(self.crop_align(red_feat, rois)))
+        if self.content_preserve is not None:
+            heat_map = self.content_preserve.predict_heat_map(red_feat)
+            image_index = rois[:, 0].long()
+            features.append(self.content_preserve.crop_features(heat_map, crop_mask.to(heat_map.dtype), image_index))
+        crop_feat = features[0] if len(features) == 1 else torch.cat(features, dim=1)
+        score = scatter_valid_scores(self.fc_layer(crop_feat), crop_valid, batch, count)
+        return part_feat, heat_map, score
+
+
+# ----------------------------------------------------------------------------------------------
+# GAIC baseline
+# ----------------------------------------------------------------------------------------------
+
+def gaic_head(in_dim: int, align_size: int = ALIGN_SIZE) -> nn.Sequential:
+    """GAIC's three-layer conv scoring head over aligned crop features."""
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True)),
+        nn.Conv2d(128, 1, kernel_size=1))
+
+
+class GAICModel(nn.Module):
+    """GAIC's multi-scale shared-feature model (Zeng et al.): f3, f4 and f5/2 concatenated.
+
+    ``forward(im, crop_box, crop_valid=None)`` returns (B, N) scores; extra arguments of the
+    human-centric signature are accepted and ignored, so scripts can call both the same way.
+    """
+
+    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+        super().__init__()
+        if cfg is None:
+            from config_GAICD import cfg
+        self.cfg = cfg
+        pretrained = cfg.pretrained if loadweights is None else loadweights
+        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
+        self.DimRed = nn.Conv2d(sum(self.backbone.channels), cfg.reduced_dim, kernel_size=1)
+        self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
+        self.FC_layers = gaic_head(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1))
+
+    def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
+        f3, f4, f5 = self.backbone(im)
+        return self.DimRed(torch.cat([resize_to(f3, f4), f4, 0.5 * resize_to(f5, f4)], dim=1))
+
+    def forward(self, im: torch.Tensor, crop_box: torch.Tensor, *unused, crop_valid: Optional[torch.Tensor] = None,
+                **unused_kwargs) -> torch.Tensor:
+        batch, count = crop_box.shape[:2]
+        rois = boxes_with_batch_index(crop_box)
+        if crop_valid is not None:
+            rois = rois[crop_valid.reshape(-1)]
+        scores = self.FC_layers(self.crop_align(self.reduced_features(im), rois)).flatten(1)
+        return scatter_valid_scores(scores, crop_valid, batch, count)
+
+
+def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
+    """``HCIC`` (human-centric) or ``GAIC`` (baseline) from a config."""
+    if model_type == "HCIC":
+        return HumanCentricCroppingModel(cfg, loadweights=loadweights)
+    if model_type == "GAIC":
+        return GAICModel(cfg, loadweights=loadweights)
+    raise ValueError(f"model_type={model_type!r}; expected 'HCIC' or 'GAIC'")
+
+
+def weights_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for conv and linear layers (the release's init)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (one image's crops: 1-D tensors of predicted and ground-truth scores)
+# ----------------------------------------------------------------------------------------------
+
+def _flat_pair(pre_score: torch.Tensor, gt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pre, gt = pre_score.reshape(-1), gt_score.reshape(-1).to(pre_score.dtype)
+    if pre.shape != gt.shape:
+        raise ValueError(f"predicted scores {tuple(pre_score.shape)} and ground truth {tuple(gt_score.shape)} differ")
+    return pre, gt
+
+
+def score_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 regression of the scores, averaged over crops."""
+    pre, gt = _flat_pair(pre_score, gt_score)
+    return F.smooth_l1_loss(pre, gt, reduction="mean")
+
+
+def score_weighted_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tensor,
+                                   score_mean: float = MOS_MEAN) -> torch.Tensor:
+    """Smooth-L1 regression weighted by exp(max(score - mean, 0)): good crops count more."""
+    pre, gt = _flat_pair(pre_score, gt_score)
+    weight = torch.exp((gt - score_mean).clamp(min=0, max=100))
+    return torch.mean(weight * F.smooth_l1_loss(pre, gt, reduction="none"))
+
+
+def score_rank_loss(pre_score: torch.Tensor, gt_score: torch.Tensor, weighting: str = "sign") -> torch.Tensor:
+    """Pairwise rank loss: sum over pairs of max(0, -w(g_i - g_j) * ((p_i - p_j) - (g_i - g_j))) / pairs.
+
+    ``w`` is ``sign`` (GAIC) or ``sin`` (what the human-centric release computes).
+    """
+    pre, gt = _flat_pair(pre_score, gt_score)
+    count = pre.shape[0]
+    if count < 2:
+        return pre.sum() * 0
+    pre_diff = pre[:, None] - pre[None, :]
+    gt_diff = gt[:, None] - gt[None, :]
+    if weighting == "sign":
+        direction = torch.sign(gt_diff)
+    elif weighting == "sin":
+        direction = torch.sin(gt_diff)
+    else:
+        raise ValueError(f"rank loss weighting {weighting!r}; expected 'sign' or 'sin'")
+    violation = torch.clamp(-direction * (pre_diff - gt_diff), min=0)
+    return violation.sum() / (count * (count - 1) / 2)
+
+
+def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between softmax(predictions) and softmax(dense rank of the ground truth)."""
+    pre, gt = _flat_pair(pre_score, gt_score)
+    _, dense_rank = torch.unique(gt, sorted=True, return_inverse=True)
+    target = torch.softmax(dense_rank.to(pre.dtype) + 1, dim=-1)
+    return -(torch.log_softmax(pre, dim=-1) * target).sum()
+
+
+def partition_ce_loss(pre_partition: torch.Tensor, gt_partition: torch.Tensor) -> torch.Tensor:
+    """Per-position cross-entropy between predicted partition logits and the 9-region mask (B,9,H,W)."""
+    logits = pre_partition.permute(0, 2, 3, 1).reshape(-1, pre_partition.shape[1])
+    labels = gt_partition.argmax(dim=1).reshape(-1)
+    return F.cross_entropy(logits, labels)
+
+
+def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
+                    crop_valid: Optional[torch.Tensor] = None, score_mean: float = MOS_MEAN,
+                    rank_loss_weighting: str = "sign") -> torch.Tensor:
+    """Sum of the chosen score losses, computed per image over its valid crops, averaged over images."""
+    if pred.dim() == 1:
+        pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
+        crop_valid = None if crop_valid is None else crop_valid.unsqueeze(0)
+    total = pred.new_zeros(())
+    for image in range(pred.shape[0]):
+        p, g = pred[image], gt[image]
+        if crop_valid is not None:
+            p, g = p[crop_valid[image]], g[crop_valid[image]]
+        for loss_type in loss_types:
+            if loss_type == "L1Loss":
+                total = total + score_regression_loss(p, g)
+            elif loss_type == "WeightedL1Loss":
+                total = total + score_weighted_regression_loss(p, g, score_mean)
+            elif loss_type == "RankLoss":
+                total = total + score_rank_loss(p, g, rank_loss_weighting)
+            elif loss_type == "LVRLoss":
+                total = total + listwise_view_ranking_loss(p, g)
+            else:
+                raise ValueError(f"unknown score loss {loss_type!r}")
+    return total / pred.shape[0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())
