@@ -1,0 +1,150 @@
+"""Candidate crops: the GAIC grid, fixed-ratio crops, and the 1,745 predefined anchors.
+
+All generators return float32 tensors (N, 4) of ``[x1, y1, x2, y2]`` in pixels.
+
+GAIC grid (Zeng et al., "Grid Anchor based Image Cropping"): the image is cut into
+``bins`` x ``bins`` bins, and a crop's corners sit on bin *centres*. The top-left
+corner uses the centres of the first ``corner_bins`` bins on each axis, the
+bottom-right corner the centres of the last ``corner_bins``:
+
+    x1 = (i + 0.5) * width / bins,  i in 0 .. corner_bins-1
+    x2 = (j + 0.5) * width / bins,  j in bins-corner_bins .. bins-1    (same for y)
+
+rounded half up to whole pixels. A crop is kept when its area is at least
+``min_area_ratio`` of the image's (measured on the grid, so exactly
+``(j - i) * (l - k) / bins**2``) and its pixel aspect ratio w/h lies in
+``aspect_range`` (both ends included). With bins=12 and corner_bins=4 that is at most
+4**4 = 256 corners and at most 90 crops.
+
+The paper states aspect ratios in [0.5, 2]; the GAICD annotation tool used
+[0.5, 2.2]. With the default ``aspect_range=(0.5, 2.2)`` this generator reproduces the
+annotated candidate set of every one of the 1,236 GAICD images exactly (same boxes,
+same count: 90, 87, 83, 75, 72 or 54 crops depending on the image's shape), checked
+against ``human_bboxes/GAICD/image_crop.json`` with each image's size inferred from
+its crops. With (0.5, 2.0) wide images lose their widest crops (1024x683: 83 instead
+of the annotated 87).
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+NUM_PREDEFINED_ANCHORS = 1745
+
+
+def _check_image_size(width: float, height: float) -> None:
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image size must be positive, got width={width}, height={height}")
+
+
+def _round_half_up(values: np.ndarray) -> np.ndarray:
+    return np.floor(values + 0.5)
+
+
+def gaic_grid_candidates(width: float, height: float, bins: int = 12, min_area_ratio: float = 0.5,
+                         aspect_range: tuple[float, float] = (0.5, 2.2),
+                         corner_bins: int = 4) -> torch.Tensor:
+    """The GAIC grid anchors of a ``width`` x ``height`` image, (N, 4) whole pixels.
+
+    See the module docstring for exactly which points are used. Order: x1, y1, x2, y2
+    grid indices ascending, outermost x1.
+    """
+    _check_image_size(width, height)
+    if not 1 <= corner_bins <= bins // 2:
+        raise ValueError(f"corner_bins={corner_bins} must be between 1 and bins // 2 = {bins // 2}")
+    low_ratio, high_ratio = aspect_range
+    if not 0 < low_ratio <= high_ratio:
+        raise ValueError(f"aspect_range={aspect_range} must be (low, high) with 0 < low <= high")
+    step_w, step_h = width / bins, height / bins
+    starts = np.arange(corner_bins)
+    ends = np.arange(bins - corner_bins, bins)
+    i, k, j, l = (grid.ravel() for grid in np.meshgrid(starts, starts, ends, ends, indexing="ij"))
+    area_ratio = (j - i) * (l - k) / bins ** 2
+    aspect = ((j - i) * step_w) / ((l - k) * step_h)
+    # The grid area ratio is a ratio of small integers; the tolerance only absorbs float division.
+    keep = (area_ratio >= min_area_ratio - 1e-9) & (aspect >= low_ratio) & (aspect <= high_ratio)
+    corners = np.stack([i, k, j, l], axis=1)[keep] + 0.5
+    boxes = _round_half_up(corners * np.array([step_w, step_h, step_w, step_h]))
+    return torch.from_numpy(boxes).to(torch.float32).reshape(-1, 4)
+
+
+def fixed_ratio_candidates(width: int, height: int, ratio: float,
+                           scales: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5),
+                           steps: int = 5) -> torch.Tensor:
+    """Crops of aspect ratio ``ratio`` (w/h) inside a ``width`` x ``height`` image, (N, 4).
+
+    For each scale s the crop is s times the largest ``ratio`` box that fits, in whole
+    pixels (its w/h is ``ratio`` to within one pixel of width); its top-left corner
+    takes ``steps`` evenly spaced positions per axis from the image's edge to the
+    opposite edge (one position on an axis the crop fills). Duplicates are removed;
+    order is by scale as given, then y1, then x1.
+    """
+    _check_image_size(width, height)
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise ValueError(f"aspect ratio must be a positive number (w/h), got {ratio}")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    fit_w = min(float(width), height * ratio)
+    boxes: list[tuple[int, int, int, int]] = []
+    seen: set[tuple[int, int, int, int]] = set()
+    for scale in scales:
+        if not 0 < scale <= 1:
+            raise ValueError(f"scale {scale} must be in (0, 1]")
+        crop_h = min(height, max(1, round(fit_w * scale / ratio)))
+        crop_w = min(width, max(1, round(crop_h * ratio)))
+        for y1 in np.unique(np.round(np.linspace(0, height - crop_h, steps))).astype(int):
+            for x1 in np.unique(np.round(np.linspace(0, width - crop_w, steps))).astype(int):
+                box = (int(x1), int(y1), int(x1) + crop_w, int(y1) + crop_h)
+                if box not in seen:
+                    seen.add(box)
+                    boxes.append(box)
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def parse_aspect_ratio(text: str) -> Optional[float]:
+    """``"16:9"`` -> 16/9, ``"1.5"`` -> 1.5, ``"any"`` (or ``"free"``, ``"none"``) -> None."""
+    cleaned = str(text).strip().lower()
+    if cleaned in {"any", "free", "none"}:
+        return None
+    try:
+        if ":" in cleaned:
+            width_part, height_part = cleaned.split(":")
+            value = float(width_part) / float(height_part)
+        else:
+            value = float(cleaned)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"aspect ratio {text!r} is not understood: expected 'W:H' (e.g. '16:9'), "
+                         "a positive number (e.g. '1.5') or 'any'") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"aspect ratio {text!r} must be positive and finite")
+    return value
+
+
+def load_predefined_anchors(path: str | os.PathLike) -> torch.Tensor:
+    """The 1,745 predefined anchors (listwise view ranking) as (1745, 4) image fractions."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"predefined anchors file not found: {path} "
+                                "(expected pdefined_anchors.pkl, a pickled list of [x1, y1, x2, y2] fractions)")
+    try:
+        with open(path, "rb") as handle:
+            anchors = np.asarray(pickle.load(handle, encoding="iso-8859-1"), dtype=np.float64)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        raise ValueError(f"predefined anchors file {path} is not a pickled list of 4-number boxes: {error}") from None
+    if anchors.shape != (NUM_PREDEFINED_ANCHORS, 4):
+        raise ValueError(f"predefined anchors file {path} holds shape {anchors.shape}, "
+                         f"expected ({NUM_PREDEFINED_ANCHORS}, 4)")
+    if anchors.min() < 0 or anchors.max() > 1:
+        raise ValueError(f"predefined anchors in {path} must be fractions in [0, 1], "
+                         f"got values in [{anchors.min()}, {anchors.max()}]")
+    return torch.from_numpy(anchors).to(torch.float32)
+
+
+def scale_anchors(anchors: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """Anchors in image fractions (N, 4) to pixels of a ``width`` x ``height`` image (no rounding)."""
+    _check_image_size(width, height)
+    return anchors * anchors.new_tensor([width, height, width, height])
