@@ -1,0 +1,125 @@
+"""generate_pseudo_heatmap.py against an independent per-crop loop of the paper's recipe."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from config_GAICD import Config
+from generate_pseudo_heatmap import crop_heat_map, generate_heatmaps, main
+from tests.conftest import require_shared
+
+REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops
+
+
+def reference_heat_map(boxes, scores, width, height, score_mean) -> np.ndarray:
+    """The recipe written out crop by crop in float64."""
+    ranked = sorted(zip(scores, [list(map(int, box)) for box in boxes]), key=lambda pair: -pair[0])
+    if len(ranked) > 10 and any(score > score_mean for score, _ in ranked):
+        ranked = [(score, box) for score, box in ranked if score > score_mean]
+    masks = []
+    for _, (x1, y1, x2, y2) in ranked:
+        mask = np.zeros((height, width))
+        mask[max(y1, 0):y2, max(x1, 0):x2] = 1.0
+        masks.append(mask)
+    logits = [score + 2.0 * mask.sum() / (width * height) for (score, _), mask in zip(ranked, masks)]
+    exps = [math.exp(logit - max(logits)) for logit in logits]
+    heat = np.zeros((height, width))
+    for weight, mask in zip(exps, masks):
+        heat += weight / sum(exps) * mask
+    if heat.max() == heat.min():
+        return np.full((height, width), 255, np.uint8)
+    return np.floor((heat - heat.min()) / (heat.max() - heat.min()) * 255.0).astype(np.uint8)
+
+
+def test_hand_case_two_crops():
+    # Crops [0,0,2,4] (score 1) and [2,0,4,4] (score 0) of a 4x4 image: equal areas, so the
+    # weights are softmax(1, 0); the left half is the max (255), the right half the min (0).
+    heat = crop_heat_map(np.array([[0, 0, 2, 4], [2, 0, 4, 4]]), np.array([1.0, 0.0]), 4, 4, score_mean=0.5)
+    expected = np.zeros((4, 4), np.uint8)
+    expected[:, :2] = 255
+    np.testing.assert_array_equal(heat, expected)
+
+
+def test_uniform_map_when_every_crop_covers_the_image():
+    heat = crop_heat_map(np.array([[0, 0, 5, 3]] * 3), np.array([3.0, 2.0, 1.0]), 5, 3, score_mean=2.0)
+    np.testing.assert_array_equal(heat, np.full((3, 5), 255, np.uint8))
+
+
+def test_mean_filter_keeps_all_crops_when_none_is_above_the_mean():
+    rng = np.random.default_rng(4)
+    x = np.sort(rng.integers(0, 41, size=(12, 2)), axis=1)
+    y = np.sort(rng.integers(0, 31, size=(12, 2)), axis=1)
+    boxes = np.stack([x[:, 0], y[:, 0], x[:, 1] + 1, y[:, 1] + 1], axis=1)
+    scores = rng.uniform(1, 2, size=12)
+    for mean in (10.0, 1.5):  # none above, then some above
+        got = crop_heat_map(boxes, scores, 42, 32, mean)
+        want = reference_heat_map(boxes, scores, 42, 32, mean)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.fixture
+def real_gaicd_cfg(tmp_path):
+    shared = require_shared()
+    return Config(data_root=str(tmp_path / "root"), GAIC_image=str(shared / "GAICD-sample" / "images"),
+                  GAIC_anno=str(shared / "human_bboxes" / "GAICD" / "image_crop.json"),
+                  GAIC_human=str(shared / "human_bboxes" / "GAICD" / "human_bboxes.json"))
+
+
+def test_real_image_matches_reference(real_gaicd_cfg, tmp_path):
+    out = tmp_path / "heat"
+    paths = generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=[REAL_IMAGE])
+    assert paths == [str(out / "GAICD" / "mask" / "297406.png")]
+    heat = np.asarray(Image.open(paths[0]))
+    assert heat.dtype == np.uint8 and heat.shape == (744, 1024)
+    with open(real_gaicd_cfg.GAIC_anno) as handle:
+        annotations = json.load(handle)
+    all_scores = [score for entry in annotations.values() for score in entry["score"]]
+    entry = annotations[REAL_IMAGE]
+    want = reference_heat_map(entry["bbox"], entry["score"], 1024, 744, sum(all_scores) / len(all_scores))
+    difference = np.abs(heat.astype(int) - want.astype(int))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999
+    assert heat.min() == 0 and heat.max() == 255
+    assert (out / "GAICD" / "display" / "297406.jpg").is_file()  # human-centric: a figure too
+    assert not list((out / "GAICD" / "mask").glob(".*"))  # no temporary files left
+
+
+def test_skips_finished_images_unless_overwrite(real_gaicd_cfg, tmp_path):
+    out = tmp_path / "heat"
+    (path,) = generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"])
+    assert not (out / "GAICD" / "display" / "211958.jpg").exists()  # no person: no figure
+    placeholder = np.zeros((2, 2), np.uint8)
+    Image.fromarray(placeholder).save(path)
+    generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"])
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), placeholder)
+    generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"], overwrite=True)
+    assert np.asarray(Image.open(path)).shape == (683, 1024)
+
+
+def test_missing_images_are_listed_in_one_error(real_gaicd_cfg, tmp_path):
+    with pytest.raises(ValueError) as error:
+        generate_heatmaps("GAICD", real_gaicd_cfg, str(tmp_path), images=["235093.jpg", "nope.jpg"])
+    assert "missing image 235093.jpg" in str(error.value)
+    assert "nope.jpg: not in the crop annotation file" in str(error.value)
+
+
+def test_command_line_with_process_pool(real_gaicd_cfg, tmp_path):
+    # Only the three sample photos exist, so point the default paths at them via a data root
+    # whose GAICD folder links the shared files.
+    root = tmp_path / "root"
+    gaicd = root / "GAICD"
+    gaicd.mkdir(parents=True)
+    os.symlink(real_gaicd_cfg.GAIC_image, gaicd / "images")
+    annotations = json.loads(open(real_gaicd_cfg.GAIC_anno).read())
+    sample = {name: annotations[name] for name in ("211958.jpg", "265813.jpg", REAL_IMAGE)}
+    (gaicd / "image_crop.json").write_text(json.dumps(sample))
+    (gaicd / "human_bboxes.json").write_text(json.dumps({REAL_IMAGE: [142, 488, 252, 676]}))
+    paths = main(["--dataset", "GAICD", "--data-root", str(root), "--workers", "2", "--only-human"])
+    assert paths == [str(root / "heat_map_gt" / "GAICD" / "mask" / "297406.png")]
+    paths = main(["--data-root", str(root), "--out", str(tmp_path / "out"), "--limit", "2", "--workers", "2"])
+    assert [os.path.basename(path) for path in paths] == ["211958.png", "265813.png"]
+    assert all(os.path.isfile(path) for path in paths)
