@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset, Sampler
 
 from untils.boxes import (clip_boxes, crop_masks, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
+from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.torchvision_compat import transforms
 
 if TYPE_CHECKING:
@@ -138,18 +138,6 @@ def read_human_boxes(path: str) -> dict[str, np.ndarray]:
     if problems:
         raise problems_error(f"human box file {path}", problems)
     return boxes
-
-
-def load_predefined_anchors(path: str) -> np.ndarray:
-    """The predefined anchors (K, 4) float32 as image fractions (1,745 in the release's file)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"predefined anchor file not found: {path}")
-    with open(path, "rb") as handle:
-        anchors = np.asarray(pickle.load(handle, encoding="iso-8859-1"), dtype=np.float32)
-    if anchors.ndim != 2 or anchors.shape[1] != 4 or anchors.min() < 0 or anchors.max() > 1:
-        raise DatasetError(f"predefined anchor file {path} must hold [x1, y1, x2, y2] fractions in [0, 1], "
-                           f"got shape {anchors.shape}")
-    return anchors
 
 
 def _names_from_split(path: str, key: str, what: str) -> list[str]:
@@ -326,12 +314,12 @@ class CroppingDataset(Dataset):
         (width, height), (resized_w, resized_h) = self.original_sizes[index], self.resized_sizes[index]
         return resized_w / width, resized_h / height
 
-    def _common_item(self, index: int, image: Image.Image, crop_box: np.ndarray,
+    def _common_item(self, index: int, image: Image.Image, crop_box: np.ndarray | torch.Tensor,
                      human_box: np.ndarray, flipped: bool) -> dict[str, Any]:
         resized_w, resized_h = self.resized_sizes[index]
         width, height = self.original_sizes[index]
-        crop_tensor = torch.from_numpy(np.ascontiguousarray(crop_box, dtype=np.float32))
-        human_tensor = torch.from_numpy(np.ascontiguousarray(human_box, dtype=np.float32))
+        crop_tensor = torch.as_tensor(crop_box, dtype=torch.float32)
+        human_tensor = torch.as_tensor(human_box, dtype=torch.float32)
         item = {
             "image": normalize_image(image),
             "crop_box": crop_tensor,
@@ -490,8 +478,7 @@ class AnchorEvalDataset(CroppingDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self._load_resized_image(index)
-        resized_w, resized_h = self.resized_sizes[index]
-        anchors = self.anchors * np.array([resized_w, resized_h, resized_w, resized_h], dtype=np.float32)
+        anchors = scale_anchors(self.anchors, *self.resized_sizes[index])
         item = self._common_item(index, image, anchors, self._resized_human_box(index), flipped=False)
         item["gt_crops"] = torch.from_numpy(self.gt_crops[index].astype(np.float32))
         return item
