@@ -27,7 +27,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -579,6 +579,14 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class ResizedSizes(Protocol):
+    """What the sampler needs: a length and each item's resized size (a dataset or a subset of one)."""
+
+    def __len__(self) -> int: ...
+
+    def resized_size_of(self, index: int) -> tuple[int, int]: ...
+
+
 class SizeBucketBatchSampler(Sampler[list[int]]):
     """Batches of indices whose images share a resized size, so ``collate_crops`` can stack them.
 
@@ -588,7 +596,7 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
     so every rank gets the same number of batches.
     """
 
-    def __init__(self, dataset: CroppingDataset, batch_size: int, shuffle: bool = True, drop_last: bool = False,
+    def __init__(self, dataset: ResizedSizes, batch_size: int, shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
