@@ -121,7 +121,8 @@ def _scaled_grid_coords(boxes: torch.Tensor, width: float, height: float,
 def _spans(starts: torch.Tensor, stops: torch.Tensor, length: int) -> torch.Tensor:
     """float32 0/1 (..., length): positions p with start <= p < stop (numpy-slice semantics).
 
-    Masks are combined by multiplying floats: on CPU that is ~100x faster than bool ``&``.
+    Masks are combined by multiplying floats: on CPU that is an order of magnitude faster
+    than bool ``&`` followed by a cast.
     """
     positions = torch.arange(length, device=starts.device)
     inside = (positions >= starts.unsqueeze(-1)) & (positions < stops.unsqueeze(-1))
