@@ -1,8 +1,9 @@
 """RoDAlign as in GAIC: a bilinear grid over the whole feature map with the RoI cut out.
 
 The compiled kernels register ``torch.ops.rod_align.rod_align`` (features, rois,
-aligned_height, aligned_width, spatial_scale) and ``torch.ops.rod_align.rod_align_backward``
-(grad_output, rois, spatial_scale, batch_size, height, width) for CPU and CUDA.
+aligned_height, aligned_width, spatial_scale, avg_pool=False) and
+``torch.ops.rod_align.rod_align_backward`` (grad_output, rois, spatial_scale, batch_size,
+height, width, avg_pool=False) for CPU and CUDA.
 """
 from __future__ import annotations
 
@@ -40,11 +41,16 @@ def rod_align_positions(
 
 
 def rod_align_python(
-    features: Tensor, rois: Tensor, aligned_height: int, aligned_width: int, spatial_scale: float
+    features: Tensor,
+    rois: Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    avg_pool: bool = False,
 ) -> Tensor:
     """Pure-PyTorch RoDAlign (the fallback, and in float64 the test oracle)."""
     return python_align(
-        "rod_align", rod_align_positions, features, rois, aligned_height, aligned_width, spatial_scale
+        "rod_align", rod_align_positions, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool
     )
 
 
@@ -55,11 +61,13 @@ def rod_align(
     aligned_width: int,
     spatial_scale: float,
     *,
+    avg_pool: bool = False,
     backend: Backend = "auto",
 ) -> Tensor:
     """Bilinear ``aligned_height x aligned_width`` grid over the whole map, zero inside each RoI (GAIC's RoDAlign).
 
-    Arguments, return value and precision as :func:`roi_align.roi_align`.
+    Arguments (``avg_pool`` included: ``RoDAlignAvg``), return value and precision as
+    :func:`roi_align.roi_align`.
 
     Cell ``(ph, pw)`` samples ``h = ph * (H - 1.001) / (aligned_height - 1)``,
     ``w = pw * (W - 1.001) / (aligned_width - 1)`` (the same grid for every RoI) and is 0
@@ -69,5 +77,5 @@ def rod_align(
     contain no sample, so nothing is zeroed. A degenerate RoI (x2 < x1) contains nothing.
     """
     if KERNELS.use_compiled(backend):
-        return torch.ops.rod_align.rod_align(features, rois, aligned_height, aligned_width, spatial_scale)
-    return rod_align_python(features, rois, aligned_height, aligned_width, spatial_scale)
+        return torch.ops.rod_align.rod_align(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+    return rod_align_python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)

@@ -32,10 +32,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_align_params(op_name: str, aligned_height: int, aligned_width: int, spatial_scale: float) -> None:
+def check_align_params(
+    op_name: str, aligned_height: int, aligned_width: int, spatial_scale: float, pooled: bool = False
+) -> None:
+    # The sampling grid needs two rows and columns; 2x2 pooling samples one more each way.
+    min_size, condition = (1, " with 2x2 pooling") if pooled else (2, "")
     for name, value in (("aligned_height", aligned_height), ("aligned_width", aligned_width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{op_name}: {name} must be an integer >= 2, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < min_size:
+            raise ValueError(f"{op_name}: {name} must be an integer >= {min_size}{condition}, got {value!r}")
     if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)):
         raise ValueError(f"{op_name}: spatial_scale must be a float, got {spatial_scale!r}")
     if not (math.isfinite(spatial_scale) and spatial_scale > 0):
@@ -43,10 +47,16 @@ def check_align_params(op_name: str, aligned_height: int, aligned_width: int, sp
 
 
 def check_align_inputs(
-    op_name: str, features: Tensor, rois: Tensor, aligned_height: int, aligned_width: int, spatial_scale: float
+    op_name: str,
+    features: Tensor,
+    rois: Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    avg_pool: bool = False,
 ) -> None:
     """The checks that need no tensor values (so they also run on fake tensors)."""
-    check_align_params(op_name, aligned_height, aligned_width, spatial_scale)
+    check_align_params(op_name, aligned_height, aligned_width, spatial_scale, avg_pool)
     for name, tensor in (("features", features), ("rois", rois)):
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{op_name}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -132,38 +142,51 @@ def register_op_extras(namespace: str, forward_name: str, backward_name: str) ->
     forward_qualname = f"{namespace}::{forward_name}"
     backward_qualname = f"{namespace}::{backward_name}"
 
-    def forward_fake(features: Tensor, rois: Tensor, aligned_height: int, aligned_width: int, spatial_scale: float):
-        check_align_inputs(forward_name, features, rois, aligned_height, aligned_width, spatial_scale)
+    def forward_fake(
+        features: Tensor,
+        rois: Tensor,
+        aligned_height: int,
+        aligned_width: int,
+        spatial_scale: float,
+        avg_pool: bool = False,
+    ) -> Tensor:
+        check_align_inputs(forward_name, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
         return features.new_empty((rois.shape[0], features.shape[1], aligned_height, aligned_width))
 
-    def backward_fake(grad_output: Tensor, rois: Tensor, spatial_scale: float, batch_size, height, width):
+    def backward_fake(
+        grad_output: Tensor, rois: Tensor, spatial_scale: float, batch_size, height, width, avg_pool: bool = False
+    ) -> Tensor:
         return grad_output.new_empty((batch_size, grad_output.shape[1], height, width))
 
     def forward_setup_context(ctx, inputs, output) -> None:
-        features, rois, _, _, spatial_scale = inputs
+        features, rois, _, _, spatial_scale, *avg_pool = inputs
         ctx.save_for_backward(rois)
         ctx.spatial_scale = spatial_scale
+        ctx.avg_pool = bool(avg_pool and avg_pool[0])
         ctx.feature_size = (features.shape[0], features.shape[2], features.shape[3])
 
     def forward_backward(ctx, grad_output: Tensor):
         (rois,) = ctx.saved_tensors
         grad_features = None
         if ctx.needs_input_grad[0]:
-            grad_features = backward_op(grad_output, rois, ctx.spatial_scale, *ctx.feature_size)
-        return grad_features, None, None, None, None
+            grad_features = backward_op(grad_output, rois, ctx.spatial_scale, *ctx.feature_size, ctx.avg_pool)
+        return grad_features, None, None, None, None, None
 
     def backward_setup_context(ctx, inputs, output) -> None:
-        grad_output, rois, spatial_scale, _, _, _ = inputs
+        grad_output, rois, spatial_scale, _, _, _, *avg_pool = inputs
         ctx.save_for_backward(rois)
         ctx.spatial_scale = spatial_scale
+        ctx.avg_pool = bool(avg_pool and avg_pool[0])
         ctx.aligned_size = (grad_output.shape[2], grad_output.shape[3])
 
     def backward_backward(ctx, grad_grad_features: Tensor):
         (rois,) = ctx.saved_tensors
         grad_grad_output = None
         if ctx.needs_input_grad[0]:
-            grad_grad_output = forward_op(grad_grad_features, rois, *ctx.aligned_size, ctx.spatial_scale)
-        return grad_grad_output, None, None, None, None, None
+            grad_grad_output = forward_op(
+                grad_grad_features, rois, *ctx.aligned_size, ctx.spatial_scale, ctx.avg_pool
+            )
+        return grad_grad_output, None, None, None, None, None, None
 
     torch.library.register_fake(forward_qualname, forward_fake)
     torch.library.register_fake(backward_qualname, backward_fake)
@@ -210,26 +233,31 @@ def python_align(
     aligned_height: int,
     aligned_width: int,
     spatial_scale: float,
+    avg_pool: bool = False,
 ) -> Tensor:
     """Run an op on the fallback: check, compute positions with ``positions``, sample.
 
-    ``positions(rois, (H, W), aligned_height, aligned_width, spatial_scale, dtype)`` returns
-    ``h``, ``w`` and ``keep`` broadcastable to ``(K, aligned_height, aligned_width)``.
+    ``positions(rois, (H, W), grid_height, grid_width, spatial_scale, dtype)`` returns
+    ``h``, ``w`` and ``keep`` broadcastable to ``(K, grid_height, grid_width)``. With
+    ``avg_pool`` the grid is one larger each way and 2x2 stride-1 average pooled.
     """
-    check_align_inputs(op_name, features, rois, aligned_height, aligned_width, spatial_scale)
+    check_align_inputs(op_name, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
     batch_size, channels, height, width = features.shape
     rois = rois.detach()
     if not torch.compiler.is_compiling():
         check_batch_indices(op_name, rois, batch_size)
     dtype = compute_dtype(features.dtype)
     rois = rois.to(dtype)
-    h, w, keep = positions(rois, (height, width), aligned_height, aligned_width, spatial_scale, dtype)
-    return bilinear_sample(features, rois[:, 0].to(torch.int64), h, w, keep)
+    grid_height, grid_width = aligned_height + avg_pool, aligned_width + avg_pool
+    h, w, keep = positions(rois, (height, width), grid_height, grid_width, spatial_scale, dtype)
+    sampled = bilinear_sample(features, rois[:, 0].to(torch.int64), h, w, keep)
+    return F.avg_pool2d(sampled, kernel_size=2, stride=1) if avg_pool else sampled
 
 
 class AlignModule(nn.Module):
     """Base of the six modules: the plain op, or (``pooling`` "avg"/"max") the op at one
-    more row and column followed by a 2x2 stride-1 average/max pool, as in GAIC."""
+    more row and column followed by a 2x2 stride-1 average/max pool, as in GAIC.
+    The average pool is fused into the op (``avg_pool=True``)."""
 
     def __init__(
         self,
@@ -241,12 +269,8 @@ class AlignModule(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        extra = 0 if pooling is None else 1
         name = type(self).__name__
-        for arg, value in (("aligned_height", aligned_height), ("aligned_width", aligned_width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value + extra < 2:
-                raise ValueError(f"{name}: {arg} must be an integer >= {2 - extra}, got {value!r}")
-        check_align_params(name, aligned_height + extra, aligned_width + extra, spatial_scale)
+        check_align_params(name, aligned_height, aligned_width, spatial_scale, pooled=pooling is not None)
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
         self.op = op
@@ -257,20 +281,11 @@ class AlignModule(nn.Module):
         self.backend = backend
 
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
-        extra = 0 if self.pooling is None else 1
-        sampled = self.op(
-            features,
-            rois,
-            self.aligned_height + extra,
-            self.aligned_width + extra,
-            self.spatial_scale,
-            backend=self.backend,
-        )
-        if self.pooling == "avg":
-            return F.avg_pool2d(sampled, kernel_size=2, stride=1)
+        size, scale, backend = (self.aligned_height, self.aligned_width), self.spatial_scale, self.backend
         if self.pooling == "max":
+            sampled = self.op(features, rois, size[0] + 1, size[1] + 1, scale, backend=backend)
             return F.max_pool2d(sampled, kernel_size=2, stride=1)
-        return sampled
+        return self.op(features, rois, *size, scale, avg_pool=self.pooling == "avg", backend=backend)
 
     def extra_repr(self) -> str:
         return (

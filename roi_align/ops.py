@@ -1,8 +1,9 @@
 """RoIAlign as in GAIC: a bilinear grid spanning each RoI, corners included.
 
 The compiled kernels register ``torch.ops.roi_align.roi_align`` (features, rois,
-aligned_height, aligned_width, spatial_scale) and ``torch.ops.roi_align.roi_align_backward``
-(grad_output, rois, spatial_scale, batch_size, height, width) for CPU and CUDA.
+aligned_height, aligned_width, spatial_scale, avg_pool=False) and
+``torch.ops.roi_align.roi_align_backward`` (grad_output, rois, spatial_scale, batch_size,
+height, width, avg_pool=False) for CPU and CUDA.
 """
 from __future__ import annotations
 
@@ -40,11 +41,16 @@ def roi_align_positions(
 
 
 def roi_align_python(
-    features: Tensor, rois: Tensor, aligned_height: int, aligned_width: int, spatial_scale: float
+    features: Tensor,
+    rois: Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    avg_pool: bool = False,
 ) -> Tensor:
     """Pure-PyTorch RoIAlign (the fallback, and in float64 the test oracle)."""
     return python_align(
-        "roi_align", roi_align_positions, features, rois, aligned_height, aligned_width, spatial_scale
+        "roi_align", roi_align_positions, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool
     )
 
 
@@ -55,6 +61,7 @@ def roi_align(
     aligned_width: int,
     spatial_scale: float,
     *,
+    avg_pool: bool = False,
     backend: Backend = "auto",
 ) -> Tensor:
     """Bilinear ``aligned_height x aligned_width`` grid over each RoI (GAIC's RoIAlign).
@@ -65,6 +72,8 @@ def roi_align(
             ``batch_index`` must be an integer value in ``[0, B)``. No gradient flows to rois.
         aligned_height, aligned_width: output grid size, >= 2.
         spatial_scale: feature pixels per input pixel (e.g. 1/16), finite and > 0.
+        avg_pool: sample a grid one larger each way and average each 2x2 block (stride 1),
+            i.e. ``RoIAlignAvg``; aligned sizes may then be 1. Fused in the compiled kernels.
         backend: "auto" (compiled kernels when built, else the PyTorch fallback), "compiled"
             (error without them) or "python" (force the fallback).
 
@@ -83,5 +92,5 @@ def roi_align(
     accumulated in the same precision.
     """
     if KERNELS.use_compiled(backend):
-        return torch.ops.roi_align.roi_align(features, rois, aligned_height, aligned_width, spatial_scale)
-    return roi_align_python(features, rois, aligned_height, aligned_width, spatial_scale)
+        return torch.ops.roi_align.roi_align(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+    return roi_align_python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)

@@ -9,15 +9,15 @@
 namespace {
 
 at::Tensor rod_align_cpu(const at::Tensor& features, const at::Tensor& rois, int64_t aligned_height,
-                         int64_t aligned_width, double spatial_scale) {
+                         int64_t aligned_width, double spatial_scale, bool avg_pool) {
   return gaic_align::align_forward_cpu<gaic_align::RodSampler>("rod_align", features, rois, aligned_height,
-                                                               aligned_width, spatial_scale);
+                                                               aligned_width, spatial_scale, avg_pool);
 }
 
 at::Tensor rod_align_backward_cpu(const at::Tensor& grad_output, const at::Tensor& rois, double spatial_scale,
-                                  int64_t batch_size, int64_t height, int64_t width) {
+                                  int64_t batch_size, int64_t height, int64_t width, bool avg_pool) {
   return gaic_align::align_backward_cpu<gaic_align::RodSampler>("rod_align_backward", grad_output, rois,
-                                                                spatial_scale, batch_size, height, width);
+                                                                spatial_scale, batch_size, height, width, avg_pool);
 }
 
 }  // namespace
@@ -30,10 +30,12 @@ extern "C" PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(rod_align, m) {
   m.set_python_module("rod_align.ops");
-  m.def("rod_align(Tensor features, Tensor rois, int aligned_height, int aligned_width, float spatial_scale) -> Tensor");
+  m.def(
+      "rod_align(Tensor features, Tensor rois, int aligned_height, int aligned_width, float spatial_scale, "
+      "bool avg_pool=False) -> Tensor");
   m.def(
       "rod_align_backward(Tensor grad_output, Tensor rois, float spatial_scale, SymInt batch_size, SymInt height, "
-      "SymInt width) -> Tensor");
+      "SymInt width, bool avg_pool=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rod_align, CPU, m) {

@@ -15,7 +15,8 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
 }
 
 inline void check_common(const char* op, const at::Tensor& values, const char* values_name, const at::Tensor& rois,
-                         int64_t height, int64_t width, int64_t aligned_height, int64_t aligned_width) {
+                         int64_t height, int64_t width, int64_t aligned_height, int64_t aligned_width,
+                         bool avg_pool) {
   check_floating(op, values_name, values);
   check_floating(op, "rois", rois);
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op,
@@ -24,23 +25,31 @@ inline void check_common(const char* op, const at::Tensor& values, const char* v
                     " but rois on ", rois.device());
   TORCH_CHECK_VALUE(height >= 2 && width >= 2, op, ": features need H >= 2 and W >= 2 for bilinear sampling, got H=",
                     height, ", W=", width);
-  TORCH_CHECK_VALUE(aligned_height >= 2, op, ": aligned_height must be an integer >= 2, got ", aligned_height);
-  TORCH_CHECK_VALUE(aligned_width >= 2, op, ": aligned_width must be an integer >= 2, got ", aligned_width);
+  // The sampling grid needs two rows and columns; avg_pool samples one more each way.
+  const int64_t min_size = avg_pool ? 1 : 2;
+  TORCH_CHECK_VALUE(aligned_height >= min_size, op, ": aligned_height must be an integer >= ", min_size,
+                    avg_pool ? " with avg_pool" : "", ", got ", aligned_height);
+  TORCH_CHECK_VALUE(aligned_width >= min_size, op, ": aligned_width must be an integer >= ", min_size,
+                    avg_pool ? " with avg_pool" : "", ", got ", aligned_width);
 }
 
 inline void check_forward_inputs(const char* op, const at::Tensor& features, const at::Tensor& rois,
-                                 int64_t aligned_height, int64_t aligned_width, double spatial_scale) {
+                                 int64_t aligned_height, int64_t aligned_width, double spatial_scale,
+                                 bool avg_pool) {
   TORCH_CHECK_VALUE(features.dim() == 4, op, ": features must have shape (B, C, H, W), got ", features.sizes());
-  check_common(op, features, "features", rois, features.size(2), features.size(3), aligned_height, aligned_width);
+  check_common(op, features, "features", rois, features.size(2), features.size(3), aligned_height, aligned_width,
+               avg_pool);
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0, op,
                     ": spatial_scale must be finite and > 0, got ", spatial_scale);
 }
 
 inline void check_backward_inputs(const char* op, const at::Tensor& grad_output, const at::Tensor& rois,
-                                  double spatial_scale, int64_t batch_size, int64_t height, int64_t width) {
+                                  double spatial_scale, int64_t batch_size, int64_t height, int64_t width,
+                                  bool avg_pool) {
   TORCH_CHECK_VALUE(grad_output.dim() == 4, op, ": grad_output must have shape (K, C, aligned_height, aligned_width), got ",
                     grad_output.sizes());
-  check_common(op, grad_output, "grad_output", rois, height, width, grad_output.size(2), grad_output.size(3));
+  check_common(op, grad_output, "grad_output", rois, height, width, grad_output.size(2), grad_output.size(3),
+               avg_pool);
   TORCH_CHECK_VALUE(grad_output.size(0) == rois.size(0), op, ": grad_output has ", grad_output.size(0),
                     " rows but rois has ", rois.size(0));
   TORCH_CHECK_VALUE(batch_size >= 0, op, ": batch_size must be >= 0, got ", batch_size);

@@ -69,4 +69,22 @@ C10_HOST_DEVICE inline T interpolate(const scalar_t* plane, const BilinearSample
          sample.bottom_left * static_cast<T>(bottom[0]) + sample.bottom_right * static_cast<T>(bottom[1]);
 }
 
+// The ...Avg modules' 2x2 stride-1 average pooling, fused: pooled cell (i, j) averages grid
+// cells (i..i+1, j..j+1) of a grid one larger each way. This is the gradient reaching grid
+// cell (gi, gj) of a plane from the pooled gradient of that plane (aligned_height x
+// aligned_width), i.e. the adjoint of the pooling.
+template <typename T, typename scalar_t>
+C10_HOST_DEVICE inline T unpool_gradient(const scalar_t* pooled_grad, int64_t gi, int64_t gj,
+                                          int64_t aligned_height, int64_t aligned_width) {
+  T sum(0);
+  for (int64_t i = gi - 1; i <= gi; ++i) {
+    if (i < 0 || i >= aligned_height) continue;
+    for (int64_t j = gj - 1; j <= gj; ++j) {
+      if (j < 0 || j >= aligned_width) continue;
+      sum += static_cast<T>(pooled_grad[i * aligned_width + j]);
+    }
+  }
+  return sum / T(4);
+}
+
 }  // namespace gaic_align
