@@ -244,7 +244,7 @@ class CroppingDataset(Dataset):
         self.image_paths: list[str] = []
         self.original_sizes: list[tuple[int, int]] = []
         self.human_boxes: list[Optional[np.ndarray]] = []
-        self.problems: list[str] = []
+        self._problems: list[str] = []
         self._clipped_names: list[str] = []
         for name, path in zip(self.names, image_paths):
             self.image_paths.append(path or "")
@@ -256,27 +256,27 @@ class CroppingDataset(Dataset):
 
     def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
         if path is None or not os.path.isfile(path):
-            self.problems.append(f"missing image {path or name}")
+            self._problems.append(f"missing image {path or name}")
             return None
         try:
             with Image.open(path) as image:
                 return image.size
         except (OSError, SyntaxError, ValueError) as error:
-            self.problems.append(f"unreadable image {path}: {error}")
+            self._problems.append(f"unreadable image {path}: {error}")
             return None
 
     def _checked(self, name: str, what: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """``boxes`` validated against the image size; problems are collected, not raised."""
         boxes, clipped, problem = check_boxes(boxes, *size)
         if problem:
-            self.problems.append(f"{name}: {what} {problem}")
+            self._problems.append(f"{name}: {what} {problem}")
         if clipped:
             self._clipped_names.append(name)
         return boxes
 
     def _finish_checks(self) -> None:
-        if self.problems:
-            raise problems_error(f"{self.title} ({len(self.names)} images)", self.problems)
+        if self._problems:
+            raise problems_error(f"{self.title} ({len(self.names)} images)", self._problems)
         if self._clipped_names:
             warnings.warn(f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
                           f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
@@ -364,8 +364,8 @@ class ScoredCropDataset(CroppingDataset):
             else:
                 self.heat_map_paths.append(None)
                 if require_heat_maps:
-                    self.problems.append(f"missing heat map {path} (run generate_pseudo_heatmap.py)")
-        self.problems.extend(f"{name}: not in the crop annotation file" for name in missing_annotations)
+                    self._problems.append(f"missing heat map {path} (run generate_pseudo_heatmap.py)")
+        self._problems.extend(f"{name}: not in the crop annotation file" for name in missing_annotations)
         self.color_jitter = transforms.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
         self._finish_checks()
 
@@ -467,7 +467,7 @@ class AnchorEvalDataset(CroppingDataset):
         for name, size in zip(self.names, self.original_sizes):
             boxes = gt_crops.get(name)
             if boxes is None:
-                self.problems.append(f"{name}: not in the crop annotation file")
+                self._problems.append(f"{name}: not in the crop annotation file")
             elif size is not None:
                 boxes = self._prepare_gt(name, boxes, size)
             self.gt_crops.append(boxes)
@@ -529,7 +529,7 @@ class FLMSDataset(AnchorEvalDataset):
         width, height = size
         inside = boxes[(boxes[:, 2] <= width) & (boxes[:, 3] <= height)]
         if not 1 <= len(inside) <= FLMS_MAX_CROPS:
-            self.problems.append(f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
+            self._problems.append(f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
                                  f"expected 1 to {FLMS_MAX_CROPS}")
             return inside
         inside = self._checked(name, "ground-truth crop", inside, size)
