@@ -40,9 +40,10 @@ def check_align_params(
     for name, value in (("aligned_height", aligned_height), ("aligned_width", aligned_width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < min_size:
             raise ValueError(f"{op_name}: {name} must be an integer >= {min_size}{condition}, got {value!r}")
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)):
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, torch.SymFloat)):
         raise ValueError(f"{op_name}: spatial_scale must be a float, got {spatial_scale!r}")
-    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
+    # Plain comparisons rather than math.isfinite: NaN fails them too, and torch.compile traces them.
+    if not 0 < spatial_scale < math.inf:
         raise ValueError(f"{op_name}: spatial_scale must be finite and > 0, got {spatial_scale!r}")
 
 

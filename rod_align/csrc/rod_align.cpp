@@ -29,7 +29,6 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(rod_align, m) {
-  m.set_python_module("rod_align.ops");
   m.def(
       "rod_align(Tensor features, Tensor rois, int aligned_height, int aligned_width, float spatial_scale, "
       "bool avg_pool=False) -> Tensor");

@@ -29,7 +29,6 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(roi_align, m) {
-  m.set_python_module("roi_align.ops");
   m.def(
       "roi_align(Tensor features, Tensor rois, int aligned_height, int aligned_width, float spatial_scale, "
       "bool avg_pool=False) -> Tensor");
