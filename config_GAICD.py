@@ -73,6 +73,7 @@ class Config:
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
     num_workers: int = _opt("DataLoader workers", 4)
     seed: int = _opt("random seed", 0)
+    deterministic: bool = _opt("bitwise-reproducible kernels (torch.use_deterministic_algorithms); slower", False)
     only_human: bool = _opt("train on the human-centric images only", False)
     data_augmentation: bool = _opt("flip and colour jitter while training", True)
     keep_aspect_ratio: bool = _opt("resize the shorter side to image_size[0] (else a fixed size)", True)

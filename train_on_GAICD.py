@@ -128,6 +128,8 @@ class Trainer:
         self.progress = progress
         self.checkpoint_dir = os.path.join(exp_path, "checkpoints")
         os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.model = build_crop_model(cfg, cfg.model_type).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -32,3 +32,34 @@ def require_shared(relative: str = "") -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared()
+
+
+SAMPLE_IMAGES = {"train": ["211958.jpg"], "test": ["265813.jpg", "297406.jpg"]}
+
+
+def build_gaicd_sample(root: Path, flat: bool = False) -> Path:
+    """The three real GAICD sample photos in the release layout under ``root/GAICD``.
+
+    Annotations are the real entries of the three photos; 297406.jpg (test) is the one
+    human-centric image. ``flat`` puts every image in ``images/`` instead of train/ and test/.
+    """
+    import json
+    import shutil
+
+    source = require_shared("GAICD-sample/images")
+    boxes = require_shared("human_bboxes/GAICD")
+    gaicd = root / "GAICD"
+    for split, names in SAMPLE_IMAGES.items():
+        folder = gaicd / "images" if flat else gaicd / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(source / split / name, folder / name)
+    names = [n for group in SAMPLE_IMAGES.values() for n in group]
+    crops = json.loads((boxes / "image_crop.json").read_text())
+    humans = json.loads((boxes / "human_bboxes.json").read_text())
+    (gaicd / "image_crop.json").write_text(json.dumps({n: crops[n] for n in names}))
+    (gaicd / "human_bboxes.json").write_text(json.dumps({n: humans[n] for n in names if n in humans}))
+    (gaicd / "original_data_split.json").write_text(json.dumps(SAMPLE_IMAGES))
+    (gaicd / "human_data_split.json").write_text(json.dumps(
+        {split: [n for n in group if n in humans] for split, group in SAMPLE_IMAGES.items()}))
+    return root
