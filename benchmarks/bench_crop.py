@@ -1,0 +1,121 @@
+"""Photos per second of crop.py on a folder of generated photos.
+
+  python benchmarks/bench_crop.py                                   # mobilenetv2 on 100, vgg16 on 20 photos
+  python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --workers 0 --batch-size 1
+
+Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
+with a random-weight human-centric model (timing does not depend on the weights), free ratio
+(GAIC grid), top-3 crops and the JSON written per photo, no person. The photos are generated
+1024x768 JPEGs (smooth colour fields, shapes and noise; seeded), so the timing includes JPEG
+decoding, LANCZOS resizing, scoring and JPEG encoding of the crops. The model is built once
+more outside the timed run to report its construction time, which the end-to-end time includes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import crop  # noqa: E402
+import roi_align  # noqa: E402
+import rod_align  # noqa: E402
+from config_GAICD import BACKBONES  # noqa: E402
+
+
+def generated_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A photo-like image: a smooth colour field, a few filled shapes, sensor-like noise."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    corners = rng.uniform(30, 225, size=(4, 3)).astype(np.float32)
+    u, v = (xs / width)[..., None], (ys / height)[..., None]
+    pixels = (corners[0] * (1 - u) * (1 - v) + corners[1] * u * (1 - v)
+              + corners[2] * (1 - u) * v + corners[3] * u * v)
+    for _ in range(rng.integers(3, 8)):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(30, width / 4), rng.uniform(30, height / 4)
+        inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 < 1
+        pixels[inside] = rng.uniform(0, 255, size=3)
+    pixels += rng.normal(0, 6, size=pixels.shape).astype(np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_folder(folder: Path, count: int, width: int, height: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        generated_photo(rng, width, height).save(folder / f"photo{index:04d}.jpg", quality=90)
+    return folder
+
+
+def align_backends() -> str:
+    def backend(kernels) -> str:
+        return "compiled" if kernels.available else "pure-PyTorch fallback"
+    return f"roi_align {backend(roi_align.KERNELS)}, rod_align {backend(rod_align.KERNELS)}"
+
+
+def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        crop.Cropper(None, args.device, allow_untrained=True, backbone=backbone)
+        build_s = time.perf_counter() - start
+    photos = len(list(folder.iterdir()))
+    command = [str(folder), "--allow-untrained", "--untrained-backbone", backbone, "--out", str(out_dir),
+               "--top-k", "3", "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+               "--device", args.device, "--overwrite"] + (["--detect-human"] if args.detect_human else [])
+    start = time.perf_counter()
+    code = crop.main(command)
+    total_s = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"crop.main exited with {code} for {backbone}")
+    return {"backbone": backbone, "photos": photos, "total_s": total_s, "build_s": build_s,
+            "photos_per_s": photos / total_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["mobilenetv2", "vgg16"], choices=BACKBONES)
+    parser.add_argument("--photos", type=int, default=100, help="photos per backbone")
+    parser.add_argument("--vgg16-photos", type=int, default=20, help="photos for vgg16 (slower; fewer by default)")
+    parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated photos")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--detect-human", action="store_true", help="also run the offline person detector")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-crop-") as tmp:
+        for backbone in args.backbones:
+            count = args.vgg16_photos if backbone == "vgg16" else args.photos
+            folder = make_folder(Path(tmp) / f"photos{count}", count, width, height, args.seed)
+            rows.append(time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}", args))
+    print(f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
+          f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
+    print(f"{width}x{height} JPEGs, free ratio, top-3 crops + JSON written, batch size {args.batch_size}, "
+          f"{args.workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
+          "random-weight models\n")
+    print("| backbone | photos | total (s) | photos/s | s/photo | model construction (s) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['backbone']} | {row['photos']} | {row['total_s']:.1f} | {row['photos_per_s']:.2f} | "
+              f"{row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
