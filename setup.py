@@ -1,7 +1,8 @@
 """Builds the RoIAlign / RoDAlign kernels: ``roi_align._C`` and ``rod_align._C``.
 
 CPU kernels always; CUDA kernels too when the installed torch has CUDA and a toolkit is
-found (CUDA_HOME), or when FORCE_CUDA=1. Build against the installed torch:
+found (CUDA_HOME); FORCE_CUDA=1 makes that a requirement (an error otherwise) rather than
+a choice. Build against the installed torch:
 ``pip install --no-build-isolation -e .`` or ``python setup.py build_ext --inplace``.
 """
 from __future__ import annotations
@@ -24,9 +25,13 @@ NVCC_FLAGS = ["-O3", "--fmad=false"]
 
 
 def build_cuda() -> bool:
-    if os.environ.get("FORCE_CUDA", "0") == "1":
-        return True
-    return torch.version.cuda is not None and CUDA_HOME is not None
+    available = torch.version.cuda is not None and CUDA_HOME is not None
+    if os.environ.get("FORCE_CUDA", "0") == "1" and not available:
+        raise RuntimeError(
+            f"FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit; found torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}"
+        )
+    return available
 
 
 def align_extension(package: str, with_cuda: bool):
