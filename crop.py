@@ -205,7 +205,10 @@ def candidate_boxes(width: int, height: int, aspect_ratio: Optional[float]) -> n
 
 def checked_person_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
     """A person box ``[x1, y1, x2, y2]`` clipped to the photo; an error names what is wrong."""
-    values = np.asarray(box, dtype=np.float64).reshape(-1) if box is not None else np.zeros(0)
+    try:
+        values = np.asarray(box, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
     if values.size != 4 or not np.all(np.isfinite(values)):
         raise PhotoError(f"person box {box!r} must be 4 finite numbers x1, y1, x2, y2")
     x1, y1, x2, y2 = values
@@ -247,7 +250,9 @@ class _PhotoRecord:
 
 
 @dataclass(frozen=True)
-class _Settings:
+class PhotoSettings:
+    """How photos are prepared: the checkpoint's resize rule, the crop ratio, whether to keep the photo."""
+
     image_size: tuple[int, int]
     keep_aspect_ratio: bool
     aspect_ratio: Optional[float]
@@ -263,7 +268,7 @@ class PhotoDataset(Dataset):
     """
 
     def __init__(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Optional[Sequence[float]]],
-                 human_source: str, detector: Optional[PersonDetector], settings: _Settings) -> None:
+                 human_source: str, detector: Optional[PersonDetector], settings: PhotoSettings) -> None:
         self.settings, self.detector, self.human_source = settings, detector, human_source
         self.entries: list[tuple[int, Union[str, _DecodedPhoto], Optional[Sequence[float]]]] = []
         self.resized_sizes: list[tuple[int, int]] = []
@@ -288,13 +293,13 @@ class PhotoDataset(Dataset):
     def resized_size_of(self, index: int) -> tuple[int, int]:
         return self.resized_sizes[index]
 
-    def _person(self, image: Image.Image, human_box: Optional[Sequence[float]]) -> PersonInfo:
-        width, height = image.size
+    def _person(self, rgb: Image.Image, human_box: Optional[Sequence[float]]) -> PersonInfo:
+        width, height = rgb.size
         if human_box is not None:
             return PersonInfo(checked_person_box(human_box, width, height), self.human_source)
         if self.detector is None:
             return PersonInfo(None, "none")
-        detections = self.detector(np.asarray(image.convert("RGB")))
+        detections = self.detector(np.asarray(rgb))
         main = main_person(detections, width, height)
         box = None if main is None else tuple(float(v) for v in detections[main].box)
         return PersonInfo(box, "detected" if box else "none", detections, self.detector.name)
@@ -314,13 +319,14 @@ class PhotoDataset(Dataset):
         size = image.size
         if resized != resized_size(*size, self.settings.image_size, self.settings.keep_aspect_ratio):
             raise PhotoError(f"the decoded image ({size[0]}x{size[1]}) does not match its header")
-        person = self._person(image, human_box)
         candidates = candidate_boxes(*size, self.settings.aspect_ratio)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        person = self._person(rgb, human_box)
         human = (np.array([person.box]) if person.box is not None else None)
         record = _PhotoRecord(index, name, size[0], size[1], candidates, person, resized, decoded.orientation,
                               image if self.settings.keep_image else None, decoded.image_format)
         return {
-            "image": normalize_image(image.convert("RGB").resize(resized, Image.Resampling.LANCZOS)),
+            "image": normalize_image(rgb.resize(resized, Image.Resampling.LANCZOS)),
             "crop_box": _resized_boxes(candidates, size, resized),
             "human_box": (_resized_boxes(human, size, resized) if human is not None
                           else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)),
@@ -403,7 +409,7 @@ class Cropper:
             human_boxes = [None] * len(photos)
         if len(human_boxes) != len(photos):
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
-        settings = _Settings(tuple(self.cfg.image_size), self.cfg.keep_aspect_ratio,
+        settings = PhotoSettings(tuple(self.cfg.image_size), self.cfg.keep_aspect_ratio,
                              _aspect_value(aspect_ratio), keep_image)
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures

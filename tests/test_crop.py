@@ -214,7 +214,7 @@ def test_no_person_found_uses_the_no_person_input(checkpoint, tmp_path, capsys):
     person = json.loads((tmp_path / "211958.json").read_text())["person"]
     assert person["box"] is None and person["source"] == "none" and person["detections"] == []
     assert "no-person" in person["note"] and "no person found" in err
-    settings = crop._Settings((256, 256), True, None, keep_image=False)
+    settings = crop.PhotoSettings((256, 256), True, None, keep_image=False)
     item = crop.PhotoDataset([photo], [None], "given", FacePersonDetector(), settings)[0]
     assert item["human_box"].tolist() == [[-1.0, -1.0, -1.0, -1.0]]  # what the model is given
 
