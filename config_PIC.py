@@ -1,0 +1,121 @@
+"""Options for personalized image cropping (PIC): pre-training, the prior model, few-shot fine-tuning.
+
+PIC ("Crop the Way You Like: Personalized Image Cropping by Integrating Subjective and Objective
+Features") shares the GAIC-style crop scorer of this project and adds a subjective branch and an
+individual preference module (see the PIC section of ``cropping_model.py``). Importing this module
+has no side effects; every field can be overridden from the command line of the PIC scripts.
+
+The per-user data lives in ``<data_root>/PIC`` (format: ``untils/pic_data.py``). The objective
+branch is trained on ``objective_set``: the users' average scores of the PIC images (``PIC``), or
+GAICD / CPC crop scores (paths inherited from ``config_GAICD.Config``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from config_GAICD import LOSS_TYPES, Config as GAICDConfig, _opt
+from untils.config import check_choice
+
+PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
+OBJECTIVE_SETS = ("PIC", "GAICD", "CPC")
+FINETUNE_SCOPES = ("embedding", "head")
+_POSITIVE_INTS = ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
+                  "best_crops", "subjective_dim", "embed_dim", "taste_dim", "preference_hidden", "prior_epochs",
+                  "prior_episodes_per_step", "support_images", "finetune_images", "finetune_val_images",
+                  "finetune_steps", "finetune_eval_every")
+
+
+@dataclass
+class Config(GAICDConfig):
+    PIC_path: Optional[str] = _opt("PIC folder holding users.json, annotations/, images/")
+    PIC_image: Optional[str] = _opt("PIC images")
+    PIC_users: Optional[str] = _opt("PIC users.json (train/test user ids)")
+    PIC_anno: Optional[str] = _opt("PIC annotations/ folder, one <user>.json per user")
+    PIC_human: Optional[str] = _opt("PIC human_bboxes.json (optional file)")
+
+    model_type: str = field(default="PIC", metadata={"help": "PIC (the only model of the PIC scripts)"})
+    backbone: str = field(default="mobilenetv2", metadata={"help": f"one of {', '.join(PIC_BACKBONES)}"})
+    use_partition_aware: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
+    use_content_preserve: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
+
+    # pre-training (pretrain_PIC.py)
+    objective_set: str = _opt(f"objective crop scores: {', '.join(OBJECTIVE_SETS)} (PIC: the training users' "
+                              "average score of each crop)", "PIC")
+    best_crops: int = _opt("a user's top crops per image: the subjective branch's training examples and the "
+                           "evidence a user is embedded from", 3)
+    subjective_dim: int = _opt("size of the subjective crop feature", 64)
+    subjective_loss_weight: float = _opt("weight of the user-classification loss", 1.0)
+    num_users: int = _opt("training users the subjective branch classifies (set by pretrain_PIC.py from "
+                          "users.json; 0: no classifier)", 0)
+
+    # prior model (prior_PIC.py)
+    embed_dim: int = _opt("size of a user's embedding", 16)
+    taste_dim: int = _opt("crop taste features the embedding weighs", 32)
+    preference_hidden: int = _opt("hidden units of the preference module's MLPs", 64)
+    prior_epochs: int = _opt("epochs of prior training (one episode per training user and image)", 60)
+    prior_lr: float = _opt("learning rate of prior training", 3e-3)
+    prior_episodes_per_step: int = _opt("episodes (user, query image, support images) per optimiser step", 4)
+    support_images: int = _opt("images a user is embedded from in a prior-training episode", 5)
+
+    # few-shot fine-tuning (finetune_PIC.py)
+    finetune_images: int = _opt("N: a test user's annotated images used for fine-tuning (5, 10, 20...)", 5)
+    finetune_val_images: int = _opt("a test user's images (not N, not test) that select the fine-tuning step", 10)
+    user_test_fraction: float = _opt("share of a test user's images held out for the reported metrics", 0.5)
+    finetune_scope: str = _opt("what fine-tuning changes: 'embedding' (the user's embedding) or 'head' (also the "
+                               "preference head, a per-user copy)", "embedding")
+    finetune_steps: int = _opt("fine-tuning steps (each over all N images)", 60)
+    finetune_lr: float = _opt("fine-tuning learning rate", 0.02)
+    finetune_eval_every: int = _opt("validate every N fine-tuning steps", 5)
+    finetune_reg: float = _opt("weight of the pull towards the prior's embedding (and head) while fine-tuning",
+                               0.01)
+
+    def __post_init__(self) -> None:
+        self._derive("PIC_path", self.data_root, "PIC")
+        self._derive("PIC_image", self.PIC_path, "images")
+        self._derive("PIC_users", self.PIC_path, "users.json")
+        self._derive("PIC_anno", self.PIC_path, "annotations")
+        self._derive("PIC_human", self.PIC_path, "human_bboxes.json")
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_choice("model_type", self.model_type, ("PIC",))
+        check_choice("backbone", self.backbone, PIC_BACKBONES)
+        check_choice("objective_set", self.objective_set, OBJECTIVE_SETS)
+        check_choice("finetune_scope", self.finetune_scope, FINETUNE_SCOPES)
+        check_choice("selection", self.selection, ("val",))
+        check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
+        check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step"))
+        for loss in self.loss_type:
+            check_choice("loss_type", loss, LOSS_TYPES)
+        if self.use_partition_aware or self.use_content_preserve:
+            raise ValueError("PIC scores crops with the GAIC head: use_partition_aware and use_content_preserve "
+                             "must be false")
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
+        for name in _POSITIVE_INTS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
+        if self.num_users < 0:
+            raise ValueError(f"config option num_users={self.num_users} must be >= 0")
+        if self.batch_size % self.images_per_step:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}")
+        for name in ("val_fraction", "user_test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be between 0 and 1")
+        for name in ("prior_lr", "finetune_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be > 0")
+        for name in ("subjective_loss_weight", "finetune_reg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def prefix(self) -> str:
+        """Experiment name: PIC, the objective set when it is not PIC's own, the backbone."""
+        objective = "" if self.objective_set == "PIC" else f"_{self.objective_set}"
+        return f"PIC{objective}_{self.backbone}"
+
+
+cfg = Config()

@@ -1,0 +1,480 @@
+"""Per-user crop ratings for personalized image cropping (PIC): format, loader, checks, converter.
+
+The paper's per-user ratings are not public, so this project defines the format. Everything lives
+in ``<data_root>/PIC`` (paths overridable in ``config_PIC.Config``)::
+
+    users.json                {"train": [user ids], "test": [user ids]}
+    annotations/<user>.json   {image name: {"bbox": [[x1, y1, x2, y2], ...], "score": [s, ...]}}
+    images/<image name>       the photos, shared by all users
+    human_bboxes.json         optional {image name: [x1, y1, x2, y2]}
+
+* A user id is letters, digits, ``_``, ``-`` and ``.`` (not first); it names the user's file.
+  Training users teach the shared model (pre-training, prior); test users are the new users a
+  model is fine-tuned to, from a few of their images, and evaluated on the rest.
+* Each user file is GAICD's ``image_crop.json`` for one person: that user's score of each
+  candidate crop, boxes in pixels of the original image, at least ``MIN_CROPS`` (10) crops per
+  image (Acc_K/10 needs them), any score scale (higher is better), any order. Users may rate
+  different images and different candidate crops of the same image.
+* Person boxes are GAICD's ``human_bboxes.json``: images without an entry have no person.
+
+``load_pic_data`` reads and checks all of it and reports every problem (naming the user and the
+image) in one error. ``PICDataset`` gives ``cropping_dataset``'s item dicts plus ``user``;
+``PICImageDataset`` gives each image once with the users' average score of each crop (the
+objective scores of the generated benchmark). ``convert_ratings_csv`` turns a table of
+per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format; run it as
+``python -m untils.pic_data ratings.csv --out DATA_ROOT [--images DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import json
+import math
+import os
+import random
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import ConcatDataset
+
+from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
+                              problems_error, read_crop_annotations, read_human_boxes)
+
+if TYPE_CHECKING:
+    from config_PIC import Config
+
+MIN_CROPS = 10
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CSV_COLUMNS = ("annotator", "image", "x1", "y1", "x2", "y2", "score")
+HEAT_MAP_FOLDER = "heat_maps"  # optional pseudo heat maps; PIC's model does not use them
+BOX_KEY_DECIMALS = 3  # crops of the same image are the same crop when equal to this many decimals
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """A test user's images: ``support`` to fine-tune on, ``val`` to pick the step, ``test`` to report."""
+    support: list[str]
+    val: list[str]
+    test: list[str]
+
+
+@dataclass
+class PICData:
+    """The checked contents of a PIC folder; boxes in original pixels, clipped to the image."""
+    root: str
+    image_dir: str
+    train_users: list[str]
+    test_users: list[str]
+    annotations: dict[str, dict[str, CropAnnotation]]  # user -> image name -> crops and scores
+    human_boxes: dict[str, np.ndarray]
+    image_sizes: dict[str, tuple[int, int]]
+
+    @property
+    def users(self) -> list[str]:
+        return self.train_users + self.test_users
+
+    def images_of(self, user: str) -> list[str]:
+        if user not in self.annotations:
+            raise KeyError(f"unknown PIC user {user!r}; users: {', '.join(self.users)}")
+        return list(self.annotations[user])
+
+    def image_path(self, name: str) -> str:
+        return os.path.join(self.image_dir, name)
+
+    def best_crops(self, user: str, name: str, count: int) -> np.ndarray:
+        """The user's ``count`` highest-scored crops of an image (ties: the one listed first), (count, 4)."""
+        entry = self.annotations[user][name]
+        return entry.boxes[best_crop_indices(entry.scores, count)]
+
+
+def box_key(box: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
+
+
+def union_crops(data: PICData, users: Sequence[str],
+                names: Optional[Sequence[str]] = None) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
+    """Every crop the ``users`` rated on each image, with their mean score.
+
+    Returns ``(annotations, crop_index)``: ``annotations[name]`` holds the union of the users'
+    crops of that image (in order of first appearance) and the mean of the scores given to each;
+    ``crop_index[(user, name)]`` maps that user's crops to rows of the union.
+    """
+    wanted = None if names is None else set(names)
+    rows: dict[str, dict[tuple[float, ...], int]] = {}
+    boxes: dict[str, list[np.ndarray]] = {}
+    totals: dict[str, list[list[float]]] = {}
+    crop_index: dict[tuple[str, str], np.ndarray] = {}
+    for user in users:
+        for name, entry in data.annotations[user].items():
+            if wanted is not None and name not in wanted:
+                continue
+            image_rows = rows.setdefault(name, {})
+            image_boxes, image_totals = boxes.setdefault(name, []), totals.setdefault(name, [])
+            index = []
+            for box, score in zip(entry.boxes, entry.scores):
+                key = box_key(box)
+                if key not in image_rows:
+                    image_rows[key] = len(image_boxes)
+                    image_boxes.append(box)
+                    image_totals.append([0.0, 0])
+                row = image_rows[key]
+                image_totals[row][0] += float(score)
+                image_totals[row][1] += 1
+                index.append(row)
+            crop_index[(user, name)] = np.asarray(index, dtype=np.int64)
+    annotations = {name: CropAnnotation(np.stack(boxes[name]),
+                                        np.array([total / count for total, count in totals[name]]))
+                   for name in boxes}
+    return annotations, crop_index
+
+
+def seeded_order(names: Sequence[str], seed: int, key: str) -> list[str]:
+    """``names`` sorted, then shuffled by a generator seeded with ``seed`` and ``key`` (e.g. the user)."""
+    order = sorted(names)
+    random.Random(f"{seed}:{key}").shuffle(order)
+    return order
+
+
+def split_user_images(user: str, names: Sequence[str], shots: int, val_images: int, test_fraction: float,
+                      seed: int) -> UserSplit:
+    """A test user's images: ``test_fraction`` held out for the report, then ``shots`` to fine-tune on,
+    then up to ``val_images`` for model selection.
+
+    The test images depend on (seed, user, images) only, so runs with 5, 10 or 20 shots report on
+    the same images, and the smaller support sets are part of the larger ones.
+    """
+    order = seeded_order(names, seed, user)
+    test_count = max(1, round(test_fraction * len(order)))
+    test, pool = order[:test_count], order[test_count:]
+    if len(pool) < shots + 1:
+        raise ValueError(f"PIC user {user!r} has {len(order)} images: {test_count} are held out for testing, "
+                         f"leaving {len(pool)}, but {shots} fine-tuning images and at least one validation "
+                         "image are needed (lower --finetune_images or --user_test_fraction)")
+    return UserSplit(support=pool[:shots], val=pool[shots:shots + val_images], test=test)
+
+
+def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> list[str]:
+    """The images (sorted) held out for model selection: ``val_fraction`` of ``names``, at least one.
+
+    Pre-training and the prior use the same rule on the training users' images, so neither
+    selects on images the other trained on.
+    """
+    order = seeded_order(names, seed, "validation")
+    return sorted(order[:max(1, round(val_fraction * len(order)))])
+
+
+def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` highest scores; ties go to the crop listed first."""
+    return np.argsort(-np.asarray(scores), kind="stable")[:count]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and checking
+# ----------------------------------------------------------------------------------------------
+
+def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
+    raw = load_json(path, "PIC users file")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), list) for k in ("train", "test")):
+        raise DatasetError(f"PIC users file {path} must hold {{\"train\": [user ids], \"test\": [user ids]}}")
+    seen: dict[str, str] = {}
+    for part in ("train", "test"):
+        for user in raw[part]:
+            if not isinstance(user, str) or not USER_ID_PATTERN.match(user):
+                problems.append(f"{path}: user id {user!r} in '{part}' must be letters, digits, '_', '-' or '.' "
+                                "(not first)")
+            elif user in seen:
+                problems.append(f"{path}: user {user!r} is listed twice ('{seen[user]}' and '{part}')")
+            else:
+                seen[user] = part
+    if not raw["train"]:
+        problems.append(f"{path}: no training users")
+    return tuple([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
+
+
+def _image_size(path: str) -> Optional[tuple[int, int]]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def load_pic_data(cfg: "Config") -> PICData:
+    """Read and check ``cfg.PIC_path``; every problem is listed in one ``DatasetError``.
+
+    Boxes up to 2% of a side outside their image are clipped (with a warning), as for GAICD.
+    """
+    if not os.path.isdir(cfg.PIC_path):
+        raise FileNotFoundError(f"PIC folder not found: {cfg.PIC_path} (expected users.json, annotations/, "
+                                "images/; see untils/pic_data.py)")
+    if not os.path.isdir(cfg.PIC_image):
+        raise FileNotFoundError(f"PIC image folder not found: {cfg.PIC_image}")
+    problems: list[str] = []
+    train_users, test_users = _read_users(cfg.PIC_users, problems)
+    human_boxes = read_human_boxes(cfg.PIC_human) if os.path.isfile(cfg.PIC_human) else {}
+    sizes: dict[str, Optional[tuple[int, int]]] = {}
+    annotations: dict[str, dict[str, CropAnnotation]] = {}
+    clipped: list[str] = []
+    for user in train_users + test_users:
+        path = os.path.join(cfg.PIC_anno, f"{user}.json")
+        try:
+            entries = read_crop_annotations(path, "bbox", "score")
+        except (FileNotFoundError, DatasetError) as error:
+            problems.append(f"user {user}: {error}")
+            continue
+        if not entries:
+            problems.append(f"user {user}: {path} rates no images")
+        checked = {}
+        for name, entry in entries.items():
+            where = f"user {user}, image {name}"
+            if name not in sizes:
+                sizes[name] = _image_size(os.path.join(cfg.PIC_image, name))
+            if sizes[name] is None:
+                problems.append(f"{where}: image {os.path.join(cfg.PIC_image, name)} is missing or unreadable")
+                continue
+            if len(entry.boxes) < MIN_CROPS:
+                problems.append(f"{where}: {len(entry.boxes)} crops, at least {MIN_CROPS} are needed")
+            if not np.all(np.isfinite(entry.scores)):
+                problems.append(f"{where}: scores must be finite numbers")
+            if len({box_key(box) for box in entry.boxes}) < len(entry.boxes):
+                problems.append(f"{where}: the same crop is listed more than once")
+            boxes, was_clipped, problem = check_boxes(entry.boxes, *sizes[name])
+            if problem:
+                problems.append(f"{where}: crop {problem}")
+            if was_clipped:
+                clipped.append(where)
+            checked[name] = CropAnnotation(boxes, entry.scores)
+        annotations[user] = checked
+    for name, box in list(human_boxes.items()):
+        if sizes.get(name) is not None:
+            checked_box, _, problem = check_boxes(box.reshape(1, 4), *sizes[name])
+            human_boxes[name] = checked_box.reshape(4)
+            if problem:
+                problems.append(f"{cfg.PIC_human}: image {name}: person box {problem}")
+    if problems:
+        raise problems_error(f"PIC dataset {cfg.PIC_path}", problems)
+    if clipped:
+        warnings.warn(f"PIC dataset: crops of {len(clipped)} rated image(s) ran up to 2% outside the image and "
+                      f"were clipped (first: {clipped[0]})", stacklevel=2)
+    return PICData(root=cfg.PIC_path, image_dir=cfg.PIC_image, train_users=train_users, test_users=test_users,
+                   annotations=annotations, human_boxes=human_boxes,
+                   image_sizes={name: size for name, size in sizes.items() if size is not None})
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------
+
+class PICUserDataset(ScoredCropDataset):
+    """One user's rated images (all, or ``names``): ``cropping_dataset`` items plus ``user``."""
+
+    def __init__(self, cfg: "Config", data: PICData, user: str, names: Optional[Sequence[str]] = None,
+                 augment: bool = False, with_crop_masks: bool = False) -> None:
+        rated = data.annotations.get(user)
+        if rated is None:
+            raise KeyError(f"unknown PIC user {user!r}; users: {', '.join(data.users)}")
+        names = list(rated) if names is None else list(names)
+        unrated = [name for name in names if name not in rated]
+        if unrated:
+            raise DatasetError(f"PIC user {user} has not rated {len(unrated)} of the images asked for "
+                               f"(first: {unrated[0]})")
+        self.user = user
+        self.title = f"PIC user {user}"
+        super().__init__(cfg, names, [data.image_path(name) for name in names], rated, data.human_boxes,
+                         os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio, augment,
+                         with_crop_masks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        item["user"] = self.user
+        return item
+
+
+class PICDataset(ConcatDataset):
+    """(user, image) pairs of several users; ``names`` optionally limits each user's images."""
+
+    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str],
+                 names: Optional[Mapping[str, Sequence[str]]] = None, augment: bool = False,
+                 with_crop_masks: bool = False) -> None:
+        if not users:
+            raise ValueError("PICDataset needs at least one user")
+        parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment, with_crop_masks)
+                 for user in users]
+        super().__init__(parts)
+        self.names = [name for part in parts for name in part.names]
+        self.users = [part.user for part in parts for _ in part.names]
+
+    def resized_size_of(self, index: int) -> tuple[int, int]:
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        offset = index - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part].resized_size_of(offset)
+
+
+class PICImageDataset(ScoredCropDataset):
+    """Each image rated by ``users`` once, with the union of their crops and the mean score of each.
+
+    ``crop_index[(user, name)]`` maps a user's crops of an image to this dataset's crops.
+    """
+
+    title = "PIC images"
+
+    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None,
+                 augment: bool = False, with_crop_masks: bool = False) -> None:
+        annotations, self.crop_index = union_crops(data, users, names)
+        image_names = list(annotations) if names is None else [name for name in names if name in annotations]
+        missing = sorted(set(names or ()) - set(annotations))
+        if missing:
+            raise DatasetError(f"PIC images: {len(missing)} image(s) asked for are rated by none of the "
+                               f"{len(users)} users (first: {missing[0]})")
+        self.users = list(users)
+        super().__init__(cfg, image_names, [data.image_path(name) for name in image_names], annotations,
+                         data.human_boxes, os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio,
+                         augment, with_crop_masks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the format, and the converter from per-annotator ratings
+# ----------------------------------------------------------------------------------------------
+
+def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
+                          ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
+                          human_boxes: Optional[Mapping[str, Sequence[float]]] = None) -> None:
+    """Write users.json, annotations/<user>.json (``ratings[user][image] = {"bbox", "score"}``) and,
+    when given, human_bboxes.json into ``pic_dir``."""
+    bad = [user for user in list(train_users) + list(test_users) if not USER_ID_PATTERN.match(user)]
+    if bad:
+        raise ValueError(f"user ids must be letters, digits, '_', '-' or '.' (not first): {bad[:5]}")
+    folder = os.path.join(pic_dir, "annotations")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(pic_dir, "users.json"), "w") as stream:
+        json.dump({"train": list(train_users), "test": list(test_users)}, stream, indent=1)
+    for user in list(train_users) + list(test_users):
+        with open(os.path.join(folder, f"{user}.json"), "w") as stream:
+            json.dump(ratings[user], stream)
+    if human_boxes is not None:
+        with open(os.path.join(pic_dir, "human_bboxes.json"), "w") as stream:
+            json.dump({name: [float(v) for v in box] for name, box in human_boxes.items()}, stream)
+
+
+def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded (train, test) split of user ids; at least one of each when there are two or more users."""
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction} must be in [0, 1)")
+    order = sorted(users)
+    random.Random(seed).shuffle(order)
+    test_count = round(test_fraction * len(order))
+    if test_fraction > 0 and len(order) > 1:
+        test_count = min(max(test_count, 1), len(order) - 1)
+    return sorted(order[test_count:]), sorted(order[:test_count])
+
+
+def read_ratings_csv(path: str) -> dict[str, dict[str, dict[str, list]]]:
+    """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox, score}}}``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ratings CSV not found: {path}")
+    problems: list[str] = []
+    ratings: dict[str, dict[str, dict[str, list]]] = {}
+    seen: set[tuple[str, str, tuple[float, ...]]] = set()
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"ratings CSV {path} lacks column(s) {missing}; expected a header with "
+                               f"{','.join(CSV_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            user, image = row["annotator"].strip(), row["image"].strip()
+            try:
+                box = [float(row[c]) for c in ("x1", "y1", "x2", "y2")]
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                problems.append(f"line {line}: x1, y1, x2, y2 and score must be numbers, got "
+                                f"{[row[c] for c in CSV_COLUMNS[2:]]}")
+                continue
+            if not USER_ID_PATTERN.match(user):
+                problems.append(f"line {line}: annotator {user!r} must be letters, digits, '_', '-' or '.' (not first)")
+                continue
+            if not image:
+                problems.append(f"line {line}: empty image name")
+                continue
+            if not all(math.isfinite(v) for v in box + [score]):
+                problems.append(f"line {line}: values must be finite")
+                continue
+            key = (user, image, box_key(box))
+            if key in seen:
+                problems.append(f"line {line}: annotator {user} rates crop {box} of {image} twice")
+                continue
+            seen.add(key)
+            entry = ratings.setdefault(user, {}).setdefault(image, {"bbox": [], "score": []})
+            entry["bbox"].append(box)
+            entry["score"].append(score)
+    if problems:
+        raise problems_error(f"ratings CSV {path}", problems)
+    if not ratings:
+        raise DatasetError(f"ratings CSV {path} has no rows")
+    return ratings
+
+
+def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] = None,
+                        human_boxes: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Write ``<out_root>/PIC`` from a ratings CSV; returns ``{"path", "train", "test"}``.
+
+    Users are split into train/test with ``split_users(test_fraction, seed)``. With ``image_dir`` the
+    rated images are copied into ``PIC/images`` (a missing one is an error); without it, put them
+    there yourself. ``human_boxes`` is a ``human_bboxes.json`` to copy alongside.
+    """
+    ratings = read_ratings_csv(csv_path)
+    pic_dir = os.path.join(out_root, "PIC")
+    if os.path.exists(pic_dir):
+        if not overwrite:
+            raise FileExistsError(f"{pic_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(pic_dir)
+    images = sorted({name for user_ratings in ratings.values() for name in user_ratings})
+    if image_dir is not None:
+        missing = [name for name in images if not os.path.isfile(os.path.join(image_dir, name))]
+        if missing:
+            raise problems_error(f"images for {csv_path} in {image_dir}", [f"missing image {name}" for name in missing])
+    boxes = None if human_boxes is None else {name: box.tolist() for name, box in read_human_boxes(human_boxes).items()}
+    train, test = split_users(list(ratings), test_fraction, seed)
+    for user_ratings in ratings.values():
+        for entry in user_ratings.values():
+            order = sorted(range(len(entry["score"])), key=lambda i: -entry["score"][i])
+            entry["bbox"] = [entry["bbox"][i] for i in order]
+            entry["score"] = [entry["score"][i] for i in order]
+    os.makedirs(os.path.join(pic_dir, "images"))
+    write_pic_annotations(pic_dir, train, test, ratings, boxes)
+    if image_dir is not None:
+        for name in images:
+            target = os.path.join(pic_dir, "images", name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(os.path.join(image_dir, name), target)
+    return {"path": pic_dir, "train": train, "test": test}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m untils.pic_data",
+        description="Convert per-annotator crop ratings (CSV with columns annotator,image,x1,y1,x2,y2,score; "
+                    "boxes in original pixels) into the PIC format under OUT/PIC.")
+    parser.add_argument("csv", help="the ratings CSV")
+    parser.add_argument("--out", required=True, help="data root to write PIC/ into")
+    parser.add_argument("--images", help="folder of the rated images, copied into PIC/images")
+    parser.add_argument("--human-boxes", help="a human_bboxes.json ({image: [x1, y1, x2, y2]}) to copy")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of the users held out as test users")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test user split")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/PIC")
+    args = parser.parse_args(argv)
+    summary = convert_ratings_csv(args.csv, args.out, args.images, args.human_boxes, args.test_fraction,
+                                  args.seed, args.overwrite)
+    print(f"wrote {summary['path']}: {len(summary['train'])} training users, {len(summary['test'])} test users")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
