@@ -1,0 +1,211 @@
+"""Fine-tune the PIC prior model to new users from a few of their rated images, and report.
+
+  python finetune_PIC.py --checkpoint experiments/PIC_mobilenetv2_prior/checkpoints/prior.pth --data-root DATA
+  python finetune_PIC.py --checkpoint prior.pth --data-root DATA --finetune_images 10 --users alice bob
+
+Each user's images (default users: the test users of users.json) are split by
+`untils.pic_data.split_user_images`: `user_test_fraction` of them are held out for the report,
+`finetune_images` (N) are fine-tuned on, and up to `finetune_val_images` of the rest choose the
+fine-tuning step. The held-out images are never used for anything but the report. On them, per user
+and averaged over users (x100: Acc_K/5, Acc_K/10, Acc5, Acc10, SRCC, PCC):
+
+  generic     the pre-trained objective branch (GAIC's scorer): no user information
+  prior-mean  the prior model with the mean embedding of its training users: personalisation off
+  prior       the prior model, the user embedded from the best crops of the N images, no gradient step
+  finetuned   the prior after `finetune_steps` Adam steps over the N images (score losses plus
+              `finetune_reg` x the pull towards the prior), at the validated step with the best SRCC
+              (step 0, the prior itself, included)
+
+`finetune_scope embedding` changes the user's embedding only; `head` also tunes a per-user copy of
+the preference head (taste MLP and user weights). The backbone and both branches never change.
+Writes results.csv (a row per user and model), results.md (means over users, then per user) and
+users/<user>.pth, which `cropping_model.load_pic_model` loads to crop for that user.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from cropping_model import PreferenceModule, crop_score_loss, prior_pull_loss
+from prior_PIC import (VIEWS, UserImage, build_parser, embed_user, evaluate_user, extract_features, given_options,
+                       load_pretrained, single_threaded, user_images, user_scores)
+from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
+from untils.pic_data import PICImageDataset, load_pic_data, split_user_images
+from untils.runtime import seed_everything
+
+MODELS = ("generic", "prior-mean", "prior", "finetuned")
+METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
+           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10")
+METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10",
+                 **{f"acc{k}_{n}": f"Acc{k}/{n}" for k in range(1, 5) for n in (5, 10)}}
+
+
+@dataclass
+class FinetuneResult:
+    """A fine-tuned user: their embedding and preference module, the chosen step and its validation SRCC."""
+    embedding: torch.Tensor
+    preference: PreferenceModule
+    step: int
+    val_srcc: float
+    history: list[dict[str, float]]
+
+
+def _srcc(preference: PreferenceModule, embedding: torch.Tensor, examples: Sequence[UserImage]) -> float:
+    value = evaluate_user(preference, embedding, examples)["srcc"]
+    return -float("inf") if np.isnan(value) else value
+
+
+def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], val: Sequence[UserImage], cfg,
+                  generator: torch.Generator) -> FinetuneResult:
+    """Fine-tune a copy of ``preference`` and a user embedding (started from the support images'
+    evidence) on ``support``; keep the step with the best SRCC on ``val``. ``preference`` itself
+    is left as it was."""
+    tuned_preference = copy.deepcopy(preference).requires_grad_(False)
+    with torch.no_grad():
+        start = embed_user(tuned_preference, support)
+    embedding = start.clone().requires_grad_(True)
+    tuned, anchors = [embedding], [start]
+    if cfg.finetune_scope == "head":
+        head = [*tuned_preference.taste.parameters(), *tuned_preference.user_weights.parameters()]
+        for parameter in head:
+            parameter.requires_grad_(True)
+        tuned += head
+        anchors += [parameter.detach().clone() for parameter in head]
+    optimizer = torch.optim.Adam(tuned, lr=cfg.finetune_lr)
+    best_srcc = _srcc(tuned_preference, start, val)
+    best = (0, start.clone(), copy.deepcopy(tuned_preference.state_dict()))
+    history = [{"step": 0, "loss": float("nan"), "val_srcc": best_srcc}]
+    for step in range(1, cfg.finetune_steps + 1):
+        views = torch.randint(VIEWS, (len(support),), generator=generator).tolist()
+        losses = [crop_score_loss(user_scores(tuned_preference, embedding, example, view), example.scores,
+                                  cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
+                  for example, view in zip(support, views)]
+        loss = torch.stack(losses).mean() + cfg.finetune_reg * prior_pull_loss(tuned, anchors)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % cfg.finetune_eval_every == 0 or step == cfg.finetune_steps:
+            srcc = _srcc(tuned_preference, embedding.detach(), val)
+            history.append({"step": step, "loss": loss.item(), "val_srcc": srcc})
+            if srcc > best_srcc:
+                best_srcc = srcc
+                best = (step, embedding.detach().clone(), copy.deepcopy(tuned_preference.state_dict()))
+    step, best_embedding, state = best
+    tuned_preference.load_state_dict(state)
+    return FinetuneResult(best_embedding, tuned_preference.requires_grad_(False), step, best_srcc, history)
+
+
+def result_row(user: str, model: str, metrics: dict[str, float], images: int, **extra) -> dict:
+    return {"user": user, "model": model, "images": images, **extra,
+            **{name: round(100 * metrics[name], 2) for name in METRICS}}
+
+
+def summarise(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean over users of each metric, per model (the rows' values are already x100)."""
+    return {model: {name: float(np.mean([row[name] for row in rows if row["model"] == model])) for name in METRICS}
+            for model in MODELS if any(row["model"] == model for row in rows)}
+
+
+def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str, str]:
+    """results.csv (every row) and results.md (means over users, then SRCC and Acc1/5 per user)."""
+    csv_path, md_path = os.path.join(exp_path, "results.csv"), os.path.join(exp_path, "results.md")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(csv_path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    users = list(dict.fromkeys(row["user"] for row in rows))
+    lines = [f"# {title}", "", f"Mean over {len(users)} users, held-out images (x100).", "",
+             "| model | " + " | ".join(METRIC_TITLES[name] for name in METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    lines += [f"| {model} | " + " | ".join(f"{values[name]:.1f}" for name in METRICS) + " |"
+              for model, values in summary.items()]
+    lines += ["", "Per user: SRCC / Acc1/5 (x100).", "",
+              "| user | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
+    by_key = {(row["user"], row["model"]): row for row in rows}
+    for user in users:
+        cells = [f"{by_key[(user, model)]['srcc']:.1f} / {by_key[(user, model)]['acc1_5']:.0f}" for model in summary]
+        lines.append(f"| {user} | " + " | ".join(cells) + " |")
+    with open(md_path, "w") as stream:
+        stream.write("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = build_parser(__doc__)
+    parser.add_argument("--users", nargs="+", metavar="ID", help="users to fine-tune to (default: the test users)")
+    parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")
+    args = parser.parse_args(argv)
+    checkpoint = read_checkpoint(args.checkpoint)
+    if not checkpoint.get("user_embeddings") or checkpoint.get("stage") != "prior":
+        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
+    model, cfg, device = load_pretrained(args.checkpoint, given_options(args), checkpoint)
+    seed_everything(cfg.seed)
+    cfg.exp_name = cfg.exp_name or f"{cfg.prefix}_finetune{cfg.finetune_images}"
+    exp_path = cfg.create_experiment_dir()
+    print(f"fine-tuning experiment {exp_path} on {device}", flush=True)
+    data = load_pic_data(cfg)
+    users = args.users or data.test_users
+    unknown = [user for user in users if user not in data.annotations]
+    if unknown or not users:
+        raise SystemExit(f"unknown users {unknown} (users.json lists {', '.join(data.users)})" if unknown
+                         else f"{cfg.PIC_users} lists no test users; name users with --users")
+    splits = {user: split_user_images(user, data.images_of(user), cfg.finetune_images, cfg.finetune_val_images,
+                                      cfg.user_test_fraction, cfg.seed) for user in users}
+    dataset = PICImageDataset(cfg, data, users, augment=False)
+    cache = extract_features(model, dataset, device, cfg.images_per_step, cfg.num_workers, not args.no_progress)
+    model = model.cpu()
+    preference = model.preference
+    prior_users = {user: torch.as_tensor(vector, dtype=torch.float32)
+                   for user, vector in checkpoint["user_embeddings"].items()}
+    mean_embedding = torch.stack(list(prior_users.values())).mean(dim=0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs"))
+    rows = []
+    with single_threaded():
+        for user in tqdm(users, desc="users", disable=args.no_progress):
+            split = splits[user]
+            support, val, test = (user_images(data, dataset, cache, user, names, preference, cfg.best_crops)
+                                  for names in (split.support, split.val, split.test))
+            with torch.no_grad():
+                prior_embedding = embed_user(preference, support)
+            result = finetune_user(preference, support, val, cfg, generator)
+            for entry in result.history[1:]:
+                writer.add_scalar(f"{user}/val_srcc", entry["val_srcc"], entry["step"])
+            evaluations = {"generic": evaluate_user(None, None, test),
+                           "prior-mean": evaluate_user(preference, mean_embedding, test),
+                           "prior": evaluate_user(preference, prior_embedding, test),
+                           "finetuned": evaluate_user(result.preference, result.embedding, test)}
+            rows += [result_row(user, name, metrics, len(test), shots=cfg.finetune_images,
+                                step=result.step if name == "finetuned" else "")
+                     for name, metrics in evaluations.items()]
+            if not args.no_save_users:
+                state = model.state_dict()
+                state.update({f"preference.{key}": value for key, value in result.preference.state_dict().items()})
+                embeddings = dict(prior_users) if cfg.finetune_scope == "embedding" else {}
+                embeddings[user] = result.embedding
+                save_atomic({"model": state, "config": config_to_dict(cfg), "model_type": "PIC", "stage": "finetuned",
+                             "user": user, "user_embeddings": {u: e.tolist() for u, e in embeddings.items()},
+                             "finetune": {"step": result.step, "val_srcc": result.val_srcc, "support": split.support,
+                                          "val": split.val, "test": split.test}},
+                            os.path.join(exp_path, "users", f"{user}.pth"))
+    writer.close()
+    csv_path, md_path = write_results(rows, exp_path, f"PIC, {cfg.finetune_images} images per user "
+                                                      f"(fine-tuning scope: {cfg.finetune_scope})")
+    for model_name, values in summarise(rows).items():
+        print(f"{model_name:10s} " + ", ".join(f"{METRIC_TITLES[k]}={values[k]:.1f}" for k in ("srcc", "acc1_5", "acc5", "acc10")))
+    print(f"results: {csv_path}, {md_path}", flush=True)
+    return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
+
+
+if __name__ == "__main__":
+    main()
