@@ -538,8 +538,9 @@ def draw_figure(result: CropResult, top_k: int, path: Path, title_lines: Sequenc
         x1, y1, x2, y2 = box
         axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
                                  linewidth=3.0 if rank == 1 else 1.5))
-        label_y = y1 + 4 + (rank - 1) * 0.04 * result.height  # stacked: the best crops often share a corner
-        axes.text(x1 + 4, label_y, f"#{rank} {score:.3f}", color="black", fontsize=9, va="top",
+        # Labels are listed in the corner: the best crops often share edges, so labels on them would overlap.
+        axes.text(0.01, 0.99 - (rank - 1) * 0.045, f"#{rank} {score:.3f}", transform=axes.transAxes,
+                  color="black", fontsize=9, va="top",
                   bbox={"facecolor": colour, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"})
     if result.person.box is not None:
         x1, y1, x2, y2 = result.person.box
@@ -600,7 +601,8 @@ def write_outputs(result: CropResult, photo: Path, out_dir: Path, top_k: int, vi
     if paths.figure is not None:
         title_lines = [f"{photo.name}: top {len(crops)} of {len(result.boxes)} crops, ratio {aspect_text}",
                        f"{cropper.model_type} {cropper.cfg.backbone}; "
-                       + ("heat map: predicted content to keep; " if result.heat_map is not None else "")
+                       + (f"heat map of content to keep (jet, 0 blue to 1 red): {result.heat_map.min():.2f} to "
+                          f"{result.heat_map.max():.2f}; " if result.heat_map is not None else "")
                        + ("dashed: person" if result.person.box is not None else "no person")]
         if cropper.untrained:
             title_lines.append(UNTRAINED_WARNING)
