@@ -144,9 +144,12 @@ def test_array_and_file_give_the_same_crops(cropper, astronaut_png):
 def test_gaic_checkpoint_has_no_heat_map_and_draws(tmp_path, astronaut_png):
     gaic = crop.Cropper(str(save_checkpoint(tmp_path / "gaic.pth", "GAIC")), device="cpu")
     assert gaic.model_type == "GAIC"
-    result = gaic.rank(astronaut_png, aspect_ratio="4:3")
-    assert result.heat_map is None
+    (result,) = gaic.rank_many([astronaut_png], keep_image=True)
+    assert result.heat_map is None and result.image.size == (512, 512)
     assert_non_increasing(result.scores)
+    crop.draw_figure(result, 3, tmp_path / "figure.png", ["GAIC: no heat map"], warning=False)
+    with Image.open(tmp_path / "figure.png") as figure:
+        assert figure.format == "PNG" and min(figure.size) > 300
 
 
 def test_bad_inputs_give_clear_errors(cropper):
