@@ -407,9 +407,10 @@ def prepare_demo(demo_dir: str, given: dict[str, Any]) -> dict[str, Any]:
     data_root = os.path.join(demo_dir, "data")
     if not os.path.exists(os.path.join(data_root, "GAICD", "image_crop.json")):
         print(f"building the demo dataset in {data_root} ...", flush=True)
-        build_demo_dataset(data_root)
+        build_demo_dataset(data_root, num_train=32, num_test=12)
     options = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
-               "max_epoch": 5, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 32,
+               "max_epoch": 3, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 16,
+               "image_size": (192, 192),
                "exp_root": os.path.join(demo_dir, "experiments"), "display_freq": 10, "visualize_freq": 25,
                "selection": "test", "exp_name": "demo"}
     options.update(given)
