@@ -11,7 +11,6 @@ GAICD / CPC crop scores (paths inherited from ``config_GAICD.Config``).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -100,7 +99,8 @@ class Config(GAICDConfig):
         if self.num_users < 0:
             raise ValueError(f"config option num_users={self.num_users} must be >= 0")
         if self.batch_size % self.images_per_step:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}")
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of "
+                             f"images_per_step={self.images_per_step}")
         for name in ("val_fraction", "user_test_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be between 0 and 1")

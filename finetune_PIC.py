@@ -202,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     csv_path, md_path = write_results(rows, exp_path, f"PIC, {cfg.finetune_images} images per user "
                                                       f"(fine-tuning scope: {cfg.finetune_scope})")
     for model_name, values in summarise(rows).items():
-        print(f"{model_name:10s} " + ", ".join(f"{METRIC_TITLES[k]}={values[k]:.1f}" for k in ("srcc", "acc1_5", "acc5", "acc10")))
+        shown = ", ".join(f"{METRIC_TITLES[key]}={values[key]:.1f}" for key in ("srcc", "acc1_5", "acc5", "acc10"))
+        print(f"{model_name:10s} {shown}")
     print(f"results: {csv_path}, {md_path}", flush=True)
     return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
 

@@ -17,6 +17,7 @@ epoch of each. prior_PIC.py continues from best-srcc.pth. Test users are never s
 from __future__ import annotations
 
 import argparse
+from functools import cached_property
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -138,17 +139,26 @@ class PICPretrainer(Trainer):
         return loss, parts, (None, None, score)
 
     # ----- evaluation -----------------------------------------------------------------------
-    def held_out(self, dataset, names: Sequence[str]) -> NamedSubset:
+    @staticmethod
+    def held_out(dataset, names: Sequence[str]) -> NamedSubset:
         wanted = set(names)
         return NamedSubset(dataset, [i for i, name in enumerate(dataset.names) if name in wanted])
+
+    @cached_property
+    def objective_val_set(self) -> NamedSubset:
+        val_names = self.subjective_val_names if self.cfg.objective_set == "PIC" else self.val_names
+        return self.held_out(self.objective_dataset(augment=False), val_names)
+
+    @cached_property
+    def subjective_val_set(self) -> NamedSubset:
+        return self.held_out(self.pic_images(augment=False), self.subjective_val_names)
 
     @torch.no_grad()
     def user_accuracy(self) -> float:
         """Share of the training users' best crops of held-out PIC images the classifier attributes right."""
         self.model.eval()
-        images = self.held_out(self.pic_images(augment=False), self.subjective_val_names)
         hits = total = 0
-        for batch in bucketed_loader(images, self.cfg.images_per_step, self.cfg.num_workers):
+        for batch in bucketed_loader(self.subjective_val_set, self.cfg.images_per_step, self.cfg.num_workers):
             batch = move_batch(batch, self.device)
             rois, humans, labels = self.best_crop_rois(batch)
             hits += int((self.model.user_logits(batch["image"], rois, humans).argmax(dim=1) == labels).sum())
@@ -156,10 +166,8 @@ class PICPretrainer(Trainer):
         return hits / max(total, 1)
 
     def evaluate(self) -> dict[str, float]:
-        val_names = self.subjective_val_names if self.cfg.objective_set == "PIC" else self.val_names
-        objective = evaluate_scored(self.model, self.held_out(self.objective_dataset(augment=False), val_names),
-                                    self.cfg.images_per_step, self.cfg.num_workers, self.progress,
-                                    "objective validation")
+        objective = evaluate_scored(self.model, self.objective_val_set, self.cfg.images_per_step,
+                                    self.cfg.num_workers, self.progress, "objective validation")
         results = {key: objective[key] for key in ("srcc", "acc5", "acc10", "pcc")}
         results["user_acc"] = self.user_accuracy()
         self.model.train()

@@ -197,7 +197,8 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
             total += loss.item() * len(losses)
         preference.eval()
         metrics = validate_prior(preference, train, val, cfg.support_images, cfg.seed)
-        row = {"epoch": epoch, "loss": total / len(episodes), **{f"val_{k}": metrics[k] for k in ("srcc", "acc5", "acc10", "pcc")}}
+        row = {"epoch": epoch, "loss": total / len(episodes),
+               **{f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}}
         history.append(row)
         if writer is not None:
             for key, value in row.items():
@@ -205,15 +206,17 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
                     writer.add_scalar(f"prior/{key}", value, epoch)
         print(f"prior epoch {epoch + 1}/{cfg.prior_epochs}: loss={row['loss']:.4f} | val: "
               + ", ".join(f"{k[4:]}={row[k]:.3f}" for k in row if k.startswith("val_")), flush=True)
-        if metrics["srcc"] > best_srcc:
+        if metrics["srcc"] > best_srcc:  # NaN (constant scores) never wins
             best_srcc = metrics["srcc"]
             best_state = {k: v.detach().clone() for k, v in preference.state_dict().items()}
-    preference.load_state_dict(best_state)
+    if best_state is not None:
+        preference.load_state_dict(best_state)
     preference.eval()
     return history
 
 
-def load_pretrained(path: str, given: dict, checkpoint: Optional[dict] = None) -> tuple[PICModel, config_PIC.Config, torch.device]:
+def load_pretrained(path: str, given: dict,
+                    checkpoint: Optional[dict] = None) -> tuple[PICModel, config_PIC.Config, torch.device]:
     """A PIC model with the weights of ``path`` (or of ``checkpoint``, already read from it), frozen,
     in eval mode on the config's device, its config (``given`` options win) and that device."""
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
@@ -268,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     writer.close()
     with torch.no_grad():
         embeddings = {user: embed_user(preference, train[user] + val[user]) for user in data.train_users}
-    best = max(history, key=lambda row: row["val_srcc"])
+    best = max(history, key=lambda row: -float("inf") if np.isnan(row["val_srcc"]) else row["val_srcc"])
     path = os.path.join(exp_path, "checkpoints", "prior.pth")
     save_atomic({"model": model.cpu().state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
                  "stage": "prior", "epoch": best["epoch"], "metrics": best,

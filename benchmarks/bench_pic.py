@@ -139,7 +139,7 @@ def format_table(table: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for entry in table:
         cells = [entry["group"], str(entry["users"]), str(entry["shots"]), f"{entry['departure']:.1f}"]
-        cells += [f"{entry[f'{m} srcc']:.1f}" for m in MODEL_TITLES] + [f"{entry[f'{m} acc1_5']:.1f}" for m in MODEL_TITLES]
+        cells += [f"{entry[f'{model} {metric}']:.1f}" for metric in ("srcc", "acc1_5") for model in MODEL_TITLES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -39,7 +39,8 @@ def write_folder(root: Path, ratings: dict, train: list, test: list, human: dict
 
 def rating(name: str, scores: list[float] | None = None) -> dict:
     boxes = grid_crops(*SIZES[name])
-    return {"bbox": boxes, "score": scores if scores is not None else [float(len(boxes) - i) for i in range(len(boxes))]}
+    descending = [float(len(boxes) - i) for i in range(len(boxes))]
+    return {"bbox": boxes, "score": descending if scores is None else scores}
 
 
 @pytest.fixture

@@ -78,7 +78,8 @@ def test_generic_scores_are_the_objective_branch_and_user_scores_add_the_prefere
     torch.testing.assert_close(objective, generic[batch["crop_valid"]])
     assert features.shape == (5, 6 + GEOMETRY_DIM) and index.tolist() == [0, 0, 0, 1, 1]
     # the geometry columns are the crops' geometry in the 96x64 input, the person of each image
-    torch.testing.assert_close(features[3, 6:], crop_geometry(batch["crop_box"][1, 0], batch["human_box"][1, 0], 96, 64))
+    expected_geometry = crop_geometry(batch["crop_box"][1, 0], batch["human_box"][1, 0], 96, 64)
+    torch.testing.assert_close(features[3, 6:], expected_geometry)
     model.user_embeddings = {"ann": torch.randn(4)}
     scores = model.score_for_user(batch, "ann")
     with torch.no_grad():
@@ -130,7 +131,8 @@ def test_config_rejects_what_pic_does_not_support():
 def user_image(generator: torch.Generator, crops: int = 12, features: int = 10) -> UserImage:
     feats = torch.randn(VIEWS, crops, features, generator=generator)
     return UserImage("x.jpg", torch.randn(VIEWS, crops, generator=generator), feats,
-                     torch.rand(crops, generator=generator) * 4 + 1, torch.randn(VIEWS, 3, 2 * features, generator=generator))
+                     torch.rand(crops, generator=generator) * 4 + 1,
+                     torch.randn(VIEWS, 3, 2 * features, generator=generator))
 
 
 @pytest.mark.parametrize("scope", ["embedding", "head"])
@@ -155,3 +157,14 @@ def test_finetuning_changes_only_what_its_scope_allows(scope):
     else:
         assert changed and all(name.startswith(("taste.", "user_weights.")) for name in changed)
     assert not any(parameter.requires_grad for parameter in result.preference.parameters())
+
+
+@pytest.mark.parametrize("backbone", ["shufflenetv2", "vgg16"])
+def test_other_backbones_give_the_same_outputs(backbone):
+    torch.manual_seed(0)
+    model = PICModel(tiny_cfg(backbone=backbone)).eval()
+    batch = batch_of_two()
+    with torch.no_grad():
+        objective, features, index = model.crop_outputs(batch["image"], batch["crop_box"], batch["human_box"],
+                                                        batch["crop_valid"])
+    assert objective.shape == (5,) and features.shape == (5, 6 + GEOMETRY_DIM) and torch.isfinite(features).all()

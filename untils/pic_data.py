@@ -97,8 +97,8 @@ def box_key(box: Sequence[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
 
-def union_crops(data: PICData, users: Sequence[str],
-                names: Optional[Sequence[str]] = None) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
+def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None
+                ) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
     """Every crop the ``users`` rated on each image, with their mean score.
 
     Returns ``(annotations, crop_index)``: ``annotations[name]`` holds the union of the users'
