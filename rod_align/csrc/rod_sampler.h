@@ -10,6 +10,9 @@ namespace gaic_align {
 
 template <typename T>
 struct RodSampler {
+  // Positions depend only on the map and grid sizes; a RoI only decides which cells are kept.
+  static constexpr bool kSameGridForAllRois = true;
+
   T x1;
   T y1;
   T x2;

@@ -6,6 +6,7 @@
 //   Sampler(const T* roi, T spatial_scale, int64_t aligned_height, int64_t aligned_width,
 //           int64_t height, int64_t width);
 //   bool position(int64_t ph, int64_t pw, T& h, T& w) const;  // false: the cell is 0
+//   static constexpr bool kSameGridForAllRois;  // h, w do not depend on the RoI (CPU shortcut)
 // T is the position/accumulation type, at::opmath_type<scalar_t> (float unless double),
 // which keeps float32 inputs in the original kernels' float32 arithmetic.
 #pragma once

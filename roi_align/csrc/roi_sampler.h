@@ -12,6 +12,8 @@ namespace gaic_align {
 
 template <typename T>
 struct RoiSampler {
+  static constexpr bool kSameGridForAllRois = false;
+
   T x1;
   T y1;
   T step_h;
