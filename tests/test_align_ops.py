@@ -164,6 +164,23 @@ def test_reference_hand_computed():
     torch.testing.assert_close(reference_align("rod", features, rois, 2, 2, 1.0), expected_rod)
 
 
+def test_boundary_rules(backend):
+    """Hand-computed edges: RoIAlign keeps 0 <= h < H (extrapolating in the last row), RoD
+    cuts out samples on the RoI border too."""
+    features = torch.arange(1, 17, dtype=torch.float64).view(1, 1, 4, 4)
+    rois = torch.tensor([[0, 0, 0, 0, 3.0], [0, 0, 0, 0, 2.5], [0, 0, -1e-9, 0, 3.0]], dtype=torch.float64)
+    # roi_w = 1: w in {0, 1}. Row 0: h in {0, 4}, and h = 4 = H is outside. Row 1: h in {0, 3.5},
+    # extrapolated from rows 2-3 with ratio 1.5: 9 + 1.5 * 4 and 10 + 1.5 * 4. Row 2 starts above the map.
+    expected = torch.tensor([[[1.0, 2.0], [0.0, 0.0]], [[1.0, 2.0], [15.0, 16.0]], [[0.0, 0.0], [0.0, 0.0]]],
+                            dtype=torch.float64).unsqueeze(1)
+    torch.testing.assert_close(roi_align(features, rois, 2, 2, 1.0, backend=backend), expected, atol=1e-12, rtol=0)
+    # RoD grid: h, w in {0, 4 - 1.001}. Degenerate RoIs exactly on a grid point cut out that point.
+    last = (4 - 1.001) / (2 - 1)
+    rod = rod_align(features, torch.tensor([[0, 0, 0, 0, 0], [0, last, last, last, last]], dtype=torch.float64),
+                    2, 2, 1.0, backend=backend)
+    assert torch.equal(rod[:, 0] == 0, torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]]))
+
+
 # ---------- forward against the reference ----------
 
 @pytest.mark.parametrize("op", ["roi", "rod"])
@@ -214,12 +231,38 @@ def test_compiled_equals_fallback(op):
 @pytest.mark.parametrize("op", ["roi", "rod"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_on_cpu(op, dtype, backend):
-    """float16/bfloat16 sample in float32: equal to the float32 op on the rounded inputs, then rounded."""
+    """float16/bfloat16 sample and accumulate in float32: equal to the float32 op on the
+    rounded inputs, rounded once at the end (gradient included)."""
     features, rois = random_case(11, 2, 3, 10, 13, 12, 0.5, dtype)
-    result = OPS[op](features, rois, 5, 5, 0.5, backend=backend)
-    expected = OPS[op](features.float(), rois.float(), 5, 5, 0.5, backend=backend).to(dtype)
-    assert result.dtype == dtype
-    torch.testing.assert_close(result, expected, atol=0, rtol=0)
+    weights = torch.randn(12, 3, 5, 5, generator=torch.Generator().manual_seed(3)).to(dtype)
+    results = {}
+    for compute in (dtype, torch.float32):
+        x = features.to(compute).requires_grad_(True)
+        out = OPS[op](x, rois.to(compute), 5, 5, 0.5, backend=backend)
+        (grad,) = torch.autograd.grad(out, x, weights.to(compute))
+        results[compute] = (out, grad)
+    assert results[dtype][0].dtype == dtype and results[dtype][1].dtype == dtype
+    torch.testing.assert_close(results[dtype][0], results[torch.float32][0].to(dtype), atol=0, rtol=0)
+    if backend == "compiled":  # the fallback's autograd accumulates in the input dtype
+        torch.testing.assert_close(results[dtype][1], results[torch.float32][1].to(dtype), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("op", ["roi", "rod"])
+@pytest.mark.parametrize("avg_pool", [False, True])
+def test_many_channels_and_images(op, avg_pool):
+    """More channels than the CPU kernels' channel block (16), a partial last block, RoIs of
+    three images interleaved: compiled forward and gradient equal the fallback's."""
+    use_backend("compiled")
+    features, rois = random_case(13, 3, 37, 9, 11, 30, 0.5)
+    rois = rois[torch.randperm(30, generator=torch.Generator().manual_seed(0))]
+    weights = torch.randn(30, 37, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for backend in ("compiled", "python"):
+        x = features.clone().requires_grad_(True)
+        out = OPS[op](x, rois, 4, 6, 0.5, avg_pool=avg_pool, backend=backend)
+        results.append((out, torch.autograd.grad(out, x, weights)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("op", ["roi", "rod"])
