@@ -2,6 +2,7 @@
 
   python benchmarks/bench_crop.py                                   # mobilenetv2 on 100, vgg16 on 20 photos
   python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --workers 0 --batch-size 1
+  python benchmarks/bench_crop.py --breakdown   # model time only: backbone vs per-crop content features
 
 Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
 with a random-weight human-centric model (timing does not depend on the weights), free ratio
@@ -9,6 +10,10 @@ with a random-weight human-centric model (timing does not depend on the weights)
 1024x768 JPEGs (smooth colour fields, shapes and noise; seeded), so the timing includes JPEG
 decoding, LANCZOS resizing, scoring and JPEG encoding of the crops. The model is built once
 more outside the timed run to report its construction time, which the end-to-end time includes.
+
+``--breakdown`` times two parts of the model instead, on one batch of ``--batch-size`` 1024x768
+photos (resized to 352x256, 90 GAIC candidates each), best of 3: the backbone, and the
+content feature every candidate gets from its 64x64 mask on the heat map.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ import crop  # noqa: E402
 import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from config_GAICD import BACKBONES  # noqa: E402
+from untils.boxes import crop_masks, resized_size  # noqa: E402
+from untils.candidates import gaic_grid_candidates  # noqa: E402
 
 
 def generated_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -83,6 +90,34 @@ def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Nam
             "photos_per_s": photos / total_s}
 
 
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def model_breakdown(backbone: str, photos: int, width: int, height: int, device: str) -> dict:
+    """Seconds per photo of the backbone and of the per-crop content features, best of 3."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cropper = crop.Cropper(None, device, allow_untrained=True, backbone=backbone)
+    model = cropper.model
+    input_w, input_h = resized_size(width, height, cropper.cfg.image_size, cropper.cfg.keep_aspect_ratio)
+    boxes = gaic_grid_candidates(input_w, input_h)[None].repeat(photos, 1, 1).to(cropper.device)
+    image = torch.randn(photos, 3, input_h, input_w, device=cropper.device)
+    with torch.inference_mode():
+        heat_map = model.content_preserve.predict_heat_map(model.reduced_features(image))
+        masks = crop_masks(boxes, input_w, input_h).reshape(-1, 64, 64)
+        image_index = torch.arange(photos, device=cropper.device).repeat_interleave(boxes.shape[1])
+        backbone_s = best_of(3, lambda: model.backbone(image))
+        content_s = best_of(3, lambda: model.content_preserve.crop_features(heat_map, masks, image_index))
+    return {"backbone": backbone, "crops": boxes.shape[1], "backbone_s": backbone_s / photos,
+            "content_s": content_s / photos}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=["mobilenetv2", "vgg16"], choices=BACKBONES)
@@ -94,8 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-human", action="store_true", help="also run the offline person detector")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the backbone and the per-crop content features instead (see above)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.breakdown:
+        print(f"{date.today()} | {os.cpu_count()} CPU cores, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), device {args.device} | load average {os.getloadavg()[0]:.1f}")
+        print(f"seconds per photo, batch of {args.batch_size}, best of 3\n")
+        print("| backbone | crops per photo | backbone (s/photo) | per-crop content features (s/photo) |")
+        print("|---|---|---|---|")
+        for backbone in args.backbones:
+            row = model_breakdown(backbone, args.batch_size, width, height, args.device)
+            print(f"| {backbone} | {row['crops']} | {row['backbone_s']:.2f} | {row['content_s']:.2f} |")
+        return
 
     load_before = os.getloadavg()[0]
     rows = []
