@@ -36,9 +36,13 @@ struct SampleTable {
   const BilinearSample<T>* roi_samples(int64_t k) const { return samples.get() + (shared ? 0 : k * grid_cells); }
 };
 
-// Chunk size for at::parallel_for when each iteration does about `work` sample updates.
+// Chunk size for at::parallel_for when each iteration does about `work` sample-channel
+// updates. A chunk gets at least ~0.2 ms of work: below that, waking threads costs more than
+// it saves, and on shared cores a descheduled thread stalls the whole region.
+constexpr int64_t kMinWorkPerChunk = int64_t{1} << 19;
+
 inline int64_t grain_for(int64_t work) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
+  return std::max<int64_t>(1, kMinWorkPerChunk / std::max<int64_t>(1, work));
 }
 
 template <template <typename> class Sampler, typename T>
@@ -208,7 +212,8 @@ at::Tensor align_backward_cpu(const char* op, const at::Tensor& grad_output_in, 
       const scalar_t* grad = grad_output.data_ptr<scalar_t>();
       T* grad_in = grad_pixels.data_ptr<T>();
       const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-      at::parallel_for(0, batch_size * blocks, 1, [&](int64_t begin, int64_t end) {
+      const int64_t work_per_task = std::max<int64_t>(1, num_rois / batch_size) * grid_cells * kChannelBlock;
+      at::parallel_for(0, batch_size * blocks, grain_for(work_per_task), [&](int64_t begin, int64_t end) {
         // [cell][channel in block]; channels past `count` in the last block are unused padding.
         std::vector<T> grid(grid_cells * kChannelBlock, T(0));
         std::vector<T> pooled(avg_pool ? cells * kChannelBlock : 0, T(0));
