@@ -48,6 +48,10 @@ class PICPretrainer(Trainer):
         cfg.num_users = len(users)
         self.best_by_image = self._best_crops_by_image(cfg.best_crops)
         super().__init__(cfg, exp_path, device, progress)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise SystemExit("pretrain_PIC.py trains in one process: the subjective branch's passes are not "
+                             "wrapped for DistributedDataParallel; run it without torchrun")
         self.subjective_batches = None if cfg.objective_set == "PIC" else self._cycle_subjective_batches()
 
     # ----- data -----------------------------------------------------------------------------

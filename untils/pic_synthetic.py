@@ -10,16 +10,12 @@ Every user belongs to a taste group and has their own parameters. The subject of
 person box, or without a person the image's central third (``[W/3, H/3, 2W/3, 2H/3]``). With ``u``
 the subject's centre across the crop (0 left edge, 1 right edge), ``gap`` the space above the
 subject over the crop height and ``fill`` the subject's height over the crop height, the taste
-term (in [0, 1]) of a crop is:
+term (in [0, 1]) of a crop, with ``t`` the user's own target, is::
 
-==========  ==============================================  ==================
-group       taste term                                      target t per user
-==========  ==============================================  ==================
-centred     1 - |u - t| / 0.5, clipped                      U(0.47, 0.53)
-thirds      1 - min(|u - t|, |u - (1 - t)|) / (1/6), clipped  U(0.30, 0.36)
-headroom    exp(-((gap - t) / 0.08)^2)                       U(0.22, 0.32)
-tight       exp(-((fill - t) / 0.12)^2)                      U(0.85, 0.95)
-==========  ==============================================  ==================
+    centred    1 - |u - t| / 0.5, clipped to [0, 1]                    t ~ U(0.47, 0.53)
+    thirds     1 - min(|u - t|, |u - (1 - t)|) / (1/6), clipped        t ~ U(0.30, 0.36)
+    headroom   exp(-((gap - t) / 0.08)^2)                               t ~ U(0.22, 0.32)
+    tight      exp(-((fill - t) / 0.12)^2)                              t ~ U(0.85, 0.95)
 
 and the user's score is ``1 + 4 * ((1 - w) * kept**2 + w * taste) + N(0, noise**2)``, clipped to
 [1, 5] and rounded to two decimals, with ``kept`` the share of the subject's box inside the crop
