@@ -113,6 +113,31 @@ inline void scatter_row(T* image, const BilinearSample<T>& sample, int64_t width
                sample.bottom_left, sample.bottom_right, row, count);
 }
 
+// target[c * target_stride + r] = source[r * columns + c] for a rows x columns block, in
+// 4x4 tiles so that loads and stores both run along contiguous memory.
+template <typename Source, typename Target>
+inline void transpose_block(const Source* source, int64_t rows, int64_t columns, Target* target,
+                            int64_t target_stride) {
+  constexpr int64_t kTile = 4;
+  const int64_t full_rows = rows - rows % kTile, full_columns = columns - columns % kTile;
+  for (int64_t r = 0; r < full_rows; r += kTile) {
+    for (int64_t c = 0; c < full_columns; c += kTile) {
+      Source tile[kTile][kTile];
+      for (int64_t i = 0; i < kTile; ++i) {
+        for (int64_t j = 0; j < kTile; ++j) tile[i][j] = source[(r + i) * columns + c + j];
+      }
+      for (int64_t j = 0; j < kTile; ++j) {
+        for (int64_t i = 0; i < kTile; ++i) target[(c + j) * target_stride + r + i] = static_cast<Target>(tile[i][j]);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = r < full_rows ? full_columns : 0; c < columns; ++c) {
+      target[c * target_stride + r] = static_cast<Target>(source[r * columns + c]);
+    }
+  }
+}
+
 template <template <typename> class Sampler>
 at::Tensor align_forward_cpu(const char* op, const at::Tensor& features, const at::Tensor& rois_in,
                              int64_t aligned_height, int64_t aligned_width, double spatial_scale, bool avg_pool) {
@@ -176,12 +201,7 @@ at::Tensor align_forward_cpu(const char* op, const at::Tensor& features, const a
           }
           values = pooled.data();
         }
-        scalar_t* target = out + k * channels * cells;
-        for (int64_t c = 0; c < channels; ++c) {
-          for (int64_t cell = 0; cell < cells; ++cell) {
-            target[c * cells + cell] = static_cast<scalar_t>(values[cell * channels + c]);
-          }
-        }
+        transpose_block(values, cells, channels, out + k * channels * cells, cells);
       }
     });
   });
@@ -229,11 +249,7 @@ at::Tensor align_backward_cpu(const char* op, const at::Tensor& grad_output_in, 
             // adjoint of the 2x2 mean (vectorised over the block).
             const scalar_t* source = grad + (k * channels + first) * cells;
             T* loaded = avg_pool ? pooled.data() : grid.data();
-            for (int64_t c = 0; c < count; ++c) {
-              for (int64_t cell = 0; cell < cells; ++cell) {
-                loaded[cell * kChannelBlock + c] = static_cast<T>(source[c * cells + cell]);
-              }
-            }
+            transpose_block(source, count, cells, loaded, kChannelBlock);
             if (avg_pool) {
               std::fill(grid.begin(), grid.end(), T(0));
               for (int64_t i = 0; i < aligned_height; ++i) {
