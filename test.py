@@ -15,6 +15,7 @@ import os
 from typing import Any, Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -65,6 +66,25 @@ def model_outputs(model: torch.nn.Module, batch: dict) -> tuple[Optional[torch.T
     return model(image, crop_box, batch["human_box"], crop_mask, partition_mask, crop_valid=crop_valid)
 
 
+def shard_for_this_process(dataset: Dataset) -> Dataset:
+    """Under torch.distributed, this process's share of ``dataset`` (every world-size-th image)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dataset
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if isinstance(dataset, Subset):
+        return Subset(dataset.dataset, dataset.indices[rank::world])
+    return Subset(dataset, list(range(rank, len(dataset), world)))
+
+
+def gather_from_processes(values: list) -> list:
+    """Every process's ``values`` concatenated (rank order); the list itself without distribution."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, values)
+    return [value for part in gathered for value in part]
+
+
 def bucketed_loader(dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                     pin_memory: bool = False) -> DataLoader:
     """Evaluation loader: images of the same resized size batched together, in dataset order."""
@@ -93,6 +113,7 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
     model.eval()
     device = next(model.parameters()).device
     gt_scores, pr_scores = [], []
+    dataset = shard_for_this_process(dataset)
     loader = bucketed_loader(dataset, images_per_batch, num_workers, pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         batch = move_batch(batch, device)
@@ -101,6 +122,7 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
         for image in range(score.shape[0]):
             gt_scores.append(batch["score"][image].cpu()[valid[image]].double().numpy())
             pr_scores.append(score[image].float().cpu()[valid[image]].double().numpy())
+    gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
     results = gaicd_metrics(gt_scores, pr_scores)
     results["images"] = len(gt_scores)
     return results
@@ -128,7 +150,7 @@ def evaluate_on_FCDB_and_FLMS(model: torch.nn.Module, cfg, dataset: str = "FCDB"
     dataset_cls = {"FCDB": FCDBDataset, "FLMS": FLMSDataset}[dataset]
     data = dataset_cls(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio,
                        with_crop_masks=False)
-    loader = bucketed_loader(data, 1, num_workers, pin_memory=device.type == "cuda")
+    loader = bucketed_loader(shard_for_this_process(data), 1, num_workers, pin_memory=device.type == "cuda")
     results = []
     for batch in tqdm(loader, desc=f"{dataset}{' human' if only_human else ''}", disable=not progress, leave=False):
         batch = move_batch(batch, device)
@@ -138,6 +160,7 @@ def evaluate_on_FCDB_and_FLMS(model: torch.nn.Module, cfg, dataset: str = "FCDB"
             original = (int(batch["width"][image]), int(batch["height"][image]))
             pred = best_crop_in_original(batch["crop_box"][image].cpu(), score[image].float().cpu(), resized, original)
             results.append(compute_iou_and_disp(batch["gt_crops"][image].cpu(), pred, *original))
+    results = gather_from_processes(results)
     metrics = crop_metrics(results)
     metrics["images"] = len(results)
     return metrics

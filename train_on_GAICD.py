@@ -23,12 +23,15 @@ import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import zlib
+
 import numpy as np
-from PIL import Image
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from PIL import Image
 from tensorboardX import SummaryWriter
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import config_GAICD
@@ -91,14 +94,40 @@ def warmup_cosine(epoch: int, warmup_epochs: int, max_epoch: int) -> float:
     return 0.5 * (math.cos((epoch - warmup_epochs) / span * math.pi) + 1)
 
 
-def sample_views(batch: dict, views: int, generator: Optional[torch.Generator] = None) -> dict:
-    """Keep ``views`` random valid crops per image (all of them if it has fewer)."""
+def item_seed(seed: int, epoch: int, name: str) -> int:
+    """A seed for one image in one epoch: the same whatever the process layout or worker count."""
+    return (seed * 1_000_003 + epoch * 7_919 + zlib.crc32(name.encode())) % 2**63
+
+
+class EpochSeededItems(Dataset):
+    """Seeds torch's RNG from (seed, epoch, index) before each item, so augmentation does not depend
+    on the order images are loaded in, on DataLoader workers, or on how many processes train."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, str(index)))
+            return self.dataset[index]
+
+
+def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None) -> dict:
+    """Keep ``views`` random valid crops per image (all of them if it has fewer).
+
+    ``seeds`` (one per image) make the choice independent of batching; without them the global
+    torch RNG is used.
+    """
     valid = batch["crop_valid"]
     counts = valid.sum(dim=1).tolist()
     keep = max(min(views, int(n)) for n in counts)
     index = torch.zeros(valid.shape[0], keep, dtype=torch.long)
     new_valid = torch.zeros(valid.shape[0], keep, dtype=torch.bool)
     for image, count in enumerate(counts):
+        generator = None if seeds is None else torch.Generator().manual_seed(seeds[image])
         chosen = valid[image].nonzero().flatten()[torch.randperm(int(count), generator=generator)[:keep]]
         index[image, :len(chosen)] = chosen
         new_valid[image, :len(chosen)] = True
@@ -109,6 +138,48 @@ def sample_views(batch: dict, views: int, generator: Optional[torch.Generator] =
             sampled[key] = batch[key][rows, index]
     sampled["crop_valid"] = new_valid
     return sampled
+
+
+class NullWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Start every process from rank 0's weights and buffers."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Average the gradients of all processes with one all-reduce per optimiser step.
+
+    This is what DistributedDataParallel does, without its requirement that every process use
+    every parameter: the partition-aware module is skipped for images without a person, so its
+    parameters get a gradient on some processes only (missing gradients count as zeros).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param in params:
+        count = param.numel()
+        param.grad = flat[offset:offset + count].view_as(param).clone()
+        offset += count
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under torchrun; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 class Trainer:
@@ -125,14 +196,22 @@ class Trainer:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
-        self.progress = progress
+        self.rank, self.world, _ = init_distributed()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
         self.checkpoint_dir = os.path.join(exp_path, "checkpoints")
         os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if cfg.batch_size % (cfg.images_per_step * self.world):
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of images_per_step x processes "
+                             f"= {cfg.images_per_step} x {self.world}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
-        self.model = build_crop_model(cfg, cfg.model_type).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.core = build_crop_model(cfg, cfg.model_type).to(device)
+        self.model = self.core
+        if self.world > 1:
+            broadcast_parameters(self.core)
+        self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch))
@@ -145,7 +224,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
-        self.writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs"))
+        self.writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs")) if self.is_main else NullWriter()
         self.visual_dir = os.path.join(exp_path, "visualization")
 
     # ----- data -----------------------------------------------------------------------------
@@ -169,14 +248,17 @@ class Trainer:
         if self.cfg.images_per_step == 1:
             order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(
                 self.cfg.seed * 100003 + epoch)).tolist()
-            return [[i] for i in order]
-        sampler = SizeBucketBatchSampler(self.train_set, self.cfg.images_per_step, shuffle=True,
-                                         drop_last=False, seed=self.cfg.seed)
+            order += order[:(-len(order)) % self.world]  # every rank takes the same number of steps
+            return [[i] for i in order[self.rank::self.world]]
+        sampler = SizeBucketBatchSampler(self.train_set, self.cfg.images_per_step, shuffle=True, drop_last=False,
+                                         seed=self.cfg.seed, num_replicas=self.world, rank=self.rank)
         sampler.set_epoch(epoch)
         return list(sampler)
 
     def loader(self, batches: Sequence[Sequence[int]]) -> DataLoader:
-        return DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate_crops,
+        items = EpochSeededItems(self.train_set, self.cfg.seed)
+        items.epoch = self.epoch
+        return DataLoader(items, batch_sampler=batches, collate_fn=collate_crops,
                           num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
@@ -209,25 +291,25 @@ class Trainer:
             seed_everything(cfg.seed * 7919 + self.epoch)
         batches = self.epoch_batches(self.epoch)
         remaining = batches[self.batch_in_epoch:]
-        accumulate = cfg.batch_size // cfg.images_per_step
+        accumulate = cfg.batch_size // (cfg.images_per_step * self.world)
         sums: dict[str, float] = {}
         seen = 0
         bar = tqdm(self.loader(remaining), total=len(remaining), disable=not self.progress,
                    desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}", leave=False)
         start = time.time()
         for batch in bar:
-            batch = move_batch(sample_views(batch, cfg.view_per_image), self.device)
+            seeds = [item_seed(cfg.seed, self.epoch, name) for name in batch["name"]]
+            batch = move_batch(sample_views(batch, cfg.view_per_image, seeds), self.device)
+            steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
             loss, parts, outputs = self.compute_loss(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}, on image(s) "
-                    f"{', '.join(batch['name'])}; the last good checkpoint is "
-                    f"{os.path.join(self.checkpoint_dir, 'last.pth')}")
+            self.check_finite(loss, batch)
             (loss / accumulate).backward()
             self.batch_in_epoch += 1
             self.step += 1
             seen += 1
-            if self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == len(batches):
+            if steps_optimizer:
+                if self.world > 1:
+                    average_gradients(self.core, self.world)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             for key, value in parts.items():
@@ -247,8 +329,21 @@ class Trainer:
         self.batch_in_epoch = 0
         return averages
 
+    def check_finite(self, loss: torch.Tensor, batch: dict) -> None:
+        """Stop on a NaN/inf loss (on any rank), naming the images; the last checkpoint stays as it was."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}, on image(s) "
+                f"{', '.join(batch['name'])} (rank {self.rank}); the last good checkpoint is "
+                f"{os.path.join(self.checkpoint_dir, 'last.pth')}")
+
     def log_panels(self, batch: dict, outputs: tuple) -> None:
         """Predicted vs. target heat map and partition maps of the batch's first image."""
+        if not self.is_main:
+            return
         partition_feat, heat_map, _ = outputs
         panels = {}
         if heat_map is not None and self.cfg.use_content_preserve:
@@ -278,7 +373,7 @@ class Trainer:
         results: dict[str, float] = {}
         for prefix, only_human in (("human_", True), ("", False)):
             try:
-                metrics = evaluate_on_GAICD(self.model, self.cfg, only_human=only_human, split=split, names=names,
+                metrics = evaluate_on_GAICD(self.core, self.cfg, only_human=only_human, split=split, names=names,
                                             images_per_batch=self.cfg.images_per_step,
                                             num_workers=self.cfg.num_workers, progress=self.progress)
             except ValueError as error:
@@ -307,6 +402,8 @@ class Trainer:
         self.write_csv()
 
     def write_csv(self) -> None:
+        if not self.is_main:
+            return
         header = (["epoch"] + [m for m in self.selection_metrics if any(m in row for row in self.history)]
                   + ["loss", "lr"])
         path = os.path.join(self.exp_path, "results.csv")
@@ -323,12 +420,16 @@ class Trainer:
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_weights(self, path: str, metrics: dict[str, float]) -> None:
-        save_atomic({"model": self.model.state_dict(), "config": config_to_dict(self.cfg),
+        if not self.is_main:
+            return
+        save_atomic({"model": self.core.state_dict(), "config": config_to_dict(self.cfg),
                      "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}, path)
 
     def save_training_state(self) -> str:
         path = os.path.join(self.checkpoint_dir, "last.pth")
-        save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        if not self.is_main:
+            return path
+        save_atomic({"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "config": config_to_dict(self.cfg),
                      "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
                      "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "history": self.history,
@@ -336,7 +437,7 @@ class Trainer:
         return path
 
     def restore(self, checkpoint: dict) -> None:
-        load_model_weights(self.model, checkpoint)
+        load_model_weights(self.core, checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
@@ -354,8 +455,9 @@ class Trainer:
                 metrics = self.evaluate()
                 self.record(stats, metrics)
                 shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
-                print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
-                      f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}", flush=True)
+                if self.is_main:
+                        print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
+                          f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}", flush=True)
             if cfg.save_freq and (self.epoch + 1) % cfg.save_freq == 0:
                 self.save_weights(os.path.join(self.checkpoint_dir, f"epoch-{self.epoch + 1}.pth"), {})
             self.scheduler.step()
@@ -372,10 +474,10 @@ class Trainer:
             path = os.path.join(self.checkpoint_dir, f"best-{name}.pth")
             if not os.path.exists(path):
                 continue
-            load_model_weights(self.model, path)
+            load_model_weights(self.core, path)
             rows.append({"selected_by": f"val {name}", "epoch": self.best[name]["epoch"],
                          **{k: round(v, 4) for k, v in self.evaluate_split("test", None).items()}})
-        if not rows:
+        if not rows or not self.is_main:
             return
         header = list(dict.fromkeys(k for row in rows for k in row))
         with open(os.path.join(self.exp_path, "test_results.csv"), "w", newline="") as stream:
@@ -447,6 +549,7 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
            prepare: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> Trainer:
     """Start (or ``--resume``) an experiment and train it; a diverged loss ends with a clear message."""
     given = config_overrides(args)
+    rank, world, local_rank = init_distributed()
     checkpoint = None
     if args.resume:
         checkpoint = read_checkpoint(args.resume)
@@ -460,11 +563,19 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
         if prepare is not None:
             options = prepare(options)
         cfg = config_cls(**options)
-        exp_path = cfg.create_experiment_dir()
+        exp_path = cfg.create_experiment_dir() if rank == 0 else None
+        if world > 1:
+            shared = [exp_path]
+            dist.broadcast_object_list(shared, src=0)
+            exp_path = shared[0]
     device = resolve_device(cfg.device, cfg.gpu_id)
-    with open(os.path.join(exp_path, "config.json"), "w") as stream:
-        json.dump(config_to_dict(cfg), stream, indent=2)
-    print(f"experiment {exp_path} on {device}", flush=True)
+    if world > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    if rank == 0:
+        with open(os.path.join(exp_path, "config.json"), "w") as stream:
+            json.dump(config_to_dict(cfg), stream, indent=2)
+        print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
     trainer = trainer_cls(cfg, exp_path, device, progress=not args.no_progress)
     if checkpoint is not None:
         trainer.restore(checkpoint)
@@ -473,6 +584,9 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
     except TrainingDiverged as error:
         trainer.writer.close()
         raise SystemExit(f"training stopped: {error}")
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     return trainer
 
 
