@@ -48,11 +48,11 @@ from tqdm import tqdm
 
 from config_GAICD import BACKBONES, Config
 from cropping_dataset import NO_PERSON_BOX, SizeBucketBatchSampler, collate_crops, normalize_image
-from cropping_model import GAICModel, HumanCentricCroppingModel, build_crop_model
+from cropping_model import GAICModel, HumanCentricCroppingModel, PICModel, build_crop_model, load_pic_model
 from test import load_model, model_outputs
 from untils.boxes import clip_boxes, rescale_boxes, resized_size
 from untils.candidates import fixed_ratio_candidates, gaic_grid_candidates, parse_aspect_ratio
-from untils.checkpoint import CheckpointError
+from untils.checkpoint import CheckpointError, read_checkpoint
 from untils.person_detection import (MAIN_PERSON_RULE, TORCHVISION_ARCHS, Detection, PersonDetector,
                                      build_person_detector, main_person)
 from untils.runtime import resolve_device
@@ -366,10 +366,11 @@ class Cropper:
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", *,
                  detector: Optional[PersonDetector] = None, allow_untrained: bool = False,
-                 backbone: str = "vgg16") -> None:
+                 backbone: str = "vgg16", user: Optional[str] = None) -> None:
         self.device = resolve_device(device)
         self.checkpoint = checkpoint
         self.untrained = checkpoint is None
+        self.user = user
         if checkpoint is None:
             if not allow_untrained:
                 raise MissingCheckpointError(NO_CHECKPOINT_MESSAGE)
@@ -377,15 +378,29 @@ class Cropper:
             self.model = build_crop_model(self.cfg, "HCIC").to(self.device).eval()
             warnings.warn(UNTRAINED_WARNING, stacklevel=2)
         else:
-            self.model, self.cfg = load_model(checkpoint, {}, self.device)
-        self.model_type = "GAIC" if isinstance(self.model, GAICModel) else "HCIC"
+            content = read_checkpoint(checkpoint)
+            if content.get("model_type") == "PIC":
+                self.model = load_pic_model(content, self.device)
+                self.cfg = self.model.cfg
+            else:
+                self.model, self.cfg = load_model(checkpoint, {}, self.device)
+        if user is not None:
+            if not isinstance(self.model, PICModel):
+                raise ValueError(f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
+                                 "train one with prior_PIC.py / finetune_PIC.py")
+            if user not in self.model.user_embeddings:
+                known = ", ".join(sorted(self.model.user_embeddings)) or "none"
+                raise ValueError(f"--user {user}: {checkpoint} knows no such user (known users: {known})")
+        self.model_type = ("PIC" if isinstance(self.model, PICModel)
+                           else "GAIC" if isinstance(self.model, GAICModel) else "HCIC")
         self.has_heat_map = (isinstance(self.model, HumanCentricCroppingModel)
                              and self.model.content_preserve is not None)
         self.detector = detector
 
     def describe(self) -> dict[str, Any]:
         """The model, for the JSON outputs."""
-        entry = {"checkpoint": self.checkpoint, "model_type": self.model_type, "backbone": self.cfg.backbone,
+        entry = {"checkpoint": self.checkpoint, "model_type": self.model_type, "user": self.user,
+                 "backbone": self.cfg.backbone,
                  "image_size": list(self.cfg.image_size), "keep_aspect_ratio": self.cfg.keep_aspect_ratio,
                  "untrained": self.untrained}
         if self.untrained:
@@ -427,7 +442,10 @@ class Cropper:
     def _score(self, batch: dict[str, Any], aspect_ratio: Optional[float]) -> list[CropResult]:
         inputs = {key: batch[key].to(self.device, non_blocking=True)
                   for key in ("image", "crop_box", "human_box", "crop_valid")}
-        _, heat_maps, scores = model_outputs(self.model, inputs)
+        if self.user is not None:
+            heat_maps, scores = None, self.model.score_for_user(inputs, self.user)
+        else:
+            _, heat_maps, scores = model_outputs(self.model, inputs)
         results = []
         for row, record in enumerate(batch["photo"]):
             valid = batch["crop_valid"][row]
@@ -638,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", nargs="+", metavar="PHOTO_OR_FOLDER", help="photos, or folders of photos")
     parser.add_argument("--checkpoint", help="trained model: ours (train_on_GAICD.py) or the official release's")
+    parser.add_argument("--user", metavar="ID", help="score crops the way this user likes: needs a personalized "
+                        "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth)")
     parser.add_argument("--aspect-ratio", default="any", type=_aspect_argument,
                         help="any (the GAIC grid), or W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h")
     parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo (default 3)")
@@ -721,7 +741,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=re.escape(UNTRAINED_WARNING))  # said below, once
             cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
-                              backbone=args.untrained_backbone)
+                              backbone=args.untrained_backbone, user=args.user)
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device
         print(f"error: {error}", file=sys.stderr)
         if isinstance(error, CheckpointError) and not os.path.exists(args.checkpoint):
