@@ -125,6 +125,16 @@ CASES = [
 ]
 
 
+def test_original_import_paths():
+    """The GAIC / human-centric code imports the modules from these paths."""
+    from roi_align.modules.roi_align import RoIAlign as A, RoIAlignAvg as B, RoIAlignMax as C
+    from rod_align.modules.rod_align import RoDAlign as D, RoDAlignAvg as E, RoDAlignMax as G
+
+    assert (A, B, C, D, E, G) == (RoIAlign, RoIAlignAvg, RoIAlignMax, RoDAlign, RoDAlignAvg, RoDAlignMax)
+    layer = RoIAlignAvg(9, 9, 1 / 16)
+    assert (layer.aligned_height, layer.aligned_width, layer.spatial_scale) == (9, 9, 1 / 16)
+
+
 # ---------- the original kernels' outputs ----------
 
 def load_fixtures() -> list[dict]:
