@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import shutil
 import statistics
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cropping_dataset import (CPCDataset, DatasetError, FCDBDataset, FLMSDataset
                               SizeBucketBatchSampler, collate_crops, fcdb_image_names, flms_image_names,
                               gaicd_image_names)
 from human_bboxes.download import CHECKSUMS, main as download_main, verify
-from tests.conftest import require_shared
+from tests.conftest import build_gaicd_sample, require_shared
 
 SAMPLE_SPLIT = {"train": ["211958.jpg"], "test": ["265813.jpg", "297406.jpg"]}
 PERSON_297406 = [142, 488, 252, 676]
@@ -47,19 +46,7 @@ def left_bright_heat_map(width: int = 100, height: int = 80) -> np.ndarray:
 
 def build_gaicd(root: Path, flat: bool = False) -> Config:
     """The 3 real sample photos and their real annotation entries, in a GAICD folder."""
-    shared = require_shared()
-    images = shared / "GAICD-sample" / "images"
-    gaicd = root / "GAICD"
-    for split, names in SAMPLE_SPLIT.items():
-        folder = gaicd / "images" if flat else gaicd / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            shutil.copy(images / split / name, folder / name)
-    annotations = json.loads((shared / "human_bboxes" / "GAICD" / "image_crop.json").read_text())
-    write_json(gaicd / "image_crop.json", {name: annotations[name] for names in SAMPLE_SPLIT.values() for name in names})
-    write_json(gaicd / "human_bboxes.json", {"297406.jpg": PERSON_297406})
-    write_json(gaicd / "original_data_split.json", SAMPLE_SPLIT)
-    write_json(gaicd / "human_data_split.json", {"train": [], "test": ["297406.jpg"]})
+    build_gaicd_sample(root, flat)
     return Config(data_root=str(root))
 
 
