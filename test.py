@@ -10,6 +10,7 @@ release's) are built with the config given on the command line (the paper's defa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 from typing import Any, Iterable, Optional
@@ -23,7 +24,7 @@ import config_CPC
 import config_GAICD
 from cropping_dataset import FCDBDataset, FLMSDataset, GAICDataset, collate_crops
 from cropping_model import GAICModel, build_crop_model
-from untils.boxes import crop_masks, partition_masks
+from untils.boxes import partition_masks
 from untils.checkpoint import config_from_checkpoint, load_model_weights, read_checkpoint
 from untils.config import add_config_arguments
 from untils.metrics import best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics
@@ -37,33 +38,46 @@ PROTOCOLS = {
 TABLE_COLUMNS = [("GAICD-human", ("acc5", "acc10", "srcc")), ("GAICD", ("acc5", "acc10", "srcc")),
                  ("FCDB-human", ("iou", "disp")), ("FCDB", ("iou", "disp")),
                  ("FLMS-human", ("iou", "disp")), ("FLMS", ("iou", "disp"))]
-_TENSOR_KEYS = ("image", "crop_box", "human_box", "crop_mask", "partition_mask", "crop_valid", "score", "heat_map")
+# Crop masks stay on the host: the crop models compute what they need from the crop boxes.
+_TENSOR_KEYS = ("image", "crop_box", "human_box", "partition_mask", "crop_valid", "score", "heat_map")
+
+
+_FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:
-    """Tensors of a collated batch on ``device`` (non-blocking from pinned memory)."""
+    """Tensors a crop model reads from a collated batch, on ``device`` (non-blocking from pinned memory)."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) and k in _TENSOR_KEYS else v)
             for k, v in batch.items()}
 
 
-def model_outputs(model: torch.nn.Module, batch: dict) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+def model_outputs(model: torch.nn.Module, batch: dict, autocast_dtype: Optional[torch.dtype] = None,
+                  channels_last: bool = False) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
     """``(partition_feat, heat_map, score)`` of any crop model for a collated batch on its device.
 
-    Crop and partition masks missing from the batch are built on the device from the boxes.
+    Partition masks missing from the batch are built on the device from the person boxes. Crop
+    masks are not read from the batch: every dataset rasterises them from the crop boxes, and the
+    human-centric model derives their exact effect from the boxes itself, without a per-crop mask
+    convolution. ``autocast_dtype`` (torch.bfloat16 or torch.float16) runs the forward under
+    autocast on the batch's device; ``channels_last`` passes the image channels-last (convert the
+    model's weights once with ``model.to(memory_format=torch.channels_last)``; both formats give
+    the same scores).
     """
     image = batch["image"]
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
     height, width = image.shape[-2:]
     crop_box = batch["crop_box"]
     crop_valid = batch.get("crop_valid")
-    if isinstance(getattr(model, "module", model), GAICModel):
-        return None, None, model(image, crop_box, crop_valid=crop_valid)
-    crop_mask = batch.get("crop_mask")
-    if crop_mask is None:
-        crop_mask = crop_masks(crop_box, width, height)
-    partition_mask = batch.get("partition_mask")
-    if partition_mask is None:
-        partition_mask = partition_masks(batch["human_box"], width, height)
-    return model(image, crop_box, batch["human_box"], crop_mask, partition_mask, crop_valid=crop_valid)
+    precision = (torch.autocast(image.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                 else contextlib.nullcontext())
+    with precision:
+        if isinstance(getattr(model, "module", model), GAICModel):
+            return None, None, model(image, crop_box, crop_valid=crop_valid)
+        partition_mask = batch.get("partition_mask")
+        if partition_mask is None:
+            partition_mask = partition_masks(batch["human_box"], width, height)
+        return model(image, crop_box, batch["human_box"], None, partition_mask, crop_valid=crop_valid)
 
 
 def shard_for_this_process(dataset: Dataset) -> Dataset:
@@ -104,24 +118,40 @@ def bucketed_loader(dataset: Dataset, images_per_batch: int = 1, num_workers: in
                       pin_memory=pin_memory)
 
 
+def _prepare_for_inference(model: torch.nn.Module, channels_last: bool) -> torch.device:
+    """Eval mode, channels-last weights when asked (in place, once); returns the model's device."""
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
-                    progress: bool = True, description: str = "evaluating") -> dict[str, float]:
-    """Acc_K/N, Acc5, Acc10, SRCC and PCC of ``model`` on a dataset of scored crops (GAICD, CPC)."""
+                    progress: bool = True, description: str = "evaluating",
+                    autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+    """Acc_K/N, Acc5, Acc10, SRCC and PCC of ``model`` on a dataset of scored crops (GAICD, CPC).
+
+    Images of one resized size are scored ``images_per_batch`` at a time; the scores stay on the
+    device until every batch is queued (no host-device synchronisation per image or batch).
+    ``autocast_dtype`` and ``channels_last`` are :func:`model_outputs`'s (``channels_last``
+    converts the model's weights in place).
+    """
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
-    model.eval()
-    device = next(model.parameters()).device
-    gt_scores, pr_scores = [], []
+    device = _prepare_for_inference(model, channels_last)
     dataset = shard_for_this_process(dataset)
     loader = bucketed_loader(dataset, images_per_batch, num_workers, pin_memory=device.type == "cuda")
+    scored = []  # (device scores (B, N), host ground truth (B, N), host crop_valid (B, N)) per batch
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        batch = move_batch(batch, device)
-        _, _, score = model_outputs(model, batch)
-        valid = batch["crop_valid"].cpu()
+        _, _, score = model_outputs(model, move_batch(batch, device), autocast_dtype, channels_last)
+        scored.append((score, batch["score"], batch["crop_valid"]))
+    gt_scores, pr_scores = [], []
+    for score, truth, valid in scored:
+        score = score.float().cpu()
         for image in range(score.shape[0]):
-            gt_scores.append(batch["score"][image].cpu()[valid[image]].double().numpy())
-            pr_scores.append(score[image].float().cpu()[valid[image]].double().numpy())
+            gt_scores.append(truth[image][valid[image]].double().numpy())
+            pr_scores.append(score[image][valid[image]].double().numpy())
     gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
     results = gaicd_metrics(gt_scores, pr_scores)
     results["images"] = len(gt_scores)
@@ -143,23 +173,32 @@ def evaluate_on_GAICD(model: torch.nn.Module, cfg, only_human: bool = True, spli
 
 @torch.no_grad()
 def evaluate_on_FCDB_and_FLMS(model: torch.nn.Module, cfg, dataset: str = "FCDB", only_human: bool = True,
-                              num_workers: int = 0, progress: bool = True) -> dict[str, float]:
-    """IoU, Disp and recall (IoU >= 0.75) of the best of the 1,745 predefined anchors."""
-    model.eval()
-    device = next(model.parameters()).device
+                              num_workers: int = 0, progress: bool = True, images_per_batch: int = 1,
+                              autocast_dtype: Optional[torch.dtype] = None,
+                              channels_last: bool = False) -> dict[str, float]:
+    """IoU, Disp and recall (IoU >= 0.75) of the best of the 1,745 predefined anchors.
+
+    Batching and the options are :func:`evaluate_scored`'s.
+    """
+    device = _prepare_for_inference(model, channels_last)
     dataset_cls = {"FCDB": FCDBDataset, "FLMS": FLMSDataset}[dataset]
     data = dataset_cls(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio,
                        with_crop_masks=False)
-    loader = bucketed_loader(shard_for_this_process(data), 1, num_workers, pin_memory=device.type == "cuda")
-    results = []
+    loader = bucketed_loader(shard_for_this_process(data), images_per_batch, num_workers,
+                             pin_memory=device.type == "cuda")
+    scored = []  # (device scores (B, N), resized (w, h), the host fields the metrics need) per batch
     for batch in tqdm(loader, desc=f"{dataset}{' human' if only_human else ''}", disable=not progress, leave=False):
-        batch = move_batch(batch, device)
-        _, _, score = model_outputs(model, batch)
+        _, _, score = model_outputs(model, move_batch(batch, device), autocast_dtype, channels_last)
+        resized = (batch["image"].shape[-1], batch["image"].shape[-2])
+        scored.append((score, resized, {key: batch[key] for key in _FIELDS_FOR_CROP_METRICS}))
+    results = []
+    for score, resized, fields in scored:
+        score = score.float().cpu()
         for image in range(score.shape[0]):
-            resized = (batch["image"].shape[-1], batch["image"].shape[-2])
-            original = (int(batch["width"][image]), int(batch["height"][image]))
-            pred = best_crop_in_original(batch["crop_box"][image].cpu(), score[image].float().cpu(), resized, original)
-            results.append(compute_iou_and_disp(batch["gt_crops"][image].cpu(), pred, *original))
+            original = (int(fields["width"][image]), int(fields["height"][image]))
+            valid = fields["crop_valid"][image]
+            pred = best_crop_in_original(fields["crop_box"][image][valid], score[image][valid], resized, original)
+            results.append(compute_iou_and_disp(fields["gt_crops"][image], pred, *original))
     results = gather_from_processes(results)
     metrics = crop_metrics(results)
     metrics["images"] = len(results)
