@@ -67,7 +67,6 @@ def load_model_weights(model: torch.nn.Module, checkpoint: dict | str) -> None:
     else:
         source = "checkpoint"
     state = release_state_dict(checkpoint["model"])
-    missing, unexpected = [], []
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
