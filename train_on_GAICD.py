@@ -341,7 +341,8 @@ class Trainer:
                 f"{os.path.join(self.checkpoint_dir, 'last.pth')}")
 
     def log_panels(self, batch: dict, outputs: tuple) -> None:
-        """Predicted vs. target heat map and partition maps of the batch's first image."""
+        """Predicted vs. target heat map and partition maps of the batch's first image, to TensorBoard;
+        also saved under visualization/ when ``visualize_heat_map`` / ``visualize_partition_feature``."""
         if not self.is_main:
             return
         partition_feat, heat_map, _ = outputs
@@ -349,19 +350,23 @@ class Trainer:
         if heat_map is not None and self.cfg.use_content_preserve:
             target = batch["heat_map"][0, 0].float().cpu()
             predicted = heat_map[0, 0].detach().float().cpu()
-            panels["heat_map (target | predicted)"] = torch.cat([target, torch.ones(64, 2), predicted], dim=1)
-        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat.abs().sum() > 0:
+            panels["heat_map"] = (torch.cat([target, torch.ones(64, 2), predicted], dim=1),
+                                  self.cfg.visualize_heat_map)
+        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat[0].abs().sum() > 0:
             predicted = torch.softmax(partition_feat[0].detach().float().cpu(), dim=0)
             target = batch["partition_mask"][0].float().cpu()
             if predicted.shape[0] == 9:
-                panels["partition (target | predicted)"] = torch.cat(
-                    [_grid3x3(target), torch.ones(_grid3x3(target).shape[0], 2), _grid3x3(predicted)], dim=1)
-        os.makedirs(self.visual_dir, exist_ok=True)
-        for title, panel in panels.items():
-            self.writer.add_image(f"train/{title.split(' ')[0]}", panel.clamp(0, 1).unsqueeze(0), self.step)
-            image = (panel.clamp(0, 1).numpy() * 255).astype(np.uint8)
-            Image.fromarray(image).resize((image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST).save(
-                os.path.join(self.visual_dir, f"{self.step}_{title.split(' ')[0]}.png"))
+                target_grid = _grid3x3(target)
+                panels["partition"] = (torch.cat([target_grid, torch.ones(target_grid.shape[0], 2),
+                                                  _grid3x3(predicted)], dim=1), self.cfg.visualize_partition_feature)
+        for title, (panel, save) in panels.items():
+            # left: target, right: prediction
+            self.writer.add_image(f"train/{title}", panel.clamp(0, 1).unsqueeze(0), self.step)
+            if save:
+                os.makedirs(self.visual_dir, exist_ok=True)
+                image = (panel.clamp(0, 1).numpy() * 255).astype(np.uint8)
+                Image.fromarray(image).resize((image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST).save(
+                    os.path.join(self.visual_dir, f"{self.step}_{title}.png"))
 
     # ----- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -514,7 +519,8 @@ def prepare_demo(demo_dir: str, given: dict[str, Any]) -> dict[str, Any]:
                "max_epoch": 3, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 16,
                "image_size": (192, 192),
                "exp_root": os.path.join(demo_dir, "experiments"), "display_freq": 10, "visualize_freq": 25,
-               "selection": "test", "exp_name": "demo"}
+               "selection": "test", "exp_name": "demo", "visualize_heat_map": True,
+               "visualize_partition_feature": True}
     options.update(given)
     cfg = config_GAICD.Config(**options)
     print("generating pseudo heat maps ...", flush=True)
