@@ -166,6 +166,16 @@ class CropAlignFeatures(nn.Module):
         return torch.cat([roi_feat, self.RoDAlign(feature_map, rois)], dim=1)
 
 
+def mask_padded_scores(scores: torch.Tensor, crop_valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scores (B, N) with the padded crops of a batch (``crop_valid`` False) at ``-inf``.
+
+    The human-centric and GAIC models score padded crops like the others and discard them here:
+    no data-dependent shapes, hence no host-device synchronisation and one graph under
+    torch.compile.
+    """
+    return scores if crop_valid is None else scores.masked_fill(~crop_valid, float("-inf"))
+
+
 def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: Optional[torch.Tensor],
                          batch: int, count: int) -> torch.Tensor:
     """Place the scores of valid crops in a (B, N) tensor; padded crops get ``-inf``."""
@@ -314,8 +324,7 @@ class ContentPreserveModule(nn.Module):
         count = image_index.shape[0]
         if count == 0:
             return heat_term.new_zeros(0, self.content_feat_layer[-1].out_features)
-        on_cpu = heat_map.device.type == "cpu" and not torch.compiler.is_compiling()
-        step = CPU_FIRST_LAYER_CHUNK if on_cpu else CROP_CHUNK
+        step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
         features = []
         for start in range(0, count, CROP_CHUNK):
             stop = min(start + CROP_CHUNK, count)
@@ -401,20 +410,20 @@ class HumanCentricCroppingModel(nn.Module):
 
     def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
                            partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the partition-aware module to the images that contain a person, each on its own."""
-        batch = red_feat.shape[0]
-        has_person = partition_mask[:, 4].flatten(1).ne(0).any(dim=1)
+        """Apply the partition-aware module to the images that contain a person, each on its own.
+
+        Every image goes through the module (no data-dependent indexing); images without a person
+        keep their features and get a zero partition map.
+        """
         if self.partition_aware is None:
             return red_feat, torch.zeros_like(partition_mask)
-        part_feat = red_feat.new_zeros(batch, self.partition_aware.out_channels, *red_feat.shape[-2:])
-        index = has_person.nonzero().flatten()
-        if index.numel() == 0:
-            return red_feat, part_feat
-        human_xyxy = human_box.reshape(batch, -1)[:, -4:][index]
-        human_rois = torch.cat([torch.arange(index.numel(), device=red_feat.device,
-                                             dtype=human_xyxy.dtype).unsqueeze(1), human_xyxy], dim=1)
-        fused, p_mean = self.partition_aware(red_feat[index], human_rois, partition_mask[index])
-        return red_feat.index_copy(0, index, fused), part_feat.index_copy(0, index, p_mean.to(part_feat.dtype))
+        batch = red_feat.shape[0]
+        has_person = partition_mask[:, 4].flatten(1).ne(0).any(dim=1).view(batch, 1, 1, 1)
+        human_xyxy = human_box.reshape(batch, -1)[:, -4:]
+        image_index = torch.arange(batch, device=red_feat.device, dtype=human_xyxy.dtype).unsqueeze(1)
+        fused, p_mean = self.partition_aware(red_feat, torch.cat([image_index, human_xyxy], dim=1), partition_mask)
+        return (torch.where(has_person, fused.to(red_feat.dtype), red_feat),
+                torch.where(has_person, p_mean.to(red_feat.dtype), 0.0))
 
     def forward(self, im: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
                 crop_mask: Optional[torch.Tensor], partition_mask: torch.Tensor,
@@ -426,10 +435,6 @@ class HumanCentricCroppingModel(nn.Module):
         rois = boxes_with_batch_index(crop_box)
         if crop_mask is not None:
             crop_mask = crop_mask.reshape(batch * count, *crop_mask.shape[-2:])
-        if crop_valid is not None:
-            keep = crop_valid.reshape(-1)
-            rois = rois[keep]
-            crop_mask = None if crop_mask is None else crop_mask[keep]
         red_feat = self.reduced_features(im)
         red_feat, part_feat = self.partition_features(red_feat, human_box, partition_mask)
 
@@ -442,7 +447,7 @@ class HumanCentricCroppingModel(nn.Module):
             masks = BoxMasks.from_boxes(rois[:, 1:], im.shape[-1], im.shape[-2]) if crop_mask is None else crop_mask
             features.append(self.content_preserve.crop_features(heat_map, masks, rois[:, 0].long()))
         crop_feat = features[0] if len(features) == 1 else torch.cat(features, dim=1)
-        score = scatter_valid_scores(self.fc_layer(crop_feat), crop_valid, batch, count)
+        score = mask_padded_scores(self.fc_layer(crop_feat).reshape(batch, count), crop_valid)
         return part_feat, heat_map, score
 
 
@@ -482,12 +487,9 @@ class GAICModel(nn.Module):
 
     def forward(self, im: torch.Tensor, crop_box: torch.Tensor, *unused, crop_valid: Optional[torch.Tensor] = None,
                 **unused_kwargs) -> torch.Tensor:
-        batch, count = crop_box.shape[:2]
         rois = boxes_with_batch_index(crop_box)
-        if crop_valid is not None:
-            rois = rois[crop_valid.reshape(-1)]
-        scores = self.FC_layers(self.crop_align(self.reduced_features(im), rois)).flatten(1)
-        return scatter_valid_scores(scores, crop_valid, batch, count)
+        scores = self.FC_layers(self.crop_align(self.reduced_features(im), rois)).reshape(crop_box.shape[:2])
+        return mask_padded_scores(scores, crop_valid)
 
 
 def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
