@@ -1,0 +1,427 @@
+"""Speed of the human-centric crop model: inference, where its time goes, training, and the limit.
+
+  python benchmarks/bench_model.py                          # vgg16 and mobilenetv2 on the default device
+  python benchmarks/bench_model.py --device cuda            # fp32 and bf16, channels-last
+  python benchmarks/bench_model.py --backbones mobilenetv2 --batch-sizes 1 4 --repeats 3 --no-compile
+
+For each backbone, the human-centric model with the paper's config and RANDOM-INIT weights (timing
+does not depend on them) scores a 256x352 input with the 90 GAIC-grid candidates of a 352x256
+image and a person box, through ``test.model_outputs`` (the evaluation path):
+
+* inference: images/s at batch 1 and at each ``--batch-sizes`` (the best is reported), per
+  setting (dtype: fp32 or autocast bf16/fp16; memory format: contiguous or channels-last);
+* where the time goes at batch 1: the backbone, the content-preserving crop features, and the
+  rest (feature aggregation, partition-aware module, heat map, RoI/RoD align, heads), timed
+  inside the same forward calls (median shares);
+* a training step: one image, ``--views`` of its crops, forward, the training loss (score
+  losses of ``cfg.loss_type`` + content L1 on a heat map), backward, Adam step; seconds and peak
+  memory (CUDA: ``max_memory_allocated``; CPU: peak resident set size of a fresh process that
+  only builds the model and runs the steps, and its rise over the built model);
+* the physical limit: the backbone's FLOPs per image (``torch.utils.flop_counter``) against the
+  measured throughput of a large matmul (fp32 on the CPU; the setting's dtype on CUDA), i.e. the
+  images/s no implementation of this backbone can beat on this device, and the share reached;
+* ``torch.compile`` (inductor) against eager at batch 1, fp32, contiguous (``--no-compile`` skips).
+
+Timing: ``--warmup`` calls first, then ``--repeats`` timed calls (CPU wall clock; CUDA events);
+medians are reported. The machine's load average is printed before and after: on a shared
+machine, repeat the run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import roi_align  # noqa: E402
+import rod_align  # noqa: E402
+from config_GAICD import Config  # noqa: E402
+from cropping_model import HumanCentricCroppingModel, crop_score_loss  # noqa: E402
+from test import model_outputs  # noqa: E402
+from untils.boxes import partition_masks  # noqa: E402
+from untils.candidates import gaic_grid_candidates  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PERSON_BOX = (120.0, 40.0, 230.0, 250.0)  # in the 352x256 input
+GAICD_TRAIN_IMAGES = 1036
+
+
+@dataclass(frozen=True)
+class Setting:
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return None if self.dtype == torch.float32 else self.dtype
+
+    @property
+    def label(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.device.type} {dtype} {'channels-last' if self.channels_last else 'contiguous'}"
+
+
+def build_model(backbone: str, setting: Setting) -> HumanCentricCroppingModel:
+    torch.manual_seed(0)
+    model = HumanCentricCroppingModel(Config(backbone=backbone, pretrained=False), loadweights=False)
+    model = model.to(setting.device)
+    if setting.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_batch(images: int, height: int, width: int, device: torch.device, crops: Optional[int] = None) -> dict:
+    """``images`` random images with the GAIC grid (or its first ``crops``) and one person each."""
+    boxes = gaic_grid_candidates(width, height)[:crops]
+    generator = torch.Generator().manual_seed(images)
+    human_box = torch.tensor(PERSON_BOX).view(1, 1, 4).repeat(images, 1, 1)
+    batch = {
+        "image": torch.randn(images, 3, height, width, generator=generator),
+        "crop_box": boxes.unsqueeze(0).repeat(images, 1, 1),
+        "human_box": human_box,
+        "partition_mask": partition_masks(human_box, width, height),
+        "crop_valid": torch.ones(images, len(boxes), dtype=torch.bool),
+    }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(call: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones (CUDA events on CUDA)."""
+    for _ in range(warmup):
+        call()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1000.0)
+        else:
+            begin = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - begin)
+    return seconds
+
+
+def precision(setting: Setting):
+    if setting.autocast_dtype is None:
+        return torch.autocast(setting.device.type, enabled=False)
+    return torch.autocast(setting.device.type, dtype=setting.autocast_dtype)
+
+
+@torch.no_grad()
+def inference_rates(model: HumanCentricCroppingModel, setting: Setting, batch_sizes: list[int], height: int,
+                    width: int, repeats: int, warmup: int) -> dict[int, float]:
+    """Median images/s of ``model_outputs`` for each batch size."""
+    rates = {}
+    for size in batch_sizes:
+        batch = make_batch(size, height, width, setting.device)
+        seconds = time_calls(lambda: model_outputs(model, batch, setting.autocast_dtype, setting.channels_last),
+                             setting.device, repeats, warmup)
+        rates[size] = size / statistics.median(seconds)
+    return rates
+
+
+@contextlib.contextmanager
+def timing_calls_of(owner: object, method: str, device: torch.device, spans: list):
+    """Record the duration of every call of ``owner.method`` into ``spans`` (CUDA events on CUDA)."""
+    original = getattr(owner, method)
+
+    def timed(*args, **kwargs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = original(*args, **kwargs)
+            end.record()
+            spans.append((start, end))
+        else:
+            begin = time.perf_counter()
+            result = original(*args, **kwargs)
+            spans.append(time.perf_counter() - begin)
+        return result
+
+    setattr(owner, method, timed)
+    try:
+        yield
+    finally:
+        delattr(owner, method)  # the class's method again
+
+
+def seconds_of(spans: list) -> list[float]:
+    return [span if isinstance(span, float) else span[0].elapsed_time(span[1]) / 1000.0 for span in spans]
+
+
+@torch.no_grad()
+def time_split(model: HumanCentricCroppingModel, setting: Setting, height: int, width: int, repeats: int,
+               warmup: int) -> dict[str, float]:
+    """Median shares of the backbone and of the content crop features in whole batch-1 forwards.
+
+    Both parts are timed inside the same calls as the whole, so the shares of one call add up.
+    """
+    batch = make_batch(1, height, width, setting.device)
+    backbone, content = [], []
+    with timing_calls_of(model.backbone, "forward", setting.device, backbone), \
+            timing_calls_of(model.content_preserve, "crop_features", setting.device, content):
+        total = time_calls(lambda: model_outputs(model, batch, setting.autocast_dtype, setting.channels_last),
+                           setting.device, repeats, warmup)
+    calls = list(zip(seconds_of(backbone)[warmup:], seconds_of(content)[warmup:], total))
+    return {"backbone": statistics.median(b / t for b, _, t in calls),
+            "content": statistics.median(c / t for _, c, t in calls),
+            "rest": statistics.median((t - b - c) / t for b, c, t in calls)}
+
+
+def training_step(model: HumanCentricCroppingModel, optimizer: torch.optim.Optimizer, batch: dict,
+                  setting: Setting, scaler: torch.amp.GradScaler) -> None:
+    """Forward, the training loss, backward and an Adam step on one batch."""
+    cfg = model.cfg
+    _, heat_map, score = model_outputs(model, batch, setting.autocast_dtype, setting.channels_last)
+    loss = crop_score_loss(score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
+                           rank_loss_weighting=cfg.rank_loss_weighting)
+    loss = loss + cfg.content_loss_weight * F.l1_loss(heat_map.float(), batch["heat_map"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def training_stats(backbone: str, setting: Setting, views: int, height: int, width: int, repeats: int,
+                   warmup: int) -> dict[str, float]:
+    """Median seconds of a training step, peak memory and the memory of the built model (bytes)."""
+    if setting.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setting.device)
+    model = build_model(backbone, setting).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=model.cfg.lr, weight_decay=model.cfg.weight_decay)
+    scaler = torch.amp.GradScaler(setting.device.type, enabled=setting.dtype == torch.float16)
+    batch = make_batch(1, height, width, setting.device, crops=views)
+    generator = torch.Generator().manual_seed(1)
+    batch["score"] = (1 + 4 * torch.rand(1, views, generator=generator)).to(setting.device)
+    batch["heat_map"] = torch.rand(1, 1, 64, 64, generator=generator).to(setting.device)
+    built = resident_bytes(setting.device)
+    seconds = time_calls(lambda: training_step(model, optimizer, batch, setting, scaler), setting.device,
+                         repeats, warmup)
+    return {"step": statistics.median(seconds), "peak": resident_bytes(setting.device), "built": built}
+
+
+def resident_bytes(device: torch.device) -> float:
+    """Peak memory so far: CUDA's allocated bytes, or this process's peak resident set size.
+
+    On Linux the peak RSS is VmHWM: getrusage's ru_maxrss would carry the parent's peak into a
+    spawned child (it survives fork and exec).
+    """
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as stream:
+            line = next(line for line in stream if line.startswith("VmHWM:"))
+        return float(line.split()[1]) * 1024.0  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux, bytes on macOS
+
+
+def _training_stats_in_fresh_process(arguments: tuple) -> dict[str, float]:
+    backbone, device, dtype, channels_last, threads, views, height, width, repeats, warmup = arguments
+    torch.set_num_threads(threads)
+    setting = Setting(torch.device(device), DTYPES[dtype], channels_last)
+    return training_stats(backbone, setting, views, height, width, repeats, warmup)
+
+
+def measured_training_stats(backbone: str, setting: Setting, args: argparse.Namespace) -> dict[str, float]:
+    """:func:`training_stats`; on the CPU in a fresh process, so that its peak RSS is the steps' own."""
+    if setting.device.type == "cuda":
+        return training_stats(backbone, setting, args.views, args.height, args.width, args.repeats, args.warmup)
+    dtype = str(setting.dtype).replace("torch.", "")
+    arguments = (backbone, str(setting.device), dtype, setting.channels_last, args.threads, args.views,
+                 args.height, args.width, args.repeats, args.warmup)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_training_stats_in_fresh_process, (arguments,))
+
+
+def counted_flops(backbone: str, height: int, width: int) -> dict[str, float]:
+    """FLOPs (multiply and add counted apart) per image of the backbone and of the whole forward."""
+    cpu = Setting(torch.device("cpu"), torch.float32, False)
+    model = build_model(backbone, cpu).eval()
+    batch = make_batch(1, height, width, cpu.device)
+    counts = {}
+    with torch.no_grad():
+        for name, call in (("backbone", lambda: model.backbone(batch["image"])),
+                           ("model", lambda: model_outputs(model, batch))):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                call()
+            counts[name] = float(counter.get_total_flops())
+    return counts
+
+
+def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` (fp32 on the CPU)."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = time_calls(lambda: a @ b, device, repeats, warmup=2)
+    return 2.0 * size ** 3 / min(seconds)
+
+
+@torch.no_grad()
+def compile_comparison(backbone: str, device: torch.device, height: int, width: int, repeats: int,
+                       warmup: int) -> dict[str, float]:
+    """Batch-1 images/s eager and compiled with inductor (fp32, contiguous), and the compile time."""
+    setting = Setting(device, torch.float32, False)
+    model = build_model(backbone, setting).eval()
+    batch = make_batch(1, height, width, device)
+    compiled = torch.compile(model, backend="inductor")
+    begin = time.perf_counter()
+    model_outputs(compiled, batch)
+    synchronize(device)
+    compile_seconds = time.perf_counter() - begin
+    rates = {}
+    for name, candidate in (("eager", model), ("inductor", compiled)):
+        seconds = time_calls(lambda: model_outputs(candidate, batch), device, repeats, warmup)
+        rates[name] = 1.0 / statistics.median(seconds)
+    rates["compile_seconds"] = compile_seconds
+    return rates
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as stream:
+            model_name = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model_name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+
+
+def resolve(args: argparse.Namespace) -> tuple[torch.device, list[Setting]]:
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
+    dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
+    formats = args.formats or (["channels-last"] if device.type == "cuda" else ["contiguous", "channels-last"])
+    settings = [Setting(device, DTYPES[dtype], memory_format == "channels-last")
+                for dtype in dtypes for memory_format in formats]
+    return device, settings
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES),
+                        help="float32, or autocast to bfloat16/float16 (default: float32 on the CPU, "
+                             "float32 and bfloat16 on CUDA)")
+    parser.add_argument("--formats", nargs="+", choices=["contiguous", "channels-last"],
+                        help="memory formats (default: both on the CPU, channels-last on CUDA)")
+    parser.add_argument("--backbones", nargs="+", default=["vgg16", "mobilenetv2"],
+                        choices=["vgg16", "mobilenetv2", "resnet50", "shufflenetv2"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16],
+                        help="images per forward pass to try")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--views", type=int, default=64, help="crops per image in a training step")
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=352)
+    parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "threads", "views", "height", "width"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.batch_sizes) < 1:
+        parser.error(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device, settings = resolve(args)
+    align = "compiled kernels" if roi_align.KERNELS.available and rod_align.KERNELS.available else "Python fallback"
+    print(f"# bench_model: {date.today()}, {machine_description(device)}, torch {torch.__version__}, "
+          f"mkldnn {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}, "
+          f"align ops: {align}, input {args.width}x{args.height}, random-init weights")
+    print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    batch_sizes = sorted(set([1] + args.batch_sizes))
+
+    print("\n| backbone | setting | batch 1 (images/s) | best batch | best (images/s) | backbone | "
+          "content features | rest | train step (s) | epoch of 1,036 (s) | train peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    flops, limits = {}, []
+    for backbone in args.backbones:
+        flops[backbone] = counted_flops(backbone, args.height, args.width)
+        for setting in settings:
+            model = build_model(backbone, setting).eval()
+            rates = inference_rates(model, setting, batch_sizes, args.height, args.width, args.repeats, args.warmup)
+            shares = time_split(model, setting, args.height, args.width, args.repeats, args.warmup)
+            del model
+            best = max(rates, key=rates.get)
+            train = "| - | - | - |"
+            if not args.no_train:
+                stats = measured_training_stats(backbone, setting, args)
+                memory = f"{stats['peak'] / 2**20:.0f}"
+                if setting.device.type == "cpu":
+                    memory += f" (RSS; +{(stats['peak'] - stats['built']) / 2**20:.0f} over the built model)"
+                train = f"| {stats['step']:.3f} | {GAICD_TRAIN_IMAGES * stats['step']:.0f} | {memory} |"
+            print(f"| {backbone} | {setting.label} | {rates[1]:.2f} | {best} | {rates[best]:.2f} | "
+                  f"{shares['backbone']:.0%} | {shares['content']:.0%} | {shares['rest']:.0%} {train}", flush=True)
+            limits.append((backbone, setting, rates[best]))
+
+    print("\nPhysical limit: FLOPs per image over the measured matmul throughput (bound: backbone only; "
+          "model bound: the whole forward with its 90 crops).\n")
+    print("| backbone | setting | backbone GFLOP/image | model GFLOP/image | matmul TFLOP/s | "
+          "bound (images/s) | model bound (images/s) | best measured (images/s) | share of the bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    throughput: dict[tuple[str, torch.dtype], float] = {}
+    for backbone, setting, measured in limits:
+        matmul_dtype = setting.dtype if setting.device.type == "cuda" else torch.float32
+        key = (str(setting.device), matmul_dtype)
+        if key not in throughput:
+            throughput[key] = matmul_throughput(setting.device, matmul_dtype, args.repeats)
+        bound = throughput[key] / flops[backbone]["backbone"]
+        print(f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
+              f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
+              f"{throughput[key] / flops[backbone]['model']:.1f} | {measured:.2f} | {measured / bound:.0%} |")
+
+    if not args.no_compile:
+        print("\ntorch.compile (inductor) against eager, batch 1, fp32, contiguous.\n")
+        print("| backbone | eager (images/s) | inductor (images/s) | compile time (s) |")
+        print("|---|---|---|---|")
+        for backbone in args.backbones:
+            result = compile_comparison(backbone, device, args.height, args.width, args.repeats, args.warmup)
+            print(f"| {backbone} | {result['eager']:.2f} | {result['inductor']:.2f} | "
+                  f"{result['compile_seconds']:.0f} |", flush=True)
+    print(f"\n# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
