@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -319,7 +319,7 @@ class ContentPreserveModule(nn.Module):
         convolution and the linear layer see each crop. The first-layer maps are kept channels-last
         (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK`` at a time.
         """
-        first = self.content_feat_layer[0]
+        first, pool = self.content_feat_layer[0], self.content_feat_layer[1]
         heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
         count = image_index.shape[0]
         if count == 0:
@@ -328,35 +328,49 @@ class ContentPreserveModule(nn.Module):
         features = []
         for start in range(0, count, CROP_CHUNK):
             stop = min(start + CROP_CHUNK, count)
-            pooled = [self._pooled_first_layer(heat_term, crop_mask, image_index, begin, min(begin + step, stop))
-                      for begin in range(start, stop, step)]
+            if isinstance(crop_mask, BoxMasks):
+                add_mask_term = self._box_mask_term(crop_mask.rows[start:stop], crop_mask.columns[start:stop],
+                                                    heat_term.dtype)
+            else:
+                add_mask_term = self._mask_convolution_term(crop_mask[start:stop])
+            pooled = []
+            for begin in range(0, stop - start, step):
+                end = min(begin + step, stop - start)
+                maps = heat_term.index_select(0, image_index[start + begin:start + end])  # (k, h, w, C), fresh
+                add_mask_term(maps, begin, end)
+                pooled.append(pool(maps.permute(0, 3, 1, 2)))
             features.append(self.content_feat_layer[2:](torch.cat(pooled)))
         return torch.cat(features)
 
-    def _pooled_first_layer(self, heat_term: torch.Tensor, crop_mask: CropMasks, image_index: torch.Tensor,
-                            start: int, stop: int) -> torch.Tensor:
-        """The first convolution and pooling of crops ``start:stop`` (channels-last)."""
-        maps = heat_term.index_select(0, image_index[start:stop])  # (k, h, w, C), a fresh tensor
-        if isinstance(crop_mask, BoxMasks):
-            self._add_box_mask_term(maps, crop_mask.rows[start:stop], crop_mask.columns[start:stop])
-        else:
-            mask_kernel = self.content_feat_layer[0].weight[:, 1:]
-            maps += F.conv2d(crop_mask[start:stop].unsqueeze(1).to(maps.dtype), mask_kernel).permute(0, 2, 3, 1)
-        return self.content_feat_layer[1](maps.permute(0, 3, 1, 2))
+    def _box_mask_term(self, rows: torch.Tensor, columns: torch.Tensor,
+                       dtype: torch.dtype) -> Callable[[torch.Tensor, int, int], None]:
+        """For the box masks outer(rows[k], columns[k]) of a chunk of crops: a function that adds the
+        first convolution's mask half of the chunk's crops ``begin:end`` to their maps (k, h, w, C).
 
-    def _add_box_mask_term(self, maps: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> None:
-        """Add the first convolution's mask half for box masks to ``maps`` (k, h, w, C) in place.
-
-        For the mask outer(r, c): sum_ij W[o,i,j] r[y+i] c[x+j] = sum_j c[x+j] (sum_i r[y+i] W[o,i,j]).
+        sum_ij W[o,i,j] r[y+i] c[x+j] = sum_j c[x+j] (sum_i r[y+i] W[o,i,j]): the row sums and column
+        windows are built once per chunk; each call is one batched product (few, long operations).
         """
-        crops, height, width, channels = maps.shape
-        kernel = self.content_feat_layer[0].weight[:, 1].to(maps.dtype)  # (C, s, s)
+        kernel = self.content_feat_layer[0].weight[:, 1].to(dtype)  # (C, s, s)
         size = kernel.shape[-1]
-        row_windows = rows.to(maps.dtype).unfold(1, size, 1)  # (k, h, s): r[y + i]
-        column_windows = columns.to(maps.dtype).unfold(1, size, 1)  # (k, w, s): c[x + j]
-        row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, channels)
+        row_windows = rows.to(dtype).unfold(1, size, 1)  # (k, h, s): r[y + i]
+        column_windows = columns.to(dtype).unfold(1, size, 1)  # (k, w, s): c[x + j]
+        crops, height, width = row_windows.shape[0], row_windows.shape[1], column_windows.shape[1]
+        row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, -1)
         columns_per_row = column_windows.unsqueeze(1).expand(crops, height, width, size).reshape(-1, width, size)
-        maps.view(crops * height, width, channels).baddbmm_(columns_per_row, row_sums)
+
+        def add(maps: torch.Tensor, begin: int, end: int) -> None:
+            rows_of_crops = slice(begin * height, end * height)
+            maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
+        return add
+
+    def _mask_convolution_term(self, masks: torch.Tensor) -> Callable[[torch.Tensor, int, int], None]:
+        """For general masks (k, 64, 64) of a chunk of crops: a function that adds the first
+        convolution's mask half of the chunk's crops ``begin:end`` to their maps (k, h, w, C)."""
+        kernel = self.content_feat_layer[0].weight[:, 1:]
+
+        def add(maps: torch.Tensor, begin: int, end: int) -> None:
+            maps += F.conv2d(masks[begin:end].unsqueeze(1).to(maps.dtype), kernel).permute(0, 2, 3, 1)
+        return add
 
 
 class HumanCentricCroppingModel(nn.Module):

@@ -20,6 +20,8 @@ image and a person box, through ``test.model_outputs`` (the evaluation path):
 * the physical limit: the backbone's FLOPs per image (``torch.utils.flop_counter``) against the
   measured throughput of a large matmul (fp32 on the CPU; the setting's dtype on CUDA), i.e. the
   images/s no implementation of this backbone can beat on this device, and the share reached;
+* the content features of one image's 90 crops three ways: the release's formulation (every
+  crop's [heat map, mask] pair through all layers), explicit masks, box masks (the model's path);
 * ``torch.compile`` (inductor) against eager at batch 1, fp32, contiguous (``--no-compile`` skips).
 
 Timing: ``--warmup`` calls first, then ``--repeats`` timed calls (CPU wall clock; CUDA events);
@@ -51,9 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from config_GAICD import Config  # noqa: E402
-from cropping_model import HumanCentricCroppingModel, crop_score_loss  # noqa: E402
+from cropping_model import BoxMasks, HumanCentricCroppingModel, crop_score_loss  # noqa: E402
 from test import model_outputs  # noqa: E402
-from untils.boxes import partition_masks  # noqa: E402
+from untils.boxes import crop_masks, partition_masks  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -286,6 +288,27 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) ->
 
 
 @torch.no_grad()
+def content_feature_paths(backbone: str, height: int, width: int, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of the content features of one image's 90 crops, fp32 on the CPU, three ways:
+    the release's formulation (``content_feat_layer`` on stacked [heat map, mask] pairs), explicit
+    masks (first convolution split), and box masks (what the model runs)."""
+    cpu = Setting(torch.device("cpu"), torch.float32, False)
+    model = build_model(backbone, cpu).eval()
+    batch = make_batch(1, height, width, cpu.device)
+    content = model.content_preserve
+    heat_map = content.predict_heat_map(model.reduced_features(batch["image"]))
+    boxes = batch["crop_box"].reshape(-1, 4)
+    image_index = torch.zeros(len(boxes), dtype=torch.long)
+    masks = crop_masks(boxes, width, height)
+    paths = {
+        "release": lambda: content.content_feat_layer(torch.stack([heat_map[image_index, 0], masks], dim=1)),
+        "explicit": lambda: content.crop_features(heat_map, masks, image_index),
+        "boxes": lambda: content.crop_features(heat_map, BoxMasks.from_boxes(boxes, width, height), image_index),
+    }
+    return {name: statistics.median(time_calls(call, cpu.device, repeats, warmup)) for name, call in paths.items()}
+
+
+@torch.no_grad()
 def compile_comparison(backbone: str, device: torch.device, height: int, width: int, repeats: int,
                        warmup: int) -> dict[str, float]:
     """Batch-1 images/s eager and compiled with inductor (fp32, contiguous), and the compile time."""
@@ -411,6 +434,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
               f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
               f"{throughput[key] / flops[backbone]['model']:.1f} | {measured:.2f} | {measured / bound:.0%} |")
+
+    print("\nContent features of one image's 90 crops on the CPU, fp32 (ms): the release's formulation "
+          "(both channels through every layer), explicit masks (first convolution split), box masks "
+          "(the model's path).\n")
+    print("| backbone | release's formulation | explicit masks | box masks | speed-up |")
+    print("|---|---|---|---|---|")
+    for backbone in args.backbones:
+        paths = content_feature_paths(backbone, args.height, args.width, args.repeats, args.warmup)
+        print(f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['explicit'] * 1e3:.1f} | "
+              f"{paths['boxes'] * 1e3:.1f} | {paths['release'] / paths['boxes']:.1f}x |", flush=True)
 
     if not args.no_compile:
         print("\ntorch.compile (inductor) against eager, batch 1, fp32, contiguous.\n")
