@@ -15,6 +15,7 @@ from untils.config import check_choice
 
 BACKBONES = ("vgg16", "resnet50", "mobilenetv2", "shufflenetv2")
 LOSS_TYPES = ("L1Loss", "RankLoss", "WeightedL1Loss", "LVRLoss")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_ROOT_ENV = "HCIC_DATA_ROOT"
 
 
@@ -74,6 +75,11 @@ class Config:
     num_workers: int = _opt("DataLoader workers", 4)
     seed: int = _opt("random seed", 0)
     deterministic: bool = _opt("bitwise-reproducible kernels (torch.use_deterministic_algorithms); slower", False)
+    precision: str = _opt("forward pass in fp32, or under autocast in bf16 or fp16 (fp16 trains with a loss "
+                          "scaler); bf16 is fast on Ampere or newer GPUs and on CPUs with AVX512-BF16 or AMX",
+                          "fp32")
+    channels_last: bool = _opt("run the model channels-last (faster convolutions on GPUs, and on CPUs with "
+                               "oneDNN); scores are the same up to rounding", False)
     only_human: bool = _opt("train on the human-centric images only", False)
     data_augmentation: bool = _opt("flip and colour jitter while training", True)
     keep_aspect_ratio: bool = _opt("resize the shorter side to image_size[0] (else a fixed size)", True)
@@ -99,7 +105,8 @@ class Config:
     lr_decay_epoch: Optional[list[int]] = _opt("epochs where the step schedule decays (default: never)")
     eval_freq: int = _opt("evaluate every N epochs", 1)
 
-    images_per_step: int = _opt("images per forward pass (same resized size); gradients accumulate to batch_size", 1)
+    images_per_step: int = _opt("images per forward pass (same resized size), in training and evaluation; "
+                                "gradients accumulate to batch_size", 1)
     selection: str = _opt("choose best checkpoints on 'val' (carved from train; test reported once) or on "
                           "'test' (the release's protocol, used for the paper's numbers)", "val")
     val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
@@ -159,6 +166,7 @@ class Config:
         check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
         check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
         check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step"))
+        check_choice("precision", self.precision, PRECISIONS)
         for loss in self.loss_type:
             check_choice("loss_type", loss, LOSS_TYPES)
         if len(self.image_size) != 2 or min(self.image_size) < 32:

@@ -133,10 +133,10 @@ class PICPretrainer(Trainer):
             pic_batch = move_batch(next(self.subjective_batches), self.device)
             rois, humans, labels = self.best_crop_rois(pic_batch)
             logits = self.model.user_logits(pic_batch["image"], rois, humans)
-        objective_loss = crop_score_loss(score, batch["score"], cfg.loss_type, batch["crop_valid"],
+        objective_loss = crop_score_loss(score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
                                          score_mean=self.train_set.score_mean,
                                          rank_loss_weighting=cfg.rank_loss_weighting)
-        subjective_loss = F.cross_entropy(logits, labels)
+        subjective_loss = F.cross_entropy(logits.float(), labels)
         loss = objective_loss + cfg.subjective_loss_weight * subjective_loss
         parts = {"objective_loss": objective_loss.item(), "subjective_loss": subjective_loss.item(),
                  "total_loss": loss.item()}
@@ -171,7 +171,8 @@ class PICPretrainer(Trainer):
 
     def evaluate(self) -> dict[str, float]:
         objective = evaluate_scored(self.model, self.objective_val_set, self.cfg.images_per_step,
-                                    self.cfg.num_workers, self.progress, "objective validation")
+                                    self.cfg.num_workers, self.progress, "objective validation",
+                                    self.autocast_dtype, self.cfg.channels_last)
         results = {key: objective[key] for key in ("srcc", "acc5", "acc10", "pcc")}
         results["user_acc"] = self.user_accuracy()
         self.model.train()

@@ -51,15 +51,16 @@ class CPCTrainer(Trainer):
         wanted = set(self.val_names)
         subset = NamedSubset(validation, [i for i, name in enumerate(base.names) if name in wanted])
         metrics = evaluate_scored(self.model, subset, self.cfg.images_per_step, self.cfg.num_workers,
-                                  self.progress, "CPC validation")
+                                  self.progress, "CPC validation", self.autocast_dtype, self.cfg.channels_last)
         self.model.train()
         return {f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}
 
     def evaluate_fcdb_flms(self) -> dict[str, float]:
         results = {}
         for dataset, only_human in TEST_PROTOCOLS:
-            metrics = evaluate_on_FCDB_and_FLMS(self.model, self.cfg, dataset, only_human,
-                                                self.cfg.num_workers, self.progress)
+            metrics = evaluate_on_FCDB_and_FLMS(self.model, self.cfg, dataset, only_human, self.cfg.num_workers,
+                                                self.progress, self.cfg.images_per_step, self.autocast_dtype,
+                                                self.cfg.channels_last)
             prefix = f"{dataset}{'_human' if only_human else ''}_"
             results.update({prefix + key: metrics[key] for key in ("iou", "disp", "recall")})
         self.model.train()

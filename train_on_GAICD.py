@@ -40,7 +40,7 @@ from cropping_model import build_crop_model, crop_score_loss
 from test import evaluate_on_GAICD, model_outputs, move_batch
 from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
 from untils.config import add_config_arguments
-from untils.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("the paper's model: partition-aware (9 parts, with person) + content-preserving (gcn)", {}),
@@ -208,7 +208,12 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.core = build_crop_model(cfg, cfg.model_type).to(device)
+        if cfg.channels_last:
+            self.core.to(memory_format=torch.channels_last)
         self.model = self.core
+        self.autocast_dtype = autocast_dtype(cfg.precision)
+        # fp16 gradients can underflow; bf16 has fp32's exponent range and needs no scaling
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         if self.world > 1:
             broadcast_parameters(self.core)
         self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -240,6 +245,9 @@ class Trainer:
         names = list(full.names)
         order = torch.randperm(len(names), generator=torch.Generator().manual_seed(self.cfg.seed)).tolist()
         held_out = max(1, round(self.cfg.val_fraction * len(names)))
+        if held_out >= len(names):
+            raise ValueError(f"val_fraction={self.cfg.val_fraction} holds out {held_out} of the {len(names)} training "
+                             "images and leaves none to train on: lower --val_fraction or use --selection test")
         val_names = sorted(names[i] for i in order[:held_out])
         return NamedSubset(full, sorted(order[held_out:])), val_names
 
@@ -264,9 +272,11 @@ class Trainer:
 
     # ----- training -------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], tuple]:
+        """(loss, its parts as floats, the model's outputs); runs under autocast to ``cfg.precision``,
+        the losses themselves in fp32."""
         outputs = model_outputs(self.model, batch)
         _, heat_map, score = outputs
-        score_loss = crop_score_loss(score, batch["score"], self.cfg.loss_type, batch["crop_valid"],
+        score_loss = crop_score_loss(score.float(), batch["score"], self.cfg.loss_type, batch["crop_valid"],
                                      score_mean=self.train_set.score_mean,
                                      rank_loss_weighting=self.cfg.rank_loss_weighting)
         loss = score_loss
@@ -278,7 +288,7 @@ class Trainer:
                 keep = has_target.to(heat_map.device)
                 heat_map, target = heat_map[keep], target[keep]
             if heat_map.numel():
-                content_loss = F.l1_loss(heat_map.reshape(-1), target.reshape(-1).to(heat_map.dtype))
+                content_loss = F.l1_loss(heat_map.reshape(-1).float(), target.reshape(-1).float())
                 loss = loss + self.cfg.content_loss_weight * content_loss
                 parts["content_loss"] = content_loss.item()
         parts["total_loss"] = loss.item()
@@ -300,17 +310,21 @@ class Trainer:
         for batch in bar:
             seeds = [item_seed(cfg.seed, self.epoch, name) for name in batch["name"]]
             batch = move_batch(sample_views(batch, cfg.view_per_image, seeds), self.device)
+            if cfg.channels_last:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
-            loss, parts, outputs = self.compute_loss(batch)
+            with autocast(self.device, self.autocast_dtype):
+                loss, parts, outputs = self.compute_loss(batch)
             self.check_finite(loss, batch)
-            (loss / accumulate).backward()
+            self.scaler.scale(loss / accumulate).backward()
             self.batch_in_epoch += 1
             self.step += 1
             seen += 1
             if steps_optimizer:
                 if self.world > 1:
-                    average_gradients(self.core, self.world)
-                self.optimizer.step()
+                    average_gradients(self.core, self.world)  # scaled gradients: the scale is the same everywhere
+                self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+                self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -380,7 +394,8 @@ class Trainer:
             try:
                 metrics = evaluate_on_GAICD(self.core, self.cfg, only_human=only_human, split=split, names=names,
                                             images_per_batch=self.cfg.images_per_step,
-                                            num_workers=self.cfg.num_workers, progress=self.progress)
+                                            num_workers=self.cfg.num_workers, progress=self.progress,
+                                            autocast_dtype=self.autocast_dtype, channels_last=self.cfg.channels_last)
             except ValueError as error:
                 if "no images to evaluate" not in str(error):
                     raise
@@ -435,7 +450,8 @@ class Trainer:
         if not self.is_main:
             return path
         save_atomic({"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "config": config_to_dict(self.cfg),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                     "config": config_to_dict(self.cfg),
                      "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
                      "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "history": self.history,
                      "best": self.best, "val_names": self.val_names}, path)
@@ -445,6 +461,8 @@ class Trainer:
         load_model_weights(self.core, checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.batch_in_epoch = checkpoint["batch_in_epoch"]
         self.history, self.best = checkpoint["history"], checkpoint["best"]
@@ -461,7 +479,7 @@ class Trainer:
                 self.record(stats, metrics)
                 shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
                 if self.is_main:
-                        print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
+                    print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
                           f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}", flush=True)
             if cfg.save_freq and (self.epoch + 1) % cfg.save_freq == 0:
                 self.save_weights(os.path.join(self.checkpoint_dir, f"epoch-{self.epoch + 1}.pth"), {})

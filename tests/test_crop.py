@@ -95,6 +95,25 @@ def test_free_ratio_ranks_exactly_the_gaicd_candidates(cropper):
     assert result.person.box == (142.0, 488.0, 252.0, 676.0) and result.person.source == "given"
 
 
+def test_bf16_channels_last_scores_are_close_to_fp32(cropper, checkpoint, tmp_path, capsys):
+    photo = require_shared(SAMPLE)
+    person = [142, 488, 252, 676]
+    reference = cropper.rank(photo, human_box=person)
+    fast = crop.Cropper(str(checkpoint), device="cpu", precision="bf16", channels_last=True)
+    result = fast.rank(photo, human_box=person)
+    expected = dict(zip(reference.boxes, reference.scores))
+    ours = torch.tensor([result.scores[i] for i in range(len(result.boxes))], dtype=torch.float64)
+    wanted = torch.tensor([expected[box] for box in result.boxes], dtype=torch.float64)
+    assert sorted(result.boxes) == sorted(reference.boxes)
+    torch.testing.assert_close(ours, wanted, atol=0.02 * wanted.abs().max().item(), rtol=0)
+    assert not torch.equal(ours, wanted)  # bf16 really ran
+    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", tmp_path, "--human-box", "142,488,252,676",
+                          "--precision", "bf16", "--channels-last"], capsys)
+    assert code == 0, err
+    model = json.loads((tmp_path / "297406.json").read_text())["model"]
+    assert model["precision"] == "bf16" and model["channels_last"] is True
+
+
 @pytest.mark.parametrize("ratio_text, ratio", [("16:9", 16 / 9), ("3:4", 0.75)])
 def test_fixed_ratio_crops_have_the_ratio_and_lie_inside(cropper, ratio_text, ratio):
     photo = require_shared(SAMPLE)

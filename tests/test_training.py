@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import test as evaluation
 import train_on_GAICD
@@ -58,13 +59,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp
     assert hashlib.sha256(open(checkpoint, "rb").read()).hexdigest() == before
 
 
-def test_validation_protocol_reports_test_once(data_root, tmp_path):
-    trainer = train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "val",
-                                          "--val_fraction", "0.5", "--exp_root", str(tmp_path), "--exp_name", "v"])
-    # the only training image is held out for validation, so nothing of the test split was used to select
-    assert trainer.val_names == ["211958.jpg"]
+@pytest.fixture(scope="module")
+def two_training_images(tmp_path_factory):
+    """The sample in the flat layout with 211958.jpg and 265813.jpg in the training split."""
+    import json
+    root = build_gaicd_sample(tmp_path_factory.mktemp("gaicd_two"), flat=True)
+    split = {"train": ["211958.jpg", "265813.jpg"], "test": ["297406.jpg"]}
+    (root / "GAICD" / "original_data_split.json").write_text(json.dumps(split))
+    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    return str(root)
+
+
+def test_validation_protocol_reports_test_once(two_training_images, tmp_path):
+    trainer = train_on_GAICD.main(FAST + ["--data-root", two_training_images, "--max_epoch", "1",
+                                          "--selection", "val", "--val_fraction", "0.5",
+                                          "--exp_root", str(tmp_path), "--exp_name", "v"])
+    # one training image is held out for validation, the other is trained on; the test split selects nothing
+    assert len(trainer.val_names) == 1 and trainer.val_names[0] in ("211958.jpg", "265813.jpg")
+    assert len(trainer.train_set) == 1
     report = open(os.path.join(trainer.exp_path, "test_results.csv")).read()
     assert "selected_by" in report and "val srcc" in report
+
+
+def test_validation_split_that_leaves_nothing_to_train_on_is_an_error(data_root, tmp_path):
+    with pytest.raises(ValueError, match=r"val_fraction=0\.5 holds out 1 of the 1 training images"):
+        train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "val",
+                                    "--val_fraction", "0.5", "--exp_root", str(tmp_path), "--exp_name", "v"])
 
 
 def test_warmup_cosine_matches_the_release_formula():
@@ -100,3 +120,85 @@ def test_table_from_checkpoints(data_root, tmp_path):
     assert "GAICD-human acc5" in table and "best-srcc.pth" in table
     row = table.strip().splitlines()[-1].split("|")
     assert row[2].strip() != ""  # GAICD-human acc5 was evaluated; FCDB/FLMS cells stay empty
+
+
+def _first_batch(trainer):
+    batch = next(iter(trainer.loader(trainer.epoch_batches(0))))
+    seeds = [train_on_GAICD.item_seed(trainer.cfg.seed, 0, name) for name in batch["name"]]
+    return evaluation.move_batch(train_on_GAICD.sample_views(batch, trainer.cfg.view_per_image, seeds), trainer.device)
+
+
+def _loss_and_gradients(trainer, batch, dtype):
+    """The loss, its parts and the gradients of the parameters outside and inside the backbone."""
+    trainer.model.train()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    with train_on_GAICD.autocast(trainer.device, dtype):
+        loss, parts, _ = trainer.compute_loss(batch)
+    loss.backward()
+    named = [(n, p.grad.reshape(-1)) for n, p in trainer.core.named_parameters() if p.grad is not None]
+    head = torch.cat([g for n, g in named if not n.startswith("backbone.")])
+    backbone = torch.cat([g for n, g in named if n.startswith("backbone.")])
+    return loss.detach(), parts, head, backbone
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_path, dtype):
+    """Under autocast the forward runs in low precision and the losses in fp32: the loss and the
+    gradient of the same weights on the same batch stay close to the plain fp32 ones.
+
+    Only the layers after the backbone are compared in direction: the early layers of a random-init
+    backbone (BatchNorm on one image) turn rounding into gradients of another direction.
+    """
+    cfg = Config(data_root=data_root, backbone="mobilenetv2", pretrained=False, image_size=(128, 128),
+                 keep_aspect_ratio=False, view_per_image=16, num_workers=0, selection="test",
+                 data_augmentation=False, exp_root=str(tmp_path))
+    trainer = train_on_GAICD.Trainer(cfg, str(tmp_path / "exp"), torch.device("cpu"), progress=False)
+    batch = _first_batch(trainer)
+    loss32, parts32, head32, backbone32 = _loss_and_gradients(trainer, batch, None)
+    loss_low, parts_low, head_low, backbone_low = _loss_and_gradients(trainer, batch, dtype)
+    assert loss_low.dtype == torch.float32  # the losses are computed in fp32
+    assert float(loss_low) == pytest.approx(float(loss32), rel=0.05)
+    assert parts_low["content_loss"] == pytest.approx(parts32["content_loss"], rel=0.05)
+    cosine = F.cosine_similarity(head_low.double(), head32.double(), dim=0)
+    assert cosine > 0.95, f"gradient direction differs from fp32: cosine {cosine:.4f}"
+    assert not torch.equal(head_low, head32)  # the low-precision path really ran
+    assert torch.isfinite(backbone_low).all() and backbone_low.norm() == pytest.approx(backbone32.norm(), rel=0.5)
+
+
+# One step per epoch here, and the loss scaler skips the first ones (its initial scale overflows the
+# fp16 gradients of this random-init model): PyTorch then warns that the schedule stepped first.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
+    common = FAST + ["--data-root", data_root, "--max_epoch", "8", "--selection", "test", "--precision", "fp16",
+                     "--channels_last", "true", "--eval_freq", "100", "--lr_scheduler", "step"]  # lr independent of max_epoch
+    straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
+    steps_taken = max(int(state["step"]) for state in straight.optimizer.state.values())
+    assert 2 <= steps_taken < 8 and straight.scaler.get_scale() < 2.0 ** 16  # overflowing steps were skipped
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in straight.core.parameters() if p.dim() == 4)
+    first = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "b"), "--exp_name", "run", "--max_epoch", "7"])
+    checkpoint = os.path.join(first.exp_path, "checkpoints", "last.pth")
+    assert torch.load(checkpoint, weights_only=False)["scaler"]["scale"] == first.scaler.get_scale()
+    resumed = train_on_GAICD.main(["--resume", checkpoint, "--max_epoch", "8", "--no-progress"])
+    assert resumed.cfg.precision == "fp16" and resumed.scaler.get_scale() == straight.scaler.get_scale()
+    expected, actual = _state(straight), _state(resumed)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert any(not torch.equal(_state(first)[n], expected[n]) for n in expected)
+
+
+def test_evaluation_uses_the_configured_precision_and_batching(data_root, tmp_path, monkeypatch):
+    trainer = train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "test",
+                                          "--exp_root", str(tmp_path), "--exp_name", "e"])
+    checkpoint = os.path.join(trainer.exp_path, "checkpoints", "last.pth")
+    calls = []
+    original = evaluation.model_outputs
+
+    def spy(model, batch, autocast_dtype=None, channels_last=False):
+        calls.append((autocast_dtype, channels_last, batch["image"].shape[0]))
+        return original(model, batch, autocast_dtype, channels_last)
+
+    monkeypatch.setattr(evaluation, "model_outputs", spy)
+    evaluation.main(["--checkpoint", checkpoint, "--dataset", "GAICD", "--data-root", data_root, "--num_workers", "0",
+                     "--no-progress", "--precision", "bf16", "--channels_last", "true", "--images-per-batch", "2"])
+    # the two GAICD test photos have one resized size (128x128): one forward of both, in bf16, channels-last
+    assert calls == [(torch.bfloat16, True, 2)]

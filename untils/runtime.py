@@ -1,7 +1,9 @@
 """Devices, seeds and random-number state shared by the scripts."""
 from __future__ import annotations
 
+import contextlib
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,6 +21,23 @@ def resolve_device(name: str = "auto", gpu_id: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device(f"cuda:{gpu_id}")
     return device
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype of a ``precision`` option (fp32, bf16, fp16); None for fp32 (no autocast)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision={precision!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; nothing when ``dtype`` is None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
