@@ -18,7 +18,7 @@ image and a person box, through ``test.model_outputs`` (the evaluation path):
   memory (CUDA: ``max_memory_allocated``; CPU: peak resident set size of a fresh process that
   only builds the model and runs the steps, and its rise over the built model);
 * the physical limit: the backbone's FLOPs per image (``torch.utils.flop_counter``) against the
-  measured throughput of a large matmul (fp32 on the CPU; the setting's dtype on CUDA), i.e. the
+  measured throughput of a large matmul in the setting's dtype, i.e. the
   images/s no implementation of this backbone can beat on this device, and the share reached;
 * the content features of one image's 90 crops three ways: the release's formulation (every
   crop's [heat map, mask] pair through all layers), explicit masks, box masks (the model's path);
@@ -279,7 +279,7 @@ def counted_flops(backbone: str, height: int, width: int) -> dict[str, float]:
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of a large square matmul in ``dtype`` (fp32 on the CPU)."""
+    """FLOP/s of a large square matmul in ``dtype`` (bf16/fp16: what autocast runs the convolutions in)."""
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -426,10 +426,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     throughput: dict[tuple[str, torch.dtype], float] = {}
     for backbone, setting, measured in limits:
-        matmul_dtype = setting.dtype if setting.device.type == "cuda" else torch.float32
-        key = (str(setting.device), matmul_dtype)
+        key = (str(setting.device), setting.dtype)
         if key not in throughput:
-            throughput[key] = matmul_throughput(setting.device, matmul_dtype, args.repeats)
+            throughput[key] = matmul_throughput(setting.device, setting.dtype, args.repeats)
         bound = throughput[key] / flops[backbone]["backbone"]
         print(f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
               f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
