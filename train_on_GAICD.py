@@ -16,6 +16,7 @@ the default `val` picks them on images held out from train and reports the test 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -31,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from tensorboardX import SummaryWriter
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -147,31 +149,6 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
-def broadcast_parameters(model: torch.nn.Module) -> None:
-    """Start every process from rank 0's weights and buffers."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(tensor.data, src=0)
-
-
-def average_gradients(model: torch.nn.Module, world: int) -> None:
-    """Average the gradients of all processes with one all-reduce per optimiser step.
-
-    This is what DistributedDataParallel does, without its requirement that every process use
-    every parameter: the partition-aware module is skipped for images without a person, so its
-    parameters get a gradient on some processes only (missing gradients count as zeros).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for param in params:
-        count = param.numel()
-        param.grad = flat[offset:offset + count].view_as(param).clone()
-        offset += count
-
-
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) under torchrun; (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -215,7 +192,9 @@ class Trainer:
         # fp16 gradients can underflow; bf16 has fp32's exponent range and needs no scaling
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         if self.world > 1:
-            broadcast_parameters(self.core)
+            # starts every process from rank 0's weights; every parameter takes part in every forward
+            # (the partition-aware module runs on all images, also those without a person)
+            self.model = DistributedDataParallel(self.core, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -313,16 +292,17 @@ class Trainer:
             if cfg.channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
-            with autocast(self.device, self.autocast_dtype):
-                loss, parts, outputs = self.compute_loss(batch)
-            self.check_finite(loss, batch)
-            self.scaler.scale(loss / accumulate).backward()
+            # gradients are averaged over processes once per optimiser step, not per accumulated batch
+            synchronise = steps_optimizer or self.world == 1
+            with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
+                with autocast(self.device, self.autocast_dtype):
+                    loss, parts, outputs = self.compute_loss(batch)
+                self.check_finite(loss, batch)
+                self.scaler.scale(loss / accumulate).backward()
             self.batch_in_epoch += 1
             self.step += 1
             seen += 1
             if steps_optimizer:
-                if self.world > 1:
-                    average_gradients(self.core, self.world)  # scaled gradients: the scale is the same everywhere
                 self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
