@@ -457,12 +457,13 @@ class Cropper:
         else:
             _, heat_maps, scores = model_outputs(self.model, inputs, self.autocast_dtype, self.channels_last)
         results = []
+        scores = scores.float().cpu()  # one device-to-host copy per batch
+        heat_maps = heat_maps[:, 0].float().cpu() if self.has_heat_map and heat_maps is not None else None
         for row, record in enumerate(batch["photo"]):
             valid = batch["crop_valid"][row]
-            photo_scores = scores[row].float().cpu()[valid]
+            photo_scores = scores[row][valid]
             order = torch.argsort(photo_scores, descending=True, stable=True).numpy()
-            heat_map = (heat_maps[row, 0].float().cpu().numpy()
-                        if self.has_heat_map and heat_maps is not None else None)
+            heat_map = heat_maps[row].numpy() if heat_maps is not None else None
             results.append(CropResult(
                 index=record.index, name=record.name, width=record.width, height=record.height,
                 boxes=[tuple(int(v) for v in record.candidates[i]) for i in order],
