@@ -279,11 +279,21 @@ def counted_flops(backbone: str, height: int, width: int) -> dict[str, float]:
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of a large square matmul in ``dtype`` (bf16/fp16: what autocast runs the convolutions in)."""
+    """FLOP/s of a large square matmul in ``dtype`` (bf16/fp16: what autocast runs the convolutions in).
+
+    fp32 on CUDA is measured with TF32 matmuls when cuDNN's convolutions use TF32 (PyTorch's
+    default), so that the bound is the one the backbone's convolutions run against.
+    """
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    seconds = time_calls(lambda: a @ b, device, repeats, warmup=2)
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = previous or tf32
+    try:
+        seconds = time_calls(lambda: a @ b, device, repeats, warmup=2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
     return 2.0 * size ** 3 / min(seconds)
 
 
