@@ -110,7 +110,8 @@ class Config:
     selection: str = _opt("choose best checkpoints on 'val' (carved from train; test reported once) or on "
                           "'test' (the release's protocol, used for the paper's numbers)", "val")
     val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
-    checkpoint_steps: int = _opt("also save last.pth every N steps inside an epoch (0: at epoch ends only)", 0)
+    checkpoint_steps: int = _opt("also save last.pth inside an epoch, at the first optimiser step N or more steps "
+                                 "after the last save (0: at epoch ends only)", 0)
     view_per_image: int = _opt("candidate crops sampled per image per step", 64)
     lr: float = _opt("learning rate", 1e-4)
     lr_decay: float = _opt("step schedule decay factor", 0.1)

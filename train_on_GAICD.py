@@ -206,6 +206,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
+        self.saved_step = 0  # the step of the last last.pth
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
         self.writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs")) if self.is_main else NullWriter()
@@ -315,7 +316,9 @@ class Trainer:
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
             if self.step % cfg.visualize_freq == 0:
                 self.log_panels(batch, outputs)
-            if cfg.checkpoint_steps and self.step % cfg.checkpoint_steps == 0 and self.batch_in_epoch < len(batches):
+            # only between optimiser steps: gradients accumulated so far are not part of a checkpoint
+            if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
+                    and self.batch_in_epoch < len(batches)):
                 self.save_training_state()
         elapsed = time.time() - start
         averages = {key: value / max(seen, 1) for key, value in sums.items()}
@@ -427,6 +430,7 @@ class Trainer:
 
     def save_training_state(self) -> str:
         path = os.path.join(self.checkpoint_dir, "last.pth")
+        self.saved_step = self.step
         if not self.is_main:
             return path
         save_atomic({"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -445,6 +449,7 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.batch_in_epoch = checkpoint["batch_in_epoch"]
+        self.saved_step = self.step
         self.history, self.best = checkpoint["history"], checkpoint["best"]
         self.val_names = checkpoint.get("val_names", self.val_names)
         set_rng_state(checkpoint["rng"])

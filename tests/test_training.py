@@ -202,3 +202,49 @@ def test_evaluation_uses_the_configured_precision_and_batching(data_root, tmp_pa
                      "--no-progress", "--precision", "bf16", "--channels_last", "true", "--images-per-batch", "2"])
     # the two GAICD test photos have one resized size (128x128): one forward of both, in bf16, channels-last
     assert calls == [(torch.bfloat16, True, 2)]
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def six_training_images(tmp_path_factory):
+    from untils.demo_data import build_demo_dataset
+    root = tmp_path_factory.mktemp("demo")
+    build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)
+    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    return str(root)
+
+
+def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_training_images, tmp_path, monkeypatch):
+    """Batches of 2 images accumulated one at a time; last.pth every 3 steps lands only between
+    optimiser steps (after step 4, not 3); a crash at step 5 resumes to the uninterrupted weights."""
+    common = FAST + ["--data-root", six_training_images, "--max_epoch", "1", "--selection", "test",
+                     "--batch_size", "2", "--checkpoint_steps", "3"]
+    straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
+    saved = []
+    original_save, original_loss = train_on_GAICD.Trainer.save_training_state, train_on_GAICD.Trainer.compute_loss
+
+    def recording_save(self):
+        saved.append((self.step, self.batch_in_epoch))
+        return original_save(self)
+
+    def crashing_loss(self, batch):
+        if self.step == 5:
+            raise _Crash()
+        return original_loss(self, batch)
+
+    monkeypatch.setattr(train_on_GAICD.Trainer, "save_training_state", recording_save)
+    monkeypatch.setattr(train_on_GAICD.Trainer, "compute_loss", crashing_loss)
+    with pytest.raises(_Crash):
+        train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "b"), "--exp_name", "run"])
+    assert saved == [(4, 4)]
+    monkeypatch.undo()
+    checkpoint = tmp_path / "b" / "run" / "checkpoints" / "last.pth"
+    assert torch.load(checkpoint, weights_only=False)["batch_in_epoch"] == 4
+    resumed = train_on_GAICD.main(["--resume", str(checkpoint), "--no-progress"])
+    assert resumed.step == straight.step == 6
+    expected, actual = _state(straight), _state(resumed)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
