@@ -73,3 +73,30 @@ def test_two_processes_match_one(tmp_path, backbone, batch_size):
     # only rank 0 wrote logs and checkpoints; the metrics were gathered from both ranks
     assert sorted(os.listdir(tmp_path / "two")) == ["run"]
     assert "test: " in result.stdout
+
+
+@pytest.mark.parametrize("preset", sorted(train_on_GAICD.PRESETS))
+def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path):
+    """DistributedDataParallel is built without ``find_unused_parameters``: every parameter of every
+    ablation model must take part in the training loss, also for a batch whose only image has no
+    person (the partition-aware module runs and is then deselected) and for one with a person."""
+    from cropping_model import build_crop_model
+    from untils.boxes import partition_masks
+    _, options = train_on_GAICD.PRESETS[preset]
+    cfg = Config(backbone="mobilenetv2", pretrained=False, exp_root=str(tmp_path), **options)
+    torch.manual_seed(0)
+    model = build_crop_model(cfg, cfg.model_type).train()
+    trainer = train_on_GAICD.Trainer.__new__(train_on_GAICD.Trainer)  # only compute_loss's state
+    trainer.cfg, trainer.model = cfg, model
+    trainer.train_set = type("Scores", (), {"score_mean": 3.0})()
+    for human in ([-1.0, -1.0, -1.0, -1.0], [20.0, 10.0, 60.0, 90.0]):
+        human_box = torch.tensor([[human]])
+        batch = {"image": torch.randn(1, 3, 96, 128), "human_box": human_box,
+                 "crop_box": torch.tensor([[[0.0, 0.0, 96.0, 80.0], [16.0, 8.0, 128.0, 96.0], [8.0, 8.0, 72.0, 72.0]]]),
+                 "crop_valid": torch.ones(1, 3, dtype=torch.bool), "score": torch.tensor([[2.0, 3.5, 4.0]]),
+                 "heat_map": torch.rand(1, 1, 64, 64), "partition_mask": partition_masks(human_box, 128, 96)}
+        model.zero_grad(set_to_none=True)
+        loss, _, _ = trainer.compute_loss(batch)
+        loss.backward()
+        unused = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+        assert not unused, f"preset {preset}, person {human}: no gradient for {unused}"
