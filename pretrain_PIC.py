@@ -170,7 +170,7 @@ class PICPretrainer(Trainer):
         return hits / max(total, 1)
 
     def evaluate(self) -> dict[str, float]:
-        objective = evaluate_scored(self.model, self.objective_val_set, self.cfg.images_per_step,
+        objective = evaluate_scored(self.core, self.objective_val_set, self.cfg.images_per_step,
                                     self.cfg.num_workers, self.progress, "objective validation",
                                     self.autocast_dtype, self.cfg.channels_last)
         results = {key: objective[key] for key in ("srcc", "acc5", "acc10", "pcc")}

@@ -50,7 +50,7 @@ class CPCTrainer(Trainer):
                                 keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False)
         wanted = set(self.val_names)
         subset = NamedSubset(validation, [i for i, name in enumerate(base.names) if name in wanted])
-        metrics = evaluate_scored(self.model, subset, self.cfg.images_per_step, self.cfg.num_workers,
+        metrics = evaluate_scored(self.core, subset, self.cfg.images_per_step, self.cfg.num_workers,
                                   self.progress, "CPC validation", self.autocast_dtype, self.cfg.channels_last)
         self.model.train()
         return {f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}
@@ -58,7 +58,7 @@ class CPCTrainer(Trainer):
     def evaluate_fcdb_flms(self) -> dict[str, float]:
         results = {}
         for dataset, only_human in TEST_PROTOCOLS:
-            metrics = evaluate_on_FCDB_and_FLMS(self.model, self.cfg, dataset, only_human, self.cfg.num_workers,
+            metrics = evaluate_on_FCDB_and_FLMS(self.core, self.cfg, dataset, only_human, self.cfg.num_workers,
                                                 self.progress, self.cfg.images_per_step, self.autocast_dtype,
                                                 self.cfg.channels_last)
             prefix = f"{dataset}{'_human' if only_human else ''}_"
@@ -69,12 +69,11 @@ class CPCTrainer(Trainer):
     def report_test(self) -> None:
         rows = []
         for name in self.selection_metrics:
-            path = os.path.join(self.checkpoint_dir, f"best-{name}.pth")
-            if os.path.exists(path):
-                load_model_weights(self.model, path)
+            if name in self.best:  # the same on every rank, unlike the files rank 0 writes
+                load_model_weights(self.core, os.path.join(self.checkpoint_dir, f"best-{name}.pth"))
                 rows.append({"selected_by": name, "epoch": self.best[name]["epoch"],
                              **{k: round(v, 4) for k, v in self.evaluate_fcdb_flms().items()}})
-        if rows:
+        if rows and self.is_main:
             with open(os.path.join(self.exp_path, "test_results.csv"), "w", newline="") as stream:
                 writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
                 writer.writeheader()

@@ -472,6 +472,8 @@ class Trainer:
             self.epoch += 1
             self.save_training_state()
         if cfg.selection == "val":
+            if self.world > 1:
+                dist.barrier()  # rank 0 has written the best checkpoints every rank now loads
             self.report_test()
         self.writer.close()
 
@@ -479,10 +481,9 @@ class Trainer:
         """Evaluate each best-on-validation checkpoint once on the test split."""
         rows = []
         for name in self.selection_metrics:
-            path = os.path.join(self.checkpoint_dir, f"best-{name}.pth")
-            if not os.path.exists(path):
+            if name not in self.best:  # the same on every rank, unlike the files rank 0 writes
                 continue
-            load_model_weights(self.core, path)
+            load_model_weights(self.core, os.path.join(self.checkpoint_dir, f"best-{name}.pth"))
             rows.append({"selected_by": f"val {name}", "epoch": self.best[name]["epoch"],
                          **{k: round(v, 4) for k, v in self.evaluate_split("test", None).items()}})
         if not rows or not self.is_main:

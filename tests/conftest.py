@@ -6,6 +6,9 @@ Tests that need it skip on a developer's machine without it, and fail under CI
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,19 @@ def build_gaicd_sample(root: Path, flat: bool = False) -> Path:
     (gaicd / "human_data_split.json").write_text(json.dumps(
         {split: [n for n in group if n in humans] for split, group in SAMPLE_IMAGES.items()}))
     return root
+
+
+def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2`` (a free port each time); the whole process group
+    is killed when it outlives ``timeout``, so no stray rank keeps running."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                *arguments], cwd=cwd, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

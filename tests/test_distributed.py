@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,29 +9,13 @@ import torch
 import train_on_GAICD
 from config_GAICD import Config
 from generate_pseudo_heatmap import generate_heatmaps
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_two_processes
 from untils.demo_data import build_demo_dataset
 
 COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
           "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "8",
           "--max_epoch", "1", "--warmup_epochs", "0", "--lr", "1e-3",
           "--selection", "test", "--deterministic", "true", "--no-progress"]
-
-
-def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2`` (a free port each time); the whole process group
-    is killed when it outlives ``timeout``, so no stray rank keeps running."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                *arguments], cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize("backbone, batch_size", [("mobilenetv2", 2), ("vgg16", 4)])

@@ -11,7 +11,7 @@ import pytest
 import train_on_CPC
 from config_CPC import Config
 from generate_pseudo_heatmap import generate_heatmaps
-from tests.conftest import require_shared
+from tests.conftest import REPO_ROOT, require_shared, run_two_processes
 from untils.demo_data import build_demo_dataset
 
 
@@ -87,3 +87,15 @@ def test_cpc_training_with_validation_reports_fcdb_flms_once(data_root, tmp_path
     report = list(csv.DictReader(open(Path(trainer.exp_path) / "test_results.csv")))
     assert {row["selected_by"] for row in report} >= {"val_srcc"}
     assert all(0 <= float(row["FLMS_human_iou"]) <= 1 for row in report)
+
+
+def test_cpc_training_under_torchrun_evaluates_and_reports_with_the_unwrapped_model(data_root, tmp_path):
+    """Two processes (gloo): validation, FCDB/FLMS evaluation and the final report load and score the
+    model itself, not its DistributedDataParallel wrapper."""
+    result = run_two_processes([str(REPO_ROOT / "train_on_CPC.py"), *FAST, "--batch_size", "4", "--data-root", str(data_root),
+                                "--selection", "val", "--val_fraction", "0.34", "--exp_root", str(tmp_path),
+                                "--exp_name", "cpc_ddp"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout
+    report = list(csv.DictReader(open(tmp_path / "cpc_ddp" / "test_results.csv")))
+    assert report and all(0 <= float(row["FLMS_human_iou"]) <= 1 for row in report)
