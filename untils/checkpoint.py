@@ -35,14 +35,20 @@ def save_atomic(obj: Any, path: str) -> None:
         raise
 
 
+def load_file(path: str, what: str, error_type: type[Exception], weights_only: bool) -> Any:
+    """``torch.load`` of ``path`` on the CPU; ``error_type`` naming ``what`` and the path when it is
+    missing or unreadable."""
+    if not os.path.isfile(path):
+        raise error_type(f"{what} {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:
+        raise error_type(f"{what} {path!r} could not be read ({type(error).__name__}: {error})") from error
+
+
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file on the CPU; a bare state_dict is wrapped as ``{"model": state_dict}``."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {path!r} could not be read ({type(error).__name__}: {error})") from error
+    content = load_file(path, "checkpoint", CheckpointError, weights_only=False)
     if isinstance(content, dict) and "model" in content and isinstance(content["model"], dict):
         return content
     if isinstance(content, dict) and content and all(torch.is_tensor(v) for v in content.values()):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from untils.boxes import box_iou
+from untils.checkpoint import load_file
 
 Box = tuple[int, int, int, int]
 PersonDetector = Callable[[np.ndarray], list["Detection"]]
@@ -239,13 +240,7 @@ class OfflinePersonDetector:
 
 
 def _read_detector_state(weights_path: str) -> dict:
-    if not os.path.isfile(weights_path):
-        raise DetectorError(f"detector weights file {weights_path!r} does not exist")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise DetectorError(f"detector weights file {weights_path!r} could not be read "
-                            f"({type(error).__name__}: {error})") from error
+    state = load_file(weights_path, "detector weights file", DetectorError, weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
