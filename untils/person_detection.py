@@ -27,7 +27,6 @@ the image centre: large and central people win, and size counts as much as centr
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
