@@ -1,20 +1,41 @@
-"""Shared fixtures: the read-only data in ../shared/data.
+"""Shared fixtures: the read-only data in ../shared/data, two-process runs, a hard time limit.
 
-Tests that need it skip on a developer's machine without it, and fail under CI
+Tests that need the shared data skip on a developer's machine without it, and fail under CI
 (``CI=true``), where a missing folder means a broken checkout, not a choice.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("HCIC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+# No test comes near this; a hang must end the run with a stack trace, not use up CI's clock.
+HARD_LIMIT_S = 900
+_STDERR_FD = None
+
+
+def pytest_configure(config) -> None:
+    global _STDERR_FD
+    _STDERR_FD = os.dup(sys.stderr.fileno())  # the terminal's stderr, before output capturing
+
+
+@pytest.fixture(autouse=True)
+def hard_time_limit():
+    """Past HARD_LIMIT_S a test prints every thread's stack and ends pytest with exit status 1."""
+    faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True, file=_STDERR_FD)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _in_ci() -> bool:
@@ -68,17 +89,60 @@ def build_gaicd_sample(root: Path, flat: bool = False) -> Path:
     return root
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc: torchrun starts its workers in sessions of
+    their own, out of reach of a signal to its process group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                parent = int(stream.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2`` (a free port each time); the whole process group
-    is killed when it outlives ``timeout``, so no stray rank keeps running."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                *arguments], cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    """``torchrun --standalone --nproc_per_node=2`` (a free port each time).
+
+    Past ``timeout`` every rank prints its Python stack (faulthandler, on SIGABRT) into the failure
+    message and the launcher and all its workers are killed. Output goes to files, not pipes, so a
+    worker that outlives the launcher cannot keep the test waiting."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *arguments]
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=stdout, stderr=stderr, text=True,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            workers = _descendants(process.pid)
+            _signal_all(workers, signal.SIGABRT)
+            time.sleep(3)  # time for the stack dumps
+            _signal_all([process.pid, *workers], signal.SIGKILL)
+            process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        result = subprocess.CompletedProcess(command, process.returncode, stdout.read(), stderr.read())
+    if timed_out:
+        pytest.fail(f"torchrun did not finish in {timeout} s; each rank's stack:\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-12000:]}")
+    return result

@@ -81,3 +81,40 @@ def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path
         loss.backward()
         unused = [name for name, parameter in model.named_parameters() if parameter.grad is None]
         assert not unused, f"preset {preset}, person {human}: no gradient for {unused}"
+
+
+HANGING_SCRIPT = """
+import os, time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+open(f"worker-{os.getpid()}", "w").close()
+
+
+def wait_forever():
+    while True:
+        time.sleep(1)
+
+
+wait_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_hanging_two_process_run_fails_with_each_ranks_stack_and_leaves_no_process(tmp_path):
+    """The CI run once hung for good here: torchrun's workers live in sessions of their own, so
+    killing the launcher's process group left them running, holding the output pipes open."""
+    (tmp_path / "hang.py").write_text(HANGING_SCRIPT)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_two_processes([str(tmp_path / "hang.py")], cwd=tmp_path, timeout=20)
+    workers = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
+    assert len(workers) == 2, "both ranks should have started within the time limit"
+    assert "did not finish in 20 s" in str(failure.value)
+    assert str(failure.value).count("in wait_forever") >= 2  # one stack per rank
+    assert not [pid for pid in workers if _alive(pid)]
