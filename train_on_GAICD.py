@@ -591,13 +591,31 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
         trainer.restore(checkpoint)
     try:
         trainer.run()
-    except TrainingDiverged as error:
-        trainer.writer.close()
-        raise SystemExit(f"training stopped: {error}")
-    finally:
+    except BaseException as error:
         if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: another rank may be inside a collective
+        if isinstance(error, TrainingDiverged):
+            trainer.writer.close()
+            raise SystemExit(f"training stopped: {error}")
+        raise
+    if world > 1:
+        shut_down_distributed(trainer)
     return trainer
+
+
+def shut_down_distributed(trainer: Trainer, settle_s: float = 0.2) -> None:
+    """Tear the process group down once every rank is done with it.
+
+    gloo's worker threads free each finished collective's tensors after the caller has moved on,
+    and need the GIL for it. The DistributedDataParallel wrapper's destructor, when it drops the
+    last reference to the group, joins those threads while holding the GIL: if one of them was still
+    freeing tensors, the process hung for good (3 of about 50 two-process runs). After a barrier, sleeping
+    (without the GIL) lets them finish before the wrapper and the group are freed.
+    """
+    dist.barrier()
+    time.sleep(settle_s)
+    dist.destroy_process_group()
+    trainer.model = trainer.core
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Trainer:
