@@ -110,6 +110,15 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -135,8 +144,13 @@ def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subproce
         except subprocess.TimeoutExpired:
             timed_out = True
             workers = _descendants(process.pid)
-            _signal_all(workers, signal.SIGABRT)
-            time.sleep(3)  # time for the stack dumps
+            _signal_all([process.pid], signal.SIGSTOP)  # the launcher would stop the other ranks mid-dump
+            for pid in workers:  # one at a time: their stacks go to one file
+                _signal_all([pid], signal.SIGABRT)
+                for _ in range(50):
+                    if not process_alive(pid):
+                        break
+                    time.sleep(0.1)
             _signal_all([process.pid, *workers], signal.SIGKILL)
             process.wait()
         stdout.seek(0)

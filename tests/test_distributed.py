@@ -9,7 +9,7 @@ import torch
 import train_on_GAICD
 from config_GAICD import Config
 from generate_pseudo_heatmap import generate_heatmaps
-from tests.conftest import REPO_ROOT, run_two_processes
+from tests.conftest import REPO_ROOT, process_alive, run_two_processes
 from untils.demo_data import build_demo_dataset
 
 COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
@@ -99,14 +99,6 @@ wait_forever()
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_hanging_two_process_run_fails_with_each_ranks_stack_and_leaves_no_process(tmp_path):
     """The CI run once hung for good here: torchrun's workers live in sessions of their own, so
     killing the launcher's process group left them running, holding the output pipes open."""
@@ -117,4 +109,4 @@ def test_a_hanging_two_process_run_fails_with_each_ranks_stack_and_leaves_no_pro
     assert len(workers) == 2, "both ranks should have started within the time limit"
     assert "did not finish in 20 s" in str(failure.value)
     assert str(failure.value).count("in wait_forever") >= 2  # one stack per rank
-    assert not [pid for pid in workers if _alive(pid)]
+    assert not [pid for pid in workers if process_alive(pid)]
