@@ -92,6 +92,24 @@ def test_content_features_equal_the_original_formulation_in_float64(masks_as, ch
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
+    """Box edges on even and odd cells of the 64x64 grid, at and next to its sides, boxes thinner
+    than the 5x5 kernel and as tall as the grid: the factored box path is the original's."""
+    torch.manual_seed(0)
+    module = cm.ContentPreserveModule(32, 8, 256).double()
+    edges = [0, 1, 2, 3, 4, 5, 6, 9, 30, 31, 33, 56, 58, 59, 60, 61, 62, 63, 64]
+    spans = [(low, high) for low in edges for high in edges if high > low]
+    boxes = torch.tensor([(x0, y0, x1, y1) for (y0, y1), (x0, x1) in zip(spans, reversed(spans))],
+                         dtype=torch.float32)
+    masks = crop_masks(boxes, 64, 64)
+    assert {int(m.amax(-1).sum()) for m in masks} >= {1, 2, 3, 4, 5, 64}  # thin rows and whole height
+    heat_map = torch.rand(1, 1, 64, 64, dtype=torch.float64)
+    image_index = torch.zeros(len(boxes), dtype=torch.long)
+    ours = module.crop_features(heat_map, cm.BoxMasks.from_boxes(boxes, 64, 64), image_index)
+    expected = original_content_features(module.content_feat_layer, heat_map, masks.double(), image_index)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_content_feature_gradients_equal_the_original_formulation_in_float64():
     """Training takes the box path: its gradients must be the original's too."""
     torch.manual_seed(0)
