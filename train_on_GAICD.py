@@ -593,7 +593,7 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
         trainer.run()
     except BaseException as error:
         if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()  # no barrier: another rank may be inside a collective
+            shut_down_distributed(trainer, wait_for_other_ranks=False)  # another may be inside a collective
         if isinstance(error, TrainingDiverged):
             trainer.writer.close()
             raise SystemExit(f"training stopped: {error}")
@@ -603,16 +603,17 @@ def launch(trainer_cls: type, config_cls: type, args: argparse.Namespace,
     return trainer
 
 
-def shut_down_distributed(trainer: Trainer, settle_s: float = 0.2) -> None:
-    """Tear the process group down once every rank is done with it.
+def shut_down_distributed(trainer: Trainer, wait_for_other_ranks: bool = True, settle_s: float = 0.2) -> None:
+    """Tear the process group down (once every rank is done with it, unless told not to wait).
 
     gloo's worker threads free each finished collective's tensors after the caller has moved on,
     and need the GIL for it. The DistributedDataParallel wrapper's destructor, when it drops the
-    last reference to the group, joins those threads while holding the GIL: if one of them was still
-    freeing tensors, the process hung for good (3 of about 50 two-process runs). After a barrier, sleeping
-    (without the GIL) lets them finish before the wrapper and the group are freed.
+    last reference to the group, joins those threads while holding the GIL: if one of them was
+    still freeing tensors, the process hung for good (3 of about 50 two-process runs). Sleeping
+    (without the GIL) lets them finish before the wrapper and the group are freed here.
     """
-    dist.barrier()
+    if wait_for_other_ranks:
+        dist.barrier()
     time.sleep(settle_s)
     dist.destroy_process_group()
     trainer.model = trainer.core

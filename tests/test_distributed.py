@@ -56,6 +56,19 @@ def test_two_processes_match_one(tmp_path, backbone, batch_size):
     assert "test: " in result.stdout
 
 
+def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(tmp_path):
+    """A NaN loss on both ranks ends the run (the error path tears the process group down without a
+    barrier) with the training's own message, not a hang."""
+    data = tmp_path / "data"
+    build_demo_dataset(data, num_train=4, num_test=2, seed=3, long_side=256)
+    generate_heatmaps("GAICD", Config(data_root=str(data)), workers=0)
+    result = run_two_processes([str(REPO_ROOT / "train_on_GAICD.py"), *COMMON, "--data-root", str(data),
+                                "--backbone", "mobilenetv2", "--batch_size", "2", "--content_loss_weight", "nan",
+                                "--exp_root", str(tmp_path / "runs"), "--exp_name", "nan"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("training stopped: loss is nan") == 2, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("preset", sorted(train_on_GAICD.PRESETS))
 def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path):
     """DistributedDataParallel is built without ``find_unused_parameters``: every parameter of every
