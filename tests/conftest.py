@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -89,6 +90,28 @@ def build_gaicd_sample(root: Path, flat: bool = False) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def six_image_demo(tmp_path_factory) -> str:
+    """Generated GAICD-layout data (6 training, 2 test photos, seed 3) with its pseudo heat maps;
+    tests read it and write their experiments elsewhere."""
+    from config_GAICD import Config
+    from generate_pseudo_heatmap import generate_heatmaps
+    from untils.demo_data import build_demo_dataset
+    root = tmp_path_factory.mktemp("six_image_demo")
+    build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)
+    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    return str(root)
+
+
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...); None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid``, read from /proc: torchrun starts its workers in sessions of
     their own, out of reach of a signal to its process group."""
@@ -96,12 +119,9 @@ def _descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as stream:
-                parent = int(stream.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended meanwhile
-        children.setdefault(parent, []).append(int(entry))
+        fields = _stat_fields(int(entry))
+        if fields is not None:  # None: the process ended meanwhile
+            children.setdefault(int(fields[1]), []).append(int(entry))
     found, pending = [], [pid]
     while pending:
         for child in children.get(pending.pop(), []):
@@ -112,11 +132,8 @@ def _descendants(pid: int) -> list[int]:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _signal_all(pids: list[int], signum: int) -> None:

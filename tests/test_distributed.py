@@ -8,9 +8,7 @@ import torch
 
 import train_on_GAICD
 from config_GAICD import Config
-from generate_pseudo_heatmap import generate_heatmaps
 from tests.conftest import REPO_ROOT, process_alive, run_two_processes
-from untils.demo_data import build_demo_dataset
 
 COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
           "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "8",
@@ -19,7 +17,7 @@ COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
 
 
 @pytest.mark.parametrize("backbone, batch_size", [("mobilenetv2", 2), ("vgg16", 4)])
-def test_two_processes_match_one(tmp_path, backbone, batch_size):
+def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size):
     """batch_size 2: one image per process per optimiser step; 4: two, the first backward without
     synchronisation (DistributedDataParallel.no_sync), the last step of the epoch with one image.
 
@@ -29,10 +27,7 @@ def test_two_processes_match_one(tmp_path, backbone, batch_size):
     BatchNorm makes a gradient zero up to rounding (the bias of a layer that another BatchNorm
     follows), Adam turns that rounding into whole steps, so that case uses vgg16 (no BatchNorm).
     """
-    data = tmp_path / "data"
-    build_demo_dataset(data, num_train=6, num_test=2, seed=3, long_side=256)
-    generate_heatmaps("GAICD", Config(data_root=str(data)), workers=0)
-    options = COMMON + ["--data-root", str(data), "--backbone", backbone, "--batch_size", str(batch_size)]
+    options = COMMON + ["--data-root", six_image_demo, "--backbone", backbone, "--batch_size", str(batch_size)]
     # one thread in every process: Adam turns rounding differences between thread counts into visible ones
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -56,13 +51,10 @@ def test_two_processes_match_one(tmp_path, backbone, batch_size):
     assert "test: " in result.stdout
 
 
-def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(tmp_path):
+def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(six_image_demo, tmp_path):
     """A NaN loss on both ranks ends the run (the error path tears the process group down without a
     barrier) with the training's own message, not a hang."""
-    data = tmp_path / "data"
-    build_demo_dataset(data, num_train=4, num_test=2, seed=3, long_side=256)
-    generate_heatmaps("GAICD", Config(data_root=str(data)), workers=0)
-    result = run_two_processes([str(REPO_ROOT / "train_on_GAICD.py"), *COMMON, "--data-root", str(data),
+    result = run_two_processes([str(REPO_ROOT / "train_on_GAICD.py"), *COMMON, "--data-root", six_image_demo,
                                 "--backbone", "mobilenetv2", "--batch_size", "2", "--content_loss_weight", "nan",
                                 "--exp_root", str(tmp_path / "runs"), "--exp_name", "nan"], cwd=tmp_path)
     assert result.returncode != 0

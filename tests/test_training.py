@@ -208,19 +208,10 @@ class _Crash(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def six_training_images(tmp_path_factory):
-    from untils.demo_data import build_demo_dataset
-    root = tmp_path_factory.mktemp("demo")
-    build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)
-    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
-    return str(root)
-
-
-def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_training_images, tmp_path, monkeypatch):
+def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_demo, tmp_path, monkeypatch):
     """Batches of 2 images accumulated one at a time; last.pth every 3 steps lands only between
     optimiser steps (after step 4, not 3); a crash at step 5 resumes to the uninterrupted weights."""
-    common = FAST + ["--data-root", six_training_images, "--max_epoch", "1", "--selection", "test",
+    common = FAST + ["--data-root", six_image_demo, "--max_epoch", "1", "--selection", "test",
                      "--batch_size", "2", "--checkpoint_steps", "3"]
     straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
     saved = []
