@@ -48,6 +48,14 @@ _BACKBONES = {
 }
 
 
+class CropOutput(NamedTuple):
+    """What every crop model returns: ``score`` (B, N), padded crops ``-inf``; the human-centric
+    model's ``heat_map`` (B, 1, 64, 64) and ``partition_feat`` (B, P, H/16, W/16), None elsewhere."""
+    score: torch.Tensor
+    heat_map: Optional[torch.Tensor] = None
+    partition_feat: Optional[torch.Tensor] = None
+
+
 class BackboneWeightsError(RuntimeError):
     """ImageNet weights were asked for but cannot be loaded."""
 
