@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from untils.config import check_choice
 
@@ -218,5 +218,29 @@ class Config:
         self.exp_name = name
         return path
 
+
+# The paper's ablation rows: --preset NAME of the training scripts sets these options.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("the paper's model: partition-aware (9 parts, with person) + content-preserving (gcn)", {}),
+    "GAIC": ("GAIC baseline: multi-scale features, RoI+RoD, three-layer conv head",
+             {"model_type": "GAIC", "use_partition_aware": False, "use_content_preserve": False}),
+    "baseline": ("our model without partition-aware and content-preserving features",
+                 {"use_partition_aware": False, "use_content_preserve": False}),
+    "PA": ("+ partition-aware only", {"use_content_preserve": False}),
+    "CP": ("+ content-preserving only", {"use_partition_aware": False}),
+    "PA-0part": ("partition type 0: the nine features averaged", {"partition_aware_type": 0}),
+    "PA-1part": ("partition type 1: the person's region only", {"partition_aware_type": 1}),
+    "PA-2part": ("partition type 2: person vs. background", {"partition_aware_type": 2}),
+    "PA-9part": ("partition type 9 (default)", {"partition_aware_type": 9}),
+    "PA-nohuman": ("partition-aware without the person's RoI feature", {"concat_with_human": False}),
+    "CP-conv": ("content-preserving with 'conv' instead of graph reasoning", {"content_preserve_type": "conv"}),
+    "CP-gcn": ("content-preserving with graph reasoning (default)", {"content_preserve_type": "gcn"}),
+    "CP-only": ("score crops from the content-preserving feature alone", {"only_content_preserve": True}),
+    "woRoD": ("without the RoD (discarded content) feature", {"use_rod_feature": False}),
+    "loss-L1": ("score loss: smooth-L1 only", {"loss_type": ["L1Loss"]}),
+    "loss-WL1-Rank": ("score loss: score-weighted smooth-L1 + rank", {"loss_type": ["WeightedL1Loss", "RankLoss"]}),
+    "loss-L1-LVR": ("score loss: smooth-L1 + listwise view ranking", {"loss_type": ["L1Loss", "LVRLoss"]}),
+    "loss-LVR": ("score loss: listwise view ranking only", {"loss_type": ["LVRLoss"]}),
+}
 
 cfg = Config()

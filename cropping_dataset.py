@@ -1,11 +1,10 @@
-"""The four cropping datasets (GAICD, CPC, FCDB, FLMS), their collate function and batch sampler.
+"""The four cropping datasets (GAICD, CPC, FCDB, FLMS); batch them with ``untils.batching``.
 
 Every dataset reads the release's annotation formats (see ``human_bboxes/README.md``)
 from the paths of a ``config_GAICD.Config``/``config_CPC.Config`` and yields dicts:
 
 ``image``           (3, h, w) float32, ImageNet-normalised, resized as the paper
 ``crop_box``        (N, 4) float32 candidate crops in resized pixels
-``crop_mask``       (N, 64, 64) float32 (only with ``with_crop_masks``)
 ``score``           (N,) float32 mean opinion scores (GAICD, CPC)
 ``human_box``       (1, 4) float32 in resized pixels, -1s without a person
 ``has_human``       bool
@@ -23,18 +22,17 @@ annotation is reported in one error.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from untils.boxes import (clip_boxes, crop_masks, flip_boxes_horizontal, has_person, partition_masks,
+from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.torchvision_compat import transforms
@@ -44,16 +42,11 @@ if TYPE_CHECKING:
 
 IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
 IMAGE_NET_STD = (0.229, 0.224, 0.225)
-HEAT_MAP_SIZE = 64  # the release resizes every heat map to 64x64, whatever the input size
-CROP_MASK_SIZE = (64, 64)
-PARTITION_DOWNSAMPLE = 16
 FLMS_MAX_CROPS = 10
 CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
 MAX_LISTED_PROBLEMS = 20
 GAICD_SPLITS = ("train", "test", "all")
 NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)
-# Keys padded by collate_crops to the largest count in the batch, with their padding values.
-PADDED_KEYS = {"crop_box": -1.0, "crop_mask": 0.0, "score": float("nan"), "gt_crops": -1.0}
 
 
 class DatasetError(ValueError):
@@ -235,11 +228,10 @@ class CroppingDataset(Dataset):
     title = "dataset"
 
     def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
-                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool, with_crop_masks: bool) -> None:
+                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
         self.cfg = cfg
         self.image_size = tuple(cfg.image_size)
         self.keep_aspect_ratio = keep_aspect_ratio
-        self.with_crop_masks = with_crop_masks
         self.names = list(names)
         self.image_paths: list[str] = []
         self.original_sizes: list[tuple[int, int]] = []
@@ -325,14 +317,12 @@ class CroppingDataset(Dataset):
             "crop_box": crop_tensor,
             "human_box": human_tensor,
             "has_human": bool(has_person(human_tensor)),
-            "partition_mask": partition_masks(human_tensor, resized_w, resized_h, PARTITION_DOWNSAMPLE),
+            "partition_mask": partition_masks(human_tensor, resized_w, resized_h, FEATURE_STRIDE),
             "width": width,
             "height": height,
             "name": self.names[index],
             "flipped": flipped,
         }
-        if self.with_crop_masks:
-            item["crop_mask"] = crop_masks(crop_tensor, resized_w, resized_h, CROP_MASK_SIZE)
         return item
 
 
@@ -342,8 +332,8 @@ class ScoredCropDataset(CroppingDataset):
     def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
                  annotations: dict[str, CropAnnotation], human_boxes: dict[str, np.ndarray],
                  heat_map_dir: str, require_heat_maps: bool, keep_aspect_ratio: bool,
-                 augment: bool, with_crop_masks: bool) -> None:
-        super().__init__(cfg, names, image_paths, human_boxes, keep_aspect_ratio, with_crop_masks)
+                 augment: bool) -> None:
+        super().__init__(cfg, names, image_paths, human_boxes, keep_aspect_ratio)
         self.score_mean, self.score_std = score_statistics(annotations)
         self.augment = augment
         self.heat_map_dir = heat_map_dir
@@ -414,8 +404,7 @@ class GAICDataset(ScoredCropDataset):
     """
 
     def __init__(self, cfg: "Config", split: str = "train", only_human_images: bool = False,
-                 keep_aspect_ratio: bool = True, augment: Optional[bool] = None,
-                 with_crop_masks: bool = True, require_heat_maps: Optional[bool] = None) -> None:
+                 keep_aspect_ratio: bool = True, augment: Optional[bool] = None, require_heat_maps: Optional[bool] = None) -> None:
         self.split = split
         self.title = f"GAICD {split} split" + (" (human-centric)" if only_human_images else "")
         names = gaicd_image_names(cfg, split, only_human_images)
@@ -425,8 +414,7 @@ class GAICDataset(ScoredCropDataset):
             cfg, names, [gaicd_image_path(cfg.GAIC_image, name) for name in names],
             read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), read_human_boxes(cfg.GAIC_human),
             cfg.GAIC_heat_map, split == "train" if require_heat_maps is None else require_heat_maps,
-            keep_aspect_ratio, cfg.data_augmentation and split == "train" if augment is None else augment,
-            with_crop_masks)
+            keep_aspect_ratio, cfg.data_augmentation and split == "train" if augment is None else augment)
 
 
 class CPCDataset(ScoredCropDataset):
@@ -439,7 +427,7 @@ class CPCDataset(ScoredCropDataset):
     title = "CPC"
 
     def __init__(self, cfg: "Config", only_human_images: bool = False, keep_aspect_ratio: bool = False,
-                 augment: Optional[bool] = None, with_crop_masks: bool = True,
+                 augment: Optional[bool] = None,
                  require_heat_maps: bool = True) -> None:
         if only_human_images:
             self.title = "CPC (human-centric)"
@@ -450,18 +438,18 @@ class CPCDataset(ScoredCropDataset):
             cfg, names, [os.path.join(cfg.CPC_image, name) for name in names],
             read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), read_human_boxes(cfg.CPC_human),
             cfg.CPC_heat_map, require_heat_maps, keep_aspect_ratio,
-            cfg.data_augmentation if augment is None else augment, with_crop_masks)
+            cfg.data_augmentation if augment is None else augment)
 
 
 class AnchorEvalDataset(CroppingDataset):
     """FCDB and FLMS: ground-truth crops, scored against the predefined anchors."""
 
     def __init__(self, cfg: "Config", names: list[str], image_dir: str, gt_crops: dict[str, np.ndarray],
-                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool, with_crop_masks: bool) -> None:
+                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"{self.title} image folder not found: {image_dir}")
         super().__init__(cfg, names, [os.path.join(image_dir, name) for name in names], human_boxes,
-                         keep_aspect_ratio, with_crop_masks)
+                         keep_aspect_ratio)
         self.anchors = load_predefined_anchors(cfg.predefined_pkl)
         self.gt_crops: list[Optional[np.ndarray]] = []
         for name, size in zip(self.names, self.original_sizes):
@@ -489,8 +477,7 @@ class FCDBDataset(AnchorEvalDataset):
 
     title = "FCDB"
 
-    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False,
-                 with_crop_masks: bool = True) -> None:
+    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
         raw = load_json(cfg.FCDB_anno, "FCDB crop annotation file")
         gt_crops = {}
         for name, xywh in raw.items():
@@ -501,7 +488,7 @@ class FCDBDataset(AnchorEvalDataset):
                                    f"got {xywh!r}") from error
             gt_crops[name] = np.array([[x, y, x + w, y + h]])
         super().__init__(cfg, fcdb_image_names(cfg, only_human_images), cfg.FCDB_image, gt_crops,
-                         read_human_boxes(cfg.FCDB_human), keep_aspect_ratio, with_crop_masks)
+                         read_human_boxes(cfg.FCDB_human), keep_aspect_ratio)
 
 
 class FLMSDataset(AnchorEvalDataset):
@@ -512,8 +499,7 @@ class FLMSDataset(AnchorEvalDataset):
 
     title = "FLMS"
 
-    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False,
-                 with_crop_masks: bool = True) -> None:
+    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
         raw = load_json(cfg.FLMS_anno, "FLMS crop annotation file")
         gt_crops = {}
         for name, boxes in raw.items():
@@ -523,7 +509,7 @@ class FLMSDataset(AnchorEvalDataset):
                 raise DatasetError(f"FLMS crop annotation file {cfg.FLMS_anno}: {name} must be a list of "
                                    f"[x1, y1, x2, y2], got {boxes!r}") from error
         super().__init__(cfg, flms_image_names(cfg, only_human_images), cfg.FLMS_image, gt_crops,
-                         read_human_boxes(cfg.FLMS_human), keep_aspect_ratio, with_crop_masks)
+                         read_human_boxes(cfg.FLMS_human), keep_aspect_ratio)
 
     def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         width, height = size
@@ -537,110 +523,22 @@ class FLMSDataset(AnchorEvalDataset):
         return np.concatenate([inside, padding])
 
 
-def _pad_stack(tensors: list[torch.Tensor], length: int, value: float) -> torch.Tensor:
-    padded = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
-    for row, tensor in enumerate(tensors):
-        padded[row, :len(tensor)] = tensor
-    return padded
+# The evaluation protocols of the paper's tables: (dataset, human-centric images only).
+PROTOCOLS = {
+    "GAICD-human": ("GAICD", True), "GAICD": ("GAICD", False),
+    "FCDB-human": ("FCDB", True), "FCDB": ("FCDB", False),
+    "FLMS-human": ("FLMS", True), "FLMS": ("FLMS", False),
+}
+SCORED_DATASETS = ("GAICD", "CPC")  # evaluated on scored crops; the others on ground-truth crops
 
 
-def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch items of one resized size; crops are padded to the largest count.
-
-    ``crop_valid`` (B, N) marks real crops; padded boxes are -1s, padded masks zeros
-    and padded scores NaN, so nothing can score a padded crop by accident.
-    """
-    if not items:
-        raise ValueError("collate_crops needs at least one item")
-    sizes = {tuple(item["image"].shape[-2:]) for item in items}
-    if len(sizes) > 1:
-        described = ", ".join(f"{item['name']}: {item['image'].shape[-1]}x{item['image'].shape[-2]}"
-                              for item in items)
-        raise ValueError(f"collate_crops needs images of one resized size, got {described}; "
-                         "batch with SizeBucketBatchSampler")
-    keys = set(items[0])
-    for item in items[1:]:
-        if set(item) != keys:
-            raise ValueError(f"items {items[0]['name']} and {item['name']} have different keys: "
-                             f"{sorted(keys ^ set(item))}")
-    batch: dict[str, Any] = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        if key in PADDED_KEYS:
-            batch[key] = _pad_stack(values, max(len(value) for value in values), PADDED_KEYS[key])
-        elif isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(values[0], (bool, int, float)):
-            batch[key] = torch.tensor(values)
-        else:
-            batch[key] = values
-    counts = torch.tensor([len(item["crop_box"]) for item in items])
-    batch["crop_valid"] = torch.arange(batch["crop_box"].shape[1]) < counts[:, None]
-    return batch
-
-
-class ResizedSizes(Protocol):
-    """What the sampler needs: a length and each item's resized size (a dataset or a subset of one)."""
-
-    def __len__(self) -> int: ...
-
-    def resized_size_of(self, index: int) -> tuple[int, int]: ...
-
-
-class SizeBucketBatchSampler(Sampler[list[int]]):
-    """Batches of indices whose images share a resized size, so ``collate_crops`` can stack them.
-
-    Each epoch (``set_epoch``) reshuffles within every size and the order of the
-    batches, from ``seed + epoch``. With ``num_replicas`` > 1 each rank takes every
-    ``num_replicas``-th batch; the batch list is cut (``drop_last``) or wrapped around
-    so every rank gets the same number of batches.
-    """
-
-    def __init__(self, dataset: ResizedSizes, batch_size: int, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
-        self.epoch = 0
-        buckets: dict[tuple[int, int], list[int]] = {}
-        for index in range(len(dataset)):
-            buckets.setdefault(dataset.resized_size_of(index), []).append(index)
-        self.buckets = [buckets[size] for size in sorted(buckets)]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _all_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = []
-        for bucket in self.buckets:
-            if self.shuffle:
-                bucket = [bucket[i] for i in torch.randperm(len(bucket), generator=generator).tolist()]
-            for start in range(0, len(bucket), self.batch_size):
-                batch = bucket[start:start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        return batches
-
-    def _batches_per_replica(self, total: int) -> int:
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        wanted = self._batches_per_replica(len(batches)) * self.num_replicas
-        if wanted > len(batches):
-            batches = batches * math.ceil(wanted / len(batches))
-        yield from batches[:wanted][self.rank::self.num_replicas]
-
-    def __len__(self) -> int:
-        total = 0
-        for bucket in self.buckets:
-            total += len(bucket) // self.batch_size if self.drop_last else math.ceil(len(bucket) / self.batch_size)
-        return self._batches_per_replica(total)
+def evaluation_dataset(cfg: "Config", dataset: str, only_human: bool, split: str = "test") -> CroppingDataset:
+    """An evaluation set without augmentation: GAICD's ``split``, or FCDB's / FLMS's test images."""
+    if dataset == "GAICD":
+        return GAICDataset(cfg, split=split, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio,
+                           augment=False)
+    if dataset == "FCDB":
+        return FCDBDataset(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
+    if dataset == "FLMS":
+        return FLMSDataset(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
+    raise ValueError(f"dataset={dataset!r}; expected GAICD, FCDB or FLMS")

@@ -14,9 +14,8 @@ RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names and shap
 """
 from __future__ import annotations
 
-import math
 import os
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -24,13 +23,11 @@ import torch.nn.functional as F
 
 from roi_align import RoIAlignAvg
 from rod_align import RoDAlignAvg
-from untils.boxes import crop_masks
+from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
 from untils.torchvision_compat import models
 
 ALIGN_SIZE = 9
-FEATURE_STRIDE = 16  # RoI/RoD features are taken from f4, at 1/16 of the input
 CONTENT_FEAT_DIM = 256
-HEAT_MAP_SIZE = 64
 MOS_MEAN = 2.95  # GAICD mean opinion score, used by the score-weighted regression loss
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
 # and FLMS score 1,745 anchors per image).
@@ -271,25 +268,6 @@ class GraphReasoningModule(nn.Module):
         return F.relu(out.transpose(1, 2).reshape(batch, -1, height, width))
 
 
-class BoxMasks(NamedTuple):
-    """Crop masks that are boxes, factored: ``mask[k] = outer(rows[k], columns[k])``, 0/1 floats.
-
-    They are the masks ``untils.boxes.crop_masks`` rasterises, kept as their row (K, 64) and column
-    (K, 64) indicators, which lets the content feature skip the per-crop convolution of the mask.
-    """
-    rows: torch.Tensor
-    columns: torch.Tensor
-
-    @classmethod
-    def from_boxes(cls, boxes: torch.Tensor, width: int, height: int) -> "BoxMasks":
-        """The factored ``crop_masks`` of boxes (K, 4) in input pixels of a ``width`` x ``height`` image."""
-        masks = crop_masks(boxes, width, height, (HEAT_MAP_SIZE, HEAT_MAP_SIZE))
-        return cls(masks.amax(dim=-1), masks.amax(dim=-2))
-
-
-CropMasks = Union[torch.Tensor, BoxMasks]
-
-
 class ContentPreserveModule(nn.Module):
     """Predicts a heat map of content a good crop keeps, and a feature of each crop's mask on it."""
 
@@ -316,81 +294,62 @@ class ContentPreserveModule(nn.Module):
     def predict_heat_map(self, feat_map: torch.Tensor) -> torch.Tensor:
         return self.preserve_predict(self.relation_encoder(feat_map))
 
-    def crop_features(self, heat_map: torch.Tensor, crop_mask: CropMasks, image_index: torch.Tensor) -> torch.Tensor:
-        """Content feature (K, out_dim) of each crop: ``content_feat_layer`` on [its image's heat map, its mask].
+    def crop_features_reference(self, heat_map: torch.Tensor, masks: torch.Tensor,
+                                image_index: torch.Tensor) -> torch.Tensor:
+        """The plain formulation (the release's): ``content_feat_layer`` on [its image's heat map, its
+        crop mask] for each crop; ``masks`` (K, 64, 64), ``image_index`` (K,). :meth:`crop_features`
+        computes the same for box masks, faster."""
+        inputs = torch.cat([heat_map.index_select(0, image_index), masks.unsqueeze(1).to(heat_map.dtype)], dim=1)
+        return self.content_feat_layer(inputs)
 
-        ``heat_map`` (B, 1, 64, 64); ``crop_mask`` (K, 64, 64) or :class:`BoxMasks`; ``image_index``
-        (K,) the image of each crop. The first convolution is linear, so it is split exactly: its
-        heat-map half (with the bias) runs once per image, and its mask half is, for general masks, a
-        one-channel convolution per crop, and for box masks a sum of kernel weights over the box,
-        separable in rows and columns (no convolution at all). Only the pooling, the second
-        convolution and the linear layer see each crop. The first-layer maps are kept channels-last
-        (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK`` at a time.
+    def crop_features(self, heat_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                      image_index: torch.Tensor) -> torch.Tensor:
+        """Content feature (K, out_dim) of crops whose masks are ``outer(rows[k], columns[k])``.
+
+        Equal to :meth:`crop_features_reference`. The first convolution is linear, so it splits into a
+        heat-map half (with the bias), run once per image, and a mask half which, for a box mask, is
+        ``sum_j columns[x+j] * (sum_i rows[y+i] W[o,i,j])``: separable, no per-crop convolution. Only
+        the pooling, the second convolution and the linear layer see each crop. First-layer maps are
+        kept channels-last (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK``
+        at a time, and on the CPU ``CPU_FIRST_LAYER_CHUNK`` at a time through the cache.
         """
         first, pool = self.content_feat_layer[0], self.content_feat_layer[1]
         heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
         count = image_index.shape[0]
         if count == 0:
             return heat_term.new_zeros(0, self.content_feat_layer[-1].out_features)
+        kernel = first.weight[:, 1].to(heat_term.dtype)  # (C, s, s)
+        size, height, width = kernel.shape[-1], heat_term.shape[1], heat_term.shape[2]
         step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
         features = []
         for start in range(0, count, CROP_CHUNK):
             stop = min(start + CROP_CHUNK, count)
-            if isinstance(crop_mask, BoxMasks):
-                add_mask_term = self._box_mask_term(crop_mask.rows[start:stop], crop_mask.columns[start:stop],
-                                                    heat_term.dtype)
-            else:
-                add_mask_term = self._mask_convolution_term(crop_mask[start:stop])
+            row_windows = rows[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, h, s): rows[y + i]
+            column_windows = columns[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, w, s): columns[x + j]
+            crops = stop - start
+            row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, -1)
+            columns_per_row = column_windows.unsqueeze(1).expand(crops, height, width, size).reshape(-1, width, size)
             pooled = []
-            for begin in range(0, stop - start, step):
-                end = min(begin + step, stop - start)
+            for begin in range(0, crops, step):
+                end = min(begin + step, crops)
                 maps = heat_term.index_select(0, image_index[start + begin:start + end])  # (k, h, w, C), fresh
-                add_mask_term(maps, begin, end)
+                rows_of_crops = slice(begin * height, end * height)
+                maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
                 pooled.append(pool(maps.permute(0, 3, 1, 2)))
             features.append(self.content_feat_layer[2:](torch.cat(pooled)))
         return torch.cat(features)
-
-    def _box_mask_term(self, rows: torch.Tensor, columns: torch.Tensor,
-                       dtype: torch.dtype) -> Callable[[torch.Tensor, int, int], None]:
-        """For the box masks outer(rows[k], columns[k]) of a chunk of crops: a function that adds the
-        first convolution's mask half of the chunk's crops ``begin:end`` to their maps (k, h, w, C).
-
-        sum_ij W[o,i,j] r[y+i] c[x+j] = sum_j c[x+j] (sum_i r[y+i] W[o,i,j]): the row sums and column
-        windows are built once per chunk; each call is one batched product (few, long operations).
-        """
-        kernel = self.content_feat_layer[0].weight[:, 1].to(dtype)  # (C, s, s)
-        size = kernel.shape[-1]
-        row_windows = rows.to(dtype).unfold(1, size, 1)  # (k, h, s): r[y + i]
-        column_windows = columns.to(dtype).unfold(1, size, 1)  # (k, w, s): c[x + j]
-        crops, height, width = row_windows.shape[0], row_windows.shape[1], column_windows.shape[1]
-        row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, -1)
-        columns_per_row = column_windows.unsqueeze(1).expand(crops, height, width, size).reshape(-1, width, size)
-
-        def add(maps: torch.Tensor, begin: int, end: int) -> None:
-            rows_of_crops = slice(begin * height, end * height)
-            maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
-        return add
-
-    def _mask_convolution_term(self, masks: torch.Tensor) -> Callable[[torch.Tensor, int, int], None]:
-        """For general masks (k, 64, 64) of a chunk of crops: a function that adds the first
-        convolution's mask half of the chunk's crops ``begin:end`` to their maps (k, h, w, C)."""
-        kernel = self.content_feat_layer[0].weight[:, 1:]
-
-        def add(maps: torch.Tensor, begin: int, end: int) -> None:
-            maps += F.conv2d(masks[begin:end].unsqueeze(1).to(maps.dtype), kernel).permute(0, 2, 3, 1)
-        return add
 
 
 class HumanCentricCroppingModel(nn.Module):
     """The human-centric cropping model (Zhang et al., ECCV 2022).
 
-    ``forward(im, crop_box, human_box, crop_mask, partition_mask)`` with ``im`` (B,3,H,W),
-    ``crop_box`` (B,N,4) in input pixels, ``human_box`` (B,1,4) (-1s when there is no person),
-    ``crop_mask`` (B,N,64,64), ``partition_mask`` (B,9,H/16,W/16) returns
-    ``(partition_feat, heat_map, score)``: (B,P,H/16,W/16), (B,1,64,64), (B,N).
-    ``crop_valid`` (B,N) bool marks the real crops of a padded batch. ``crop_mask=None`` means
-    the boxes' own masks (``untils.boxes.crop_masks`` of ``crop_box`` in the input's size, what
-    every dataset here builds): they are then never rasterised per crop, which is much faster.
+    ``forward(image, crop_box, human_box=None, crop_valid=None, partition_mask=None)`` with ``image``
+    (B,3,H,W), ``crop_box`` (B,N,4) in input pixels, ``human_box`` (B,1,4) (-1s, or None, when there
+    is no person), ``crop_valid`` (B,N) bool marking the real crops of a padded batch, and
+    ``partition_mask`` (B,9,H/16,W/16) (built from ``human_box`` when not given) returns a
+    :class:`CropOutput`: scores (B,N), heat map (B,1,64,64) and partition feature (B,P,H/16,W/16),
+    the latter two None when the model has no such module. Crop masks are never drawn: the content
+    feature uses their row and column factors (:func:`untils.boxes.crop_mask_factors`).
     """
 
     def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
@@ -431,14 +390,14 @@ class HumanCentricCroppingModel(nn.Module):
         return self.feat_ext(agg)
 
     def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
-                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Apply the partition-aware module to the images that contain a person, each on its own.
 
         Every image goes through the module (no data-dependent indexing); images without a person
         keep their features and get a zero partition map.
         """
         if self.partition_aware is None:
-            return red_feat, torch.zeros_like(partition_mask)
+            return red_feat, None
         batch = red_feat.shape[0]
         has_person = partition_mask[:, 4].flatten(1).ne(0).any(dim=1).view(batch, 1, 1, 1)
         human_xyxy = human_box.reshape(batch, -1)[:, -4:]
@@ -447,30 +406,32 @@ class HumanCentricCroppingModel(nn.Module):
         return (torch.where(has_person, fused.to(red_feat.dtype), red_feat),
                 torch.where(has_person, p_mean.to(red_feat.dtype), 0.0))
 
-    def forward(self, im: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
-                crop_mask: Optional[torch.Tensor], partition_mask: torch.Tensor,
-                crop_valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = im.shape[0]
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
+                crop_valid: Optional[torch.Tensor] = None,
+                partition_mask: Optional[torch.Tensor] = None) -> CropOutput:
+        batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
         if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
             raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
+        if human_box is None:
+            human_box = crop_box.new_full((batch, 1, 4), -1.0)
+        if partition_mask is None:
+            partition_mask = partition_masks(human_box.reshape(batch, 1, 4), width, height, FEATURE_STRIDE)
         count = crop_box.shape[1]
         rois = boxes_with_batch_index(crop_box)
-        if crop_mask is not None:
-            crop_mask = crop_mask.reshape(batch * count, *crop_mask.shape[-2:])
-        red_feat = self.reduced_features(im)
-        red_feat, part_feat = self.partition_features(red_feat, human_box, partition_mask)
+        red_feat = self.reduced_features(image)
+        red_feat, partition_feat = self.partition_features(red_feat, human_box, partition_mask)
 
-        heat_map = red_feat.new_zeros(batch, 1, HEAT_MAP_SIZE, HEAT_MAP_SIZE)
+        heat_map = None
         features = []
         if self.roi_feat_layer is not None:
             features.append(self.roi_feat_layer(self.crop_align(red_feat, rois)))
         if self.content_preserve is not None:
             heat_map = self.content_preserve.predict_heat_map(red_feat)
-            masks = BoxMasks.from_boxes(rois[:, 1:], im.shape[-1], im.shape[-2]) if crop_mask is None else crop_mask
-            features.append(self.content_preserve.crop_features(heat_map, masks, rois[:, 0].long()))
+            rows, columns = crop_mask_factors(rois[:, 1:], width, height, (HEAT_MAP_SIZE, HEAT_MAP_SIZE))
+            features.append(self.content_preserve.crop_features(heat_map, rows, columns, rois[:, 0].long()))
         crop_feat = features[0] if len(features) == 1 else torch.cat(features, dim=1)
         score = mask_padded_scores(self.fc_layer(crop_feat).reshape(batch, count), crop_valid)
-        return part_feat, heat_map, score
+        return CropOutput(score, heat_map, partition_feat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,8 +449,9 @@ def gaic_head(in_dim: int, align_size: int = ALIGN_SIZE) -> nn.Sequential:
 class GAICModel(nn.Module):
     """GAIC's multi-scale shared-feature model (Zeng et al.): f3, f4 and f5/2 concatenated.
 
-    ``forward(im, crop_box, crop_valid=None)`` returns (B, N) scores; extra arguments of the
-    human-centric signature are accepted and ignored, so scripts can call both the same way.
+    Called like every crop model (``forward(image, crop_box, human_box=None, crop_valid=None)``);
+    GAIC takes no person box, so ``human_box`` is not read. Returns a :class:`CropOutput` with
+    scores only.
     """
 
     def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
@@ -507,35 +469,53 @@ class GAICModel(nn.Module):
         f3, f4, f5 = self.backbone(im)
         return self.DimRed(torch.cat([resize_to(f3, f4), f4, 0.5 * resize_to(f5, f4)], dim=1))
 
-    def forward(self, im: torch.Tensor, crop_box: torch.Tensor, *unused, crop_valid: Optional[torch.Tensor] = None,
-                **unused_kwargs) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
+                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
         rois = boxes_with_batch_index(crop_box)
-        scores = self.FC_layers(self.crop_align(self.reduced_features(im), rois)).reshape(crop_box.shape[:2])
-        return mask_padded_scores(scores, crop_valid)
+        scores = self.FC_layers(self.crop_align(self.reduced_features(image), rois)).reshape(crop_box.shape[:2])
+        return CropOutput(mask_padded_scores(scores, crop_valid))
 
 
 def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
-    """``HCIC`` (human-centric), ``GAIC`` (baseline) or ``PIC`` (personalized, end of this file) from a config."""
+    """``HCIC`` (human-centric), ``GAIC`` (baseline) or ``PIC`` (personalized, ``pic_model``) from a config."""
     if model_type == "HCIC":
         return HumanCentricCroppingModel(cfg, loadweights=loadweights)
     if model_type == "GAIC":
         return GAICModel(cfg, loadweights=loadweights)
     if model_type == "PIC":
+        from pic_model import PICModel  # pic_model builds on this module
         return PICModel(cfg, loadweights=loadweights)
     raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC' or 'PIC'")
 
 
-def weights_init(module: nn.Module) -> None:
-    """Xavier-uniform weights and zero biases for conv and linear layers (the release's init)."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
+                    overrides: Optional[dict] = None, trusted: bool = False) -> nn.Module:
+    """Any crop model the project knows, with its weights, in eval mode on ``device``.
 
+    ``source`` is a checkpoint path or its loaded content: our checkpoints of every model type
+    (``{"model": state_dict, "config": ..., "model_type": ...}``), or a bare state_dict of the
+    HCIC release (early key names included). The model's config is ``model.cfg``: the stored
+    options, the defaults for a bare state_dict, with ``overrides`` (e.g. data paths) winning.
+    ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
+    """
+    from config_GAICD import Config
+    from untils.checkpoint import CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint
 
-# ----------------------------------------------------------------------------------------------
-# Losses (one image's crops: 1-D tensors of predicted and ground-truth scores)
-# ----------------------------------------------------------------------------------------------
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
+    if "model" not in content:
+        content = {"model": content}
+    model_type = content.get("model_type", "HCIC")
+    if model_type == "PIC":
+        from pic_model import load_pic_model  # pic_model builds on this module
+        return load_pic_model(content, device, overrides)
+    if model_type not in ("HCIC", "GAIC"):
+        raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
+    cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type})
+    model = build_crop_model(cfg, model_type, loadweights=False)
+    load_model_weights(model, content)
+    return model.to(device).eval()
+
 
 def _flat_pair(pre_score: torch.Tensor, gt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pre, gt = pre_score.reshape(-1), gt_score.reshape(-1).to(pre_score.dtype)
@@ -587,13 +567,6 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
     return -(torch.log_softmax(pre, dim=-1) * target).sum()
 
 
-def partition_ce_loss(pre_partition: torch.Tensor, gt_partition: torch.Tensor) -> torch.Tensor:
-    """Per-position cross-entropy between predicted partition logits and the 9-region mask (B,9,H,W)."""
-    logits = pre_partition.permute(0, 2, 3, 1).reshape(-1, pre_partition.shape[1])
-    labels = gt_partition.argmax(dim=1).reshape(-1)
-    return F.cross_entropy(logits, labels)
-
-
 def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
                     crop_valid: Optional[torch.Tensor] = None, score_mean: float = MOS_MEAN,
                     rank_loss_weighting: str = "sign") -> torch.Tensor:
@@ -620,222 +593,24 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
     return total / pred.shape[0]
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())
-
-
-# ----------------------------------------------------------------------------------------------
-# Personalized image cropping (PIC)
-# ----------------------------------------------------------------------------------------------
-# "Crop the Way You Like: Personalized Image Cropping by Integrating Subjective and Objective
-# Features". One backbone feeds two branches: the objective branch is GAIC's head on RoI+RoD
-# features (the generic model), the subjective branch describes crops so that users can be told
-# apart (trained by classifying which user chose a crop). The individual preference module embeds
-# a user from the subjective features of the user's best crops and adds a user-specific
-# preference to the objective score. Explicit crop geometry (the crop in the image, and the
-# person in the crop) feeds both the subjective branch and the preference module.
-
-GEOMETRY_DIM = 16
-SUBJECTIVE_HIDDEN = 128
-
-
-def crop_geometry(crop_box: torch.Tensor, human_box: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    """Geometry of crops (..., 4) in a ``width`` x ``height`` image -> (..., GEOMETRY_DIM).
-
-    ``human_box`` broadcasts against ``crop_box``; a box with x1 < 0 (or no area) means no person.
-    Columns: x1/W, y1/H, x2/W, y2/H, w/W, h/H, area share, log(w/h), has person, then with a person
-    (zeros without): its centre in the crop (u, v in crop widths/heights), the gap above it and
-    below it (crop heights), its height and width relative to the crop's, and the share of its box
-    inside the crop.
-    """
-    crop = crop_box.float()
-    person = human_box.float().expand_as(crop)
-    x1, y1, x2, y2 = crop.unbind(-1)
-    px1, py1, px2, py2 = person.unbind(-1)
-    crop_w, crop_h = (x2 - x1).clamp(min=1e-6), (y2 - y1).clamp(min=1e-6)
-    present = ((px1 >= 0) & (px2 > px1) & (py2 > py1)).to(crop.dtype)
-    person_w, person_h = (px2 - px1).clamp(min=1e-6), (py2 - py1).clamp(min=1e-6)
-    overlap = ((torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp(min=0)
-               * (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp(min=0))
-    columns = [x1 / width, y1 / height, x2 / width, y2 / height, crop_w / width, crop_h / height,
-               crop_w * crop_h / (width * height), torch.log(crop_w / crop_h), present]
-    person_columns = [((px1 + px2) / 2 - x1) / crop_w, ((py1 + py2) / 2 - y1) / crop_h, (py1 - y1) / crop_h,
-                      (y2 - py2) / crop_h, person_h / crop_h, person_w / crop_w, overlap / (person_w * person_h)]
-    columns += [column * present for column in person_columns]
-    return torch.stack(columns, dim=-1)
-
-
-class SubjectiveBranch(nn.Module):
-    """Subjective feature of a crop: its aligned RoI+RoD feature fused with its geometry."""
-
-    def __init__(self, align_dim: int, out_dim: int, align_size: int = ALIGN_SIZE) -> None:
-        super().__init__()
-        self.content = nn.Sequential(nn.Conv2d(align_dim, SUBJECTIVE_HIDDEN, kernel_size=align_size),
-                                     nn.ReLU(inplace=True), nn.Flatten(1))
-        self.fuse = nn.Sequential(nn.Linear(SUBJECTIVE_HIDDEN + GEOMETRY_DIM, out_dim), nn.ReLU(inplace=True))
-
-    def forward(self, aligned: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.content(aligned), geometry], dim=1))
-
-
-class PreferenceModule(nn.Module):
-    """The individual preference module: embeds a user, and scores crops for an embedding.
-
-    A crop is described by ``[subjective feature, geometry]`` (``feature_dim`` values), standardised
-    with statistics of training crops (``set_feature_statistics``). Evidence about a user is one
-    row per best crop of an image the user rated: the crop's description and its difference from
-    the mean description of that image's candidates. The embedding is a set function of the
-    evidence (an MLP, averaged over rows, then a linear map), so a new user is embedded from a few
-    rated images. The preference for a crop is the dot product of its taste features (an MLP of
-    its description) with the weights the embedding selects, over sqrt(taste_dim).
-    """
-
-    def __init__(self, feature_dim: int, embed_dim: int = 16, taste_dim: int = 32, hidden: int = 64) -> None:
-        super().__init__()
-        self.register_buffer("feature_mean", torch.zeros(feature_dim))
-        self.register_buffer("feature_std", torch.ones(feature_dim))
-        self.evidence_encoder = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True),
-                                              nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
-        self.embedding_head = nn.Linear(hidden, embed_dim)
-        self.taste = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, taste_dim))
-        self.user_weights = nn.Linear(embed_dim, taste_dim)
-        self.taste_dim = taste_dim
-
-    def set_feature_statistics(self, features: torch.Tensor) -> None:
-        """Standardise descriptions with the mean and std of ``features`` (K, feature_dim)."""
-        self.feature_mean.copy_(features.mean(dim=0))
-        self.feature_std.copy_(features.std(dim=0).clamp(min=1e-3))
-
-    def normalise(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.feature_mean) / self.feature_std
-
-    def evidence(self, features: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-        """Evidence rows (len(best), 2 * feature_dim) from one image's crops (N, F) and its best crops' indices."""
-        described = self.normalise(features)
-        chosen = described[best]
-        return torch.cat([chosen, chosen - described.mean(dim=0)], dim=1)
-
-    def embed(self, evidence: torch.Tensor) -> torch.Tensor:
-        """A user's embedding (embed_dim,) from evidence rows (M, 2 * feature_dim) of any number of images."""
-        if evidence.dim() != 2 or evidence.shape[0] == 0:
-            raise ValueError(f"evidence of shape {tuple(evidence.shape)}: expected (M >= 1, features)")
-        return self.embedding_head(self.evidence_encoder(evidence).mean(dim=0))
-
-    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """Preference (...) of crops (..., feature_dim) for a user's embedding (embed_dim,)."""
-        weights = self.user_weights(embedding)
-        return (self.taste(self.normalise(features)) * weights).sum(dim=-1) / math.sqrt(self.taste_dim)
-
-
-class PICModel(GAICModel):
-    """Personalized cropping: GAIC's scorer (objective branch) + subjective branch + preference module.
-
-    ``forward`` is GAIC's: the objective (generic) scores (B, N). ``score_for_user(batch, user)``
-    adds the user's preference; a user's embedding comes from ``user_embeddings`` (filled from a
-    checkpoint by :func:`load_pic_model`). ``cfg.num_users`` > 0 adds the user classifier that
-    pre-training trains the subjective branch with.
-    """
-
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
-        if cfg is None:
-            from config_PIC import cfg
-        super().__init__(cfg, loadweights)
-        align_dim = cfg.reduced_dim * (2 if cfg.use_rod_feature else 1)
-        self.subjective_branch = SubjectiveBranch(align_dim, cfg.subjective_dim)
-        self.user_classifier = nn.Linear(cfg.subjective_dim, cfg.num_users) if cfg.num_users else None
-        self.preference = PreferenceModule(cfg.subjective_dim + GEOMETRY_DIM, cfg.embed_dim, cfg.taste_dim,
-                                           cfg.preference_hidden)
-        self.user_embeddings: dict[str, torch.Tensor] = {}
-
-    def describe_crops(self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor,
-                       width: float, height: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Objective scores (K,) and descriptions (K, subjective_dim + GEOMETRY_DIM) of rois (K, 5)."""
-        aligned = self.crop_align(feature_map, rois)
-        geometry = crop_geometry(rois[:, 1:], human_boxes, width, height)
-        subjective = self.subjective_branch(aligned, geometry)
-        return self.FC_layers(aligned).flatten(), torch.cat([subjective, geometry], dim=1)
-
-    def crop_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
-                     crop_valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(objective (K,), descriptions (K, F), image index (K,))`` of the valid crops of a batch.
-
-        ``crop_box`` (B, N, 4) and ``human_box`` (B, 1, 4) are in input pixels.
-        """
-        batch, count = crop_box.shape[:2]
-        rois = boxes_with_batch_index(crop_box)
-        human = human_box.reshape(batch, 1, 4).expand(batch, count, 4).reshape(-1, 4)
-        if crop_valid is not None:
-            keep = crop_valid.reshape(-1)
-            rois, human = rois[keep], human[keep]
-        height, width = image.shape[-2:]
-        objective, features = self.describe_crops(self.reduced_features(image), rois, human, width, height)
-        return objective, features, rois[:, 0].long()
-
-    def _user_logits(self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor,
-                     width: float, height: float) -> torch.Tensor:
-        if self.user_classifier is None:
-            raise ValueError("this PIC model has no user classifier (built with num_users=0)")
-        geometry = crop_geometry(rois[:, 1:], human_boxes, width, height)
-        return self.user_classifier(self.subjective_branch(self.crop_align(feature_map, rois), geometry))
-
-    def user_logits(self, image: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor) -> torch.Tensor:
-        """Logits (M, num_users) of which training user chose each crop ``rois`` (M, 5), with the
-        person box (M, 4) of its image."""
-        height, width = image.shape[-2:]
-        return self._user_logits(self.reduced_features(image), rois, human_boxes, width, height)
-
-    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: Optional[torch.Tensor],
-                            best_rois: torch.Tensor, best_human: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One backbone pass for both branches: objective scores (B, N) of the candidates, and
-        :meth:`user_logits` of the users' best crops ``best_rois``."""
-        batch, count = crop_box.shape[:2]
-        feature_map = self.reduced_features(image)
-        rois = boxes_with_batch_index(crop_box)
-        if crop_valid is not None:
-            rois = rois[crop_valid.reshape(-1)]
-        objective = self.FC_layers(self.crop_align(feature_map, rois)).flatten()
-        height, width = image.shape[-2:]
-        logits = self._user_logits(feature_map, best_rois, best_human, width, height)
-        return scatter_valid_scores(objective, crop_valid, batch, count), logits
-
-    def embedding_of(self, user: str) -> torch.Tensor:
-        if user not in self.user_embeddings:
-            known = ", ".join(sorted(self.user_embeddings)) or "none"
-            raise KeyError(f"no embedding for user {user!r} in this PIC model (users: {known})")
-        return self.user_embeddings[user]
-
-    @torch.no_grad()
-    def score_for_user(self, batch: dict, user: str) -> torch.Tensor:
-        """Scores (B, N) of a collated batch (image, crop_box, human_box, optional crop_valid) for ``user``.
-
-        Padded crops score ``-inf``, as in every crop model here.
-        """
-        crop_box, crop_valid = batch["crop_box"], batch.get("crop_valid")
-        objective, features, _ = self.crop_outputs(batch["image"], crop_box, batch["human_box"], crop_valid)
-        embedding = self.embedding_of(user).to(features)
-        return scatter_valid_scores(objective + self.preference(features, embedding), crop_valid, *crop_box.shape[:2])
-
-
-def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior))
-
-
-def load_pic_model(checkpoint, device: torch.device | str = "cpu") -> PICModel:
-    """A PIC model (eval mode, on ``device``) from a checkpoint path or dict of prior_PIC.py or finetune_PIC.py.
-
-    Its ``user_embeddings`` hold every user the checkpoint knows: the prior's training users, or
-    the fine-tuned user; score with ``model.score_for_user(batch, user)``.
-    """
-    from config_PIC import Config
-    from untils.checkpoint import CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint
-
-    source = checkpoint if isinstance(checkpoint, str) else "checkpoint"
-    content = read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    if content.get("model_type") != "PIC":
-        raise CheckpointError(f"{source} is not a PIC checkpoint (model_type={content.get('model_type')!r})")
-    model = PICModel(config_from_checkpoint(content, Config), loadweights=False)
-    load_model_weights(model, content)
-    model.user_embeddings = {user: torch.as_tensor(vector, dtype=torch.float32)
-                             for user, vector in content.get("user_embeddings", {}).items()}
-    return model.to(device).eval()
+def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of the cropping recipes and its parts: the score losses of ``cfg.loss_type``
+    (in fp32, over each image's valid crops) plus ``cfg.content_loss_weight`` x L1 between the
+    predicted heat map and the pseudo heat map, on the images that have one."""
+    score_loss = crop_score_loss(output.score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
+                                 score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting)
+    loss = score_loss
+    parts = {"score_loss": score_loss.item()}
+    heat_map = output.heat_map
+    if heat_map is not None and cfg.use_content_preserve:
+        has_target = batch.get("has_heat_map")
+        target = batch["heat_map"]
+        if has_target is not None and not bool(has_target.all()):
+            keep = has_target.to(heat_map.device)
+            heat_map, target = heat_map[keep], target[keep]
+        if heat_map.numel():
+            content_loss = F.l1_loss(heat_map.reshape(-1).float(), target.reshape(-1).float())
+            loss = loss + cfg.content_loss_weight * content_loss
+            parts["content_loss"] = content_loss.item()
+    parts["total_loss"] = loss.item()
+    return loss, parts

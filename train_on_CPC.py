@@ -12,20 +12,22 @@ Acc5, Acc10) and reports FCDB/FLMS once at the end. Same engine as train_on_GAIC
 """
 from __future__ import annotations
 
-import csv
-import os
+import functools
 from typing import Optional, Sequence
 
+import torch
+
 import config_CPC
-from cropping_dataset import CPCDataset
-from test import evaluate_on_FCDB_and_FLMS, evaluate_scored
-from train_on_GAICD import NamedSubset, Trainer, build_parser, launch
-from untils.checkpoint import load_model_weights
+from config_GAICD import PRESETS
+from cropping_dataset import CPCDataset, evaluation_dataset
+from cropping_model import build_crop_model, crop_training_loss
+from untils.evaluation import evaluate_anchors, evaluate_scored
+from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
 TEST_PROTOCOLS = (("FCDB", True), ("FLMS", True), ("FCDB", False), ("FLMS", False))
 TEST_METRICS = tuple(f"{name}{'_human' if human else ''}_{metric}"
                      for name, human in TEST_PROTOCOLS for metric in ("iou", "disp"))
-VAL_METRICS = ("val_srcc", "val_acc5", "val_acc10")
+VAL_METRICS = ("srcc", "acc5", "acc10")
 
 
 class CPCTrainer(Trainer):
@@ -33,58 +35,43 @@ class CPCTrainer(Trainer):
 
     lower_is_better = frozenset(m for m in TEST_METRICS if m.endswith("disp"))
 
-    def __init__(self, cfg, exp_path, device, progress: bool = True) -> None:
-        super().__init__(cfg, exp_path, device, progress)
-        self.selection_metrics = TEST_METRICS if cfg.selection == "test" else VAL_METRICS
-
-    def build_training_set(self):
-        full = CPCDataset(self.cfg, only_human_images=self.cfg.only_human,
-                          keep_aspect_ratio=self.cfg.keep_aspect_ratio)
-        return self.split_validation(full)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.selection_metrics = TEST_METRICS if self.cfg.selection == "test" else VAL_METRICS
 
     def evaluate(self) -> dict[str, float]:
         if self.cfg.selection == "test":
-            return self.evaluate_fcdb_flms()
-        base = self.train_set.dataset
+            return self.evaluate_test()
         validation = CPCDataset(self.cfg, only_human_images=self.cfg.only_human,
                                 keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False)
-        wanted = set(self.val_names)
-        subset = NamedSubset(validation, [i for i, name in enumerate(base.names) if name in wanted])
-        metrics = evaluate_scored(self.core, subset, self.cfg.images_per_step, self.cfg.num_workers,
-                                  self.progress, "CPC validation", self.autocast_dtype, self.cfg.channels_last)
-        self.model.train()
-        return {f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}
+        metrics = evaluate_scored(self.core, subset_of(validation, self.val_names), self.cfg.images_per_step,
+                                  self.cfg.num_workers, self.progress, "CPC validation", self.autocast_dtype,
+                                  self.cfg.channels_last)
+        return {key: metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}
 
-    def evaluate_fcdb_flms(self) -> dict[str, float]:
+    def evaluate_test(self) -> dict[str, float]:
+        """IoU, Disp and recall on FCDB and FLMS, human-centric subsets and full test sets."""
         results = {}
         for dataset, only_human in TEST_PROTOCOLS:
-            metrics = evaluate_on_FCDB_and_FLMS(self.core, self.cfg, dataset, only_human, self.cfg.num_workers,
-                                                self.progress, self.cfg.images_per_step, self.autocast_dtype,
-                                                self.cfg.channels_last)
-            prefix = f"{dataset}{'_human' if only_human else ''}_"
-            results.update({prefix + key: metrics[key] for key in ("iou", "disp", "recall")})
-        self.model.train()
+            name = f"{dataset}{'_human' if only_human else ''}"
+            metrics = evaluate_anchors(self.core, evaluation_dataset(self.cfg, dataset, only_human),
+                                       self.cfg.images_per_step, self.cfg.num_workers, self.progress, name,
+                                       self.autocast_dtype, self.cfg.channels_last)
+            results.update({f"{name}_{key}": metrics[key] for key in ("iou", "disp", "recall")})
         return results
 
-    def report_test(self) -> None:
-        rows = []
-        for name in self.selection_metrics:
-            if name in self.best:  # the same on every rank, unlike the files rank 0 writes
-                load_model_weights(self.core, os.path.join(self.checkpoint_dir, f"best-{name}.pth"))
-                rows.append({"selected_by": name, "epoch": self.best[name]["epoch"],
-                             **{k: round(v, 4) for k, v in self.evaluate_fcdb_flms().items()}})
-        if rows and self.is_main:
-            with open(os.path.join(self.exp_path, "test_results.csv"), "w", newline="") as stream:
-                writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            for row in rows:
-                print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+
+def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, progress: bool) -> CPCTrainer:
+    model = build_crop_model(cfg, cfg.model_type)
+    full = CPCDataset(cfg, only_human_images=cfg.only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
+    train_set, val_names = split_validation(full, cfg)
+    loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
+    return CPCTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> CPCTrainer:
-    args = build_parser(__doc__, config_CPC.Config).parse_args(argv)
-    return launch(CPCTrainer, config_CPC.Config, args)
+    args = build_parser(__doc__, config_CPC.Config, PRESETS).parse_args(argv)
+    return launch(build_trainer, config_CPC.Config, args, PRESETS)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 For each backbone, the human-centric model with the paper's config and RANDOM-INIT weights (timing
 does not depend on them) scores a 256x352 input with the 90 GAIC-grid candidates of a 352x256
-image and a person box, through ``test.model_outputs`` (the evaluation path):
+image and a person box, through ``untils.inference.run_model`` (the evaluation path):
 
 * inference: images/s at batch 1 and at each ``--batch-sizes`` (the best is reported), per
   setting (dtype: fp32 or autocast bf16/fp16; memory format: contiguous or channels-last);
@@ -20,8 +20,8 @@ image and a person box, through ``test.model_outputs`` (the evaluation path):
 * the physical limit: the backbone's FLOPs per image (``torch.utils.flop_counter``) against the
   measured throughput of a large matmul in the setting's dtype, i.e. the
   images/s no implementation of this backbone can beat on this device, and the share reached;
-* the content features of one image's 90 crops three ways: the release's formulation (every
-  crop's [heat map, mask] pair through all layers), explicit masks, box masks (the model's path);
+* the content features of one image's 90 crops two ways: the release's formulation (every
+  crop's [heat map, mask] pair through all layers) and the factored box-mask path the model runs;
 * ``torch.compile`` (inductor) against eager at batch 1, fp32, contiguous (``--no-compile`` skips).
 
 Timing: ``--warmup`` calls first, then ``--repeats`` timed calls (CPU wall clock; CUDA events);
@@ -53,9 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from config_GAICD import Config  # noqa: E402
-from cropping_model import BoxMasks, HumanCentricCroppingModel, crop_score_loss  # noqa: E402
-from test import model_outputs  # noqa: E402
-from untils.boxes import crop_masks, partition_masks  # noqa: E402
+from cropping_model import HumanCentricCroppingModel, crop_score_loss  # noqa: E402
+from untils.boxes import crop_mask_factors, crop_masks, partition_masks  # noqa: E402
+from untils.inference import run_model  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,11 +138,11 @@ def precision(setting: Setting):
 @torch.no_grad()
 def inference_rates(model: HumanCentricCroppingModel, setting: Setting, batch_sizes: list[int], height: int,
                     width: int, repeats: int, warmup: int) -> dict[int, float]:
-    """Median images/s of ``model_outputs`` for each batch size."""
+    """Median images/s of ``run_model`` for each batch size."""
     rates = {}
     for size in batch_sizes:
         batch = make_batch(size, height, width, setting.device)
-        seconds = time_calls(lambda: model_outputs(model, batch, setting.autocast_dtype, setting.channels_last),
+        seconds = time_calls(lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
                              setting.device, repeats, warmup)
         rates[size] = size / statistics.median(seconds)
     return rates
@@ -188,7 +188,7 @@ def time_split(model: HumanCentricCroppingModel, setting: Setting, height: int, 
     backbone, content = [], []
     with timing_calls_of(model.backbone, "forward", setting.device, backbone), \
             timing_calls_of(model.content_preserve, "crop_features", setting.device, content):
-        total = time_calls(lambda: model_outputs(model, batch, setting.autocast_dtype, setting.channels_last),
+        total = time_calls(lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
                            setting.device, repeats, warmup)
     calls = list(zip(seconds_of(backbone)[warmup:], seconds_of(content)[warmup:], total))
     return {"backbone": statistics.median(b / t for b, _, t in calls),
@@ -200,7 +200,7 @@ def training_step(model: HumanCentricCroppingModel, optimizer: torch.optim.Optim
                   setting: Setting, scaler: torch.amp.GradScaler) -> None:
     """Forward, the training loss, backward and an Adam step on one batch."""
     cfg = model.cfg
-    _, heat_map, score = model_outputs(model, batch, setting.autocast_dtype, setting.channels_last)
+    score, heat_map, _ = run_model(model, batch, setting.autocast_dtype, setting.channels_last)
     loss = crop_score_loss(score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
                            rank_loss_weighting=cfg.rank_loss_weighting)
     loss = loss + cfg.content_loss_weight * F.l1_loss(heat_map.float(), batch["heat_map"])
@@ -270,7 +270,7 @@ def counted_flops(backbone: str, height: int, width: int) -> dict[str, float]:
     counts = {}
     with torch.no_grad():
         for name, call in (("backbone", lambda: model.backbone(batch["image"])),
-                           ("model", lambda: model_outputs(model, batch))):
+                           ("model", lambda: run_model(model, batch))):
             counter = FlopCounterMode(display=False)
             with counter:
                 call()
@@ -299,9 +299,9 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) ->
 
 @torch.no_grad()
 def content_feature_paths(backbone: str, height: int, width: int, repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds of the content features of one image's 90 crops, fp32 on the CPU, three ways:
-    the release's formulation (``content_feat_layer`` on stacked [heat map, mask] pairs), explicit
-    masks (first convolution split), and box masks (what the model runs)."""
+    """Median seconds of the content features of one image's 90 crops, fp32 on the CPU, two ways:
+    the release's formulation (``crop_features_reference``: ``content_feat_layer`` on stacked
+    [heat map, mask] pairs) and the factored box masks (``crop_features``, what the model runs)."""
     cpu = Setting(torch.device("cpu"), torch.float32, False)
     model = build_model(backbone, cpu).eval()
     batch = make_batch(1, height, width, cpu.device)
@@ -311,9 +311,8 @@ def content_feature_paths(backbone: str, height: int, width: int, repeats: int, 
     image_index = torch.zeros(len(boxes), dtype=torch.long)
     masks = crop_masks(boxes, width, height)
     paths = {
-        "release": lambda: content.content_feat_layer(torch.stack([heat_map[image_index, 0], masks], dim=1)),
-        "explicit": lambda: content.crop_features(heat_map, masks, image_index),
-        "boxes": lambda: content.crop_features(heat_map, BoxMasks.from_boxes(boxes, width, height), image_index),
+        "release": lambda: content.crop_features_reference(heat_map, masks, image_index),
+        "boxes": lambda: content.crop_features(heat_map, *crop_mask_factors(boxes, width, height), image_index),
     }
     return {name: statistics.median(time_calls(call, cpu.device, repeats, warmup)) for name, call in paths.items()}
 
@@ -327,12 +326,12 @@ def compile_comparison(backbone: str, device: torch.device, height: int, width: 
     batch = make_batch(1, height, width, device)
     compiled = torch.compile(model, backend="inductor")
     begin = time.perf_counter()
-    model_outputs(compiled, batch)
+    run_model(compiled, batch)
     synchronize(device)
     compile_seconds = time.perf_counter() - begin
     rates = {}
     for name, candidate in (("eager", model), ("inductor", compiled)):
-        seconds = time_calls(lambda: model_outputs(candidate, batch), device, repeats, warmup)
+        seconds = time_calls(lambda: run_model(candidate, batch), device, repeats, warmup)
         rates[name] = 1.0 / statistics.median(seconds)
     rates["compile_seconds"] = compile_seconds
     return rates
@@ -445,14 +444,13 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"{throughput[key] / flops[backbone]['model']:.1f} | {measured:.2f} | {measured / bound:.0%} |")
 
     print("\nContent features of one image's 90 crops on the CPU, fp32 (ms): the release's formulation "
-          "(both channels through every layer), explicit masks (first convolution split), box masks "
-          "(the model's path).\n")
-    print("| backbone | release's formulation | explicit masks | box masks | speed-up |")
-    print("|---|---|---|---|---|")
+          "(both channels through every layer) and the factored box masks (the model's path).\n")
+    print("| backbone | release's formulation | box masks | speed-up |")
+    print("|---|---|---|---|")
     for backbone in args.backbones:
         paths = content_feature_paths(backbone, args.height, args.width, args.repeats, args.warmup)
-        print(f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['explicit'] * 1e3:.1f} | "
-              f"{paths['boxes'] * 1e3:.1f} | {paths['release'] / paths['boxes']:.1f}x |", flush=True)
+        print(f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['boxes'] * 1e3:.1f} | "
+              f"{paths['release'] / paths['boxes']:.1f}x |", flush=True)
 
     if not args.no_compile:
         print("\ntorch.compile (inductor) against eager, batch 1, fp32, contiguous.\n")

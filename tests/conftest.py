@@ -95,7 +95,7 @@ def six_image_demo(tmp_path_factory) -> str:
     """Generated GAICD-layout data (6 training, 2 test photos, seed 3) with its pseudo heat maps;
     tests read it and write their experiments elsewhere."""
     from config_GAICD import Config
-    from generate_pseudo_heatmap import generate_heatmaps
+    from pseudo_heatmaps import generate_heatmaps
     from untils.demo_data import build_demo_dataset
     root = tmp_path_factory.mktemp("six_image_demo")
     build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)

@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader
 
 from config_CPC import Config as CPCConfig
 from config_GAICD import Config
-from cropping_dataset import (CPCDataset, DatasetError, FCDBDataset, FLMSDataset, GAICDataset,
-                              SizeBucketBatchSampler, collate_crops, fcdb_image_names, flms_image_names,
-                              gaicd_image_names)
+from cropping_dataset import (CPCDataset, DatasetError, FCDBDataset, FLMSDataset, GAICDataset, fcdb_image_names,
+                              flms_image_names, gaicd_image_names)
 from human_bboxes.download import CHECKSUMS, main as download_main, verify
 from tests.conftest import build_gaicd_sample, require_shared
+from untils.batching import SizeBucketBatchSampler, collate_crops
+from untils.boxes import crop_masks
 
 SAMPLE_SPLIT = {"train": ["211958.jpg"], "test": ["265813.jpg", "297406.jpg"]}
 PERSON_297406 = [142, 488, 252, 676]
@@ -97,8 +98,11 @@ def test_gaicd_reproduces_release_fixture(gaicd_cfg):
     fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"))
     dataset = GAICDataset(gaicd_cfg, split="test", augment=False)
     item = dataset[dataset.names.index(fixture["image_name"])]
-    for key in ("crop_box", "human_box", "crop_mask", "partition_mask"):
+    for key in ("crop_box", "human_box", "partition_mask"):
         assert torch.equal(item[key], fixture[key][0]), key
+    # the release's crop masks are the boxes' own: datasets no longer draw them, the model factors them
+    assert "crop_mask" not in item
+    assert torch.equal(crop_masks(item["crop_box"], *item["image"].shape[:0:-1]), fixture["crop_mask"][0])
     # Same PIL LANCZOS resampling as the release's ANTIALIAS: measured max |diff| 0.0.
     assert (item["image"] - fixture["im"][0]).abs().max() < 1e-4
     assert (item["width"], item["height"]) == tuple(fixture["original_wh"])
@@ -111,7 +115,7 @@ def test_gaicd_item_contents(gaicd_cfg):
     assert item["name"] == "297406.jpg" and item["has_human"] and not item["flipped"]
     assert item["image"].shape == (3, 256, 352) and item["image"].dtype == torch.float32
     n = len(item["score"])
-    assert n == 90 and item["crop_box"].shape == (n, 4) and item["crop_mask"].shape == (n, 64, 64)
+    assert n == 90 and item["crop_box"].shape == (n, 4)
     assert item["partition_mask"].shape == (9, 16, 22)
     assert item["human_box"].tolist() == [[48.0, 167.0, 87.0, 233.0]]
     # No heat maps for the test split: zeros, flagged.
@@ -357,10 +361,10 @@ def test_fcdb_ground_truth_and_anchors(tmp_path):
     assert item["gt_crops"].tolist() == [[10.0, 20.0, 310.0, 220.0]]  # x, y, w, h -> x1, y1, x2, y2
     with open(require_shared("pdefined_anchors.pkl"), "rb") as handle:
         anchors = pickle.load(handle, encoding="iso-8859-1")
-    assert item["crop_box"].shape == (1745, 4) and item["crop_mask"].shape == (1745, 64, 64)
+    assert item["crop_box"].shape == (1745, 4)
     np.testing.assert_allclose(item["crop_box"].numpy(), np.asarray(anchors, np.float64) * 256, rtol=1e-6)
     assert item["has_human"] and item["human_box"].tolist() == [[64.0, 42.0, 128.0, 214.0]]
-    everything = FCDBDataset(cfg, only_human_images=False, with_crop_masks=False)
+    everything = FCDBDataset(cfg, only_human_images=False)
     assert everything.names == ["p.jpg", "q.jpg"] and "crop_mask" not in everything[1]
 
 
@@ -370,7 +374,7 @@ def test_flms_drops_crops_beyond_the_image_and_pads(tmp_path):
     crops = [[0, 0, 500, 400], [10, 10, 300, 300], [0, 0, 501, 400], [5, 5, 200, 401]]
     write_json(Path(cfg.FLMS_anno), {"f.jpg": crops})
     write_json(Path(cfg.FLMS_human), {"f.jpg": [100, 100, 200, 300]})
-    item = FLMSDataset(cfg, with_crop_masks=False)[0]
+    item = FLMSDataset(cfg)[0]
     assert item["gt_crops"].shape == (10, 4)
     assert item["gt_crops"][:2].tolist() == [[0, 0, 500, 400], [10, 10, 300, 300]]
     assert (item["gt_crops"][2:] == -1).all()
@@ -392,9 +396,9 @@ def test_collate_pads_crops_and_marks_them(gaicd_cfg):
     dataset = GAICDataset(gaicd_cfg, split="all", keep_aspect_ratio=False, augment=False)
     first, second = dataset[2], dataset[1]  # 211958.jpg has 87 crops, 297406.jpg 90
     batch = collate_crops([first, second])
-    assert batch["crop_box"].shape == (2, 90, 4) and batch["crop_mask"].shape == (2, 90, 64, 64)
+    assert batch["crop_box"].shape == (2, 90, 4)
     assert batch["crop_valid"].sum(1).tolist() == [87, 90]
-    assert (batch["crop_box"][0, 87:] == -1).all() and batch["crop_mask"][0, 87:].sum() == 0
+    assert (batch["crop_box"][0, 87:] == -1).all()
     assert torch.isnan(batch["score"][0, 87:]).all() and not torch.isnan(batch["score"][0, :87]).any()
     assert torch.equal(batch["crop_box"][0, :87], first["crop_box"])
     assert batch["has_human"].tolist() == [False, True] and batch["name"] == ["211958.jpg", "297406.jpg"]
@@ -452,7 +456,7 @@ def test_bucket_sampler_distributed_ranks_split_the_batches():
 
 
 def test_dataloader_with_sampler_and_collate(gaicd_cfg):
-    dataset = GAICDataset(gaicd_cfg, split="all", augment=False, with_crop_masks=False)
+    dataset = GAICDataset(gaicd_cfg, split="all", augment=False)
     loader = DataLoader(dataset, batch_sampler=SizeBucketBatchSampler(dataset, batch_size=2, shuffle=False),
                         collate_fn=collate_crops)
     shapes = sorted(tuple(batch["image"].shape) for batch in loader)

@@ -1,14 +1,16 @@
 """torchrun with 2 CPU processes (gloo) trains to the same weights as one process at the same global batch."""
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
 import torch
 
 import train_on_GAICD
-from config_GAICD import Config
+from config_GAICD import PRESETS, Config
 from tests.conftest import REPO_ROOT, process_alive, run_two_processes
+from untils.training import Trainer
 
 COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
           "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "8",
@@ -61,20 +63,20 @@ def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(six
     assert result.stderr.count("training stopped: loss is nan") == 2, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("preset", sorted(train_on_GAICD.PRESETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path):
     """DistributedDataParallel is built without ``find_unused_parameters``: every parameter of every
     ablation model must take part in the training loss, also for a batch whose only image has no
     person (the partition-aware module runs and is then deselected) and for one with a person."""
-    from cropping_model import build_crop_model
+    from cropping_model import build_crop_model, crop_training_loss
     from untils.boxes import partition_masks
-    _, options = train_on_GAICD.PRESETS[preset]
+    _, options = PRESETS[preset]
     cfg = Config(backbone="mobilenetv2", pretrained=False, exp_root=str(tmp_path), **options)
     torch.manual_seed(0)
     model = build_crop_model(cfg, cfg.model_type).train()
-    trainer = train_on_GAICD.Trainer.__new__(train_on_GAICD.Trainer)  # only compute_loss's state
-    trainer.cfg, trainer.model = cfg, model
-    trainer.train_set = type("Scores", (), {"score_mean": 3.0})()
+    trainer = Trainer.__new__(Trainer)  # only compute_loss's state
+    trainer.model = model
+    trainer.loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=3.0)
     for human in ([-1.0, -1.0, -1.0, -1.0], [20.0, 10.0, 60.0, 90.0]):
         human_box = torch.tensor([[human]])
         batch = {"image": torch.randn(1, 3, 96, 128), "human_box": human_box,

@@ -14,11 +14,13 @@ from scipy.stats import spearmanr
 
 import config_CPC
 import cropping_model as cm
-import test as evaluation
 from config_GAICD import Config
-from cropping_dataset import collate_crops
+from cropping_dataset import evaluation_dataset
 from tests.conftest import require_shared
-from untils.boxes import crop_masks, partition_masks
+from untils.batching import collate_crops, evaluation_loader
+from untils.boxes import crop_mask_factors, crop_masks, partition_masks
+from untils.evaluation import evaluate_anchors, evaluate_scored
+from untils.inference import run_model
 from untils.candidates import gaic_grid_candidates
 
 
@@ -63,8 +65,8 @@ def small_model(backbone: str = "mobilenetv2", **overrides) -> cm.HumanCentricCr
 def test_box_masks_factor_the_rasterised_masks():
     width, height = 120, 90
     boxes = awkward_boxes(width, height, 30, seed=1)
-    masks = cm.BoxMasks.from_boxes(boxes, width, height)
-    rebuilt = masks.rows.unsqueeze(-1) * masks.columns.unsqueeze(-2)
+    rows, columns = crop_mask_factors(boxes, width, height)
+    rebuilt = rows.unsqueeze(-1) * columns.unsqueeze(-2)
     torch.testing.assert_close(rebuilt, crop_masks(boxes, width, height), rtol=0, atol=0)
     assert rebuilt[-1].sum() == 0 and rebuilt[-2].sum() == 0  # padding, and a box empty on the grid
 
@@ -82,11 +84,12 @@ def test_content_features_equal_the_original_formulation_in_float64(masks_as, ch
     assert len(boxes) > cm.CPU_FIRST_LAYER_CHUNK and len(boxes) % cm.CPU_FIRST_LAYER_CHUNK
     heat_map = torch.rand(2, 1, 64, 64, dtype=torch.float64)
     image_index = torch.randint(0, 2, (len(boxes),), generator=torch.Generator().manual_seed(3))
-    if masks_as == "boxes":
-        masks, reference_masks = cm.BoxMasks.from_boxes(boxes, width, height), crop_masks(boxes, width, height)
-    else:  # any mask, e.g. not a box
-        masks = reference_masks = (torch.rand(len(boxes), 64, 64, dtype=torch.float64) < 0.4).double()
-    ours = module.crop_features(heat_map, masks, image_index)
+    if masks_as == "boxes":  # the fast path
+        reference_masks = crop_masks(boxes, width, height)
+        ours = module.crop_features(heat_map, *crop_mask_factors(boxes, width, height), image_index)
+    else:  # the plain formulation, for any mask, e.g. not a box
+        reference_masks = (torch.rand(len(boxes), 64, 64, dtype=torch.float64) < 0.4).double()
+        ours = module.crop_features_reference(heat_map, reference_masks, image_index)
     expected = original_content_features(module.content_feat_layer, heat_map, reference_masks.double(), image_index)
     assert ours.shape == (len(boxes), 256)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
@@ -105,7 +108,7 @@ def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
     assert {int(m.amax(-1).sum()) for m in masks} >= {1, 2, 3, 4, 5, 64}  # thin rows and whole height
     heat_map = torch.rand(1, 1, 64, 64, dtype=torch.float64)
     image_index = torch.zeros(len(boxes), dtype=torch.long)
-    ours = module.crop_features(heat_map, cm.BoxMasks.from_boxes(boxes, 64, 64), image_index)
+    ours = module.crop_features(heat_map, *crop_mask_factors(boxes, 64, 64), image_index)
     expected = original_content_features(module.content_feat_layer, heat_map, masks.double(), image_index)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
@@ -120,7 +123,7 @@ def test_content_feature_gradients_equal_the_original_formulation_in_float64():
     heat_map = torch.rand(2, 1, 64, 64, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(len(boxes), 256, dtype=torch.float64)
     gradients = []
-    for compute in (lambda: module.crop_features(heat_map, cm.BoxMasks.from_boxes(boxes, width, height), image_index),
+    for compute in (lambda: module.crop_features(heat_map, *crop_mask_factors(boxes, width, height), image_index),
                     lambda: original_content_features(module.content_feat_layer, heat_map,
                                                       crop_masks(boxes, width, height).double(), image_index)):
         module.zero_grad()
@@ -133,12 +136,12 @@ def test_content_feature_gradients_equal_the_original_formulation_in_float64():
 
 def test_content_features_of_no_crops():
     module = cm.ContentPreserveModule(32, 8, 256)
-    masks = cm.BoxMasks.from_boxes(torch.zeros(0, 4), 64, 64)
-    features = module.crop_features(torch.rand(1, 1, 64, 64), masks, torch.zeros(0, dtype=torch.long))
+    rows, columns = crop_mask_factors(torch.zeros(0, 4), 64, 64)
+    features = module.crop_features(torch.rand(1, 1, 64, 64), rows, columns, torch.zeros(0, dtype=torch.long))
     assert features.shape == (0, 256)
 
 
-def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64():
+def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64(monkeypatch):
     model = small_model().double()
     width, height = 128, 96
     boxes = torch.stack([awkward_boxes(width, height, 6, seed=5), awkward_boxes(width, height, 6, seed=6)]).double()
@@ -146,10 +149,13 @@ def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64():
     human = torch.tensor([[[20.0, 10.0, 60.0, 90.0]], [[-1.0, -1.0, -1.0, -1.0]]], dtype=torch.float64)
     image = torch.randn(2, 3, height, width, dtype=torch.float64)
     partition = partition_masks(human, width, height).double()
+    module = model.content_preserve
     with torch.no_grad():
-        _, heat, ours = model(image, boxes, human, None, partition, crop_valid=valid)
-        _, expected_heat, expected = model(image, boxes, human, crop_masks(boxes, width, height).double(), partition,
-                                           crop_valid=valid)
+        ours, heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
+        # the plain formulation on the rasterised masks of the same boxes
+        monkeypatch.setattr(module, "crop_features", lambda heat_map, rows, columns, index: module.crop_features_reference(
+            heat_map, crop_masks(boxes.reshape(-1, 4), width, height).double(), index))
+        expected, expected_heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
     torch.testing.assert_close(heat, expected_heat, rtol=0, atol=0)
     assert torch.isneginf(ours[~valid]).all()
     torch.testing.assert_close(ours[valid], expected[valid], rtol=1e-10, atol=1e-12)
@@ -204,17 +210,17 @@ MIXED = ScoredImages(sizes=[(128, 96), (96, 128), (128, 96), (128, 96), (96, 128
 
 def test_batched_scores_equal_single_image_scores():
     model = Float64(small_model())
-    loader = evaluation.bucketed_loader(MIXED, images_per_batch=4)
+    loader = evaluation_loader(MIXED, images_per_batch=4)
     seen = []
     with torch.no_grad():
         for batch in loader:
             assert len({tuple(MIXED.resized_size_of(i)) for i in range(len(MIXED))
                         if MIXED[i]["name"] in batch["name"]}) == 1
-            _, _, scores = evaluation.model_outputs(model, batch)
+            scores = run_model(model, batch).score
             for row, name in enumerate(batch["name"]):
                 index = int(name[len("image"):-len(".jpg")])
                 alone = collate_crops([MIXED[index]])
-                _, _, expected = evaluation.model_outputs(model, alone)
+                expected = run_model(model, alone).score
                 count = len(MIXED[index]["crop_box"])
                 torch.testing.assert_close(scores[row, :count], expected[0], rtol=1e-10, atol=1e-12)
                 assert torch.isneginf(scores[row, count:]).all()
@@ -225,8 +231,8 @@ def test_batched_scores_equal_single_image_scores():
 
 def test_evaluate_scored_in_batches_equals_one_image_at_a_time():
     model = Float64(small_model())
-    alone = evaluation.evaluate_scored(model, MIXED, images_per_batch=1, progress=False)
-    batched = evaluation.evaluate_scored(model, MIXED, images_per_batch=4, progress=False)
+    alone = evaluate_scored(model, MIXED, images_per_batch=1, progress=False)
+    batched = evaluate_scored(model, MIXED, images_per_batch=4, progress=False)
     assert alone == pytest.approx(batched, rel=1e-12, abs=1e-12)
     assert alone["images"] == len(MIXED)
 
@@ -256,9 +262,9 @@ def test_evaluate_on_flms_in_batches_equals_one_image_at_a_time(flms_root):
                             backbone="mobilenetv2", pretrained=False, reduced_dim=4)
     torch.manual_seed(0)
     model = Float64(cm.GAICModel(cfg, loadweights=False))
-    alone = evaluation.evaluate_on_FCDB_and_FLMS(model, cfg, "FLMS", only_human=True, progress=False)
-    batched = evaluation.evaluate_on_FCDB_and_FLMS(model, cfg, "FLMS", only_human=True, progress=False,
-                                                   images_per_batch=3)
+    dataset = evaluation_dataset(cfg, "FLMS", only_human=True)
+    alone = evaluate_anchors(model, dataset, progress=False)
+    batched = evaluate_anchors(model, dataset, images_per_batch=3, progress=False)
     assert alone == pytest.approx(batched, rel=1e-12, abs=1e-12)
     assert alone["images"] == 4
 
@@ -279,9 +285,9 @@ def test_channels_last_gives_the_same_scores(model_type):
     model.eval()
     batch = _one_image_batch()
     with torch.no_grad():
-        _, _, expected = evaluation.model_outputs(model, batch)
+        expected = run_model(model, batch).score
         model.to(memory_format=torch.channels_last)
-        _, _, ours = evaluation.model_outputs(model, batch, channels_last=True)
+        ours = run_model(model, batch, channels_last=True).score
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
@@ -290,8 +296,8 @@ def test_cpu_bfloat16_autocast_is_close():
     model = small_model()
     batch = _one_image_batch(crops=60)
     with torch.no_grad():
-        _, heat, expected = evaluation.model_outputs(model, batch)
-        _, heat_bf16, ours = evaluation.model_outputs(model, batch, autocast_dtype=torch.bfloat16)
+        expected, heat, _ = run_model(model, batch)
+        ours, heat_bf16, _ = run_model(model, batch, autocast_dtype=torch.bfloat16)
     assert ours.dtype == torch.bfloat16
     spread = expected.std().item()
     assert (ours.float() - expected).abs().max().item() < 0.1 * spread
@@ -307,8 +313,8 @@ def test_torch_compile_gives_the_eager_scores_in_one_graph():
     batch = collate_crops([images[0], images[1]])
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
-        expected = evaluation.model_outputs(model, batch)
-        ours = evaluation.model_outputs(compiled, batch)
-    assert torch.isneginf(ours[2][1, 9:]).all()
-    for name, mine, theirs in zip(("partition_feat", "heat_map", "score"), ours, expected):
+        expected = run_model(model, batch)
+        ours = run_model(compiled, batch)
+    assert torch.isneginf(ours.score[1, 9:]).all()
+    for name, mine, theirs in zip(ours._fields, ours, expected):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)

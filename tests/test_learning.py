@@ -10,10 +10,12 @@ import time
 import torch
 
 from config_GAICD import Config
-from generate_pseudo_heatmap import generate_heatmaps
-from test import evaluate_on_GAICD
-from train_on_GAICD import Trainer
+from cropping_dataset import evaluation_dataset
+from pseudo_heatmaps import generate_heatmaps
+from train_on_GAICD import build_trainer
 from untils.demo_data import build_demo_dataset
+from untils.evaluation import evaluate_scored
+from untils.runtime import seed_everything
 
 
 def test_short_training_learns_the_composition_rule(tmp_path):
@@ -23,10 +25,12 @@ def test_short_training_learns_the_composition_rule(tmp_path):
                  image_size=(128, 128), max_epoch=3, warmup_epochs=1, lr=3e-4, view_per_image=16,
                  num_workers=0, selection="test", exp_root=str(tmp_path / "exp"), seed=0)
     generate_heatmaps("GAICD", cfg, workers=0)
-    trainer = Trainer(cfg, cfg.create_experiment_dir(), torch.device("cpu"), progress=False)
-    before = evaluate_on_GAICD(trainer.model, cfg, only_human=False, progress=False)["srcc"]
+    seed_everything(cfg.seed)
+    trainer = build_trainer(cfg, cfg.create_experiment_dir(), torch.device("cpu"), progress=False)
+    test_set = evaluation_dataset(cfg, "GAICD", only_human=False)
+    before = evaluate_scored(trainer.model, test_set, progress=False)["srcc"]
     trainer.run()
-    after = evaluate_on_GAICD(trainer.model, cfg, only_human=False, progress=False)["srcc"]
+    after = evaluate_scored(trainer.model, test_set, progress=False)["srcc"]
     print(f"held-out SRCC: untrained {before:.3f} -> trained {after:.3f} ({time.time() - start:.0f} s)")
     assert after >= 0.5
     assert after > before + 0.2

@@ -10,6 +10,7 @@ import torch
 import cropping_model as cm
 from config_GAICD import Config
 from tests.conftest import require_shared
+from untils.boxes import crop_masks
 
 
 def small_cfg(**overrides) -> Config:
@@ -56,9 +57,11 @@ def test_reproduces_the_official_forward(fixture, official_model, with_human):
     human_box = fixture["human_box"] if with_human else torch.full_like(fixture["human_box"], -1)
     partition = fixture["partition_mask"] if with_human else fixture["partition_mask_no_human"]
     expected = fixture["expected_with_human" if with_human else "expected_no_human"]
+    height, width = fixture["im"].shape[-2:]
+    # the model draws no crop masks: it uses the boxes' own, which are the release's masks
+    assert torch.equal(crop_masks(fixture["crop_box"], width, height), fixture["crop_mask"])
     with torch.no_grad():
-        part, heat, score = official_model(fixture["im"], fixture["crop_box"], human_box,
-                                           fixture["crop_mask"], partition)
+        score, heat, part = official_model(fixture["im"], fixture["crop_box"], human_box, partition_mask=partition)
     for name, ours in (("partition_feat", part), ("heat_map", heat), ("score", score)):
         reference = expected[name]
         assert ours.shape == reference.shape, name
@@ -70,11 +73,10 @@ def test_person_is_decided_per_image(fixture, official_model):
     """A batch mixing an image with and without a person scores each as it would alone."""
     im = torch.cat([fixture["im"], fixture["im"]])
     crop_box = fixture["crop_box"][:, :20].repeat(2, 1, 1)
-    crop_mask = fixture["crop_mask"][:, :20].repeat(2, 1, 1, 1)
     human_box = torch.cat([torch.full_like(fixture["human_box"], -1), fixture["human_box"]])
     partition = torch.cat([fixture["partition_mask_no_human"], fixture["partition_mask"]])
     with torch.no_grad():
-        part, heat, score = official_model(im, crop_box, human_box, crop_mask, partition)
+        score, heat, part = official_model(im, crop_box, human_box, partition_mask=partition)
     for image, key in ((0, "expected_no_human"), (1, "expected_with_human")):
         expected = fixture[key]
         torch.testing.assert_close(score[image], expected["score"][0, :20], rtol=1e-4, atol=1e-5)
@@ -84,14 +86,12 @@ def test_person_is_decided_per_image(fixture, official_model):
 
 def test_padded_crops_are_never_scored(fixture, official_model):
     crop_box = fixture["crop_box"][:, :12].clone()
-    crop_mask = fixture["crop_mask"][:, :12].clone()
     valid = torch.ones(1, 12, dtype=torch.bool)
     valid[0, 8:] = False
     crop_box[0, 8:] = -1
-    crop_mask[0, 8:] = 0
     with torch.no_grad():
-        _, _, score = official_model(fixture["im"], crop_box, fixture["human_box"], crop_mask,
-                                     fixture["partition_mask"], crop_valid=valid)
+        score = official_model(fixture["im"], crop_box, fixture["human_box"], crop_valid=valid,
+                               partition_mask=fixture["partition_mask"]).score
     assert torch.isneginf(score[0, 8:]).all()
     torch.testing.assert_close(score[0, :8], fixture["expected_with_human"]["score"][0, :8], rtol=1e-4, atol=1e-5)
 
@@ -105,12 +105,17 @@ def _inputs(batch=2, height=64, width=96, crops=5, seed=0):
     y1 = torch.randint(0, height // 3, (batch, crops, 1), generator=generator).float()
     crop_box = torch.cat([x1, y1, x1 + width // 2, y1 + height // 2], dim=-1)
     human_box = torch.tensor([[[20.0, 10.0, 50.0, 60.0]]]).repeat(batch, 1, 1)
-    crop_mask = torch.zeros(batch, crops, 64, 64)
-    crop_mask[..., 10:40, 5:50] = 1
     partition = torch.zeros(batch, 9, height // 16, width // 16)
     partition[:, 4, 1:3, 1:3] = 1
     partition[:, 0, 0, :] = 1
-    return im, crop_box, human_box, crop_mask, partition
+    return im, crop_box, human_box, partition
+
+
+def _forward(model, inputs):
+    """``(partition_feat, heat_map, score)`` of a model on :func:`_inputs`."""
+    im, crop_box, human_box, partition = inputs
+    output = model(im, crop_box, human_box, partition_mask=partition)
+    return output.partition_feat, output.heat_map, output.score
 
 
 def _build(**overrides):
@@ -126,7 +131,7 @@ def test_use_rod_feature_removes_the_rod_branch():
     with_rod, without = _build(), _build(use_rod_feature=False)
     assert with_rod.crop_align.RoDAlign is not None and without.crop_align.RoDAlign is None
     assert with_rod.roi_feat_layer[0].in_channels == 64 and without.roi_feat_layer[0].in_channels == 32
-    _, _, score = without(*_inputs())
+    _, _, score = _forward(without, _inputs())
     assert score.shape == (2, 5) and torch.isfinite(score).all()
 
 
@@ -140,13 +145,13 @@ def test_partition_aware_switches():
     for part_type, groups, channels in ((0, 9, 9), (1, 1, 1), (2, 2, 2), (9, 9, 9)):
         model = _build(partition_aware_type=part_type)
         assert model.partition_aware.group_conv.out_channels == 32 * groups
-        part, _, score = model(*_inputs())
+        part, _, score = _forward(model, _inputs())
         assert part.shape == (2, channels, 4, 6) and torch.isfinite(score).all()
 
 
 def test_partition_types_fuse_as_documented():
     """Check each partition type's fusion against a direct computation from the group conv."""
-    im, crop_box, human_box, crop_mask, partition = _inputs(batch=1)
+    im, crop_box, human_box, partition = _inputs(batch=1)
     for part_type in (0, 1, 2, 9):
         module = _build(partition_aware_type=part_type, concat_with_human=False).partition_aware
         x = torch.randn(1, 32, 4, 6)
@@ -173,8 +178,12 @@ def test_content_preserve_switches():
     only = _build(only_content_preserve=True)
     assert only.roi_feat_layer is None and only.fc_layer.in_features == 256
     for model in (conv, only, _build(use_content_preserve=False)):
-        _, heat, score = model(*_inputs())
-        assert heat.shape == (2, 1, 64, 64) and score.shape == (2, 5) and torch.isfinite(score).all()
+        _, heat, score = _forward(model, _inputs())
+        assert score.shape == (2, 5) and torch.isfinite(score).all()
+        if model.content_preserve is None:
+            assert heat is None
+        else:
+            assert heat.shape == (2, 1, 64, 64)
     with pytest.raises(ValueError, match="only_content_preserve"):
         small_cfg(use_content_preserve=False, only_content_preserve=True)
 
@@ -217,9 +226,9 @@ def test_gaic_baseline_scores_and_padding():
     assert model.DimRed.in_channels == 448
     im, crop_box, *_ = _inputs()
     with torch.no_grad():
-        score = model(im, crop_box)
+        score = model(im, crop_box).score
         valid = torch.tensor([[True] * 5, [True, True, False, False, False]])
-        padded = model(im, crop_box, crop_valid=valid)
+        padded = model(im, crop_box, crop_valid=valid).score
     assert score.shape == (2, 5)
     torch.testing.assert_close(padded[valid], score[valid])
     assert torch.isneginf(padded[~valid]).all()
@@ -276,17 +285,6 @@ def test_listwise_view_ranking_hand_case():
     log_z = math.log(sum(math.exp(p) for p in (0.5, -1.0, 2.0)))
     expected = -sum(t * (p - log_z) for t, p in zip(target, (0.5, -1.0, 2.0)))
     assert cm.listwise_view_ranking_loss(pred, gt).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_partition_ce_hand_case():
-    logits = torch.zeros(1, 9, 1, 2)
-    logits[0, 3, 0, 0] = 2.0
-    gt = torch.zeros(1, 9, 1, 2)
-    gt[0, 3, 0, 0] = 1
-    gt[0, 5, 0, 1] = 1
-    first = -(2.0 - math.log(math.exp(2.0) + 8))
-    second = math.log(9)
-    assert cm.partition_ce_loss(logits, gt).item() == pytest.approx((first + second) / 2, rel=1e-6)
 
 
 def test_crop_score_loss_ignores_padding_and_separates_images():

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from config_GAICD import Config
-from generate_pseudo_heatmap import crop_heat_map, generate_heatmaps, main
+from generate_pseudo_heatmap import main
+from pseudo_heatmaps import crop_heat_map, generate_heatmaps
 from tests.conftest import require_shared
 
 REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops

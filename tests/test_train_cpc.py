@@ -10,7 +10,7 @@ import pytest
 
 import train_on_CPC
 from config_CPC import Config
-from generate_pseudo_heatmap import generate_heatmaps
+from pseudo_heatmaps import generate_heatmaps
 from tests.conftest import REPO_ROOT, require_shared, run_two_processes
 from untils.demo_data import build_demo_dataset
 
@@ -85,7 +85,7 @@ def test_cpc_training_with_validation_reports_fcdb_flms_once(data_root, tmp_path
                                         "--exp_root", str(tmp_path), "--exp_name", "cpc_val"])
     assert len(trainer.val_names) == 2
     report = list(csv.DictReader(open(Path(trainer.exp_path) / "test_results.csv")))
-    assert {row["selected_by"] for row in report} >= {"val_srcc"}
+    assert {row["selected_by"] for row in report} >= {"val srcc"}
     assert all(0 <= float(row["FLMS_human_iou"]) <= 1 for row in report)
 
 

@@ -10,9 +10,13 @@ import torch.nn.functional as F
 
 import test as evaluation
 import train_on_GAICD
+import untils.evaluation
 from config_GAICD import Config
-from generate_pseudo_heatmap import generate_heatmaps
+from pseudo_heatmaps import generate_heatmaps
 from tests.conftest import build_gaicd_sample
+from untils.inference import move_batch
+from untils.runtime import autocast, seed_everything
+from untils.training import Trainer, item_seed, sample_views, warmup_cosine
 
 FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
         "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "16",
@@ -94,7 +98,7 @@ def test_warmup_cosine_matches_the_release_formula():
             expected = min(1.0, (epoch + 1) / 5)
         else:
             expected = 0.5 * (math.cos((epoch - 5) / 75 * math.pi) + 1)
-        assert train_on_GAICD.warmup_cosine(epoch, 5, 80) == pytest.approx(expected)
+        assert warmup_cosine(epoch, 5, 80) == pytest.approx(expected)
 
 
 def test_sample_views_keeps_valid_crops_only():
@@ -102,7 +106,7 @@ def test_sample_views_keeps_valid_crops_only():
              "crop_box": torch.arange(48, dtype=torch.float32).reshape(2, 6, 4),
              "score": torch.tensor([[1.0, 2, 3, 4, 5, 6], [7, 8, float("nan"), float("nan"), float("nan"), float("nan")]])}
     torch.manual_seed(0)
-    sampled = sample = train_on_GAICD.sample_views(batch, 4)
+    sampled = sample = sample_views(batch, 4)
     assert sample["crop_box"].shape == (2, 4, 4)
     assert sampled["crop_valid"].tolist() == [[True] * 4, [True, True, False, False]]
     assert set(sampled["score"][0].tolist()) <= {1, 2, 3, 4, 5, 6} and len(set(sampled["score"][0].tolist())) == 4
@@ -124,15 +128,15 @@ def test_table_from_checkpoints(data_root, tmp_path):
 
 def _first_batch(trainer):
     batch = next(iter(trainer.loader(trainer.epoch_batches(0))))
-    seeds = [train_on_GAICD.item_seed(trainer.cfg.seed, 0, name) for name in batch["name"]]
-    return evaluation.move_batch(train_on_GAICD.sample_views(batch, trainer.cfg.view_per_image, seeds), trainer.device)
+    seeds = [item_seed(trainer.cfg.seed, 0, name) for name in batch["name"]]
+    return move_batch(sample_views(batch, trainer.cfg.view_per_image, seeds), trainer.device)
 
 
 def _loss_and_gradients(trainer, batch, dtype):
     """The loss, its parts and the gradients of the parameters outside and inside the backbone."""
     trainer.model.train()
     trainer.optimizer.zero_grad(set_to_none=True)
-    with train_on_GAICD.autocast(trainer.device, dtype):
+    with autocast(trainer.device, dtype):
         loss, parts, _ = trainer.compute_loss(batch)
     loss.backward()
     named = [(n, p.grad.reshape(-1)) for n, p in trainer.core.named_parameters() if p.grad is not None]
@@ -152,7 +156,8 @@ def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_pat
     cfg = Config(data_root=data_root, backbone="mobilenetv2", pretrained=False, image_size=(128, 128),
                  keep_aspect_ratio=False, view_per_image=16, num_workers=0, selection="test",
                  data_augmentation=False, exp_root=str(tmp_path))
-    trainer = train_on_GAICD.Trainer(cfg, str(tmp_path / "exp"), torch.device("cpu"), progress=False)
+    seed_everything(cfg.seed)
+    trainer = train_on_GAICD.build_trainer(cfg, str(tmp_path / "exp"), torch.device("cpu"), progress=False)
     batch = _first_batch(trainer)
     loss32, parts32, head32, backbone32 = _loss_and_gradients(trainer, batch, None)
     loss_low, parts_low, head_low, backbone_low = _loss_and_gradients(trainer, batch, dtype)
@@ -191,13 +196,13 @@ def test_evaluation_uses_the_configured_precision_and_batching(data_root, tmp_pa
                                           "--exp_root", str(tmp_path), "--exp_name", "e"])
     checkpoint = os.path.join(trainer.exp_path, "checkpoints", "last.pth")
     calls = []
-    original = evaluation.model_outputs
+    original = untils.evaluation.run_model
 
     def spy(model, batch, autocast_dtype=None, channels_last=False):
         calls.append((autocast_dtype, channels_last, batch["image"].shape[0]))
         return original(model, batch, autocast_dtype, channels_last)
 
-    monkeypatch.setattr(evaluation, "model_outputs", spy)
+    monkeypatch.setattr(untils.evaluation, "run_model", spy)
     evaluation.main(["--checkpoint", checkpoint, "--dataset", "GAICD", "--data-root", data_root, "--num_workers", "0",
                      "--no-progress", "--precision", "bf16", "--channels_last", "true", "--images-per-batch", "2"])
     # the two GAICD test photos have one resized size (128x128): one forward of both, in bf16, channels-last
@@ -215,7 +220,7 @@ def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_
                      "--batch_size", "2", "--checkpoint_steps", "3"]
     straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
     saved = []
-    original_save, original_loss = train_on_GAICD.Trainer.save_training_state, train_on_GAICD.Trainer.compute_loss
+    original_save, original_loss = Trainer.save_training_state, Trainer.compute_loss
 
     def recording_save(self):
         saved.append((self.step, self.batch_in_epoch))
@@ -226,8 +231,8 @@ def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_
             raise _Crash()
         return original_loss(self, batch)
 
-    monkeypatch.setattr(train_on_GAICD.Trainer, "save_training_state", recording_save)
-    monkeypatch.setattr(train_on_GAICD.Trainer, "compute_loss", crashing_loss)
+    monkeypatch.setattr(Trainer, "save_training_state", recording_save)
+    monkeypatch.setattr(Trainer, "compute_loss", crashing_loss)
     with pytest.raises(_Crash):
         train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "b"), "--exp_name", "run"])
     assert saved == [(4, 4)]

@@ -14,6 +14,11 @@ from typing import Union
 import numpy as np
 import torch
 
+# The release draws crop masks and resizes heat maps at 64x64, whatever the input size, and takes the
+# RoI/RoD and partition features from f4, at 1/16 of the input.
+HEAT_MAP_SIZE = 64
+FEATURE_STRIDE = 16
+
 BoxesLike = Union[torch.Tensor, np.ndarray]
 
 
@@ -129,22 +134,30 @@ def _spans(starts: torch.Tensor, stops: torch.Tensor, length: int) -> torch.Tens
     return inside.to(torch.float32)
 
 
-def crop_masks(boxes: torch.Tensor, width: float, height: float,
-               size: tuple[int, int] = (64, 64)) -> torch.Tensor:
-    """Binary masks (..., N, size_h, size_w) of crops (N, 4) or (B, N, 4) in a ``width`` x ``height`` image.
+def crop_mask_factors(boxes: torch.Tensor, width: float, height: float,
+                      size: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crop masks of boxes (..., 4) in a ``width`` x ``height`` image, as their factors.
 
-    The release's ``generate_target_size_crop_mask``: each box is scaled to the
-    ``size`` grid, truncated to integers, and ``[y1:y2, x1:x2]`` is filled. Padding
-    boxes (x1 < 0) give all-zero masks. Built on the boxes' device without a loop.
+    A crop mask is a filled box, so ``mask = rows[..., :, None] * columns[..., None, :]`` with
+    ``rows`` (..., size_h) and ``columns`` (..., size_w) 0/1 float32 indicators. The release's
+    ``generate_target_size_crop_mask``: each box is scaled to the ``size`` grid, truncated to
+    integers, and ``[y1:y2, x1:x2]`` is filled. Padding boxes (x1 < 0) give all-zero masks.
     """
     _check_last_dim(boxes, "boxes")
-    if boxes.dim() not in (2, 3):
-        raise ValueError(f"crop boxes must have shape (N, 4) or (B, N, 4), got {tuple(boxes.shape)}")
     size_h, size_w = int(size[0]), int(size[1])
     grid = _scaled_grid_coords(boxes, width, height, size_w, size_h)
     real = (boxes[..., 0] >= 0).to(torch.float32).unsqueeze(-1)
     columns = _spans(grid[..., 0], grid[..., 2], size_w) * real
     rows = _spans(grid[..., 1], grid[..., 3], size_h)
+    return rows, columns
+
+
+def crop_masks(boxes: torch.Tensor, width: float, height: float,
+               size: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """Binary masks (..., N, size_h, size_w) of crops (N, 4) or (B, N, 4): :func:`crop_mask_factors` multiplied out."""
+    if boxes.dim() not in (2, 3):
+        raise ValueError(f"crop boxes must have shape (N, 4) or (B, N, 4), got {tuple(boxes.shape)}")
+    rows, columns = crop_mask_factors(boxes, width, height, size)
     return rows.unsqueeze(-1) * columns.unsqueeze(-2)
 
 

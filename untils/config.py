@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence
 
-ConfigT = TypeVar("ConfigT")
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
@@ -84,24 +83,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
                            help=f"{help_text} (default: {default})".strip(), **spec)
 
 
-def config_from_args(config_cls: type[ConfigT], args: argparse.Namespace, **extra: Any) -> ConfigT:
-    """Build ``config_cls`` from the options that were given; the rest keep their defaults."""
-    overrides = {key[len("cfg__"):]: value for key, value in vars(args).items() if key.startswith("cfg__")}
-    hints = typing.get_type_hints(config_cls)
-    for name, value in overrides.items():
-        inner, _ = _strip_optional(hints[name])
-        if typing.get_origin(inner) is tuple and value is not None:
-            overrides[name] = tuple(value)
-    overrides.update(extra)
-    return config_cls(**overrides)
-
-
-def parse_config(config_cls: type[ConfigT], argv: Sequence[str] | None = None,
-                 description: str | None = None) -> ConfigT:
-    """Parse ``argv`` into a ``config_cls`` instance (for scripts with no options of their own)."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser, config_cls)
-    return config_from_args(config_cls, parser.parse_args(argv))
+def given_config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config options given on the command line (by field name), from :func:`add_config_arguments`."""
+    return {key[len("cfg__"):]: value for key, value in vars(args).items() if key.startswith("cfg__")}
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

@@ -1,0 +1,226 @@
+"""The pseudo heat maps that supervise the content-preserving branch (``generate_pseudo_heatmap.py`` runs them).
+
+For each image the candidate crops are sorted by score; with more than 10 crops only
+those scoring above the dataset's mean score are kept (all of them when none is).
+Each kept crop's binary mask at image resolution is weighted by
+softmax(score + 2 * crop area / image area); the weighted sum, min-max normalised to
+0..255, is written as an 8-bit PNG ``<out>/<dataset>/mask/<image stem>.png``. For
+human-centric images a figure also goes to ``<out>/<dataset>/display/``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from cropping_dataset import (CropAnnotation, DatasetError, gaicd_image_path, problems_error, read_crop_annotations,
+                              read_human_boxes, score_statistics)
+
+if TYPE_CHECKING:
+    from config_GAICD import Config
+
+DATASETS = ("GAICD", "CPC")
+MEAN_FILTER_MIN_CROPS = 10  # above this many crops, only those scoring above the mean are kept
+AREA_WEIGHT = 2.0
+OVERLAY_ALPHA = 0.7  # weight of the colour-mapped heat map over the photo in the figures
+# Guards the floor against float noise: values within this of an integer level count as that level.
+LEVEL_EPSILON = 1e-6
+
+
+def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int,
+                  score_mean: float) -> np.ndarray:
+    """The pseudo heat map (height, width) uint8 of one image's crops (N, 4) and scores (N,).
+
+    Boxes are truncated to integer pixels and clipped to the image, as the release's
+    ``mask[y1:y2, x1:x2]``. A map with no contrast (every kept crop covers the whole
+    image) is uniformly 255: everything is to be preserved.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).astype(np.int64)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) == 0 or len(boxes) != len(scores):
+        raise ValueError(f"need one score per crop and at least one crop, got {len(boxes)} crops "
+                         f"and {len(scores)} scores")
+    if len(boxes) > MEAN_FILTER_MIN_CROPS:
+        above = scores > score_mean
+        if above.any():
+            boxes, scores = boxes[above], scores[above]
+    rows = (np.arange(height) >= boxes[:, 1:2]) & (np.arange(height) < boxes[:, 3:4])
+    columns = (np.arange(width) >= boxes[:, 0:1]) & (np.arange(width) < boxes[:, 2:3])
+    areas = rows.sum(1) * columns.sum(1) / float(width * height)
+    logits = scores + AREA_WEIGHT * areas
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    heat = (rows.T * weights) @ columns.astype(np.float64)
+    low, high = heat.min(), heat.max()
+    if high - low <= 1e-12 * max(abs(high), 1.0):
+        return np.full((height, width), 255, dtype=np.uint8)
+    levels = np.floor((heat - low) / (high - low) * 255.0 + LEVEL_EPSILON)
+    return np.clip(levels, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class HeatMapTask:
+    name: str
+    image_path: str
+    boxes: np.ndarray
+    scores: np.ndarray
+    score_mean: float
+    mask_path: str
+    display_path: Optional[str]
+
+
+def _atomic_target(path: str) -> str:
+    """A temporary file beside ``path``, to be renamed onto it once complete."""
+    folder, base = os.path.split(path)
+    handle, temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    return temp_path
+
+
+def save_png_atomically(pixels: np.ndarray, path: str) -> None:
+    temp_path = _atomic_target(path)
+    try:
+        Image.fromarray(pixels).save(temp_path, format="PNG")
+        os.replace(temp_path, path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+
+
+def _overlay(image: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
+    from matplotlib import colormaps
+    colours = colormaps["jet"](heat_map)[..., :3] * 255.0
+    return ((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colours).astype(np.uint8)
+
+
+def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarray) -> None:
+    """Input, top-5 and top-10 heat maps, the final heat map, best and worst crop."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = heat_map.shape
+    order = np.argsort(-task.scores, kind="stable")
+    boxes, scores = task.boxes[order], task.scores[order]
+    final = _overlay(image, heat_map)
+    panels = [("input image", image),
+              ("top-5 heat map", _overlay(image, crop_heat_map(boxes[:5], scores[:5], width, height,
+                                                               task.score_mean))),
+              ("top-10 heat map", _overlay(image, crop_heat_map(boxes[:10], scores[:10], width, height,
+                                                                task.score_mean))),
+              ("heat map", final)]
+    for title, box in (("best crop", boxes[0]), ("worst crop", boxes[-1])):
+        x1, y1, x2, y2 = np.clip(box.astype(np.int64), 0, [width, height, width, height])
+        panels.append((title, final[y1:y2, x1:x2]))
+    figure = Figure(figsize=(10, 7))
+    FigureCanvasAgg(figure)
+    for position, (title, pixels) in enumerate(panels, start=1):
+        axes = figure.add_subplot(2, 3, position)
+        axes.imshow(pixels)
+        axes.set_title(title)
+        axes.axis("off")
+    figure.tight_layout()
+    temp_path = _atomic_target(task.display_path)
+    try:
+        figure.savefig(temp_path, format="jpg")
+        os.replace(temp_path, task.display_path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+
+
+def run_task(task: HeatMapTask) -> str:
+    """Write one image's heat map (and figure); returns the heat map's path."""
+    try:
+        with Image.open(task.image_path) as image:
+            width, height = image.size
+            pixels = np.asarray(image.convert("RGB")) if task.display_path else None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read image {task.image_path}: {error}") from error
+    heat_map = crop_heat_map(task.boxes, task.scores, width, height, task.score_mean)
+    save_png_atomically(heat_map, task.mask_path)
+    if task.display_path:
+        save_display_figure(task, pixels, heat_map)
+    return task.mask_path
+
+
+def _is_finished(task: HeatMapTask) -> bool:
+    return os.path.isfile(task.mask_path) and (task.display_path is None or os.path.isfile(task.display_path))
+
+
+def load_sources(dataset_name: str, cfg: "Config") -> tuple[dict[str, CropAnnotation], set[str],
+                                                            Callable[[str], Optional[str]]]:
+    """The crop annotations, the human-centric image names and an image locator of a dataset."""
+    if dataset_name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset_name!r}")
+    if dataset_name == "GAICD":
+        return (read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), set(read_human_boxes(cfg.GAIC_human)),
+                functools.partial(gaicd_image_path, cfg.GAIC_image))
+
+    def cpc_image_path(name: str) -> Optional[str]:
+        path = os.path.join(cfg.CPC_image, name)
+        return path if os.path.isfile(path) else None
+    return (read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), set(read_human_boxes(cfg.CPC_human)),
+            cpc_image_path)
+
+
+def heat_map_tasks(dataset_name: str, cfg: "Config", out_dir: str,
+                   images: Optional[Sequence[str]] = None) -> list[HeatMapTask]:
+    """One task per image of ``dataset_name`` (all annotated images, or ``images``).
+
+    Raises one error listing every requested image that is unannotated or missing.
+    """
+    annotations, human_names, image_path = load_sources(dataset_name, cfg)
+    score_mean, _ = score_statistics(annotations)
+    mask_dir = os.path.join(out_dir, dataset_name, "mask")
+    display_dir = os.path.join(out_dir, dataset_name, "display")
+    tasks, problems = [], []
+    for name in (list(annotations) if images is None else images):
+        path = image_path(name)
+        if name not in annotations:
+            problems.append(f"{name}: not in the crop annotation file")
+        elif path is None:
+            problems.append(f"missing image {name}")
+        else:
+            stem = os.path.splitext(name)[0]
+            display = os.path.join(display_dir, stem + ".jpg") if name in human_names else None
+            tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores,
+                                     score_mean, os.path.join(mask_dir, stem + ".png"), display))
+    if problems:
+        raise problems_error(f"{dataset_name} heat maps", problems)
+    return tasks
+
+
+def generate_heatmaps(dataset_name: str, cfg: "Config", out_dir: Optional[str] = None, workers: int = 0,
+                      overwrite: bool = False, images: Optional[Sequence[str]] = None) -> list[str]:
+    """Write the heat maps of ``dataset_name`` ("GAICD" or "CPC") under ``out_dir``.
+
+    ``out_dir`` defaults to ``cfg.heat_map_dir``; ``images`` restricts the run to those
+    names. Finished images are skipped unless ``overwrite``. ``workers`` > 1 uses a
+    process pool. Returns the heat map path of every requested image.
+    """
+    out_dir = cfg.heat_map_dir if out_dir is None else out_dir
+    tasks = heat_map_tasks(dataset_name, cfg, out_dir, images)
+    for folder in ("mask", "display"):
+        os.makedirs(os.path.join(out_dir, dataset_name, folder), exist_ok=True)
+    pending = [task for task in tasks if overwrite or not _is_finished(task)]
+    progress = tqdm(total=len(pending), desc=f"{dataset_name} heat maps", unit="image",
+                    disable=not pending)
+    with progress:
+        for _ in _run_all(pending, workers):
+            progress.update()
+    return [task.mask_path for task in tasks]
+
+
+def _run_all(tasks: list[HeatMapTask], workers: int) -> Iterable[str]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(run_task, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(run_task, tasks, chunksize=4)

@@ -1,0 +1,81 @@
+"""Scoring a whole dataset with a crop model and computing the papers' metrics.
+
+:func:`evaluate_scored` for datasets of scored candidate crops (GAICD, CPC: Acc_K/N, SRCC, PCC),
+:func:`evaluate_anchors` for datasets of ground-truth crops scored with the predefined anchors
+(FCDB, FLMS: IoU, Disp, recall). Both score images of one resized size together, keep the scores
+on the device until every batch is queued (no host-device synchronisation per batch), and under
+torch.distributed score this process's share and gather the results.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from untils.batching import evaluation_loader, gather_from_processes, shard_for_this_process
+from untils.inference import move_batch, prepare_for_inference, run_model
+from untils.metrics import best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics
+
+_FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
+
+
+@torch.no_grad()
+def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
+                    progress: bool = True, description: str = "evaluating",
+                    autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+    """Acc_K/N, Acc5, Acc10, SRCC and PCC of ``model`` on a dataset of scored crops, and ``images``.
+
+    ``autocast_dtype`` and ``channels_last`` are :func:`untils.inference.run_model`'s
+    (``channels_last`` converts the model's weights in place).
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"no images to evaluate ({description})")
+    device = prepare_for_inference(model, channels_last)
+    loader = evaluation_loader(shard_for_this_process(dataset), images_per_batch, num_workers,
+                               pin_memory=device.type == "cuda")
+    scored = []  # (device scores (B, N), host ground truth (B, N), host crop_valid (B, N)) per batch
+    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+        score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
+        scored.append((score, batch["score"], batch["crop_valid"]))
+    gt_scores, pr_scores = [], []
+    for score, truth, valid in scored:
+        score = score.float().cpu()
+        for image in range(score.shape[0]):
+            gt_scores.append(truth[image][valid[image]].double().numpy())
+            pr_scores.append(score[image][valid[image]].double().numpy())
+    gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
+    results = gaicd_metrics(gt_scores, pr_scores)
+    results["images"] = len(gt_scores)
+    return results
+
+
+@torch.no_grad()
+def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
+                     progress: bool = True, description: str = "evaluating",
+                     autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+    """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
+    ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
+    if len(dataset) == 0:
+        raise ValueError(f"no images to evaluate ({description})")
+    device = prepare_for_inference(model, channels_last)
+    loader = evaluation_loader(shard_for_this_process(dataset), images_per_batch, num_workers,
+                               pin_memory=device.type == "cuda")
+    scored = []  # (device scores (B, N), resized (w, h), the host fields the metrics need) per batch
+    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+        score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
+        resized = (batch["image"].shape[-1], batch["image"].shape[-2])
+        scored.append((score, resized, {key: batch[key] for key in _FIELDS_FOR_CROP_METRICS}))
+    results = []
+    for score, resized, fields in scored:
+        score = score.float().cpu()
+        for image in range(score.shape[0]):
+            original = (int(fields["width"][image]), int(fields["height"][image]))
+            valid = fields["crop_valid"][image]
+            pred = best_crop_in_original(fields["crop_box"][image][valid], score[image][valid], resized, original)
+            results.append(compute_iou_and_disp(fields["gt_crops"][image], pred, *original))
+    results = gather_from_processes(results)
+    metrics = crop_metrics(results)
+    metrics["images"] = len(results)
+    return metrics

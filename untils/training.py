@@ -1,0 +1,635 @@
+"""The training engine shared by the training scripts: one experiment's loop, logs and checkpoints.
+
+A script builds the model and the datasets and subclasses :class:`Trainer` for what differs
+(the evaluation, and for PIC the loss); :func:`launch` starts an experiment, or resumes it from a
+``last.pth``, under ``torchrun`` too. Training is reproducible whatever the process layout: each
+image's augmentation and view sampling are seeded from (seed, epoch, image), and each epoch's batch
+order from (seed, epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import zlib
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
+from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
+from untils.config import add_config_arguments, given_config_options
+from untils.inference import move_batch, run_model
+from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+
+LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def warmup_cosine(epoch: int, warmup_epochs: int, max_epoch: int) -> float:
+    """The release's schedule factor: linear warm-up, then half a cosine down to 0 at max_epoch."""
+    if warmup_epochs > 0 and epoch <= warmup_epochs:
+        return min(1.0, (epoch + 1) / warmup_epochs)
+    span = max(max_epoch - warmup_epochs, 1)
+    return 0.5 * (math.cos((epoch - warmup_epochs) / span * math.pi) + 1)
+
+
+def item_seed(seed: int, epoch: int, name: str) -> int:
+    """A seed for one image in one epoch: the same whatever the process layout or worker count."""
+    return (seed * 1_000_003 + epoch * 7_919 + zlib.crc32(name.encode())) % 2**63
+
+
+def seeded_order(names: Sequence[str], seed: int, key: str) -> list[str]:
+    """``names`` sorted, then shuffled by a generator seeded with ``seed`` and ``key`` (e.g. a user)."""
+    order = sorted(names)
+    random.Random(f"{seed}:{key}").shuffle(order)
+    return order
+
+
+def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> list[str]:
+    """The images (sorted) held out for model selection: ``val_fraction`` of ``names``, at least one.
+
+    Every recipe (GAICD, CPC, PIC pre-training and prior) uses this rule, so no stage selects on
+    images another trained on.
+    """
+    order = seeded_order(names, seed, "validation")
+    return sorted(order[:max(1, round(val_fraction * len(order)))])
+
+
+def split_validation(full: Dataset, cfg) -> tuple[Dataset, Optional[list[str]]]:
+    """(training set, held-out names): :func:`held_out_images` when selecting on validation
+    (``cfg.selection == 'val'``), else the whole set and None."""
+    if cfg.selection == "test":
+        return full, None
+    val_names = held_out_images(full.names, cfg.val_fraction, cfg.seed)
+    if len(val_names) >= len(full.names):
+        raise ValueError(f"val_fraction={cfg.val_fraction} holds out {len(val_names)} of the {len(full.names)} "
+                         "training images and leaves none to train on: lower --val_fraction or use --selection test")
+    held = set(val_names)
+    return NamedSubset(full, [i for i, name in enumerate(full.names) if name not in held]), val_names
+
+
+def subset_of(dataset: Dataset, names: Sequence[str]) -> NamedSubset:
+    """The images of ``dataset`` named in ``names``, in the dataset's order."""
+    wanted = set(names)
+    return NamedSubset(dataset, [i for i, name in enumerate(dataset.names) if name in wanted])
+
+
+class EpochSeededItems(Dataset):
+    """Seeds torch's RNG from (seed, epoch, index) before each item, so augmentation does not depend
+    on the order images are loaded in, on DataLoader workers, or on how many processes train."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, str(index)))
+            return self.dataset[index]
+
+
+def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None) -> dict:
+    """Keep ``views`` random valid crops per image (all of them if it has fewer).
+
+    ``seeds`` (one per image) make the choice independent of batching; without them the global
+    torch RNG is used.
+    """
+    valid = batch["crop_valid"]
+    counts = valid.sum(dim=1).tolist()
+    keep = max(min(views, int(n)) for n in counts)
+    index = torch.zeros(valid.shape[0], keep, dtype=torch.long)
+    new_valid = torch.zeros(valid.shape[0], keep, dtype=torch.bool)
+    for image, count in enumerate(counts):
+        generator = None if seeds is None else torch.Generator().manual_seed(seeds[image])
+        chosen = valid[image].nonzero().flatten()[torch.randperm(int(count), generator=generator)[:keep]]
+        index[image, :len(chosen)] = chosen
+        new_valid[image, :len(chosen)] = True
+    sampled = dict(batch)
+    rows = torch.arange(valid.shape[0]).unsqueeze(1)
+    for key in ("crop_box", "score"):
+        if batch.get(key) is not None:
+            sampled[key] = batch[key][rows, index]
+    sampled["crop_valid"] = new_valid
+    return sampled
+
+
+class NullWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0, and where no writer is installed."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(log_dir: str) -> Any:
+    """A TensorBoard writer (tensorboardX, else torch's own); a :class:`NullWriter` with a warning
+    when neither is installed, so training runs on machines without them."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("warning: neither tensorboardX nor tensorboard is installed: no TensorBoard logs", flush=True)
+            return NullWriter()
+    return SummaryWriter(log_dir=log_dir)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` through a uniquely named temporary file in the same folder, then rename."""
+    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                        dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            stream.write(text)
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    stream = io.StringIO()
+    writer = csv.writer(stream)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return stream.getvalue()
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under torchrun; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class ExperimentLock:
+    """An exclusive lock on an experiment folder: a second run there (two trainings, two resumes of
+    one ``last.pth``) is refused instead of racing the first one's files."""
+
+    def __init__(self, exp_path: str) -> None:
+        self.path = os.path.join(exp_path, ".lock")
+        self.stream = open(self.path, "a")
+        try:
+            fcntl.flock(self.stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.stream.close()
+            raise SystemExit(f"error: another run is using the experiment folder {exp_path}; "
+                             "wait for it to finish or train in another folder") from None
+
+    def release(self) -> None:
+        fcntl.flock(self.stream, fcntl.LOCK_UN)
+        self.stream.close()
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule, logs and checkpoints of one experiment.
+
+    ``train_set`` is the training data (with ``names``, ``score_mean`` and ``resized_size_of``),
+    ``val_names`` the images held out for model selection (None when selecting on the test split),
+    ``loss_fn(output, batch) -> (loss, parts)`` the recipe's loss of the model's output. Subclasses
+    say how the model is evaluated: :meth:`evaluate` (the selection metrics after each epoch) and
+    :meth:`evaluate_test` (each best checkpoint's final report when selecting on validation).
+    """
+
+    selection_metrics: tuple[str, ...] = ()
+    lower_is_better: frozenset[str] = frozenset()
+
+    def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: Dataset,
+                 val_names: Optional[list[str]], loss_fn: Optional[LossFunction] = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self.exp_path = exp_path
+        self.device = device
+        self.rank, self.world, _ = init_distributed()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.checkpoint_dir = os.path.join(exp_path, "checkpoints")
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if cfg.batch_size % (cfg.images_per_step * self.world):
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of images_per_step x processes "
+                             f"= {cfg.images_per_step} x {self.world}")
+        self.core = model.to(device)
+        if cfg.channels_last:
+            self.core.to(memory_format=torch.channels_last)
+        self.model = self.core
+        self.loss_fn = loss_fn
+        self.autocast_dtype = autocast_dtype(cfg.precision)
+        # fp16 gradients can underflow; bf16 has fp32's exponent range and needs no scaling
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        if self.world > 1:
+            # starts every process from rank 0's weights; every parameter takes part in every forward
+            # (the partition-aware module runs on all images, also those without a person)
+            self.model = DistributedDataParallel(self.core, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.lr_scheduler == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch))
+        else:
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, milestones=cfg.lr_decay_epoch or [cfg.max_epoch + 1], gamma=cfg.lr_decay)
+        self.train_set, self.val_names = train_set, val_names
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self.epoch_sums: dict[str, float] = {}  # loss parts summed over the epoch's batches so far
+        self.saved_step = 0  # the step of the last last.pth
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, dict[str, Any]] = {}
+        self.writer = summary_writer(os.path.join(exp_path, "logs")) if self.is_main else NullWriter()
+        self.visual_dir = os.path.join(exp_path, "visualization")
+
+    # ----- data -----------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches of dataset indices, a function of (seed, epoch) alone, so resuming is exact."""
+        if self.cfg.images_per_step == 1:
+            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(
+                self.cfg.seed * 100003 + epoch)).tolist()
+            order += order[:(-len(order)) % self.world]  # every rank takes the same number of steps
+            return [[i] for i in order[self.rank::self.world]]
+        sampler = SizeBucketBatchSampler(self.train_set, self.cfg.images_per_step, shuffle=True, drop_last=False,
+                                         seed=self.cfg.seed, num_replicas=self.world, rank=self.rank)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def loader(self, batches: Sequence[Sequence[int]]) -> DataLoader:
+        return DataLoader(EpochSeededItems(self.train_set, self.cfg.seed, self.epoch), batch_sampler=batches,
+                          collate_fn=collate_crops, num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    # ----- training -------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], Any]:
+        """(loss, its parts as floats, the model's output); called under autocast to ``cfg.precision``."""
+        output = run_model(self.model, batch)
+        loss, parts = self.loss_fn(output, batch)
+        return loss, parts, output
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        if self.batch_in_epoch == 0:
+            seed_everything(cfg.seed * 7919 + self.epoch)
+            self.epoch_sums = {}
+        batches = self.epoch_batches(self.epoch)
+        remaining = batches[self.batch_in_epoch:]
+        accumulate = cfg.batch_size // (cfg.images_per_step * self.world)
+        sums = self.epoch_sums
+        bar = tqdm(self.loader(remaining), total=len(remaining), disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}", leave=False)
+        start = time.time()
+        for batch in bar:
+            seeds = [item_seed(cfg.seed, self.epoch, name) for name in batch["name"]]
+            batch = move_batch(sample_views(batch, cfg.view_per_image, seeds), self.device)
+            if cfg.channels_last:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
+            # gradients are averaged over processes once per optimiser step, not per accumulated batch
+            synchronise = steps_optimizer or self.world == 1
+            with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
+                with autocast(self.device, self.autocast_dtype):
+                    loss, parts, outputs = self.compute_loss(batch)
+                self.check_finite(loss, batch)
+                self.scaler.scale(loss / accumulate).backward()
+            self.batch_in_epoch += 1
+            self.step += 1
+            if steps_optimizer:
+                self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{sums['total_loss'] / self.batch_in_epoch:.4f}")
+            if self.step % cfg.display_freq == 0:
+                for key, value in sums.items():
+                    self.writer.add_scalar(f"train/{key}", value / self.batch_in_epoch, self.step)
+                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+            if self.step % cfg.visualize_freq == 0:
+                self.log_panels(batch, outputs)
+            # only between optimiser steps: gradients accumulated so far are not part of a checkpoint
+            if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
+                    and self.batch_in_epoch < len(batches)):
+                self.save_training_state()
+        averages = {key: value / max(self.batch_in_epoch, 1) for key, value in sums.items()}
+        averages["seconds"] = time.time() - start
+        self.batch_in_epoch = 0
+        return averages
+
+    def check_finite(self, loss: torch.Tensor, batch: dict) -> None:
+        """Stop on a NaN/inf loss (on any rank), naming the images; the last checkpoint stays as it was."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            last = os.path.join(self.checkpoint_dir, "last.pth")
+            kept = (f"the last good checkpoint is {last}" if os.path.isfile(last)
+                    else "no training checkpoint was saved yet")
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}, on image(s) "
+                f"{', '.join(batch['name'])} (rank {self.rank}); {kept}")
+
+    def log_panels(self, batch: dict, output: Any) -> None:
+        """Predicted vs. target heat map and partition maps of the batch's first image, to TensorBoard;
+        also saved under visualization/ when ``visualize_heat_map`` / ``visualize_partition_feature``."""
+        if not self.is_main:
+            return
+        panels = {}
+        heat_map, partition_feat = getattr(output, "heat_map", None), getattr(output, "partition_feat", None)
+        if heat_map is not None and self.cfg.use_content_preserve:
+            target = batch["heat_map"][0, 0].float().cpu()
+            predicted = heat_map[0, 0].detach().float().cpu()
+            panels["heat_map"] = (torch.cat([target, torch.ones(target.shape[0], 2), predicted], dim=1),
+                                  self.cfg.visualize_heat_map)
+        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat[0].abs().sum() > 0:
+            predicted = torch.softmax(partition_feat[0].detach().float().cpu(), dim=0)
+            target = batch["partition_mask"][0].float().cpu()
+            if predicted.shape[0] == 9:
+                target_grid = _grid3x3(target)
+                panels["partition"] = (torch.cat([target_grid, torch.ones(target_grid.shape[0], 2),
+                                                  _grid3x3(predicted)], dim=1), self.cfg.visualize_partition_feature)
+        for title, (panel, save) in panels.items():
+            # left: target, right: prediction
+            self.writer.add_image(f"train/{title}", panel.clamp(0, 1).unsqueeze(0), self.step)
+            if save:
+                os.makedirs(self.visual_dir, exist_ok=True)
+                image = (panel.clamp(0, 1).numpy() * 255).astype(np.uint8)
+                Image.fromarray(image).resize((image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST).save(
+                    os.path.join(self.visual_dir, f"{self.step}_{title}.png"))
+
+    # ----- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """The selection metrics after an epoch (on the held-out images, or on the test split)."""
+        raise NotImplementedError
+
+    def evaluate_test(self) -> dict[str, float]:
+        """The test metrics of the weights in ``self.core`` (the report of a validation-selected run)."""
+        raise NotImplementedError
+
+    def record(self, train_stats: dict[str, float], metrics: dict[str, float]) -> None:
+        row = {"epoch": self.epoch, **{k: round(v, 4) for k, v in metrics.items()},
+               "loss": round(train_stats.get("total_loss", float("nan")), 5),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        self.history.append(row)
+        for name in self.selection_metrics:
+            if name in metrics:
+                self.writer.add_scalar(f"{self.cfg.selection}/{name}", metrics[name], self.epoch)
+                previous = self.best.get(name, {}).get("value")
+                improved = previous is None or (metrics[name] < previous if name in self.lower_is_better
+                                                else metrics[name] > previous)
+                if improved:
+                    self.best[name] = {"value": metrics[name], "epoch": self.epoch}
+                    self.save_weights(os.path.join(self.checkpoint_dir, f"best-{name}.pth"), metrics)
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        """results.csv: every evaluated epoch, then each selection metric's best row."""
+        if not self.is_main:
+            return
+        header = (["epoch"] + [m for m in self.selection_metrics if any(m in row for row in self.history)]
+                  + ["loss", "lr"])
+        rows = [[row.get(column, "") for column in header] for row in self.history]
+        for name in header[1:-2]:
+            best_epoch = self.best[name]["epoch"]
+            row = next(r for r in self.history if r["epoch"] == best_epoch)
+            rows.append([f"best {name} (epoch {best_epoch})"] + [row.get(c, "") for c in header[1:]])
+        write_text_atomic(os.path.join(self.exp_path, "results.csv"), csv_text(header, rows))
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def save_weights(self, path: str, metrics: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        save_atomic({"model": self.core.state_dict(), "config": config_to_dict(self.cfg),
+                     "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}, path)
+
+    def save_training_state(self) -> str:
+        path = os.path.join(self.checkpoint_dir, "last.pth")
+        self.saved_step = self.step
+        if not self.is_main:
+            return path
+        save_atomic({"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                     "config": config_to_dict(self.cfg),
+                     "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
+                     "batch_in_epoch": self.batch_in_epoch, "epoch_sums": self.epoch_sums, "rng": rng_state(),
+                     "history": self.history, "best": self.best, "val_names": self.val_names}, path)
+        return path
+
+    def restore(self, checkpoint: dict) -> None:
+        load_model_weights(self.core, checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        self.batch_in_epoch = checkpoint["batch_in_epoch"]
+        self.epoch_sums = dict(checkpoint.get("epoch_sums", {}))
+        self.saved_step = self.step
+        self.history, self.best = checkpoint["history"], checkpoint["best"]
+        self.val_names = checkpoint.get("val_names", self.val_names)
+        set_rng_state(checkpoint["rng"])
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        while self.epoch < cfg.max_epoch:
+            stats = self.train_epoch()
+            if self.epoch % cfg.eval_freq == 0 or self.epoch == cfg.max_epoch - 1:
+                metrics = self.evaluate()
+                self.model.train()
+                self.record(stats, metrics)
+                shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+                if self.is_main:
+                    print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
+                          f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}", flush=True)
+            if cfg.save_freq and (self.epoch + 1) % cfg.save_freq == 0:
+                self.save_weights(os.path.join(self.checkpoint_dir, f"epoch-{self.epoch + 1}.pth"), {})
+            self.scheduler.step()
+            self.epoch += 1
+            self.save_training_state()
+        if cfg.selection == "val":
+            if self.world > 1:
+                dist.barrier()  # rank 0 has written the best checkpoints every rank now loads
+            self.report_test()
+        self.writer.close()
+
+    def report_test(self) -> None:
+        """Evaluate each best-on-validation checkpoint once on the test data: test_results.csv."""
+        rows = []
+        for name in self.selection_metrics:
+            if name not in self.best:  # the same on every rank, unlike the files rank 0 writes
+                continue
+            load_model_weights(self.core, os.path.join(self.checkpoint_dir, f"best-{name}.pth"))
+            rows.append({"selected_by": f"val {name}", "epoch": self.best[name]["epoch"],
+                         **{k: round(v, 4) for k, v in self.evaluate_test().items()}})
+        if not rows or not self.is_main:
+            return
+        header = list(dict.fromkeys(k for row in rows for k in row))
+        write_text_atomic(os.path.join(self.exp_path, "test_results.csv"),
+                          csv_text(header, [[row.get(k, "") for k in header] for row in rows]))
+        print("test data, each metric's best-on-validation checkpoint:")
+        for row in rows:
+            print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def _grid3x3(maps: torch.Tensor) -> torch.Tensor:
+    """Nine (H, W) maps laid out in a 3x3 grid with 1-pixel white lines."""
+    height, width = maps.shape[-2:]
+    rows = []
+    for r in range(3):
+        cells = []
+        for c in range(3):
+            cells += [maps[r * 3 + c], torch.ones(height, 1)]
+        rows += [torch.cat(cells[:-1], dim=1), torch.ones(1, 3 * width + 2)]
+    return torch.cat(rows[:-1], dim=0)
+
+
+def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
+                 with_demo: bool = False) -> argparse.ArgumentParser:
+    """The training scripts' options: presets, resume, and every field of ``config_cls``."""
+    presets = presets or {}
+    epilog = ("presets (--preset NAME; explicit options win over the preset):\n"
+              + "\n".join(f"  {name:14s} {text}" for name, (text, _) in presets.items())) if presets else None
+    parser = argparse.ArgumentParser(
+        usage="%(prog)s " + ("[--demo | --preset NAME | --resume PATH]" if presets else "[--resume PATH]")
+        + " [config options]",
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+    if with_demo:
+        parser.add_argument("--demo", action="store_true",
+                            help="generate a small human-centric dataset from photos shipped in pip packages and "
+                                 "train on it on the CPU (exercises the pipeline; not a result of the paper)")
+        parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
+    parser.add_argument("--resume", metavar="PATH", help="continue from a last.pth training checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser, config_cls)
+    return parser
+
+
+TrainerFactory = Callable[[Any, str, torch.device, bool], Trainer]
+
+
+def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Namespace,
+           presets: Optional[dict[str, tuple[str, dict]]] = None,
+           prepare: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> Trainer:
+    """Start (or ``--resume``) an experiment and train it; a diverged loss ends with a clear message.
+
+    ``build_trainer(cfg, exp_path, device, progress)`` builds the model (after the seed is set, so
+    its initial weights depend on ``cfg.seed`` alone), the datasets and the trainer.
+    """
+    given = given_config_options(args)
+    rank, world, local_rank = init_distributed()
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_checkpoint(args.resume, trusted=getattr(args, "trust_checkpoint", False))
+        if "optimizer" not in checkpoint:
+            raise SystemExit(f"{args.resume} holds model weights only; --resume needs a last.pth training checkpoint")
+        cfg = config_cls(**{**checkpoint["config"], **given})
+        exp_path = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    else:
+        options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
+        options.update(given)
+        if prepare is not None:
+            options = prepare(options)
+        cfg = config_cls(**options)
+        exp_path = cfg.create_experiment_dir() if rank == 0 else None
+        if world > 1:
+            shared = [exp_path]
+            dist.broadcast_object_list(shared, src=0)
+            exp_path = shared[0]
+    lock = ExperimentLock(exp_path) if rank == 0 else None
+    try:
+        return _train(build_trainer, cfg, exp_path, checkpoint, args, rank, world, local_rank)
+    except _StartFailed as failed:
+        if rank == 0 and checkpoint is None:
+            shutil.rmtree(exp_path, ignore_errors=True)  # this run made it, and nothing was trained in it
+        raise failed.error from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class _StartFailed(Exception):
+    """The model, data or trainer could not be built: nothing was trained."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Optional[dict], args: argparse.Namespace,
+           rank: int, world: int, local_rank: int) -> Trainer:
+    device = resolve_device(cfg.device, cfg.gpu_id)
+    if world > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    if rank == 0:
+        write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
+        print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.seed)
+    try:
+        trainer = build_trainer(cfg, exp_path, device, not args.no_progress)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+    except Exception as error:
+        raise _StartFailed(error) from error
+    try:
+        trainer.run()
+    except BaseException as error:
+        if world > 1 and dist.is_initialized():
+            shut_down_distributed(trainer, wait_for_other_ranks=False)  # another may be inside a collective
+        if isinstance(error, TrainingDiverged):
+            trainer.writer.close()
+            raise SystemExit(f"training stopped: {error}")
+        raise
+    if world > 1:
+        shut_down_distributed(trainer)
+    return trainer
+
+
+def shut_down_distributed(trainer: Trainer, wait_for_other_ranks: bool = True, settle_s: float = 0.2) -> None:
+    """Tear the process group down (once every rank is done with it, unless told not to wait).
+
+    gloo's worker threads free each finished collective's tensors after the caller has moved on,
+    and need the GIL for it. The DistributedDataParallel wrapper's destructor, when it drops the
+    last reference to the group, joins those threads while holding the GIL: if one of them was
+    still freeing tensors, the process hung for good (3 of about 50 two-process runs). Sleeping
+    (without the GIL) lets them finish before the wrapper and the group are freed here.
+    """
+    if wait_for_other_ranks:
+        dist.barrier()
+    time.sleep(settle_s)
+    dist.destroy_process_group()
+    trainer.model = trainer.core
