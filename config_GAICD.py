@@ -7,9 +7,10 @@ Paths left as ``None`` are derived from ``data_root`` in the release's layout.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from untils.config import check_choice
 
@@ -17,6 +18,8 @@ BACKBONES = ("vgg16", "resnet50", "mobilenetv2", "shufflenetv2")
 LOSS_TYPES = ("L1Loss", "RankLoss", "WeightedL1Loss", "LVRLoss")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_ROOT_ENV = "HCIC_DATA_ROOT"
+MODEL_TYPES = ("HCIC", "GAIC", "GAIC-official")
+MOS_MEAN, MOS_STD = 2.95, 0.8  # GAICD's mean opinion scores, as GAIC's release normalises them
 
 
 def _default_data_root() -> str:
@@ -29,6 +32,8 @@ def _opt(help_text: str, default=None, **kwargs):
 
 @dataclass
 class Config:
+    TRAINING_SET: ClassVar[str] = "GAICD"  # the dataset the experiment names start with
+
     # data
     data_root: str = field(default_factory=_default_data_root, metadata={
         "help": f"folder holding GAICD/, CPCDataset/, FCDB/, FLMS/ (env {DATA_ROOT_ENV})"})
@@ -55,8 +60,10 @@ class Config:
     heat_map_dir: Optional[str] = _opt("pseudo heat maps, as written by generate_pseudo_heatmap.py")
     CPC_heat_map: Optional[str] = _opt("CPC pseudo heat maps")
     GAIC_heat_map: Optional[str] = _opt("GAICD pseudo heat maps")
+    skip_missing: bool = _opt("with a partial dataset, use the images that are there (how many were skipped is "
+                              "printed) instead of stopping with the list of missing ones; test.py --table also "
+                              "skips datasets that are not installed", False)
 
-    heat_map_size: float = _opt("heat map size relative to the input", 1.0 / 4)
     image_size: tuple[int, int] = _opt("shorter side when keeping the aspect ratio, else (width, height)",
                                        (256, 256))
     backbone: str = _opt(f"one of {', '.join(BACKBONES)}", "vgg16")
@@ -64,12 +71,18 @@ class Config:
         "local ImageNet weights for the backbone; None uses torchvision's weights API")
     pretrained: bool = _opt("start the backbone from ImageNet weights (false: random init)", True)
 
-    model_type: str = _opt("HCIC (human-centric) or GAIC (baseline)", "HCIC")
+    model_type: str = _opt("HCIC (human-centric), GAIC (the baseline, our backbones) or GAIC-official (GAIC's "
+                           "released architecture and parameter names)", "HCIC")
+    image_preprocessing: str = _opt("hcic: PIL Lanczos resize, pixels / 255 (the HCIC release); gaic: cv2 bilinear "
+                                    "resize, pixels / 256 (GAIC's release, what its published models expect)", "hcic")
 
     # training
-    training_set: str = _opt("GAICD or CPC", "GAICD")
     loss_type: list[str] = _opt(f"any of {', '.join(LOSS_TYPES)} (default: L1Loss RankLoss)")
-    rank_loss_weighting: str = _opt("RankLoss pair weight: sign (GAIC) or sin (the HCIC release)", "sign")
+    normalize_scores: bool = _opt(f"train on (score - {MOS_MEAN}) / {MOS_STD}, as GAIC's release (ranking metrics do "
+                                  "not change)", False)
+    rank_loss_weighting: str = _opt("RankLoss pair weight: sin of the score difference (the HCIC release, used for "
+                                    "the paper's numbers) or its sign (the gradient of a hinge on the pair order)",
+                                    "sin")
     device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
     num_workers: int = _opt("DataLoader workers", 4)
@@ -99,7 +112,7 @@ class Config:
     reduced_dim: int = _opt("channels of the reduced feature map", 32)
 
     batch_size: int = _opt("images per optimiser step", 1)
-    lr_scheduler: str = _opt("cosine or step", "cosine")
+    lr_scheduler: str = _opt("cosine (after warm-up), step, or constant (GAIC's release)", "cosine")
     warmup_epochs: int = _opt("linear warm-up epochs before the cosine schedule", 5)
     max_epoch: int = _opt("epochs", 80)
     lr_decay_epoch: Optional[list[int]] = _opt("epochs where the step schedule decays (default: never)")
@@ -107,8 +120,9 @@ class Config:
 
     images_per_step: int = _opt("images per forward pass (same resized size), in training and evaluation; "
                                 "gradients accumulate to batch_size", 1)
-    selection: str = _opt("choose best checkpoints on 'val' (carved from train; test reported once) or on "
-                          "'test' (the release's protocol, used for the paper's numbers)", "val")
+    selection: str = _opt("choose best checkpoints on 'test' (the release's protocol, used for the paper's "
+                          "numbers) or on 'val' (carved from train, the test split reported once: use it for new "
+                          "research)", "test")
     val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
     checkpoint_steps: int = _opt("also save last.pth inside an epoch, at the first optimiser step N or more steps "
                                  "after the last save (0: at epoch ends only)", 0)
@@ -160,21 +174,37 @@ class Config:
 
     def validate(self) -> None:
         check_choice("backbone", self.backbone, BACKBONES)
-        check_choice("model_type", self.model_type, ("HCIC", "GAIC"))
+        check_choice("model_type", self.model_type, MODEL_TYPES)
+        check_choice("image_preprocessing", self.image_preprocessing, ("hcic", "gaic"))
+        if self.model_type == "GAIC-official" and self.backbone not in ("mobilenetv2", "shufflenetv2", "vgg16"):
+            raise ValueError(f"config option backbone={self.backbone!r}: GAIC-official has mobilenetv2, shufflenetv2 "
+                             "or vgg16")
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
         check_choice("selection", self.selection, ("val", "test"))
-        check_choice("training_set", self.training_set, ("GAICD", "CPC"))
         check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
         check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
-        check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step"))
+        check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step", "constant"))
         check_choice("precision", self.precision, PRECISIONS)
         for loss in self.loss_type:
             check_choice("loss_type", loss, LOSS_TYPES)
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
-        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step"):
+        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
+                     "display_freq", "visualize_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
+        for name in ("warmup_epochs", "checkpoint_steps", "num_workers", "gpu_id"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config option {name}={getattr(self, name)} must be >= 0")
+        if self.save_freq is not None and self.save_freq < 1:
+            raise ValueError(f"config option save_freq={self.save_freq} must be >= 1 (or not given)")
+        if any(epoch < 0 for epoch in self.lr_decay_epoch or []):
+            raise ValueError(f"config option lr_decay_epoch={self.lr_decay_epoch} must hold epochs >= 0")
+        for name in ("lr", "lr_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"config option {name}={getattr(self, name)} must be a positive number")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"config option weight_decay={self.weight_decay} must be >= 0")
         if self.batch_size % self.images_per_step:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}")
         if not 0 < self.val_fraction < 1:
@@ -185,7 +215,7 @@ class Config:
     @property
     def prefix(self) -> str:
         """The release's experiment name: dataset and the switches that differ from the paper."""
-        prefix = self.training_set + ("-Human" if self.only_human else "")
+        prefix = self.TRAINING_SET + ("-Human" if self.only_human else "")
         if not self.data_augmentation:
             prefix += "_wodataaug"
         if self.reduced_dim != 32:
@@ -241,6 +271,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "loss-WL1-Rank": ("score loss: score-weighted smooth-L1 + rank", {"loss_type": ["WeightedL1Loss", "RankLoss"]}),
     "loss-L1-LVR": ("score loss: smooth-L1 + listwise view ranking", {"loss_type": ["L1Loss", "LVRLoss"]}),
     "loss-LVR": ("score loss: listwise view ranking only", {"loss_type": ["LVRLoss"]}),
+    "GAIC-official": ("GAIC's release recipe: its model (mobilenetv2, reduced_dim 8), cv2 preprocessing and "
+                      "photometric augmentation, smooth-L1 on (MOS - 2.95) / 0.8, Adam without weight decay at a "
+                      "constant lr 1e-4, 80 epochs of 64 views (needs --backbone_weight_path: its ImageNet file)",
+                      {"model_type": "GAIC-official", "backbone": "mobilenetv2", "reduced_dim": 8,
+                       "image_preprocessing": "gaic", "loss_type": ["L1Loss"], "normalize_scores": True,
+                       "weight_decay": 0.0, "lr_scheduler": "constant", "use_partition_aware": False,
+                       "use_content_preserve": False, "keep_aspect_ratio": True, "image_size": (256, 256)}),
 }
 
 cfg = Config()

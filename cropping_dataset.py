@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -62,13 +63,32 @@ def problems_error(title: str, problems: Sequence[str]) -> DatasetError:
 
 
 def load_json(path: str, what: str) -> Any:
+    """The JSON content of ``path``; an object that gives one key twice is an error (JSON keeps the last)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise DatasetError(f"{what} {path} gives {len(repeated)} key(s) twice: {', '.join(repeated[:10])}")
+        return dict(pairs)
+
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
+            return json.load(handle, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise DatasetError(f"{what} {path} is not valid JSON: {error}") from error
+
+
+def unique_names(names: Sequence[str], where: str) -> list[str]:
+    """``names`` as a list; a name listed twice is an error (it would leak into both sides of a split)."""
+    names = list(names)
+    seen: set[str] = set()
+    repeated = sorted({name for name in names if name in seen or seen.add(name)})
+    if repeated:
+        raise DatasetError(f"{where} lists {len(repeated)} image(s) twice: {', '.join(repeated[:10])}")
+    return names
 
 
 @dataclass
@@ -100,6 +120,9 @@ def read_crop_annotations(path: str, box_key: str, score_key: str) -> dict[str, 
         if len(boxes) == 0 or len(boxes) != len(scores):
             problems.append(f"{name}: {len(boxes)} boxes but {len(scores)} scores")
             continue
+        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+            problems.append(f"{name}: boxes and scores must be finite numbers (found NaN or infinity)")
+            continue
         annotations[name] = CropAnnotation(boxes, scores)
     if problems:
         raise problems_error(f"crop annotation file {path}", problems)
@@ -128,6 +151,9 @@ def read_human_boxes(path: str) -> dict[str, np.ndarray]:
             boxes[name] = np.asarray(box, dtype=np.float64).reshape(4)
         except (TypeError, ValueError):
             problems.append(f"{name}: expected [x1, y1, x2, y2], got {box!r}")
+            continue
+        if not np.isfinite(boxes[name]).all():
+            problems.append(f"{name}: the person box {box!r} must hold finite numbers")
     if problems:
         raise problems_error(f"human box file {path}", problems)
     return boxes
@@ -137,7 +163,7 @@ def _names_from_split(path: str, key: str, what: str) -> list[str]:
     split = load_json(path, what)
     if not isinstance(split, dict) or key not in split:
         raise DatasetError(f"{what} {path} has no '{key}' list")
-    return list(split[key])
+    return unique_names(split[key], f"{what} {path} ('{key}')")
 
 
 def gaicd_image_names(cfg: "Config", split: str, only_human: bool) -> list[str]:
@@ -149,8 +175,9 @@ def gaicd_image_names(cfg: "Config", split: str, only_human: bool) -> list[str]:
             return list(read_human_boxes(cfg.GAIC_human))
         return _names_from_split(cfg.GAIC_human_split, split, "GAICD human-centric split file")
     if split == "all":
-        return (_names_from_split(cfg.GAIC_split, "test", "GAICD split file")
-                + _names_from_split(cfg.GAIC_split, "train", "GAICD split file"))
+        return unique_names(_names_from_split(cfg.GAIC_split, "test", "GAICD split file")
+                            + _names_from_split(cfg.GAIC_split, "train", "GAICD split file"),
+                            f"GAICD split file {cfg.GAIC_split} (train and test together)")
     return _names_from_split(cfg.GAIC_split, split, "GAICD split file")
 
 
@@ -210,19 +237,26 @@ def check_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
     return boxes, False, None
 
 
+def normalize_pixels(pixels: np.ndarray) -> torch.Tensor:
+    """(h, w, 3) float32 RGB in [0, 1] -> (3, h, w) float32, ImageNet-normalised."""
+    mean = np.array(IMAGE_NET_MEAN, dtype=np.float32)
+    std = np.array(IMAGE_NET_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1)))
+
+
 def normalize_image(image: Image.Image) -> torch.Tensor:
     """PIL RGB image -> (3, h, w) float32, scaled to [0, 1] then ImageNet-normalised."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(IMAGE_NET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGE_NET_STD).view(3, 1, 1)
-    return (pixels - mean) / std
+    return normalize_pixels(np.asarray(image, dtype=np.float32) / 255.0)
 
 
 class CroppingDataset(Dataset):
     """What the four datasets share: image files, sizes, resizing, person boxes, checks.
 
     Subclasses list their images, gather problems while reading annotations, and call
-    ``_finish_checks`` once so that all problems surface in a single error.
+    ``_finish_checks`` once so that all problems surface in a single error. Every image is decoded
+    once here (JPEGs at 1/8 scale), so a truncated file is reported now, not in the middle of an
+    epoch. With ``cfg.skip_missing`` the images missing from a partial dataset are left out, and
+    their number is printed.
     """
 
     title = "dataset"
@@ -238,22 +272,36 @@ class CroppingDataset(Dataset):
         self.human_boxes: list[Optional[np.ndarray]] = []
         self._problems: list[str] = []
         self._clipped_names: list[str] = []
-        for name, path in zip(self.names, image_paths):
+        missing = []
+        for name, path in zip(list(self.names), image_paths):
+            if getattr(cfg, "skip_missing", False) and (path is None or not os.path.isfile(path)):
+                missing.append(name)
+                continue
             self.image_paths.append(path or "")
             self.original_sizes.append(self._read_header(name, path))
+        if missing:
+            self.names = [name for name in self.names if name not in set(missing)]
+            print(f"{self.title}: {len(missing)} of {len(missing) + len(self.names)} images are not there and "
+                  f"were skipped (--skip_missing); using {len(self.names)}", flush=True)
+        self.skipped = len(missing)
         for name, size in zip(self.names, self.original_sizes):
             box = human_boxes.get(name)
             self.human_boxes.append(None if box is None or size is None
                                     else self._checked(name, "person box", box.reshape(1, 4), size))
 
     def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
+        """The image's size, after decoding it once (JPEGs at 1/8 scale: fast, and truncation still shows)."""
         if path is None or not os.path.isfile(path):
-            self._problems.append(f"missing image {path or name}")
+            self._problems.append(f"missing image {path or name} (--skip_missing true uses the images that are "
+                                  "there)")
             return None
         try:
             with Image.open(path) as image:
-                return image.size
-        except (OSError, SyntaxError, ValueError) as error:
+                size = image.size
+                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.load()
+            return size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             self._problems.append(f"unreadable image {path}: {error}")
             return None
 
@@ -283,7 +331,8 @@ class CroppingDataset(Dataset):
         """The network input size ``(w, h)`` of item ``index``, known without loading it."""
         return self.resized_sizes[index]
 
-    def _load_resized_image(self, index: int) -> Image.Image:
+    def _load_image(self, index: int) -> Image.Image:
+        """Image ``index`` in RGB at its original size, as it was when the dataset was built."""
         path = self.image_paths[index]
         try:
             with Image.open(path) as image:
@@ -294,7 +343,33 @@ class CroppingDataset(Dataset):
             raise DatasetError(f"{self.title}: image {path} is {image.size[0]}x{image.size[1]} now, "
                                f"{self.original_sizes[index][0]}x{self.original_sizes[index][1]} when the "
                                "dataset was built")
-        return image.resize(self.resized_sizes[index], Image.Resampling.LANCZOS)
+        return image
+
+    def _image_tensor(self, index: int, flipped: bool = False, augment: bool = False) -> torch.Tensor:
+        """The network input (3, h, w) of image ``index``, as ``cfg.image_preprocessing`` says.
+
+        hcic (the HCIC release): PIL Lanczos resize, flip, colour jitter, pixels / 255.
+        gaic (GAIC's release): photometric distortion at the original size, flip, cv2 bilinear
+        resize (of the uint8 pixels when nothing was distorted, as its test code), pixels / 256.
+        Both ImageNet-normalised. Randomness comes from torch's RNG (seeded per image in training).
+        """
+        image = self._load_image(index)
+        size = self.resized_sizes[index]
+        if self.cfg.image_preprocessing == "gaic":
+            pixels = np.asarray(image)
+            if augment:
+                from untils.gaic_augmentation import photometric_distort
+                generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+                pixels = photometric_distort(pixels.astype(np.float32), generator)
+            if flipped:
+                pixels = pixels[:, ::-1]
+            return normalize_pixels(cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32) / 256.0)
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if augment:
+            image = self.color_jitter(image)
+        return normalize_image(image)
 
     def _resized_human_box(self, index: int) -> np.ndarray:
         box = self.human_boxes[index]
@@ -306,14 +381,14 @@ class CroppingDataset(Dataset):
         (width, height), (resized_w, resized_h) = self.original_sizes[index], self.resized_sizes[index]
         return resized_w / width, resized_h / height
 
-    def _common_item(self, index: int, image: Image.Image, crop_box: np.ndarray | torch.Tensor,
+    def _common_item(self, index: int, image: torch.Tensor, crop_box: np.ndarray | torch.Tensor,
                      human_box: np.ndarray, flipped: bool) -> dict[str, Any]:
         resized_w, resized_h = self.resized_sizes[index]
         width, height = self.original_sizes[index]
         crop_tensor = torch.as_tensor(crop_box, dtype=torch.float32)
         human_tensor = torch.as_tensor(human_box, dtype=torch.float32)
         item = {
-            "image": normalize_image(image),
+            "image": image,
             "crop_box": crop_tensor,
             "human_box": human_tensor,
             "has_human": bool(has_person(human_tensor)),
@@ -351,6 +426,8 @@ class ScoredCropDataset(CroppingDataset):
             path = heat_map_path(heat_map_dir, name)
             if os.path.isfile(path):
                 self.heat_map_paths.append(path)
+                if require_heat_maps:
+                    self._check_heat_map(path)
             else:
                 self.heat_map_paths.append(None)
                 if require_heat_maps:
@@ -358,6 +435,13 @@ class ScoredCropDataset(CroppingDataset):
         self._problems.extend(f"{name}: not in the crop annotation file" for name in missing_annotations)
         self.color_jitter = transforms.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
         self._finish_checks()
+
+    def _check_heat_map(self, path: str) -> None:
+        try:
+            with Image.open(path) as heat_map:
+                heat_map.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            self._problems.append(f"unreadable heat map {path}: {error} (run generate_pseudo_heatmap.py --overwrite)")
 
     def _load_heat_map(self, index: int) -> Optional[Image.Image]:
         path = self.heat_map_paths[index]
@@ -371,21 +455,17 @@ class ScoredCropDataset(CroppingDataset):
         return heat_map.resize((HEAT_MAP_SIZE, HEAT_MAP_SIZE), Image.Resampling.BICUBIC)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self._load_resized_image(index)
         heat_map = self._load_heat_map(index)
         crop_box = rescale_boxes(self.crop_boxes[index], *self._ratios(index))
         human_box = self._resized_human_box(index)
-        flipped = False
-        if self.augment:
-            flipped = bool(torch.rand(()) < 0.5)
-            if flipped:
-                resized_w = self.resized_sizes[index][0]
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                if heat_map is not None:
-                    heat_map = heat_map.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                crop_box = flip_boxes_horizontal(crop_box, resized_w)
-                human_box = flip_boxes_horizontal(human_box, resized_w)
-            image = self.color_jitter(image)
+        flipped = self.augment and bool(torch.rand(()) < 0.5)
+        if flipped:
+            resized_w = self.resized_sizes[index][0]
+            if heat_map is not None:
+                heat_map = heat_map.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crop_box = flip_boxes_horizontal(crop_box, resized_w)
+            human_box = flip_boxes_horizontal(human_box, resized_w)
+        image = self._image_tensor(index, flipped, self.augment)
         item = self._common_item(index, image, crop_box, human_box, flipped)
         item["score"] = torch.from_numpy(self.scores[index])
         if heat_map is None:
@@ -399,8 +479,9 @@ class ScoredCropDataset(CroppingDataset):
 class GAICDataset(ScoredCropDataset):
     """GAICD (1,036 train / 200 test images; 289 / 50 human-centric), 54-90 scored crops each.
 
-    ``augment=None`` means ``cfg.data_augmentation and split == 'train'``; heat maps
-    are required for the train split (``require_heat_maps=None``) and optional otherwise.
+    ``augment=None`` means ``cfg.data_augmentation and split == 'train'``; heat maps are required
+    for the train split when the model has the content-preserving module (``require_heat_maps=None``)
+    and optional otherwise.
     """
 
     def __init__(self, cfg: "Config", split: str = "train", only_human_images: bool = False,
@@ -413,7 +494,8 @@ class GAICDataset(ScoredCropDataset):
         super().__init__(
             cfg, names, [gaicd_image_path(cfg.GAIC_image, name) for name in names],
             read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), read_human_boxes(cfg.GAIC_human),
-            cfg.GAIC_heat_map, split == "train" if require_heat_maps is None else require_heat_maps,
+            cfg.GAIC_heat_map,
+            split == "train" and cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
             keep_aspect_ratio, cfg.data_augmentation and split == "train" if augment is None else augment)
 
 
@@ -421,14 +503,13 @@ class CPCDataset(ScoredCropDataset):
     """CPC (10,797 images, 1,154 human-centric), scored crops in ``{"bboxes", "scores"}``.
 
     A training set: ``augment=None`` means ``cfg.data_augmentation``, and heat maps are
-    required unless ``require_heat_maps=False``.
+    required (``require_heat_maps=None``) when the model has the content-preserving module.
     """
 
     title = "CPC"
 
     def __init__(self, cfg: "Config", only_human_images: bool = False, keep_aspect_ratio: bool = False,
-                 augment: Optional[bool] = None,
-                 require_heat_maps: bool = True) -> None:
+                 augment: Optional[bool] = None, require_heat_maps: Optional[bool] = None) -> None:
         if only_human_images:
             self.title = "CPC (human-centric)"
         names = cpc_image_names(cfg, only_human_images)
@@ -437,7 +518,8 @@ class CPCDataset(ScoredCropDataset):
         super().__init__(
             cfg, names, [os.path.join(cfg.CPC_image, name) for name in names],
             read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), read_human_boxes(cfg.CPC_human),
-            cfg.CPC_heat_map, require_heat_maps, keep_aspect_ratio,
+            cfg.CPC_heat_map, cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
+            keep_aspect_ratio,
             cfg.data_augmentation if augment is None else augment)
 
 
@@ -452,20 +534,34 @@ class AnchorEvalDataset(CroppingDataset):
                          keep_aspect_ratio)
         self.anchors = load_predefined_anchors(cfg.predefined_pkl)
         self.gt_crops: list[Optional[np.ndarray]] = []
+        self._odd_ground_truth: list[str] = []
         for name, size in zip(self.names, self.original_sizes):
             boxes = gt_crops.get(name)
             if boxes is None:
                 self._problems.append(f"{name}: not in the crop annotation file")
+            elif not np.isfinite(boxes).all():
+                self._problems.append(f"{name}: ground-truth crops must be finite numbers, got {boxes.tolist()}")
             elif size is not None:
                 boxes = self._prepare_gt(name, boxes, size)
             self.gt_crops.append(boxes)
         self._finish_checks()
+        if self._odd_ground_truth:
+            warnings.warn(f"{self.title}: {len(self._odd_ground_truth)} image(s) have ground-truth crops with "
+                          "x2 <= x1, y2 <= y1 or outside the image; kept and scored as annotated, as the release "
+                          f"does: {'; '.join(self._odd_ground_truth[:5])}", stacklevel=2)
 
     def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        return self._checked(name, "ground-truth crop", boxes, size)
+        """The ground truth as annotated: the release scores every official box as it is, also ones
+        running outside the image or with x2 < x1 (they get IoU 0); such images are named in a warning."""
+        width, height = size
+        odd = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 0] < 0) | (boxes[:, 1] < 0)
+               | (boxes[:, 2] > width) | (boxes[:, 3] > height))
+        if odd.any():
+            self._odd_ground_truth.append(f"{name} {boxes[odd].tolist()}")
+        return boxes
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self._load_resized_image(index)
+        image = self._image_tensor(index)
         anchors = scale_anchors(self.anchors, *self.resized_sizes[index])
         item = self._common_item(index, image, anchors, self._resized_human_box(index), flipped=False)
         item["gt_crops"] = torch.from_numpy(self.gt_crops[index].astype(np.float32))
@@ -494,7 +590,8 @@ class FCDBDataset(AnchorEvalDataset):
 class FLMSDataset(AnchorEvalDataset):
     """FLMS: up to 10 ground-truth crops per image, padded with -1s; 39 human-centric images.
 
-    As the release, crops reaching beyond the image's right or bottom edge are dropped.
+    As the release, crops reaching beyond the image's right or bottom edge are dropped, and the
+    others are kept as annotated (two official boxes have x2 < x1 or y2 < y1).
     """
 
     title = "FLMS"
@@ -518,7 +615,7 @@ class FLMSDataset(AnchorEvalDataset):
             self._problems.append(f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
                                  f"expected 1 to {FLMS_MAX_CROPS}")
             return inside
-        inside = self._checked(name, "ground-truth crop", inside, size)
+        inside = super()._prepare_gt(name, inside, size)
         padding = np.full((FLMS_MAX_CROPS - len(inside), 4), -1.0)
         return np.concatenate([inside, padding])
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config_GAICD import MOS_MEAN, MOS_STD
 from roi_align import RoIAlignAvg
 from rod_align import RoDAlignAvg
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
@@ -28,7 +29,6 @@ from untils.torchvision_compat import models
 
 ALIGN_SIZE = 9
 CONTENT_FEAT_DIM = 256
-MOS_MEAN = 2.95  # GAICD mean opinion score, used by the score-weighted regression loss
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
 # and FLMS score 1,745 anchors per image).
 CROP_CHUNK = 512
@@ -482,10 +482,21 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
         return HumanCentricCroppingModel(cfg, loadweights=loadweights)
     if model_type == "GAIC":
         return GAICModel(cfg, loadweights=loadweights)
+    if model_type == "GAIC-official":
+        from gaic_model import GAICOfficialModel  # gaic_model builds on this module
+        pretrained = cfg.pretrained if loadweights is None else loadweights
+        if pretrained and not cfg.backbone_weight_path:
+            raise BackboneWeightsError("GAIC-official takes its ImageNet weights from the release's file: pass "
+                                       "--backbone_weight_path (e.g. mobilenetv2_1.0-0c6065bc.pth), or --pretrained "
+                                       "false")
+        model = GAICOfficialModel(cfg.backbone, cfg.reduced_dim,
+                                  backbone_weight_path=cfg.backbone_weight_path if pretrained else None)
+        model.cfg = cfg
+        return model
     if model_type == "PIC":
         from pic_model import PICModel  # pic_model builds on this module
         return PICModel(cfg, loadweights=loadweights)
-    raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC' or 'PIC'")
+    raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC', 'GAIC-official' or 'PIC'")
 
 
 def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
@@ -493,9 +504,11 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
     """Any crop model the project knows, with its weights, in eval mode on ``device``.
 
     ``source`` is a checkpoint path or its loaded content: our checkpoints of every model type
-    (``{"model": state_dict, "config": ..., "model_type": ...}``), or a bare state_dict of the
-    HCIC release (early key names included). The model's config is ``model.cfg``: the stored
-    options, the defaults for a bare state_dict, with ``overrides`` (e.g. data paths) winning.
+    (``{"model": state_dict, "config": ..., "model_type": ...}``), a bare state_dict of the HCIC
+    release (early key names included), or one of GAIC's release (``gaic_model``; also with
+    DataParallel's ``module.`` prefix). The model's config is ``model.cfg``: the stored options,
+    the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with ``overrides``
+    (e.g. data paths) winning.
     ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
     """
     from config_GAICD import Config
@@ -505,11 +518,19 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
         content = {"model": content}
+    from gaic_model import is_official_gaic_state_dict, official_gaic_from_state_dict  # builds on this module
+    if "model_type" not in content and is_official_gaic_state_dict(content["model"]):
+        model = official_gaic_from_state_dict(content["model"])
+        model.cfg = config_from_checkpoint({"config": {
+            "model_type": "GAIC-official", "backbone": model.backbone_name, "reduced_dim": model.DimRed.out_channels,
+            "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
+            "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
+        return model.to(device).eval()
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
         from pic_model import load_pic_model  # pic_model builds on this module
         return load_pic_model(content, device, overrides)
-    if model_type not in ("HCIC", "GAIC"):
+    if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
     cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type})
     model = build_crop_model(cfg, model_type, loadweights=False)
@@ -597,7 +618,8 @@ def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) 
     """The training loss of the cropping recipes and its parts: the score losses of ``cfg.loss_type``
     (in fp32, over each image's valid crops) plus ``cfg.content_loss_weight`` x L1 between the
     predicted heat map and the pseudo heat map, on the images that have one."""
-    score_loss = crop_score_loss(output.score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
+    target = (batch["score"] - MOS_MEAN) / MOS_STD if cfg.normalize_scores else batch["score"]
+    score_loss = crop_score_loss(output.score.float(), target, cfg.loss_type, batch["crop_valid"],
                                  score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting)
     loss = score_loss
     parts = {"score_loss": score_loss.item()}

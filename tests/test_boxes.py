@@ -33,13 +33,13 @@ def loop_crop_mask(box, width, height, size_w, size_h) -> np.ndarray:
 
 def loop_partition_mask(box, width, height, downsample) -> np.ndarray:
     target_w, target_h = int(width / downsample), int(height / downsample)
+    """The release's generate_partition_mask, cell by cell: the lines come from the truncated box
+    (its one-cell widening came after them, so it never took effect)."""
     masks = np.zeros((9, target_h, target_w), np.float32)
-    if box[0] < 0 or box[2] <= box[0] or box[3] <= box[1]:
-        return masks
     x1, x2 = (int(np.float32(v) * np.float32(target_w / width)) for v in (box[0], box[2]))
     y1, y2 = (int(np.float32(v) * np.float32(target_h / height)) for v in (box[1], box[3]))
-    x2 = x1 + 1 if x2 == x1 else x2
-    y2 = y1 + 1 if y2 == y1 else y2
+    if x1 < 0:
+        return masks
     columns, rows = [0, x1, x2, target_w], [0, y1, y2, target_h]
     for row in range(target_h):
         for col in range(target_w):
@@ -152,13 +152,13 @@ def test_partition_masks_match_loop_batched():
     width, height = 384, 256
     boxes = random_boxes(rng, 25, width, height).astype(np.float32)
     boxes[0] = -1
-    boxes[1] = [100, 50, 105, 53]  # truncates to zero width and height: widened by one cell
+    boxes[1] = [100, 50, 105, 53]  # truncates to zero width and height: no person cell, as the release
     masks = partition_masks(torch.from_numpy(boxes).unsqueeze(1), width, height)
     assert masks.shape == (25, 9, 16, 24)
     for box, mask in zip(boxes, masks):
         np.testing.assert_array_equal(mask.numpy(), loop_partition_mask(box, width, height, 16))
-    assert masks[0].sum() == 0
-    assert masks[1][4].sum() == 1
+    assert masks[0][8].sum() == 16 * 24 and masks[0].sum() == 16 * 24  # no person: channel 8 covers the map
+    assert masks[1][4].sum() == 0
 
 
 def test_has_person_per_image():
@@ -191,8 +191,9 @@ def test_masks_match_release_fixture():
     width, height = fixture["resized_wh"]
     assert torch.equal(crop_masks(fixture["crop_box"], width, height), fixture["crop_mask"])
     assert torch.equal(partition_masks(fixture["human_box"], width, height), fixture["partition_mask"])
-    # Without a person we give all zeros. The release's mask is not zero (its -1 box truncates
-    # to a point at the origin, so channel 8 covers the map), but its person cell is empty too.
+    # Without a person the release's -1 box truncates to a point at the origin, so channel 8 covers
+    # the map (the fixture fed all zeros instead; both have an empty person cell, all the model reads).
     no_person = partition_masks(torch.full((1, 1, 4), -1.0), width, height)
-    assert no_person.shape == fixture["partition_mask_no_human"].shape and no_person.sum() == 0
+    assert no_person.shape == fixture["partition_mask_no_human"].shape
+    assert no_person[0, 8].sum() == no_person[0, 8].numel() and no_person.sum() == no_person[0, 8].numel()
     assert fixture["partition_mask_no_human"][:, 4].sum() == 0

@@ -122,7 +122,8 @@ def test_gaicd_item_contents(gaicd_cfg):
     assert not item["has_heat_map"] and item["heat_map"].shape == (1, 64, 64) and item["heat_map"].sum() == 0
     other = dataset[0]
     assert not other["has_human"] and other["human_box"].tolist() == [[-1.0] * 4]
-    assert other["partition_mask"].sum() == 0
+    # no person: the release's mask, channel 8 over the whole map and an empty person cell
+    assert other["partition_mask"][8].sum() == other["partition_mask"][8].numel() == other["partition_mask"].sum()
     # Boxes scaled with floor/ceil: checked against a plain loop over the annotation.
     annotation = json.loads(Path(gaicd_cfg.GAIC_anno).read_text())["265813.jpg"]
     ratio_w, ratio_h = other["image"].shape[2] / other["width"], other["image"].shape[1] / other["height"]
@@ -249,11 +250,18 @@ def test_crops_slightly_outside_are_clipped_and_nonsense_rejected(gaicd_cfg):
         GAICDataset(gaicd_cfg, split="test")
 
 
-def test_corrupt_image_is_named_at_load_time(gaicd_cfg):
+def test_truncated_image_is_named_when_the_dataset_is_built(gaicd_cfg):
     path = Path(gaicd_cfg.GAIC_image) / "test" / "297406.jpg"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])  # the header survives, the pixels do not
+    with pytest.raises(DatasetError, match=r"unreadable image .*297406\.jpg: image file is truncated"):
+        GAICDataset(gaicd_cfg, split="test", augment=False)
+
+
+def test_image_truncated_after_the_dataset_was_built_is_named_at_load_time(gaicd_cfg):
     dataset = GAICDataset(gaicd_cfg, split="test", augment=False)
+    path = Path(gaicd_cfg.GAIC_image) / "test" / "297406.jpg"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     with pytest.raises(DatasetError, match=r"cannot decode image .*297406\.jpg"):
         dataset[1]
 

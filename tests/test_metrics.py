@@ -11,7 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from tests.conftest import require_shared
 from untils.metrics import (average_ranks, best_crop_in_original, compute_acc, compute_iou_and_disp,
-                            crop_metrics, gaicd_metrics)
+                            crop_metrics, gaicd_metrics, weighted_accuracy)
 
 
 # ---------- GAICD ranking metrics ----------
@@ -134,6 +134,46 @@ def test_constant_prediction_has_no_correlation():
 def test_gaicd_bad_input_is_named(gt, pred, message):
     with pytest.raises(ValueError, match=message):
         gaicd_metrics(gt, pred)
+
+
+# ---------- wAcc ----------
+
+def test_weighted_accuracy_reproduces_the_release_cases():
+    """``wacc_cases``: the values PIC's ``finetune_pic.py`` ``test()`` computes for 40 images."""
+    cases = torch.load(require_shared("official_fixtures/pic_forward_fixture.pt"))["wacc_cases"]
+    for case in cases:
+        wacc5, wacc10 = weighted_accuracy([case["gt"]], [case["pred"]])
+        assert wacc5 == pytest.approx(case["wacc5"], abs=1e-12)
+        assert wacc10 == pytest.approx(case["wacc10"], abs=1e-12)
+    wacc5, wacc10 = weighted_accuracy([c["gt"] for c in cases], [torch.tensor(c["pred"]) for c in cases])
+    assert wacc5 == pytest.approx(np.mean([c["wacc5"] for c in cases], axis=0).tolist(), abs=1e-12)
+    assert wacc10 == pytest.approx(np.mean([c["wacc10"] for c in cases], axis=0).tolist(), abs=1e-12)
+
+
+def test_weighted_accuracy_hand_computed():
+    gt = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]  # crop i has ground-truth rank i
+    pred = [0.0] * 10
+    for position, index in enumerate([0, 7, 2, 9]):  # returned ranks 0, 7, 2, 9
+        pred[index] = 10.0 - position
+    wacc5, wacc10 = weighted_accuracy([gt], [pred])
+    e = math.exp
+    # K = 3: sorted ranks 0, 2, 7 at positions 0, 1, 2 -> e^0 + e^(-0.2 * 1) (+ e^(-0.1 * 5) for N = 10).
+    assert wacc5 == pytest.approx([1.0, 1 / 2, (1 + e(-0.2)) / 3, (1 + e(-0.2)) / 4])
+    assert wacc10 == pytest.approx([1.0, (1 + e(-0.6)) / 2, (1 + e(-0.1) + e(-0.5)) / 3,
+                                    (1 + e(-0.1) + e(-0.5) + e(-0.6)) / 4])
+    perfect = weighted_accuracy([gt, gt[::-1]], [gt, gt[::-1]])
+    assert perfect == ([1.0] * 4, [1.0] * 4)
+
+
+def test_weighted_accuracy_ground_truth_ties_go_by_listing_order():
+    # Crops 1..6 tie at 4; crop 6 is listed last, so its rank is 6: no wAcc_1/5 hit (an Acc_1/5 hit).
+    gt = [5, 4, 4, 4, 4, 4, 4, 1, 1, 1, 0, 0]
+    pred = [0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0]
+    wacc5, wacc10 = weighted_accuracy([gt], [pred])
+    assert wacc5[0] == 0.0 and gaicd_metrics([gt], [pred])["acc1_5"] == 1.0
+    assert wacc10[0] == pytest.approx(math.exp(-0.6))
+    with pytest.raises(ValueError, match="at least 10"):
+        weighted_accuracy([gt[:9]], [pred[:9]])
 
 
 # ---------- FCDB / FLMS ----------

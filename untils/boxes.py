@@ -184,30 +184,28 @@ def has_person(human_boxes: torch.Tensor) -> torch.Tensor:
 
 
 def partition_masks(human_boxes: torch.Tensor, width: int, height: int,
-                    downsample: int = 16) -> torch.Tensor:
+                    downsample: int = FEATURE_STRIDE) -> torch.Tensor:
     """The nine partition masks (9, H', W') around the person, H' = int(height / downsample).
 
-    The release's ``generate_partition_mask``: the box is scaled to the grid and
-    truncated, the grid lines ``[0, x1, x2, W'] x [0, y1, y2, H']`` cut the map into
-    3 x 3 cells (channel = row * 3 + column), and a box that truncates to zero width
-    or height is widened by one cell (the release widened after building the grid
-    lines, so its widening never took effect). Images without a person
-    (``has_person`` false) get all zeros; the release checked after scaling, where
-    the -1 padding truncates to 0, and filled channel 8 with ones.
+    The release's ``generate_partition_mask``: the box is scaled to the grid and truncated toward
+    zero, and the grid lines ``[0, x1, x2, W'] x [0, y1, y2, H']`` cut the map into 3 x 3 cells
+    (channel = row * 3 + column). As in the release: a box that truncates to zero width or height
+    leaves the person's cell (channel 4) empty (the release meant to widen it by one cell, but did
+    so after drawing the lines), and the model then treats the image as having no person; the
+    no-person box of -1s truncates to the origin, so channel 8 covers the whole map; a box whose
+    truncated x1 is negative gives all zeros.
     ``human_boxes`` (4,)/(1, 4) gives (9, H', W'); (B, 1, 4) gives (B, 9, H', W').
     """
     boxes, batched = _human_boxes_as_batch(human_boxes)
     target_w, target_h = int(width / downsample), int(height / downsample)
     grid = _scaled_grid_coords(boxes, width, height, target_w, target_h)
     x1, y1, x2, y2 = grid.unbind(-1)
-    x2 = torch.where(x2 == x1, x1 + 1, x2)
-    y2 = torch.where(y2 == y1, y1 + 1, y2)
     zeros = torch.zeros_like(x1)
     vertical_lines = torch.stack([zeros, x1, x2, torch.full_like(x1, target_w)], dim=-1)
     horizontal_lines = torch.stack([zeros, y1, y2, torch.full_like(y1, target_h)], dim=-1)
     columns = _spans(vertical_lines[:, :3], vertical_lines[:, 1:], target_w)
     rows = _spans(horizontal_lines[:, :3], horizontal_lines[:, 1:], target_h)
-    rows = rows * has_person(boxes.unsqueeze(1)).to(torch.float32)[:, None, None]
+    rows = rows * (x1 >= 0).to(torch.float32)[:, None, None]
     masks = (rows[:, :, None, :, None] * columns[:, None, :, None, :]).reshape(-1, 9, target_h, target_w)
     return masks if batched else masks[0]
 

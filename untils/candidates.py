@@ -125,21 +125,44 @@ def parse_aspect_ratio(text: str) -> Optional[float]:
     return value
 
 
+class _NumbersOnlyUnpickler(pickle.Unpickler):
+    """Reads pickled lists, tuples and numbers; refuses every class and function a pickle names,
+    since building those is how a crafted pickle runs code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and only lists of numbers are read from this file "
+                                     "(other objects may run code)")
+
+
+def _is_number_rows(content: object) -> bool:
+    """Whether ``content`` is a list (or tuple) of lists of ints and floats: all an anchors file may hold."""
+    return isinstance(content, (list, tuple)) and all(
+        isinstance(row, (list, tuple)) and all(type(value) in (int, float) for value in row) for row in content)
+
+
 def load_predefined_anchors(path: str | os.PathLike) -> torch.Tensor:
-    """The 1,745 predefined anchors (listwise view ranking) as (1745, 4) image fractions."""
+    """The 1,745 predefined anchors (listwise view ranking) as (1745, 4) image fractions.
+
+    The file is a pickle; only lists of numbers are read from it (a class or function it names is refused).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"predefined anchors file not found: {path} "
                                 "(expected pdefined_anchors.pkl, a pickled list of [x1, y1, x2, y2] fractions)")
     try:
         with open(path, "rb") as handle:
-            anchors = np.asarray(pickle.load(handle, encoding="iso-8859-1"), dtype=np.float64)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+            content = _NumbersOnlyUnpickler(handle, encoding="iso-8859-1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, MemoryError) as error:
         raise ValueError(f"predefined anchors file {path} is not a pickled list of 4-number boxes: {error}") from None
+    if not _is_number_rows(content):
+        raise ValueError(f"predefined anchors file {path} is not a pickled list of 4-number boxes "
+                         f"(it holds a {type(content).__name__} of other values)")
+    anchors = np.asarray(content, dtype=np.float64)
     if anchors.shape != (NUM_PREDEFINED_ANCHORS, 4):
         raise ValueError(f"predefined anchors file {path} holds shape {anchors.shape}, "
                          f"expected ({NUM_PREDEFINED_ANCHORS}, 4)")
-    if anchors.min() < 0 or anchors.max() > 1:
-        raise ValueError(f"predefined anchors in {path} must be fractions in [0, 1], "
+    if not np.isfinite(anchors).all() or anchors.min() < 0 or anchors.max() > 1:
+        raise ValueError(f"predefined anchors in {path} must be finite fractions in [0, 1], "
                          f"got values in [{anchors.min()}, {anchors.max()}]")
     return torch.from_numpy(anchors).to(torch.float32)
 
@@ -148,3 +171,87 @@ def scale_anchors(anchors: torch.Tensor, width: float, height: float) -> torch.T
     """Anchors in image fractions (N, 4) to pixels of a ``width`` x ``height`` image (no rounding)."""
     _check_image_size(width, height)
     return anchors * anchors.new_tensor([width, height, width, height])
+
+
+# ----------------------------------------------------------------------------------------------
+# The candidate generators of GAIC's PyTorch release (croppingDataset.py), exactly
+# ----------------------------------------------------------------------------------------------
+
+GAIC_RELEASE_BINS = 12
+# Pixel steps (width, height) of the release's fixed-ratio generators; the crop is ``i`` steps
+# wide and high for i in 14..29.
+GAIC_RELEASE_RATIO_STEPS = {"16:9": (16, 9), "4:3": (16, 12), "1:1": (12, 12)}
+
+
+def _gaic_release_grid_yxyx(width: int, height: int) -> np.ndarray:
+    """The release's ``generate_bboxes``: float64 ``[y1, x1, y2, x2]`` rows in its order and arithmetic."""
+    bins = float(GAIC_RELEASE_BINS)
+    step_h, step_w = height / bins, width / bins
+    boxes = []
+    for row1 in range(4):
+        for column1 in range(4):
+            for row2 in range(8, 12):
+                for column2 in range(8, 12):
+                    aspect = (column2 - column1) * step_w / (row2 - row1) / step_h
+                    if (row2 - row1) * (column2 - column1) > 0.4999 * bins * bins and 0.5 < aspect < 2.0:
+                        boxes.append([step_h * (0.5 + row1), step_w * (0.5 + column1),
+                                      step_h * (0.5 + row2), step_w * (0.5 + column2)])
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _gaic_release_ratio_yxyx(width: int, height: int, aspect_ratio: str) -> np.ndarray:
+    """The release's ``generate_bboxes_16_9`` / ``_4_3`` / ``_1_1``: float64 ``[y1, x1, y2, x2]`` rows."""
+    if aspect_ratio not in GAIC_RELEASE_RATIO_STEPS:
+        raise ValueError(f"GAIC's release has no {aspect_ratio!r} generator; expected one of "
+                         f"{sorted(GAIC_RELEASE_RATIO_STEPS)}")
+    step_w, step_h = GAIC_RELEASE_RATIO_STEPS[aspect_ratio]
+    boxes = []
+    for size in range(14, 30):
+        crop_h, crop_w = step_h * size, step_w * size
+        if crop_h < height and crop_w < width and crop_h * crop_w > 0.4 * height * width:
+            for x1 in range(0, width - crop_w, step_w):
+                for y1 in range(0, height - crop_h, step_h):
+                    boxes.append([y1, x1, y1 + crop_h - 1, x1 + crop_w - 1])
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _gaic_release_yxyx(width: int, height: int, aspect_ratio: Optional[str]) -> np.ndarray:
+    _check_image_size(width, height)
+    if int(width) != width or int(height) != height:
+        raise ValueError(f"the release's generators take the resized image's whole-pixel size, got {width}x{height}")
+    if aspect_ratio is None:
+        return _gaic_release_grid_yxyx(int(width), int(height))
+    return _gaic_release_ratio_yxyx(int(width), int(height), aspect_ratio)
+
+
+def gaic_release_candidates(width: int, height: int, aspect_ratio: Optional[str] = None) -> torch.Tensor:
+    """Candidates of GAIC's release for its resized ``width`` x ``height`` input, (N, 4) float32.
+
+    ``aspect_ratio`` None: ``generate_bboxes``, the 12x12 grid. It differs from
+    :func:`gaic_grid_candidates` in four ways: corners are the exact bin centres (not rounded to
+    pixels); the aspect ratio w/h must lie strictly inside (0.5, 2.0) (not [0.5, 2.2], so it has
+    fewer crops than GAICD's annotations on wide images: 87 instead of 90 on 352x256); the order is
+    y1, x1, y2, x2 ascending, outermost y1; and the release runs it on the resized image, not the
+    original.
+
+    ``"16:9"``, ``"4:3"``, ``"1:1"``: ``generate_bboxes_16_9`` / ``_4_3`` / ``_1_1``. Crops are
+    ``i`` steps of (16, 9), (16, 12) or (12, 12) pixels wide and high, i = 14..29, smaller than the
+    image on both sides and larger than 40% of its area; their corners move in steps of the same
+    sizes and never reach the right or bottom edge; x2 = x1 + crop width - 1 (inclusive pixel
+    ends, as the release). Unlike :func:`fixed_ratio_candidates` the crop sizes and positions do
+    not scale with the image, and a small image may have none.
+    """
+    yxyx = _gaic_release_yxyx(width, height, aspect_ratio)
+    return torch.from_numpy(yxyx[:, [1, 0, 3, 2]]).to(torch.float32)
+
+
+def gaic_release_candidates_in_original(width: int, height: int, original_width: int, original_height: int,
+                                        aspect_ratio: Optional[str] = None) -> torch.Tensor:
+    """:func:`gaic_release_candidates` mapped to the original photo as the release's test code does
+    (``source_bboxes``: float64 products with original/resized, Python's ``round``, half to even),
+    (N, 4) float32 ``[x1, y1, x2, y2]`` whole pixels, in the same order."""
+    _check_image_size(original_width, original_height)
+    yxyx = _gaic_release_yxyx(width, height, aspect_ratio)
+    scale_h, scale_w = original_height / float(height), original_width / float(width)
+    original = np.round(yxyx * np.array([scale_h, scale_w, scale_h, scale_w]))
+    return torch.from_numpy(original[:, [1, 0, 3, 2]]).to(torch.float32)

@@ -13,6 +13,15 @@ GAICD (per image, then averaged over images):
   ground truth or prediction is constant has no correlation: NaN, which then makes the
   average NaN, as in the release.
 
+wAcc_K/N (GAIC's TPAMI paper; ``TestAccuracy.py`` of its release and PIC's ``finetune_pic.py``):
+the ground-truth rank r of a crop is its position (0 = best) when the image's crops are sorted by
+ground truth, best first, ties in listing order (the releases' stable ``sorted(...,
+reverse=True)``). The ranks of the K best-predicted crops (prediction ties as for Acc_K/N) are
+sorted, r_0 <= ... <= r_{K-1}, and crop j counts exp(-0.2 (r_j - j)) when r_j < 5 (N = 5),
+exp(-0.1 (r_j - j)) when r_j < 10 (N = 10); wAcc_K/N is their sum divided by K. A perfect ranking
+scores 1. Unlike Acc_K/N, a crop tied with the N-th best ground truth but listed after it is not
+a hit.
+
 Scores come as one sequence per image (lists, numpy arrays or tensors, lengths may
 differ), or padded: entries whose ground truth is NaN, or where ``valid`` is False, are
 dropped first. Every image needs at least 10 scored crops.
@@ -42,6 +51,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 TOP_K = (1, 2, 3, 4)
 ACC_N = (5, 10)
 RECALL_IOU = 0.75
+WACC_DECAY = {5: 0.2, 10: 0.1}  # N -> decay of wAcc_K/N's weights exp(-decay * (rank - position))
 
 
 def _as_float64(values: ArrayLike) -> np.ndarray:
@@ -139,6 +149,32 @@ def compute_acc(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
     """The release's ``(acc5, acc10)``: Acc_K/5 and Acc_K/10 averaged over K = 1..4."""
     table = gaicd_metrics(gt_scores, pr_scores, valid)
     return table["acc5"], table["acc10"]
+
+
+def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
+    """wAcc_K/N of one image: {N: [K = 1..4]}."""
+    ground_truth_rank = np.empty(gt.size, dtype=np.int64)
+    ground_truth_rank[np.argsort(-gt, kind="stable")] = np.arange(gt.size)
+    returned = ground_truth_rank[np.argsort(-pred, kind="stable")[:max(TOP_K)]]
+    accuracies = {}
+    for n, decay in WACC_DECAY.items():
+        accuracies[n] = []
+        for k in TOP_K:
+            ranks = np.sort(returned[:k])
+            weights = np.where(ranks < n, np.exp(-decay * (ranks - np.arange(k))), 0.0)
+            accuracies[n].append(float(weights.sum() / k))
+    return accuracies
+
+
+def weighted_accuracy(gt_scores: Sequence[ArrayLike], pred_scores: Sequence[ArrayLike],
+                      valid: Optional[Sequence[ArrayLike]] = None) -> tuple[list[float], list[float]]:
+    """``(wacc5, wacc10)``: wAcc_K/5 and wAcc_K/10 for K = 1..4, fractions averaged over images.
+
+    Inputs as :func:`gaicd_metrics`; the definition is in the module docstring.
+    """
+    per_image = [_weighted_hits(gt, pred) for gt, pred in _image_score_pairs(gt_scores, pred_scores, valid)]
+    wacc5, wacc10 = (np.mean([image[n] for image in per_image], axis=0).tolist() for n in ACC_N)
+    return wacc5, wacc10
 
 
 def _as_boxes(boxes: ArrayLike, name: str) -> torch.Tensor:

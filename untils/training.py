@@ -256,6 +256,8 @@ class Trainer:
         if cfg.lr_scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch))
+        elif cfg.lr_scheduler == "constant":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
         else:
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 self.optimizer, milestones=cfg.lr_decay_epoch or [cfg.max_epoch + 1], gamma=cfg.lr_decay)
