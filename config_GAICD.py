@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 from untils.config import check_choice
+from untils.runtime import default_workers
 
 BACKBONES = ("vgg16", "resnet50", "mobilenetv2", "shufflenetv2")
 LOSS_TYPES = ("L1Loss", "RankLoss", "WeightedL1Loss", "LVRLoss")
@@ -78,6 +79,8 @@ class Config:
 
     # training
     loss_type: list[str] = _opt(f"any of {', '.join(LOSS_TYPES)} (default: L1Loss RankLoss)")
+    score_loss_over: str = _opt("image: score losses per image, averaged over the batch's images; batch: once over "
+                                "all the batch's crops together (the HCIC release's CPC training)", "image")
     normalize_scores: bool = _opt(f"train on (score - {MOS_MEAN}) / {MOS_STD}, as GAIC's release (ranking metrics do "
                                   "not change)", False)
     rank_loss_weighting: str = _opt("RankLoss pair weight: sin of the score difference (the HCIC release, used for "
@@ -85,7 +88,7 @@ class Config:
                                     "sin")
     device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
-    num_workers: int = _opt("DataLoader workers", 4)
+    num_workers: Optional[int] = _opt("DataLoader workers (default: one fewer than the CPUs free now, at most 4)")
     seed: int = _opt("random seed", 0)
     deterministic: bool = _opt("bitwise-reproducible kernels (torch.use_deterministic_algorithms); slower", False)
     precision: str = _opt("forward pass in fp32, or under autocast in bf16 or fp16 (fp16 trains with a loss "
@@ -126,7 +129,7 @@ class Config:
     val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
     checkpoint_steps: int = _opt("also save last.pth inside an epoch, at the first optimiser step N or more steps "
                                  "after the last save (0: at epoch ends only)", 0)
-    view_per_image: int = _opt("candidate crops sampled per image per step", 64)
+    view_per_image: int = _opt("candidate crops sampled per image per step (0: every crop)", 64)
     lr: float = _opt("learning rate", 1e-4)
     lr_decay: float = _opt("step schedule decay factor", 0.1)
     weight_decay: float = _opt("Adam weight decay", 1e-4)
@@ -142,6 +145,8 @@ class Config:
         if self.loss_type is None:
             self.loss_type = ["L1Loss", "RankLoss"]
         self.image_size = tuple(int(v) for v in self.image_size)
+        if self.num_workers is None:
+            self.num_workers = default_workers()
         root = self.data_root
         self._derive("predefined_pkl", root, "pdefined_anchors.pkl")
         self._derive("CPC_path", root, "CPCDataset")
@@ -181,6 +186,7 @@ class Config:
                              "or vgg16")
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
         check_choice("selection", self.selection, ("val", "test"))
+        check_choice("score_loss_over", self.score_loss_over, ("image", "batch"))
         check_choice("partition_aware_type", self.partition_aware_type, (0, 1, 2, 9))
         check_choice("content_preserve_type", self.content_preserve_type, ("gcn", "conv"))
         check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step", "constant"))
@@ -189,11 +195,11 @@ class Config:
             check_choice("loss_type", loss, LOSS_TYPES)
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
-        for name in ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
-                     "display_freq", "visualize_freq"):
+        for name in ("reduced_dim", "batch_size", "max_epoch", "eval_freq", "images_per_step", "display_freq",
+                     "visualize_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
-        for name in ("warmup_epochs", "checkpoint_steps", "num_workers", "gpu_id"):
+        for name in ("warmup_epochs", "checkpoint_steps", "num_workers", "gpu_id", "view_per_image"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be >= 0")
         if self.save_freq is not None and self.save_freq < 1:

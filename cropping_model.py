@@ -590,16 +590,18 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
 
 def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
                     crop_valid: Optional[torch.Tensor] = None, score_mean: float = MOS_MEAN,
-                    rank_loss_weighting: str = "sign") -> torch.Tensor:
-    """Sum of the chosen score losses, computed per image over its valid crops, averaged over images."""
+                    rank_loss_weighting: str = "sign", over_batch: bool = False) -> torch.Tensor:
+    """Sum of the chosen score losses over the valid crops: per image, averaged over images, or
+    (``over_batch``, the HCIC release's CPC training) once over all the batch's crops together."""
     if pred.dim() == 1:
         pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
         crop_valid = None if crop_valid is None else crop_valid.unsqueeze(0)
+    if crop_valid is None:
+        crop_valid = torch.ones_like(pred, dtype=torch.bool)
+    groups = [(pred[crop_valid], gt[crop_valid])] if over_batch else [
+        (pred[image][crop_valid[image]], gt[image][crop_valid[image]]) for image in range(pred.shape[0])]
     total = pred.new_zeros(())
-    for image in range(pred.shape[0]):
-        p, g = pred[image], gt[image]
-        if crop_valid is not None:
-            p, g = p[crop_valid[image]], g[crop_valid[image]]
+    for p, g in groups:
         for loss_type in loss_types:
             if loss_type == "L1Loss":
                 total = total + score_regression_loss(p, g)
@@ -611,8 +613,7 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
                 total = total + listwise_view_ranking_loss(p, g)
             else:
                 raise ValueError(f"unknown score loss {loss_type!r}")
-    return total / pred.shape[0]
-
+    return total / len(groups)
 
 def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of the cropping recipes and its parts: the score losses of ``cfg.loss_type``
@@ -620,7 +621,8 @@ def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) 
     predicted heat map and the pseudo heat map, on the images that have one."""
     target = (batch["score"] - MOS_MEAN) / MOS_STD if cfg.normalize_scores else batch["score"]
     score_loss = crop_score_loss(output.score.float(), target, cfg.loss_type, batch["crop_valid"],
-                                 score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting)
+                                 score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting,
+                                 over_batch=cfg.score_loss_over == "batch")
     loss = score_loss
     parts = {"score_loss": score_loss.item()}
     heat_map = output.heat_map

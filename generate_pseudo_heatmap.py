@@ -15,6 +15,7 @@ import os
 from typing import Optional, Sequence
 
 from pseudo_heatmaps import DATASETS, generate_heatmaps, load_sources
+from untils.runtime import default_workers
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[str]:
@@ -26,23 +27,34 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
     parser.add_argument("--data-root", default=None,
                         help="folder holding GAICD/ and CPCDataset/ (default: the config's data_root)")
     parser.add_argument("--out", default=None, help="output folder (default: <data-root>/heat_map_gt)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="worker processes (default: min(4, CPU count))")
+    parser.add_argument("--num-workers", "--workers", dest="num_workers", type=int, default=None, metavar="N",
+                        help="worker processes (default: one fewer than the CPUs free now, at most 4)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose heat map already exists")
     parser.add_argument("--only-human", action="store_true", help="only the human-centric images")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="with a partial dataset, process the images that are there (how many were skipped is "
+                             "printed)")
+    parser.add_argument("--fix-edge-cases", action="store_true",
+                        help="keep every crop of an image with none above the mean, and write a map without "
+                             "contrast as uniform 255 (the release writes all-zero maps for both; see README)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.dataset == "GAICD":
         from config_GAICD import Config
     else:
         from config_CPC import Config
-    cfg = Config() if args.data_root is None else Config(data_root=args.data_root)
+    options = {"skip_missing": args.skip_missing}
+    cfg = Config(**options) if args.data_root is None else Config(data_root=args.data_root, **options)
     images = None
     if args.only_human or args.limit is not None:
         annotations, human_names, _ = load_sources(args.dataset, cfg)
         images = [name for name in annotations if name in human_names or not args.only_human][:args.limit]
-    paths = generate_heatmaps(args.dataset, cfg, args.out, workers=args.workers, overwrite=args.overwrite,
-                              images=images)
+    workers = default_workers() if args.num_workers is None else args.num_workers
+    paths = generate_heatmaps(args.dataset, cfg, args.out, workers=workers, overwrite=args.overwrite,
+                              images=images, fix_edge_cases=args.fix_edge_cases, progress=not args.no_progress)
     print(f"{len(paths)} heat maps in {os.path.dirname(paths[0]) if paths else args.out}")
     return paths
 

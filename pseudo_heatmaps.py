@@ -1,7 +1,7 @@
 """The pseudo heat maps that supervise the content-preserving branch (``generate_pseudo_heatmap.py`` runs them).
 
 For each image the candidate crops are sorted by score; with more than 10 crops only
-those scoring above the dataset's mean score are kept (all of them when none is).
+those scoring above the dataset's mean score are kept (see ``crop_heat_map`` for the edge cases).
 Each kept crop's binary mask at image resolution is weighted by
 softmax(score + 2 * crop area / image area); the weighted sum, min-max normalised to
 0..255, is written as an 8-bit PNG ``<out>/<dataset>/mask/<image stem>.png``. For
@@ -35,12 +35,15 @@ LEVEL_EPSILON = 1e-6
 
 
 def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int,
-                  score_mean: float) -> np.ndarray:
+                  score_mean: float, fix_edge_cases: bool = False) -> np.ndarray:
     """The pseudo heat map (height, width) uint8 of one image's crops (N, 4) and scores (N,).
 
     Boxes are truncated to integer pixels and clipped to the image, as the release's
-    ``mask[y1:y2, x1:x2]``. A map with no contrast (every kept crop covers the whole
-    image) is uniformly 255: everything is to be preserved.
+    ``mask[y1:y2, x1:x2]``. Two edge cases: an image with more than 10 crops and none above the
+    mean, and a map with no contrast (every kept crop covers the whole image). The release
+    normalises 0 / 0 in both and writes an all-zero map (GAICD's 238216.jpg is the first kind):
+    that is the default, so the paper's targets are reproduced. ``fix_edge_cases`` keeps every crop
+    in the first case and writes a uniform 255 in the second (everything is to be preserved).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -49,6 +52,8 @@ def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int
                          f"and {len(scores)} scores")
     if len(boxes) > MEAN_FILTER_MIN_CROPS:
         above = scores > score_mean
+        if not above.any() and not fix_edge_cases:
+            return np.zeros((height, width), dtype=np.uint8)
         if above.any():
             boxes, scores = boxes[above], scores[above]
     rows = (np.arange(height) >= boxes[:, 1:2]) & (np.arange(height) < boxes[:, 3:4])
@@ -60,7 +65,7 @@ def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int
     heat = (rows.T * weights) @ columns.astype(np.float64)
     low, high = heat.min(), heat.max()
     if high - low <= 1e-12 * max(abs(high), 1.0):
-        return np.full((height, width), 255, dtype=np.uint8)
+        return np.full((height, width), 255 if fix_edge_cases else 0, dtype=np.uint8)
     levels = np.floor((heat - low) / (high - low) * 255.0 + LEVEL_EPSILON)
     return np.clip(levels, 0, 255).astype(np.uint8)
 
@@ -74,6 +79,7 @@ class HeatMapTask:
     score_mean: float
     mask_path: str
     display_path: Optional[str]
+    fix_edge_cases: bool = False
 
 
 def _atomic_target(path: str) -> str:
@@ -111,9 +117,9 @@ def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarr
     final = _overlay(image, heat_map)
     panels = [("input image", image),
               ("top-5 heat map", _overlay(image, crop_heat_map(boxes[:5], scores[:5], width, height,
-                                                               task.score_mean))),
+                                                               task.score_mean, task.fix_edge_cases))),
               ("top-10 heat map", _overlay(image, crop_heat_map(boxes[:10], scores[:10], width, height,
-                                                                task.score_mean))),
+                                                                task.score_mean, task.fix_edge_cases))),
               ("heat map", final)]
     for title, box in (("best crop", boxes[0]), ("worst crop", boxes[-1])):
         x1, y1, x2, y2 = np.clip(box.astype(np.int64), 0, [width, height, width, height])
@@ -143,7 +149,7 @@ def run_task(task: HeatMapTask) -> str:
             pixels = np.asarray(image.convert("RGB")) if task.display_path else None
     except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot read image {task.image_path}: {error}") from error
-    heat_map = crop_heat_map(task.boxes, task.scores, width, height, task.score_mean)
+    heat_map = crop_heat_map(task.boxes, task.scores, width, height, task.score_mean, task.fix_edge_cases)
     save_png_atomically(heat_map, task.mask_path)
     if task.display_path:
         save_display_figure(task, pixels, heat_map)
@@ -170,35 +176,42 @@ def load_sources(dataset_name: str, cfg: "Config") -> tuple[dict[str, CropAnnota
             cpc_image_path)
 
 
-def heat_map_tasks(dataset_name: str, cfg: "Config", out_dir: str,
-                   images: Optional[Sequence[str]] = None) -> list[HeatMapTask]:
+def heat_map_tasks(dataset_name: str, cfg: "Config", out_dir: str, images: Optional[Sequence[str]] = None,
+                   fix_edge_cases: bool = False) -> list[HeatMapTask]:
     """One task per image of ``dataset_name`` (all annotated images, or ``images``).
 
-    Raises one error listing every requested image that is unannotated or missing.
+    Raises one error listing every requested image that is unannotated or missing; with
+    ``cfg.skip_missing`` missing images are left out and counted instead.
     """
     annotations, human_names, image_path = load_sources(dataset_name, cfg)
     score_mean, _ = score_statistics(annotations)
     mask_dir = os.path.join(out_dir, dataset_name, "mask")
     display_dir = os.path.join(out_dir, dataset_name, "display")
-    tasks, problems = [], []
+    tasks, problems, skipped = [], [], 0
     for name in (list(annotations) if images is None else images):
         path = image_path(name)
         if name not in annotations:
             problems.append(f"{name}: not in the crop annotation file")
+        elif path is None and cfg.skip_missing:
+            skipped += 1
         elif path is None:
-            problems.append(f"missing image {name}")
+            problems.append(f"missing image {name} (--skip-missing processes the images that are there)")
         else:
             stem = os.path.splitext(name)[0]
             display = os.path.join(display_dir, stem + ".jpg") if name in human_names else None
             tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores,
-                                     score_mean, os.path.join(mask_dir, stem + ".png"), display))
+                                     score_mean, os.path.join(mask_dir, stem + ".png"), display, fix_edge_cases))
     if problems:
         raise problems_error(f"{dataset_name} heat maps", problems)
+    if skipped:
+        print(f"{dataset_name} heat maps: {skipped} of {skipped + len(tasks)} images are not there and were skipped",
+              flush=True)
     return tasks
 
 
 def generate_heatmaps(dataset_name: str, cfg: "Config", out_dir: Optional[str] = None, workers: int = 0,
-                      overwrite: bool = False, images: Optional[Sequence[str]] = None) -> list[str]:
+                      overwrite: bool = False, images: Optional[Sequence[str]] = None,
+                      fix_edge_cases: bool = False, progress: bool = True) -> list[str]:
     """Write the heat maps of ``dataset_name`` ("GAICD" or "CPC") under ``out_dir``.
 
     ``out_dir`` defaults to ``cfg.heat_map_dir``; ``images`` restricts the run to those
@@ -206,15 +219,14 @@ def generate_heatmaps(dataset_name: str, cfg: "Config", out_dir: Optional[str] =
     process pool. Returns the heat map path of every requested image.
     """
     out_dir = cfg.heat_map_dir if out_dir is None else out_dir
-    tasks = heat_map_tasks(dataset_name, cfg, out_dir, images)
+    tasks = heat_map_tasks(dataset_name, cfg, out_dir, images, fix_edge_cases)
     for folder in ("mask", "display"):
         os.makedirs(os.path.join(out_dir, dataset_name, folder), exist_ok=True)
     pending = [task for task in tasks if overwrite or not _is_finished(task)]
-    progress = tqdm(total=len(pending), desc=f"{dataset_name} heat maps", unit="image",
-                    disable=not pending)
-    with progress:
+    bar = tqdm(total=len(pending), desc=f"{dataset_name} heat maps", unit="image", disable=not (pending and progress))
+    with bar:
         for _ in _run_all(pending, workers):
-            progress.update()
+            bar.update()
     return [task.mask_path for task in tasks]
 
 

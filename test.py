@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 from typing import Optional
 
@@ -23,12 +24,24 @@ import config_GAICD
 from cropping_dataset import PROTOCOLS, SCORED_DATASETS, evaluation_dataset
 from cropping_model import load_crop_model
 from untils.config import add_config_arguments, given_config_options
-from untils.evaluation import evaluate_anchors, evaluate_scored
-from untils.runtime import autocast_dtype, resolve_device
+from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
+from untils.runtime import autocast_dtype, configure_threads, resolve_device
 
-TABLE_COLUMNS = [("GAICD-human", ("acc5", "acc10", "srcc")), ("GAICD", ("acc5", "acc10", "srcc")),
+# FCDB+FLMS-human: the human-centric images of both pooled, the paper's column for CPC-trained models.
+POOLED = {"FCDB+FLMS-human": ("FCDB-human", "FLMS-human")}
+TABLE_COLUMNS = [("GAICD-human", ("acc5", "acc10", "srcc", "wacc5", "wacc10")),
+                 ("GAICD", ("acc5", "acc10", "srcc", "wacc5", "wacc10")),
+                 ("FCDB+FLMS-human", ("iou", "disp")),
                  ("FCDB-human", ("iou", "disp")), ("FCDB", ("iou", "disp")),
                  ("FLMS-human", ("iou", "disp")), ("FLMS", ("iou", "disp"))]
+
+
+def _installed(protocol: str, cfg) -> bool:
+    """Whether the annotation file and image folder of a protocol's dataset are there."""
+    name = PROTOCOLS[protocol][0]
+    paths = {"GAICD": (cfg.GAIC_anno, cfg.GAIC_image), "FCDB": (cfg.FCDB_anno, cfg.FCDB_image),
+             "FLMS": (cfg.FLMS_anno, cfg.FLMS_image)}[name]
+    return os.path.isfile(paths[0]) and os.path.isdir(paths[1])
 
 
 def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg, cpc_cfg, num_workers: int = 0,
@@ -71,13 +84,11 @@ def write_table(rows: list[tuple[str, dict[str, dict[str, float]]]], out_prefix:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="checkpoint to evaluate (ours or the official release's)")
-    parser.add_argument("--dataset", nargs="+", choices=list(PROTOCOLS), default=["GAICD-human", "GAICD"],
-                        help="protocols to evaluate --checkpoint on")
+    parser.add_argument("--dataset", nargs="+", choices=list(PROTOCOLS) + list(POOLED),
+                        default=["GAICD-human", "GAICD"], help="protocols to evaluate --checkpoint on")
     parser.add_argument("--table", nargs="+", metavar="CKPT", help="evaluate these checkpoints on every protocol "
                         "and write the paper's table")
     parser.add_argument("--out", default="results/table", help="output prefix for --table (.md and .csv)")
-    parser.add_argument("--skip-missing", action="store_true",
-                        help="with --table, leave a protocol's cells empty when its dataset is not installed")
     parser.add_argument("--images-per-batch", type=int, metavar="N",
                         help="images of one resized size scored per forward (default: the config's images_per_step)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -91,27 +102,37 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.images_per_batch is not None and args.images_per_batch < 1:
         parser.error(f"--images-per-batch must be >= 1, got {args.images_per_batch}")
     given = given_config_options(args)
+    configure_threads()
     base = config_GAICD.Config(**given)
     cpc_cfg = config_CPC.Config(**given)  # same data paths; CPC's defaults for FCDB/FLMS (fixed 256x256)
     overrides = {**given, "data_root": base.data_root}
     device = resolve_device(base.device, base.gpu_id)
 
     checkpoints = args.table or [args.checkpoint]
-    protocols = list(PROTOCOLS) if args.table else args.dataset
+    protocols = list(PROTOCOLS) + list(POOLED) if args.table else args.dataset
     rows = []
     for path in checkpoints:
         model = load_crop_model(path, device, overrides, trusted=args.trust_checkpoint)
-        results = {}
+        # FCDB and FLMS as the CPC recipe reads them (fixed 256x256), in the model's own preprocessing
+        anchor_cfg = dataclasses.replace(cpc_cfg, image_preprocessing=model.cfg.image_preprocessing,
+                                         keep_aspect_ratio=model.cfg.image_preprocessing == "gaic")
+        results: dict[str, dict[str, float]] = {}
         for protocol in protocols:
-            try:
-                results[protocol] = evaluate_protocol(model, protocol, model.cfg, cpc_cfg, base.num_workers,
-                                                      progress=not args.no_progress,
-                                                      images_per_batch=args.images_per_batch)
-            except FileNotFoundError as error:
-                if not (args.table and args.skip_missing):
-                    raise
-                print(f"{protocol}: skipped ({error})")
+            if protocol in POOLED:
+                parts = [results.get(part) or evaluate_protocol(model, part, model.cfg, anchor_cfg, base.num_workers,
+                                                                not args.no_progress, args.images_per_batch)
+                         for part in POOLED[protocol] if part in results or not base.skip_missing
+                         or _installed(part, anchor_cfg)]
+                if len(parts) < len(POOLED[protocol]):
+                    print(f"{protocol}: skipped (not every dataset it pools is installed)")
+                    continue
+                results[protocol] = pooled_anchor_metrics(parts)
+            elif base.skip_missing and not _installed(protocol, model.cfg if protocol.startswith("GAICD") else anchor_cfg):
+                print(f"{protocol}: skipped (its dataset is not installed)")
                 continue
+            else:
+                results[protocol] = evaluate_protocol(model, protocol, model.cfg, anchor_cfg, base.num_workers,
+                                                      not args.no_progress, args.images_per_batch)
             shown = ", ".join(f"{k}={v:.4f}" for k, v in results[protocol].items() if isinstance(v, float))
             print(f"{path} {protocol}: {shown}")
         rows.append((os.path.basename(path), results))

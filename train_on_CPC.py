@@ -4,11 +4,14 @@
   python train_on_CPC.py --data-root /data/crop --only_human true
   python train_on_CPC.py --resume experiments/CPC_PA_CP/checkpoints/last.pth
 
-Images are resized to a fixed 256x256, 8 images per step with 16 random views each. After each
-epoch the model crops FCDB and FLMS (human-centric subsets and full test sets) with the 1,745
-predefined anchors: IoU and Disp. `--selection test` picks the best epochs on those test sets,
-as the release did; the default `val` picks them on CPC images held out from training (SRCC,
-Acc5, Acc10) and reports FCDB/FLMS once at the end. Same engine as train_on_GAICD.py.
+The release's recipe: images resized to a fixed 256x256, 8 images per step with every candidate
+crop, the score losses once over the batch's crops (`--view_per_image N` samples views and
+`--score_loss_over image` averages per-image losses instead). After each epoch the model crops
+FCDB and FLMS with the 1,745 predefined anchors: IoU and Disp on the human-centric images of both
+pooled (the paper's column), on each apart, and on the full test sets. By default (`--selection
+test`, the release's protocol) the best epochs are picked on those test sets; `--selection val`
+picks them on CPC images held out from training (SRCC, Acc5, Acc10) and reports FCDB/FLMS once at
+the end. Same engine as train_on_GAICD.py.
 """
 from __future__ import annotations
 
@@ -21,12 +24,13 @@ import config_CPC
 from config_GAICD import PRESETS
 from cropping_dataset import CPCDataset, evaluation_dataset
 from cropping_model import build_crop_model, crop_training_loss
-from untils.evaluation import evaluate_anchors, evaluate_scored
+from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
 TEST_PROTOCOLS = (("FCDB", True), ("FLMS", True), ("FCDB", False), ("FLMS", False))
-TEST_METRICS = tuple(f"{name}{'_human' if human else ''}_{metric}"
-                     for name, human in TEST_PROTOCOLS for metric in ("iou", "disp"))
+# human_*: FCDB's and FLMS's human-centric images pooled, the paper's column (and the release's selection)
+TEST_METRICS = ("human_iou", "human_disp") + tuple(f"{name}{'_human' if human else ''}_{metric}"
+                                                   for name, human in TEST_PROTOCOLS for metric in ("iou", "disp"))
 VAL_METRICS = ("srcc", "acc5", "acc10")
 
 
@@ -47,18 +51,21 @@ class CPCTrainer(Trainer):
         metrics = evaluate_scored(self.core, subset_of(validation, self.val_names), self.cfg.images_per_step,
                                   self.cfg.num_workers, self.progress, "CPC validation", self.autocast_dtype,
                                   self.cfg.channels_last)
-        return {key: metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}
+        return {key: metrics[key] for key in ("srcc", "acc5", "acc10", "pcc", "wacc5", "wacc10")}
 
     def evaluate_test(self) -> dict[str, float]:
-        """IoU, Disp and recall on FCDB and FLMS, human-centric subsets and full test sets."""
-        results = {}
+        """IoU, Disp and recall on FCDB and FLMS: human-centric subsets pooled and apart, full test sets."""
+        results, human = {}, []
         for dataset, only_human in TEST_PROTOCOLS:
             name = f"{dataset}{'_human' if only_human else ''}"
             metrics = evaluate_anchors(self.core, evaluation_dataset(self.cfg, dataset, only_human),
                                        self.cfg.images_per_step, self.cfg.num_workers, self.progress, name,
                                        self.autocast_dtype, self.cfg.channels_last)
             results.update({f"{name}_{key}": metrics[key] for key in ("iou", "disp", "recall")})
-        return results
+            if only_human:
+                human.append(metrics)
+        pooled = pooled_anchor_metrics(human)
+        return {**{f"human_{key}": pooled[key] for key in ("iou", "disp", "recall")}, **results}
 
 
 def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, progress: bool) -> CPCTrainer:

@@ -58,7 +58,7 @@ class GAICDTrainer(Trainer):
             metrics = evaluate_scored(self.core, dataset, self.cfg.images_per_step, self.cfg.num_workers,
                                       self.progress, f"GAICD {split}{' human' if only_human else ''}",
                                       self.autocast_dtype, self.cfg.channels_last)
-            for key in ("srcc", "acc5", "acc10", "pcc"):
+            for key in ("srcc", "acc5", "acc10", "pcc", "wacc5", "wacc10"):
                 results[prefix + key] = metrics[key]
         return results
 

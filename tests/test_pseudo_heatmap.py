@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from config_GAICD import Config
+from cropping_dataset import read_crop_annotations, score_statistics
 from generate_pseudo_heatmap import main
 from pseudo_heatmaps import crop_heat_map, generate_heatmaps
 from tests.conftest import require_shared
@@ -17,11 +18,13 @@ from tests.conftest import require_shared
 REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops
 
 
-def reference_heat_map(boxes, scores, width, height, score_mean) -> np.ndarray:
-    """The recipe written out crop by crop in float64."""
+def reference_heat_map(boxes, scores, width, height, score_mean, fix_edge_cases=False) -> np.ndarray:
+    """The recipe written out crop by crop in float64; the release's 0 / 0 edge cases give all zeros."""
     ranked = sorted(zip(scores, [list(map(int, box)) for box in boxes]), key=lambda pair: -pair[0])
-    if len(ranked) > 10 and any(score > score_mean for score, _ in ranked):
+    if len(ranked) > 10 and (any(score > score_mean for score, _ in ranked) or not fix_edge_cases):
         ranked = [(score, box) for score, box in ranked if score > score_mean]
+    if not ranked:
+        return np.zeros((height, width), np.uint8)
     masks = []
     for _, (x1, y1, x2, y2) in ranked:
         mask = np.zeros((height, width))
@@ -33,7 +36,7 @@ def reference_heat_map(boxes, scores, width, height, score_mean) -> np.ndarray:
     for weight, mask in zip(exps, masks):
         heat += weight / sum(exps) * mask
     if heat.max() == heat.min():
-        return np.full((height, width), 255, np.uint8)
+        return np.full((height, width), 255 if fix_edge_cases else 0, np.uint8)
     return np.floor((heat - heat.min()) / (heat.max() - heat.min()) * 255.0).astype(np.uint8)
 
 
@@ -46,20 +49,23 @@ def test_hand_case_two_crops():
     np.testing.assert_array_equal(heat, expected)
 
 
-def test_uniform_map_when_every_crop_covers_the_image():
-    heat = crop_heat_map(np.array([[0, 0, 5, 3]] * 3), np.array([3.0, 2.0, 1.0]), 5, 3, score_mean=2.0)
+def test_map_without_contrast_is_zero_as_the_release_or_uniform_when_fixed():
+    boxes, scores = np.array([[0, 0, 5, 3]] * 3), np.array([3.0, 2.0, 1.0])
+    np.testing.assert_array_equal(crop_heat_map(boxes, scores, 5, 3, score_mean=2.0), np.zeros((3, 5), np.uint8))
+    heat = crop_heat_map(boxes, scores, 5, 3, score_mean=2.0, fix_edge_cases=True)
     np.testing.assert_array_equal(heat, np.full((3, 5), 255, np.uint8))
 
 
-def test_mean_filter_keeps_all_crops_when_none_is_above_the_mean():
+@pytest.mark.parametrize("fix_edge_cases", [False, True])
+def test_mean_filter_with_none_or_some_above_the_mean(fix_edge_cases):
     rng = np.random.default_rng(4)
     x = np.sort(rng.integers(0, 41, size=(12, 2)), axis=1)
     y = np.sort(rng.integers(0, 31, size=(12, 2)), axis=1)
     boxes = np.stack([x[:, 0], y[:, 0], x[:, 1] + 1, y[:, 1] + 1], axis=1)
     scores = rng.uniform(1, 2, size=12)
-    for mean in (10.0, 1.5):  # none above, then some above
-        got = crop_heat_map(boxes, scores, 42, 32, mean)
-        want = reference_heat_map(boxes, scores, 42, 32, mean)
+    for mean in (10.0, 1.5):  # none above (the release: all zeros; fixed: every crop kept), then some above
+        got = crop_heat_map(boxes, scores, 42, 32, mean, fix_edge_cases)
+        want = reference_heat_map(boxes, scores, 42, 32, mean, fix_edge_cases)
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
@@ -124,3 +130,16 @@ def test_command_line_with_process_pool(real_gaicd_cfg, tmp_path):
     paths = main(["--data-root", str(root), "--out", str(tmp_path / "out"), "--limit", "2", "--workers", "2"])
     assert [os.path.basename(path) for path in paths] == ["211958.png", "265813.png"]
     assert all(os.path.isfile(path) for path in paths)
+
+
+def test_real_gaicd_image_with_no_crop_above_the_mean_gets_the_release_all_zero_map():
+    """238216.jpg: more than 10 crops, none above the dataset's mean score."""
+    annotations = read_crop_annotations(str(require_shared("human_bboxes/GAICD/image_crop.json")), "bbox", "score")
+    mean, _ = score_statistics(annotations)
+    entry = annotations["238216.jpg"]
+    assert len(entry.scores) > 10 and (entry.scores <= mean).all()
+    width, height = int(entry.boxes[:, 2].max()), int(entry.boxes[:, 3].max())
+    assert not crop_heat_map(entry.boxes, entry.scores, width, height, mean).any()
+    fixed = crop_heat_map(entry.boxes, entry.scores, width, height, mean, fix_edge_cases=True)
+    np.testing.assert_array_equal(fixed, reference_heat_map(entry.boxes, entry.scores, width, height, mean, True))
+    assert fixed.max() == 255

@@ -47,8 +47,8 @@ def _none_or(convert):
 def _argument_spec(annotation: Any) -> dict[str, Any]:
     inner, optional = _strip_optional(annotation)
     origin = typing.get_origin(inner)
-    if inner is bool:
-        spec: dict[str, Any] = {"type": parse_bool, "metavar": "BOOL"}
+    if inner is bool:  # "--flag" alone means true, as in every script's own switches
+        spec: dict[str, Any] = {"type": parse_bool, "metavar": "BOOL", "nargs": "?", "const": True}
     elif inner in (int, float, str):
         spec = {"type": inner, "metavar": inner.__name__.upper()}
     elif origin in (list, tuple):

@@ -8,7 +8,7 @@ torch.distributed score this process's share and gather the results.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from untils.batching import evaluation_loader, gather_from_processes, shard_for_this_process
 from untils.inference import move_batch, prepare_for_inference, run_model
-from untils.metrics import best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics
+from untils.metrics import (ACC_N, TOP_K, best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics,
+                            weighted_accuracy)
 
 _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
 
@@ -25,7 +26,8 @@ _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "heig
 def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                     progress: bool = True, description: str = "evaluating",
                     autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
-    """Acc_K/N, Acc5, Acc10, SRCC and PCC of ``model`` on a dataset of scored crops, and ``images``.
+    """Acc_K/N, Acc5, Acc10, SRCC, PCC, wAcc_K/N, wAcc5 and wAcc10 (means over K, as Acc5 and Acc10) of
+    ``model`` on a dataset of scored crops, and ``images``.
 
     ``autocast_dtype`` and ``channels_last`` are :func:`untils.inference.run_model`'s
     (``channels_last`` converts the model's weights in place).
@@ -47,6 +49,9 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
             pr_scores.append(score[image][valid[image]].double().numpy())
     gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
     results = gaicd_metrics(gt_scores, pr_scores)
+    for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores)):
+        results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted)})
+        results[f"wacc{n}"] = sum(weighted) / len(weighted)
     results["images"] = len(gt_scores)
     return results
 
@@ -79,3 +84,12 @@ def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch:
     metrics = crop_metrics(results)
     metrics["images"] = len(results)
     return metrics
+
+
+def pooled_anchor_metrics(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """:func:`evaluate_anchors`' metrics of several datasets as if they were one: means over all their
+    images (the papers' human-centric FCDB+FLMS column)."""
+    images = sum(part["images"] for part in parts)
+    pooled = {key: sum(part[key] * part["images"] for part in parts) / images for key in ("iou", "disp", "recall")}
+    pooled["images"] = images
+    return pooled

@@ -144,13 +144,6 @@ def gaicd_metrics(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike]
     return table
 
 
-def compute_acc(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
-                valid: Optional[Sequence[ArrayLike]] = None) -> tuple[float, float]:
-    """The release's ``(acc5, acc10)``: Acc_K/5 and Acc_K/10 averaged over K = 1..4."""
-    table = gaicd_metrics(gt_scores, pr_scores, valid)
-    return table["acc5"], table["acc10"]
-
-
 def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
     """wAcc_K/N of one image: {N: [K = 1..4]}."""
     ground_truth_rank = np.empty(gt.size, dtype=np.int64)

@@ -2,11 +2,32 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Optional
 
 import numpy as np
 import torch
+
+
+def free_cpus() -> int:
+    """CPUs this process may use that are not busy now (the last minute's load average), at least 1."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, usable - busy)
+
+
+def default_workers(limit: int = 4) -> int:
+    """DataLoader workers: one fewer than the free CPUs (the main process needs one), at most ``limit``."""
+    return min(limit, free_cpus() - 1)
+
+
+def configure_threads() -> int:
+    """Use as many torch threads as CPUs are free: on a busy machine more threads only contend
+    (each parallel region waits for its slowest, descheduled thread)."""
+    threads = min(torch.get_num_threads(), free_cpus())
+    torch.set_num_threads(threads)
+    return threads
 
 
 def resolve_device(name: str = "auto", gpu_id: int = 0) -> torch.device:
@@ -47,15 +68,27 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The python, numpy, torch (and CUDA) random states as tensors and plain data only, so that a
+    checkpoint holding them loads with ``torch.load(weights_only=True)``."""
+    bit_generator, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)),
+                       "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` returned (or numpy's own tuple, in checkpoints of older versions)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32),
+                       numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -35,7 +35,7 @@ from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
 from untils.config import add_config_arguments, given_config_options
 from untils.inference import move_batch, run_model
-from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from untils.runtime import autocast, autocast_dtype, configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 
 LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
 
@@ -110,11 +110,13 @@ class EpochSeededItems(Dataset):
 
 
 def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None) -> dict:
-    """Keep ``views`` random valid crops per image (all of them if it has fewer).
+    """Keep ``views`` random valid crops per image (all of them if it has fewer; ``views`` 0: every crop).
 
     ``seeds`` (one per image) make the choice independent of batching; without them the global
     torch RNG is used.
     """
+    if views == 0:
+        return batch
     valid = batch["crop_valid"]
     counts = valid.sum(dim=1).tolist()
     keep = max(min(views, int(n)) for n in counts)
@@ -414,13 +416,16 @@ class Trainer:
         self.write_csv()
 
     def write_csv(self) -> None:
-        """results.csv: every evaluated epoch, then each selection metric's best row."""
+        """results.csv: every evaluated epoch (the selection metrics, then the others reported), then
+        each selection metric's best row."""
         if not self.is_main:
             return
-        header = (["epoch"] + [m for m in self.selection_metrics if any(m in row for row in self.history)]
-                  + ["loss", "lr"])
+        selected = [m for m in self.selection_metrics if any(m in row for row in self.history)]
+        reported = [key for key in dict.fromkeys(k for row in self.history for k in row)
+                    if key not in selected and key not in ("epoch", "loss", "lr")]
+        header = ["epoch"] + selected + reported + ["loss", "lr"]
         rows = [[row.get(column, "") for column in header] for row in self.history]
-        for name in header[1:-2]:
+        for name in selected:
             best_epoch = self.best[name]["epoch"]
             row = next(r for r in self.history if r["epoch"] == best_epoch)
             rows.append([f"best {name} (epoch {best_epoch})"] + [row.get(c, "") for c in header[1:]])
@@ -550,6 +555,7 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
     its initial weights depend on ``cfg.seed`` alone), the datasets and the trainer.
     """
     given = given_config_options(args)
+    configure_threads()
     rank, world, local_rank = init_distributed()
     checkpoint = None
     if args.resume:
