@@ -255,6 +255,13 @@ class Config:
         return path
 
 
+# Options only training reads: scripts that load a trained model do not offer them.
+TRAINING_OPTIONS = ("loss_type", "score_loss_over", "normalize_scores", "rank_loss_weighting", "seed", "deterministic",
+                    "only_human", "data_augmentation", "visualize_partition_feature", "content_loss_weight",
+                    "visualize_heat_map", "batch_size", "lr_scheduler", "warmup_epochs", "max_epoch", "lr_decay_epoch",
+                    "eval_freq", "selection", "val_fraction", "checkpoint_steps", "view_per_image", "lr", "lr_decay",
+                    "weight_decay", "save_freq", "display_freq", "visualize_freq", "exp_root", "exp_name")
+
 # The paper's ablation rows: --preset NAME of the training scripts sets these options.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("the paper's model: partition-aware (9 parts, with person) + content-preserving (gcn)", {}),

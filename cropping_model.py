@@ -596,10 +596,12 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
     if pred.dim() == 1:
         pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
         crop_valid = None if crop_valid is None else crop_valid.unsqueeze(0)
-    if crop_valid is None:
-        crop_valid = torch.ones_like(pred, dtype=torch.bool)
-    groups = [(pred[crop_valid], gt[crop_valid])] if over_batch else [
-        (pred[image][crop_valid[image]], gt[image][crop_valid[image]]) for image in range(pred.shape[0])]
+    if crop_valid is None:  # every crop counts: no boolean indexing, which would wait for the device
+        groups = [(pred.reshape(-1), gt.reshape(-1))] if over_batch else list(zip(pred, gt))
+    elif over_batch:
+        groups = [(pred[crop_valid], gt[crop_valid])]
+    else:
+        groups = [(pred[image][crop_valid[image]], gt[image][crop_valid[image]]) for image in range(pred.shape[0])]
     total = pred.new_zeros(())
     for p, g in groups:
         for loss_type in loss_types:
@@ -615,16 +617,20 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
                 raise ValueError(f"unknown score loss {loss_type!r}")
     return total / len(groups)
 
-def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of the cropping recipes and its parts: the score losses of ``cfg.loss_type``
+def crop_training_loss(output: CropOutput, batch: dict, cfg,
+                       score_mean: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of the cropping recipes and its parts (detached, on the device: reading them
+    back is left to the logging): the score losses of ``cfg.loss_type``
     (in fp32, over each image's valid crops) plus ``cfg.content_loss_weight`` x L1 between the
     predicted heat map and the pseudo heat map, on the images that have one."""
     target = (batch["score"] - MOS_MEAN) / MOS_STD if cfg.normalize_scores else batch["score"]
-    score_loss = crop_score_loss(output.score.float(), target, cfg.loss_type, batch["crop_valid"],
+    # with every crop valid (one image per step) no mask: indexing by one would wait for the device
+    crop_valid = None if batch.get("all_crops_valid") else batch["crop_valid"]
+    score_loss = crop_score_loss(output.score.float(), target, cfg.loss_type, crop_valid,
                                  score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting,
                                  over_batch=cfg.score_loss_over == "batch")
     loss = score_loss
-    parts = {"score_loss": score_loss.item()}
+    parts = {"score_loss": score_loss.detach()}
     heat_map = output.heat_map
     if heat_map is not None and cfg.use_content_preserve:
         has_target = batch.get("has_heat_map")
@@ -635,6 +641,6 @@ def crop_training_loss(output: CropOutput, batch: dict, cfg, score_mean: float) 
         if heat_map.numel():
             content_loss = F.l1_loss(heat_map.reshape(-1).float(), target.reshape(-1).float())
             loss = loss + cfg.content_loss_weight * content_loss
-            parts["content_loss"] = content_loss.item()
-    parts["total_loss"] = loss.item()
+            parts["content_loss"] = content_loss.detach()
+    parts["total_loss"] = loss.detach()
     return loss, parts

@@ -95,7 +95,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="load checkpoints that hold more than tensors and plain data (UNSAFE: such a file can "
                              "run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser, config_GAICD.Config)
+    add_config_arguments(parser, config_GAICD.Config, exclude=config_GAICD.TRAINING_OPTIONS)
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.table:
         parser.error("give --checkpoint (with --dataset) or --table CKPT...")

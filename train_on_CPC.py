@@ -69,9 +69,9 @@ class CPCTrainer(Trainer):
 
 
 def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, progress: bool) -> CPCTrainer:
-    model = build_crop_model(cfg, cfg.model_type)
     full = CPCDataset(cfg, only_human_images=cfg.only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     train_set, val_names = split_validation(full, cfg)
+    model = build_crop_model(cfg, cfg.model_type)  # after the data: a wrong data root is reported first
     loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
     return CPCTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 

@@ -1,6 +1,6 @@
 """Train the human-centric cropping model (or an ablation of it) on GAICD.
 
-  python train_on_GAICD.py --demo                         # the whole pipeline in ~3 CPU minutes
+  python train_on_GAICD.py --demo                         # the whole pipeline on the CPU, no dataset needed
   python train_on_GAICD.py --data-root /data/crop         # the paper's recipe (config_GAICD.py)
   python train_on_GAICD.py --preset PA-2part --max_epoch 40
   python train_on_GAICD.py --resume experiments/GAICD_PA_CP/checkpoints/last.pth
@@ -64,14 +64,15 @@ class GAICDTrainer(Trainer):
 
 
 def build_trainer(cfg: config_GAICD.Config, exp_path: str, device: torch.device, progress: bool) -> GAICDTrainer:
-    model = build_crop_model(cfg, cfg.model_type)
+    # the data first: a wrong data root is reported before a missing ImageNet weights file
     full = GAICDataset(cfg, split="train", only_human_images=cfg.only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     train_set, val_names = split_validation(full, cfg)
+    model = build_crop_model(cfg, cfg.model_type)
     loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
     return GAICDTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 
-def prepare_demo(demo_dir: str, given: dict[str, Any]) -> dict[str, Any]:
+def prepare_demo(demo_dir: str, progress: bool, given: dict[str, Any]) -> dict[str, Any]:
     """Build the generated human-centric dataset and its pseudo heat maps; return the demo's options."""
     data_root = os.path.join(demo_dir, "data")
     if not os.path.exists(os.path.join(data_root, "GAICD", "image_crop.json")):
@@ -86,14 +87,27 @@ def prepare_demo(demo_dir: str, given: dict[str, Any]) -> dict[str, Any]:
     options.update(given)
     cfg = config_GAICD.Config(**options)
     print("generating pseudo heat maps ...", flush=True)
-    generate_heatmaps("GAICD", cfg, cfg.heat_map_dir, workers=1)
+    generate_heatmaps("GAICD", cfg, cfg.heat_map_dir, workers=1, progress=progress)
     return options
+
+
+def print_next_steps(trainer: GAICDTrainer) -> None:
+    """Where the demo's model is, and a ready command that crops one of its test photos with it."""
+    cfg = trainer.cfg
+    checkpoint = os.path.join(trainer.checkpoint_dir, "best-srcc.pth")
+    photo = os.path.join(cfg.GAIC_image, "test", evaluation_dataset(cfg, "GAICD", True).names[0])
+    print(f"\ndemo model: {checkpoint}\ncrop a photo with it (the person box from the demo's annotations):\n"
+          f"  python crop.py {photo} --checkpoint {checkpoint} --human-boxes {cfg.GAIC_human} "
+          f"--top-k 3 --visualize --out {os.path.join(os.path.dirname(cfg.exp_root), 'crops')}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> GAICDTrainer:
     args = build_parser(__doc__, config_GAICD.Config, PRESETS, with_demo=True).parse_args(argv)
-    prepare = functools.partial(prepare_demo, args.demo_dir) if args.demo else None
-    return launch(build_trainer, config_GAICD.Config, args, PRESETS, prepare)
+    prepare = functools.partial(prepare_demo, args.demo_dir, not args.no_progress) if args.demo else None
+    trainer = launch(build_trainer, config_GAICD.Config, args, PRESETS, prepare)
+    if args.demo:
+        print_next_steps(trainer)
+    return trainer
 
 
 if __name__ == "__main__":

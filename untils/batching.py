@@ -23,7 +23,8 @@ def _pad_stack(tensors: list[torch.Tensor], length: int, value: float) -> torch.
 def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch items of one resized size; crops are padded to the largest count.
 
-    ``crop_valid`` (B, N) marks real crops; padded boxes are -1s and padded scores NaN.
+    ``crop_valid`` (B, N) marks real crops (``all_crops_valid`` says whether every one is); padded
+    boxes are -1s and padded scores NaN.
     """
     if not items:
         raise ValueError("collate_crops needs at least one item")
@@ -51,6 +52,7 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
             batch[key] = values
     counts = torch.tensor([len(item["crop_box"]) for item in items])
     batch["crop_valid"] = torch.arange(batch["crop_box"].shape[1]) < counts[:, None]
+    batch["all_crops_valid"] = bool(batch["crop_valid"].all())  # known on the host: no device sync to ask
     return batch
 
 

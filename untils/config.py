@@ -64,13 +64,15 @@ def _argument_spec(annotation: Any) -> dict[str, Any]:
     return spec
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Add one option per field of ``config_cls`` (a dataclass) to ``parser``."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type,
+                         exclude: Sequence[str] = ()) -> None:
+    """Add one option per field of ``config_cls`` (a dataclass) to ``parser``, except ``exclude``
+    (e.g. the training options of a script that only evaluates)."""
     group = parser.add_argument_group(
         f"{config_cls.__module__} options (defaults from {config_cls.__module__}.py)")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        if not field.init:
+        if not field.init or field.name in exclude:
             continue
         spec = _argument_spec(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else "derived"

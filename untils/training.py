@@ -133,6 +133,7 @@ def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None)
         if batch.get(key) is not None:
             sampled[key] = batch[key][rows, index]
     sampled["crop_valid"] = new_valid
+    sampled["all_crops_valid"] = bool(new_valid.all())
     return sampled
 
 
@@ -267,7 +268,10 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
-        self.epoch_sums: dict[str, float] = {}  # loss parts summed over the epoch's batches so far
+        self.epoch_sums: dict[str, Any] = {}  # loss parts summed over the epoch's batches so far
+        # (step, image names, loss) of the batches whose loss was not yet checked to be finite
+        self.unchecked: list[tuple[int, list[str], torch.Tensor]] = []
+        self.check_every = 1 if device.type == "cpu" else cfg.display_freq
         self.saved_step = 0  # the step of the last last.pth
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
@@ -323,7 +327,9 @@ class Trainer:
             with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
                 with autocast(self.device, self.autocast_dtype):
                     loss, parts, outputs = self.compute_loss(batch)
-                self.check_finite(loss, batch)
+                self.unchecked.append((self.step, batch["name"], loss.detach()))
+                if len(self.unchecked) >= self.check_every:
+                    self.check_finite()
                 self.scaler.scale(loss / accumulate).backward()
             self.batch_in_epoch += 1
             self.step += 1
@@ -331,12 +337,13 @@ class Trainer:
                 self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{sums['total_loss'] / self.batch_in_epoch:.4f}")
+            for key, value in parts.items():  # device tensors: read back only when logged
+                sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
+            if self.step % self.check_every == 0:
+                bar.set_postfix(loss=f"{float(sums['total_loss']) / self.batch_in_epoch:.4f}")
             if self.step % cfg.display_freq == 0:
                 for key, value in sums.items():
-                    self.writer.add_scalar(f"train/{key}", value / self.batch_in_epoch, self.step)
+                    self.writer.add_scalar(f"train/{key}", float(value) / self.batch_in_epoch, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
             if self.step % cfg.visualize_freq == 0:
                 self.log_panels(batch, outputs)
@@ -344,23 +351,35 @@ class Trainer:
             if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
                     and self.batch_in_epoch < len(batches)):
                 self.save_training_state()
-        averages = {key: value / max(self.batch_in_epoch, 1) for key, value in sums.items()}
+        self.check_finite()
+        averages = {key: float(value) / max(self.batch_in_epoch, 1) for key, value in sums.items()}
         averages["seconds"] = time.time() - start
         self.batch_in_epoch = 0
         return averages
 
-    def check_finite(self, loss: torch.Tensor, batch: dict) -> None:
-        """Stop on a NaN/inf loss (on any rank), naming the images; the last checkpoint stays as it was."""
-        finite = torch.isfinite(loss.detach()).to(torch.int32)
+    def check_finite(self) -> None:
+        """Stop on a NaN/inf loss (on any rank) among the batches not checked yet, naming their images;
+        the last checkpoint stays as it was. On a GPU the check runs every ``display_freq`` steps and
+        before every checkpoint, so training does not wait for the device after each step."""
+        if not self.unchecked:
+            return
+        losses = torch.stack([loss.float() for _, _, loss in self.unchecked])
+        finite = torch.isfinite(losses).all().to(torch.int32)
         if self.world > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
             last = os.path.join(self.checkpoint_dir, "last.pth")
             kept = (f"the last good checkpoint is {last}" if os.path.isfile(last)
                     else "no training checkpoint was saved yet")
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}, on image(s) "
-                f"{', '.join(batch['name'])} (rank {self.rank}); {kept}")
+            bad = [(step, names, value) for (step, names, _), value in zip(self.unchecked, losses.tolist())
+                   if not math.isfinite(value)]
+            if not bad:
+                raise TrainingDiverged(f"the loss is not finite on another process, by step {self.step} of epoch "
+                                       f"{self.epoch} (rank {self.rank} is fine); {kept}")
+            step, names, value = bad[0]
+            raise TrainingDiverged(f"loss is {value} at epoch {self.epoch}, step {step}, on image(s) "
+                                   f"{', '.join(names)} (rank {self.rank}); {kept}")
+        self.unchecked.clear()
 
     def log_panels(self, batch: dict, output: Any) -> None:
         """Predicted vs. target heat map and partition maps of the batch's first image, to TensorBoard;
@@ -439,6 +458,7 @@ class Trainer:
                      "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}, path)
 
     def save_training_state(self) -> str:
+        self.check_finite()
         path = os.path.join(self.checkpoint_dir, "last.pth")
         self.saved_step = self.step
         if not self.is_main:
@@ -447,7 +467,8 @@ class Trainer:
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                      "config": config_to_dict(self.cfg),
                      "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
-                     "batch_in_epoch": self.batch_in_epoch, "epoch_sums": self.epoch_sums, "rng": rng_state(),
+                     "batch_in_epoch": self.batch_in_epoch,
+                     "epoch_sums": {key: float(value) for key, value in self.epoch_sums.items()}, "rng": rng_state(),
                      "history": self.history, "best": self.best, "val_names": self.val_names}, path)
         return path
 
