@@ -23,7 +23,6 @@ import time
 import zlib
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
 from untils.config import add_config_arguments, given_config_options
+from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
 from untils.runtime import autocast, autocast_dtype, configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -382,32 +382,27 @@ class Trainer:
         self.unchecked.clear()
 
     def log_panels(self, batch: dict, output: Any) -> None:
-        """Predicted vs. target heat map and partition maps of the batch's first image, to TensorBoard;
-        also saved under visualization/ when ``visualize_heat_map`` / ``visualize_partition_feature``."""
+        """Figures of the batch's first image: its predicted heat map and partition regions beside the
+        targets, on the photo; to TensorBoard, and under visualization/ when ``visualize_heat_map`` /
+        ``visualize_partition_feature``."""
         if not self.is_main:
             return
-        panels = {}
+        figures = {}
         heat_map, partition_feat = getattr(output, "heat_map", None), getattr(output, "partition_feat", None)
+        title = f"{batch['name'][0]}, step {self.step}"
         if heat_map is not None and self.cfg.use_content_preserve:
-            target = batch["heat_map"][0, 0].float().cpu()
-            predicted = heat_map[0, 0].detach().float().cpu()
-            panels["heat_map"] = (torch.cat([target, torch.ones(target.shape[0], 2), predicted], dim=1),
-                                  self.cfg.visualize_heat_map)
-        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat[0].abs().sum() > 0:
-            predicted = torch.softmax(partition_feat[0].detach().float().cpu(), dim=0)
-            target = batch["partition_mask"][0].float().cpu()
-            if predicted.shape[0] == 9:
-                target_grid = _grid3x3(target)
-                panels["partition"] = (torch.cat([target_grid, torch.ones(target_grid.shape[0], 2),
-                                                  _grid3x3(predicted)], dim=1), self.cfg.visualize_partition_feature)
-        for title, (panel, save) in panels.items():
-            # left: target, right: prediction
-            self.writer.add_image(f"train/{title}", panel.clamp(0, 1).unsqueeze(0), self.step)
+            figures["heat_map"] = (heat_map_figure(batch["image"][0], batch["heat_map"][0, 0], heat_map[0, 0], title),
+                                   self.cfg.visualize_heat_map)
+        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat.shape[1] == 9 \
+                and partition_feat[0].abs().sum() > 0:
+            human_box = batch["human_box"][0].reshape(-1).tolist()
+            figures["partition"] = (partition_figure(batch["image"][0], human_box, batch["partition_mask"][0],
+                                                     partition_feat[0], title), self.cfg.visualize_partition_feature)
+        for name, (pixels, save) in figures.items():
+            self.writer.add_image(f"train/{name}", pixels, self.step, dataformats="HWC")
             if save:
                 os.makedirs(self.visual_dir, exist_ok=True)
-                image = (panel.clamp(0, 1).numpy() * 255).astype(np.uint8)
-                Image.fromarray(image).resize((image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST).save(
-                    os.path.join(self.visual_dir, f"{self.step}_{title}.png"))
+                Image.fromarray(pixels).save(os.path.join(self.visual_dir, f"{self.step}_{name}.png"))
 
     # ----- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -527,18 +522,6 @@ class Trainer:
         print("test data, each metric's best-on-validation checkpoint:")
         for row in rows:
             print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-
-
-def _grid3x3(maps: torch.Tensor) -> torch.Tensor:
-    """Nine (H, W) maps laid out in a 3x3 grid with 1-pixel white lines."""
-    height, width = maps.shape[-2:]
-    rows = []
-    for r in range(3):
-        cells = []
-        for c in range(3):
-            cells += [maps[r * 3 + c], torch.ones(height, 1)]
-        rows += [torch.cat(cells[:-1], dim=1), torch.ones(1, 3 * width + 2)]
-    return torch.cat(rows[:-1], dim=0)
 
 
 def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
