@@ -205,7 +205,7 @@ def bilinear_sample(features: Tensor, batch_index: Tensor, h: Tensor, w: Tensor,
     the last row/column extrapolate linearly, as the original kernels do.
     Differentiable w.r.t. ``features`` through indexing.
     """
-    _, channels, height, width = features.shape
+    batch_size, channels, height, width = features.shape
     h, w, keep = torch.broadcast_tensors(h, w, keep)
     inside = keep & (h >= 0) & (h < height) & (w >= 0) & (w < width)
     h = torch.where(inside, h, 0)
@@ -220,7 +220,8 @@ def bilinear_sample(features: Tensor, batch_index: Tensor, h: Tensor, w: Tensor,
     weights = torch.stack(
         ((1 - h_ratio) * (1 - w_ratio), (1 - h_ratio) * w_ratio, h_ratio * (1 - w_ratio), h_ratio * w_ratio), dim=-1
     )
-    pixels = features.to(h.dtype).permute(0, 2, 3, 1).reshape(-1, channels)
+    # explicit sizes: with no channels a -1 could not be inferred (the kernels return an empty result)
+    pixels = features.to(h.dtype).permute(0, 2, 3, 1).reshape(batch_size * height * width, channels)
     values = (pixels[corners] * weights.unsqueeze(-1)).sum(dim=-2)
     values = torch.where(inside.unsqueeze(-1), values, 0)
     return values.permute(0, 3, 1, 2).to(features.dtype).contiguous()
@@ -252,6 +253,8 @@ def python_align(
     grid_height, grid_width = aligned_height + avg_pool, aligned_width + avg_pool
     h, w, keep = positions(rois, (height, width), grid_height, grid_width, spatial_scale, dtype)
     sampled = bilinear_sample(features, rois[:, 0].to(torch.int64), h, w, keep)
+    if avg_pool and channels == 0:  # avg_pool2d refuses empty channels; the kernels return (K, 0, h, w)
+        return sampled[..., :aligned_height, :aligned_width]
     return F.avg_pool2d(sampled, kernel_size=2, stride=1) if avg_pool else sampled
 
 

@@ -107,3 +107,16 @@ def test_backward_op_checks(name):
     with pytest.raises(ValueError, match="grad_output must be float16"):
         backward(grad.int(), rois, 1.0, 2, 6, 7)
     assert backward(grad, rois, 1.0, 2, 6, 7).shape == (2, 3, 6, 7)
+
+
+@pytest.mark.parametrize("op", [roi_align, rod_align])
+@pytest.mark.parametrize("avg_pool", [False, True])
+def test_features_without_channels_give_an_empty_result_on_both_backends(op, avg_pool):
+    """The kernels return (K, 0, h, w) for C = 0; the fallback must too (it failed to reshape)."""
+    features = torch.zeros(2, 0, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0.0, 1, 1, 6, 6], [1.0, 0, 2, 7, 5], [0.0, 3, 3, 2, 2]])
+    results = [op(features, rois, 3, 4, 1.0, avg_pool=avg_pool, backend=backend) for backend in ("compiled", "python")]
+    for result in results:
+        assert result.shape == (3, 0, 3, 4)
+        result.sum().backward()
+        assert features.grad.shape == features.shape
