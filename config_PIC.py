@@ -2,20 +2,21 @@
 
 PIC ("Crop the Way You Like: Personalized Image Cropping by Integrating Subjective and Objective
 Features") shares the GAIC-style crop scorer of this project and adds a subjective branch and an
-individual preference module (see the PIC section of ``cropping_model.py``). Importing this module
-has no side effects; every field can be overridden from the command line of the PIC scripts.
+individual preference module (``pic_model.py``). Importing this module has no side effects; every
+field can be overridden from the command line of the PIC scripts.
 
-The per-user data lives in ``<data_root>/PIC`` (format: ``untils/pic_data.py``). The objective
+The per-user data lives in ``<data_root>/PIC`` (format: ``pic_dataset.py``). The objective
 branch is trained on ``objective_set``: the users' average scores of the PIC images (``PIC``), or
 GAICD / CPC crop scores (paths inherited from ``config_GAICD.Config``).
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Optional
 
 from config_GAICD import LOSS_TYPES, Config as GAICDConfig, _opt
-from untils.config import check_choice
+from untils.config import add_config_arguments, check_choice
 
 PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
 OBJECTIVE_SETS = ("PIC", "GAICD", "CPC")
@@ -38,6 +39,9 @@ class Config(GAICDConfig):
     backbone: str = field(default="mobilenetv2", metadata={"help": f"one of {', '.join(PIC_BACKBONES)}"})
     use_partition_aware: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
     use_content_preserve: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
+    selection: str = _opt("PIC selects checkpoints on images held out from training ('val' only)", "val")
+    rank_loss_weighting: str = _opt("RankLoss pair weight: sign of the score difference, or sin (the HCIC "
+                                    "release)", "sign")
 
     # pre-training (pretrain_PIC.py)
     objective_set: str = _opt(f"objective crop scores: {', '.join(OBJECTIVE_SETS)} (PIC: the training users' "
@@ -116,6 +120,18 @@ class Config(GAICDConfig):
         """Experiment name: PIC, the objective set when it is not PIC's own, the backbone."""
         objective = "" if self.objective_set == "PIC" else f"_{self.objective_set}"
         return f"PIC{objective}_{self.backbone}"
+
+
+def script_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of the scripts that start from a PIC checkpoint (prior_PIC.py, finetune_PIC.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the checkpoint to start from")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
+                             "can run code; only for files you made yourself with an older version)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser, Config)
+    return parser
 
 
 cfg = Config()

@@ -4,7 +4,7 @@
   python finetune_PIC.py --checkpoint prior.pth --data-root DATA --finetune_images 10 --users alice bob
 
 Each user's images (default users: the test users of users.json) are split by
-`untils.pic_data.split_user_images`: `user_test_fraction` of them are held out for the report,
+`pic_dataset.split_user_images`: `user_test_fraction` of them are held out for the report,
 `finetune_images` (N) are fine-tuned on, and up to `finetune_val_images` of the rest choose the
 fine-tuning step. The held-out images are never used for anything but the report. On them, per user
 and averaged over users (x100: Acc_K/5, Acc_K/10, Acc5, Acc10, SRCC, PCC):
@@ -19,7 +19,7 @@ and averaged over users (x100: Acc_K/5, Acc_K/10, Acc5, Acc10, SRCC, PCC):
 `finetune_scope embedding` changes the user's embedding only; `head` also tunes a per-user copy of
 the preference head (taste MLP and user weights). The backbone and both branches never change.
 Writes results.csv (a row per user and model), results.md (means over users, then per user) and
-users/<user>.pth, which `cropping_model.load_pic_model` loads to crop for that user.
+users/<user>.pth, which `cropping_model.load_crop_model` loads to crop for that user (`crop.py --user`).
 """
 from __future__ import annotations
 
@@ -31,15 +31,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from cropping_model import PreferenceModule, crop_score_loss, prior_pull_loss
-from prior_PIC import (VIEWS, UserImage, build_parser, embed_user, evaluate_user, extract_features, given_options,
-                       load_pretrained, single_threaded, user_images, user_scores)
+import config_PIC
+from cropping_model import crop_score_loss, load_crop_model
+from pic_dataset import PICImageDataset, load_pic_data, split_user_images
+from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
+                       prior_pull_loss, single_threaded, user_images, user_scores)
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
-from untils.pic_data import PICImageDataset, load_pic_data, split_user_images
-from untils.runtime import seed_everything
+from untils.config import given_config_options
+from untils.runtime import resolve_device, seed_everything
+from untils.training import summary_writer
 
 MODELS = ("generic", "prior-mean", "prior", "finetuned")
 METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
@@ -141,14 +143,18 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = build_parser(__doc__)
+    parser = config_PIC.script_parser(__doc__)
     parser.add_argument("--users", nargs="+", metavar="ID", help="users to fine-tune to (default: the test users)")
     parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")
     args = parser.parse_args(argv)
-    checkpoint = read_checkpoint(args.checkpoint)
-    if not checkpoint.get("user_embeddings") or checkpoint.get("stage") != "prior":
+    checkpoint = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
+            or checkpoint.get("stage") != "prior":
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
-    model, cfg, device = load_pretrained(args.checkpoint, given_options(args), checkpoint)
+    model = load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False)
+    cfg = model.cfg
+    device = resolve_device(cfg.device, cfg.gpu_id)
+    model.to(device)
     seed_everything(cfg.seed)
     cfg.exp_name = cfg.exp_name or f"{cfg.prefix}_finetune{cfg.finetune_images}"
     exp_path = cfg.create_experiment_dir()
@@ -169,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                    for user, vector in checkpoint["user_embeddings"].items()}
     mean_embedding = torch.stack(list(prior_users.values())).mean(dim=0)
     generator = torch.Generator().manual_seed(cfg.seed)
-    writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs"))
+    writer = summary_writer(os.path.join(exp_path, "logs"))
     rows = []
     with single_threaded():
         for user in tqdm(users, desc="users", disable=args.no_progress):

@@ -7,16 +7,29 @@ apart (trained by classifying which user chose a crop). The individual preferenc
 a user from the subjective features of the user's best crops and adds a user-specific
 preference to the objective score. Explicit crop geometry (the crop in the image, and the
 person in the crop) feeds both the subjective branch and the preference module.
+
+The prior and fine-tuning stages train only the preference module, on what the frozen model says
+about each rated image's crops (:func:`extract_features`, :class:`UserImage`, end of this file).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from cropping_model import ALIGN_SIZE, GAICModel, boxes_with_batch_index, scatter_valid_scores
+from config_PIC import Config
+from cropping_model import ALIGN_SIZE, CropOutput, GAICModel, boxes_with_batch_index, scatter_valid_scores
+from pic_dataset import PICData, PICImageDataset, best_crop_indices
+from untils.batching import evaluation_loader
+from untils.boxes import flip_boxes_horizontal
+from untils.checkpoint import CheckpointError, config_from_checkpoint, load_model_weights
+from untils.inference import move_batch
+from untils.metrics import gaicd_metrics
 
 GEOMETRY_DIM = 16
 SUBJECTIVE_HIDDEN = 128
@@ -113,10 +126,11 @@ class PreferenceModule(nn.Module):
 class PICModel(GAICModel):
     """Personalized cropping: GAIC's scorer (objective branch) + subjective branch + preference module.
 
-    ``forward`` is GAIC's: the objective (generic) scores (B, N). ``score_for_user(batch, user)``
-    adds the user's preference; a user's embedding comes from ``user_embeddings`` (filled from a
-    checkpoint by :func:`load_pic_model`). ``cfg.num_users`` > 0 adds the user classifier that
-    pre-training trains the subjective branch with.
+    Called like every crop model, ``model(image, crop_box, human_box=None, crop_valid=None)`` ->
+    :class:`CropOutput`: the objective (generic) scores, or, once a user is selected
+    (``model.user = "name"``, one of ``user_embeddings``, which :func:`load_pic_model` fills from
+    a checkpoint), the objective score plus that user's preference. ``cfg.num_users`` > 0 adds the
+    user classifier that pre-training trains the subjective branch with.
     """
 
     def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
@@ -129,6 +143,32 @@ class PICModel(GAICModel):
         self.preference = PreferenceModule(cfg.subjective_dim + GEOMETRY_DIM, cfg.embed_dim, cfg.taste_dim,
                                            cfg.preference_hidden)
         self.user_embeddings: dict[str, torch.Tensor] = {}
+        self._user: Optional[str] = None
+
+    @property
+    def user(self) -> Optional[str]:
+        """The user whose preference ``forward`` adds (None: objective scores only)."""
+        return self._user
+
+    @user.setter
+    def user(self, name: Optional[str]) -> None:
+        if name is not None:
+            self.embedding_of(name)  # a KeyError naming the known users
+        self._user = name
+
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
+                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+        """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops score ``-inf``.
+
+        With a user selected, ``human_box`` (B, 1, 4) feeds the crops' geometry; None means no person.
+        """
+        if self.user is None:
+            return super().forward(image, crop_box, human_box, crop_valid)
+        if human_box is None:
+            human_box = crop_box.new_full((crop_box.shape[0], 1, 4), -1.0)
+        objective, features, _ = self.crop_outputs(image, crop_box, human_box, crop_valid)
+        preference = self.preference(features, self.embedding_of(self.user).to(features))
+        return CropOutput(scatter_valid_scores(objective + preference, crop_valid, *crop_box.shape[:2]))
 
     def describe_crops(self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor,
                        width: float, height: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,19 +224,8 @@ class PICModel(GAICModel):
     def embedding_of(self, user: str) -> torch.Tensor:
         if user not in self.user_embeddings:
             known = ", ".join(sorted(self.user_embeddings)) or "none"
-            raise KeyError(f"no embedding for user {user!r} in this PIC model (users: {known})")
+            raise KeyError(f"no embedding for user {user!r} in this PIC model (known users: {known})")
         return self.user_embeddings[user]
-
-    @torch.no_grad()
-    def score_for_user(self, batch: dict, user: str) -> torch.Tensor:
-        """Scores (B, N) of a collated batch (image, crop_box, human_box, optional crop_valid) for ``user``.
-
-        Padded crops score ``-inf``, as in every crop model here.
-        """
-        crop_box, crop_valid = batch["crop_box"], batch.get("crop_valid")
-        objective, features, _ = self.crop_outputs(batch["image"], crop_box, batch["human_box"], crop_valid)
-        embedding = self.embedding_of(user).to(features)
-        return scatter_valid_scores(objective + self.preference(features, embedding), crop_valid, *crop_box.shape[:2])
 
 
 def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -205,17 +234,115 @@ def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tenso
 
 
 def load_pic_model(content: dict, device: torch.device | str = "cpu", overrides: Optional[dict] = None) -> PICModel:
-    """A PIC model (eval mode, on ``device``) from the content of a prior_PIC.py or finetune_PIC.py
-    checkpoint; ``cropping_model.load_crop_model`` calls it for ``model_type`` PIC.
+    """A PIC model (eval mode, on ``device``) from the content of a pretrain_PIC.py, prior_PIC.py or
+    finetune_PIC.py checkpoint; ``cropping_model.load_crop_model`` calls it for ``model_type`` PIC.
 
     Its ``user_embeddings`` hold every user the checkpoint knows: the prior's training users, or
-    the fine-tuned user; score with ``model.score_for_user(batch, user)``.
+    the fine-tuned user (and the prior's); select one with ``model.user = name``.
     """
-    from config_PIC import Config
-    from untils.checkpoint import config_from_checkpoint, load_model_weights
-
+    if content.get("model_type") != "PIC":
+        raise CheckpointError(f"checkpoint is not a PIC checkpoint (model_type={content.get('model_type')!r})")
     model = PICModel(config_from_checkpoint(content, Config, overrides), loadweights=False)
     load_model_weights(model, content)
     model.user_embeddings = {user: torch.as_tensor(vector, dtype=torch.float32)
                              for user, vector in content.get("user_embeddings", {}).items()}
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The preference module's data: what the frozen model says about each rated image's crops
+# ----------------------------------------------------------------------------------------------
+
+VIEWS = 2  # the image as it is, and mirrored
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch on one CPU thread: the preference module's tensors are so small that sharing
+    them between threads costs far more than it saves (25x on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class ImageFeatures:
+    """What the frozen model says about an image's candidate crops, per view (as is, mirrored)."""
+    objective: torch.Tensor  # (VIEWS, N)
+    features: torch.Tensor   # (VIEWS, N, F) descriptions for the preference module
+
+
+@dataclass
+class UserImage:
+    """One image a user rated: the frozen model's outputs for the user's crops, and the user's scores."""
+    name: str
+    objective: torch.Tensor  # (VIEWS, n)
+    features: torch.Tensor   # (VIEWS, n, F)
+    scores: torch.Tensor     # (n,)
+    evidence: torch.Tensor   # (VIEWS, best_crops, 2F) evidence rows of the user's best crops
+
+
+@torch.no_grad()
+def extract_features(model: PICModel, dataset: PICImageDataset, device: torch.device, images_per_batch: int = 1,
+                     num_workers: int = 0, progress: bool = True) -> dict[str, ImageFeatures]:
+    """Objective scores and descriptions of every crop of ``dataset``'s images, for both views."""
+    model.eval()
+    cache: dict[str, ImageFeatures] = {}
+    for batch in tqdm(evaluation_loader(dataset, images_per_batch, num_workers), desc="crop features",
+                      disable=not progress, leave=False):
+        batch = move_batch(batch, device)
+        valid = batch["crop_valid"]
+        per_view = []
+        for mirrored in (False, True):
+            image, crop_box, human_box = batch["image"], batch["crop_box"], batch["human_box"]
+            if mirrored:
+                width = image.shape[-1]
+                image = image.flip(-1)
+                crop_box, human_box = flip_boxes_horizontal(crop_box, width), flip_boxes_horizontal(human_box, width)
+            per_view.append(model.crop_outputs(image, crop_box, human_box, valid))
+        for index, name in enumerate(batch["name"]):
+            rows = [view_index == index for _, _, view_index in per_view]
+            cache[name] = ImageFeatures(
+                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows)]).cpu(),
+                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows)]).cpu())
+    return cache
+
+
+def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
+                names: Sequence[str], preference: PreferenceModule, best_crops: int) -> list[UserImage]:
+    """The ``names`` a user rated, ready for episodes and evaluation (evidence uses ``preference``'s
+    feature statistics, which must be set first)."""
+    examples = []
+    for name in names:
+        rows = torch.from_numpy(dataset.crop_index[(user, name)])
+        scores = torch.from_numpy(data.annotations[user][name].scores).float()
+        features = cache[name].features[:, rows]
+        best = torch.from_numpy(best_crop_indices(scores.numpy(), best_crops))
+        with torch.no_grad():
+            evidence = torch.stack([preference.evidence(features[view], best) for view in range(VIEWS)])
+        examples.append(UserImage(name, cache[name].objective[:, rows], features, scores, evidence))
+    return examples
+
+
+def embed_user(preference: PreferenceModule, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
+    """A user's embedding from the evidence of ``examples`` (their best crops, as seen in ``view``)."""
+    return preference.embed(torch.cat([example.evidence[view] for example in examples]))
+
+
+def user_scores(preference: Optional[PreferenceModule], embedding: Optional[torch.Tensor], example: UserImage,
+                view: int = 0) -> torch.Tensor:
+    """Scores of an image's crops: objective, plus the preference when an embedding is given."""
+    if embedding is None:
+        return example.objective[view]
+    return example.objective[view] + preference(example.features[view], embedding)
+
+
+@torch.no_grad()
+def evaluate_user(preference: Optional[PreferenceModule], embedding: Optional[torch.Tensor],
+                  examples: Sequence[UserImage]) -> dict[str, float]:
+    """GAICD metrics (Acc_K/N, SRCC, PCC) of a user's images, scored as :func:`user_scores` (view 0)."""
+    return gaicd_metrics([example.scores for example in examples],
+                         [user_scores(preference, embedding, example) for example in examples])

@@ -16,122 +16,23 @@ training user's embedding (from all their images), ready for finetune_PIC.py and
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
 import os
-from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 import config_PIC
-from cropping_model import PICModel, PreferenceModule, crop_score_loss
-from test import bucketed_loader, move_batch
-from untils.boxes import flip_boxes_horizontal
-from untils.checkpoint import config_from_checkpoint, config_to_dict, load_model_weights, read_checkpoint, save_atomic
-from untils.config import add_config_arguments
-from untils.metrics import gaicd_metrics
-from untils.pic_data import PICData, PICImageDataset, best_crop_indices, held_out_images, load_pic_data
+from cropping_model import crop_score_loss, load_crop_model
+from pic_dataset import PICImageDataset, load_pic_data
+from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
+                       single_threaded, user_images, user_scores)
+from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
+from untils.config import given_config_options
 from untils.runtime import resolve_device, seed_everything
-
-VIEWS = 2  # the image as it is, and mirrored
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch on one CPU thread: the preference module's tensors are so small that sharing
-    them between threads costs far more than it saves (25x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@dataclass
-class ImageFeatures:
-    """What the frozen model says about an image's candidate crops, per view (as is, mirrored)."""
-    objective: torch.Tensor  # (VIEWS, N)
-    features: torch.Tensor   # (VIEWS, N, F) descriptions for the preference module
-
-
-@dataclass
-class UserImage:
-    """One image a user rated: the frozen model's outputs for the user's crops, and the user's scores."""
-    name: str
-    objective: torch.Tensor  # (VIEWS, n)
-    features: torch.Tensor   # (VIEWS, n, F)
-    scores: torch.Tensor     # (n,)
-    evidence: torch.Tensor   # (VIEWS, best_crops, 2F) evidence rows of the user's best crops
-
-
-@torch.no_grad()
-def extract_features(model: PICModel, dataset: PICImageDataset, device: torch.device, images_per_batch: int = 1,
-                     num_workers: int = 0, progress: bool = True) -> dict[str, ImageFeatures]:
-    """Objective scores and descriptions of every crop of ``dataset``'s images, for both views."""
-    model.eval()
-    cache: dict[str, ImageFeatures] = {}
-    for batch in tqdm(bucketed_loader(dataset, images_per_batch, num_workers), desc="crop features",
-                      disable=not progress, leave=False):
-        batch = move_batch(batch, device)
-        valid = batch["crop_valid"]
-        per_view = []
-        for mirrored in (False, True):
-            image, crop_box, human_box = batch["image"], batch["crop_box"], batch["human_box"]
-            if mirrored:
-                width = image.shape[-1]
-                image = image.flip(-1)
-                crop_box, human_box = flip_boxes_horizontal(crop_box, width), flip_boxes_horizontal(human_box, width)
-            per_view.append(model.crop_outputs(image, crop_box, human_box, valid))
-        for index, name in enumerate(batch["name"]):
-            rows = [view_index == index for _, _, view_index in per_view]
-            cache[name] = ImageFeatures(
-                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows)]).cpu(),
-                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows)]).cpu())
-    return cache
-
-
-def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
-                names: Sequence[str], preference: PreferenceModule, best_crops: int) -> list[UserImage]:
-    """The ``names`` a user rated, ready for episodes and evaluation (evidence uses ``preference``'s
-    feature statistics, which must be set first)."""
-    examples = []
-    for name in names:
-        rows = torch.from_numpy(dataset.crop_index[(user, name)])
-        scores = torch.from_numpy(data.annotations[user][name].scores).float()
-        features = cache[name].features[:, rows]
-        best = torch.from_numpy(best_crop_indices(scores.numpy(), best_crops))
-        with torch.no_grad():
-            evidence = torch.stack([preference.evidence(features[view], best) for view in range(VIEWS)])
-        examples.append(UserImage(name, cache[name].objective[:, rows], features, scores, evidence))
-    return examples
-
-
-def embed_user(preference: PreferenceModule, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
-    """A user's embedding from the evidence of ``examples`` (their best crops, as seen in ``view``)."""
-    return preference.embed(torch.cat([example.evidence[view] for example in examples]))
-
-
-def user_scores(preference: Optional[PreferenceModule], embedding: Optional[torch.Tensor], example: UserImage,
-                view: int = 0) -> torch.Tensor:
-    """Scores of an image's crops: objective, plus the preference when an embedding is given."""
-    if embedding is None:
-        return example.objective[view]
-    return example.objective[view] + preference(example.features[view], embedding)
-
-
-@torch.no_grad()
-def evaluate_user(preference: Optional[PreferenceModule], embedding: Optional[torch.Tensor],
-                  examples: Sequence[UserImage]) -> dict[str, float]:
-    """GAICD metrics (Acc_K/N, SRCC, PCC) of a user's images, scored as :func:`user_scores` (view 0)."""
-    return gaicd_metrics([example.scores for example in examples],
-                         [user_scores(preference, embedding, example) for example in examples])
-
+from untils.training import held_out_images, summary_writer
 
 def mean_metrics(per_user: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([metrics[key] for metrics in per_user])) for key in per_user[0]}
@@ -164,7 +65,7 @@ def validate_prior(preference: PreferenceModule, train: dict[str, list[UserImage
 
 
 def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]], val: dict[str, list[UserImage]],
-                cfg, writer: Optional[SummaryWriter] = None, progress: bool = True) -> list[dict[str, float]]:
+                cfg, writer: Optional[Any] = None, progress: bool = True) -> list[dict[str, float]]:
     """Episodic training of ``preference``; leaves it at the epoch with the best validation SRCC.
 
     Returns one row per epoch (epoch, loss, validation metrics).
@@ -215,37 +116,16 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
     return history
 
 
-def load_pretrained(path: str, given: dict,
-                    checkpoint: Optional[dict] = None) -> tuple[PICModel, config_PIC.Config, torch.device]:
-    """A PIC model with the weights of ``path`` (or of ``checkpoint``, already read from it), frozen,
-    in eval mode on the config's device, its config (``given`` options win) and that device."""
-    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
-    if checkpoint.get("model_type") != "PIC":
-        raise SystemExit(f"{path} is not a PIC checkpoint (model_type={checkpoint.get('model_type')!r}); "
-                         "give a checkpoint of pretrain_PIC.py")
-    cfg = config_from_checkpoint(checkpoint, config_PIC.Config, given)
-    model = PICModel(cfg, loadweights=False)
-    load_model_weights(model, checkpoint)
-    model.requires_grad_(False)
-    device = resolve_device(cfg.device, cfg.gpu_id)
-    return model.to(device).eval(), cfg, device
-
-
-def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the checkpoint to start from")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser, config_PIC.Config)
-    return parser
-
-
-def given_options(args: argparse.Namespace) -> dict:
-    return {key[len("cfg__"):]: value for key, value in vars(args).items() if key.startswith("cfg__")}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = build_parser(__doc__).parse_args(argv)
-    model, cfg, device = load_pretrained(args.checkpoint, given_options(args))
+    args = config_PIC.script_parser(__doc__).parse_args(argv)
+    content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if content.get("model_type") != "PIC":
+        raise SystemExit(f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
+                         "give a checkpoint of pretrain_PIC.py")
+    model = load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False)
+    cfg = model.cfg
+    device = resolve_device(cfg.device, cfg.gpu_id)
+    model.to(device)
     seed_everything(cfg.seed)
     cfg.exp_name = cfg.exp_name or f"{cfg.prefix}_prior"
     exp_path = cfg.create_experiment_dir()
@@ -265,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                   cfg.best_crops)
         val[user] = user_images(data, dataset, cache, user, [n for n in names if n in held_out], preference,
                                 cfg.best_crops)
-    writer = SummaryWriter(log_dir=os.path.join(exp_path, "logs"))
+    writer = summary_writer(os.path.join(exp_path, "logs"))
     with single_threaded():
         history = train_prior(preference, train, val, cfg, writer, not args.no_progress)
     writer.close()

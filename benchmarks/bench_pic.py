@@ -34,7 +34,7 @@ import config_PIC  # noqa: E402
 import finetune_PIC  # noqa: E402
 import prior_PIC  # noqa: E402
 import pretrain_PIC  # noqa: E402
-from untils.pic_data import split_user_images  # noqa: E402
+from pic_dataset import split_user_images  # noqa: E402
 from untils.pic_synthetic import TASTE_GROUPS, build_pic_benchmark, departure_from_average, read_tastes  # noqa: E402
 
 MODEL_TITLES = {"generic": "generic", "prior-mean": "prior (mean user)", "prior": "prior", "finetuned": "fine-tuned"}

@@ -14,12 +14,13 @@ import finetune_PIC
 import prior_PIC
 import pretrain_PIC
 from benchmarks.bench_pic import QUICK, run_benchmark
-from cropping_model import load_pic_model
-from test import bucketed_loader
+from cropping_model import load_crop_model
+from pic_dataset import PICUserDataset, load_pic_data
+from untils.batching import evaluation_loader
 from untils.checkpoint import read_checkpoint
 from untils.demo_data import build_demo_dataset
+from untils.inference import run_model
 from untils.metrics import gaicd_metrics
-from untils.pic_data import PICUserDataset, load_pic_data
 from untils.pic_synthetic import build_pic_benchmark
 
 pytestmark = pytest.mark.slow
@@ -61,23 +62,27 @@ def test_user_checkpoint_scores_the_held_out_images_as_reported(quick_run):
     out, result = quick_run
     user = result["rows"][5][0]["user"]
     path = out / "experiments" / "finetune-5" / "users" / f"{user}.pth"
-    model = load_pic_model(str(path))
+    model = load_crop_model(str(path))
     assert user in model.user_embeddings and len(model.user_embeddings) > 1  # plus the prior's training users
     test_images = read_checkpoint(str(path))["finetune"]["test"]
     cfg = config_PIC.Config(data_root=str(out / "data"), pretrained=False, image_size=model.cfg.image_size,
                             keep_aspect_ratio=model.cfg.keep_aspect_ratio)
     dataset = PICUserDataset(cfg, load_pic_data(cfg), user, names=test_images)
     truth, predicted = [], []
-    for batch in bucketed_loader(dataset, images_per_batch=3):
-        scores = model.score_for_user(batch, user)
+    model.user = user
+    for batch in evaluation_loader(dataset, images_per_batch=3):
+        with torch.no_grad():
+            scores = run_model(model, batch).score
         valid = batch["crop_valid"]
         truth += [batch["score"][i][valid[i]] for i in range(len(scores))]
         predicted += [scores[i][valid[i]] for i in range(len(scores))]
     reported = next(row for row in result["rows"][5] if row["user"] == user and row["model"] == "finetuned")
     assert 100 * gaicd_metrics(truth, predicted)["srcc"] == pytest.approx(reported["srcc"], abs=0.05)
-    prior = load_pic_model(str(out / "experiments" / "prior" / "checkpoints" / "prior.pth"))
+    prior = load_crop_model(str(out / "experiments" / "prior" / "checkpoints" / "prior.pth"))
     trained_user = sorted(prior.user_embeddings)[0]
-    assert torch.isfinite(prior.score_for_user(next(iter(bucketed_loader(dataset))), trained_user)).all()
+    prior.user = trained_user
+    with torch.no_grad():
+        assert torch.isfinite(run_model(prior, next(iter(evaluation_loader(dataset)))).score).all()
 
 
 def test_pretraining_with_gaicd_as_the_objective(tmp_path):

@@ -12,8 +12,9 @@ from PIL import Image
 
 import config_PIC
 from cropping_dataset import DatasetError
-from untils.pic_data import (CSV_COLUMNS, PICDataset, PICImageDataset, best_crop_indices, convert_ratings_csv,
-                             held_out_images, load_pic_data, split_user_images, split_users, union_crops)
+from pic_dataset import (CSV_COLUMNS, PICDataset, PICImageDataset, best_crop_indices, convert_ratings_csv,
+                         load_pic_data, split_user_images, split_users, union_crops)
+from untils.training import held_out_images
 
 SIZES = {"a.jpg": (200, 100), "b.jpg": (120, 160), "c.jpg": (160, 160)}
 

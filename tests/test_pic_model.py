@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import config_PIC
-from cropping_model import (GEOMETRY_DIM, PICModel, PreferenceModule, build_crop_model, crop_geometry,
-                            load_pic_model)
+from cropping_model import build_crop_model, load_crop_model
 from finetune_PIC import finetune_user
-from prior_PIC import UserImage, VIEWS
+from pic_model import GEOMETRY_DIM, VIEWS, PICModel, PreferenceModule, UserImage, crop_geometry, load_pic_model
 from untils.checkpoint import CheckpointError, config_to_dict
 
 
@@ -68,10 +67,20 @@ def test_preference_module_shapes_and_set_embedding():
         module.embed(torch.zeros(0, 20))
 
 
+def user_scores(model: PICModel, batch: dict, user: str) -> torch.Tensor:
+    """The model's scores of ``batch`` for ``user``; the model is left with no user selected."""
+    model.user = user
+    try:
+        with torch.no_grad():
+            return model(batch["image"], batch["crop_box"], batch["human_box"], batch["crop_valid"]).score
+    finally:
+        model.user = None
+
+
 def test_generic_scores_are_the_objective_branch_and_user_scores_add_the_preference(model):
     batch = batch_of_two()
     with torch.no_grad():
-        generic = model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"])
+        generic = model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"]).score
         objective, features, index = model.crop_outputs(batch["image"], batch["crop_box"], batch["human_box"],
                                                         batch["crop_valid"])
     assert generic.shape == (2, 3) and generic[1, 2] == float("-inf")
@@ -81,13 +90,13 @@ def test_generic_scores_are_the_objective_branch_and_user_scores_add_the_prefere
     expected_geometry = crop_geometry(batch["crop_box"][1, 0], batch["human_box"][1, 0], 96, 64)
     torch.testing.assert_close(features[3, 6:], expected_geometry)
     model.user_embeddings = {"ann": torch.randn(4)}
-    scores = model.score_for_user(batch, "ann")
+    scores = user_scores(model, batch, "ann")
     with torch.no_grad():
         expected = objective + model.preference(features, model.user_embeddings["ann"])
     torch.testing.assert_close(scores[batch["crop_valid"]], expected)
     assert scores[1, 2] == float("-inf")
     with pytest.raises(KeyError, match="no embedding for user 'zed'.*ann"):
-        model.score_for_user(batch, "zed")
+        user_scores(model, batch, "zed")
 
 
 def test_pretraining_outputs_share_one_backbone_pass(model):
@@ -96,7 +105,8 @@ def test_pretraining_outputs_share_one_backbone_pass(model):
     humans = torch.tensor([[30.0, 10, 50, 64], [-1.0, -1, -1, -1]])
     with torch.no_grad():
         score, logits = model.pretraining_outputs(batch["image"], batch["crop_box"], batch["crop_valid"], rois, humans)
-        torch.testing.assert_close(score, model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"]))
+        torch.testing.assert_close(score, model(batch["image"], batch["crop_box"],
+                                                crop_valid=batch["crop_valid"]).score)
         torch.testing.assert_close(logits, model.user_logits(batch["image"], rois, humans))
     assert logits.shape == (2, 3)
     with pytest.raises(ValueError, match="no user classifier"):
@@ -108,11 +118,11 @@ def test_checkpoint_round_trip_and_model_type(model, tmp_path):
     checkpoint = {"model": model.state_dict(), "config": config_to_dict(model.cfg), "model_type": "PIC",
                   "user_embeddings": {"ann": [0.5, -1.0, 2.0, 0.0]}}
     torch.save(checkpoint, tmp_path / "user.pth")
-    loaded = load_pic_model(str(tmp_path / "user.pth"))
+    loaded = load_crop_model(str(tmp_path / "user.pth"))
     assert list(loaded.user_embeddings) == ["ann"]
     batch = batch_of_two()
     model.user_embeddings = {"ann": torch.tensor([0.5, -1.0, 2.0, 0.0])}
-    torch.testing.assert_close(loaded.score_for_user(batch, "ann"), model.score_for_user(batch, "ann"))
+    torch.testing.assert_close(user_scores(loaded, batch, "ann"), user_scores(model, batch, "ann"))
     with pytest.raises(CheckpointError, match="not a PIC checkpoint"):
         load_pic_model({**checkpoint, "model_type": "GAIC"})
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import config_PIC
+from pic_dataset import load_pic_data
 from untils.candidates import gaic_grid_candidates
-from untils.pic_data import load_pic_data
 from untils.pic_synthetic import (TASTE_GROUPS, Taste, build_pic_benchmark, departure_from_average, kept_share,
                                   read_tastes, subject_box, taste_score, taste_term)
 

@@ -1,5 +1,5 @@
 """The generated PIC benchmark: users with known, distinct tastes rate the candidate crops of real
-photos of people and of generated scenes, written in the PIC format (``untils/pic_data.py``).
+photos of people and of generated scenes, written in the PIC format (``pic_dataset.py``).
 
 Images come from ``untils.demo_data.build_demo_dataset``: people from photos shipped in pip
 packages composited onto backgrounds with known person boxes, the plain person photos, and scenes
@@ -41,7 +41,7 @@ from PIL import Image
 from untils.candidates import gaic_grid_candidates
 from untils.demo_data import build_demo_dataset
 from untils.metrics import spearman
-from untils.pic_data import write_pic_annotations
+from untils.pic_format import write_pic_annotations
 
 TASTE_GROUPS = ("centred", "thirds", "headroom", "tight")
 TARGET_RANGES = {"centred": (0.47, 0.53), "thirds": (0.30, 0.36), "headroom": (0.22, 0.32), "tight": (0.85, 0.95)}

@@ -542,6 +542,9 @@ def build_parser(description: str, config_cls: type, presets: Optional[dict[str,
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
     parser.add_argument("--resume", metavar="PATH", help="continue from a last.pth training checkpoint")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="--resume from a file that holds more than tensors and plain data (UNSAFE: such a file "
+                             "can run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser, config_cls)
     return parser
@@ -563,7 +566,7 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
     rank, world, local_rank = init_distributed()
     checkpoint = None
     if args.resume:
-        checkpoint = read_checkpoint(args.resume, trusted=getattr(args, "trust_checkpoint", False))
+        checkpoint = read_checkpoint(args.resume, trusted=args.trust_checkpoint)
         if "optimizer" not in checkpoint:
             raise SystemExit(f"{args.resume} holds model weights only; --resume needs a last.pth training checkpoint")
         cfg = config_cls(**{**checkpoint["config"], **given})

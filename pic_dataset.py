@@ -22,18 +22,17 @@ image) in one error. ``PICDataset`` gives ``cropping_dataset``'s item dicts plus
 ``PICImageDataset`` gives each image once with the users' average score of each crop (the
 objective scores of the generated benchmark). ``convert_ratings_csv`` turns a table of
 per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format; run it as
-``python -m untils.pic_data ratings.csv --out DATA_ROOT [--images DIR]``.
+``python pic_dataset.py ratings.csv --out DATA_ROOT [--images DIR]``. The folder is written by
+``untils.pic_format``, which the generated benchmark (``untils/pic_synthetic.py``) uses too.
 """
 from __future__ import annotations
 
 import argparse
 import bisect
 import csv
-import json
 import math
 import os
 import random
-import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -45,12 +44,13 @@ from torch.utils.data import ConcatDataset
 
 from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
                               problems_error, read_crop_annotations, read_human_boxes)
+from untils.pic_format import USER_ID_PATTERN, write_pic_annotations
+from untils.training import seeded_order
 
 if TYPE_CHECKING:
     from config_PIC import Config
 
 MIN_CROPS = 10
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CSV_COLUMNS = ("annotator", "image", "x1", "y1", "x2", "y2", "score")
 HEAT_MAP_FOLDER = "heat_maps"  # optional pseudo heat maps; PIC's model does not use them
 BOX_KEY_DECIMALS = 3  # crops of the same image are the same crop when equal to this many decimals
@@ -134,13 +134,6 @@ def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[st
     return annotations, crop_index
 
 
-def seeded_order(names: Sequence[str], seed: int, key: str) -> list[str]:
-    """``names`` sorted, then shuffled by a generator seeded with ``seed`` and ``key`` (e.g. the user)."""
-    order = sorted(names)
-    random.Random(f"{seed}:{key}").shuffle(order)
-    return order
-
-
 def split_user_images(user: str, names: Sequence[str], shots: int, val_images: int, test_fraction: float,
                       seed: int) -> UserSplit:
     """A test user's images: ``test_fraction`` held out for the report, then ``shots`` to fine-tune on,
@@ -157,16 +150,6 @@ def split_user_images(user: str, names: Sequence[str], shots: int, val_images: i
                          f"leaving {len(pool)}, but {shots} fine-tuning images and at least one validation "
                          "image are needed (lower --finetune_images or --user_test_fraction)")
     return UserSplit(support=pool[:shots], val=pool[shots:shots + val_images], test=test)
-
-
-def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> list[str]:
-    """The images (sorted) held out for model selection: ``val_fraction`` of ``names``, at least one.
-
-    Pre-training and the prior use the same rule on the training users' images, so neither
-    selects on images the other trained on.
-    """
-    order = seeded_order(names, seed, "validation")
-    return sorted(order[:max(1, round(val_fraction * len(order)))])
 
 
 def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
@@ -212,7 +195,7 @@ def load_pic_data(cfg: "Config") -> PICData:
     """
     if not os.path.isdir(cfg.PIC_path):
         raise FileNotFoundError(f"PIC folder not found: {cfg.PIC_path} (expected users.json, annotations/, "
-                                "images/; see untils/pic_data.py)")
+                                "images/; see pic_dataset.py)")
     if not os.path.isdir(cfg.PIC_image):
         raise FileNotFoundError(f"PIC image folder not found: {cfg.PIC_image}")
     problems: list[str] = []
@@ -275,7 +258,7 @@ class PICUserDataset(ScoredCropDataset):
     """One user's rated images (all, or ``names``): ``cropping_dataset`` items plus ``user``."""
 
     def __init__(self, cfg: "Config", data: PICData, user: str, names: Optional[Sequence[str]] = None,
-                 augment: bool = False, with_crop_masks: bool = False) -> None:
+                 augment: bool = False) -> None:
         rated = data.annotations.get(user)
         if rated is None:
             raise KeyError(f"unknown PIC user {user!r}; users: {', '.join(data.users)}")
@@ -287,8 +270,7 @@ class PICUserDataset(ScoredCropDataset):
         self.user = user
         self.title = f"PIC user {user}"
         super().__init__(cfg, names, [data.image_path(name) for name in names], rated, data.human_boxes,
-                         os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio, augment,
-                         with_crop_masks)
+                         os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio, augment)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = super().__getitem__(index)
@@ -300,11 +282,10 @@ class PICDataset(ConcatDataset):
     """(user, image) pairs of several users; ``names`` optionally limits each user's images."""
 
     def __init__(self, cfg: "Config", data: PICData, users: Sequence[str],
-                 names: Optional[Mapping[str, Sequence[str]]] = None, augment: bool = False,
-                 with_crop_masks: bool = False) -> None:
+                 names: Optional[Mapping[str, Sequence[str]]] = None, augment: bool = False) -> None:
         if not users:
             raise ValueError("PICDataset needs at least one user")
-        parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment, with_crop_masks)
+        parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment)
                  for user in users]
         super().__init__(parts)
         self.names = [name for part in parts for name in part.names]
@@ -325,7 +306,7 @@ class PICImageDataset(ScoredCropDataset):
     title = "PIC images"
 
     def __init__(self, cfg: "Config", data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None,
-                 augment: bool = False, with_crop_masks: bool = False) -> None:
+                 augment: bool = False) -> None:
         annotations, self.crop_index = union_crops(data, users, names)
         image_names = list(annotations) if names is None else [name for name in names if name in annotations]
         missing = sorted(set(names or ()) - set(annotations))
@@ -335,32 +316,12 @@ class PICImageDataset(ScoredCropDataset):
         self.users = list(users)
         super().__init__(cfg, image_names, [data.image_path(name) for name in image_names], annotations,
                          data.human_boxes, os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio,
-                         augment, with_crop_masks)
+                         augment)
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing the format, and the converter from per-annotator ratings
+# The converter from per-annotator ratings (written with untils.pic_format)
 # ----------------------------------------------------------------------------------------------
-
-def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
-                          ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
-                          human_boxes: Optional[Mapping[str, Sequence[float]]] = None) -> None:
-    """Write users.json, annotations/<user>.json (``ratings[user][image] = {"bbox", "score"}``) and,
-    when given, human_bboxes.json into ``pic_dir``."""
-    bad = [user for user in list(train_users) + list(test_users) if not USER_ID_PATTERN.match(user)]
-    if bad:
-        raise ValueError(f"user ids must be letters, digits, '_', '-' or '.' (not first): {bad[:5]}")
-    folder = os.path.join(pic_dir, "annotations")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(pic_dir, "users.json"), "w") as stream:
-        json.dump({"train": list(train_users), "test": list(test_users)}, stream, indent=1)
-    for user in list(train_users) + list(test_users):
-        with open(os.path.join(folder, f"{user}.json"), "w") as stream:
-            json.dump(ratings[user], stream)
-    if human_boxes is not None:
-        with open(os.path.join(pic_dir, "human_bboxes.json"), "w") as stream:
-            json.dump({name: [float(v) for v in box] for name, box in human_boxes.items()}, stream)
-
 
 def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded (train, test) split of user ids; at least one of each when there are two or more users."""
@@ -459,7 +420,7 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] =
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m untils.pic_data",
+        prog="python pic_dataset.py",
         description="Convert per-annotator crop ratings (CSV with columns annotator,image,x1,y1,x2,y2,score; "
                     "boxes in original pixels) into the PIC format under OUT/PIC.")
     parser.add_argument("csv", help="the ratings CSV")
