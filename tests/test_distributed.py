@@ -41,7 +41,7 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
                                 "--exp_name", "run"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
-    two = torch.load(tmp_path / "two" / "run" / "checkpoints" / "last.pth", weights_only=False)
+    two = torch.load(tmp_path / "two" / "run" / "checkpoints" / "last.pth", weights_only=True)
     reference = dict(single.core.named_parameters())
     assert two["epoch"] == 1 and two["step"] == 3  # 6 images over 2 ranks: 3 batches of one image each
     # parameters only: under DDP, BatchNorm running statistics are rank 0's (vgg16 has none)

@@ -34,7 +34,7 @@ def official_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tenso
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"), weights_only=False)
+    return torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")

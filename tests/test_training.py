@@ -182,7 +182,7 @@ def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in straight.core.parameters() if p.dim() == 4)
     first = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "b"), "--exp_name", "run", "--max_epoch", "7"])
     checkpoint = os.path.join(first.exp_path, "checkpoints", "last.pth")
-    assert torch.load(checkpoint, weights_only=False)["scaler"]["scale"] == first.scaler.get_scale()
+    assert torch.load(checkpoint, weights_only=True)["scaler"]["scale"] == first.scaler.get_scale()
     resumed = train_on_GAICD.main(["--resume", checkpoint, "--max_epoch", "8", "--no-progress"])
     assert resumed.cfg.precision == "fp16" and resumed.scaler.get_scale() == straight.scaler.get_scale()
     expected, actual = _state(straight), _state(resumed)
@@ -238,7 +238,7 @@ def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_
     assert saved == [(4, 4)]
     monkeypatch.undo()
     checkpoint = tmp_path / "b" / "run" / "checkpoints" / "last.pth"
-    assert torch.load(checkpoint, weights_only=False)["batch_in_epoch"] == 4
+    assert torch.load(checkpoint, weights_only=True)["batch_in_epoch"] == 4
     resumed = train_on_GAICD.main(["--resume", str(checkpoint), "--no-progress"])
     assert resumed.step == straight.step == 6
     expected, actual = _state(straight), _state(resumed)

@@ -3,11 +3,15 @@
 Our checkpoints are dicts with ``model`` (state_dict), ``config`` (the options the model was
 built with), ``model_type`` and, for training checkpoints, optimizer/scheduler/RNG state. The
 release saved a bare state_dict (some early ones name ``group_conv`` ``p_conv``); both load.
+Every file is loaded with ``weights_only=True``: anything but tensors and plain data is refused,
+since unpickling it may run code, unless the user trusts the file (``--trust-checkpoint``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import re
 import tempfile
 from typing import Any, Optional
 
@@ -35,22 +39,56 @@ def save_atomic(obj: Any, path: str) -> None:
         raise
 
 
-def load_file(path: str, what: str, error_type: type[Exception], weights_only: bool) -> Any:
-    """``torch.load`` of ``path`` on the CPU; ``error_type`` naming ``what`` and the path when it is
-    missing or unreadable."""
+# What the weights-only unpickler says when it meets an object it will not build (a class, a
+# function to call); anything else it raises means the file is damaged or not a checkpoint.
+_REFUSED_OBJECT = re.compile(r"GLOBAL (?P<name>\S+)|unrecognized function (?P<function>.+?)(?: which|$)"
+                             r"|create new object .* but got (?P<cls>.+)$", re.MULTILINE)
+
+
+def load_file(path: str, what: str, error_type: type[Exception], trusted: bool = False) -> Any:
+    """``torch.load`` of ``path`` on the CPU, accepting only tensors and plain data unless ``trusted``.
+
+    ``error_type`` names ``what`` and the path when the file is missing, unreadable, or holds other
+    objects (unpickling those may run code). ``trusted`` loads them anyway: only for files the user
+    made themselves with an older version of this project.
+    """
     if not os.path.isfile(path):
         raise error_type(f"{what} {path!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        refused = None if trusted else _REFUSED_OBJECT.search(str(error))
+        if refused is None:
+            raise error_type(f"{what} {path!r} could not be read (UnpicklingError: {_cause(error)})") from error
+        found = refused.group("name") or refused.group("function") or refused.group("cls")
+        raise error_type(
+            f"{what} {path!r} holds objects other than tensors and plain data"
+            f"{f' ({found})' if found else ''}, and loading them may run code: refused. If you made this file "
+            "yourself with an older version of this project, --trust-checkpoint loads it anyway (unsafe)") from None
     except Exception as error:
-        raise error_type(f"{what} {path!r} could not be read ({type(error).__name__}: {error})") from error
+        raise error_type(f"{what} {path!r} could not be read ({type(error).__name__}: {_cause(error)})") from error
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint file on the CPU; a bare state_dict is wrapped as ``{"model": state_dict}``."""
-    content = load_file(path, "checkpoint", CheckpointError, weights_only=False)
+def _cause(error: BaseException) -> str:
+    """The line of ``error`` that says what went wrong (torch's unpickling errors add lines of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation",
+                                                               "Please file an issue"))]
+    return (causes or lines or [repr(error)])[0]
+
+
+def read_checkpoint(path: str, trusted: bool = False) -> dict:
+    """Load a checkpoint file on the CPU (see :func:`load_file` for ``trusted``).
+
+    Ours is returned as is; a bare state_dict (the HCIC, GAIC and PIC releases, DataParallel
+    ``module.`` prefixes included) or a ``{"state_dict": ...}`` file (``.pth.tar``) is wrapped as
+    ``{"model": state_dict}``.
+    """
+    content = load_file(path, "checkpoint", CheckpointError, trusted=trusted)
     if isinstance(content, dict) and "model" in content and isinstance(content["model"], dict):
         return content
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        content = content["state_dict"]
     if isinstance(content, dict) and content and all(torch.is_tensor(v) for v in content.values()):
         return {"model": content}
     raise CheckpointError(f"checkpoint {path!r} holds neither a state_dict nor a training checkpoint")
