@@ -1,32 +1,57 @@
-"""Find people in a photo, offline, and pick the main one.
+"""Find people in a photo and pick the main one.
 
 Every detector is a callable ``detector(rgb) -> list[Detection]`` taking an (H, W, 3) uint8
 RGB array and returning person boxes ``[x1, y1, x2, y2]`` in that array's pixels:
 
+* :class:`TorchvisionPersonDetector` (the default): a torchvision COCO detection model, Faster
+  R-CNN with a MobileNetV3-Large FPN unless another ``arch`` is named. Its weights come from
+  torchvision's weights API (``<arch weights>.DEFAULT``, downloaded once into torch's hub cache,
+  like the backbones' ImageNet weights) or from a file the user gives; both are loaded
+  weights-only. It needs torchvision's compiled ``nms``, which a CUDA build of torchvision on a
+  CPU-only torch lacks. The model removes its own duplicates (its NMS at IoU 0.5).
 * :class:`HogPersonDetector`: OpenCV's HOG pedestrian detector
-  (``cv2.HOGDescriptor_getDefaultPeopleDetector``, a linear SVM on 64x128 windows). The photo
-  is shrunk so its longer side is at most ``max_side``, and scanned once as it is and once
-  inside a black border (so people taller than the frame, e.g. portraits, fit a window).
-  Windows from both passes are merged with our non-maximum suppression. OpenCV 5 moved HOG
-  out of the main package, so this detector exists only with OpenCV 4.x.
+  (``cv2.HOGDescriptor_getDefaultPeopleDetector``, a linear SVM on 64x128 windows; its scores
+  are SVM margins, not probabilities). The photo is shrunk so its longer side is at most
+  ``max_side``, and scanned once as it is and once inside a black border (so people taller than
+  the frame, e.g. portraits, fit a window). OpenCV 5 moved HOG out of the main package, so this
+  detector exists only with OpenCV 4.x.
 * :class:`FacePersonDetector`: scikit-image's LBP frontal-face cascade (the file ships with
   scikit-image), each face grown into a body box with fixed proportions (``BODY_FROM_FACE``).
   Finds people facing the camera, from portraits to small figures; misses people seen from
-  behind.
-* :class:`TorchvisionPersonDetector`: a torchvision detection model (Faster R-CNN,
-  Keypoint R-CNN, ...) built without weights and loaded from a file the user supplies. Those
-  models call torchvision's compiled ``nms``/``roi_align``; where they are missing (a CUDA
-  build of torchvision on a CPU-only torch) it refuses at construction with a clear error.
+  behind. It gives no score.
+* :class:`OfflinePersonDetector`: HOG (when OpenCV has it) and faces together, duplicates merged.
 
-:class:`OfflinePersonDetector` runs HOG (when OpenCV has it) and faces, and lists both.
+:func:`build_person_detector` returns the torchvision model given a weights file (or a
+:class:`DetectorError` saying why it cannot be used). Without a file it asks the weights API;
+where that cannot work (torchvision's ops missing, no network, not cached with downloads off)
+it warns once (:class:`DetectorFallbackWarning`, one line naming why) and returns the offline
+detector. Each detector's ``name`` says which one is used.
 
-The main person (:func:`main_person`) is the detection with the highest prominence
-``area / image area * (1 - d / half_diagonal)``, ``d`` the distance from the box centre to
-the image centre: large and central people win, and size counts as much as centrality.
+Duplicates (:func:`merge_duplicates`): two detections are one person when their boxes overlap
+with IoU above ``DUPLICATE_IOU``, or when one was grown from a face and that face lies in the
+top half of the other's box. Greedy: detections with a score come first, highest first, then
+those without; each keeps the first one it duplicates, which records ``also_found_by``.
+
+The main person (:func:`main_person`), ``MAIN_PERSON_RULE``:
+
+1. Confidence first. A detection scoring below ``CONFIDENT_FRACTION`` (0.8) of the best score
+   of its own detector is set aside: a handrail at 0.68 beside a man at 0.98 (0.69 of it) cannot
+   win by being larger. Scores are compared only within one detector, since HOG's margins and
+   torchvision's probabilities are on different scales; a detection without a score (grown from
+   a face) counts as its detector's best (relative confidence 1), so it is never set aside.
+2. Then prominence: among the rest, the highest ``area / image area * (1 - d / half_diagonal)``,
+   ``d`` the distance from the box centre to the image centre (size counts as much as
+   centrality); the first listed wins a tie.
+
+The chosen detection is marked ``main`` in its JSON, which names its detector and score.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import urllib.parse
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -40,9 +65,16 @@ from untils.checkpoint import load_file
 Box = tuple[int, int, int, int]
 PersonDetector = Callable[[np.ndarray], list["Detection"]]
 
-MAIN_PERSON_RULE = ("largest and most central: highest (box area / image area) * "
+CONFIDENT_FRACTION = 0.8
+DUPLICATE_IOU = 0.5
+# A face counts as lying in a box when this share of its area is inside it.
+FACE_INSIDE_SHARE = 0.8
+MAIN_PERSON_RULE = (f"most confident, then largest and most central: detections scoring below {CONFIDENT_FRACTION} "
+                    "of the best score of their own detector are set aside (a detection without a score counts "
+                    "as its detector's best); among the rest, the highest (box area / image area) * "
                     "(1 - distance of box centre from image centre / half the image diagonal)")
 COCO_PERSON_LABEL = 1
+DEFAULT_TORCHVISION_ARCH = "fasterrcnn_mobilenet_v3_large_fpn"
 TORCHVISION_ARCHS = ("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn",
                      "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn",
                      "maskrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large")
@@ -58,17 +90,28 @@ class DetectorError(RuntimeError):
     """A person detector cannot be built or run here; the message says what to do instead."""
 
 
+class DetectorFallbackWarning(UserWarning):
+    """The torchvision detector could not be had; the offline detector is used instead."""
+
+
 @dataclass(frozen=True)
 class Detection:
-    """A person box in image pixels; ``score`` is the detector's confidence where it has one."""
+    """A person box in image pixels; ``score`` is the detector's confidence where it has one.
+
+    ``main`` marks the main person (:func:`choose_main_person`); ``also_found_by`` names the other
+    detectors whose duplicates of this person were merged into it (:func:`merge_duplicates`).
+    """
 
     box: Box
     score: Optional[float]
     detector: str
     evidence: Optional[Box] = None  # what was actually detected when the box is inferred (a face)
+    main: bool = False
+    also_found_by: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        entry = {"box": list(self.box), "score": self.score, "detector": self.detector}
+        entry = {"box": list(self.box), "score": self.score, "detector": self.detector, "main": self.main,
+                 "also_found_by": list(self.also_found_by)}
         if self.evidence is not None:
             entry["evidence"] = list(self.evidence)
         return entry
@@ -86,21 +129,58 @@ def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
+def _greedy_suppression(order: Sequence[int], duplicates: np.ndarray) -> dict[int, list[int]]:
+    """Walk ``order``; keep an index unless it duplicates one already kept (``duplicates[i, j]``).
+
+    Returns ``{kept index: [indices merged into it]}`` in the order kept.
+    """
+    kept: dict[int, list[int]] = {}
+    for index in order:
+        owner = next((k for k in kept if duplicates[k, index]), None)
+        if owner is None:
+            kept[int(index)] = []
+        else:
+            kept[owner].append(int(index))
+    return kept
+
+
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Greedy NMS: indices kept, best score first; a box goes when its IoU with a kept one exceeds the threshold."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(boxes) != len(scores):
         raise ValueError(f"non_max_suppression got {len(boxes)} boxes and {len(scores)} scores")
-    overlaps = box_iou(boxes, boxes)
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    kept = []
-    for index in np.argsort(-scores, kind="stable"):
-        if suppressed[index]:
-            continue
-        kept.append(int(index))
-        suppressed |= overlaps[index] > iou_threshold
-    return kept
+    return list(_greedy_suppression(np.argsort(-scores, kind="stable"), box_iou(boxes, boxes) > iou_threshold))
+
+
+def _face_in_top_half(inferred: Detection, measured: Detection) -> bool:
+    """Whether ``inferred`` was grown from a face that lies in the top half of ``measured``'s box."""
+    if inferred.evidence is None or measured.evidence is not None:
+        return False
+    fx1, fy1, fx2, fy2 = inferred.evidence
+    mx1, my1, mx2, my2 = measured.box
+    inside = max(0, min(fx2, mx2) - max(fx1, mx1)) * max(0, min(fy2, my2) - max(fy1, my1))
+    return inside >= FACE_INSIDE_SHARE * (fx2 - fx1) * (fy2 - fy1) and (fy1 + fy2) / 2 <= (my1 + my2) / 2
+
+
+def merge_duplicates(detections: Sequence[Detection], iou_threshold: float = DUPLICATE_IOU) -> list[Detection]:
+    """One detection per person, across and within detectors; see the module docstring."""
+    if not detections:
+        return []
+    boxes = np.array([d.box for d in detections], dtype=np.float64)
+    duplicates = box_iou(boxes, boxes) > iou_threshold
+    for i, first in enumerate(detections):
+        for j, second in enumerate(detections):
+            duplicates[i, j] |= _face_in_top_half(first, second)
+    duplicates |= duplicates.T
+    order = sorted(range(len(detections)),
+                   key=lambda i: (detections[i].score is None, -(detections[i].score or 0.0)))
+    merged = []
+    for kept, absorbed in _greedy_suppression(order, duplicates).items():
+        detection = detections[kept]
+        others = {detections[i].detector for i in absorbed} - {detection.detector}
+        merged.append(dataclasses.replace(detection, also_found_by=tuple(sorted(others))))
+    return merged
 
 
 def prominence(box: Sequence[float], width: int, height: int) -> float:
@@ -111,12 +191,31 @@ def prominence(box: Sequence[float], width: int, height: int) -> float:
     return area_share * (1.0 - distance / (math.hypot(width, height) / 2))
 
 
+def confident(detections: Sequence[Detection]) -> list[bool]:
+    """Whether each detection scores at least ``CONFIDENT_FRACTION`` of its detector's best (no score: yes)."""
+    best: dict[str, float] = {}
+    for detection in detections:
+        if detection.score is not None:
+            best[detection.detector] = max(best.get(detection.detector, -math.inf), detection.score)
+    # Written as a margin below the best so that a detector with scores <= 0 keeps at least its best.
+    return [d.score is None
+            or d.score >= best[d.detector] - (1 - CONFIDENT_FRACTION) * abs(best[d.detector])
+            for d in detections]
+
+
 def main_person(detections: Sequence[Detection], width: int, height: int) -> Optional[int]:
-    """Index of the main person (highest :func:`prominence`, first on ties), None without detections."""
+    """Index of the main person by ``MAIN_PERSON_RULE``, None without detections."""
     if not detections:
         return None
-    values = [prominence(d.box, width, height) for d in detections]
+    values = [prominence(d.box, width, height) if keep else -math.inf
+              for d, keep in zip(detections, confident(detections))]
     return int(np.argmax(values))
+
+
+def choose_main_person(detections: Sequence[Detection], width: int, height: int) -> list[Detection]:
+    """The detections with the main person (:func:`main_person`) marked ``main``, the rest unmarked."""
+    chosen = main_person(detections, width, height)
+    return [dataclasses.replace(d, main=index == chosen) for index, d in enumerate(detections)]
 
 
 def _shrink_to(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -227,7 +326,7 @@ class FacePersonDetector:
 
 
 class OfflinePersonDetector:
-    """HOG (where this OpenCV has it) and faces, their detections listed together."""
+    """HOG (where this OpenCV has it) and faces, their detections listed together, duplicates merged."""
 
     def __init__(self) -> None:
         self.detectors: list[PersonDetector] = ([HogPersonDetector()] if hog_available() else [])
@@ -235,11 +334,32 @@ class OfflinePersonDetector:
         self.name = "+".join(detector.name for detector in self.detectors)
 
     def __call__(self, rgb: np.ndarray) -> list[Detection]:
-        return [detection for detector in self.detectors for detection in detector(rgb)]
+        return merge_duplicates([detection for detector in self.detectors for detection in detector(rgb)])
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The start of an error's message: torchvision's and torch's go on for lines of advice."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0][:200]
+
+
+def torchvision_ops_problem(device: str | torch.device = "cpu") -> Optional[str]:
+    """Why torchvision's compiled ``nms``/``roi_align`` cannot run on ``device``, or None when they can.
+
+    torchvision's detection models call both; this tries each on a tiny input.
+    """
+    try:
+        from untils.torchvision_compat import torchvision
+        boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]], device=device)
+        torchvision.ops.nms(boxes, torch.ones(1, device=device), 0.5)
+        torchvision.ops.roi_align(torch.zeros(1, 1, 4, 4, device=device), [boxes], output_size=2)
+    except Exception as error:  # missing library, missing kernel, wrong device: all mean "cannot run"
+        return f"{type(error).__name__}: {_first_sentence(error)}"
+    return None
 
 
 def _read_detector_state(weights_path: str) -> dict:
-    state = load_file(weights_path, "detector weights file", DetectorError, weights_only=True)
+    state = load_file(weights_path, "detector weights file", DetectorError)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -248,37 +368,78 @@ def _read_detector_state(weights_path: str) -> dict:
     return state
 
 
-class TorchvisionPersonDetector:
-    """A torchvision detection model loaded from ``weights_path``; people are COCO label 1.
+def _hub_cache_file(url: str) -> str:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps the file downloaded from ``url``."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(url).path))
 
-    Built with ``weights=None, weights_backbone=None`` (nothing is downloaded), loaded strictly,
-    and tried once on a small blank image: if it cannot run here a :class:`DetectorError` says why.
+
+def _weights_api_state(arch: str, allow_download: bool) -> tuple[dict, str]:
+    """The state_dict of ``arch``'s DEFAULT weights from torchvision's weights API, and their URL."""
+    from untils.torchvision_compat import models
+    weights = models.get_model_weights(arch).DEFAULT
+    advice = (f"download {weights.url} and pass it with --detector-weights FILE, "
+              f"or place it in torch's hub cache ({os.path.dirname(_hub_cache_file(weights.url))})")
+    if not allow_download and not os.path.isfile(_hub_cache_file(weights.url)):
+        raise DetectorError(f"the {weights} weights are not in torch's hub cache and downloads are off; {advice}")
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
+    except Exception as error:  # offline, proxy, corrupt cache: all end the same way for the user
+        raise DetectorError(f"could not get the {weights} weights ({type(error).__name__}: "
+                            f"{_first_sentence(error)}); {advice}") from error
+    return state, weights.url
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in TORCHVISION_ARCHS:
+        raise DetectorError(f"unknown detector architecture {arch!r}; expected one of {list(TORCHVISION_ARCHS)}")
+
+
+def _check_torchvision_runs(arch: str, device: torch.device, advice: str = "") -> None:
+    problem = torchvision_ops_problem(device)
+    if problem is not None:
+        raise DetectorError(f"torchvision's {arch} cannot run on this installation: its compiled operators "
+                            f"(nms, roi_align) fail ({problem}); this torchvision is built for a different "
+                            f"torch (e.g. a CUDA build on a CPU-only torch){advice}")
+
+
+def _torchvision_model(arch: str, state: dict, source: str) -> torch.nn.Module:
+    """``arch`` built without weights (nothing downloaded), ``state`` loaded strictly."""
+    from untils.torchvision_compat import models
+    model = getattr(models.detection, arch)(weights=None, weights_backbone=None)
+    try:
+        # torchvision's own files were saved from FrozenBatchNorm2d and lack num_batches_tracked:
+        # BatchNorm2d fills it in, and in eval mode computes the same.
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise DetectorError(f"{source!r} is not a state_dict of torchvision's {arch} "
+                            f"({str(error).splitlines()[0]}); pass --detector-arch to match it") from error
+    return model
+
+
+class TorchvisionPersonDetector:
+    """A torchvision COCO detection model; people are label 1. See the module docstring.
+
+    The weights come from ``weights_path`` when given, else from torchvision's weights API
+    (``allow_download=False``: only from torch's hub cache), loaded weights-only. A
+    :class:`DetectorError` says why when the weights cannot be had or the model cannot run
+    here; without a file, whether it can run is checked before anything is downloaded.
     """
 
-    def __init__(self, weights_path: str, arch: str = "fasterrcnn_mobilenet_v3_large_fpn",
-                 min_score: float = 0.5, device: str | torch.device = "cpu") -> None:
-        from untils.torchvision_compat import models
-        if arch not in TORCHVISION_ARCHS:
-            raise DetectorError(f"unknown detector architecture {arch!r}; expected one of {list(TORCHVISION_ARCHS)}")
-        state = _read_detector_state(weights_path)
-        model = getattr(models.detection, arch)(weights=None, weights_backbone=None)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise DetectorError(f"{weights_path!r} is not a state_dict of torchvision's {arch} "
-                                f"({str(error).splitlines()[0]}); pass --detector-arch to match it") from error
-        self.model = model.to(device).eval()
+    def __init__(self, weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+                 min_score: float = 0.5, device: str | torch.device = "cpu", allow_download: bool = True) -> None:
+        _check_arch(arch)
         self.device = torch.device(device)
         self.name, self.min_score = f"torchvision:{arch}", min_score
-        try:
-            self._run(np.zeros((64, 64, 3), dtype=np.uint8))
-        except Exception as error:
-            raise DetectorError(
-                f"torchvision's {arch} cannot run on this installation ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:300]}). Its compiled operators (nms, roi_align) are missing: "
-                "this torchvision is built for a different torch (e.g. a CUDA build on a CPU-only torch). "
-                "Use --detect-human without --detector-weights (offline HOG/face detection), "
-                "or give the person with --human-box / --human-boxes.") from error
+        if weights_path:
+            self.weights_source = weights_path
+            model = _torchvision_model(arch, _read_detector_state(weights_path), weights_path)
+            _check_torchvision_runs(arch, self.device, ". Use --detect-human without --detector-weights "
+                                    "(offline HOG/face detection), or give the person with --human-box / --human-boxes")
+        else:
+            _check_torchvision_runs(arch, self.device)
+            state, self.weights_source = _weights_api_state(arch, allow_download)
+            model = _torchvision_model(arch, state, self.weights_source)
+        self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
     def _run(self, rgb: np.ndarray) -> dict:
@@ -298,9 +459,22 @@ class TorchvisionPersonDetector:
         return detections
 
 
-def build_person_detector(weights_path: Optional[str] = None, arch: str = "fasterrcnn_mobilenet_v3_large_fpn",
-                          device: str | torch.device = "cpu") -> PersonDetector:
-    """The torchvision model when ``weights_path`` is given, else the offline HOG/face detector."""
+def build_person_detector(weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+                          device: str | torch.device = "cpu", allow_download: bool = True) -> PersonDetector:
+    """The torchvision detector, or the offline one with one warning where it cannot be had.
+
+    With ``weights_path`` the user asked for that file: a :class:`DetectorError` when it cannot
+    be used. Without it, the weights API's DEFAULT weights for ``arch`` (``allow_download=False``:
+    only from torch's hub cache); where they cannot be had or the model cannot run here, one
+    :class:`DetectorFallbackWarning` names why and :class:`OfflinePersonDetector` is returned.
+    """
     if weights_path:
         return TorchvisionPersonDetector(weights_path, arch, device=device)
-    return OfflinePersonDetector()
+    _check_arch(arch)
+    try:
+        return TorchvisionPersonDetector(None, arch, device=device, allow_download=allow_download)
+    except DetectorError as error:
+        fallback = OfflinePersonDetector()
+        warnings.warn(f"person detection: {error}; using the offline {fallback.name} detector instead",
+                      DetectorFallbackWarning, stacklevel=2)
+        return fallback
