@@ -10,21 +10,31 @@ scales (100% to 50% of the largest that fits) and 5x5 positions. They are made i
 pixels, scored on the photo resized as the checkpoint's config says (shorter side 256 rounded
 to a multiple of 32, LANCZOS), and returned in the photo's pixels: whole, inside the photo.
 
-EXIF orientation is applied first (as photo viewers do), so every box refers to the upright
-photo, and the saved crops are upright.
+EXIF orientation is applied first (as viewers do): boxes and saved crops are upright. 16-bit
+photos are scaled to 8 bits for scoring (crops keep their pixels); photos over --max-pixels and
+formats Pillow cannot open here (HEIC, raw...) are reported like unreadable ones, by name.
 
 The person: --human-box (pixels of the upright photo), --human-boxes FILE (JSON
-{file name or stem: [x1, y1, x2, y2]}), or --detect-human (offline: OpenCV's HOG people
-detector where this OpenCV has it, and scikit-image's face cascade grown into a body box; with
---detector-weights, a torchvision detection model). The main person is the largest, most
-central detection: highest (area / image area) * (1 - centre distance / half diagonal). With no
-person the model takes its no-person input (human box of -1s), and the JSON says so.
+{file name or stem: [x1, y1, x2, y2]}), or --detect-human: a torchvision person detector (Faster
+R-CNN MobileNetV3, COCO weights downloaded once into torch's hub cache; --detector-weights FILE
+offline, --no-download cache only), or, where it cannot be had or run, OpenCV's HOG and
+scikit-image's face detector, with one warning. Duplicates are merged. The main person: most
+confident first (below 0.8 of its detector's best score is set aside), then largest and most
+central. The JSON lists each detection with its detector and score, the chosen one marked
+"main". With no person the model takes its no-person input (human box of -1s), and the JSON says so.
 
-Per photo, in --out (default crops/): NAME_crop1.EXT ... the top-k crops at full resolution
-(JPEG stays JPEG at quality 95, PNG stays PNG), NAME.json (every candidate ranked with its
-score, the person used and how it was found, the files written) and with --visualize
-NAME_visualization.png (best crops and, for the human-centric model, its content heat map).
-Existing outputs are kept (the photo is skipped) unless --overwrite.
+GAIC's published models (a checkpoint of its release) see photos as its code prepares them (cv2
+resize, pixels / 256) and crop among its own candidates (its 12x12 grid, or its 16:9, 4:3 and 1:1
+generators), so the tool gives the release's demo crops.
+
+Per photo, in --out (default crops/): NAME_crop1.EXT ... the top-k crops at full resolution,
+cut from the file when they are written (JPEG stays JPEG at quality 95, PNG stays PNG), NAME.json
+(every candidate ranked with its score, the person used and how it was found, the files written)
+and with --visualize NAME_visualization.png (best crops and, for the human-centric model, its
+content heat map). A photo whose output names exist is skipped unless --overwrite; files this
+tool wrote into an input folder (--out equal to it) are not cropped again. Every option also
+takes underscores (--top_k). Exit status: 0 when every photo was cropped or skipped, 1 when some
+failed or there was nothing to crop, 2 on a setup error.
 """
 from __future__ import annotations
 
@@ -32,54 +42,50 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from config_GAICD import BACKBONES, PRECISIONS, Config
-from cropping_dataset import NO_PERSON_BOX, SizeBucketBatchSampler, collate_crops, normalize_image
-from cropping_model import GAICModel, HumanCentricCroppingModel, PICModel, build_crop_model, load_pic_model
-from test import load_model, model_outputs
+from cropping_dataset import NO_PERSON_BOX, network_input
+from cropping_model import build_crop_model, load_crop_model
+from untils.batching import SizeBucketBatchSampler, collate_crops
 from untils.boxes import clip_boxes, rescale_boxes, resized_size
-from untils.candidates import fixed_ratio_candidates, gaic_grid_candidates, parse_aspect_ratio
-from untils.checkpoint import CheckpointError, read_checkpoint
-from untils.person_detection import (MAIN_PERSON_RULE, TORCHVISION_ARCHS, Detection, PersonDetector,
-                                     build_person_detector, main_person)
-from untils.runtime import autocast, autocast_dtype, resolve_device
+from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, gaic_release_candidates,
+                               gaic_release_candidates_in_original, parse_aspect_ratio)
+from untils.checkpoint import CheckpointError
+from untils.cli import add_option_aliases
+from untils.config import parse_bool
+from untils.inference import move_batch, run_model
+from untils.person_detection import (DEFAULT_TORCHVISION_ARCH, MAIN_PERSON_RULE, TORCHVISION_ARCHS, Detection,
+                                     PersonDetector, build_person_detector, choose_main_person)
+from untils.photos import (DEFAULT_MAX_PIXELS, Box, OutputPaths, PhotoError, PhotoHeader,
+                           PhotoLike, as_upright_image, checked_person_box, draw_crops, list_photos, open_upright,
+                           plan_outputs, read_header, read_human_boxes_file, save_crop, to_rgb8, write_atomic)
+from untils.runtime import autocast_dtype, configure_threads, default_workers, resolve_device
 
-Box = tuple[int, int, int, int]
-PhotoLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-JPEG_QUALITY = 95
-SAVE_AS = {"MPO": "JPEG"}  # phone JPEGs often open as MPO; their crops are plain JPEGs
-EXIF_ORIENTATION_TAG = 0x0112
-ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 NO_CHECKPOINT_MESSAGE = (
     "crop.py needs a trained checkpoint: --checkpoint PATH.\n"
     "  * train one: python train_on_GAICD.py (the paper's recipe, needs GAICD), or\n"
-    "    python train_on_GAICD.py --demo (a few CPU minutes on generated data; writes\n"
+    "    python train_on_GAICD.py --demo (generated data, on the CPU; writes\n"
     "    demo_runs/experiments/demo/checkpoints/best-srcc.pth);\n"
     "  * or use the official release's checkpoint (a bare state_dict): our loader, as test.py's, accepts it.\n"
     "To try the tool without one, add --allow-untrained: a random-weight model whose crops mean nothing.")
 UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): these crops are meaningless"
 NO_PERSON_NOTE = "no person: scored with the model's no-person input (human box of -1s)"
+NO_USER_SCORE = "objective score (no --user: no user's preference added)"
 
 
 class MissingCheckpointError(RuntimeError):
     """No checkpoint was given and an untrained model was not allowed."""
-
-
-class PhotoError(ValueError):
-    """One photo cannot be cropped (unreadable, bad person box, no candidate crop)."""
 
 
 @dataclass
@@ -126,7 +132,7 @@ class CropResult:
     resized_size: tuple[int, int]
     exif_orientation: int
     heat_map: Optional[np.ndarray] = None  # (64, 64) in [0, 1] over the whole photo (human-centric model)
-    image: Optional[Image.Image] = None  # the upright photo, when asked for (to save crops)
+    image: Optional[Image.Image] = None  # the upright photo, when asked for (keep_image)
     image_format: Optional[str] = None
 
     def top(self, k: int) -> list[tuple[Box, float]]:
@@ -144,53 +150,6 @@ def _photo_name(photo: PhotoLike, index: int) -> str:
     return os.path.basename(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else f"image{index}"
 
 
-def read_upright_size(path: str) -> tuple[int, int, int]:
-    """``(width, height, exif_orientation)`` of the upright photo, from its header only."""
-    try:
-        with Image.open(path) as image:
-            orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise PhotoError(f"not a readable image ({error})") from None
-    if orientation in ROTATED_ORIENTATIONS:
-        width, height = height, width
-    return width, height, orientation
-
-
-def upright(image: Image.Image) -> tuple[Image.Image, int]:
-    """The photo turned as its EXIF orientation says (tag removed), and that orientation."""
-    orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
-    return (ImageOps.exif_transpose(image) if orientation != 1 else image), orientation
-
-
-def load_photo(path: str) -> tuple[Image.Image, int, Optional[str]]:
-    """Decode a photo file: ``(upright image, EXIF orientation, file format)``."""
-    try:
-        with Image.open(path) as opened:
-            image_format = opened.format
-            opened.load()
-            image, orientation = upright(opened)
-            if image is opened:
-                image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise PhotoError(f"cannot decode the image ({error})") from None
-    return image, orientation, image_format
-
-
-def as_upright_image(photo: PhotoLike) -> tuple[Image.Image, int, Optional[str]]:
-    """A path, a PIL image or an (H, W, 3) uint8 array as ``(upright PIL image, orientation, format)``."""
-    if isinstance(photo, (str, os.PathLike)):
-        return load_photo(os.fspath(photo))
-    if isinstance(photo, Image.Image):
-        image, orientation = upright(photo)
-        return image, orientation, photo.format
-    if isinstance(photo, np.ndarray):
-        if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-            raise PhotoError(f"an image array must be (H, W, 3) uint8 RGB, got {photo.dtype} {photo.shape}")
-        return Image.fromarray(photo), 1, None
-    raise PhotoError(f"a photo must be a path, a PIL image or an (H, W, 3) uint8 array, got {type(photo).__name__}")
-
-
 def candidate_boxes(width: int, height: int, aspect_ratio: Optional[float]) -> np.ndarray:
     """Candidate crops (N, 4) in whole pixels of a ``width`` x ``height`` photo; see the module docstring."""
     if aspect_ratio is None:
@@ -203,39 +162,16 @@ def candidate_boxes(width: int, height: int, aspect_ratio: Optional[float]) -> n
     return boxes.numpy().astype(np.int64)
 
 
-def checked_person_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """A person box ``[x1, y1, x2, y2]`` clipped to the photo; an error names what is wrong."""
-    try:
-        values = np.asarray(box, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        values = np.zeros(0)
-    if values.size != 4 or not np.all(np.isfinite(values)):
-        raise PhotoError(f"person box {box!r} must be 4 finite numbers x1, y1, x2, y2")
-    x1, y1, x2, y2 = values
-    if not (x2 > x1 and y2 > y1):
-        raise PhotoError(f"person box {list(values)} must have x2 > x1 and y2 > y1")
-    clipped = clip_boxes(values.reshape(1, 4), width, height)[0]
-    if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
-        raise PhotoError(f"person box {list(values)} lies outside the {width}x{height} photo")
-    return tuple(float(v) for v in clipped)
-
-
 def _resized_boxes(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
     """Boxes in photo pixels to the network input, as the datasets scale them, clipped inside it."""
     scaled = rescale_boxes(np.asarray(boxes, dtype=np.float64), resized[0] / size[0], resized[1] / size[1])
     return torch.from_numpy(clip_boxes(scaled, *resized).astype(np.float32))
 
 
-@dataclass(frozen=True)
-class _DecodedPhoto:
-    image: Image.Image  # upright
-    orientation: int
-    image_format: Optional[str]
-
-
 @dataclass
 class _PhotoRecord:
-    """What the scorer needs besides tensors; travels through the DataLoader unchanged."""
+    """What the scorer needs besides tensors; travels through the DataLoader unchanged (no full-size
+    image unless asked for: crops are cut from the file when they are written)."""
 
     index: int
     name: str
@@ -251,41 +187,46 @@ class _PhotoRecord:
 
 @dataclass(frozen=True)
 class PhotoSettings:
-    """How photos are prepared: the checkpoint's resize rule, the crop ratio, whether to keep the photo."""
+    """How photos are prepared: the checkpoint's resize rule, the crop ratio, whether to keep the photo,
+    and the largest photo (in pixels) that is decoded."""
 
     image_size: tuple[int, int]
     keep_aspect_ratio: bool
     aspect_ratio: Optional[float]
     keep_image: bool
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    preprocessing: str = "hcic"  # the model's: "gaic" also means GAIC's release candidates
 
 
 class PhotoDataset(Dataset):
     """Photos decoded, person found, candidates made and resized; items for ``collate_crops``.
 
     File headers are read at construction, so every photo's resized size is known for size
-    bucketing; unreadable files become :class:`PhotoFailure` entries in ``failures``. Items
-    that fail later (corrupt data, bad person box) come back as a ``PhotoFailure`` too.
+    bucketing; unreadable or too large files become :class:`PhotoFailure` entries in ``failures``.
+    Items that fail later (corrupt data, bad person box) come back as a ``PhotoFailure`` too.
     """
 
     def __init__(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Optional[Sequence[float]]],
                  human_source: str, detector: Optional[PersonDetector], settings: PhotoSettings) -> None:
         self.settings, self.detector, self.human_source = settings, detector, human_source
-        self.entries: list[tuple[int, Union[str, _DecodedPhoto], Optional[Sequence[float]]]] = []
+        self.entries: list[tuple[int, Union[str, tuple[Image.Image, PhotoHeader]], PhotoHeader,
+                                 Optional[Sequence[float]]]] = []
         self.resized_sizes: list[tuple[int, int]] = []
         self.failures: list[PhotoFailure] = []
         for index, (photo, human_box) in enumerate(zip(photos, human_boxes)):
             try:
                 if isinstance(photo, (str, os.PathLike)):
-                    source: Union[str, _DecodedPhoto] = os.fspath(photo)
-                    width, height, _ = read_upright_size(source)
+                    source: Union[str, tuple[Image.Image, PhotoHeader]] = os.fspath(photo)
+                    header = read_header(source, settings.max_pixels)
                 else:
-                    source = _DecodedPhoto(*as_upright_image(photo))
-                    width, height = source.image.size
+                    source = as_upright_image(photo)
+                    header = source[1]
             except PhotoError as error:
                 self.failures.append(PhotoFailure(index, _photo_name(photo, index), str(error)))
                 continue
-            self.entries.append((index, source, human_box))
-            self.resized_sizes.append(resized_size(width, height, settings.image_size, settings.keep_aspect_ratio))
+            self.entries.append((index, source, header, human_box))
+            self.resized_sizes.append(resized_size(header.width, header.height, settings.image_size,
+                                                   settings.keep_aspect_ratio))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -299,39 +240,59 @@ class PhotoDataset(Dataset):
             return PersonInfo(checked_person_box(human_box, width, height), self.human_source)
         if self.detector is None:
             return PersonInfo(None, "none")
-        detections = self.detector(np.asarray(rgb))
-        main = main_person(detections, width, height)
-        box = None if main is None else tuple(float(v) for v in detections[main].box)
+        detections = choose_main_person(self.detector(np.asarray(rgb)), width, height)
+        main = next((detection for detection in detections if detection.main), None)
+        box = None if main is None else tuple(float(v) for v in main.box)
         return PersonInfo(box, "detected" if box else "none", detections, self.detector.name)
 
     def __getitem__(self, position: int) -> Union[dict[str, Any], PhotoFailure]:
-        index, source, human_box = self.entries[position]
+        index, source, header, human_box = self.entries[position]
         name = _photo_name(source, index)
         try:
-            decoded = source if isinstance(source, _DecodedPhoto) else _DecodedPhoto(*load_photo(source))
-            return self._item(index, name, decoded, human_box, self.resized_sizes[position])
+            image, decoded = source if not isinstance(source, str) else open_upright(source, self.settings.max_pixels)
+            if (decoded.width, decoded.height) != (header.width, header.height):
+                raise PhotoError(f"the decoded image ({decoded.width}x{decoded.height}) does not match its header "
+                                 f"({header.width}x{header.height})")
+            return self._item(index, name, image, decoded, human_box, self.resized_sizes[position])
         except PhotoError as error:
             return PhotoFailure(index, name, str(error))
 
-    def _item(self, index: int, name: str, decoded: _DecodedPhoto, human_box: Optional[Sequence[float]],
-              resized: tuple[int, int]) -> dict[str, Any]:
-        image = decoded.image
+    def _item(self, index: int, name: str, image: Image.Image, header: PhotoHeader,
+              human_box: Optional[Sequence[float]], resized: tuple[int, int]) -> dict[str, Any]:
         size = image.size
-        if resized != resized_size(*size, self.settings.image_size, self.settings.keep_aspect_ratio):
-            raise PhotoError(f"the decoded image ({size[0]}x{size[1]}) does not match its header")
-        candidates = candidate_boxes(*size, self.settings.aspect_ratio)
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if self.settings.preprocessing == "gaic":  # GAIC's release: its candidates on its input, mapped back
+            ratio = _release_ratio(self.settings.aspect_ratio)
+            resized_boxes = gaic_release_candidates(*resized, ratio)
+            candidates = clip_boxes(gaic_release_candidates_in_original(*resized, *size, ratio), *size)
+            candidates = candidates.numpy().astype(np.int64)
+            if len(candidates) == 0:
+                raise PhotoError(f"GAIC's release makes no {ratio} candidate for a {resized[0]}x{resized[1]} input")
+        else:
+            candidates = candidate_boxes(*size, self.settings.aspect_ratio)
+            resized_boxes = _resized_boxes(candidates, size, resized)
+        rgb = to_rgb8(image)
         person = self._person(rgb, human_box)
         human = (np.array([person.box]) if person.box is not None else None)
-        record = _PhotoRecord(index, name, size[0], size[1], candidates, person, resized, decoded.orientation,
-                              image if self.settings.keep_image else None, decoded.image_format)
+        record = _PhotoRecord(index, name, size[0], size[1], candidates, person, resized, header.orientation,
+                              image if self.settings.keep_image else None, header.format)
         return {
-            "image": normalize_image(rgb.resize(resized, Image.Resampling.LANCZOS)),
-            "crop_box": _resized_boxes(candidates, size, resized),
+            "image": network_input(rgb, resized, self.settings.preprocessing),
+            "crop_box": resized_boxes,
             "human_box": (_resized_boxes(human, size, resized) if human is not None
                           else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)),
+            "name": name,
             "photo": record,
         }
+
+
+def _release_ratio(aspect_ratio: Optional[float]) -> Optional[str]:
+    """The ratio names GAIC's release generates candidates for (free, 16:9, 4:3, 1:1)."""
+    if aspect_ratio is None:
+        return None
+    for name, value in (("16:9", 16 / 9), ("4:3", 4 / 3), ("1:1", 1.0)):
+        if math.isclose(aspect_ratio, value, rel_tol=1e-6):
+            return name
+    raise PhotoError(f"aspect ratio {aspect_ratio:g}: GAIC's release models crop freely or at 16:9, 4:3 or 1:1")
 
 
 def collate_photos(items: list) -> tuple[Optional[dict[str, Any]], list[PhotoFailure]]:
@@ -368,7 +329,7 @@ class Cropper:
     def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", *,
                  detector: Optional[PersonDetector] = None, allow_untrained: bool = False,
                  backbone: str = "vgg16", user: Optional[str] = None, precision: str = "fp32",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, trust_checkpoint: bool = False) -> None:
         self.device = resolve_device(device)
         self.precision = precision
         self.autocast_dtype = autocast_dtype(precision)
@@ -379,27 +340,25 @@ class Cropper:
         if checkpoint is None:
             if not allow_untrained:
                 raise MissingCheckpointError(NO_CHECKPOINT_MESSAGE)
-            self.cfg = Config(backbone=backbone, pretrained=False)
-            self.model = build_crop_model(self.cfg, "HCIC").to(self.device).eval()
+            self.model = build_crop_model(Config(backbone=backbone, pretrained=False), "HCIC").to(self.device).eval()
             warnings.warn(UNTRAINED_WARNING, stacklevel=2)
         else:
-            content = read_checkpoint(checkpoint)
-            if content.get("model_type") == "PIC":
-                self.model = load_pic_model(content, self.device)
-                self.cfg = self.model.cfg
-            else:
-                self.model, self.cfg = load_model(checkpoint, {}, self.device)
+            self.model = load_crop_model(checkpoint, self.device, trusted=trust_checkpoint)
+        self.cfg = self.model.cfg
+        self.model_type = self.cfg.model_type
+        users = getattr(self.model, "user_embeddings", {})
         if user is not None:
-            if not isinstance(self.model, PICModel):
+            if self.model_type != "PIC":
                 raise ValueError(f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
                                  "train one with prior_PIC.py / finetune_PIC.py")
-            if user not in self.model.user_embeddings:
-                known = ", ".join(sorted(self.model.user_embeddings)) or "none"
+            if user not in users:
+                known = ", ".join(sorted(users)) or "none"
                 raise ValueError(f"--user {user}: {checkpoint} knows no such user (known users: {known})")
-        self.model_type = ("PIC" if isinstance(self.model, PICModel)
-                           else "GAIC" if isinstance(self.model, GAICModel) else "HCIC")
-        self.has_heat_map = (isinstance(self.model, HumanCentricCroppingModel)
-                             and self.model.content_preserve is not None)
+            self.model.user = user
+        elif self.model_type == "PIC":  # say so: without a user the scores are nobody's taste
+            known = ", ".join(sorted(users)) or "none"
+            warnings.warn(f"{checkpoint} is a personalized (PIC) checkpoint used without --user: crops are ranked by "
+                          f"its {NO_USER_SCORE}; --user ID ranks them as one of its users ({known})", stacklevel=2)
         self.detector = detector
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -410,20 +369,23 @@ class Cropper:
                  "backbone": self.cfg.backbone,
                  "image_size": list(self.cfg.image_size), "keep_aspect_ratio": self.cfg.keep_aspect_ratio,
                  "untrained": self.untrained, "precision": self.precision, "channels_last": self.channels_last}
+        if self.model_type == "PIC":
+            entry["scored_as"] = f"user {self.user}" if self.user is not None else NO_USER_SCORE
         if self.untrained:
             entry["warning"] = UNTRAINED_WARNING
         return entry
 
     def rank_many(self, photos: Sequence[PhotoLike], human_boxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
                   aspect_ratio: Union[None, str, float] = None, *, human_source: str = "given",
-                  batch_size: int = 4, num_workers: int = 0,
-                  keep_image: bool = False) -> Iterator[Union[CropResult, PhotoFailure]]:
+                  batch_size: int = 4, num_workers: int = 0, keep_image: bool = False,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Union[CropResult, PhotoFailure]]:
         """Rank the candidates of many photos; yields one result or failure per photo, as they finish.
 
         Photos are decoded (and people detected) in ``num_workers`` DataLoader workers and
         scored ``batch_size`` at a time, photos of one resized size together, so the order is
         not the input order: use each result's ``index``. ``human_boxes`` (one per photo, None
         for none) are in upright-photo pixels; ``keep_image`` returns the upright photo too.
+        Files over ``max_pixels`` pixels fail without being decoded.
         """
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
@@ -432,7 +394,7 @@ class Cropper:
         if len(human_boxes) != len(photos):
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
         settings = PhotoSettings(tuple(self.cfg.image_size), self.cfg.keep_aspect_ratio,
-                             _aspect_value(aspect_ratio), keep_image)
+                                 _aspect_value(aspect_ratio), keep_image, max_pixels, self.cfg.image_preprocessing)
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures
         if len(dataset) == 0:
@@ -447,18 +409,10 @@ class Cropper:
 
     @torch.inference_mode()
     def _score(self, batch: dict[str, Any], aspect_ratio: Optional[float]) -> list[CropResult]:
-        inputs = {key: batch[key].to(self.device, non_blocking=True)
-                  for key in ("image", "crop_box", "human_box", "crop_valid")}
-        if self.user is not None:
-            if self.channels_last:
-                inputs["image"] = inputs["image"].contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.autocast_dtype):
-                heat_maps, scores = None, self.model.score_for_user(inputs, self.user)
-        else:
-            _, heat_maps, scores = model_outputs(self.model, inputs, self.autocast_dtype, self.channels_last)
+        output = run_model(self.model, move_batch(batch, self.device), self.autocast_dtype, self.channels_last)
         results = []
-        scores = scores.float().cpu()  # one device-to-host copy per batch
-        heat_maps = heat_maps[:, 0].float().cpu() if self.has_heat_map and heat_maps is not None else None
+        scores = output.score.float().cpu()  # one device-to-host copy per batch
+        heat_maps = output.heat_map[:, 0].float().cpu() if output.heat_map is not None else None
         for row, record in enumerate(batch["photo"]):
             valid = batch["crop_valid"][row]
             photo_scores = scores[row][valid]
@@ -506,114 +460,17 @@ class Cropper:
 # Outputs
 # ----------------------------------------------------------------------------------------------
 
-def _save_format(image_format: Optional[str], suffix: str) -> tuple[str, str]:
-    """``(PIL format, extension)`` for the crops: the photo's own where Pillow writes it, else PNG.
-
-    The photo's extension is kept when it fits the format (.jpeg stays .jpeg).
-    """
-    registered = Image.registered_extensions()  # also loads every plugin, filling Image.SAVE
-    fmt = SAVE_AS.get(str(image_format).upper(), str(image_format).upper())
-    if fmt not in Image.SAVE:
-        fmt = "PNG"
-    extensions = [ext for ext, owner in registered.items() if owner == fmt]
-    if suffix.lower() in extensions:
-        return fmt, suffix
-    return fmt, (".png" if fmt == "PNG" else ".jpg" if fmt == "JPEG" else extensions[0])
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written output."""
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def save_crop(image: Image.Image, box: Box, path: Path, image_format: str) -> None:
-    """The crop at full resolution, keeping the photo's colour profile and (orientation-free) EXIF."""
-    region = image.crop(box)
-    options: dict[str, Any] = {key: image.info[key] for key in ("icc_profile", "exif") if image.info.get(key)}
-    if image_format == "JPEG":
-        options.update(quality=JPEG_QUALITY)
-        if region.mode not in ("RGB", "L", "CMYK"):
-            region = region.convert("RGB")
-    _write_atomic(path, lambda tmp: region.save(tmp, format=image_format, **options))
-
-
-def draw_figure(result: CropResult, top_k: int, path: Path, title_lines: Sequence[str], warning: bool) -> None:
-    """The photo with the best crops (and person) drawn, the content heat map overlaid where there is one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    photo_inches, line_inches = 6.0, 0.3
-    header_inches = line_inches * (len(title_lines) + 0.5)
-    total_inches = photo_inches + header_inches
-    figure = Figure(figsize=(max(4.0, photo_inches * result.width / result.height), total_inches))
-    FigureCanvasAgg(figure)
-    axes = figure.add_axes((0, 0, 1, photo_inches / total_inches))
-    axes.imshow(result.image.convert("RGB"))
-    if result.heat_map is not None:
-        axes.imshow(result.heat_map, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
-                    extent=(0, result.width, result.height, 0))
-    colours = ["#ff2d2d", "#ffd400", "#2dd4ff", "#7dff2d", "#ff7dff"]
-    for rank, (box, score) in reversed(list(enumerate(result.top(top_k), start=1))):
-        colour = colours[(rank - 1) % len(colours)]
-        x1, y1, x2, y2 = box
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
-                                 linewidth=3.0 if rank == 1 else 1.5))
-        # Labels are listed in the corner: the best crops often share edges, so labels on them would overlap.
-        axes.text(0.01, 0.99 - (rank - 1) * 0.045, f"#{rank} {score:.3f}", transform=axes.transAxes,
-                  color="black", fontsize=9, va="top",
-                  bbox={"facecolor": colour, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"})
-    if result.person.box is not None:
-        x1, y1, x2, y2 = result.person.box
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white",
-                                 linestyle="--", linewidth=1.5))
-    axes.set_xlim(0, result.width)
-    axes.set_ylim(result.height, 0)
-    axes.axis("off")
-    for line_number, line in enumerate(title_lines):
-        is_warning = warning and line_number == len(title_lines) - 1
-        figure.text(0.01, 1 - line_inches * (line_number + 0.75) / total_inches, line, fontsize=9, va="center",
-                    color="red" if is_warning else "black", fontweight="bold" if is_warning else "normal")
-    _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    json: Path
-    crops: list[Path]
-    figure: Optional[Path]
-
-    def existing(self) -> list[Path]:
-        return [p for p in [self.json, *self.crops, self.figure] if p is not None and p.exists()]
-
-
-def output_paths(out_dir: Path, photo: Path, top_k: int, visualize: bool, image_format: Optional[str]) -> OutputPaths:
-    """Where a photo's outputs go; ``image_format`` None means guess it from the file name."""
-    if image_format is None:
-        image_format = Image.registered_extensions().get(photo.suffix.lower())
-    _, extension = _save_format(image_format, photo.suffix)
-    stem = photo.stem
-    return OutputPaths(out_dir / f"{stem}.json",
-                       [out_dir / f"{stem}_crop{rank}{extension}" for rank in range(1, top_k + 1)],
-                       out_dir / f"{stem}_visualization.png" if visualize else None)
-
-
-def write_outputs(result: CropResult, photo: Path, out_dir: Path, top_k: int, visualize: bool,
-                  cropper: Cropper, aspect_text: str) -> None:
-    """Crops, JSON and (with ``visualize``) figure of one photo."""
-    paths = output_paths(out_dir, photo, top_k, visualize, result.image_format)
-    image_format, _ = _save_format(result.image_format, photo.suffix)
+def write_outputs(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cropper, aspect_text: str,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Crops (cut from the file, read again), JSON and (when ``paths.figure``) figure of one photo."""
+    image, header = open_upright(photo, max_pixels)
+    if (header.width, header.height) != (result.width, result.height):
+        raise PhotoError(f"changed while it was cropped: {header.width}x{header.height} now, "
+                         f"{result.width}x{result.height} when scored")
+    top_k = len(paths.crops)
     crops = []
     for rank, ((box, score), path) in enumerate(zip(result.top(top_k), paths.crops), start=1):
-        save_crop(result.image, box, path, image_format)
+        save_crop(image, box, path, paths.crop_format)
         crops.append({"rank": rank, "file": path.name, "box": list(box), "score": score,
                       "width": box[2] - box[0], "height": box[3] - box[1]})
     description = {
@@ -635,9 +492,10 @@ def write_outputs(result: CropResult, photo: Path, out_dir: Path, top_k: int, vi
                        + ("dashed: person" if result.person.box is not None else "no person")]
         if cropper.untrained:
             title_lines.append(UNTRAINED_WARNING)
-        draw_figure(result, top_k, paths.figure, title_lines, warning=cropper.untrained)
+        draw_crops(image, result.top(top_k), result.person.box, result.heat_map, paths.figure, title_lines,
+                   warning=cropper.untrained)
         description["figure"] = paths.figure.name
-    _write_atomic(paths.json, lambda tmp: Path(tmp).write_text(json.dumps(description, indent=1)))
+    write_atomic(paths.json, lambda tmp: Path(tmp).write_text(json.dumps(description, indent=1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,118 +536,103 @@ def build_parser() -> argparse.ArgumentParser:
     person.add_argument("--human-boxes", metavar="JSON", help="a JSON file {file name or stem: [x1, y1, x2, y2]}")
     person.add_argument("--detect-human", action="store_true", help="find the person (see above)")
     parser.add_argument("--detector-weights", metavar="PATH",
-                        help="with --detect-human: a torchvision detection model's state_dict file")
-    parser.add_argument("--detector-arch", default="fasterrcnn_mobilenet_v3_large_fpn", choices=TORCHVISION_ARCHS,
-                        help="the torchvision architecture of --detector-weights")
+                        help="with --detect-human: a torchvision detection model's state_dict file, used offline "
+                        "(default: torchvision's COCO weights for --detector-arch, downloaded once into torch's hub "
+                        "cache)")
+    parser.add_argument("--detector-arch", default=DEFAULT_TORCHVISION_ARCH, choices=TORCHVISION_ARCHS,
+                        help="the torchvision person detector (default %(default)s)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="with --detect-human: never download detector weights; without them in torch's hub "
+                        "cache, use the offline HOG/face detectors")
     parser.add_argument("--out", default="crops", help="output folder (default crops/)")
     parser.add_argument("--visualize", action="store_true", help="also write NAME_visualization.png")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--batch-size", type=int, default=4, help="photos scored together (default 4)")
+    parser.add_argument("--photos-per-batch", type=int, default=4, help="photos scored together (default 4)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="forward pass in fp32 (default), or autocast to bf16/fp16: faster on GPUs and on "
                         "CPUs with AVX512-BF16/AMX; the ranking can change where scores are within rounding")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="channels-last convolutions (faster on GPUs and with oneDNN on CPUs)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="DataLoader workers decoding photos (0: in this process)")
+    parser.add_argument("--channels-last", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                        help="channels-last convolutions (faster on GPUs and with oneDNN on CPUs); "
+                        "alone or with true/false")
+    parser.add_argument("--num-workers", type=int, default=default_workers(limit=2),
+                        help="DataLoader workers decoding photos (0: in this process; default: the free CPUs "
+                        "but one, at most 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="photos with more pixels are refused undecoded, like unreadable ones (default "
+                        f"{DEFAULT_MAX_PIXELS:,}, Pillow's decompression-bomb limit)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="without --checkpoint, use a random-weight model (its crops mean nothing)")
     parser.add_argument("--untrained-backbone", default="vgg16", choices=BACKBONES,
                         help="backbone of the --allow-untrained model")
-    return parser
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
+                        "can run code; only for files you made yourself with an older version)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    return add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch",
+                                                       "--workers": "--num-workers"})
 
 
-def collect_photos(inputs: Sequence[str], extensions: set[str]) -> tuple[list[Path], list[str], list[str]]:
-    """``(photos, failures, notes)``: files as given, folders' image files (sorted, not recursive)."""
-    photos, failures, notes = [], [], []
-    for given in inputs:
-        path = Path(given)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            ignored = [p.name for p in files if p.suffix.lower() not in extensions]
-            photos.extend(p for p in files if p.suffix.lower() in extensions)
-            if ignored:
-                notes.append(f"{path}: ignored {len(ignored)} file(s) without an image extension: "
-                             + ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
-        elif path.is_file():
-            photos.append(path)
-        else:
-            failures.append(f"{given}: no such file or folder")
-    return photos, failures, notes
-
-
-def read_human_boxes_file(path: str) -> dict[str, list[float]]:
-    """``{name: [x1, y1, x2, y2]}`` from a JSON file, each entry checked."""
-    try:
-        with open(path) as stream:
-            content = json.load(stream)
-    except OSError as error:
-        raise ValueError(f"--human-boxes {path}: cannot read it ({error})") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--human-boxes {path}: not valid JSON ({error})") from None
-    if not isinstance(content, dict):
-        raise ValueError(f"--human-boxes {path}: expected an object {{name: [x1, y1, x2, y2]}}, "
-                         f"got {type(content).__name__}")
-    bad = [name for name, box in content.items()
-           if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box))]
-    if bad:
-        raise ValueError(f"--human-boxes {path}: entries must be [x1, y1, x2, y2] numbers; bad: {', '.join(bad[:10])}")
-    return content
+def _error(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the tool; returns 0 when every photo was cropped or skipped, 1 when some failed, 2 on a setup error."""
+    """Run the tool; returns 0 when every photo was cropped or skipped, 1 when some failed or none was
+    found, 2 on a setup error. Every error is one ``error:`` line; ``--debug`` shows tracebacks."""
     args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-        print("error: --top-k and --batch-size must be >= 1 and --workers >= 0", file=sys.stderr)
-        return 2
-    if args.detector_weights and not args.detect_human:
-        print("error: --detector-weights needs --detect-human", file=sys.stderr)
-        return 2
+    try:
+        return _run(args)
+    except Exception as error:  # anything unforeseen: still one line, the traceback only when asked
+        if args.debug:
+            raise
+        return _error(f"{type(error).__name__}: {error} (--debug shows where)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.top_k < 1 or args.photos_per_batch < 1 or args.num_workers < 0 or args.max_pixels < 1:
+        return _error("--top-k, --photos-per-batch and --max-pixels must be >= 1 and --num-workers >= 0")
+    if (args.detector_weights or args.no_download) and not args.detect_human:
+        return _error("--detector-weights and --no-download need --detect-human")
     if not args.checkpoint and not args.allow_untrained:
-        print(NO_CHECKPOINT_MESSAGE, file=sys.stderr)
-        return 2
+        return _error(NO_CHECKPOINT_MESSAGE)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        return _error(f"--out {out_dir}: is an existing file, not a folder")
+    listing = list_photos(args.photos)
+    configure_threads()  # no more torch threads than free CPUs: on a busy machine extra ones only contend
+    for note in listing.notes:
+        print(note, file=sys.stderr)
+    if not listing.photos and not listing.failures:
+        return _error(f"no photo to crop in {', '.join(args.photos)}", code=1)
     try:
         file_boxes = read_human_boxes_file(args.human_boxes) if args.human_boxes else None
-        detector = (build_person_detector(args.detector_weights, args.detector_arch)
-                    if args.detect_human else None)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=re.escape(UNTRAINED_WARNING))  # said below, once
+        with warnings.catch_warnings(record=True) as caught:  # said below, as notes
+            warnings.simplefilter("default")
+            detector = (build_person_detector(args.detector_weights, args.detector_arch,
+                                              allow_download=not args.no_download) if args.detect_human else None)
             cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
                               backbone=args.untrained_backbone, user=args.user, precision=args.precision,
-                              channels_last=args.channels_last)
+                              channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint)
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device
         print(f"error: {error}", file=sys.stderr)
         if isinstance(error, CheckpointError) and not os.path.exists(args.checkpoint):
             print(NO_CHECKPOINT_MESSAGE, file=sys.stderr)
         return 2
-    if cropper.untrained:
-        print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
+    for warning in caught:
+        text = str(warning.message)
+        print(f"WARNING: {text}" if text == UNTRAINED_WARNING else f"note: {text}", file=sys.stderr)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return _error(f"--out {out_dir}: cannot make the folder ({error.strerror or error})")
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    photos, failures, notes = collect_photos(args.photos, readable)
-    for note in notes:
-        print(note, file=sys.stderr)
-    todo, boxes, skipped, claimed = [], [], [], {}
-    for photo in photos:
-        paths = output_paths(out_dir, photo, args.top_k, args.visualize, None)
-        if paths.json in claimed:
-            failures.append(f"{photo}: its outputs would have the same names as {claimed[paths.json]}'s; "
-                            "crop it on its own run or rename it")
-            continue
-        claimed[paths.json] = photo
-        if paths.existing() and not args.overwrite:
-            skipped.append(f"{photo}: outputs exist ({paths.existing()[0].name}); --overwrite replaces them")
-            continue
-        todo.append(photo)
-        if file_boxes is not None:
-            boxes.append(file_boxes.get(photo.name, file_boxes.get(photo.stem)))
-        else:
-            boxes.append(args.human_box)
-    for message in skipped:
+    plan = plan_outputs(listing.photos, out_dir, args.top_k, args.visualize, args.overwrite, args.max_pixels)
+    failures, todo = listing.failures + plan.failures, list(plan.todo)
+    boxes = [file_boxes.get(p.name, file_boxes.get(p.stem)) if file_boxes is not None else args.human_box
+             for p in todo]
+    for message in plan.skipped:
         print(f"skipped {message}", file=sys.stderr)
     source = "file" if file_boxes is not None else "given"
     if file_boxes is not None:
@@ -801,24 +644,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cropped = 0
     with tqdm(total=len(todo), unit="photo", desc="cropping", file=sys.stderr) as progress:
         for result in cropper.rank_many([str(p) for p in todo], boxes, args.aspect_ratio, human_source=source,
-                                        batch_size=args.batch_size, num_workers=args.workers, keep_image=True):
+                                        batch_size=args.photos_per_batch, num_workers=args.num_workers,
+                                        max_pixels=args.max_pixels):
             photo = todo[result.index]
             progress.update(1)
-            if isinstance(result, PhotoFailure):
-                failures.append(f"{photo}: {result.message}")
-                progress.write(f"failed {photo}: {result.message}", file=sys.stderr)
-                continue
             try:
-                write_outputs(result, photo, out_dir, args.top_k, args.visualize, cropper, args.aspect_ratio)
-            except OSError as error:
-                failures.append(f"{photo}: could not write its outputs ({error})")
-                progress.write(f"failed {photo}: could not write its outputs ({error})", file=sys.stderr)
+                if isinstance(result, PhotoFailure):
+                    raise PhotoError(result.message)
+                write_outputs(result, photo, plan.todo[photo], cropper, args.aspect_ratio, args.max_pixels)
+            except (OSError, PhotoError) as error:
+                message = f"could not write its outputs ({error})" if isinstance(error, OSError) else str(error)
+                failures.append(f"{photo}: {message}")
+                progress.write(f"failed {photo}: {message}", file=sys.stderr)
                 continue
             cropped += 1
             if result.person.source == "detected" or (args.detect_human and result.person.box is None):
                 found = "no person found" if result.person.box is None else f"person at {list(result.person.box)}"
                 progress.write(f"{photo.name}: {found}", file=sys.stderr)
-    print(f"{cropped} photo(s) cropped into {out_dir}/, {len(skipped)} skipped (outputs exist), "
+    print(f"{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
           f"{len(failures)} failed", file=sys.stderr)
     for failure in failures:
         print(f"  failed: {failure}", file=sys.stderr)

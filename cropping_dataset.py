@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
+from untils.photos import to_rgb8
 from untils.torchvision_compat import transforms
 
 if TYPE_CHECKING:
@@ -249,6 +250,14 @@ def normalize_image(image: Image.Image) -> torch.Tensor:
     return normalize_pixels(np.asarray(image, dtype=np.float32) / 255.0)
 
 
+def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str) -> torch.Tensor:
+    """An 8-bit RGB photo as a model's input (3, h, w) of ``size`` (w, h): hcic resizes with PIL's
+    Lanczos and divides by 255 (the HCIC release), gaic with cv2's bilinear and by 256 (GAIC's)."""
+    if preprocessing == "gaic":
+        return normalize_pixels(cv2.resize(np.asarray(image), size).astype(np.float32) / 256.0)
+    return normalize_image(image.resize(size, Image.Resampling.LANCZOS))
+
+
 class CroppingDataset(Dataset):
     """What the four datasets share: image files, sizes, resizing, person boxes, checks.
 
@@ -332,11 +341,13 @@ class CroppingDataset(Dataset):
         return self.resized_sizes[index]
 
     def _load_image(self, index: int) -> Image.Image:
-        """Image ``index`` in RGB at its original size, as it was when the dataset was built."""
+        """Image ``index`` in 8-bit RGB (16-bit files scaled, not clipped) at its original size, as it was
+        when the dataset was built."""
         path = self.image_paths[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
+                image.load()  # decoded before the file closes (to_rgb8 returns an RGB image as it is)
+                image = to_rgb8(image)
         except (OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{self.title}: cannot decode image {path}: {error}") from error
         if image.size != self.original_sizes[index]:
@@ -355,6 +366,8 @@ class CroppingDataset(Dataset):
         """
         image = self._load_image(index)
         size = self.resized_sizes[index]
+        if not (flipped or augment):
+            return network_input(image, size, self.cfg.image_preprocessing)
         if self.cfg.image_preprocessing == "gaic":
             pixels = np.asarray(image)
             if augment:

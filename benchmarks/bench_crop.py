@@ -1,7 +1,7 @@
 """Photos per second of crop.py on a folder of generated photos.
 
   python benchmarks/bench_crop.py                                   # mobilenetv2 on 100, vgg16 on 20 photos
-  python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --workers 0 --batch-size 1
+  python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --num-workers 0 --photos-per-batch 1
   python benchmarks/bench_crop.py --breakdown   # model time only: backbone vs per-crop content features
 
 Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
@@ -11,9 +11,9 @@ with a random-weight human-centric model (timing does not depend on the weights)
 decoding, LANCZOS resizing, scoring and JPEG encoding of the crops. The model is built once
 more outside the timed run to report its construction time, which the end-to-end time includes.
 
-``--breakdown`` times two parts of the model instead, on one batch of ``--batch-size`` 1024x768
+``--breakdown`` times two parts of the model instead, on one batch of ``--photos-per-batch`` 1024x768
 photos (resized to 352x256, 90 GAIC candidates each), best of 3: the backbone, and the
-content feature every candidate gets from its 64x64 mask on the heat map.
+content feature every candidate gets from its 64x64 mask on the heat map (the factorised path).
 """
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ import crop  # noqa: E402
 import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from config_GAICD import BACKBONES  # noqa: E402
-from untils.boxes import crop_masks, resized_size  # noqa: E402
+from untils.boxes import crop_mask_factors, resized_size  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
+from untils.cli import add_option_aliases  # noqa: E402
+from untils.runtime import default_workers  # noqa: E402
 
 
 def generated_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -79,7 +81,7 @@ def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Nam
         build_s = time.perf_counter() - start
     photos = len(list(folder.iterdir()))
     command = [str(folder), "--allow-untrained", "--untrained-backbone", backbone, "--out", str(out_dir),
-               "--top-k", "3", "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+               "--top-k", "3", "--photos-per-batch", str(args.photos_per_batch), "--num-workers", str(args.num_workers),
                "--device", args.device, "--overwrite"] + (["--detect-human"] if args.detect_human else [])
     start = time.perf_counter()
     code = crop.main(command)
@@ -110,10 +112,10 @@ def model_breakdown(backbone: str, photos: int, width: int, height: int, device:
     image = torch.randn(photos, 3, input_h, input_w, device=cropper.device)
     with torch.inference_mode():
         heat_map = model.content_preserve.predict_heat_map(model.reduced_features(image))
-        masks = crop_masks(boxes, input_w, input_h).reshape(-1, 64, 64)
+        rows, columns = (factor.reshape(-1, factor.shape[-1]) for factor in crop_mask_factors(boxes, input_w, input_h))
         image_index = torch.arange(photos, device=cropper.device).repeat_interleave(boxes.shape[1])
         backbone_s = best_of(3, lambda: model.backbone(image))
-        content_s = best_of(3, lambda: model.content_preserve.crop_features(heat_map, masks, image_index))
+        content_s = best_of(3, lambda: model.content_preserve.crop_features(heat_map, rows, columns, image_index))
     return {"backbone": backbone, "crops": boxes.shape[1], "backbone_s": backbone_s / photos,
             "content_s": content_s / photos}
 
@@ -124,23 +126,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=int, default=100, help="photos per backbone")
     parser.add_argument("--vgg16-photos", type=int, default=20, help="photos for vgg16 (slower; fewer by default)")
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated photos")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--photos-per-batch", type=int, default=4, help="photos scored together")
+    parser.add_argument("--num-workers", type=int, default=default_workers(limit=2))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-human", action="store_true", help="also run the offline person detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--breakdown", action="store_true",
                         help="time the backbone and the per-crop content features instead (see above)")
+    add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch", "--workers": "--num-workers"})
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     if args.breakdown:
         print(f"{date.today()} | {os.cpu_count()} CPU cores, torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), device {args.device} | load average {os.getloadavg()[0]:.1f}")
-        print(f"seconds per photo, batch of {args.batch_size}, best of 3\n")
+        print(f"seconds per photo, batch of {args.photos_per_batch}, best of 3\n")
         print("| backbone | crops per photo | backbone (s/photo) | per-crop content features (s/photo) |")
         print("|---|---|---|---|")
         for backbone in args.backbones:
-            row = model_breakdown(backbone, args.batch_size, width, height, args.device)
+            row = model_breakdown(backbone, args.photos_per_batch, width, height, args.device)
             print(f"| {backbone} | {row['crops']} | {row['backbone_s']:.2f} | {row['content_s']:.2f} |")
         return
 
@@ -154,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
           f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
-    print(f"{width}x{height} JPEGs, free ratio, top-3 crops + JSON written, batch size {args.batch_size}, "
-          f"{args.workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
+    print(f"{width}x{height} JPEGs, free ratio, top-3 crops + JSON written, {args.photos_per_batch} photos per batch, "
+          f"{args.num_workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
           "random-weight models\n")
     print("| backbone | photos | total (s) | photos/s | s/photo | model construction (s) |")
     print("|---|---|---|---|---|---|")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +22,15 @@ from PIL import Image
 from skimage import data
 
 import crop
+from crop import collate_photos
 from config_GAICD import Config
 from cropping_dataset import normalize_image
 from cropping_model import build_crop_model
-from test import model_outputs
 from tests.conftest import REPO_ROOT, require_shared
+from tests.test_photos import HEIC_BYTES, png_header_only
+from untils import photos
 from untils.boxes import rescale_boxes, resized_size
+from untils.inference import run_model
 from untils.person_detection import (Detection, DetectorError, FacePersonDetector, HogPersonDetector,
                                      TorchvisionPersonDetector, hog_available, main_person,
                                      non_max_suppression)
@@ -139,7 +145,7 @@ def test_scores_are_the_models_score_of_each_crop_alone(cropper):
     for rank in (0, len(result.boxes) - 1):
         box = torch.from_numpy(rescale_boxes(np.array([[result.boxes[rank]]], dtype=np.float64), ratio_w, ratio_h))
         with torch.no_grad():
-            _, _, alone = model_outputs(cropper.model, {"image": pixels, "crop_box": box, "human_box": human})
+            alone = run_model(cropper.model, {"image": pixels, "crop_box": box, "human_box": human}).score
         assert alone.item() == pytest.approx(result.scores[rank], abs=1e-4)
 
 
@@ -166,7 +172,8 @@ def test_gaic_checkpoint_has_no_heat_map_and_draws(tmp_path, astronaut_png):
     (result,) = gaic.rank_many([astronaut_png], keep_image=True)
     assert result.heat_map is None and result.image.size == (512, 512)
     assert_non_increasing(result.scores)
-    crop.draw_figure(result, 3, tmp_path / "figure.png", ["GAIC: no heat map"], warning=False)
+    photos.draw_crops(result.image, result.top(3), result.person.box, result.heat_map, tmp_path / "figure.png",
+                      ["GAIC: no heat map"], warning=False)
     with Image.open(tmp_path / "figure.png") as figure:
         assert figure.format == "PNG" and min(figure.size) > 300
 
@@ -244,7 +251,7 @@ def test_no_person_found_uses_the_no_person_input(checkpoint, tmp_path, capsys):
 def test_exif_orientation_is_applied(checkpoint, tmp_path, capsys):
     stored = data.astronaut()[:, :384]  # 384 wide, 512 tall as stored
     exif = Image.Exif()
-    exif[crop.EXIF_ORIENTATION_TAG] = 6  # shown rotated 90 degrees clockwise
+    exif[photos.EXIF_ORIENTATION_TAG] = 6  # shown rotated 90 degrees clockwise
     Image.fromarray(stored).save(tmp_path / "turned.jpg", quality=100, exif=exif)
     upright = np.rot90(np.asarray(Image.open(tmp_path / "turned.jpg").convert("RGB")), k=-1).astype(np.int16)
     code, err = run_tool([tmp_path / "turned.jpg", "--checkpoint", checkpoint, "--out", tmp_path / "out",
@@ -255,7 +262,7 @@ def test_exif_orientation_is_applied(checkpoint, tmp_path, capsys):
     assert_inside([r["box"] for r in report["ranked"]], 512, 384)
     x1, y1, x2, y2 = report["crops"][0]["box"]
     with Image.open(tmp_path / "out" / report["crops"][0]["file"]) as saved:
-        assert saved.getexif().get(crop.EXIF_ORIENTATION_TAG, 1) == 1
+        assert saved.getexif().get(photos.EXIF_ORIENTATION_TAG, 1) == 1
         pixels = np.asarray(saved.convert("RGB"), dtype=np.int16)
     assert np.abs(pixels - upright[y1:y2, x1:x2]).mean() < 3
 
@@ -389,3 +396,147 @@ def test_torchvision_detector_runs_or_explains_why_not(tmp_path, astronaut_png, 
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(DetectorError, match="not a state_dict of torchvision's fasterrcnn"):
         TorchvisionPersonDetector(str(tmp_path / "other.pth"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile and careless inputs (issues 15 and 16)
+# ----------------------------------------------------------------------------------------------
+
+def test_16_bit_photo_scores_as_its_8_bit_version_and_keeps_its_pixels(cropper, checkpoint, tmp_path, capsys):
+    grey = np.asarray(Image.fromarray(data.astronaut()).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "eight.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # the same picture in 16 bits
+    eight, sixteen = cropper.rank(tmp_path / "eight.png"), cropper.rank(tmp_path / "sixteen.png")
+    assert sixteen.boxes == eight.boxes and sixteen.scores == eight.scores
+    code, err = run_tool([tmp_path / "sixteen.png", "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                          "--top-k", 1], capsys)
+    assert code == 0, err
+    x1, y1, x2, y2 = json.loads((tmp_path / "out" / "sixteen.json").read_text())["crops"][0]["box"]
+    with Image.open(tmp_path / "out" / "sixteen_crop1.png") as saved:
+        assert saved.mode.startswith("I")  # still 16-bit: crops are cut from the file
+        assert np.array_equal(np.asarray(saved), grey[y1:y2, x1:x2].astype(np.uint16) * 257)
+
+
+def test_too_large_photos_are_reported_and_the_folder_goes_on(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    png_header_only(folder / "bomb.png", 20000, 10000)
+    Image.fromarray(data.astronaut()[::2, ::2]).save(folder / "good.png")
+    code, err = run_tool([folder, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "bomb.png: too large: 20000x10000" in err and "1 photo(s) cropped" in err and "1 failed" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_crop1.png"]
+    code, err = run_tool([folder / "good.png", "--checkpoint", checkpoint, "--out", tmp_path / "low",
+                          "--max-pixels", 256 * 256 - 1], capsys)
+    assert code == 1 and "good.png: too large: 256x256 = 65,536 pixels" in err
+
+
+def test_workers_send_only_what_scoring_needs(checkpoint, tmp_path, monkeypatch, capsys):
+    width, height = 2400, 1800
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+        tmp_path / "big.png")
+    sent = []
+
+    def measured_collate(items):  # the real collate, recording the size of what crossed from the workers
+        sent.append(len(pickle.dumps(items)))
+        return collate_photos(items)
+    monkeypatch.setattr(crop, "collate_photos", measured_collate)
+    code, err = run_tool([tmp_path / "big.png", "--checkpoint", checkpoint, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    network_input = 3 * 4 * np.prod(resized_size(width, height, (256, 256), True))  # float32 pixels
+    assert len(sent) == 1 and sent[0] < network_input + 100_000 < width * height * 3
+
+
+def test_already_done_is_decided_from_the_names_it_writes(checkpoint, tmp_path, capsys):
+    Image.fromarray(data.astronaut()).save(tmp_path / "shot.png", format="JPEG")  # a JPEG named .png
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shot_crop1.jpg").write_text("the user's crop of an earlier run")
+    args = [tmp_path / "shot.png", "--checkpoint", checkpoint, "--out", out, "--top-k", 1]
+    code, err = run_tool(args, capsys)
+    assert code == 0 and "skipped" in err and "shot_crop1.jpg" in err
+    assert (out / "shot_crop1.jpg").read_text() == "the user's crop of an earlier run"
+    code, err = run_tool(args + ["--overwrite"], capsys)
+    assert code == 0, err
+    with Image.open(out / "shot_crop1.jpg") as saved:
+        assert saved.format == "JPEG"
+
+
+def test_out_in_the_input_folder_does_not_crop_its_own_outputs(checkpoint, tmp_path, capsys):
+    Image.fromarray(data.astronaut()[::2, ::2]).save(tmp_path / "photo.png")
+    args = [tmp_path, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 2, "--visualize"]
+    code, err = run_tool(args, capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["photo.json", "photo.png", "photo_crop1.png", "photo_crop2.png", "photo_visualization.png"]
+    code, err = run_tool(args + ["--overwrite"], capsys)
+    assert code == 0 and "1 photo(s) cropped" in err and "4 file(s) this tool wrote" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == written
+
+
+def test_out_naming_a_file_is_one_error_line(checkpoint, tmp_path, astronaut_png, capsys):
+    (tmp_path / "taken").write_text("a file")
+    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "taken"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: --out {tmp_path / 'taken'}: is an existing file, not a folder"]
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(checkpoint, tmp_path, astronaut_png, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("something unforeseen")
+    monkeypatch.setattr(crop, "plan_outputs", broken)
+    args = [astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path]
+    code, err = run_tool(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: KeyError: 'something unforeseen' (--debug shows where)"]
+    with pytest.raises(KeyError, match="something unforeseen"):
+        run_tool(args + ["--debug"], capsys)
+
+
+def test_an_empty_folder_is_an_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run_tool([tmp_path / "empty", "--checkpoint", checkpoint, "--out", tmp_path / "out"], capsys)
+    assert code == 1 and f"error: no photo to crop in {tmp_path / 'empty'}" in err
+
+
+@pytest.mark.skipif(".heic" in photos.readable_extensions(), reason="this Pillow has a HEIC plugin")
+def test_heic_is_named_an_unsupported_format(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(data.astronaut()[::2, ::2]).save(folder / "good.jpg")
+    (folder / "IMG_0001.HEIC").write_bytes(HEIC_BYTES)
+    code, err = run_tool([folder, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys)
+    assert code == 1 and "1 photo(s) cropped" in err and "1 failed" in err
+    assert "IMG_0001.HEIC: unsupported image format HEIC" in err and "without an image extension" not in err
+
+
+def test_outputs_follow_the_users_umask(checkpoint, tmp_path, astronaut_png, capsys):
+    old = os.umask(0o022)
+    try:
+        code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 2,
+                              "--visualize"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert len(modes) == 4 and set(modes.values()) == {0o644}, modes
+
+
+def test_options_take_both_spellings_and_boolean_values(checkpoint, tmp_path, astronaut_png, capsys):
+    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "a", "--top_k", 1,
+                          "--photos_per_batch", 2, "--aspect_ratio", "1:1", "--channels-last", "false",
+                          "--num_workers", 0], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "a" / "astronaut.json").read_text())
+    assert report["model"]["channels_last"] is False and len(report["crops"]) == 1
+    assert report["aspect_ratio"] == "1:1"
+    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--batch-size", 2,
+                          "--channels_last", "true"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "astronaut.json").read_text())["model"]["channels_last"] is True
+    listed = {option for action in crop.build_parser()._actions for option in action.option_strings}  # --help's
+    assert {"--photos-per-batch", "--num-workers", "--top-k", "--channels-last"} <= listed
+    assert not {"--batch-size", "--workers", "--top_k", "--photos_per_batch"} & listed

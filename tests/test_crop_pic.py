@@ -12,7 +12,8 @@ from skimage import data
 import crop
 from config_GAICD import Config as GAICDConfig
 from config_PIC import Config
-from cropping_model import PICModel, build_crop_model
+from cropping_model import build_crop_model
+from pic_model import PICModel
 
 
 def _pic_checkpoint(path, embeddings):
@@ -57,3 +58,18 @@ def test_user_errors_are_clear(tmp_path, capsys):
                 "model_type": "HCIC"}, plain)
     assert crop.main([str(photo), "--checkpoint", str(plain), "--user", "alice", "--out", str(tmp_path)]) == 2
     assert "not a personalized (PIC) checkpoint" in capsys.readouterr().err
+
+
+def test_without_user_the_tool_says_how_it_scores(tmp_path, capsys):
+    dim = Config().embed_dim
+    checkpoint = _pic_checkpoint(tmp_path / "prior.pth", {"bob": torch.ones(dim), "alice": -torch.ones(dim)})
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photo)
+    assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--workers", "0",
+                      "--top-k", "1"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "without --user" in notes[0] and "objective score" in notes[0]
+    assert "(alice, bob)" in notes[0]  # the users it could score as
+    model = json.loads((tmp_path / "out" / "photo.json").read_text())["model"]
+    assert model["user"] is None and model["scored_as"].startswith("objective score")

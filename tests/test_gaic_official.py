@@ -331,3 +331,27 @@ def test_what_is_not_an_official_gaic_state_dict(official_state):
     incomplete = {k: v for k, v in official_state.items() if k != "Feat_ext.feature4.0.9.conv.1.bias"}
     with pytest.raises(CheckpointError, match="Feat_ext.feature4.0.9.conv.1.bias"):
         official_gaic_from_state_dict(incomplete)
+
+
+def test_crop_tool_gives_the_release_demo_crops(fixture, official_state, tmp_path):
+    """crop.py (its Cropper) on a GAIC release checkpoint: the release's candidates in the photo's pixels,
+    ranked by the release's scores."""
+    from crop import Cropper
+    torch.save(official_state, tmp_path / "gaic.pth")
+    result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(require_shared("GAICD-sample/images/test/297406.jpg"))
+    order = torch.argsort(fixture["expected_grid_scores"], descending=True, stable=True)
+    yxyx = torch.as_tensor(np.asarray(fixture["grid_source_boxes_yxyx"], dtype=np.float64))
+    expected_boxes = yxyx[order][:, [1, 0, 3, 2]]
+    assert [list(box) for box in result.boxes] == expected_boxes.long().tolist()
+    reference = fixture["expected_grid_scores"][order]
+    assert (torch.tensor(result.scores) - reference).abs().max() / reference.abs().max() < 1e-4
+
+
+def test_test_py_evaluates_a_release_checkpoint(official_state, tmp_path, capsys):
+    import test as evaluation
+    torch.save(official_state, tmp_path / "gaic.pth")
+    root = build_gaicd_sample(tmp_path / "data")
+    evaluation.main(["--checkpoint", str(tmp_path / "gaic.pth"), "--dataset", "GAICD", "--data-root", str(root),
+                     "--num_workers", "0", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "GAICD: acc1_5=" in printed and "srcc=" in printed

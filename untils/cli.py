@@ -1,0 +1,31 @@
+"""Command-line conventions shared by the scripts: every long option in both spellings."""
+from __future__ import annotations
+
+import argparse
+from typing import Mapping, Optional
+
+
+def add_option_aliases(parser: argparse.ArgumentParser,
+                       renamed: Optional[Mapping[str, str]] = None) -> argparse.ArgumentParser:
+    """Accept ``--a_b`` for every ``--a-b`` option of ``parser`` (and its subcommands) and the reverse.
+
+    ``renamed`` maps old option names to the options that replaced them (``{"--batch-size":
+    "--photos-per-batch"}``): the old names keep working, in both spellings. Aliases and old names
+    are hidden from ``--help``. Abbreviated options are turned off: with two spellings registered,
+    a prefix such as ``--top`` would match both and be refused as ambiguous. Call it once, after
+    every option is added. Returns ``parser``.
+    """
+    parser.allow_abbrev = False
+    # argparse has no public way to give an option a hidden name; its parser looks names up in this table.
+    table = parser._option_string_actions
+    spellings = [(option, action) for action in parser._actions for option in action.option_strings]
+    spellings += [(old, table[new]) for old, new in (renamed or {}).items()]
+    for option, action in spellings:
+        if option.startswith("--"):
+            for spelling in (option, "--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
+                table.setdefault(spelling, action)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in set(action.choices.values()):
+                add_option_aliases(subparser)
+    return parser
