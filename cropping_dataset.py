@@ -296,7 +296,7 @@ class CroppingDataset(Dataset):
         for name, size in zip(self.names, self.original_sizes):
             box = human_boxes.get(name)
             self.human_boxes.append(None if box is None or size is None
-                                    else self._checked(name, "person box", box.reshape(1, 4), size))
+                                    else self._checked(name, "person", box.reshape(1, 4), size))
 
     def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
         """The image's size, after decoding it once (JPEGs at 1/8 scale: fast, and truncation still shows)."""

@@ -15,6 +15,7 @@ import os
 from typing import Optional, Sequence
 
 from pseudo_heatmaps import DATASETS, generate_heatmaps, load_sources
+from untils.cli import add_debug_option, add_option_aliases, run_script
 from untils.runtime import default_workers
 
 
@@ -27,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
     parser.add_argument("--data-root", default=None,
                         help="folder holding GAICD/ and CPCDataset/ (default: the config's data_root)")
     parser.add_argument("--out", default=None, help="output folder (default: <data-root>/heat_map_gt)")
-    parser.add_argument("--num-workers", "--workers", dest="num_workers", type=int, default=None, metavar="N",
+    parser.add_argument("--num-workers", dest="num_workers", type=int, default=None, metavar="N",
                         help="worker processes (default: one fewer than the CPUs free now, at most 4)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose heat map already exists")
     parser.add_argument("--only-human", action="store_true", help="only the human-centric images")
@@ -39,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
                         help="keep every crop of an image with none above the mean, and write a map without "
                              "contrast as uniform 255 (the release writes all-zero maps for both; see README)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    add_debug_option(parser)
+    args = add_option_aliases(parser, renamed={"--workers": "--num-workers"}).parse_args(argv)
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.dataset == "GAICD":
@@ -60,4 +62,4 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -23,6 +23,7 @@ import config_CPC
 import config_GAICD
 from cropping_dataset import PROTOCOLS, SCORED_DATASETS, evaluation_dataset
 from cropping_model import load_crop_model
+from untils.cli import add_debug_option, add_option_aliases, run_script
 from untils.config import add_config_arguments, given_config_options
 from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
 from untils.runtime import autocast_dtype, configure_threads, resolve_device
@@ -95,8 +96,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="load checkpoints that hold more than tensors and plain data (UNSAFE: such a file can "
                              "run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_option(parser)
     add_config_arguments(parser, config_GAICD.Config, exclude=config_GAICD.TRAINING_OPTIONS)
-    args = parser.parse_args(argv)
+    args = add_option_aliases(parser).parse_args(argv)
     if not args.checkpoint and not args.table:
         parser.error("give --checkpoint (with --dataset) or --table CKPT...")
     if args.images_per_batch is not None and args.images_per_batch < 1:
@@ -142,4 +144,4 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -24,6 +24,7 @@ import config_CPC
 from config_GAICD import PRESETS
 from cropping_dataset import CPCDataset, evaluation_dataset
 from cropping_model import build_crop_model, crop_training_loss
+from untils.cli import run_script
 from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
@@ -82,4 +83,4 @@ def main(argv: Optional[Sequence[str]] = None) -> CPCTrainer:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -27,6 +27,7 @@ from cropping_dataset import GAICDataset, evaluation_dataset
 from cropping_model import build_crop_model, crop_training_loss
 from pseudo_heatmaps import generate_heatmaps
 from untils.demo_data import build_demo_dataset
+from untils.cli import run_script
 from untils.evaluation import evaluate_scored
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
@@ -111,4 +112,4 @@ def main(argv: Optional[Sequence[str]] = None) -> GAICDTrainer:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

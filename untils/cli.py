@@ -1,8 +1,10 @@
-"""Command-line conventions shared by the scripts: every long option in both spellings."""
+"""Command-line conventions shared by the scripts: every long option in both spellings, and errors
+said in one line."""
 from __future__ import annotations
 
 import argparse
-from typing import Mapping, Optional
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 
 def add_option_aliases(parser: argparse.ArgumentParser,
@@ -29,3 +31,23 @@ def add_option_aliases(parser: argparse.ArgumentParser,
             for subparser in set(action.choices.values()):
                 add_option_aliases(subparser)
     return parser
+
+
+def run_script(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a script's ``main`` as the command line does: a bad file, value or option (ValueError,
+    OSError, RuntimeError, LookupError) ends with one ``error:`` message and exit status 2, without a
+    traceback unless ``--debug`` was given. Anything else is a bug and shows its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = main(argv)
+    except (ValueError, OSError, RuntimeError, LookupError) as error:
+        if "--debug" in argv:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"error: {message}\n(--debug shows the traceback)", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

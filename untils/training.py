@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
+from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
 from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
@@ -546,8 +547,9 @@ def build_parser(description: str, config_cls: type, presets: Optional[dict[str,
                         help="--resume from a file that holds more than tensors and plain data (UNSAFE: such a file "
                              "can run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_option(parser)
     add_config_arguments(parser, config_cls)
-    return parser
+    return add_option_aliases(parser)
 
 
 TrainerFactory = Callable[[Any, str, torch.device, bool], Trainer]
