@@ -241,6 +241,8 @@ def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_
     assert torch.load(checkpoint, weights_only=True)["batch_in_epoch"] == 4
     resumed = train_on_GAICD.main(["--resume", str(checkpoint), "--no-progress"])
     assert resumed.step == straight.step == 6
+    # the resumed epoch's logged loss is the whole epoch's, not only the batches after the crash
+    assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]
     expected, actual = _state(straight), _state(resumed)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
