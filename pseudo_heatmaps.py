@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from cropping_dataset import (CropAnnotation, DatasetError, gaicd_image_path, problems_error, read_crop_annotations,
                               read_human_boxes, score_statistics)
+from untils.atomic import write_atomic
 
 if TYPE_CHECKING:
     from config_GAICD import Config
@@ -82,22 +82,8 @@ class HeatMapTask:
     fix_edge_cases: bool = False
 
 
-def _atomic_target(path: str) -> str:
-    """A temporary file beside ``path``, to be renamed onto it once complete."""
-    folder, base = os.path.split(path)
-    handle, temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    return temp_path
-
-
 def save_png_atomically(pixels: np.ndarray, path: str) -> None:
-    temp_path = _atomic_target(path)
-    try:
-        Image.fromarray(pixels).save(temp_path, format="PNG")
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    write_atomic(path, lambda tmp_path: Image.fromarray(pixels).save(tmp_path, format="PNG"))
 
 
 def _overlay(image: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
@@ -132,13 +118,7 @@ def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarr
         axes.set_title(title)
         axes.axis("off")
     figure.tight_layout()
-    temp_path = _atomic_target(task.display_path)
-    try:
-        figure.savefig(temp_path, format="jpg")
-        os.replace(temp_path, task.display_path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    write_atomic(task.display_path, lambda tmp_path: figure.savefig(tmp_path, format="jpg"))
 
 
 def run_task(task: HeatMapTask) -> str:

@@ -25,8 +25,9 @@ def test_save_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     save_atomic({"a": torch.ones(2)}, str(path))
 
-    def broken_save(obj, stream):
-        stream.write(b"partial")
+    def broken_save(obj, target):
+        with open(target, "wb") as stream:
+            stream.write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):

@@ -17,7 +17,7 @@ from config_GAICD import Config
 from cropping_dataset import DatasetError, GAICDataset
 from pseudo_heatmaps import generate_heatmaps
 from tests.conftest import REPO_ROOT, build_gaicd_sample
-from untils.training import write_text_atomic
+from untils.atomic import write_text_atomic
 
 FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
         "--image_size", "96", "96", "--keep_aspect_ratio", "false", "--view_per_image", "8", "--max_epoch", "1",

@@ -12,10 +12,11 @@ import dataclasses
 import os
 import pickle
 import re
-import tempfile
 from typing import Any, Optional
 
 import torch
+
+from untils.atomic import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -23,20 +24,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """``torch.save`` all or nothing (:func:`untils.atomic.write_atomic`), flushed to disk."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda tmp_path: torch.save(obj, tmp_path), durable=True)
 
 
 # What the weights-only unpickler says when it meets an object it will not build (a class, a

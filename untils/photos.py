@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from untils.atomic import write_atomic
 from untils.boxes import clip_boxes
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -363,19 +363,6 @@ def plan_outputs(photos: Sequence[Path], out_dir: Path, top_k: int, visualize: b
         else:
             plan.todo[photo] = paths
     return plan
-
-
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a uniquely named hidden file in the same folder, then rename: never a half-written
-    output, and the file gets the user's umask like any new file."""
-    tmp_path = path.with_name(f".tmp-{secrets.token_hex(6)}-{path.name}")
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(str(tmp_path))
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def save_crop(image: Image.Image, box: tuple[int, int, int, int], path: Path, image_format: str) -> None:

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import zlib
 from typing import Any, Callable, Optional, Sequence
@@ -30,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from untils.atomic import write_text_atomic
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
 from untils.cli import add_debug_option, add_option_aliases
@@ -157,27 +157,6 @@ def summary_writer(log_dir: str) -> Any:
             print("warning: neither tensorboardX nor tensorboard is installed: no TensorBoard logs", flush=True)
             return NullWriter()
     return SummaryWriter(log_dir=log_dir)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` through a uniquely named temporary file in the same folder, then rename."""
-    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                        dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
