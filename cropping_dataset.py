@@ -36,14 +36,12 @@ from torch.utils.data import Dataset
 from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
-from untils.photos import to_rgb8
+from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
 from untils.torchvision_compat import transforms
 
 if TYPE_CHECKING:
     from config_GAICD import Config
 
-IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
-IMAGE_NET_STD = (0.229, 0.224, 0.225)
 FLMS_MAX_CROPS = 10
 CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
 MAX_LISTED_PROBLEMS = 20

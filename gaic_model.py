@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cropping_dataset import IMAGE_NET_MEAN, IMAGE_NET_STD
 from cropping_model import (BackboneWeightsError, CropAlignFeatures, CropOutput, boxes_with_batch_index,
                             mask_padded_scores)
 from untils.boxes import FEATURE_STRIDE, resized_size
 from untils.checkpoint import CheckpointError, load_file, load_model_weights, release_state_dict
+from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.torchvision_compat import models
 
 GAIC_SHORT_SIDE = 256

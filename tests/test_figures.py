@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from untils.figures import IMAGE_NET_MEAN, IMAGE_NET_STD, heat_map_figure, partition_figure, photo_of
+from untils.figures import heat_map_figure, partition_figure, photo_of
+from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD
 
 
 def _normalised(photo: np.ndarray) -> torch.Tensor:

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
-IMAGE_NET_STD = (0.229, 0.224, 0.225)
+from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD
+
 OVERLAY_ALPHA = 0.6
 FLAT_MAP = 1e-6  # a map whose values span less than this shows nothing: drawn without an overlay
 REGION_NAMES = ("top-left", "top", "top-right", "left", "person", "right", "bottom-left", "bottom", "bottom-right")

@@ -19,6 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from untils.atomic import write_atomic
 from untils.boxes import clip_boxes
 
+# The ImageNet statistics every backbone here was trained with: inputs are normalised by them.
+IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
+IMAGE_NET_STD = (0.229, 0.224, 0.225)
+
 EXIF_ORIENTATION_TAG = 0x0112
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)
