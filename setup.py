@@ -13,6 +13,8 @@ import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
+from untils.commands import COMMANDS
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Headers shared by both ops live with roi_align.
 SHARED_CSRC = os.path.join(ROOT, "roi_align", "csrc")
@@ -56,11 +58,18 @@ def align_extension(package: str, with_cuda: bool):
 
 WITH_CUDA = build_cuda()
 
+# The top-level modules (library and scripts, as the releases lay them out) are installed as they are;
+# untils/commands.py runs the scripts as the hcic-* commands.
+MODULES = sorted(os.path.splitext(name)[0] for name in os.listdir(ROOT)
+                 if name.endswith(".py") and name != "setup.py")
+
 setup(
-    name="gaic-align-ops",
-    version="1.0.0",
-    description="RoIAlign / RoDAlign (GAIC, human-centric image cropping) as PyTorch operators",
-    packages=["roi_align", "roi_align.modules", "rod_align", "rod_align.modules"],
+    name="human-centric-cropping",
+    version="1.1.0",
+    description="Human-centric, GAIC and personalized image cropping, with RoIAlign / RoDAlign operators",
+    py_modules=MODULES,
+    packages=["untils", "roi_align", "roi_align.modules", "rod_align", "rod_align.modules"],
+    entry_points={"console_scripts": [f"{command}=untils.commands:main" for command in COMMANDS]},
     package_data={"roi_align": CSRC_PATTERNS, "rod_align": CSRC_PATTERNS},
     python_requires=">=3.10",
     ext_modules=[align_extension("roi_align", WITH_CUDA), align_extension("rod_align", WITH_CUDA)],

@@ -44,42 +44,14 @@ def load_script(file_name: str) -> ModuleType:
     return module
 
 
-def run(command: str) -> None:
-    """Run the script of ``command`` with this process's command-line arguments."""
+def main() -> None:
+    """The console command this process was started as (``sys.argv[0]``, e.g. .../bin/hcic-crop) runs
+    its script with the command-line arguments, as ``python <script>.py`` would."""
+    command = os.path.basename(sys.argv[0])
+    if command not in COMMANDS:
+        raise SystemExit(f"error: unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
     module = load_script(COMMANDS[command])
     sys.argv[0] = command
-    result = module.main()
-    if isinstance(result, int):
-        raise SystemExit(result)
-
-
-def crop() -> None:
-    run("hcic-crop")
-
-
-def evaluate() -> None:
-    run("hcic-test")
-
-
-def train_gaicd() -> None:
-    run("hcic-train-gaicd")
-
-
-def train_cpc() -> None:
-    run("hcic-train-cpc")
-
-
-def heatmaps() -> None:
-    run("hcic-heatmaps")
-
-
-def pic_pretrain() -> None:
-    run("hcic-pic-pretrain")
-
-
-def pic_prior() -> None:
-    run("hcic-pic-prior")
-
-
-def pic_finetune() -> None:
-    run("hcic-pic-finetune")
+    run_script = module.run_script if hasattr(module, "run_script") else None
+    result = run_script(module.main) if run_script is not None else module.main()
+    raise SystemExit(result if isinstance(result, int) else 0)
