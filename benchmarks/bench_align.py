@@ -16,11 +16,14 @@ measurement is the median over ``--rounds`` rounds of the mean time of N calls, 
 ``--warmup`` calls; N is ``--repeats``, or by default as many calls as fill ``--min-time``
 seconds (timed once first). On CUDA the rounds are timed with CUDA events, and the large
 shape's forward+backward also reports achieved memory bandwidth against the compulsory
-traffic (stated in the output).
+traffic (stated in the output) and as a share of the device's measured memory bandwidth (a
+device-to-device copy of 1 GiB, bytes read and written). ``--json PATH`` also writes every number
+as JSON (for ``benchmarks/gpu_check.py``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -37,6 +40,7 @@ import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from roi_align import RoIAlignAvg  # noqa: E402
 from rod_align import RoDAlignAvg  # noqa: E402
+from untils.atomic import write_text_atomic  # noqa: E402
 
 ALIGNED_SIZE = 9
 SPATIAL_SCALE = 1 / 16
@@ -137,6 +141,23 @@ def compulsory_bytes(shape: str, op: str) -> int:
     return per_op * (2 if op == "both" else 1)
 
 
+def copy_bandwidth(device: torch.device, rounds: int) -> float:
+    """Bytes per second of a device-to-device copy of 1 GiB (bytes read plus bytes written), the
+    best of ``rounds`` timed copies after one untimed one."""
+    source = torch.empty(2**28, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    seconds = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        torch.cuda.synchronize(device)
+        seconds.append(start.elapsed_time(end) / 1e3)
+    return 2 * source.numel() * source.element_size() / min(seconds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("| shape | op | pass | compiled (ms) | fallback (ms) | speed-up |")
     print("|---|---|---|---:|---:|---:|")
-    bandwidth_lines = []
+    rows, bandwidths = [], []
     for shape in args.shapes:
         features, rois = make_inputs(shape, device)
         for op in OPS:
@@ -182,17 +204,27 @@ def main(argv: list[str] | None = None) -> None:
                                                    *timing)
                 print(f"| {shape} | {op} | {pass_name} | {compiled:.3f} (n={compiled_calls}) "
                       f"| {fallback:.3f} (n={fallback_calls}) | {fallback / compiled:.1f}x |", flush=True)
+                rows.append({"shape": shape, "op": op, "pass": pass_name, "compiled_ms": compiled,
+                             "fallback_ms": fallback})
                 if device.type == "cuda" and shape == "large" and backward:
-                    moved = compulsory_bytes(shape, op)
-                    bandwidth_lines.append(
-                        f"{shape} {op} forward+backward: {moved / 1e6:.1f} MB compulsory traffic in {compiled:.3f} ms "
-                        f"= {moved / compiled / 1e6:.1f} GB/s (compiled)")
-    if bandwidth_lines:
+                    bandwidths.append({"op": op, "compulsory_bytes": compulsory_bytes(shape, op),
+                                       "compiled_ms": compiled})
+    results = {"date": str(date.today()), "device": str(device), "hardware": hardware, "torch": torch.__version__,
+               "command": sys.argv, "rows": rows, "bandwidth": bandwidths}
+    if bandwidths:
+        results["copy_bytes_per_s"] = copy_bandwidth(device, args.rounds)
         print()
         print("Achieved bandwidth; compulsory bytes per op = 3 x features (read; zero-fill and write of the")
-        print("gradient) + 2 x output (write; gradient read) + 2 x RoIs, float32:")
-        for line in bandwidth_lines:
-            print(line)
+        print("gradient) + 2 x output (write; gradient read) + 2 x RoIs, float32; share of a 1 GiB device copy's")
+        print(f"{results['copy_bytes_per_s'] / 1e9:.0f} GB/s (read + write):")
+        for entry in bandwidths:
+            achieved = entry["compulsory_bytes"] / (entry["compiled_ms"] / 1e3)
+            entry["share_of_copy"] = achieved / results["copy_bytes_per_s"]
+            print(f"large {entry['op']} forward+backward: {entry['compulsory_bytes'] / 1e6:.1f} MB compulsory traffic "
+                  f"in {entry['compiled_ms']:.3f} ms = {achieved / 1e9:.1f} GB/s (compiled), "
+                  f"{entry['share_of_copy']:.0%} of the copy's")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,16 @@ image and a person box, through ``untils.inference.run_model`` (the evaluation p
   images/s no implementation of this backbone can beat on this device, and the share reached;
 * the content features of one image's 90 crops two ways: the release's formulation (every
   crop's [heat map, mask] pair through all layers) and the factored box-mask path the model runs;
-* ``torch.compile`` (inductor) against eager at batch 1, fp32, contiguous (``--no-compile`` skips).
+* ``torch.compile`` (inductor) against eager at batch 1, fp32, contiguous (``--no-compile`` skips);
+* with ``--only epoch`` (and nothing else): one training epoch of GAICD's size through the real
+  training loop (``train_on_GAICD.GAICDTrainer.train_epoch``: the paper's recipe, batch 1,
+  ``--views`` views, DataLoader workers, pinned memory, the loss, Adam, the logs) over an in-memory
+  dataset of 256x352 images with their 90 GAIC-grid crops (no files are decoded). Two short warm-up
+  epochs come first; with ``--epoch-budget-s`` fewer than ``--epoch-images`` images are timed when
+  the second predicts a longer epoch, and the time is extrapolated to 1,036 images (said so).
+
+``--only compile`` runs the torch.compile comparison alone; ``--json PATH`` also writes every
+number as JSON (for ``benchmarks/gpu_check.py``).
 
 Timing: ``--warmup`` calls first, then ``--repeats`` timed calls (CPU wall clock; CUDA events);
 medians are reported. The machine's load average is printed before and after: on a shared
@@ -31,14 +40,19 @@ machine, repeat the run.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import functools
+import json
 import multiprocessing
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -46,6 +60,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,10 +68,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import roi_align  # noqa: E402
 import rod_align  # noqa: E402
 from config_GAICD import Config  # noqa: E402
-from cropping_model import HumanCentricCroppingModel, crop_score_loss  # noqa: E402
-from untils.boxes import crop_mask_factors, crop_masks, partition_masks  # noqa: E402
+from cropping_model import HumanCentricCroppingModel, crop_score_loss, crop_training_loss  # noqa: E402
+from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
 from untils.inference import run_model  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
+from untils.atomic import write_text_atomic  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PERSON_BOX = (120.0, 40.0, 230.0, 250.0)  # in the 352x256 input
@@ -319,22 +335,111 @@ def content_feature_paths(backbone: str, height: int, width: int, repeats: int, 
 
 @torch.no_grad()
 def compile_comparison(backbone: str, device: torch.device, height: int, width: int, repeats: int,
-                       warmup: int) -> dict[str, float]:
-    """Batch-1 images/s eager and compiled with inductor (fp32, contiguous), and the compile time."""
+                       warmup: int, backend: str = "inductor") -> dict[str, float]:
+    """Batch-1 images/s eager and compiled with ``backend`` (fp32, contiguous), and the compile time."""
     setting = Setting(device, torch.float32, False)
     model = build_model(backbone, setting).eval()
     batch = make_batch(1, height, width, device)
-    compiled = torch.compile(model, backend="inductor")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
     begin = time.perf_counter()
     run_model(compiled, batch)
     synchronize(device)
     compile_seconds = time.perf_counter() - begin
     rates = {}
-    for name, candidate in (("eager", model), ("inductor", compiled)):
+    for name, candidate in (("eager", model), ("compiled", compiled)):
         seconds = time_calls(lambda: run_model(candidate, batch), device, repeats, warmup)
         rates[name] = 1.0 / statistics.median(seconds)
     rates["compile_seconds"] = compile_seconds
     return rates
+
+
+class InMemoryGAICD(Dataset):
+    """``count`` GAICD-shaped training items made in memory: a random ``height`` x ``width`` image
+    with its GAIC-grid crops and their scores, a person and a pseudo heat map (the training set's
+    interface: ``names``, ``score_mean``, ``resized_size_of``). Decoding and resizing JPEGs is left
+    out; the DataLoader's workers do that off the training step's critical path."""
+
+    def __init__(self, count: int, height: int, width: int) -> None:
+        self.names = [f"in_memory_{index:04d}.jpg" for index in range(count)]
+        self.score_mean = 3.0
+        self.size = (width, height)
+        self.crop_box = gaic_grid_candidates(width, height)
+        self.human_box = torch.tensor([PERSON_BOX]) * torch.tensor([width / 352, height / 256] * 2)
+        self.partition_mask = partition_masks(self.human_box, width, height)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def resized_size_of(self, index: int) -> tuple[int, int]:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        generator = torch.Generator().manual_seed(index)
+        width, height = self.size
+        return {"image": torch.randn(3, height, width, generator=generator), "crop_box": self.crop_box,
+                "human_box": self.human_box, "has_human": True, "partition_mask": self.partition_mask,
+                "width": width, "height": height, "name": self.names[index], "flipped": False,
+                "score": 1 + 4 * torch.rand(len(self.crop_box), generator=generator),
+                "heat_map": torch.rand(1, HEAT_MAP_SIZE, HEAT_MAP_SIZE, generator=generator), "has_heat_map": True}
+
+
+def timed_epoch(trainer, images: int, height: int, width: int) -> float:
+    """Seconds of one ``train_epoch`` of the trainer over ``images`` in-memory images."""
+    trainer.train_set = InMemoryGAICD(images, height, width)
+    synchronize(trainer.device)
+    begin = time.perf_counter()
+    trainer.train_epoch()
+    synchronize(trainer.device)
+    return time.perf_counter() - begin
+
+
+def synchronising_lines(trainer, height: int, width: int) -> dict[str, int]:
+    """Host-device synchronisations of a one-image training epoch (one step) on CUDA, counted by the
+    Python line that caused each (``torch.cuda.set_sync_debug_mode("warn")``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            timed_epoch(trainer, 1, height, width)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    root = Path(__file__).resolve().parent.parent
+    lines = collections.Counter(f"{os.path.relpath(warning.filename, root)}:{warning.lineno}" for warning in caught
+                                if "synchronizing CUDA operation" in str(warning.message))
+    return dict(lines.most_common())
+
+
+def training_epoch(backbone: str, setting: Setting, args: argparse.Namespace) -> dict:
+    """One training epoch of the paper's recipe through ``GAICDTrainer.train_epoch``, after two
+    warm-up epochs of ``--epoch-warmup`` images; fewer images than ``--epoch-images`` when the
+    second warm-up predicts more than ``--epoch-budget-s`` seconds (the result is then extrapolated)."""
+    from train_on_GAICD import GAICDTrainer  # the training scripts import far more than the rest needs
+
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[setting.dtype]
+    with tempfile.TemporaryDirectory() as exp_path:
+        cfg = Config(backbone=backbone, pretrained=False, device=str(setting.device), precision=precision,
+                     channels_last=setting.channels_last, num_workers=args.epoch_workers,
+                     view_per_image=args.views, exp_root=exp_path)
+        torch.manual_seed(0)
+        model = HumanCentricCroppingModel(cfg, loadweights=False)
+        train_set = InMemoryGAICD(args.epoch_warmup, args.height, args.width)
+        loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
+        trainer = GAICDTrainer(cfg, exp_path, setting.device, model, train_set, None, loss_fn, progress=False)
+        timed_epoch(trainer, args.epoch_warmup, args.height, args.width)  # first calls: kernels, allocator
+        warmup_seconds = timed_epoch(trainer, args.epoch_warmup, args.height, args.width)
+        images = args.epoch_images
+        if args.epoch_budget_s is not None:
+            images = max(1, min(images, int(args.epoch_budget_s * args.epoch_warmup / warmup_seconds)))
+        if setting.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(setting.device)
+        seconds = timed_epoch(trainer, images, args.height, args.width)
+        peak_memory = resident_bytes(setting.device)
+        syncs = synchronising_lines(trainer, args.height, args.width) if setting.device.type == "cuda" else None
+        trainer.writer.close()
+    return {"images": images, "seconds": seconds, "warmup_images": args.epoch_warmup,
+            "warmup_seconds": warmup_seconds, "gaicd_epoch_seconds": seconds * GAICD_TRAIN_IMAGES / images,
+            "peak_memory_mb": peak_memory / 2**20, "syncs_per_step": syncs}
 
 
 def machine_description(device: torch.device) -> str:
@@ -383,32 +488,38 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=352)
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    parser.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager"],
+                        help="torch.compile backend of the comparison (aot_eager: a quick check of the capture)")
+    parser.add_argument("--only", choices=["compile", "epoch"],
+                        help="run one section alone: the torch.compile comparison, or the training epoch")
+    parser.add_argument("--epoch-images", type=int, default=GAICD_TRAIN_IMAGES,
+                        help=f"images of the timed training epoch (default: GAICD's {GAICD_TRAIN_IMAGES})")
+    parser.add_argument("--epoch-warmup", type=int, default=8, help="images of each of the two warm-up epochs")
+    parser.add_argument("--epoch-workers", type=int, default=4, help="DataLoader workers of the training epoch")
+    parser.add_argument("--epoch-budget-s", type=float, default=None,
+                        help="time fewer images when the warm-up predicts a longer epoch, and extrapolate")
+    parser.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("repeats", "threads", "views", "height", "width"):
+    for name in ("repeats", "threads", "views", "height", "width", "epoch_images", "epoch_warmup"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if min(args.batch_sizes) < 1:
         parser.error(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.warmup < 0 or args.epoch_workers < 0:
+        parser.error(f"--warmup and --epoch-workers must be >= 0, got {args.warmup} and {args.epoch_workers}")
+    if args.epoch_budget_s is not None and not args.epoch_budget_s > 0:
+        parser.error(f"--epoch-budget-s must be > 0, got {args.epoch_budget_s}")
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device, settings = resolve(args)
-    align = "compiled kernels" if roi_align.KERNELS.available and rod_align.KERNELS.available else "Python fallback"
-    print(f"# bench_model: {date.today()}, {machine_description(device)}, torch {torch.__version__}, "
-          f"mkldnn {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}, "
-          f"align ops: {align}, input {args.width}x{args.height}, random-init weights")
-    print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+def inference_sections(args: argparse.Namespace, settings: list[Setting]) -> dict[str, list[dict]]:
+    """Inference rates, time split and training step per setting; the physical limit; the content
+    features' two formulations. Prints their tables; returns their rows."""
     batch_sizes = sorted(set([1] + args.batch_sizes))
-
     print("\n| backbone | setting | batch 1 (images/s) | best batch | best (images/s) | backbone | "
           "content features | rest | train step (s) | epoch of 1,036 (s) | train peak memory (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    flops, limits = {}, []
+    flops, rows, measured = {}, [], []
     for backbone in args.backbones:
         flops[backbone] = counted_flops(backbone, args.height, args.width)
         for setting in settings:
@@ -417,6 +528,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             shares = time_split(model, setting, args.height, args.width, args.repeats, args.warmup)
             del model
             best = max(rates, key=rates.get)
+            row = {"backbone": backbone, "setting": setting.label, "dtype": str(setting.dtype).replace("torch.", ""),
+                   "channels_last": setting.channels_last, "best_batch": best, "best_images_per_s": rates[best],
+                   "images_per_s": {str(size): rate for size, rate in rates.items()}, "shares": shares}
             train = "| - | - | - |"
             if not args.no_train:
                 stats = measured_training_stats(backbone, setting, args)
@@ -424,9 +538,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                 if setting.device.type == "cpu":
                     memory += f" (RSS; +{(stats['peak'] - stats['built']) / 2**20:.0f} over the built model)"
                 train = f"| {stats['step']:.3f} | {GAICD_TRAIN_IMAGES * stats['step']:.0f} | {memory} |"
+                row.update(train_step_s=stats["step"], train_peak_mb=stats["peak"] / 2**20)
             print(f"| {backbone} | {setting.label} | {rates[1]:.2f} | {best} | {rates[best]:.2f} | "
                   f"{shares['backbone']:.0%} | {shares['content']:.0%} | {shares['rest']:.0%} {train}", flush=True)
-            limits.append((backbone, setting, rates[best]))
+            rows.append(row)
+            measured.append((backbone, setting, rates[best]))
 
     print("\nPhysical limit: FLOPs per image over the measured matmul throughput (bound: backbone only; "
           "model bound: the whole forward with its 90 crops).\n")
@@ -434,33 +550,98 @@ def main(argv: Optional[list[str]] = None) -> None:
           "bound (images/s) | model bound (images/s) | best measured (images/s) | share of the bound |")
     print("|---|---|---|---|---|---|---|---|---|")
     throughput: dict[tuple[str, torch.dtype], float] = {}
-    for backbone, setting, measured in limits:
+    limits = []
+    for backbone, setting, best_rate in measured:
         key = (str(setting.device), setting.dtype)
         if key not in throughput:
             throughput[key] = matmul_throughput(setting.device, setting.dtype, args.repeats)
         bound = throughput[key] / flops[backbone]["backbone"]
         print(f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
               f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
-              f"{throughput[key] / flops[backbone]['model']:.1f} | {measured:.2f} | {measured / bound:.0%} |")
+              f"{throughput[key] / flops[backbone]['model']:.1f} | {best_rate:.2f} | {best_rate / bound:.0%} |")
+        limits.append({"backbone": backbone, "setting": setting.label,
+                       "backbone_gflop": flops[backbone]["backbone"] / 1e9,
+                       "model_gflop": flops[backbone]["model"] / 1e9, "matmul_tflops": throughput[key] / 1e12,
+                       "bound_images_per_s": bound, "best_images_per_s": best_rate,
+                       "share_of_bound": best_rate / bound})
 
     print("\nContent features of one image's 90 crops on the CPU, fp32 (ms): the release's formulation "
           "(both channels through every layer) and the factored box masks (the model's path).\n")
     print("| backbone | release's formulation | box masks | speed-up |")
     print("|---|---|---|---|")
+    content = []
     for backbone in args.backbones:
         paths = content_feature_paths(backbone, args.height, args.width, args.repeats, args.warmup)
         print(f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['boxes'] * 1e3:.1f} | "
               f"{paths['release'] / paths['boxes']:.1f}x |", flush=True)
+        content.append({"backbone": backbone, "release_ms": paths["release"] * 1e3, "boxes_ms": paths["boxes"] * 1e3})
+    return {"inference": rows, "limits": limits, "content": content}
 
-    if not args.no_compile:
-        print("\ntorch.compile (inductor) against eager, batch 1, fp32, contiguous.\n")
-        print("| backbone | eager (images/s) | inductor (images/s) | compile time (s) |")
-        print("|---|---|---|---|")
-        for backbone in args.backbones:
-            result = compile_comparison(backbone, device, args.height, args.width, args.repeats, args.warmup)
-            print(f"| {backbone} | {result['eager']:.2f} | {result['inductor']:.2f} | "
-                  f"{result['compile_seconds']:.0f} |", flush=True)
+
+def compile_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    print(f"\ntorch.compile ({args.compile_backend}) against eager, batch 1, fp32, contiguous.\n")
+    print(f"| backbone | eager (images/s) | {args.compile_backend} (images/s) | compile time (s) |")
+    print("|---|---|---|---|")
+    rows = []
+    for backbone in args.backbones:
+        result = compile_comparison(backbone, device, args.height, args.width, args.repeats, args.warmup,
+                                    args.compile_backend)
+        print(f"| {backbone} | {result['eager']:.2f} | {result['compiled']:.2f} | "
+              f"{result['compile_seconds']:.0f} |", flush=True)
+        rows.append({"backbone": backbone, "backend": args.compile_backend, **result})
+    return rows
+
+
+def epoch_section(args: argparse.Namespace, settings: list[Setting]) -> list[dict]:
+    budget = "" if args.epoch_budget_s is None else f", at most about {args.epoch_budget_s:.0f} s timed per setting"
+    print(f"\nOne training epoch through GAICDTrainer.train_epoch: batch 1, {args.views} views, "
+          f"DataLoader workers: {args.epoch_workers}, in-memory {args.width}x{args.height} images; after two "
+          f"{args.epoch_warmup}-image warm-up epochs{budget}.\n")
+    print("| backbone | setting | images timed | seconds | GAICD epoch, 1,036 images (s) | peak memory (MB) |")
+    print("|---|---|---|---|---|---|")
+    rows, sync_notes = [], []
+    for backbone in args.backbones:
+        for setting in settings:
+            result = training_epoch(backbone, setting, args)
+            if result["syncs_per_step"] is not None:
+                sites = ", ".join(f"{line} x{count}" for line, count in result["syncs_per_step"].items())
+                sync_notes.append(f"- {backbone}, {setting.label}: {sum(result['syncs_per_step'].values())} "
+                                  f"({sites or 'none'})")
+            extrapolated = " (extrapolated)" if result["images"] != GAICD_TRAIN_IMAGES else ""
+            memory = "RSS " if setting.device.type == "cpu" else ""
+            print(f"| {backbone} | {setting.label} | {result['images']} | {result['seconds']:.2f} | "
+                  f"{result['gaicd_epoch_seconds']:.1f}{extrapolated} | {memory}{result['peak_memory_mb']:.0f} |",
+                  flush=True)
+            rows.append({"backbone": backbone, "setting": setting.label,
+                         "dtype": str(setting.dtype).replace("torch.", ""), **result})
+    if sync_notes:
+        print("\nHost-device synchronisations in one training step (torch.cuda.set_sync_debug_mode), by the "
+              "line that caused them:\n")
+        print("\n".join(sync_notes))
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device, settings = resolve(args)
+    align = "compiled kernels" if roi_align.KERNELS.available and rod_align.KERNELS.available else "Python fallback"
+    machine = machine_description(device)
+    print(f"# bench_model: {date.today()}, {machine}, torch {torch.__version__}, "
+          f"mkldnn {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}, "
+          f"align ops: {align}, input {args.width}x{args.height}, random-init weights")
+    print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    results: dict = {"date": str(date.today()), "machine": machine, "torch": torch.__version__, "align_ops": align,
+                     "command": sys.argv}
+    if args.only is None:
+        results.update(inference_sections(args, settings))
+    if args.only == "compile" or (args.only is None and not args.no_compile):
+        results["compile"] = compile_section(args, device)
+    if args.only == "epoch":
+        results["epoch"] = epoch_section(args, settings)
     print(f"\n# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

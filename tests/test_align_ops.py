@@ -138,7 +138,7 @@ def test_original_import_paths():
 # ---------- the original kernels' outputs ----------
 
 def load_fixtures() -> list[dict]:
-    return torch.load(require_shared("official_fixtures/align_forward_cases.pt"))
+    return torch.load(require_shared("official_fixtures/align_forward_cases.pt"), weights_only=True)
 
 
 @pytest.mark.parametrize("op", ["roi", "rod"])

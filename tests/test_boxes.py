@@ -187,7 +187,7 @@ def test_resized_size_fixed_and_bad_input():
 
 
 def test_masks_match_release_fixture():
-    fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"))
+    fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"), weights_only=True)
     width, height = fixture["resized_wh"]
     assert torch.equal(crop_masks(fixture["crop_box"], width, height), fixture["crop_mask"])
     assert torch.equal(partition_masks(fixture["human_box"], width, height), fixture["partition_mask"])

@@ -95,7 +95,7 @@ def anchor_cfg(tmp_path) -> Config:
 
 
 def test_gaicd_reproduces_release_fixture(gaicd_cfg):
-    fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"))
+    fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"), weights_only=True)
     dataset = GAICDataset(gaicd_cfg, split="test", augment=False)
     item = dataset[dataset.names.index(fixture["image_name"])]
     for key in ("crop_box", "human_box", "partition_mask"):

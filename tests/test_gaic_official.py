@@ -50,7 +50,7 @@ def release_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    return torch.load(require_shared("official_fixtures/gaic_forward_fixture.pt"))
+    return torch.load(require_shared("official_fixtures/gaic_forward_fixture.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")

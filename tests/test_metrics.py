@@ -140,7 +140,7 @@ def test_gaicd_bad_input_is_named(gt, pred, message):
 
 def test_weighted_accuracy_reproduces_the_release_cases():
     """``wacc_cases``: the values PIC's ``finetune_pic.py`` ``test()`` computes for 40 images."""
-    cases = torch.load(require_shared("official_fixtures/pic_forward_fixture.pt"))["wacc_cases"]
+    cases = torch.load(require_shared("official_fixtures/pic_forward_fixture.pt"), weights_only=True)["wacc_cases"]
     for case in cases:
         wacc5, wacc10 = weighted_accuracy([case["gt"]], [case["pred"]])
         assert wacc5 == pytest.approx(case["wacc5"], abs=1e-12)
