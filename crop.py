@@ -485,7 +485,8 @@ def write_outputs(result: CropResult, photo: Path, paths: OutputPaths, cropper: 
         "ranked": [{"box": list(box), "score": score} for box, score in zip(result.boxes, result.scores)],
     }
     if paths.figure is not None:
-        title_lines = [f"{photo.name}: top {len(crops)} of {len(result.boxes)} crops, ratio {aspect_text}",
+        scored_as = f"; as user {cropper.user} likes" if cropper.user is not None else ""
+        title_lines = [f"{photo.name}: top {len(crops)} of {len(result.boxes)} crops, ratio {aspect_text}{scored_as}",
                        f"{cropper.model_type} {cropper.cfg.backbone}; "
                        + (f"heat map of content to keep (jet, 0 blue to 1 red): {result.heat_map.min():.2f} to "
                           f"{result.heat_map.max():.2f}; " if result.heat_map is not None else "")

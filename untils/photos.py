@@ -396,7 +396,7 @@ def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_b
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0, 0, 1, photo_inches / total_inches))
     axes.imshow(to_rgb8(image))
-    if heat_map is not None:
+    if heat_map is not None and np.ptp(heat_map) > 1e-6:  # a flat map would only tint the photo
         axes.imshow(heat_map, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
                     extent=(0, image.width, image.height, 0))
     colours = ["#ff2d2d", "#ffd400", "#2dd4ff", "#7dff2d", "#ff7dff"]
