@@ -594,6 +594,8 @@ def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Option
         print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # inputs come in a few sizes: each is tuned once
     seed_everything(cfg.seed)
     try:
         trainer = build_trainer(cfg, exp_path, device, not args.no_progress)
