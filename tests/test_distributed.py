@@ -71,7 +71,7 @@ def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path
     from cropping_model import build_crop_model, crop_training_loss
     from untils.boxes import partition_masks
     _, options = PRESETS[preset]
-    cfg = Config(backbone="mobilenetv2", pretrained=False, exp_root=str(tmp_path), **options)
+    cfg = Config(**{"backbone": "mobilenetv2", "pretrained": False, "exp_root": str(tmp_path), **options})
     torch.manual_seed(0)
     model = build_crop_model(cfg, cfg.model_type).train()
     trainer = Trainer.__new__(Trainer)  # only compute_loss's state
