@@ -155,7 +155,10 @@ def candidate_boxes(width: int, height: int, aspect_ratio: Optional[float]) -> n
     if aspect_ratio is None:
         boxes = gaic_grid_candidates(width, height)
     else:
-        boxes = fixed_ratio_candidates(width, height, aspect_ratio)
+        try:
+            boxes = fixed_ratio_candidates(width, height, aspect_ratio)
+        except ValueError as error:  # a ratio this photo cannot honour: this photo fails, the others go on
+            raise PhotoError(str(error)) from None
     if len(boxes) == 0:
         raise PhotoError(f"no candidate crop for a {width}x{height} photo: the GAIC grid keeps crops of aspect "
                          "ratio 0.5 to 2.2 covering half the photo; pass --aspect-ratio for such a shape")

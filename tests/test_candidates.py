@@ -161,3 +161,17 @@ def test_grid_reproduces_every_gaicd_annotation():
         if not any(_as_set(gaic_grid_candidates(w, h)) == annotated for w in widths for h in heights):
             unmatched.append(name)
     assert unmatched == []
+
+
+@pytest.mark.parametrize("text", ["1e-9", "1:100", "21", "1000:1"])
+def test_aspect_ratios_no_crop_can_honour_are_refused(text):
+    with pytest.raises(ValueError, match="outside 1:20 to 20:1"):
+        parse_aspect_ratio(text)
+
+
+def test_fixed_ratio_crops_too_thin_for_their_ratio_are_refused():
+    # 1:15 on a 200x150 image: the largest crop is 10x150, under 16 pixels wide.
+    with pytest.raises(ValueError, match=r"largest crop of a 200x150 image is 10x150"):
+        fixed_ratio_candidates(200, 150, 1 / 15)
+    boxes = fixed_ratio_candidates(400, 300, 1 / 15)  # 20x300: kept, and every crop keeps its ratio
+    assert (boxes[:, 2] - boxes[:, 0]).min() >= 1 and len(boxes) > 0

@@ -35,6 +35,10 @@ import numpy as np
 import torch
 
 NUM_PREDEFINED_ANCHORS = 1745
+# A fixed-ratio crop narrower or lower than this would not honour its ratio (one pixel of rounding is
+# more than 6% of it) nor be a useful crop; more extreme ratios than these make such crops on any photo.
+MIN_CROP_SIDE = 16
+ASPECT_RATIO_RANGE = (1 / 20, 20.0)
 
 
 def _check_image_size(width: float, height: float) -> None:
@@ -90,6 +94,11 @@ def fixed_ratio_candidates(width: int, height: int, ratio: float,
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
     fit_w = min(float(width), height * ratio)
+    largest_h = min(height, max(1, round(fit_w / ratio)))
+    largest_w = min(width, max(1, round(largest_h * ratio)))
+    if min(largest_w, largest_h) < MIN_CROP_SIDE:
+        raise ValueError(f"aspect ratio {ratio:g}: its largest crop of a {width:g}x{height:g} image is "
+                         f"{largest_w}x{largest_h} pixels, under {MIN_CROP_SIDE} on a side")
     boxes: list[tuple[int, int, int, int]] = []
     seen: set[tuple[int, int, int, int]] = set()
     for scale in scales:
@@ -122,6 +131,10 @@ def parse_aspect_ratio(text: str) -> Optional[float]:
                          "a positive number (e.g. '1.5') or 'any'") from None
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"aspect ratio {text!r} must be positive and finite")
+    low, high = ASPECT_RATIO_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"aspect ratio {text!r} = {value:g} is outside 1:20 to 20:1: no crop of a photo can "
+                         "honour it")
     return value
 
 
