@@ -299,8 +299,7 @@ class CroppingDataset(Dataset):
     def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
         """The image's size, after decoding it once (JPEGs at 1/8 scale: fast, and truncation still shows)."""
         if path is None or not os.path.isfile(path):
-            self._problems.append(f"missing image {path or name} (--skip_missing true uses the images that are "
-                                  "there)")
+            self._problems.append(f"missing image {path or name}")
             return None
         try:
             with Image.open(path) as image:
@@ -323,7 +322,10 @@ class CroppingDataset(Dataset):
 
     def _finish_checks(self) -> None:
         if self._problems:
-            raise problems_error(f"{self.title} ({len(self.names)} images)", self._problems)
+            error = problems_error(f"{self.title} ({len(self.names)} images)", self._problems)
+            if any(problem.startswith("missing image") for problem in self._problems):
+                error = DatasetError(f"{error}\n  (--skip-missing uses the images that are there)")
+            raise error
         if self._clipped_names:
             warnings.warn(f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
                           f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
