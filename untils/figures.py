@@ -37,18 +37,24 @@ def _resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return values[rows][:, columns]
 
 
+def _three_panels(image: torch.Tensor, first_title: str):
+    """A figure of three panels, the photo in the first: ``(figure, axes, photo)``."""
+    from matplotlib.figure import Figure
+    photo = photo_of(image)
+    figure = Figure(figsize=(12, 4.2), dpi=80, layout="constrained")
+    axes = figure.subplots(1, 3)
+    axes[0].imshow(photo)
+    axes[0].set_title(first_title)
+    return figure, axes, photo
+
+
 def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor,
                     title: str = "") -> np.ndarray:
     """Photo, target and predicted heat maps (values in [0, 1]) over it, one colour bar for both.
 
     A flat target (e.g. an image without a pseudo heat map) is said so instead of drawn."""
-    from matplotlib.figure import Figure
-    photo = photo_of(image)
+    figure, axes, photo = _three_panels(image, "input")
     height, width = photo.shape[:2]
-    figure = Figure(figsize=(12, 4.2), dpi=80, layout="constrained")
-    axes = figure.subplots(1, 3)
-    axes[0].imshow(photo)
-    axes[0].set_title("input")
     shown = None
     for axis, (name, values) in zip(axes[1:], (("target heat map", target), ("predicted heat map", predicted))):
         values = values.detach().float().cpu().numpy().reshape(target.shape[-2:])
@@ -73,15 +79,10 @@ def partition_figure(image: torch.Tensor, human_box: Optional[Sequence[float]], 
     partition feature's strongest region per cell (softmax over the nine channels), labelled."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
     nine_colours = ListedColormap(colormaps["tab10"].colors[:9])
-    photo = photo_of(image)
+    figure, axes, photo = _three_panels(image, "input and person box")
     height, width = photo.shape[:2]
-    figure = Figure(figsize=(12, 4.2), dpi=80, layout="constrained")
-    axes = figure.subplots(1, 3)
-    axes[0].imshow(photo)
-    axes[0].set_title("input and person box")
     if human_box is not None and human_box[0] >= 0:
         x1, y1, x2, y2 = human_box
         axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="yellow", linewidth=2))
