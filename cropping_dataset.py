@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
+from untils.gaic_augmentation import photometric_distort
 from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
 from untils.torchvision_compat import transforms
 
@@ -371,7 +372,6 @@ class CroppingDataset(Dataset):
         if self.cfg.image_preprocessing == "gaic":
             pixels = np.asarray(image)
             if augment:
-                from untils.gaic_augmentation import photometric_distort
                 generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
                 pixels = photometric_distort(pixels.astype(np.float32), generator)
             if flipped:

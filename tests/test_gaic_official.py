@@ -355,3 +355,15 @@ def test_test_py_evaluates_a_release_checkpoint(official_state, tmp_path, capsys
                      "--num_workers", "0", "--no-progress"])
     printed = capsys.readouterr().out
     assert "GAICD: acc1_5=" in printed and "srcc=" in printed
+
+
+def test_datasets_distort_photos_as_the_release_trains_reproducibly(tmp_path):
+    cfg = Config(data_root=str(build_gaicd_sample(tmp_path)), image_preprocessing="gaic")
+    plain = GAICDataset(cfg, split="test", augment=False)[1]["image"]
+    augmented = GAICDataset(cfg, split="test", augment=True)
+    images = []
+    for seed in (3, 3, 4, 5, 6):
+        torch.manual_seed(seed)
+        images.append(augmented[1]["image"])
+    torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
+    assert any(not torch.allclose(image, plain) and not torch.allclose(image, plain.flip(-1)) for image in images)

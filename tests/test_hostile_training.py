@@ -134,3 +134,13 @@ def test_command_line_errors_are_one_line_without_a_traceback(tmp_path):
     debug = subprocess.run([sys.executable, str(REPO_ROOT / "test.py"), "--checkpoint", str(tmp_path / "none.pth"),
                             "--debug"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_gaic_official_preset_trains_an_epoch(six_image_demo, tmp_path):
+    """GAIC's release recipe end to end: its model, preprocessing and photometric augmentation."""
+    trainer = train_on_GAICD.main(["--preset", "GAIC-official", "--pretrained", "false", "--device", "cpu",
+                                   "--num_workers", "0", "--max_epoch", "1", "--view_per_image", "8", "--no-progress",
+                                   "--data-root", six_image_demo, "--exp_root", str(tmp_path), "--exp_name", "gaic"])
+    assert trainer.cfg.model_type == "GAIC-official" and trainer.cfg.image_preprocessing == "gaic"
+    assert type(trainer.core).__name__ == "GAICOfficialModel" and trainer.history
+    assert trainer.train_set.augment
