@@ -1,16 +1,19 @@
-"""Crop-scoring models: the human-centric model (ECCV 2022), the GAIC baseline, and their losses.
+"""Crop-scoring models: the human-centric model (ECCV 2022), our GAIC baseline, their losses, the
+one calling convention (:class:`CropOutput`) and the one loader (:func:`load_crop_model`).
 
 Both models share one backbone builder (:func:`build_backbone`, three feature scales) and one
 RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names and shapes of
 :class:`HumanCentricCroppingModel` are those of the official release, so its checkpoints load with
-``strict=True``. Differences from the release, each a bug fix:
+``strict=True``. Differences from the release, each a bug fix that leaves its numbers as they are:
 
 * whether an image contains a person is decided per image, not from the first image of the batch;
 * ``use_rod_feature=False`` really removes the RoD branch (the release ignored the switch);
 * the graph-reasoning similarity cannot divide by a zero norm;
-* padded crops of a multi-image batch (``crop_valid``) are never scored: their score is ``-inf``;
-* the pairwise rank loss uses ``sign`` of the score difference as GAIC does (the release's
-  ``sin`` is available as ``rank_loss_weighting="sin"`` for reproducing its numbers).
+* padded crops of a multi-image batch (``crop_valid``) are never scored: their score is ``-inf``.
+
+The pairwise rank loss weighs pairs by ``sin`` of the score difference, as the release computes it
+(``rank_loss_weighting="sign"`` is the documented variant). GAIC's release itself trains with
+smooth-L1 alone (the GAIC-official preset).
 """
 from __future__ import annotations
 
@@ -562,7 +565,7 @@ def score_weighted_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tens
 def score_rank_loss(pre_score: torch.Tensor, gt_score: torch.Tensor, weighting: str = "sign") -> torch.Tensor:
     """Pairwise rank loss: sum over pairs of max(0, -w(g_i - g_j) * ((p_i - p_j) - (g_i - g_j))) / pairs.
 
-    ``w`` is ``sign`` (GAIC) or ``sin`` (what the human-centric release computes).
+    ``w`` is ``sin`` (what the human-centric release computes) or ``sign`` (a variant).
     """
     pre, gt = _flat_pair(pre_score, gt_score)
     count = pre.shape[0]
