@@ -493,3 +493,18 @@ def test_modified_copy_fails_naming_the_file(tmp_path, capsys):
     assert download_main(["--verify-only", str(copy)]) == 1
     assert "FLMS/human_bboxes.json" in capsys.readouterr().err
     assert len(CHECKSUMS) == 10
+
+
+def test_a_16_bit_photo_gives_the_input_of_its_8_bit_version(tmp_path):
+    """16-bit files are scaled to 8 bits (x / 257), not clipped to white."""
+    inputs = []
+    for bits in (8, 16):
+        root = build_gaicd_sample(tmp_path / f"bits{bits}")
+        path = root / "GAICD" / "images" / "test" / "297406.jpg"
+        grey = np.asarray(Image.open(path).convert("L"))
+        image = (Image.fromarray(grey) if bits == 8
+                 else Image.fromarray(grey.astype(np.uint16) * 257).convert("I;16"))
+        image.save(path, format="PNG")  # read by content: the name keeps its .jpg
+        dataset = GAICDataset(Config(data_root=str(root)), split="test", augment=False)
+        inputs.append(dataset[dataset.names.index("297406.jpg")]["image"])
+    torch.testing.assert_close(inputs[1], inputs[0], rtol=0, atol=0)

@@ -125,3 +125,18 @@ def test_fcdb_keeps_an_official_box_that_leaves_the_image(tmp_path):
     assert any(shrunk in str(w.message) for w in caught)
     x, y, w, h = annotations[shrunk]
     assert dataset.gt_crops[dataset.names.index(shrunk)].tolist() == [[x, y, x + w, y + h]]
+
+
+@pytest.mark.parametrize("name", ["320875.jpg", "274268.jpg", "306613.jpg"])
+def test_training_persons_without_a_cell_in_a_flip_state(name):
+    """These training images' person boxes lose their cell as they are, flipped, or both: then the
+    model sees them person-less, as the release did."""
+    box = json.loads(require_shared("human_bboxes/GAICD/human_bboxes.json").read_text())[name]
+    width, height = _gaicd_size(name)
+    resized_w, resized_h = resized_size(width, height, (256, 256), True)
+    human = rescale_boxes(np.array([box], np.float64), resized_w / width, resized_h / height)
+    flipped = human.copy()
+    flipped[:, [0, 2]] = resized_w - human[:, [2, 0]]
+    cells = [partition_masks(torch.from_numpy(b).reshape(1, 1, 4).float(), resized_w, resized_h)[0, 4].sum().item()
+             for b in (human, flipped)]
+    assert 0 in cells
