@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -550,7 +551,9 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
         checkpoint = read_checkpoint(args.resume, trusted=args.trust_checkpoint)
         if "optimizer" not in checkpoint:
             raise SystemExit(f"{args.resume} holds model weights only; --resume needs a last.pth training checkpoint")
-        cfg = config_cls(**{**checkpoint["config"], **given})
+        known = {field.name for field in dataclasses.fields(config_cls)}
+        # options an older version had and this one dropped (e.g. training_set) are left out
+        cfg = config_cls(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **given})
         exp_path = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
     else:
         options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
@@ -585,19 +588,19 @@ class _StartFailed(Exception):
 
 def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Optional[dict], args: argparse.Namespace,
            rank: int, world: int, local_rank: int) -> Trainer:
-    device = resolve_device(cfg.device, cfg.gpu_id)
-    if world > 1 and device.type == "cuda":
-        device = torch.device(f"cuda:{local_rank}")
-        torch.cuda.set_device(device)
-    if rank == 0:
-        write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
-        print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # inputs come in a few sizes: each is tuned once
-    seed_everything(cfg.seed)
     try:
+        device = resolve_device(cfg.device, cfg.gpu_id)
+        if world > 1 and device.type == "cuda":
+            device = torch.device(f"cuda:{local_rank}")
+            torch.cuda.set_device(device)
+        if rank == 0:
+            write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
+            print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # inputs come in a few sizes: each is tuned once
+        seed_everything(cfg.seed)
         trainer = build_trainer(cfg, exp_path, device, not args.no_progress)
         if checkpoint is not None:
             trainer.restore(checkpoint)
