@@ -24,7 +24,8 @@ def default_workers(limit: int = 4) -> int:
 
 def configure_threads() -> int:
     """Use as many torch threads as CPUs are free: on a busy machine more threads only contend
-    (each parallel region waits for its slowest, descheduled thread)."""
+    (each parallel region waits for its slowest, descheduled thread). For evaluation and cropping;
+    training keeps its thread count, since results depend on it and a resumed run must be exact."""
     threads = min(torch.get_num_threads(), free_cpus())
     torch.set_num_threads(threads)
     return threads

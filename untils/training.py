@@ -37,7 +37,7 @@ from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
 from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
-from untils.runtime import autocast, autocast_dtype, configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
+from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
 
 LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
 
@@ -543,8 +543,9 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
     ``build_trainer(cfg, exp_path, device, progress)`` builds the model (after the seed is set, so
     its initial weights depend on ``cfg.seed`` alone), the datasets and the trainer.
     """
+    # torch's thread count is left as it is: results depend on it, and a resumed run must reproduce the
+    # uninterrupted one (DataLoader workers, which do not change results, follow the free CPUs)
     given = given_config_options(args)
-    configure_threads()
     rank, world, local_rank = init_distributed()
     checkpoint = None
     if args.resume:
