@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from config_GAICD import LOSS_TYPES, Config as GAICDConfig, _opt
+from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, check_choice
 
 PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
@@ -122,6 +123,19 @@ class Config(GAICDConfig):
         return f"PIC{objective}_{self.backbone}"
 
 
+# Options of the shared config that no PIC stage reads (the human-centric model's modules, FCDB/FLMS,
+# heat maps): the PIC scripts do not offer them.
+NOT_PIC_OPTIONS = ("use_partition_aware", "partition_aware_type", "concat_with_human", "visualize_partition_feature",
+                   "use_content_preserve", "only_content_preserve", "content_preserve_type", "content_loss_weight",
+                   "visualize_heat_map", "normalize_scores", "score_loss_over", "image_preprocessing",
+                   "predefined_pkl", "FCDB_path", "FCDB_image", "FCDB_anno", "FCDB_human", "FCDB_split", "FLMS_path",
+                   "FLMS_image", "FLMS_anno", "FLMS_human", "heat_map_dir", "CPC_heat_map", "GAIC_heat_map")
+# Options only pre-training's engine reads (prior_PIC.py and finetune_PIC.py have their own loops).
+ENGINE_OPTIONS = ("batch_size", "lr_scheduler", "warmup_epochs", "max_epoch", "lr_decay_epoch", "eval_freq",
+                  "selection", "checkpoint_steps", "view_per_image", "lr", "lr_decay", "save_freq", "display_freq",
+                  "visualize_freq", "subjective_loss_weight", "deterministic", "precision")
+
+
 def script_parser(description: str) -> argparse.ArgumentParser:
     """The command line of the scripts that start from a PIC checkpoint (prior_PIC.py, finetune_PIC.py)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,8 +144,9 @@ def script_parser(description: str) -> argparse.ArgumentParser:
                         help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
                              "can run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser, Config)
-    return parser
+    add_debug_option(parser)
+    add_config_arguments(parser, Config, exclude=NOT_PIC_OPTIONS + ENGINE_OPTIONS)
+    return add_option_aliases(parser)
 
 
 cfg = Config()

@@ -32,6 +32,7 @@ from pic_dataset import PICData, PICImageDataset, load_pic_data
 from pic_model import PICModel
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
+from untils.cli import run_script
 from untils.evaluation import evaluate_scored
 from untils.inference import move_batch
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
@@ -188,8 +189,9 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer:
-    return launch(build_trainer, config_PIC.Config, build_parser(__doc__, config_PIC.Config).parse_args(argv))
+    parser = build_parser(__doc__, config_PIC.Config, exclude=config_PIC.NOT_PIC_OPTIONS)
+    return launch(build_trainer, config_PIC.Config, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -30,6 +30,7 @@ from pic_dataset import PICImageDataset, load_pic_data
 from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
                        single_threaded, user_images, user_scores)
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
+from untils.cli import run_script
 from untils.config import given_config_options
 from untils.runtime import resolve_device, seed_everything
 from untils.training import held_out_images, summary_writer
@@ -165,4 +166,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -506,8 +506,8 @@ class Trainer:
 
 
 def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
-                 with_demo: bool = False) -> argparse.ArgumentParser:
-    """The training scripts' options: presets, resume, and every field of ``config_cls``."""
+                 with_demo: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
     presets = presets or {}
     epilog = ("presets (--preset NAME; explicit options win over the preset):\n"
               + "\n".join(f"  {name:14s} {text}" for name, (text, _) in presets.items())) if presets else None
@@ -528,7 +528,7 @@ def build_parser(description: str, config_cls: type, presets: Optional[dict[str,
                              "can run code; only for files you made yourself with an older version)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_debug_option(parser)
-    add_config_arguments(parser, config_cls)
+    add_config_arguments(parser, config_cls, exclude)
     return add_option_aliases(parser)
 
 
