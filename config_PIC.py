@@ -1,9 +1,9 @@
 """Options for personalized image cropping (PIC): pre-training, the prior model, few-shot fine-tuning.
 
 PIC ("Crop the Way You Like: Personalized Image Cropping by Integrating Subjective and Objective
-Features") shares the GAIC-style crop scorer of this project and adds a subjective branch and an
-individual preference module (``pic_model.py``). Importing this module has no side effects; every
-field can be overridden from the command line of the PIC scripts.
+Features"): ``variant`` official is the published method (``pic_model.py``), embedding this
+project's extension (``pic_embedding.py``). Importing this module has no side effects; every field
+can be overridden from the command line of the PIC scripts.
 
 The per-user data lives in ``<data_root>/PIC`` (format: ``pic_dataset.py``). The objective
 branch is trained on ``objective_set``: the users' average scores of the PIC images (``PIC``), or
@@ -21,11 +21,13 @@ from untils.config import add_config_arguments, check_choice
 
 PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
 OBJECTIVE_SETS = ("PIC", "GAICD", "CPC")
+VARIANTS = ("official", "embedding")
 FINETUNE_SCOPES = ("embedding", "head")
 _POSITIVE_INTS = ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
                   "best_crops", "subjective_dim", "embed_dim", "taste_dim", "preference_hidden", "prior_epochs",
                   "prior_episodes_per_step", "support_images", "finetune_images", "finetune_val_images",
-                  "finetune_steps", "finetune_eval_every")
+                  "finetune_steps", "finetune_eval_every", "align_size", "num_positions",
+                  "official_crops_per_step", "official_prior_epochs", "official_finetune_epochs")
 
 
 @dataclass
@@ -35,8 +37,25 @@ class Config(GAICDConfig):
     PIC_users: Optional[str] = _opt("PIC users.json (train/test user ids)")
     PIC_anno: Optional[str] = _opt("PIC annotations/ folder, one <user>.json per user")
     PIC_human: Optional[str] = _opt("PIC human_bboxes.json (optional file)")
+    PIC_release: Optional[str] = _opt("the official variant's data: a folder in the release's CSV layout "
+                                      "(pic_dataset.ReleaseData)")
 
     model_type: str = field(default="PIC", metadata={"help": "PIC (the only model of the PIC scripts)"})
+    variant: str = _opt("official: the published method (user logits -> per-position offsets); embedding: this "
+                        "project's set-encoder user embedding", "official")
+    reduced_dim: int = _opt("channels of the reduced feature map", 8)
+    align_size: int = _opt("RoI/RoD align size (official variant)", 9)
+    num_positions: int = _opt("official variant: candidate crops per image, in their fixed order, each with its "
+                              "own personal offset (CPC's 24 views in the release)", 24)
+    attention: bool = _opt("official variant: DANet position + channel attention before DimRed in the "
+                           "subjective branch", False)
+    bgr_order: bool = _opt("official variant: feed the objective branch cv2's BGR channel order, as the release "
+                           "(only for checkpoints trained that way)", False)
+    official_crops_per_step: int = _opt("official pre-training: GAICD views scored per image (the release: 64)", 64)
+    official_prior_epochs: int = _opt("official prior: epochs per training user (the release: 20)", 20)
+    official_prior_lr: float = _opt("official prior: learning rate (the release: 1e-3)", 1e-3)
+    official_finetune_epochs: int = _opt("official fine-tuning: epochs over the N images (the release: 10)", 10)
+    official_finetune_lr: float = _opt("official fine-tuning: learning rate (the release: 1e-3)", 1e-3)
     backbone: str = field(default="mobilenetv2", metadata={"help": f"one of {', '.join(PIC_BACKBONES)}"})
     use_partition_aware: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
     use_content_preserve: bool = field(default=False, metadata={"help": "not part of PIC: must stay false"})
@@ -81,10 +100,12 @@ class Config(GAICDConfig):
         self._derive("PIC_users", self.PIC_path, "users.json")
         self._derive("PIC_anno", self.PIC_path, "annotations")
         self._derive("PIC_human", self.PIC_path, "human_bboxes.json")
+        self._derive("PIC_release", self.data_root, "PIC_release")
         super().__post_init__()
 
     def validate(self) -> None:
         check_choice("model_type", self.model_type, ("PIC",))
+        check_choice("variant", self.variant, VARIANTS)
         check_choice("backbone", self.backbone, PIC_BACKBONES)
         check_choice("objective_set", self.objective_set, OBJECTIVE_SETS)
         check_choice("finetune_scope", self.finetune_scope, FINETUNE_SCOPES)
@@ -109,7 +130,7 @@ class Config(GAICDConfig):
         for name in ("val_fraction", "user_test_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be between 0 and 1")
-        for name in ("prior_lr", "finetune_lr"):
+        for name in ("prior_lr", "finetune_lr", "official_prior_lr", "official_finetune_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be > 0")
         for name in ("subjective_loss_weight", "finetune_reg"):

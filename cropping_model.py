@@ -497,7 +497,7 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
         model.cfg = cfg
         return model
     if model_type == "PIC":
-        from pic_model import PICModel  # pic_model builds on this module
+        from pic_embedding import PICModel  # pic_embedding builds on this module
         return PICModel(cfg, loadweights=loadweights)
     raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC', 'GAIC-official' or 'PIC'")
 
@@ -529,6 +529,9 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
             "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
             "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
         return model.to(device).eval()
+    from pic_model import is_official_pic_state_dict, official_pic_from_state_dict  # builds on this module
+    if "model_type" not in content and is_official_pic_state_dict(content["model"]):
+        return official_pic_from_state_dict(content["model"], overrides).to(device).eval()
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
         from pic_model import load_pic_model  # pic_model builds on this module

@@ -1,5 +1,12 @@
 """Fine-tune the PIC prior model to new users from a few of their rated images, and report.
 
+The checkpoint's variant decides. Official (the published recipe): for each user of
+``PIC_release/finetune/<N>/train`` (N = `finetune_images`), the prior is reloaded and the whole
+network trained on that user's N images, `official_finetune_epochs` (10) epochs, batch 1, Adam at
+`official_finetune_lr` (1e-3), loss fidelity + 0.8 x smooth-L1, crops in their fixed order; the
+report is on ``finetune/<N>/val/<user>_val.csv``: generic (the prior's objective branch), prior
+(with the personal offsets), finetuned. The rest of this text is the embedding variant (ours).
+
   python finetune_PIC.py --checkpoint experiments/PIC_mobilenetv2_prior/checkpoints/prior.pth --data-root DATA
   python finetune_PIC.py --checkpoint prior.pth --data-root DATA --finetune_images 10 --users alice bob
 
@@ -35,9 +42,10 @@ from tqdm import tqdm
 
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
-from pic_dataset import PICImageDataset, load_pic_data, split_user_images
-from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
-                       prior_pull_loss, single_threaded, user_images, user_scores)
+from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
+from pic_embedding import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
+                           prior_pull_loss, single_threaded, user_images, user_scores)
+from pic_model import evaluate_images, is_official_pic_state_dict, rated_images, train_on_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
@@ -46,8 +54,8 @@ from untils.training import summary_writer
 
 MODELS = ("generic", "prior-mean", "prior", "finetuned")
 METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
-           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10")
-METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10",
+           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc5", "wacc10")
+METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10", "wacc5": "wAcc5", "wacc10": "wAcc10",
                  **{f"acc{k}_{n}": f"Acc{k}/{n}" for k in range(1, 5) for n in (5, 10)}}
 
 
@@ -143,12 +151,53 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
     return csv_path, md_path
 
 
+def finetune_official(checkpoint: dict, args) -> dict:
+    """The official fine-tuning (module docstring) of every user of ``finetune/<N>/``."""
+    if checkpoint.get("stage") != "prior":
+        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
+    prior = load_crop_model(checkpoint, overrides=given_config_options(args))
+    cfg = prior.cfg
+    seed_everything(cfg.seed)
+    release = load_release_layout(cfg.PIC_release, cfg.num_positions)
+    if cfg.finetune_images not in release.finetune:
+        raise SystemExit(f"{cfg.PIC_release}/finetune has no {cfg.finetune_images}/ split (it has "
+                         f"{sorted(release.finetune) or 'none'}); pass --finetune_images with one of them")
+    by_user = release.finetune[cfg.finetune_images]
+    users = args.users or sorted(by_user)
+    unknown = [user for user in users if user not in by_user]
+    if unknown:
+        raise SystemExit(f"users {unknown} have no files in {cfg.PIC_release}/finetune/{cfg.finetune_images}/")
+    cfg.exp_name = cfg.exp_name or f"{cfg.prefix}_finetune{cfg.finetune_images}"
+    exp_path = cfg.create_experiment_dir()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = []
+    for user in tqdm(users, desc="users", disable=args.no_progress):
+        support = rated_images(release.image_dir, by_user[user].train, cfg.bgr_order)
+        test = rated_images(release.image_dir, by_user[user].val, cfg.bgr_order)
+        model = copy.deepcopy(prior)
+        train_on_images(model, support, cfg.official_finetune_epochs, cfg.official_finetune_lr, 1.0, 0.8, generator)
+        evaluations = {"generic": evaluate_images(prior, test, personal=False),
+                       "prior": evaluate_images(prior, test), "finetuned": evaluate_images(model, test)}
+        rows += [result_row(user, name, metrics, len(test), shots=cfg.finetune_images)
+                 for name, metrics in evaluations.items()]
+        if not args.no_save_users:
+            save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
+                         "stage": "finetuned", "user": user,
+                         "finetune": {"support": list(by_user[user].train), "test": list(by_user[user].val)}},
+                        os.path.join(exp_path, "users", f"{user}.pth"))
+    csv_path, md_path = write_results(rows, exp_path, f"PIC (official), {cfg.finetune_images} images per user")
+    print(f"results: {csv_path}, {md_path}", flush=True)
+    return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = config_PIC.script_parser(__doc__)
     parser.add_argument("--users", nargs="+", metavar="ID", help="users to fine-tune to (default: the test users)")
     parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if checkpoint.get("model_type") == "PIC" and is_official_pic_state_dict(checkpoint.get("model", {})):
+        return finetune_official(checkpoint, args)
     if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
             or checkpoint.get("stage") != "prior":
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")

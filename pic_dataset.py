@@ -22,7 +22,9 @@ image) in one error. ``PICDataset`` gives ``cropping_dataset``'s item dicts plus
 ``PICImageDataset`` gives each image once with the users' average score of each crop (the
 objective scores of the generated benchmark). ``convert_ratings_csv`` turns a table of
 per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format; run it as
-``python pic_dataset.py ratings.csv --out DATA_ROOT [--images DIR]``. The folder is written by
+``python pic_dataset.py ratings.csv --out DATA_ROOT [--images DIR]``. The release's CSV layout
+(:class:`ReleaseData`) is read by ``load_release_layout`` and converted both ways by
+``write_release_layout`` and ``release_to_json``. The folder is written by
 ``untils.pic_format``, which the generated benchmark (``untils/pic_synthetic.py``) uses too.
 """
 from __future__ import annotations
@@ -44,8 +46,10 @@ from torch.utils.data import ConcatDataset
 
 from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
                               problems_error, read_crop_annotations, read_human_boxes)
-from untils.pic_format import USER_ID_PATTERN, write_pic_annotations
-from untils.training import seeded_order
+from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
+                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, write_pic_annotations,
+                               write_release_csv)
+from untils.training import held_out_images, seeded_order
 
 if TYPE_CHECKING:
     from config_PIC import Config
@@ -416,6 +420,269 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] =
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(os.path.join(image_dir, name), target)
     return {"path": pic_dir, "train": train, "test": test}
+
+
+# ----------------------------------------------------------------------------------------------
+# The release's layout (github Cooperxjt/PIC) and the converters between it and ours
+# ----------------------------------------------------------------------------------------------
+
+UserRatings = dict[str, CropAnnotation]  # image name -> crops (in file order) and scores
+
+
+@dataclass
+class RatedSplit:
+    """One user's two files: ``train`` (fit on) and ``val`` (the release evaluates on it)."""
+    train: UserRatings
+    val: UserRatings
+
+
+@dataclass
+class ReleaseData:
+    """The checked contents of a folder in the release's layout (``untils.pic_format``)::
+
+        prior/<user>_train.csv, prior/<user>_val.csv          training users (prior stage)
+        finetune/<N>/train/<user>_train.csv, <N>/val/<user>_val.csv   test users, N shots
+        images/<name>                                          the photos the CSVs name
+        pretrain/<user>/<image>                                user classification, one folder per user
+
+    Each CSV has the header ``name,bbox,score``, one row per crop, ``bbox`` "[x1,y1,x2,y2]" in
+    original pixels; an image's crops keep their file order (the official model's personal offset
+    belongs to a position in that order). Splits are honoured as given.
+    """
+    root: str
+    image_dir: str
+    prior: dict[str, RatedSplit]
+    finetune: dict[int, dict[str, RatedSplit]]
+    pretrain: dict[str, list[str]]  # user -> image paths
+
+    @property
+    def train_users(self) -> list[str]:
+        return sorted(self.prior)
+
+    def image_path(self, name: str) -> str:
+        return os.path.join(self.image_dir, name)
+
+
+def _parse_release_box(text: str) -> list[float]:
+    parts = text.strip().strip("[]").split(",")
+    if len(parts) != 4:
+        raise ValueError("four numbers")
+    return [float(part) for part in parts]
+
+
+def _read_release_csv(path: str, user: str, image_dir: str, sizes: dict[str, Optional[tuple[int, int]]],
+                      positions: Optional[int], problems: list[str]) -> UserRatings:
+    """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
+    boxes: dict[str, list[list[float]]] = {}
+    scores: dict[str, list[float]] = {}
+    first_row: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        if tuple(reader.fieldnames or ()) [:3] != RELEASE_CSV_HEADER:
+            problems.append(f"user {user}, {path}, row 1: header {reader.fieldnames} must start with "
+                            f"{','.join(RELEASE_CSV_HEADER)}")
+            return {}
+        for row_number, row in enumerate(reader, start=2):
+            where = f"user {user}, {path}, row {row_number}"
+            name = (row["name"] or "").strip()
+            try:
+                box, score = _parse_release_box(row["bbox"] or ""), float(row["score"])
+            except ValueError:
+                problems.append(f"{where}: bbox must be \"[x1,y1,x2,y2]\" and score a number, got "
+                                f"{row['bbox']!r} and {row['score']!r}")
+                continue
+            if not name:
+                problems.append(f"{where}: empty image name")
+                continue
+            if not all(math.isfinite(v) for v in box + [score]):
+                problems.append(f"{where}: values must be finite")
+                continue
+            if name not in sizes:
+                sizes[name] = _image_size(os.path.join(image_dir, name))
+            if sizes[name] is None:
+                problems.append(f"{where}: image {os.path.join(image_dir, name)} is missing or unreadable")
+                continue
+            checked, _, problem = check_boxes(np.asarray([box], dtype=np.float64), *sizes[name])
+            if problem:
+                problems.append(f"{where}: crop {problem}")
+                continue
+            if box_key(checked[0]) in {box_key(seen) for seen in boxes.get(name, [])}:
+                problems.append(f"{where}: crop {box} of {name} is listed twice")
+                continue
+            first_row.setdefault(name, row_number)
+            boxes.setdefault(name, []).append(checked[0].tolist())
+            scores.setdefault(name, []).append(score)
+    for name, listed in boxes.items():
+        where = f"user {user}, {path}, row {first_row[name]}"
+        if len(listed) < MIN_CROPS:
+            problems.append(f"{where}: image {name} has {len(listed)} crops, at least {MIN_CROPS} are needed")
+        elif positions is not None and len(listed) != positions:
+            problems.append(f"{where}: image {name} has {len(listed)} crops; the official model scores exactly "
+                            f"{positions} (--num_positions), one per fixed position")
+    if not boxes and not any(problem.startswith(f"user {user}, {path}") for problem in problems):
+        problems.append(f"user {user}, {path}, row 1: no crops")
+    return {name: CropAnnotation(np.asarray(boxes[name]), np.asarray(scores[name])) for name in boxes}
+
+
+def _release_users(folder: str, suffix: str) -> list[str]:
+    return sorted(entry[:-len(suffix)] for entry in os.listdir(folder) if entry.endswith(suffix)) \
+        if os.path.isdir(folder) else []
+
+
+def load_release_layout(root: str, positions: Optional[int] = None) -> ReleaseData:
+    """Read and check a folder in the release's layout (:class:`ReleaseData`); every problem
+    (naming the user, the file and the row) is listed in one ``DatasetError``. ``positions``:
+    the number of crops each image must have (the official model's fixed candidate count)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"release-layout PIC folder not found: {root} (see pic_dataset.ReleaseData)")
+    image_dir = os.path.join(root, RELEASE_IMAGE_FOLDER)
+    problems: list[str] = []
+    sizes: dict[str, Optional[tuple[int, int]]] = {}
+
+    def read_pair(train_path: str, val_path: str, user: str) -> RatedSplit:
+        pair = []
+        for path in (train_path, val_path):
+            if not os.path.isfile(path):
+                problems.append(f"user {user}, {path}: file missing")
+                pair.append({})
+            else:
+                pair.append(_read_release_csv(path, user, image_dir, sizes, positions, problems))
+        return RatedSplit(*pair)
+
+    prior_dir = os.path.join(root, RELEASE_PRIOR_FOLDER)
+    prior = {user: read_pair(os.path.join(prior_dir, f"{user}_train.csv"), os.path.join(prior_dir, f"{user}_val.csv"),
+                             user) for user in _release_users(prior_dir, "_train.csv")}
+    finetune: dict[int, dict[str, RatedSplit]] = {}
+    finetune_dir = os.path.join(root, RELEASE_FINETUNE_FOLDER)
+    for entry in sorted(os.listdir(finetune_dir)) if os.path.isdir(finetune_dir) else []:
+        if not entry.isdigit():
+            problems.append(f"{os.path.join(finetune_dir, entry)}: expected folders named by N (5, 10, 20)")
+            continue
+        shots_dir = os.path.join(finetune_dir, entry)
+        finetune[int(entry)] = {user: read_pair(os.path.join(shots_dir, "train", f"{user}_train.csv"),
+                                                os.path.join(shots_dir, "val", f"{user}_val.csv"), user)
+                                for user in _release_users(os.path.join(shots_dir, "train"), "_train.csv")}
+    pretrain_dir = os.path.join(root, RELEASE_PRETRAIN_FOLDER)
+    pretrain = {user: sorted(os.path.join(pretrain_dir, user, name) for name in os.listdir(os.path.join(pretrain_dir, user)))
+                for user in sorted(os.listdir(pretrain_dir)) if os.path.isdir(os.path.join(pretrain_dir, user))} \
+        if os.path.isdir(pretrain_dir) else {}
+    for user, paths in pretrain.items():
+        for path in paths:
+            if _image_size(path) is None:
+                problems.append(f"user {user}, {path}: not a readable image")
+    if not prior:
+        problems.append(f"{prior_dir}: no <user>_train.csv of training users")
+    if problems:
+        raise problems_error(f"release-layout PIC folder {root}", problems)
+    return ReleaseData(root, image_dir, prior, finetune, pretrain)
+
+
+def rated_average(files: Sequence[UserRatings]) -> UserRatings:
+    """Each image's crops (in order of first appearance) with the mean of the scores the files give
+    them: the objective target of the official pre-training (the training users' average)."""
+    totals: dict[str, dict[tuple[float, ...], list[float]]] = {}
+    for user_ratings in files:
+        for name, entry in user_ratings.items():
+            crops = totals.setdefault(name, {})
+            for box, score in zip(entry.boxes, entry.scores):
+                crops.setdefault(box_key(box), []).append(float(score))
+    return {name: CropAnnotation(np.asarray([list(key) for key in crops]),
+                                 np.asarray([np.mean(scores) for scores in crops.values()]))
+            for name, crops in totals.items()}
+
+
+def _as_json_entry(annotation: CropAnnotation) -> dict[str, list]:
+    return {"bbox": annotation.boxes.tolist(), "score": annotation.scores.tolist()}
+
+
+def _release_rows(data: PICData, user: str, names: Sequence[str]) -> dict[str, dict[str, list]]:
+    return {name: _as_json_entry(data.annotations[user][name]) for name in names}
+
+
+def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5, 10, 20), val_fraction: float = 0.2,
+                         test_fraction: float = 0.5, seed: int = 0, overwrite: bool = False) -> str:
+    """Write ``data`` (our layout) in the release's layout under ``out_dir``; returns ``out_dir``.
+
+    Training users: ``prior/<user>_train.csv`` and ``_val.csv`` (``held_out_images(val_fraction,
+    seed)``), their images in ``pretrain/<user>/``. Test users: ``finetune/<N>/train`` = the N
+    support images of :func:`split_user_images` and ``finetune/<N>/val`` = its test images (the
+    same for every N, as the embedding variant reports on), so both variants see the same images.
+    """
+    if os.path.exists(out_dir):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
+        shutil.rmtree(out_dir)
+    splits = {}
+    for n in shots:
+        splits[n] = {user: split_user_images(user, data.images_of(user), n, 0, test_fraction, seed)
+                     for user in data.test_users}
+    names = sorted({name for user in data.users for name in data.images_of(user)})
+    os.makedirs(os.path.join(out_dir, RELEASE_IMAGE_FOLDER))
+    for name in names:
+        target = os.path.join(out_dir, RELEASE_IMAGE_FOLDER, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(data.image_path(name), target)
+    for user in data.train_users:
+        held_out = set(held_out_images(data.images_of(user), val_fraction, seed))
+        train = [name for name in data.images_of(user) if name not in held_out]
+        prior_dir = os.path.join(out_dir, RELEASE_PRIOR_FOLDER)
+        write_release_csv(os.path.join(prior_dir, f"{user}_train.csv"), _release_rows(data, user, train))
+        write_release_csv(os.path.join(prior_dir, f"{user}_val.csv"),
+                          _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]))
+        user_dir = os.path.join(out_dir, RELEASE_PRETRAIN_FOLDER, user)
+        os.makedirs(user_dir)
+        for name in train:
+            shutil.copy2(data.image_path(name), os.path.join(user_dir, name.replace("/", "_")))
+    for n, by_user in splits.items():
+        for user, split in by_user.items():
+            shots_dir = os.path.join(out_dir, RELEASE_FINETUNE_FOLDER, str(n))
+            write_release_csv(os.path.join(shots_dir, "train", f"{user}_train.csv"),
+                              _release_rows(data, user, split.support))
+            write_release_csv(os.path.join(shots_dir, "val", f"{user}_val.csv"), _release_rows(data, user, split.test))
+    return out_dir
+
+
+def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False) -> str:
+    """Write ``<out_root>/PIC`` (our layout) from a release-layout folder; returns its path.
+
+    The prior's users are the training users, the fine-tuning users the test users; a user's
+    ratings are the union of all that user's files (a crop rated twice must have one score). Our
+    layout holds no splits: the N-shot files become one set per user.
+    """
+    pic_dir = os.path.join(out_root, "PIC")
+    if os.path.exists(pic_dir):
+        if not overwrite:
+            raise FileExistsError(f"{pic_dir} already exists; pass overwrite=True to replace it")
+        shutil.rmtree(pic_dir)
+    files: dict[str, list[UserRatings]] = {}
+    for user, split in release.prior.items():
+        files.setdefault(user, []).extend([split.train, split.val])
+    test_users = sorted({user for by_user in release.finetune.values() for user in by_user} - set(release.prior))
+    for by_user in release.finetune.values():
+        for user, split in by_user.items():
+            files.setdefault(user, []).extend([split.train, split.val])
+    problems: list[str] = []
+    ratings: dict[str, dict[str, dict[str, list]]] = {}
+    for user, ratings_files in files.items():
+        merged: dict[str, dict[tuple[float, ...], float]] = {}
+        for user_ratings in ratings_files:
+            for name, entry in user_ratings.items():
+                crops = merged.setdefault(name, {})
+                for box, score in zip(entry.boxes, entry.scores):
+                    if crops.setdefault(box_key(box), float(score)) != float(score):
+                        problems.append(f"user {user}, image {name}: crop {box.tolist()} has two scores in the "
+                                        "release's files")
+        ratings[user] = {name: {"bbox": [list(key) for key in crops], "score": list(crops.values())}
+                         for name, crops in merged.items()}
+    if problems:
+        raise problems_error(f"release-layout PIC folder {release.root}", problems)
+    os.makedirs(os.path.join(pic_dir, "images"))
+    for name in sorted({name for user_ratings in ratings.values() for name in user_ratings}):
+        target = os.path.join(pic_dir, "images", name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(release.image_path(name), target)
+    write_pic_annotations(pic_dir, release.train_users, test_users, ratings)
+    return pic_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

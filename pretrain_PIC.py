@@ -1,5 +1,15 @@
 """Pre-train personalized cropping (PIC): one backbone, an objective and a subjective branch.
 
+  python pretrain_PIC.py --data-root DATA --pretrained false      # official variant (the default)
+
+The official variant (``--variant official``, the published recipe) reads ``PIC_release`` (the
+release's CSV layout, ``pic_dataset.ReleaseData``): each step scores up to
+`official_crops_per_step` crops of one image with the objective branch (smooth-L1 against the
+training users' mean score of each crop) and classifies one augmented 256x256 image of
+``pretrain/<user>/`` by its user (cross-entropy), Adam at `lr` (1e-4), batch 1, `max_epoch`
+epochs; writes checkpoints/pretrain.pth. The rest of this text is our variant
+(``--variant embedding``, ``pic_embedding.py``):
+
   python pretrain_PIC.py --data-root DATA                         # objective: the users' average scores
   python pretrain_PIC.py --data-root DATA --objective_set GAICD   # objective: GAICD's scores (or CPC)
   python pretrain_PIC.py --resume experiments/PIC_mobilenetv2/checkpoints/last.pth
@@ -17,24 +27,31 @@ users are never seen here.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import config_PIC
 from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import CropOutput, build_crop_model, crop_score_loss
-from pic_dataset import PICData, PICImageDataset, load_pic_data
-from pic_model import PICModel
+from pic_dataset import PICData, PICImageDataset, load_pic_data, load_release_layout, rated_average
+from pic_embedding import PICModel
+from pic_model import augmented_user_image, build_official_model, pic_user_image, rated_images
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
+from untils.checkpoint import config_to_dict, save_atomic
 from untils.cli import run_script
+from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
 from untils.inference import move_batch
+from untils.runtime import seed_everything
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
@@ -188,9 +205,58 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
     return PICPretrainer(cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, progress)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer:
+def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
+    """The official pre-training (module docstring); returns ``{"checkpoint", "exp_path", "history"}``."""
+    release = load_release_layout(cfg.PIC_release, cfg.num_positions)
+    users = sorted(release.pretrain)
+    if len(users) < 2:
+        raise SystemExit(f"{cfg.PIC_release}/pretrain needs one folder of images per training user (two or more)")
+    cfg.num_users = len(users)
+    seed_everything(cfg.seed)
+    model = build_official_model(cfg, cfg.backbone_weight_path if cfg.pretrained else None)
+    objective = rated_images(release.image_dir, rated_average([split.train for split in release.prior.values()]),
+                             cfg.bgr_order)
+    labelled = [(path, label) for label, user in enumerate(users) for path in release.pretrain[user]]
+    user_images = {}
+    for path, _ in labelled:
+        with Image.open(path) as photo:
+            user_images[path] = pic_user_image(photo)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    exp_path = cfg.create_experiment_dir()
+    history = []
+    model.train()
+    for epoch in tqdm(range(cfg.max_epoch), desc="pre-training", disable=not progress):
+        order = torch.randperm(len(objective), generator=generator).tolist()
+        classes = torch.randperm(len(labelled), generator=generator).tolist()
+        total = 0.0
+        for step, index in enumerate(order):
+            example = objective[index]
+            keep = torch.randperm(example.crop_box.shape[1], generator=generator)[:cfg.official_crops_per_step]
+            scores = model.objective_scores(example.image, example.crop_box[:, keep])[0]
+            path, label = labelled[classes[step % len(classes)]]
+            logits = model.user_logits(augmented_user_image(user_images[path], generator))
+            loss = F.smooth_l1_loss(scores, example.scores[keep]) + F.cross_entropy(logits, torch.tensor([label]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item()
+        history.append({"epoch": epoch, "loss": total / len(order)})
+    path = os.path.join(exp_path, "checkpoints", "pretrain.pth")
+    save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
+                 "stage": "pretrain", "users": users, "history": history}, path)
+    print(f"official pre-training ({len(users)} users, {len(objective)} objective images) saved to {path}", flush=True)
+    return {"checkpoint": path, "exp_path": exp_path, "history": history}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer | dict:
     parser = build_parser(__doc__, config_PIC.Config, exclude=config_PIC.NOT_PIC_OPTIONS)
-    return launch(build_trainer, config_PIC.Config, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if config_PIC.Config(**given_config_options(args)).variant == "official":
+        if args.resume:
+            raise SystemExit("--resume is for the embedding variant's engine; the official pre-training restarts")
+        return pretrain_official(config_PIC.Config(**given_config_options(args)), progress=True)
+    return launch(build_trainer, config_PIC.Config, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
-"""Train the PIC prior model: the individual preference module, jointly over all training users.
+"""Train the PIC prior model.
 
-  python prior_PIC.py --checkpoint experiments/PIC_mobilenetv2/checkpoints/best-srcc.pth --data-root DATA
+  python prior_PIC.py --checkpoint experiments/PIC_mobilenetv2/checkpoints/pretrain.pth --data-root DATA
+
+The checkpoint's variant decides. Official (the published recipe): every parameter is trained
+through the training users of ``PIC_release`` (``prior/<user>_train.csv``) in turn,
+`official_prior_epochs` (20) epochs per user, batch 1, Adam at `official_prior_lr` (1e-3), loss
+0.8 x fidelity + smooth-L1, each image's crops in their fixed order (one personal offset per
+position); the mean metrics on ``prior/<user>_val.csv`` are reported and checkpoints/prior.pth
+written. Embedding (this project's variant), the rest of this text: the preference module,
+jointly over all training users.
 
 The pre-trained backbone and both branches are frozen: the objective score and the description
 (subjective feature + geometry) of every candidate crop of the training users' images are computed
@@ -26,9 +34,10 @@ from tqdm import tqdm
 
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
-from pic_dataset import PICImageDataset, load_pic_data
-from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
-                       single_threaded, user_images, user_scores)
+from pic_dataset import PICImageDataset, load_pic_data, load_release_layout
+from pic_embedding import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
+                           single_threaded, user_images, user_scores)
+from pic_model import evaluate_images, is_official_pic_state_dict, rated_images, train_on_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
@@ -117,12 +126,39 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
     return history
 
 
+def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
+    """The official prior (module docstring): every parameter, through the training users in turn."""
+    model = load_crop_model(content, overrides=overrides)
+    cfg = model.cfg
+    seed_everything(cfg.seed)
+    release = load_release_layout(cfg.PIC_release, cfg.num_positions)
+    cfg.exp_name = cfg.exp_name or f"{cfg.prefix}_prior"
+    exp_path = cfg.create_experiment_dir()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for user in tqdm(release.train_users, desc="prior users", disable=not progress):
+        split = release.prior[user]
+        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.bgr_order),
+                                 cfg.official_prior_epochs, cfg.official_prior_lr, 0.8, 1.0, generator)
+        history.append({"user": user, "loss": losses[-1]})
+    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.bgr_order))
+           for user, split in release.prior.items() if split.val}
+    metrics = {name: float(np.mean([table[name] for table in val.values()])) for name in next(iter(val.values()))}
+    path = os.path.join(exp_path, "checkpoints", "prior.pth")
+    save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC", "stage": "prior",
+                 "metrics": metrics, "history": history}, path)
+    print(f"official prior model (val srcc={metrics['srcc']:.4f} over {len(val)} users) saved to {path}", flush=True)
+    return {"checkpoint": path, "exp_path": exp_path, "history": history, "best": metrics}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = config_PIC.script_parser(__doc__).parse_args(argv)
     content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     if content.get("model_type") != "PIC":
         raise SystemExit(f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
                          "give a checkpoint of pretrain_PIC.py")
+    if is_official_pic_state_dict(content.get("model", {})):
+        return prior_official(content, given_config_options(args), not args.no_progress)
     model = load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False)
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)

@@ -80,7 +80,7 @@ def run_benchmark(out_dir: str, settings: BenchmarkSettings = BenchmarkSettings(
     quiet = [] if progress else ["--no-progress"]
     size = str(settings.image_size)
     trainer = pretrain_PIC.main(common + quiet + [
-        "--exp_name", "pretrain", "--pretrained", "false", "--image_size", size, size, "--keep_aspect_ratio", "false",
+        "--variant", "embedding", "--exp_name", "pretrain", "--pretrained", "false", "--image_size", size, size, "--keep_aspect_ratio", "false",
         "--images_per_step", "8", "--batch_size", "8", "--max_epoch", str(settings.pretrain_epochs),
         "--warmup_epochs", "1", "--view_per_image", "32", "--lr", "1e-3"])
     pretrained = os.path.join(trainer.checkpoint_dir, "best-srcc.pth")

@@ -13,7 +13,7 @@ import crop
 from config_GAICD import Config as GAICDConfig
 from config_PIC import Config
 from cropping_model import build_crop_model
-from pic_model import PICModel
+from pic_embedding import PICModel
 
 
 def _pic_checkpoint(path, embeddings):

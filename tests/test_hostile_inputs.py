@@ -81,7 +81,8 @@ CHECKPOINT_COMMANDS = {
     "test": lambda evil, photo, out: ["test.py", "--checkpoint", str(evil), "--no-progress"],
     "train-resume": lambda evil, photo, out: ["train_on_GAICD.py", "--resume", str(evil), "--no-progress"],
     "train_on_CPC-resume": lambda evil, photo, out: ["train_on_CPC.py", "--resume", str(evil), "--no-progress"],
-    "pretrain_PIC-resume": lambda evil, photo, out: ["pretrain_PIC.py", "--resume", str(evil), "--no-progress"],
+    "pretrain_PIC-resume": lambda evil, photo, out: ["pretrain_PIC.py", "--variant", "embedding", "--resume", str(evil),
+                                                              "--no-progress"],
     "prior_PIC": lambda evil, photo, out: ["prior_PIC.py", "--checkpoint", str(evil), "--no-progress"],
     "finetune_PIC": lambda evil, photo, out: ["finetune_PIC.py", "--checkpoint", str(evil), "--no-progress"],
 }

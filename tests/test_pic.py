@@ -89,7 +89,7 @@ def test_pretraining_with_gaicd_as_the_objective(tmp_path):
     build_demo_dataset(tmp_path, num_train=6, num_test=2, long_side=96)
     build_pic_benchmark(tmp_path, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=4,
                         images_per_train_user=4, long_side=96)
-    trainer = pretrain_PIC.main(["--data-root", str(tmp_path), "--objective_set", "GAICD", "--pretrained", "false",
+    trainer = pretrain_PIC.main(["--data-root", str(tmp_path), "--variant", "embedding", "--objective_set", "GAICD", "--pretrained", "false",
                                  "--image_size", "64", "64", "--keep_aspect_ratio", "false", "--max_epoch", "1",
                                  "--warmup_epochs", "0", "--images_per_step", "2", "--batch_size", "2",
                                  "--view_per_image", "8", "--num_workers", "0", "--device", "cpu", "--exp_root",

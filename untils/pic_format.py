@@ -1,4 +1,5 @@
-"""Writing a PIC folder: the per-user rating format that ``pic_dataset.load_pic_data`` reads.
+"""Writing PIC folders: our JSON layout (``pic_dataset.load_pic_data``) and the release's CSV layout
+(``pic_dataset.load_release_layout``).
 
 Here, not in ``pic_dataset.py``, because both the converter of real ratings
 (``pic_dataset.convert_ratings_csv``) and the generated benchmark (``untils/pic_synthetic.py``)
@@ -7,6 +8,7 @@ is described in ``pic_dataset.py``.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -33,3 +35,41 @@ def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: 
     if human_boxes is not None:
         with open(os.path.join(pic_dir, "human_bboxes.json"), "w") as stream:
             json.dump({name: [float(v) for v in box] for name, box in human_boxes.items()}, stream)
+
+
+# The layout of PIC's release (github Cooperxjt/PIC): per-user CSV files of ``name,bbox,score``.
+RELEASE_CSV_HEADER = ("name", "bbox", "score")
+RELEASE_PRIOR_FOLDER = "prior"        # <user>_train.csv, <user>_val.csv of the training users
+RELEASE_FINETUNE_FOLDER = "finetune"  # <N>/train/<user>_train.csv, <N>/val/<user>_val.csv of the test users
+RELEASE_PRETRAIN_FOLDER = "pretrain"  # <user>/<image>: the user-classification images, one folder per user
+RELEASE_IMAGE_FOLDER = "images"       # the photos the CSV names point to
+
+
+def write_release_csv(path: str, ratings: Mapping[str, Mapping[str, list]]) -> None:
+    """Write one user's ``{image: {"bbox": [[x1, y1, x2, y2], ...], "score": [...]}}`` as the release's
+    CSV: one row per crop, ``bbox`` as "[x1,y1,x2,y2]" in original pixels, crops in the given order."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(RELEASE_CSV_HEADER)
+        for name, entry in ratings.items():
+            for box, score in zip(entry["bbox"], entry["score"]):
+                writer.writerow([name, "[" + ",".join(f"{float(v):g}" for v in box) + "]", f"{float(score):g}"])
+
+
+FIXED_VIEW_SCALES = (0.95, 0.85, 0.75, 0.65)
+FIXED_VIEW_ANCHORS = ((0.0, 0.25), (0.5, 0.25), (1.0, 0.25), (0.0, 0.75), (0.5, 0.75), (1.0, 0.75))
+
+
+def fixed_views(width: int, height: int) -> list[list[int]]:
+    """24 candidate crops of a ``width`` x ``height`` image in a fixed order, for the official
+    model's per-position offsets (the release's CPC views are not published as a rule): for each
+    scale of both sides (0.95 .. 0.65), the crop placed at six anchors of the free space (left,
+    centre, right; upper and lower quarter), whole pixels."""
+    views = []
+    for scale in FIXED_VIEW_SCALES:
+        crop_w, crop_h = round(scale * width), round(scale * height)
+        for ax, ay in FIXED_VIEW_ANCHORS:
+            x1, y1 = round(ax * (width - crop_w)), round(ay * (height - crop_h))
+            views.append([x1, y1, x1 + crop_w, y1 + crop_h])
+    return views

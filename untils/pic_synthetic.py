@@ -41,7 +41,7 @@ from PIL import Image
 from untils.candidates import gaic_grid_candidates
 from untils.demo_data import build_demo_dataset
 from untils.metrics import spearman
-from untils.pic_format import write_pic_annotations
+from untils.pic_format import fixed_views, write_pic_annotations
 
 TASTE_GROUPS = ("centred", "thirds", "headroom", "tight")
 TARGET_RANGES = {"centred": (0.47, 0.53), "thirds": (0.30, 0.36), "headroom": (0.22, 0.32), "tight": (0.85, 0.95)}
@@ -113,21 +113,25 @@ def sample_taste(group: str, rng: np.random.Generator) -> Taste:
 
 
 def _rate(taste: Taste, rng: np.random.Generator, width: int, height: int,
-          human_box: Optional[Box]) -> dict[str, list]:
-    crops = gaic_grid_candidates(width, height).to(int).tolist()
+          human_box: Optional[Box], candidates: str = "grid") -> dict[str, list]:
+    crops = fixed_views(width, height) if candidates == "fixed" else gaic_grid_candidates(width, height).to(int).tolist()
     scores = [taste_score(taste, crop, human_box, width, height) + rng.normal(0.0, taste.noise) for crop in crops]
     return {"bbox": crops, "score": [round(min(MAX_SCORE, max(MIN_SCORE, s)), 2) for s in scores]}
 
 
 def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6, test_users_per_group: int = 2,
                         train_images: int = 96, test_images: int = 40, images_per_train_user: int = 32,
-                        long_side: int = 256, seed: int = 0, overwrite: bool = False) -> dict:
+                        long_side: int = 256, seed: int = 0, overwrite: bool = False, candidates: str = "grid") -> dict:
     """Write ``<root>/PIC`` (and its ``tastes.json``); return ``{"path", "train", "test", "groups"}``.
 
     Users are ``<group>-<NN>``; the first ``train_users_per_group`` of each group are training
     users, each rating ``images_per_train_user`` random training images; test users rate every
-    test image. The same arguments give the same files.
+    test image. The same arguments give the same files. ``candidates``: "grid" (GAIC's grid
+    anchors) or "fixed" (``untils.pic_format.fixed_views``: 24 views in a fixed order, what the
+    official model's per-position offsets need).
     """
+    if candidates not in ("grid", "fixed"):
+        raise ValueError(f"candidates={candidates!r}; expected 'grid' or 'fixed'")
     if train_users_per_group < 1 or test_users_per_group < 1:
         raise ValueError("need at least one training and one test user per taste group")
     pic_dir = os.path.join(os.fspath(root), "PIC")
@@ -168,7 +172,7 @@ def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6,
         else:
             count = min(images_per_train_user, len(demo["train"]))
             names = sorted(user_rng.choice(demo["train"], size=count, replace=False).tolist())
-        ratings[user] = {name: _rate(tastes[user], user_rng, *sizes[name], human_boxes.get(name)) for name in names}
+        ratings[user] = {name: _rate(tastes[user], user_rng, *sizes[name], human_boxes.get(name), candidates) for name in names}
     write_pic_annotations(pic_dir, train_users, test_users, ratings, human_boxes)
     with open(os.path.join(pic_dir, TASTES_FILE), "w") as stream:
         json.dump({user: asdict(taste) for user, taste in tastes.items()}, stream, indent=1)
