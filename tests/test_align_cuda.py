@@ -140,6 +140,22 @@ def test_errors_on_cuda():
             op(features.cuda(), bad.cuda(), 3, 3, 0.25, backend="compiled")
 
 
+@pytest.mark.parametrize("name", ["roi", "rod"])
+def test_cuda_backward_skips_rows_without_a_batch_index(name):
+    """The CUDA backward does not copy batch indices to the host (autograd gives it the rows the
+    forward checked); a row whose index is out of range, fractional or NaN scatters nothing."""
+    features, rois = cuda_case(10, torch.float32)
+    grad = torch.randn(rois.shape[0], 5, 3, 3, generator=torch.Generator().manual_seed(11))
+    backward = getattr(getattr(torch.ops, f"{name}_align"), f"{name}_align_backward")
+    bad = rois.clone()
+    bad[[1, 4, 7], 0] = torch.tensor([3.0, 0.5, float("nan")])
+    keep = torch.ones(rois.shape[0], dtype=torch.bool)
+    keep[[1, 4, 7]] = False
+    expected = backward(grad[keep], rois[keep], 0.25, 3, 13, 17, True)
+    result = backward(grad.cuda(), bad.cuda(), 0.25, 3, 13, 17, True)
+    torch.testing.assert_close(result.cpu(), expected, **TOLERANCE[torch.float32])
+
+
 def test_backward_flags_nondeterminism():
     features, rois = cuda_case(9, torch.float32)
     x = features.cuda().requires_grad_(True)

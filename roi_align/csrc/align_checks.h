@@ -62,8 +62,13 @@ inline at::ScalarType compute_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The rois contiguous in the compute dtype, ready for the kernels.
+inline at::Tensor rois_for_kernels(const at::Tensor& rois, at::ScalarType values_dtype) {
+  return rois.to(compute_dtype(values_dtype)).contiguous();
+}
+
 // Checks that every rois[:, 0] is an integer in [0, batch_size) (on CUDA this synchronises)
-// and returns the rois contiguous in the compute dtype, ready for the kernels.
+// and returns the rois ready for the kernels.
 inline at::Tensor prepare_rois(const char* op, const at::Tensor& rois, at::ScalarType values_dtype,
                                int64_t batch_size) {
   const auto batch_index = rois.select(1, 0).to(at::kCPU, at::kDouble).contiguous();
@@ -75,7 +80,7 @@ inline at::Tensor prepare_rois(const char* op, const at::Tensor& rois, at::Scala
     TORCH_CHECK_VALUE(valid, op, ": rois[", row, ", 0] = ", index[row],
                       " is not a batch index: expected an integer in [0, ", batch_size, ")");
   }
-  return rois.to(compute_dtype(values_dtype)).contiguous();
+  return rois_for_kernels(rois, values_dtype);
 }
 
 }  // namespace gaic_align

@@ -2,7 +2,10 @@
 //
 // Forward: one thread per output element; with avg_pool it averages its four grid samples.
 // Backward: one thread per grid sample, scattering into the gradient with float32 (float64
-// for double) atomics, so the summation order, and the last bits, vary between runs.
+// for double) atomics, so the summation order, and the last bits, vary between runs. It does not
+// copy the batch indices to the host to check them: autograd hands it the rois the forward
+// checked, and a row whose index is not in [0, batch_size) scatters nothing. So a training step
+// synchronises once per op (the forward's check), not twice.
 // float16/bfloat16 sample and accumulate in float32 (at::opmath_type).
 #pragma once
 
@@ -64,7 +67,7 @@ __global__ void align_backward_kernel(int64_t total, const scalar_t* __restrict_
                                       const at::opmath_type<scalar_t>* __restrict__ rois,
                                       at::opmath_type<scalar_t> spatial_scale, int64_t channels, int64_t height,
                                       int64_t width, int64_t aligned_height, int64_t aligned_width, bool avg_pool,
-                                      at::opmath_type<scalar_t>* __restrict__ grad_features) {
+                                      int64_t batch_size, at::opmath_type<scalar_t>* __restrict__ grad_features) {
   using T = at::opmath_type<scalar_t>;
   const int64_t grid_height = aligned_height + avg_pool, grid_width = aligned_width + avg_pool;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
@@ -74,6 +77,8 @@ __global__ void align_backward_kernel(int64_t total, const scalar_t* __restrict_
     const int64_t c = (index / (grid_width * grid_height)) % channels;
     const int64_t k = index / (grid_width * grid_height * channels);
     const T* roi = rois + k * 5;
+    // Written so that NaN is skipped too.
+    if (!(roi[0] >= T(0) && roi[0] < static_cast<T>(batch_size) && roi[0] == floor(roi[0]))) continue;
     const Sampler<T> sampler(roi, spatial_scale, grid_height, grid_width, height, width);
     const BilinearSample<T> sample = cell_sample(sampler, gi, gj, height, width);
     if (sample.offset < 0) continue;
@@ -121,7 +126,7 @@ at::Tensor align_backward_cuda(const char* op, const at::Tensor& grad_output_in,
   const c10::cuda::CUDAGuard device_guard(grad_output_in.device());
   const int64_t channels = grad_output_in.size(1);
   const int64_t aligned_height = grad_output_in.size(2), aligned_width = grad_output_in.size(3);
-  const at::Tensor rois = prepare_rois(op, rois_in, grad_output_in.scalar_type(), batch_size);
+  const at::Tensor rois = rois_for_kernels(rois_in, grad_output_in.scalar_type());
   const at::Tensor grad_output = grad_output_in.contiguous();
   at::Tensor grad_features = at::zeros({batch_size, channels, height, width},
                                        grad_output.options().dtype(compute_dtype(grad_output.scalar_type())));
@@ -133,7 +138,7 @@ at::Tensor align_backward_cuda(const char* op, const at::Tensor& grad_output_in,
     using T = at::opmath_type<scalar_t>;
     align_backward_kernel<Sampler, scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
         total, grad_output.data_ptr<scalar_t>(), rois.data_ptr<T>(), static_cast<T>(spatial_scale), channels,
-        height, width, aligned_height, aligned_width, avg_pool, grad_features.data_ptr<T>());
+        height, width, aligned_height, aligned_width, avg_pool, batch_size, grad_features.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_features.to(grad_output.scalar_type());
