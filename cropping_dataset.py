@@ -21,6 +21,7 @@ annotation is reported in one error.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -36,8 +37,10 @@ from torch.utils.data import Dataset
 from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
+from untils.dataset_errors import DatasetError, problems_error
 from untils.gaic_augmentation import photometric_distort
 from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
+from untils.pseudo_heatmaps import HeatMapSources
 from untils.torchvision_compat import transforms
 
 if TYPE_CHECKING:
@@ -45,21 +48,8 @@ if TYPE_CHECKING:
 
 FLMS_MAX_CROPS = 10
 CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
-MAX_LISTED_PROBLEMS = 20
 GAICD_SPLITS = ("train", "test", "all")
 NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)
-
-
-class DatasetError(ValueError):
-    """A dataset's files or annotations are missing or malformed."""
-
-
-def problems_error(title: str, problems: Sequence[str]) -> DatasetError:
-    """One error listing the first problems and how many there are in all."""
-    shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-    more = len(problems) - MAX_LISTED_PROBLEMS
-    tail = f"\n  ... and {more} more" if more > 0 else ""
-    return DatasetError(f"{title}: {len(problems)} problem(s):\n  {shown}{tail}")
 
 
 def load_json(path: str, what: str) -> Any:
@@ -652,3 +642,23 @@ def evaluation_dataset(cfg: "Config", dataset: str, only_human: bool, split: str
     if dataset == "FLMS":
         return FLMSDataset(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     raise ValueError(f"dataset={dataset!r}; expected GAICD, FCDB or FLMS")
+
+
+def heat_map_sources(dataset_name: str, cfg: "Config") -> HeatMapSources:
+    """What the pseudo heat maps of GAICD or CPC are made from, read from ``cfg``'s paths; with
+    ``cfg.skip_missing`` the images that are not there are left out instead of being an error."""
+    if dataset_name not in SCORED_DATASETS:
+        raise ValueError(f"dataset must be one of {SCORED_DATASETS}, got {dataset_name!r}")
+    if dataset_name == "GAICD":
+        annotations = read_crop_annotations(cfg.GAIC_anno, "bbox", "score")
+        human_file, image_path = cfg.GAIC_human, functools.partial(gaicd_image_path, cfg.GAIC_image)
+    else:
+        annotations = read_crop_annotations(cfg.CPC_anno, "bboxes", "scores")
+        human_file, image_path = cfg.CPC_human, functools.partial(_existing_file, cfg.CPC_image)
+    return HeatMapSources(annotations, frozenset(read_human_boxes(human_file)), image_path,
+                          score_statistics(annotations)[0], cfg.skip_missing)
+
+
+def _existing_file(folder: str, name: str) -> Optional[str]:
+    path = os.path.join(folder, name)
+    return path if os.path.isfile(path) else None

@@ -4,7 +4,7 @@ For each image the candidate crops are sorted by score; with more than 10 crops 
 above the dataset's mean score are kept (all of them when none is). Each kept crop's binary mask at
 image resolution is weighted by softmax(score + 2 * crop area / image area); the weighted sum,
 min-max normalised to 0..255, is written as an 8-bit PNG ``<out>/<dataset>/mask/<image stem>.png``.
-For human-centric images a figure also goes to ``<out>/<dataset>/display/`` (``pseudo_heatmaps.py``).
+For human-centric images a figure also goes to ``<out>/<dataset>/display/`` (``untils/pseudo_heatmaps.py``).
 
     python generate_pseudo_heatmap.py --dataset GAICD --data-root ./dataset --workers 2
 """
@@ -14,8 +14,9 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from pseudo_heatmaps import DATASETS, generate_heatmaps, load_sources
+from cropping_dataset import SCORED_DATASETS, heat_map_sources
 from untils.cli import add_debug_option, add_option_aliases, run_script
+from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import default_workers
 
 
@@ -24,7 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
         description="Generate the pseudo heat maps (content-preservation targets) of GAICD or CPC: "
                     "<out>/<dataset>/mask/<stem>.png, plus figures for human-centric images in "
                     "<out>/<dataset>/display/.")
-    parser.add_argument("--dataset", choices=DATASETS, default="GAICD", help="dataset to process (default: GAICD)")
+    parser.add_argument("--dataset", choices=SCORED_DATASETS, default="GAICD",
+                        help="dataset to process (default: GAICD)")
     parser.add_argument("--data-root", default=None,
                         help="folder holding GAICD/ and CPCDataset/ (default: the config's data_root)")
     parser.add_argument("--out", default=None, help="output folder (default: <data-root>/heat_map_gt)")
@@ -50,14 +52,16 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
         from config_CPC import Config
     options = {"skip_missing": args.skip_missing}
     cfg = Config(**options) if args.data_root is None else Config(data_root=args.data_root, **options)
+    sources = heat_map_sources(args.dataset, cfg)
     images = None
     if args.only_human or args.limit is not None:
-        annotations, human_names, _ = load_sources(args.dataset, cfg)
-        images = [name for name in annotations if name in human_names or not args.only_human][:args.limit]
+        images = [name for name in sources.annotations if name in sources.human_names or not args.only_human]
+        images = images[:args.limit]
+    out_dir = cfg.heat_map_dir if args.out is None else args.out
     workers = default_workers() if args.num_workers is None else args.num_workers
-    paths = generate_heatmaps(args.dataset, cfg, args.out, workers=workers, overwrite=args.overwrite,
+    paths = generate_heatmaps(args.dataset, sources, out_dir, workers=workers, overwrite=args.overwrite,
                               images=images, fix_edge_cases=args.fix_edge_cases, progress=not args.no_progress)
-    print(f"{len(paths)} heat maps in {os.path.dirname(paths[0]) if paths else args.out}")
+    print(f"{len(paths)} heat maps in {os.path.dirname(paths[0]) if paths else out_dir}")
     return paths
 
 

@@ -23,12 +23,12 @@ import torch
 
 import config_GAICD
 from config_GAICD import PRESETS
-from cropping_dataset import GAICDataset, evaluation_dataset
+from cropping_dataset import GAICDataset, evaluation_dataset, heat_map_sources
 from cropping_model import build_crop_model, crop_training_loss
-from pseudo_heatmaps import generate_heatmaps
 from untils.demo_data import build_demo_dataset
 from untils.cli import run_script
 from untils.evaluation import evaluate_scored
+from untils.pseudo_heatmaps import generate_heatmaps
 from untils.training import Trainer, build_parser, launch, split_validation, subset_of
 
 METRICS = ("human_srcc", "human_acc5", "human_acc10", "srcc", "acc5", "acc10")
@@ -88,7 +88,7 @@ def prepare_demo(demo_dir: str, progress: bool, given: dict[str, Any]) -> dict[s
     options.update(given)
     cfg = config_GAICD.Config(**options)
     print("generating pseudo heat maps ...", flush=True)
-    generate_heatmaps("GAICD", cfg, cfg.heat_map_dir, workers=1, progress=progress)
+    generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=1, progress=progress)
     return options
 
 

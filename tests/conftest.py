@@ -95,11 +95,13 @@ def six_image_demo(tmp_path_factory) -> str:
     """Generated GAICD-layout data (6 training, 2 test photos, seed 3) with its pseudo heat maps;
     tests read it and write their experiments elsewhere."""
     from config_GAICD import Config
-    from pseudo_heatmaps import generate_heatmaps
+    from cropping_dataset import heat_map_sources
     from untils.demo_data import build_demo_dataset
+    from untils.pseudo_heatmaps import generate_heatmaps
     root = tmp_path_factory.mktemp("six_image_demo")
     build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)
-    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    cfg = Config(data_root=str(root))
+    generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     return str(root)
 
 

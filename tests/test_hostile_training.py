@@ -14,10 +14,10 @@ import pytest
 
 import train_on_GAICD
 from config_GAICD import Config
-from cropping_dataset import DatasetError, GAICDataset
-from pseudo_heatmaps import generate_heatmaps
+from cropping_dataset import DatasetError, GAICDataset, heat_map_sources
 from tests.conftest import REPO_ROOT, build_gaicd_sample
 from untils.atomic import write_text_atomic
+from untils.pseudo_heatmaps import generate_heatmaps
 
 FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
         "--image_size", "96", "96", "--keep_aspect_ratio", "false", "--view_per_image", "8", "--max_epoch", "1",
@@ -46,7 +46,7 @@ def test_non_finite_crop_annotations_are_refused_before_anything_is_written(samp
     _edit_json(sample_root / "GAICD" / "image_crop.json", poison)
     cfg = Config(data_root=str(sample_root))
     with pytest.raises(DatasetError, match=r"297406\.jpg: boxes and scores must be finite"):
-        generate_heatmaps("GAICD", cfg, workers=0)
+        generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     assert not (Path(cfg.heat_map_dir) / "GAICD" / "mask").exists() or not any(
         (Path(cfg.heat_map_dir) / "GAICD" / "mask").iterdir())
     with pytest.raises(DatasetError, match=r"297406\.jpg"):

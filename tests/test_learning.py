@@ -10,11 +10,11 @@ import time
 import torch
 
 from config_GAICD import Config
-from cropping_dataset import evaluation_dataset
-from pseudo_heatmaps import generate_heatmaps
+from cropping_dataset import evaluation_dataset, heat_map_sources
 from train_on_GAICD import build_trainer
 from untils.demo_data import build_demo_dataset
 from untils.evaluation import evaluate_scored
+from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import seed_everything
 
 
@@ -24,7 +24,7 @@ def test_short_training_learns_the_composition_rule(tmp_path):
     cfg = Config(data_root=str(tmp_path / "data"), backbone="mobilenetv2", pretrained=False, device="cpu",
                  image_size=(128, 128), max_epoch=3, warmup_epochs=1, lr=3e-4, view_per_image=16,
                  num_workers=0, selection="test", exp_root=str(tmp_path / "exp"), seed=0)
-    generate_heatmaps("GAICD", cfg, workers=0)
+    generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     seed_everything(cfg.seed)
     trainer = build_trainer(cfg, cfg.create_experiment_dir(), torch.device("cpu"), progress=False)
     test_set = evaluation_dataset(cfg, "GAICD", only_human=False)

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from config_GAICD import Config
-from cropping_dataset import read_crop_annotations, score_statistics
+from cropping_dataset import heat_map_sources, read_crop_annotations, score_statistics
 from generate_pseudo_heatmap import main
-from pseudo_heatmaps import crop_heat_map, generate_heatmaps
 from tests.conftest import require_shared
+from untils.pseudo_heatmaps import crop_heat_map, generate_heatmaps
 
 REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops
 
@@ -77,9 +77,25 @@ def real_gaicd_cfg(tmp_path):
                   GAIC_human=str(shared / "human_bboxes" / "GAICD" / "human_bboxes.json"))
 
 
-def test_real_image_matches_reference(real_gaicd_cfg, tmp_path):
+@pytest.fixture
+def real_gaicd_sources(real_gaicd_cfg):
+    return heat_map_sources("GAICD", real_gaicd_cfg)
+
+
+def test_sources_read_from_the_config(real_gaicd_cfg, real_gaicd_sources):
+    with open(real_gaicd_cfg.GAIC_human) as handle:
+        assert real_gaicd_sources.human_names == set(json.load(handle))
+    # the sample keeps the download's images/train|test/ layout
+    assert real_gaicd_sources.image_path(REAL_IMAGE) == os.path.join(real_gaicd_cfg.GAIC_image, "test", REAL_IMAGE)
+    assert real_gaicd_sources.image_path("235093.jpg") is None  # annotated, not in the sample
+    assert not real_gaicd_sources.skip_missing
+    with pytest.raises(ValueError, match="FCDB"):
+        heat_map_sources("FCDB", real_gaicd_cfg)
+
+
+def test_real_image_matches_reference(real_gaicd_cfg, real_gaicd_sources, tmp_path):
     out = tmp_path / "heat"
-    paths = generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=[REAL_IMAGE])
+    paths = generate_heatmaps("GAICD", real_gaicd_sources, str(out), images=[REAL_IMAGE])
     assert paths == [str(out / "GAICD" / "mask" / "297406.png")]
     heat = np.asarray(Image.open(paths[0]))
     assert heat.dtype == np.uint8 and heat.shape == (744, 1024)
@@ -95,21 +111,21 @@ def test_real_image_matches_reference(real_gaicd_cfg, tmp_path):
     assert not list((out / "GAICD" / "mask").glob(".*"))  # no temporary files left
 
 
-def test_skips_finished_images_unless_overwrite(real_gaicd_cfg, tmp_path):
+def test_skips_finished_images_unless_overwrite(real_gaicd_sources, tmp_path):
     out = tmp_path / "heat"
-    (path,) = generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"])
+    (path,) = generate_heatmaps("GAICD", real_gaicd_sources, str(out), images=["211958.jpg"])
     assert not (out / "GAICD" / "display" / "211958.jpg").exists()  # no person: no figure
     placeholder = np.zeros((2, 2), np.uint8)
     Image.fromarray(placeholder).save(path)
-    generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"])
+    generate_heatmaps("GAICD", real_gaicd_sources, str(out), images=["211958.jpg"])
     np.testing.assert_array_equal(np.asarray(Image.open(path)), placeholder)
-    generate_heatmaps("GAICD", real_gaicd_cfg, str(out), images=["211958.jpg"], overwrite=True)
+    generate_heatmaps("GAICD", real_gaicd_sources, str(out), images=["211958.jpg"], overwrite=True)
     assert np.asarray(Image.open(path)).shape == (683, 1024)
 
 
-def test_missing_images_are_listed_in_one_error(real_gaicd_cfg, tmp_path):
+def test_missing_images_are_listed_in_one_error(real_gaicd_sources, tmp_path):
     with pytest.raises(ValueError) as error:
-        generate_heatmaps("GAICD", real_gaicd_cfg, str(tmp_path), images=["235093.jpg", "nope.jpg"])
+        generate_heatmaps("GAICD", real_gaicd_sources, str(tmp_path), images=["235093.jpg", "nope.jpg"])
     assert "missing image 235093.jpg" in str(error.value)
     assert "nope.jpg: not in the crop annotation file" in str(error.value)
 

@@ -10,9 +10,10 @@ import pytest
 
 import train_on_CPC
 from config_CPC import Config
-from pseudo_heatmaps import generate_heatmaps
+from cropping_dataset import heat_map_sources
 from tests.conftest import REPO_ROOT, require_shared, run_two_processes
 from untils.demo_data import build_demo_dataset
+from untils.pseudo_heatmaps import generate_heatmaps
 
 
 def _write(path: Path, content) -> None:
@@ -59,7 +60,8 @@ def data_root(tmp_path_factory) -> Path:
     _write(root / "FLMS" / "image_crop.json", {n: crops[n]["bbox"][:3] for n in test_names})
     _write(root / "FLMS" / "human_bboxes.json", {n: people[n] for n in humans})
     shutil.copy(require_shared("pdefined_anchors.pkl"), root / "pdefined_anchors.pkl")
-    generate_heatmaps("CPC", Config(data_root=str(root)), workers=0)
+    cfg = Config(data_root=str(root))
+    generate_heatmaps("CPC", heat_map_sources("CPC", cfg), cfg.heat_map_dir, workers=0)
     return root
 
 

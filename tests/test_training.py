@@ -12,9 +12,10 @@ import test as evaluation
 import train_on_GAICD
 import untils.evaluation
 from config_GAICD import Config
-from pseudo_heatmaps import generate_heatmaps
+from cropping_dataset import heat_map_sources
 from tests.conftest import build_gaicd_sample
 from untils.inference import move_batch
+from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import autocast, seed_everything
 from untils.training import Trainer, item_seed, sample_views, warmup_cosine
 
@@ -26,7 +27,8 @@ FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu",
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = build_gaicd_sample(tmp_path_factory.mktemp("gaicd"))
-    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    cfg = Config(data_root=str(root))
+    generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     return str(root)
 
 
@@ -70,7 +72,8 @@ def two_training_images(tmp_path_factory):
     root = build_gaicd_sample(tmp_path_factory.mktemp("gaicd_two"), flat=True)
     split = {"train": ["211958.jpg", "265813.jpg"], "test": ["297406.jpg"]}
     (root / "GAICD" / "original_data_split.json").write_text(json.dumps(split))
-    generate_heatmaps("GAICD", Config(data_root=str(root)), workers=0)
+    cfg = Config(data_root=str(root))
+    generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     return str(root)
 
 

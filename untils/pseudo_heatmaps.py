@@ -6,27 +6,24 @@ Each kept crop's binary mask at image resolution is weighted by
 softmax(score + 2 * crop area / image area); the weighted sum, min-max normalised to
 0..255, is written as an 8-bit PNG ``<out>/<dataset>/mask/<image stem>.png``. For
 human-centric images a figure also goes to ``<out>/<dataset>/display/``.
+
+What a dataset's maps are made from comes in a ``HeatMapSources`` (``cropping_dataset.heat_map_sources``
+reads one from a config), so this module knows nothing of the datasets' file layouts.
 """
 from __future__ import annotations
 
-import functools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cropping_dataset import (CropAnnotation, DatasetError, gaicd_image_path, problems_error, read_crop_annotations,
-                              read_human_boxes, score_statistics)
 from untils.atomic import write_atomic
+from untils.dataset_errors import DatasetError, problems_error
 
-if TYPE_CHECKING:
-    from config_GAICD import Config
-
-DATASETS = ("GAICD", "CPC")
 MEAN_FILTER_MIN_CROPS = 10  # above this many crops, only those scoring above the mean are kept
 AREA_WEIGHT = 2.0
 OVERLAY_ALPHA = 0.7  # weight of the colour-mapped heat map over the photo in the figures
@@ -140,47 +137,51 @@ def _is_finished(task: HeatMapTask) -> bool:
     return os.path.isfile(task.mask_path) and (task.display_path is None or os.path.isfile(task.display_path))
 
 
-def load_sources(dataset_name: str, cfg: "Config") -> tuple[dict[str, CropAnnotation], set[str],
-                                                            Callable[[str], Optional[str]]]:
-    """The crop annotations, the human-centric image names and an image locator of a dataset."""
-    if dataset_name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset_name!r}")
-    if dataset_name == "GAICD":
-        return (read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), set(read_human_boxes(cfg.GAIC_human)),
-                functools.partial(gaicd_image_path, cfg.GAIC_image))
-
-    def cpc_image_path(name: str) -> Optional[str]:
-        path = os.path.join(cfg.CPC_image, name)
-        return path if os.path.isfile(path) else None
-    return (read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), set(read_human_boxes(cfg.CPC_human)),
-            cpc_image_path)
+class ScoredCrops(Protocol):
+    """One image's candidate crops (N, 4) in original pixels and their scores (N,)."""
+    boxes: np.ndarray
+    scores: np.ndarray
 
 
-def heat_map_tasks(dataset_name: str, cfg: "Config", out_dir: str, images: Optional[Sequence[str]] = None,
+@dataclass(frozen=True)
+class HeatMapSources:
+    """What a dataset's heat maps are made from.
+
+    ``image_path`` gives an image's file, or None when it is not there; ``score_mean`` is the mean of
+    every score in the annotation file; ``skip_missing`` leaves out (and counts) the images that are
+    not there instead of failing, for a partial dataset.
+    """
+    annotations: Mapping[str, ScoredCrops]
+    human_names: frozenset[str]
+    image_path: Callable[[str], Optional[str]]
+    score_mean: float
+    skip_missing: bool = False
+
+
+def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, images: Optional[Sequence[str]] = None,
                    fix_edge_cases: bool = False) -> list[HeatMapTask]:
     """One task per image of ``dataset_name`` (all annotated images, or ``images``).
 
     Raises one error listing every requested image that is unannotated or missing; with
-    ``cfg.skip_missing`` missing images are left out and counted instead.
+    ``sources.skip_missing`` missing images are left out and counted instead.
     """
-    annotations, human_names, image_path = load_sources(dataset_name, cfg)
-    score_mean, _ = score_statistics(annotations)
+    annotations = sources.annotations
     mask_dir = os.path.join(out_dir, dataset_name, "mask")
     display_dir = os.path.join(out_dir, dataset_name, "display")
     tasks, problems, skipped = [], [], 0
     for name in (list(annotations) if images is None else images):
-        path = image_path(name)
+        path = sources.image_path(name)
         if name not in annotations:
             problems.append(f"{name}: not in the crop annotation file")
-        elif path is None and cfg.skip_missing:
+        elif path is None and sources.skip_missing:
             skipped += 1
         elif path is None:
             problems.append(f"missing image {name} (--skip-missing processes the images that are there)")
         else:
             stem = os.path.splitext(name)[0]
-            display = os.path.join(display_dir, stem + ".jpg") if name in human_names else None
-            tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores,
-                                     score_mean, os.path.join(mask_dir, stem + ".png"), display, fix_edge_cases))
+            display = os.path.join(display_dir, stem + ".jpg") if name in sources.human_names else None
+            tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores, sources.score_mean,
+                                     os.path.join(mask_dir, stem + ".png"), display, fix_edge_cases))
     if problems:
         raise problems_error(f"{dataset_name} heat maps", problems)
     if skipped:
@@ -189,17 +190,15 @@ def heat_map_tasks(dataset_name: str, cfg: "Config", out_dir: str, images: Optio
     return tasks
 
 
-def generate_heatmaps(dataset_name: str, cfg: "Config", out_dir: Optional[str] = None, workers: int = 0,
+def generate_heatmaps(dataset_name: str, sources: HeatMapSources, out_dir: str, workers: int = 0,
                       overwrite: bool = False, images: Optional[Sequence[str]] = None,
                       fix_edge_cases: bool = False, progress: bool = True) -> list[str]:
-    """Write the heat maps of ``dataset_name`` ("GAICD" or "CPC") under ``out_dir``.
+    """Write the heat maps of ``dataset_name`` (it names the folder) under ``out_dir``.
 
-    ``out_dir`` defaults to ``cfg.heat_map_dir``; ``images`` restricts the run to those
-    names. Finished images are skipped unless ``overwrite``. ``workers`` > 1 uses a
-    process pool. Returns the heat map path of every requested image.
+    ``images`` restricts the run to those names. Finished images are skipped unless ``overwrite``.
+    ``workers`` > 1 uses a process pool. Returns the heat map path of every requested image.
     """
-    out_dir = cfg.heat_map_dir if out_dir is None else out_dir
-    tasks = heat_map_tasks(dataset_name, cfg, out_dir, images, fix_edge_cases)
+    tasks = heat_map_tasks(dataset_name, sources, out_dir, images, fix_edge_cases)
     for folder in ("mask", "display"):
         os.makedirs(os.path.join(out_dir, dataset_name, folder), exist_ok=True)
     pending = [task for task in tasks if overwrite or not _is_finished(task)]
