@@ -1,10 +1,12 @@
-"""Crop-scoring models: the human-centric model (ECCV 2022), our GAIC baseline, their losses, the
-one calling convention (:class:`CropOutput`) and the one loader (:func:`load_crop_model`).
+"""Crop-scoring models: the human-centric model (ECCV 2022), our GAIC baseline, GAIC's released
+model, their losses, the one calling convention (:class:`CropOutput`) and the one loader
+(:func:`load_crop_model`).
 
-Both models share one backbone builder (:func:`build_backbone`, three feature scales) and one
-RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names and shapes of
-:class:`HumanCentricCroppingModel` are those of the official release, so its checkpoints load with
-``strict=True``. Differences from the release, each a bug fix that leaves its numbers as they are:
+The first two share one backbone builder (:func:`untils.backbones.build_backbone`, three feature
+scales); all three share one RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names
+and shapes of :class:`HumanCentricCroppingModel` are those of the official release, so its
+checkpoints load with ``strict=True``. Differences from the release, each a bug fix that leaves its
+numbers as they are:
 
 * whether an image contains a person is decided per image, not from the first image of the batch;
 * ``use_rod_feature=False`` really removes the RoD branch (the release ignored the switch);
@@ -14,11 +16,21 @@ RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names and shap
 The pairwise rank loss weighs pairs by ``sin`` of the score difference, as the release computes it
 (``rank_loss_weighting="sign"`` is the documented variant). GAIC's release itself trains with
 smooth-L1 alone (the GAIC-official preset).
+
+:class:`GAICOfficialModel` is ``crop_model_multi_scale_shared`` of GAIC's PyTorch release
+(HuiZeng/Grid-Anchor-based-Image-Cropping-Pytorch) with its module names (``Feat_ext``, ``DimRed``,
+``FC_layers``), so its checkpoints load with ``strict=True``: the release's backbones
+(:class:`untils.backbones.GAICBackbone`); ``cat(bilinear-down(f3), f4, 0.5 * bilinear-up(f5))``
+(align_corners=True) -> ``DimRed``; RoI + RoD align at 1/16 -> ``FC_layers``. The release's
+``fc_layers`` names a dropout whose definition is commented out: checkpoints trained with
+``nn.Dropout`` have the last conv at ``FC_layers.3``, ones without at ``FC_layers.2``; both are built
+(:func:`official_gaic_from_state_dict` picks from the keys). Its input photos are prepared by
+:func:`untils.photos.gaic_preprocess`.
 """
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -27,8 +39,10 @@ import torch.nn.functional as F
 from config_GAICD import MOS_MEAN, MOS_STD
 from roi_align import RoIAlignAvg
 from rod_align import RoDAlignAvg
+from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
-from untils.torchvision_compat import models
+from untils.checkpoint import (CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint,
+                               release_state_dict)
 
 ALIGN_SIZE = 9
 CONTENT_FEAT_DIM = 256
@@ -39,99 +53,12 @@ CROP_CHUNK = 512
 # together: a sub-chunk stays in the cache between the two passes over it.
 CPU_FIRST_LAYER_CHUNK = 8
 
-# torchvision constructor, ImageNet weights enum, and the channels of f3, f4, f5.
-_BACKBONES = {
-    "vgg16": ("vgg16", "VGG16_Weights", (512, 512, 512)),
-    "resnet50": ("resnet50", "ResNet50_Weights", (512, 1024, 2048)),
-    "mobilenetv2": ("mobilenet_v2", "MobileNet_V2_Weights", (32, 96, 320)),
-    "shufflenetv2": ("shufflenet_v2_x1_0", "ShuffleNet_V2_X1_0_Weights", (116, 232, 464)),
-}
-
-
 class CropOutput(NamedTuple):
     """What every crop model returns: ``score`` (B, N), padded crops ``-inf``; the human-centric
     model's ``heat_map`` (B, 1, 64, 64) and ``partition_feat`` (B, P, H/16, W/16), None elsewhere."""
     score: torch.Tensor
     heat_map: Optional[torch.Tensor] = None
     partition_feat: Optional[torch.Tensor] = None
-
-
-class BackboneWeightsError(RuntimeError):
-    """ImageNet weights were asked for but cannot be loaded."""
-
-
-def _imagenet_model(name: str, weight_path: Optional[str]) -> nn.Module:
-    constructor_name, weights_enum_name, _ = _BACKBONES[name]
-    constructor = getattr(models, constructor_name)
-    if weight_path is not None:
-        if not os.path.isfile(weight_path):
-            raise BackboneWeightsError(f"backbone weight file {weight_path!r} does not exist")
-        model = constructor(weights=None)
-        state = torch.load(weight_path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise BackboneWeightsError(
-                f"{weight_path!r} is not a torchvision {constructor_name} ImageNet state_dict: {error}") from error
-        return model
-    weights = getattr(models, weights_enum_name).IMAGENET1K_V1
-    try:
-        return constructor(weights=weights)
-    except Exception as error:  # offline, proxy, corrupt cache: all end the same way for the user
-        raise BackboneWeightsError(
-            f"could not load ImageNet weights for {name} through torchvision ({type(error).__name__}: "
-            f"{error}). Download {weights.url} and pass it with --backbone_weight_path PATH, "
-            f"place it in torch's hub cache ({torch.hub.get_dir()}/checkpoints), "
-            f"or train from random init with --pretrained false") from error
-
-
-class Backbone(nn.Module):
-    """A CNN cut into three stages giving features at strides 8 (f3), 16 (f4) and 32 (f5)."""
-
-    def __init__(self, feature3: nn.Module, feature4: nn.Module, feature5: nn.Module,
-                 channels: Sequence[int]) -> None:
-        super().__init__()
-        self.feature3 = feature3
-        self.feature4 = feature4
-        self.feature5 = feature5
-        self.channels = tuple(channels)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f3 = self.feature3(x)
-        f4 = self.feature4(f3)
-        f5 = self.feature5(f4)
-        return f3, f4, f5
-
-
-def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str] = None) -> Backbone:
-    """Build ``name`` (vgg16, resnet50, mobilenetv2, shufflenetv2) cut into three scales.
-
-    With ``pretrained`` the ImageNet weights come from ``weight_path`` or torchvision's weights
-    API; if neither works a :class:`BackboneWeightsError` says how to fix it. Module names follow
-    the official release (``feature3.0.<index>`` for vgg16), so its checkpoints load.
-    """
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_BACKBONES)}")
-    if pretrained:
-        net = _imagenet_model(name, weight_path)
-    else:
-        net = getattr(models, _BACKBONES[name][0])(weights=None)
-    channels = _BACKBONES[name][2]
-    if name == "vgg16":
-        stages = (nn.Sequential(net.features[:23]), nn.Sequential(net.features[23:30]),
-                  nn.Sequential(net.features[30:]))
-    elif name == "resnet50":
-        stages = (nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2),
-                  nn.Sequential(net.layer3), nn.Sequential(net.layer4))
-    elif name == "mobilenetv2":
-        stages = (nn.Sequential(net.features[:7]), nn.Sequential(net.features[7:14]),
-                  nn.Sequential(net.features[14:-1]))
-    else:
-        stages = (nn.Sequential(net.conv1, net.maxpool, net.stage2), nn.Sequential(net.stage3),
-                  nn.Sequential(net.stage4))
-    return Backbone(*stages, channels=channels)
 
 
 def resize_to(feature: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -441,12 +368,14 @@ class HumanCentricCroppingModel(nn.Module):
 # GAIC baseline
 # ----------------------------------------------------------------------------------------------
 
-def gaic_head(in_dim: int, align_size: int = ALIGN_SIZE) -> nn.Sequential:
-    """GAIC's three-layer conv scoring head over aligned crop features."""
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
-        nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True)),
-        nn.Conv2d(128, 1, kernel_size=1))
+def gaic_fc_layers(in_dim: int, align_size: int, dropout: bool) -> nn.Sequential:
+    """GAIC's scoring head over aligned crop features (the release's ``fc_layers``): conv -> 768,
+    ReLU; 1x1 -> 128, ReLU; [dropout]; 1x1 -> 1. Our baseline has no dropout."""
+    layers = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
+              nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True))]
+    if dropout:
+        layers.append(nn.Dropout(p=0.5))
+    return nn.Sequential(*layers, nn.Conv2d(128, 1, kernel_size=1))
 
 
 class GAICModel(nn.Module):
@@ -466,7 +395,7 @@ class GAICModel(nn.Module):
         self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
         self.DimRed = nn.Conv2d(sum(self.backbone.channels), cfg.reduced_dim, kernel_size=1)
         self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
-        self.FC_layers = gaic_head(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1))
+        self.FC_layers = gaic_fc_layers(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1), ALIGN_SIZE, False)
 
     def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
         f3, f4, f5 = self.backbone(im)
@@ -479,14 +408,100 @@ class GAICModel(nn.Module):
         return CropOutput(mask_padded_scores(scores, crop_valid))
 
 
+# ----------------------------------------------------------------------------------------------
+# GAIC's released model
+# ----------------------------------------------------------------------------------------------
+
+class GAICOfficialModel(nn.Module):
+    """GAIC's ``crop_model_multi_scale_shared`` with the release's parameter names.
+
+    ``forward(image, crop_box, human_box=None, crop_valid=None)``: ``image`` (B, 3, H, W) prepared
+    by :func:`untils.photos.gaic_preprocess`, ``crop_box`` (B, N, 4) ``[x1, y1, x2, y2]`` in its
+    pixels, ``crop_valid`` (B, N) bool marking the real crops of a padded batch. Returns a
+    :class:`CropOutput` whose ``score`` is (B, N), padded crops ``-inf``. GAIC takes no person box:
+    ``human_box`` is accepted, like every crop model here, and not used.
+
+    ``backbone_weight_path`` loads ImageNet weights in the release's layout into the backbone
+    (``mobilenetv2_1.0-0c6065bc.pth``, ``shufflenetv2_x1_69.402_88.374.pth.tar``, torchvision's
+    ``vgg16-397923af.pth``); without it the backbone starts from random init (a checkpoint then
+    supplies every weight). Heads use PyTorch's default init, as the release's training does.
+    """
+
+    def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
+                 dropout: bool = True, backbone_weight_path: Optional[str] = None) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.Feat_ext = GAICBackbone(backbone, backbone_weight_path)
+        self.DimRed = nn.Conv2d(sum(self.Feat_ext.channels), reduced_dim, kernel_size=1)
+        self.crop_align = CropAlignFeatures(align_size, 1.0 / FEATURE_STRIDE)
+        self.FC_layers = gaic_fc_layers(2 * reduced_dim, align_size, dropout)
+
+    def reduced_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, reduced_dim, H/16, W/16): the three scales brought to f4's size, concatenated, reduced."""
+        f3, f4, f5 = self.Feat_ext(image)
+        # nn.UpsamplingBilinear2d(scale_factor=...) is exactly this (align_corners=True).
+        down = F.interpolate(f3, scale_factor=0.5, mode="bilinear", align_corners=True)
+        up = F.interpolate(f5, scale_factor=2.0, mode="bilinear", align_corners=True)
+        if not down.shape[-2:] == f4.shape[-2:] == up.shape[-2:]:
+            raise ValueError(f"image of size {tuple(image.shape[-2:])} gives feature maps of sizes "
+                             f"{tuple(down.shape[-2:])}, {tuple(f4.shape[-2:])} and {tuple(up.shape[-2:])}; "
+                             "GAIC's models need sides that are multiples of 32 (gaic_preprocess makes them)")
+        return self.DimRed(torch.cat([down, f4, 0.5 * up], dim=1))
+
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
+                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+        batch = image.shape[0]
+        if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
+            raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
+        rois = boxes_with_batch_index(crop_box.to(image.dtype))
+        aligned = self.crop_align(self.reduced_features(image), rois)
+        scores = self.FC_layers(aligned).reshape(batch, crop_box.shape[1])
+        return CropOutput(mask_padded_scores(scores, crop_valid))
+
+
+def is_official_gaic_state_dict(state_dict: Mapping[str, object]) -> bool:
+    """Whether ``state_dict`` is one of GAIC's release (also with DataParallel's ``module.`` prefix,
+    and with the last conv at ``FC_layers.2`` or ``FC_layers.3``)."""
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        return False
+    names = set(release_state_dict(dict(state_dict)))
+    return ("DimRed.weight" in names and "FC_layers.0.0.weight" in names
+            and any(name.startswith("Feat_ext.") for name in names)
+            and ("FC_layers.2.weight" in names) != ("FC_layers.3.weight" in names))
+
+
+def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAICOfficialModel:
+    """GAIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size and
+    dropout read from its keys), its weights loaded strictly; on the CPU, in eval mode.
+
+    Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
+    """
+    if not is_official_gaic_state_dict(state_dict):
+        raise CheckpointError("not a state_dict of GAIC's release (expected Feat_ext.*, DimRed.* and FC_layers.* "
+                              "with the last conv at FC_layers.2 or FC_layers.3)")
+    state = release_state_dict(dict(state_dict))
+    reduce_weight = state["DimRed.weight"]
+    by_channels = {sum(channels): name for name, channels in BACKBONE_CHANNELS.items()}
+    backbone = by_channels.get(reduce_weight.shape[1])
+    if backbone is None:
+        known = ", ".join(f"{channels} ({name})" for channels, name in sorted(by_channels.items()))
+        raise CheckpointError(f"GAIC state_dict with DimRed over {reduce_weight.shape[1]} channels: its backbone is "
+                              f"not supported (known: {known})")
+    model = GAICOfficialModel(backbone, reduced_dim=reduce_weight.shape[0],
+                              align_size=state["FC_layers.0.0.weight"].shape[-1],
+                              dropout="FC_layers.3.weight" in state)
+    load_model_weights(model, {"model": state})
+    return model.eval()
+
+
 def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
-    """``HCIC`` (human-centric), ``GAIC`` (baseline) or ``PIC`` (personalized, ``pic_model``) from a config."""
+    """``HCIC`` (human-centric), ``GAIC`` (baseline), ``GAIC-official`` (GAIC's release) or ``PIC``
+    (personalized, ``pic_model``) from a config."""
     if model_type == "HCIC":
         return HumanCentricCroppingModel(cfg, loadweights=loadweights)
     if model_type == "GAIC":
         return GAICModel(cfg, loadweights=loadweights)
     if model_type == "GAIC-official":
-        from gaic_model import GAICOfficialModel  # gaic_model builds on this module
         pretrained = cfg.pretrained if loadweights is None else loadweights
         if pretrained and not cfg.backbone_weight_path:
             raise BackboneWeightsError("GAIC-official takes its ImageNet weights from the release's file: pass "
@@ -497,7 +512,7 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
         model.cfg = cfg
         return model
     if model_type == "PIC":
-        from pic_embedding import PICModel  # pic_embedding builds on this module
+        from pic_model import PICModel  # pic_model builds on this module
         return PICModel(cfg, loadweights=loadweights)
     raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC', 'GAIC-official' or 'PIC'")
 
@@ -508,20 +523,18 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
 
     ``source`` is a checkpoint path or its loaded content: our checkpoints of every model type
     (``{"model": state_dict, "config": ..., "model_type": ...}``), a bare state_dict of the HCIC
-    release (early key names included), or one of GAIC's release (``gaic_model``; also with
-    DataParallel's ``module.`` prefix). The model's config is ``model.cfg``: the stored options,
+    release (early key names included), or one of GAIC's release (:class:`GAICOfficialModel`; also
+    with DataParallel's ``module.`` prefix). The model's config is ``model.cfg``: the stored options,
     the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with ``overrides``
     (e.g. data paths) winning.
     ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
     """
     from config_GAICD import Config
-    from untils.checkpoint import CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint
 
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
         content = {"model": content}
-    from gaic_model import is_official_gaic_state_dict, official_gaic_from_state_dict  # builds on this module
     if "model_type" not in content and is_official_gaic_state_dict(content["model"]):
         model = official_gaic_from_state_dict(content["model"])
         model.cfg = config_from_checkpoint({"config": {

@@ -5,9 +5,8 @@ Every test takes ``device``. ``cuda`` (skipped without CUDA) runs GAICD's size: 
 with its 90 GAIC-grid crops (64 sampled views when training). ``cpu`` runs the same code on a
 64x96 input (128x160 for bf16) so that CI, which has no GPU, exercises it: there the device under
 test is the CPU in float32. The reference is always the CPU in float64, computed independently of
-the device under test. The GAIC model's cases skip where ``gaic_model.py`` does not exist. fp32 on
-CUDA is compared with TF32 off (cuDNN convolutions use TF32 by default, 10-bit mantissas);
-:func:`test_default_tf32_within_bf16_bound` covers PyTorch's default.
+the device under test. fp32 on CUDA is compared with TF32 off (cuDNN convolutions use TF32 by
+default, 10-bit mantissas); :func:`test_default_tf32_within_bf16_bound` covers PyTorch's default.
 """
 from __future__ import annotations
 
@@ -121,11 +120,10 @@ def hcic_model() -> torch.nn.Module:
 
 
 def gaic_official_model() -> torch.nn.Module:
-    gaic_model = pytest.importorskip("gaic_model", reason="gaic_model.py (GAIC's official model) is not there yet")
     from tests.test_gaic_official import release_weights
-    model = gaic_model.GAICOfficialModel()
+    model = cm.GAICOfficialModel()
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-    return gaic_model.official_gaic_from_state_dict(release_weights(shapes, GAIC_WEIGHT_SEED))
+    return cm.official_gaic_from_state_dict(release_weights(shapes, GAIC_WEIGHT_SEED))
 
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {"hcic": hcic_model, "gaic-official": gaic_official_model}
