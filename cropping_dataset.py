@@ -39,7 +39,7 @@ from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_
 from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.dataset_errors import DatasetError, problems_error
 from untils.gaic_augmentation import photometric_distort
-from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
+from untils.photos import GAIC_PIXEL_DIVISOR, IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
 from untils.pseudo_heatmaps import HeatMapSources
 from untils.torchvision_compat import transforms
 
@@ -243,7 +243,7 @@ def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str)
     """An 8-bit RGB photo as a model's input (3, h, w) of ``size`` (w, h): hcic resizes with PIL's
     Lanczos and divides by 255 (the HCIC release), gaic with cv2's bilinear and by 256 (GAIC's)."""
     if preprocessing == "gaic":
-        return normalize_pixels(cv2.resize(np.asarray(image), size).astype(np.float32) / 256.0)
+        return normalize_pixels(cv2.resize(np.asarray(image), size).astype(np.float32) / GAIC_PIXEL_DIVISOR)
     return normalize_image(image.resize(size, Image.Resampling.LANCZOS))
 
 
@@ -366,7 +366,8 @@ class CroppingDataset(Dataset):
                 pixels = photometric_distort(pixels.astype(np.float32), generator)
             if flipped:
                 pixels = pixels[:, ::-1]
-            return normalize_pixels(cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32) / 256.0)
+            resized = cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32)
+            return normalize_pixels(resized / GAIC_PIXEL_DIVISOR)
         image = image.resize(size, Image.Resampling.LANCZOS)
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
