@@ -1,13 +1,14 @@
 """Options for personalized image cropping (PIC): pre-training, the prior model, few-shot fine-tuning.
 
 PIC ("Crop the Way You Like: Personalized Image Cropping by Integrating Subjective and Objective
-Features"): ``variant`` official is the published method (``pic_model.py``), embedding this
-project's extension (``pic_embedding.py``). Importing this module has no side effects; every field
-can be overridden from the command line of the PIC scripts.
+Features"): ``variant`` official is the published method, embedding this project's extension (both
+in ``pic_model.py``). Importing this module has no side effects; every field can be overridden
+from the command line of the PIC scripts.
 
-The per-user data lives in ``<data_root>/PIC`` (format: ``pic_dataset.py``). The objective
-branch is trained on ``objective_set``: the users' average scores of the PIC images (``PIC``), or
-GAICD / CPC crop scores (paths inherited from ``config_GAICD.Config``).
+The per-user data lives in ``<data_root>/PIC`` (format: ``pic_dataset.py``). Pre-training's
+objective branch learns from ``objective_set``: GAICD's crop scores (the official variant's default,
+as the release), the training users' average scores (``PIC``, the embedding variant's default) or
+CPC's (embedding variant); GAICD and CPC paths are inherited from ``config_GAICD.Config``.
 """
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ from untils.config import add_config_arguments, check_choice
 
 PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
 OBJECTIVE_SETS = ("PIC", "GAICD", "CPC")
+OFFICIAL_OBJECTIVE_SETS = ("GAICD", "PIC")  # the release pre-trains on GAICD; PIC: data without GAICD
 VARIANTS = ("official", "embedding")
 FINETUNE_SCOPES = ("embedding", "head")
 _POSITIVE_INTS = ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
                   "best_crops", "subjective_dim", "embed_dim", "taste_dim", "preference_hidden", "prior_epochs",
                   "prior_episodes_per_step", "support_images", "finetune_images", "finetune_val_images",
                   "finetune_steps", "finetune_eval_every", "align_size", "num_positions",
-                  "official_crops_per_step", "official_prior_epochs", "official_finetune_epochs")
+                  "official_crops_per_step", "official_user_images_per_step", "official_prior_epochs",
+                  "official_finetune_epochs")
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Config(GAICDConfig):
     bgr_order: bool = _opt("official variant: feed the objective branch cv2's BGR channel order, as the release "
                            "(only for checkpoints trained that way)", False)
     official_crops_per_step: int = _opt("official pre-training: GAICD views scored per image (the release: 64)", 64)
+    official_user_images_per_step: int = _opt("official pre-training: augmented 256x256 images classified by "
+                                              "their user per step (the release: 4)", 4)
     official_prior_epochs: int = _opt("official prior: epochs per training user (the release: 20)", 20)
     official_prior_lr: float = _opt("official prior: learning rate (the release: 1e-3)", 1e-3)
     official_finetune_epochs: int = _opt("official fine-tuning: epochs over the N images (the release: 10)", 10)
@@ -64,8 +69,10 @@ class Config(GAICDConfig):
                                     "release)", "sign")
 
     # pre-training (pretrain_PIC.py)
-    objective_set: str = _opt(f"objective crop scores: {', '.join(OBJECTIVE_SETS)} (PIC: the training users' "
-                              "average score of each crop)", "PIC")
+    objective_set: Optional[str] = _opt(
+        f"the objective branch's crop scores: {', '.join(OBJECTIVE_SETS)} (PIC: the training users' average score "
+        f"of each crop, for data without GAICD); the official variant takes {' or '.join(OFFICIAL_OBJECTIVE_SETS)}. "
+        "Default: GAICD for the official variant (the release), PIC for the embedding variant")
     best_crops: int = _opt("a user's top crops per image: the subjective branch's training examples and the "
                            "evidence a user is embedded from", 3)
     subjective_dim: int = _opt("size of the subjective crop feature", 64)
@@ -101,13 +108,16 @@ class Config(GAICDConfig):
         self._derive("PIC_anno", self.PIC_path, "annotations")
         self._derive("PIC_human", self.PIC_path, "human_bboxes.json")
         self._derive("PIC_release", self.data_root, "PIC_release")
+        if self.objective_set is None:
+            self.objective_set = "GAICD" if self.variant == "official" else "PIC"
         super().__post_init__()
 
     def validate(self) -> None:
         check_choice("model_type", self.model_type, ("PIC",))
         check_choice("variant", self.variant, VARIANTS)
         check_choice("backbone", self.backbone, PIC_BACKBONES)
-        check_choice("objective_set", self.objective_set, OBJECTIVE_SETS)
+        check_choice("objective_set", self.objective_set,
+                     OFFICIAL_OBJECTIVE_SETS if self.variant == "official" else OBJECTIVE_SETS)
         check_choice("finetune_scope", self.finetune_scope, FINETUNE_SCOPES)
         check_choice("selection", self.selection, ("val",))
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))

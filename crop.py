@@ -1,4 +1,4 @@
-"""Crop your own photos with a trained crop-scoring model (human-centric or GAIC).
+"""Crop your own photos with a trained crop-scoring model (human-centric, GAIC or PIC).
 
   python crop.py photo.jpg --checkpoint experiments/GAICD_PA_CP/checkpoints/best-srcc.pth
   python crop.py holidays/ --checkpoint best.pth --aspect-ratio 4:3 --top-k 3 --detect-human --visualize
@@ -25,7 +25,13 @@ central. The JSON lists each detection with its detector and score, the chosen o
 
 GAIC's published models (a checkpoint of its release) see photos as its code prepares them (cv2
 resize, pixels / 256) and crop among its own candidates (its 12x12 grid, or its 16:9, 4:3 and 1:1
-generators), so the tool gives the release's demo crops.
+generators), so the tool gives the release's demo crops. PIC's official models (pic_model.py: score =
+objective + one personal offset per candidate position) crop only among their fixed views
+(untils.pic_format.fixed_views: 24 crops, 4 scales of both sides at 6 anchors, in that order), on
+GAIC's release input plus the whole photo at 256x256, whose user logits give the offsets. --user ID
+needs ID's fine-tuned checkpoint (finetune_PIC.py's users/ID.pth); a prior scores each photo by its
+own logits, as the release; a pre-trained one by its objective score. The JSON says which
+("scored_as") and how candidates were chosen ("candidates").
 
 Per photo, in --out (default crops/): NAME_crop1.EXT ... the top-k crops at full resolution,
 cut from the file when they are written (JPEG stays JPEG at quality 95, PNG stays PNG), NAME.json
@@ -40,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
@@ -58,18 +63,20 @@ from config_GAICD import BACKBONES, PRECISIONS, Config
 from cropping_dataset import NO_PERSON_BOX, network_input
 from cropping_model import build_crop_model, load_crop_model
 from untils.batching import SizeBucketBatchSampler, collate_crops
-from untils.boxes import clip_boxes, rescale_boxes, resized_size
-from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, gaic_release_candidates,
-                               gaic_release_candidates_in_original, parse_aspect_ratio)
-from untils.checkpoint import CheckpointError
+from untils.boxes import resized_size
+from untils.candidates import parse_aspect_ratio
+from untils.checkpoint import CheckpointError, read_checkpoint
+from untils.crop_candidates import (FIXED_VIEW_COUNT, aspect_value, boxes_in_input, describe_candidates,
+                                   photo_candidates)
 from untils.cli import add_option_aliases
 from untils.config import parse_bool
 from untils.inference import move_batch, run_model
 from untils.person_detection import (DEFAULT_TORCHVISION_ARCH, MAIN_PERSON_RULE, TORCHVISION_ARCHS, Detection,
                                      PersonDetector, build_person_detector, choose_main_person)
-from untils.photos import (DEFAULT_MAX_PIXELS, Box, OutputPaths, PhotoError, PhotoHeader,
+from untils.photos import (DEFAULT_MAX_PIXELS, GAIC_SHORT_SIDE, Box, OutputPaths, PhotoError, PhotoHeader,
                            PhotoLike, as_upright_image, checked_person_box, draw_crops, list_photos, open_upright,
                            plan_outputs, read_header, read_human_boxes_file, save_crop, to_rgb8, write_atomic)
+from untils.pic_format import pic_crop_image, pic_user_image
 from untils.runtime import autocast_dtype, configure_threads, default_workers, resolve_device
 
 NO_CHECKPOINT_MESSAGE = (
@@ -150,27 +157,6 @@ def _photo_name(photo: PhotoLike, index: int) -> str:
     return os.path.basename(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else f"image{index}"
 
 
-def candidate_boxes(width: int, height: int, aspect_ratio: Optional[float]) -> np.ndarray:
-    """Candidate crops (N, 4) in whole pixels of a ``width`` x ``height`` photo; see the module docstring."""
-    if aspect_ratio is None:
-        boxes = gaic_grid_candidates(width, height)
-    else:
-        try:
-            boxes = fixed_ratio_candidates(width, height, aspect_ratio)
-        except ValueError as error:  # a ratio this photo cannot honour: this photo fails, the others go on
-            raise PhotoError(str(error)) from None
-    if len(boxes) == 0:
-        raise PhotoError(f"no candidate crop for a {width}x{height} photo: the GAIC grid keeps crops of aspect "
-                         "ratio 0.5 to 2.2 covering half the photo; pass --aspect-ratio for such a shape")
-    return boxes.numpy().astype(np.int64)
-
-
-def _resized_boxes(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
-    """Boxes in photo pixels to the network input, as the datasets scale them, clipped inside it."""
-    scaled = rescale_boxes(np.asarray(boxes, dtype=np.float64), resized[0] / size[0], resized[1] / size[1])
-    return torch.from_numpy(clip_boxes(scaled, *resized).astype(np.float32))
-
-
 @dataclass
 class _PhotoRecord:
     """What the scorer needs besides tensors; travels through the DataLoader unchanged (no full-size
@@ -198,7 +184,9 @@ class PhotoSettings:
     aspect_ratio: Optional[float]
     keep_image: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
-    preprocessing: str = "hcic"  # the model's: "gaic" also means GAIC's release candidates
+    preprocessing: str = "hcic"  # the model's, also its candidate rule (untils.crop_candidates); "pic": official PIC
+    bgr_order: bool = False  # "pic": feed the objective branch BGR, as the checkpoint was trained
+    user_image: bool = False  # "pic": add the whole photo at 256x256, whose user logits give the offsets
 
 
 class PhotoDataset(Dataset):
@@ -262,40 +250,25 @@ class PhotoDataset(Dataset):
 
     def _item(self, index: int, name: str, image: Image.Image, header: PhotoHeader,
               human_box: Optional[Sequence[float]], resized: tuple[int, int]) -> dict[str, Any]:
-        size = image.size
-        if self.settings.preprocessing == "gaic":  # GAIC's release: its candidates on its input, mapped back
-            ratio = _release_ratio(self.settings.aspect_ratio)
-            resized_boxes = gaic_release_candidates(*resized, ratio)
-            candidates = clip_boxes(gaic_release_candidates_in_original(*resized, *size, ratio), *size)
-            candidates = candidates.numpy().astype(np.int64)
-            if len(candidates) == 0:
-                raise PhotoError(f"GAIC's release makes no {ratio} candidate for a {resized[0]}x{resized[1]} input")
-        else:
-            candidates = candidate_boxes(*size, self.settings.aspect_ratio)
-            resized_boxes = _resized_boxes(candidates, size, resized)
+        size, settings = image.size, self.settings
+        candidates, resized_boxes = photo_candidates(settings.preprocessing, size, resized, settings.aspect_ratio)
         rgb = to_rgb8(image)
         person = self._person(rgb, human_box)
         human = (np.array([person.box]) if person.box is not None else None)
         record = _PhotoRecord(index, name, size[0], size[1], candidates, person, resized, header.orientation,
-                              image if self.settings.keep_image else None, header.format)
-        return {
-            "image": network_input(rgb, resized, self.settings.preprocessing),
+                              image if settings.keep_image else None, header.format)
+        item = {
+            "image": (pic_crop_image(np.asarray(rgb), settings.bgr_order)[0][0] if settings.preprocessing == "pic"
+                      else network_input(rgb, resized, settings.preprocessing)),
             "crop_box": resized_boxes,
-            "human_box": (_resized_boxes(human, size, resized) if human is not None
+            "human_box": (boxes_in_input(human, size, resized) if human is not None
                           else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)),
             "name": name,
             "photo": record,
         }
-
-
-def _release_ratio(aspect_ratio: Optional[float]) -> Optional[str]:
-    """The ratio names GAIC's release generates candidates for (free, 16:9, 4:3, 1:1)."""
-    if aspect_ratio is None:
-        return None
-    for name, value in (("16:9", 16 / 9), ("4:3", 4 / 3), ("1:1", 1.0)):
-        if math.isclose(aspect_ratio, value, rel_tol=1e-6):
-            return name
-    raise PhotoError(f"aspect ratio {aspect_ratio:g}: GAIC's release models crop freely or at 16:9, 4:3 or 1:1")
+        if settings.user_image:
+            item["user_image"] = pic_user_image(rgb)[0]
+        return item
 
 
 def collate_photos(items: list) -> tuple[Optional[dict[str, Any]], list[PhotoFailure]]:
@@ -309,13 +282,32 @@ def collate_photos(items: list) -> tuple[Optional[dict[str, Any]], list[PhotoFai
 # The cropper
 # ----------------------------------------------------------------------------------------------
 
-def _aspect_value(aspect_ratio: Union[None, str, float]) -> Optional[float]:
-    if aspect_ratio is None or isinstance(aspect_ratio, str):
-        return None if aspect_ratio is None else parse_aspect_ratio(aspect_ratio)
-    value = float(aspect_ratio)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"aspect ratio must be a positive number (w/h), got {aspect_ratio!r}")
-    return value
+OFFICIAL_PIC_SCORE = "objective score + its position's offset from this photo's user logits (the release's score)"
+
+
+def _official_pic_scoring(content: dict[str, Any], checkpoint: str, user: Optional[str],
+                          num_positions: int) -> tuple[bool, str]:
+    """How an official PIC checkpoint scores: ``(with its position offsets, the JSON's scored_as)``.
+    ``user`` must be the one its fine-tuned checkpoint records (finetune_PIC.py): a prior (or the
+    release's file) holds no per-user state, each photo's own user logits give its offsets."""
+    stage, trained_for = content.get("stage"), content.get("user")
+    what = {"finetuned": f"the official PIC model fine-tuned to user {trained_for}",
+            "prior": "the official PIC prior model, which holds no per-user state",
+            "pretrain": "an official PIC pre-trained model, whose position offsets are not trained"
+            }.get(stage, "a state_dict of PIC's release, which records no user")
+    if user is not None and (stage != "finetuned" or user != trained_for):
+        raise ValueError(f"--user {user}: {checkpoint} is {what}; crop for {user} with their fine-tuned checkpoint "
+                         f"(users/{user}.pth of finetune_PIC.py)")
+    if stage == "pretrain":
+        warnings.warn(f"{checkpoint} is {what}: crops are ranked by its objective score alone", stacklevel=3)
+        return False, f"objective score ({what})"
+    if num_positions != FIXED_VIEW_COUNT:
+        raise ValueError(f"{checkpoint}: its {num_positions} position offsets do not fit the {FIXED_VIEW_COUNT} "
+                         "fixed views crop.py scores (untils.pic_format.fixed_views)")
+    if user is None:
+        warnings.warn(f"{checkpoint} is {what}, used without --user: crops are ranked by its {OFFICIAL_PIC_SCORE}",
+                      stacklevel=3)
+    return True, f"{'user ' + user + ': ' if user else ''}{OFFICIAL_PIC_SCORE}; {what}"
 
 
 class Cropper:
@@ -340,28 +332,43 @@ class Cropper:
         self.checkpoint = checkpoint
         self.untrained = checkpoint is None
         self.user = user
+        content: dict[str, Any] = {}
         if checkpoint is None:
             if not allow_untrained:
                 raise MissingCheckpointError(NO_CHECKPOINT_MESSAGE)
             self.model = build_crop_model(Config(backbone=backbone, pretrained=False), "HCIC").to(self.device).eval()
             warnings.warn(UNTRAINED_WARNING, stacklevel=2)
         else:
-            self.model = load_crop_model(checkpoint, self.device, trusted=trust_checkpoint)
+            content = read_checkpoint(checkpoint, trusted=trust_checkpoint)  # its stage and user are read below
+            try:
+                self.model = load_crop_model(content, self.device)
+            except CheckpointError as error:
+                raise CheckpointError(f"{checkpoint}: {error}") from None
         self.cfg = self.model.cfg
         self.model_type = self.cfg.model_type
-        users = getattr(self.model, "user_embeddings", {})
-        if user is not None:
-            if self.model_type != "PIC":
-                raise ValueError(f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
-                                 "train one with prior_PIC.py / finetune_PIC.py")
-            if user not in users:
-                known = ", ".join(sorted(users)) or "none"
+        if user is not None and self.model_type != "PIC":
+            raise ValueError(f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
+                             "train one with prior_PIC.py / finetune_PIC.py")
+        official_pic = self.model_type == "PIC" and self.cfg.variant == "official"
+        # an official PIC model sees GAIC's release input and its fixed views (untils.crop_candidates)
+        self.preprocessing = "pic" if official_pic else self.cfg.image_preprocessing
+        self.image_size, self.keep_aspect_ratio = (((GAIC_SHORT_SIDE, GAIC_SHORT_SIDE), True) if official_pic
+                                                   else (tuple(self.cfg.image_size), self.cfg.keep_aspect_ratio))
+        self.user_image, self.scored_as = False, None
+        if official_pic:
+            self.user_image, self.scored_as = _official_pic_scoring(content, str(checkpoint), user,
+                                                                    self.cfg.num_positions)
+        elif self.model_type == "PIC":
+            users = self.model.user_embeddings
+            known = ", ".join(sorted(users)) or "none"
+            if user is not None and user not in users:
                 raise ValueError(f"--user {user}: {checkpoint} knows no such user (known users: {known})")
             self.model.user = user
-        elif self.model_type == "PIC":  # say so: without a user the scores are nobody's taste
-            known = ", ".join(sorted(users)) or "none"
-            warnings.warn(f"{checkpoint} is a personalized (PIC) checkpoint used without --user: crops are ranked by "
-                          f"its {NO_USER_SCORE}; --user ID ranks them as one of its users ({known})", stacklevel=2)
+            self.scored_as = f"user {user}" if user is not None else NO_USER_SCORE
+            if user is None:  # say so: without a user the scores are nobody's taste
+                warnings.warn(f"{checkpoint} is a personalized (PIC) checkpoint used without --user: crops are ranked "
+                              f"by its {NO_USER_SCORE}; --user ID ranks them as one of its users ({known})",
+                              stacklevel=2)
         self.detector = detector
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -370,13 +377,18 @@ class Cropper:
         """The model, for the JSON outputs."""
         entry = {"checkpoint": self.checkpoint, "model_type": self.model_type, "user": self.user,
                  "backbone": self.cfg.backbone,
-                 "image_size": list(self.cfg.image_size), "keep_aspect_ratio": self.cfg.keep_aspect_ratio,
+                 "image_size": list(self.image_size), "keep_aspect_ratio": self.keep_aspect_ratio,
                  "untrained": self.untrained, "precision": self.precision, "channels_last": self.channels_last}
-        if self.model_type == "PIC":
-            entry["scored_as"] = f"user {self.user}" if self.user is not None else NO_USER_SCORE
+        if self.scored_as is not None:
+            entry["scored_as"] = self.scored_as
         if self.untrained:
             entry["warning"] = UNTRAINED_WARNING
         return entry
+
+    def candidates(self, aspect_ratio: Union[None, str, float] = None) -> str:
+        """How this model's candidates are chosen at ``aspect_ratio`` (``untils.crop_candidates``);
+        raises ValueError for a ratio they cannot give (any, for an official PIC model)."""
+        return describe_candidates(self.preprocessing, aspect_value(aspect_ratio))
 
     def rank_many(self, photos: Sequence[PhotoLike], human_boxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
                   aspect_ratio: Union[None, str, float] = None, *, human_source: str = "given",
@@ -396,8 +408,9 @@ class Cropper:
             human_boxes = [None] * len(photos)
         if len(human_boxes) != len(photos):
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
-        settings = PhotoSettings(tuple(self.cfg.image_size), self.cfg.keep_aspect_ratio,
-                                 _aspect_value(aspect_ratio), keep_image, max_pixels, self.cfg.image_preprocessing)
+        self.candidates(aspect_ratio)  # refuses a ratio this model's candidates cannot give
+        settings = PhotoSettings(self.image_size, self.keep_aspect_ratio, aspect_value(aspect_ratio), keep_image,
+                                 max_pixels, self.preprocessing, getattr(self.cfg, "bgr_order", False), self.user_image)
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures
         if len(dataset) == 0:
@@ -482,7 +495,7 @@ def write_outputs(result: CropResult, photo: Path, paths: OutputPaths, cropper: 
         "coordinates": "pixels of the upright photo (EXIF orientation applied), [x1, y1, x2, y2]",
         "model": cropper.describe(), "resized_to": list(result.resized_size),
         "aspect_ratio": aspect_text, "aspect_ratio_value": result.aspect_ratio,
-        "candidates": "GAIC grid" if result.aspect_ratio is None else "fixed ratio",
+        "candidates": cropper.candidates(result.aspect_ratio),
         "person": result.person.to_json(),
         "crops": crops,
         "ranked": [{"box": list(box), "score": score} for box, score in zip(result.boxes, result.scores)],
@@ -530,9 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("photos", nargs="+", metavar="PHOTO_OR_FOLDER", help="photos, or folders of photos")
     parser.add_argument("--checkpoint", help="trained model: ours (train_on_GAICD.py) or the official release's")
     parser.add_argument("--user", metavar="ID", help="score crops the way this user likes: needs a personalized "
-                        "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth)")
+                        "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth, the only "
+                        "choice for the official variant)")
     parser.add_argument("--aspect-ratio", default="any", type=_aspect_argument,
-                        help="any (the GAIC grid), or W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h")
+                        help="any (the GAIC grid), or W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; an "
+                        "official PIC checkpoint takes only any (its fixed views)")
     parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo (default 3)")
     person = parser.add_mutually_exclusive_group()
     person.add_argument("--human-box", type=_box_argument, metavar="X1,Y1,X2,Y2",
@@ -619,6 +634,7 @@ def _run(args: argparse.Namespace) -> int:
             cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
                               backbone=args.untrained_backbone, user=args.user, precision=args.precision,
                               channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint)
+        cropper.candidates(args.aspect_ratio)  # a ratio its candidates cannot give fails here, not per photo
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device
         print(f"error: {error}", file=sys.stderr)
         if isinstance(error, CheckpointError) and not os.path.exists(args.checkpoint):

@@ -43,9 +43,9 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
-from pic_embedding import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_user, extract_features,
-                           prior_pull_loss, single_threaded, user_images, user_scores)
-from pic_model import evaluate_images, is_official_pic_state_dict, rated_images, train_on_images
+from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_images, evaluate_user,
+                       extract_features, is_official_pic_state_dict, prior_pull_loss, rated_images, single_threaded,
+                       train_on_images, user_images, user_scores)
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options

@@ -21,15 +21,14 @@ in ``<data_root>/PIC`` (paths overridable in ``config_PIC.Config``)::
 image) in one error. ``PICDataset`` gives ``cropping_dataset``'s item dicts plus ``user``;
 ``PICImageDataset`` gives each image once with the users' average score of each crop (the
 objective scores of the generated benchmark). ``convert_ratings_csv`` turns a table of
-per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format; run it as
-``python pic_dataset.py ratings.csv --out DATA_ROOT [--images DIR]``. The release's CSV layout
-(:class:`ReleaseData`) is read by ``load_release_layout`` and converted both ways by
-``write_release_layout`` and ``release_to_json``. The folder is written by
-``untils.pic_format``, which the generated benchmark (``untils/pic_synthetic.py``) uses too.
+per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format. The release's CSV
+layout (:class:`ReleaseData`) is read by ``load_release_layout`` and converted both ways by
+``write_release_layout`` and ``release_to_json``. ``convert_PIC_data.py`` runs the three converters
+from the command line. The files are written by ``untils.pic_format``, which the generated
+benchmark (``untils/pic_synthetic.py``) uses too; a converter writes a whole new folder or nothing.
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
 import math
@@ -38,7 +37,7 @@ import random
 import shutil
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -47,8 +46,8 @@ from torch.utils.data import ConcatDataset
 from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
                               problems_error, read_crop_annotations, read_human_boxes)
 from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
-                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, write_pic_annotations,
-                               write_release_csv)
+                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, copy_images,
+                               write_folder_atomic, write_pic_annotations, write_release_csv)
 from untils.training import held_out_images, seeded_order
 
 if TYPE_CHECKING:
@@ -339,6 +338,55 @@ def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[
     return sorted(order[test_count:]), sorted(order[:test_count])
 
 
+class CropCsvLayout(NamedTuple):
+    """A CSV of rated crops, one row per crop: the columns it must have, which one names the image,
+    and which hold the box (four numbers, or one "[x1,y1,x2,y2]" text as the release's)."""
+    columns: tuple[str, ...]
+    image_column: str
+    box_columns: tuple[str, ...]
+    box_text: str  # how an error message names the box
+
+
+RATINGS_CSV = CropCsvLayout(CSV_COLUMNS, "image", ("x1", "y1", "x2", "y2"), "x1, y1, x2, y2")
+RELEASE_CSV = CropCsvLayout(RELEASE_CSV_HEADER, "name", ("bbox",), 'bbox "[x1,y1,x2,y2]"')
+
+
+def _parse_box(row: Mapping[str, Optional[str]], columns: Sequence[str]) -> list[float]:
+    texts = [row[column] or "" for column in columns]
+    if len(texts) == 1:
+        texts = texts[0].strip().strip("[]").split(",")
+    if len(texts) != 4:
+        raise ValueError("a box is four numbers")
+    return [float(text) for text in texts]
+
+
+def _read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[int], str],
+                   problems: list[str]) -> Iterator[tuple[int, Mapping[str, str], str, list[float], float]]:
+    """``(line, row, image, box, score)`` of each row of a CSV of rated crops with a readable, finite
+    box and score and an image name. Every other row, and a header without ``layout.columns``,
+    is appended to ``problems`` as ``where(line): ...``."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = [column for column in layout.columns if column not in (reader.fieldnames or [])]
+        if missing:
+            problems.append(f"{where(1)}: the header lacks column(s) {missing}; expected {','.join(layout.columns)}")
+            return
+        for line, row in enumerate(reader, start=2):
+            image = (row[layout.image_column] or "").strip()
+            try:
+                box, score = _parse_box(row, layout.box_columns), float(row["score"])
+            except (TypeError, ValueError):
+                problems.append(f"{where(line)}: {layout.box_text} and score must be numbers, got "
+                                f"{[row[column] for column in layout.box_columns + ('score',)]}")
+                continue
+            if not image:
+                problems.append(f"{where(line)}: empty image name")
+            elif not all(math.isfinite(v) for v in box + [score]):
+                problems.append(f"{where(line)}: values must be finite")
+            else:
+                yield line, row, image, box, score
+
+
 def read_ratings_csv(path: str) -> dict[str, dict[str, dict[str, list]]]:
     """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox, score}}}``."""
     if not os.path.isfile(path):
@@ -346,38 +394,19 @@ def read_ratings_csv(path: str) -> dict[str, dict[str, dict[str, list]]]:
     problems: list[str] = []
     ratings: dict[str, dict[str, dict[str, list]]] = {}
     seen: set[tuple[str, str, tuple[float, ...]]] = set()
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"ratings CSV {path} lacks column(s) {missing}; expected a header with "
-                               f"{','.join(CSV_COLUMNS)}")
-        for line, row in enumerate(reader, start=2):
-            user, image = row["annotator"].strip(), row["image"].strip()
-            try:
-                box = [float(row[c]) for c in ("x1", "y1", "x2", "y2")]
-                score = float(row["score"])
-            except (TypeError, ValueError):
-                problems.append(f"line {line}: x1, y1, x2, y2 and score must be numbers, got "
-                                f"{[row[c] for c in CSV_COLUMNS[2:]]}")
-                continue
-            if not USER_ID_PATTERN.match(user):
-                problems.append(f"line {line}: annotator {user!r} must be letters, digits, '_', '-' or '.' (not first)")
-                continue
-            if not image:
-                problems.append(f"line {line}: empty image name")
-                continue
-            if not all(math.isfinite(v) for v in box + [score]):
-                problems.append(f"line {line}: values must be finite")
-                continue
-            key = (user, image, box_key(box))
-            if key in seen:
-                problems.append(f"line {line}: annotator {user} rates crop {box} of {image} twice")
-                continue
-            seen.add(key)
-            entry = ratings.setdefault(user, {}).setdefault(image, {"bbox": [], "score": []})
-            entry["bbox"].append(box)
-            entry["score"].append(score)
+    for line, row, image, box, score in _read_crop_rows(path, RATINGS_CSV, lambda line: f"line {line}", problems):
+        user = (row["annotator"] or "").strip()
+        if not USER_ID_PATTERN.match(user):
+            problems.append(f"line {line}: annotator {user!r} must be letters, digits, '_', '-' or '.' (not first)")
+            continue
+        key = (user, image, box_key(box))
+        if key in seen:
+            problems.append(f"line {line}: annotator {user} rates crop {box} of {image} twice")
+            continue
+        seen.add(key)
+        entry = ratings.setdefault(user, {}).setdefault(image, {"bbox": [], "score": []})
+        entry["bbox"].append(box)
+        entry["score"].append(score)
     if problems:
         raise problems_error(f"ratings CSV {path}", problems)
     if not ratings:
@@ -396,10 +425,6 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] =
     """
     ratings = read_ratings_csv(csv_path)
     pic_dir = os.path.join(out_root, "PIC")
-    if os.path.exists(pic_dir):
-        if not overwrite:
-            raise FileExistsError(f"{pic_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(pic_dir)
     images = sorted({name for user_ratings in ratings.values() for name in user_ratings})
     if image_dir is not None:
         missing = [name for name in images if not os.path.isfile(os.path.join(image_dir, name))]
@@ -412,13 +437,14 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] =
             order = sorted(range(len(entry["score"])), key=lambda i: -entry["score"][i])
             entry["bbox"] = [entry["bbox"][i] for i in order]
             entry["score"] = [entry["score"][i] for i in order]
-    os.makedirs(os.path.join(pic_dir, "images"))
-    write_pic_annotations(pic_dir, train, test, ratings, boxes)
-    if image_dir is not None:
-        for name in images:
-            target = os.path.join(pic_dir, "images", name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copy2(os.path.join(image_dir, name), target)
+
+    def write(folder: str) -> None:
+        write_pic_annotations(folder, train, test, ratings, boxes)
+        os.makedirs(os.path.join(folder, "images"))  # without image_dir, the user puts the photos here
+        if image_dir is not None:
+            copy_images(images, lambda name: os.path.join(image_dir, name), os.path.join(folder, "images"))
+
+    write_folder_atomic(pic_dir, overwrite, write)
     return {"path": pic_dir, "train": train, "test": test}
 
 
@@ -463,62 +489,39 @@ class ReleaseData:
         return os.path.join(self.image_dir, name)
 
 
-def _parse_release_box(text: str) -> list[float]:
-    parts = text.strip().strip("[]").split(",")
-    if len(parts) != 4:
-        raise ValueError("four numbers")
-    return [float(part) for part in parts]
-
-
 def _read_release_csv(path: str, user: str, image_dir: str, sizes: dict[str, Optional[tuple[int, int]]],
                       positions: Optional[int], problems: list[str]) -> UserRatings:
     """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
     boxes: dict[str, list[list[float]]] = {}
     scores: dict[str, list[float]] = {}
     first_row: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        if tuple(reader.fieldnames or ()) [:3] != RELEASE_CSV_HEADER:
-            problems.append(f"user {user}, {path}, row 1: header {reader.fieldnames} must start with "
-                            f"{','.join(RELEASE_CSV_HEADER)}")
-            return {}
-        for row_number, row in enumerate(reader, start=2):
-            where = f"user {user}, {path}, row {row_number}"
-            name = (row["name"] or "").strip()
-            try:
-                box, score = _parse_release_box(row["bbox"] or ""), float(row["score"])
-            except ValueError:
-                problems.append(f"{where}: bbox must be \"[x1,y1,x2,y2]\" and score a number, got "
-                                f"{row['bbox']!r} and {row['score']!r}")
-                continue
-            if not name:
-                problems.append(f"{where}: empty image name")
-                continue
-            if not all(math.isfinite(v) for v in box + [score]):
-                problems.append(f"{where}: values must be finite")
-                continue
-            if name not in sizes:
-                sizes[name] = _image_size(os.path.join(image_dir, name))
-            if sizes[name] is None:
-                problems.append(f"{where}: image {os.path.join(image_dir, name)} is missing or unreadable")
-                continue
-            checked, _, problem = check_boxes(np.asarray([box], dtype=np.float64), *sizes[name])
-            if problem:
-                problems.append(f"{where}: crop {problem}")
-                continue
-            if box_key(checked[0]) in {box_key(seen) for seen in boxes.get(name, [])}:
-                problems.append(f"{where}: crop {box} of {name} is listed twice")
-                continue
-            first_row.setdefault(name, row_number)
-            boxes.setdefault(name, []).append(checked[0].tolist())
-            scores.setdefault(name, []).append(score)
+
+    def where(line: int) -> str:
+        return f"user {user}, {path}, row {line}"
+
+    for line, _, name, box, score in _read_crop_rows(path, RELEASE_CSV, where, problems):
+        if name not in sizes:
+            sizes[name] = _image_size(os.path.join(image_dir, name))
+        if sizes[name] is None:
+            problems.append(f"{where(line)}: image {os.path.join(image_dir, name)} is missing or unreadable")
+            continue
+        checked, _, problem = check_boxes(np.asarray([box], dtype=np.float64), *sizes[name])
+        if problem:
+            problems.append(f"{where(line)}: crop {problem}")
+            continue
+        if box_key(checked[0]) in {box_key(seen) for seen in boxes.get(name, [])}:
+            problems.append(f"{where(line)}: crop {box} of {name} is listed twice")
+            continue
+        first_row.setdefault(name, line)
+        boxes.setdefault(name, []).append(checked[0].tolist())
+        scores.setdefault(name, []).append(score)
     for name, listed in boxes.items():
-        where = f"user {user}, {path}, row {first_row[name]}"
         if len(listed) < MIN_CROPS:
-            problems.append(f"{where}: image {name} has {len(listed)} crops, at least {MIN_CROPS} are needed")
+            problems.append(f"{where(first_row[name])}: image {name} has {len(listed)} crops, at least {MIN_CROPS} "
+                            "are needed")
         elif positions is not None and len(listed) != positions:
-            problems.append(f"{where}: image {name} has {len(listed)} crops; the official model scores exactly "
-                            f"{positions} (--num_positions), one per fixed position")
+            problems.append(f"{where(first_row[name])}: image {name} has {len(listed)} crops; the official model "
+                            f"scores exactly {positions} (--num_positions), one per fixed position")
     if not boxes and not any(problem.startswith(f"user {user}, {path}") for problem in problems):
         problems.append(f"user {user}, {path}, row 1: no crops")
     return {name: CropAnnotation(np.asarray(boxes[name]), np.asarray(scores[name])) for name in boxes}
@@ -577,18 +580,24 @@ def load_release_layout(root: str, positions: Optional[int] = None) -> ReleaseDa
     return ReleaseData(root, image_dir, prior, finetune, pretrain)
 
 
+def _merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ...], tuple[list[float], list[float]]]]:
+    """Each image's crops in ``files`` (one crop: equal boxes by :func:`box_key`), in order of first
+    appearance: ``{name: {box key: (the box as first given, every score given to it)}}``."""
+    merged: dict[str, dict[tuple[float, ...], tuple[list[float], list[float]]]] = {}
+    for user_ratings in files:
+        for name, entry in user_ratings.items():
+            crops = merged.setdefault(name, {})
+            for box, score in zip(entry.boxes, entry.scores):
+                crops.setdefault(box_key(box), (box.tolist(), []))[1].append(float(score))
+    return merged
+
+
 def rated_average(files: Sequence[UserRatings]) -> UserRatings:
     """Each image's crops (in order of first appearance) with the mean of the scores the files give
     them: the objective target of the official pre-training (the training users' average)."""
-    totals: dict[str, dict[tuple[float, ...], list[float]]] = {}
-    for user_ratings in files:
-        for name, entry in user_ratings.items():
-            crops = totals.setdefault(name, {})
-            for box, score in zip(entry.boxes, entry.scores):
-                crops.setdefault(box_key(box), []).append(float(score))
-    return {name: CropAnnotation(np.asarray([list(key) for key in crops]),
-                                 np.asarray([np.mean(scores) for scores in crops.values()]))
-            for name, crops in totals.items()}
+    return {name: CropAnnotation(np.asarray([box for box, _ in crops.values()]),
+                                 np.asarray([np.mean(scores) for _, scores in crops.values()]))
+            for name, crops in _merged_crops(files).items()}
 
 
 def _as_json_entry(annotation: CropAnnotation) -> dict[str, list]:
@@ -608,37 +617,32 @@ def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5,
     support images of :func:`split_user_images` and ``finetune/<N>/val`` = its test images (the
     same for every N, as the embedding variant reports on), so both variants see the same images.
     """
-    if os.path.exists(out_dir):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
-        shutil.rmtree(out_dir)
-    splits = {}
-    for n in shots:
-        splits[n] = {user: split_user_images(user, data.images_of(user), n, 0, test_fraction, seed)
-                     for user in data.test_users}
-    names = sorted({name for user in data.users for name in data.images_of(user)})
-    os.makedirs(os.path.join(out_dir, RELEASE_IMAGE_FOLDER))
-    for name in names:
-        target = os.path.join(out_dir, RELEASE_IMAGE_FOLDER, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copy2(data.image_path(name), target)
-    for user in data.train_users:
-        held_out = set(held_out_images(data.images_of(user), val_fraction, seed))
-        train = [name for name in data.images_of(user) if name not in held_out]
-        prior_dir = os.path.join(out_dir, RELEASE_PRIOR_FOLDER)
-        write_release_csv(os.path.join(prior_dir, f"{user}_train.csv"), _release_rows(data, user, train))
-        write_release_csv(os.path.join(prior_dir, f"{user}_val.csv"),
-                          _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]))
-        user_dir = os.path.join(out_dir, RELEASE_PRETRAIN_FOLDER, user)
-        os.makedirs(user_dir)
-        for name in train:
-            shutil.copy2(data.image_path(name), os.path.join(user_dir, name.replace("/", "_")))
-    for n, by_user in splits.items():
-        for user, split in by_user.items():
-            shots_dir = os.path.join(out_dir, RELEASE_FINETUNE_FOLDER, str(n))
-            write_release_csv(os.path.join(shots_dir, "train", f"{user}_train.csv"),
-                              _release_rows(data, user, split.support))
-            write_release_csv(os.path.join(shots_dir, "val", f"{user}_val.csv"), _release_rows(data, user, split.test))
+    splits = {n: {user: split_user_images(user, data.images_of(user), n, 0, test_fraction, seed)
+                  for user in data.test_users} for n in shots}
+
+    def write(folder: str) -> None:
+        names = sorted({name for user in data.users for name in data.images_of(user)})
+        copy_images(names, data.image_path, os.path.join(folder, RELEASE_IMAGE_FOLDER))
+        for user in data.train_users:
+            held_out = set(held_out_images(data.images_of(user), val_fraction, seed))
+            train = [name for name in data.images_of(user) if name not in held_out]
+            prior_dir = os.path.join(folder, RELEASE_PRIOR_FOLDER)
+            write_release_csv(os.path.join(prior_dir, f"{user}_train.csv"), _release_rows(data, user, train))
+            write_release_csv(os.path.join(prior_dir, f"{user}_val.csv"),
+                              _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]))
+            user_dir = os.path.join(folder, RELEASE_PRETRAIN_FOLDER, user)
+            os.makedirs(user_dir)
+            for name in train:
+                shutil.copy2(data.image_path(name), os.path.join(user_dir, name.replace("/", "_")))
+        for n, by_user in splits.items():
+            shots_dir = os.path.join(folder, RELEASE_FINETUNE_FOLDER, str(n))
+            for user, split in by_user.items():
+                write_release_csv(os.path.join(shots_dir, "train", f"{user}_train.csv"),
+                                  _release_rows(data, user, split.support))
+                write_release_csv(os.path.join(shots_dir, "val", f"{user}_val.csv"),
+                                  _release_rows(data, user, split.test))
+
+    write_folder_atomic(out_dir, overwrite, write)
     return out_dir
 
 
@@ -650,10 +654,6 @@ def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False
     layout holds no splits: the N-shot files become one set per user.
     """
     pic_dir = os.path.join(out_root, "PIC")
-    if os.path.exists(pic_dir):
-        if not overwrite:
-            raise FileExistsError(f"{pic_dir} already exists; pass overwrite=True to replace it")
-        shutil.rmtree(pic_dir)
     files: dict[str, list[UserRatings]] = {}
     for user, split in release.prior.items():
         files.setdefault(user, []).extend([split.train, split.val])
@@ -664,45 +664,19 @@ def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False
     problems: list[str] = []
     ratings: dict[str, dict[str, dict[str, list]]] = {}
     for user, ratings_files in files.items():
-        merged: dict[str, dict[tuple[float, ...], float]] = {}
-        for user_ratings in ratings_files:
-            for name, entry in user_ratings.items():
-                crops = merged.setdefault(name, {})
-                for box, score in zip(entry.boxes, entry.scores):
-                    if crops.setdefault(box_key(box), float(score)) != float(score):
-                        problems.append(f"user {user}, image {name}: crop {box.tolist()} has two scores in the "
-                                        "release's files")
-        ratings[user] = {name: {"bbox": [list(key) for key in crops], "score": list(crops.values())}
-                         for name, crops in merged.items()}
+        ratings[user] = {}
+        for name, crops in _merged_crops(ratings_files).items():
+            problems += [f"user {user}, image {name}: crop {box} has different scores in the release's files "
+                         f"({sorted(set(scores))})" for box, scores in crops.values() if len(set(scores)) > 1]
+            ratings[user][name] = {"bbox": [box for box, _ in crops.values()],
+                                   "score": [scores[0] for _, scores in crops.values()]}
     if problems:
         raise problems_error(f"release-layout PIC folder {release.root}", problems)
-    os.makedirs(os.path.join(pic_dir, "images"))
-    for name in sorted({name for user_ratings in ratings.values() for name in user_ratings}):
-        target = os.path.join(pic_dir, "images", name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copy2(release.image_path(name), target)
-    write_pic_annotations(pic_dir, release.train_users, test_users, ratings)
+
+    def write(folder: str) -> None:
+        names = sorted({name for user_ratings in ratings.values() for name in user_ratings})
+        copy_images(names, release.image_path, os.path.join(folder, "images"))
+        write_pic_annotations(folder, release.train_users, test_users, ratings)
+
+    write_folder_atomic(pic_dir, overwrite, write)
     return pic_dir
-
-
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python pic_dataset.py",
-        description="Convert per-annotator crop ratings (CSV with columns annotator,image,x1,y1,x2,y2,score; "
-                    "boxes in original pixels) into the PIC format under OUT/PIC.")
-    parser.add_argument("csv", help="the ratings CSV")
-    parser.add_argument("--out", required=True, help="data root to write PIC/ into")
-    parser.add_argument("--images", help="folder of the rated images, copied into PIC/images")
-    parser.add_argument("--human-boxes", help="a human_bboxes.json ({image: [x1, y1, x2, y2]}) to copy")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of the users held out as test users")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test user split")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/PIC")
-    args = parser.parse_args(argv)
-    summary = convert_ratings_csv(args.csv, args.out, args.images, args.human_boxes, args.test_fraction,
-                                  args.seed, args.overwrite)
-    print(f"wrote {summary['path']}: {len(summary['train'])} training users, {len(summary['test'])} test users")
-    return summary
-
-
-if __name__ == "__main__":
-    main()

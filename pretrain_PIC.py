@@ -1,17 +1,21 @@
 """Pre-train personalized cropping (PIC): one backbone, an objective and a subjective branch.
 
   python pretrain_PIC.py --data-root DATA --pretrained false      # official variant (the default)
+  python pretrain_PIC.py --data-root DATA --objective_set PIC     # the same without GAICD
 
-The official variant (``--variant official``, the published recipe) reads ``PIC_release`` (the
-release's CSV layout, ``pic_dataset.ReleaseData``): each step scores up to
-`official_crops_per_step` crops of one image with the objective branch (smooth-L1 against the
-training users' mean score of each crop) and classifies one augmented 256x256 image of
-``pretrain/<user>/`` by its user (cross-entropy), Adam at `lr` (1e-4), batch 1, `max_epoch`
-epochs; writes checkpoints/pretrain.pth. The rest of this text is our variant
-(``--variant embedding``, ``pic_embedding.py``):
+The official variant (``--variant official``, the published recipe, the release's ``pre_pic.py``)
+trains the objective branch on ``objective_set``: GAICD's training split (the default, as the
+release: GAIC's preprocessing and augmentation, `official_crops_per_step` (64) random views per
+image, smooth-L1 against (MOS - 2.95) / 0.8) or the training users' mean score of each crop of the
+images in ``PIC_release`` (``PIC``, for data without GAICD). Each step adds to that loss the
+cross-entropy of `official_user_images_per_step` (4) augmented 256x256 images of
+``PIC_release/pretrain/<user>/`` classified by their user (pic_dataset.ReleaseData), one Adam step
+at `lr` (1e-4); an epoch is one pass over the objective images; after `max_epoch` epochs it writes
+checkpoints/pretrain.pth (the release keeps every epoch and selects none). The rest of this text
+is our variant (``--variant embedding``, ``pic_model.py``):
 
-  python pretrain_PIC.py --data-root DATA                         # objective: the users' average scores
-  python pretrain_PIC.py --data-root DATA --objective_set GAICD   # objective: GAICD's scores (or CPC)
+  python pretrain_PIC.py --data-root DATA --variant embedding                        # the users' average scores
+  python pretrain_PIC.py --data-root DATA --variant embedding --objective_set GAICD  # GAICD's scores (or CPC)
   python pretrain_PIC.py --resume experiments/PIC_mobilenetv2/checkpoints/last.pth
 
 Each step scores `view_per_image` random candidate crops of each image with the objective branch
@@ -28,7 +32,7 @@ users are never seen here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -39,11 +43,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config_PIC
+from config_GAICD import MOS_MEAN, MOS_STD
 from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import CropOutput, build_crop_model, crop_score_loss
 from pic_dataset import PICData, PICImageDataset, load_pic_data, load_release_layout, rated_average
-from pic_embedding import PICModel
-from pic_model import augmented_user_image, build_official_model, pic_user_image, rated_images
+from pic_model import PICModel, RatedImage, augmented_user_image, build_official_model, rated_images
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
 from untils.checkpoint import config_to_dict, save_atomic
@@ -51,8 +55,11 @@ from untils.cli import run_script
 from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
 from untils.inference import move_batch
+from untils.photos import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
+from untils.pic_format import pic_user_image
 from untils.runtime import seed_everything
-from untils.training import Trainer, build_parser, launch, split_validation, subset_of
+from untils.training import (EpochSeededItems, Trainer, build_parser, item_seed, launch, sample_views,
+                             split_validation, subset_of)
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
 
@@ -205,17 +212,64 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
     return PICPretrainer(cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, progress)
 
 
+class RatedImageItems(Dataset):
+    """Rated images (``pic_model.RatedImage``) as crop-dataset items, so the official loop reads the
+    training users' mean scores (objective_set PIC) the way it reads GAICD."""
+
+    def __init__(self, examples: Sequence[RatedImage]) -> None:
+        self.examples = list(examples)
+        self.names = [example.name for example in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        return {"image": example.image[0], "crop_box": example.crop_box[0], "score": example.scores,
+                "name": example.name}
+
+
+def gaicd_training_split(cfg: config_PIC.Config) -> GAICDataset:
+    """GAICD's training split as the release's pre-training reads it: GAIC's preprocessing (shorter
+    side 256, cv2, / 256) and augmentation (``data_augmentation``); one error when GAICD is missing."""
+    needed = [cfg.GAIC_image, cfg.GAIC_anno, cfg.GAIC_human,
+              cfg.GAIC_human_split if cfg.only_human else cfg.GAIC_split]
+    missing = [path for path in needed if not os.path.exists(path)]
+    if missing:
+        more = f" (and {len(missing) - 1} more of GAICD's files)" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"the official pre-training trains its objective branch on GAICD's training split, as the release, "
+            f"but {missing[0]} is missing{more}; GAICD is looked for in {cfg.GAIC_path} (--data-root, --GAIC_path); "
+            "--objective_set PIC trains it on the training users' mean scores instead")
+    gaic_input = replace(cfg, image_preprocessing="gaic", image_size=(GAIC_SHORT_SIDE, GAIC_SHORT_SIDE),
+                         keep_aspect_ratio=True)
+    return GAICDataset(gaic_input, "train", cfg.only_human, keep_aspect_ratio=True, augment=cfg.data_augmentation,
+                       require_heat_maps=False)
+
+
+def bgr_input(image: torch.Tensor) -> torch.Tensor:
+    """An ImageNet-normalised RGB input (B, 3, H, W) with its channels in cv2's BGR order, normalised
+    with the RGB statistics as the release's BGR path (``untils.pic_format.pic_crop_image(bgr_order=True)``)."""
+    mean = image.new_tensor(IMAGE_NET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGE_NET_STD).view(1, 3, 1, 1)
+    return ((image * std + mean).flip(1) - mean) / std
+
+
 def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
     """The official pre-training (module docstring); returns ``{"checkpoint", "exp_path", "history"}``."""
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
     users = sorted(release.pretrain)
     if len(users) < 2:
         raise SystemExit(f"{cfg.PIC_release}/pretrain needs one folder of images per training user (two or more)")
+    on_gaicd = cfg.objective_set == "GAICD"
+    if on_gaicd:
+        objective: Dataset = gaicd_training_split(cfg)
+    else:
+        averages = rated_average([split.train for split in release.prior.values()])
+        objective = RatedImageItems(rated_images(release.image_dir, averages))
     cfg.num_users = len(users)
     seed_everything(cfg.seed)
     model = build_official_model(cfg, cfg.backbone_weight_path if cfg.pretrained else None)
-    objective = rated_images(release.image_dir, rated_average([split.train for split in release.prior.values()]),
-                             cfg.bgr_order)
     labelled = [(path, label) for label, user in enumerate(users) for path in release.pretrain[user]]
     user_images = {}
     for path, _ in labelled:
@@ -223,29 +277,37 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
             user_images[path] = pic_user_image(photo)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    per_step = cfg.official_user_images_per_step
     exp_path = cfg.create_experiment_dir()
     history = []
     model.train()
     for epoch in tqdm(range(cfg.max_epoch), desc="pre-training", disable=not progress):
         order = torch.randperm(len(objective), generator=generator).tolist()
         classes = torch.randperm(len(labelled), generator=generator).tolist()
-        total = 0.0
-        for step, index in enumerate(order):
-            example = objective[index]
-            keep = torch.randperm(example.crop_box.shape[1], generator=generator)[:cfg.official_crops_per_step]
-            scores = model.objective_scores(example.image, example.crop_box[:, keep])[0]
-            path, label = labelled[classes[step % len(classes)]]
-            logits = model.user_logits(augmented_user_image(user_images[path], generator))
-            loss = F.smooth_l1_loss(scores, example.scores[keep]) + F.cross_entropy(logits, torch.tensor([label]))
+        loader = DataLoader(EpochSeededItems(objective, cfg.seed, epoch), batch_sampler=[[index] for index in order],
+                            collate_fn=collate_crops, num_workers=cfg.num_workers if on_gaicd else 0)
+        sums = {"loss": 0.0, "objective_loss": 0.0, "user_loss": 0.0}
+        for step, batch in enumerate(loader):
+            batch = sample_views(batch, cfg.official_crops_per_step, [item_seed(cfg.seed, epoch, batch["name"][0])])
+            image = bgr_input(batch["image"]) if cfg.bgr_order else batch["image"]
+            target = (batch["score"][0] - MOS_MEAN) / MOS_STD if on_gaicd else batch["score"][0]
+            objective_loss = F.smooth_l1_loss(model.objective_scores(image, batch["crop_box"])[0], target)
+            picks = [labelled[classes[(step * per_step + j) % len(classes)]] for j in range(per_step)]
+            logits = model.user_logits(torch.cat([augmented_user_image(user_images[path], generator)
+                                                  for path, _ in picks]))
+            user_loss = F.cross_entropy(logits, torch.tensor([label for _, label in picks]))
+            loss = objective_loss + user_loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += loss.item()
-        history.append({"epoch": epoch, "loss": total / len(order)})
+            for key, value in (("loss", loss), ("objective_loss", objective_loss), ("user_loss", user_loss)):
+                sums[key] += value.item()
+        history.append({"epoch": epoch, **{key: total / len(order) for key, total in sums.items()}})
     path = os.path.join(exp_path, "checkpoints", "pretrain.pth")
     save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
                  "stage": "pretrain", "users": users, "history": history}, path)
-    print(f"official pre-training ({len(users)} users, {len(objective)} objective images) saved to {path}", flush=True)
+    print(f"official pre-training ({len(users)} users, {len(objective)} {cfg.objective_set} objective images) "
+          f"saved to {path}", flush=True)
     return {"checkpoint": path, "exp_path": exp_path, "history": history}
 
 
@@ -255,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer | dict:
     if config_PIC.Config(**given_config_options(args)).variant == "official":
         if args.resume:
             raise SystemExit("--resume is for the embedding variant's engine; the official pre-training restarts")
-        return pretrain_official(config_PIC.Config(**given_config_options(args)), progress=True)
+        return pretrain_official(config_PIC.Config(**given_config_options(args)), progress=not args.no_progress)
     return launch(build_trainer, config_PIC.Config, args)
 
 

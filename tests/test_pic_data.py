@@ -1,8 +1,12 @@
-"""PIC per-user data: loader and its checks, union of crops, splits, datasets, the CSV converter."""
+"""PIC per-user data: loader and its checks, union of crops, splits, datasets, the converters and their
+command line (convert_PIC_data.py)."""
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +15,12 @@ import torch
 from PIL import Image
 
 import config_PIC
+import convert_PIC_data
 from cropping_dataset import DatasetError
 from pic_dataset import (CSV_COLUMNS, PICDataset, PICImageDataset, best_crop_indices, convert_ratings_csv,
-                         load_pic_data, split_user_images, split_users, union_crops)
+                         load_pic_data, split_user_images, split_users, union_crops, write_release_layout)
+from untils.cli import run_script
+from untils.pic_format import write_folder_atomic
 from untils.training import held_out_images
 
 SIZES = {"a.jpg": (200, 100), "b.jpg": (120, 160), "c.jpg": (160, 160)}
@@ -24,11 +31,12 @@ def grid_crops(width: int, height: int, count: int = 12) -> list[list[int]]:
     return [[i, i, width - 2 * i, height - i] for i in range(count)]
 
 
-def write_folder(root: Path, ratings: dict, train: list, test: list, human: dict | None = None) -> config_PIC.Config:
+def write_folder(root: Path, ratings: dict, train: list, test: list, human: dict | None = None,
+                 sizes: dict = SIZES) -> config_PIC.Config:
     pic = root / "PIC"
     (pic / "images").mkdir(parents=True, exist_ok=True)
     (pic / "annotations").mkdir(exist_ok=True)
-    for name, size in SIZES.items():
+    for name, size in sizes.items():
         Image.new("RGB", size, (90, 120, 150)).save(pic / "images" / name)
     (pic / "users.json").write_text(json.dumps({"train": train, "test": test}))
     for user, entries in ratings.items():
@@ -210,3 +218,192 @@ def test_converter_reports_bad_rows_with_line_numbers(tmp_path):
     write_csv(tmp_path / "ok.csv", [good])
     with pytest.raises(DatasetError, match="missing image a.jpg"):
         convert_ratings_csv(str(tmp_path / "ok.csv"), str(tmp_path / "out"), image_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# convert_PIC_data.py: the three subcommands end to end
+# ----------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+MANY = {f"p{i}.jpg": (96 + 8 * i, 80) for i in range(6)}
+
+
+def precise_ratings(seed: int) -> dict:
+    """Our layout's ratings of two training users and a test user, with scores and box corners of
+    many digits (the release's CSVs must keep every one)."""
+    rng = np.random.default_rng(seed)
+
+    def entry(name: str) -> dict:
+        boxes = [[x1 + 0.123456789, y1, x2, y2 - 0.987654321] for x1, y1, x2, y2 in grid_crops(*MANY[name])]
+        return {"bbox": boxes, "score": [float(v) for v in rng.uniform(1, 5, len(boxes))]}
+
+    names = sorted(MANY)
+    return {"ann": {n: entry(n) for n in names[:4]}, "bob": {n: entry(n) for n in names[2:]},
+            "cyd": {n: entry(n) for n in names}}
+
+
+def read_release_csv(path: Path) -> dict:
+    """A release CSV read here with the csv and json modules: {image: {"bbox", "score"}}, file order."""
+    ratings: dict = {}
+    with open(path, newline="") as stream:
+        for row in csv.DictReader(stream):
+            entry = ratings.setdefault(row["name"], {"bbox": [], "score": []})
+            entry["bbox"].append(json.loads(row["bbox"]))
+            entry["score"].append(float(row["score"]))
+    return ratings
+
+
+def run_command(argv: list, capsys) -> tuple[int, str, str]:
+    """The command line as ``python convert_PIC_data.py`` runs it (run_script), in this process."""
+    status = run_script(convert_PIC_data.main, [str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_ratings_command_writes_our_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [{"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+             "score": round(float(rng.uniform(0, 5)), 6)}
+            for user in ("A1X", "B_2", "c-3", "d.4") for name in ("a.jpg", "c.jpg")
+            for x1, y1, x2, y2 in grid_crops(*SIZES[name])]
+    write_csv(tmp_path / "ratings.csv", rows)
+    (tmp_path / "photos").mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        Image.new("RGB", SIZES[name], (1, 2, 3)).save(tmp_path / "photos" / name)
+    result = subprocess.run([sys.executable, "convert_PIC_data.py", "ratings", str(tmp_path / "ratings.csv"),
+                             "--out", str(tmp_path / "out"), "--images", str(tmp_path / "photos"),
+                             "--test-fraction", "0.25"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    pic = tmp_path / "out" / "PIC"
+    assert result.stdout.strip() == f"wrote {pic}: 3 training users, 1 test users"
+    users = json.loads((pic / "users.json").read_text())
+    assert len(users["train"]) == 3 and len(users["test"]) == 1
+    assert sorted(users["train"] + users["test"]) == ["A1X", "B_2", "c-3", "d.4"]
+    written = set()
+    for user in users["train"] + users["test"]:
+        for name, entry in json.loads((pic / "annotations" / f"{user}.json").read_text()).items():
+            assert entry["score"] == sorted(entry["score"], reverse=True)  # best first
+            written |= {(user, name, *box, score) for box, score in zip(entry["bbox"], entry["score"])}
+    assert written == {(r["annotator"], r["image"], r["x1"], r["y1"], r["x2"], r["y2"], r["score"]) for r in rows}
+    assert sorted(os.listdir(pic / "images")) == ["a.jpg", "c.jpg"]
+
+
+def test_to_release_and_back_keeps_the_ratings(tmp_path, capsys):
+    source = precise_ratings(0)
+    write_folder(tmp_path / "ours", source, ["ann", "bob"], ["cyd"], sizes=MANY)
+    release = tmp_path / "release"
+    status, out, err = run_command(["to-release", tmp_path / "ours", "--out", release, "--shots", "2", "1",
+                                    "--val-fraction", "0.25", "--test-fraction", "0.5", "--seed", "3"], capsys)
+    assert status == 0, err
+    assert out.strip() == f"wrote {release}: 2 training users, 1 test users with 1, 2-shot splits"
+    assert sorted(os.listdir(release / "images")) == sorted(MANY)
+    for user in ("ann", "bob"):  # both files together hold exactly the user's ratings; 1 of 4 images held out
+        train = read_release_csv(release / "prior" / f"{user}_train.csv")
+        val = read_release_csv(release / "prior" / f"{user}_val.csv")
+        assert len(val) == 1 and not train.keys() & val.keys() and {**train, **val} == source[user]
+        assert sorted(os.listdir(release / "pretrain" / user)) == sorted(train)
+    support = {n: read_release_csv(release / "finetune" / str(n) / "train" / "cyd_train.csv") for n in (1, 2)}
+    test = {n: read_release_csv(release / "finetune" / str(n) / "val" / "cyd_val.csv") for n in (1, 2)}
+    assert test[1] == test[2] and len(test[1]) == 3  # the same held-out half for every N
+    assert len(support[1]) == 1 and len(support[2]) == 2 and support[1].keys() < support[2].keys()
+    assert not support[2].keys() & test[2].keys()
+    assert all(entry == source["cyd"][name] for n in (1, 2) for name, entry in {**support[n], **test[n]}.items())
+
+    status, out, err = run_command(["from-release", release, "--out", tmp_path / "back", "--positions", "12"],
+                                   capsys)
+    assert status == 0, err
+    back = tmp_path / "back" / "PIC"
+    assert out.strip() == f"wrote {back}: 2 training users, 1 fine-tuning users"
+    assert json.loads((back / "users.json").read_text()) == {"train": ["ann", "bob"], "test": ["cyd"]}
+    for user in ("ann", "bob"):
+        assert json.loads((back / "annotations" / f"{user}.json").read_text()) == source[user]
+    # a test user keeps the images of the files: the largest support set and the test images
+    kept = {name: source["cyd"][name] for name in {**support[2], **test[2]}}
+    assert json.loads((back / "annotations" / "cyd.json").read_text()) == kept
+    assert sorted(os.listdir(back / "images")) == sorted(MANY)
+
+
+def broken_ratings_csv(root: Path) -> list:
+    good = {"annotator": "ann", "image": "a.jpg", "x1": 0, "y1": 0, "x2": 10, "y2": 10, "score": 1}
+    write_csv(root / "bad.csv", [good, {**good, "x2": "wide"}])
+    return ["ratings", root / "bad.csv", "--out", root / "out"], root / "bad.csv", root / "out"
+
+
+def broken_release(root: Path) -> list:
+    write_folder(root / "ours", precise_ratings(1), ["ann", "bob"], ["cyd"], sizes=MANY)
+    write_release_layout(load_pic_data(config_PIC.Config(data_root=str(root / "ours"))), str(root / "release"),
+                         shots=(1,))
+    path = root / "release" / "prior" / "bob_train.csv"
+    with open(path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    rows[1][1] = "[0.1,0,96]"  # row 2: three numbers
+    with open(path, "w", newline="") as stream:
+        csv.writer(stream).writerows(rows)
+    return ["from-release", root / "release", "--out", root / "out"], path, root / "out"
+
+
+@pytest.mark.parametrize("case", [
+    lambda root: (["ratings", root / "none.csv", "--out", root / "out"], root / "none.csv", root / "out"),
+    broken_ratings_csv,
+    broken_release,
+    lambda root: (["to-release", root / "empty", "--out", root / "out"], root / "empty" / "PIC", root / "out"),
+])
+def test_bad_input_ends_in_one_error_naming_the_file_and_writes_nothing(case, tmp_path, capsys):
+    argv, named, out = case(tmp_path)
+    assert not out.exists()
+    status, stdout, err = run_command(argv, capsys)
+    assert status == 2 and not stdout
+    assert err.startswith("error: ") and err.count("error:") == 1 and "Traceback" not in err
+    assert str(named) in err
+    assert not out.exists() and not [entry for entry in os.listdir(tmp_path) if entry.startswith(".tmp-")]
+
+
+def test_broken_release_row_is_reported_with_its_row(tmp_path, capsys):
+    argv, path, _ = broken_release(tmp_path)
+    _, _, err = run_command(argv, capsys)
+    assert f"user bob, {path}, row 2: bbox \"[x1,y1,x2,y2]\" and score must be numbers" in err
+
+
+@pytest.mark.parametrize("command", ["ratings", "from-release", "to-release"])
+def test_existing_output_is_replaced_only_with_overwrite(command, tmp_path, capsys):
+    source = precise_ratings(2)
+    write_folder(tmp_path / "ours", source, ["ann", "bob"], ["cyd"], sizes=MANY)
+    rows = [{"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
+            for user, rated in source.items() for name, entry in rated.items()
+            for (x1, y1, x2, y2), score in zip(entry["bbox"], entry["score"])]
+    write_csv(tmp_path / "ratings.csv", rows)
+    write_release_layout(load_pic_data(config_PIC.Config(data_root=str(tmp_path / "ours"))),
+                         str(tmp_path / "release"), shots=(1,))
+    argv, existing = {"ratings": (["ratings", tmp_path / "ratings.csv", "--out", tmp_path / "out"],
+                                  tmp_path / "out" / "PIC"),
+                      "from-release": (["from-release", tmp_path / "release", "--out", tmp_path / "out"],
+                                       tmp_path / "out" / "PIC"),
+                      "to-release": (["to-release", tmp_path / "ours", "--out", tmp_path / "out" / "release",
+                                      "--shots", "1"], tmp_path / "out" / "release")}[command]
+    existing.mkdir(parents=True)
+    (existing / "mine.txt").write_text("keep me")
+    status, _, err = run_command(argv, capsys)
+    assert status == 2 and f"error: {existing} already exists" in err
+    assert os.listdir(existing) == ["mine.txt"] and os.listdir(existing.parent) == [existing.name]
+    status, _, err = run_command(argv + ["--overwrite"], capsys)
+    assert status == 0, err
+    assert not (existing / "mine.txt").exists() and os.listdir(existing.parent) == [existing.name]
+    assert (existing / ("prior" if command == "to-release" else "users.json")).exists()
+
+
+def test_a_failed_write_leaves_nothing_and_the_old_folder_as_it_was(tmp_path):
+    def fail(folder: str) -> None:
+        Path(folder, "half.json").write_text("{")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_atomic(str(tmp_path / "new" / "deeper" / "PIC"), False, fail)
+    assert os.listdir(tmp_path) == []
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "keep.txt").write_text("x")
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_atomic(str(old), True, fail)
+    assert os.listdir(tmp_path) == ["old"] and os.listdir(old) == ["keep.txt"]
+    write_folder_atomic(str(old), True, lambda folder: Path(folder, "new.txt").write_text("y"))
+    assert os.listdir(tmp_path) == ["old"] and os.listdir(old) == ["new.txt"]

@@ -9,8 +9,7 @@ import torch
 import config_PIC
 from cropping_model import build_crop_model, load_crop_model
 from finetune_PIC import finetune_user
-from pic_embedding import GEOMETRY_DIM, VIEWS, PICModel, PreferenceModule, UserImage, crop_geometry
-from pic_model import load_pic_model
+from pic_model import GEOMETRY_DIM, VIEWS, PICModel, PreferenceModule, UserImage, crop_geometry, load_pic_model
 from untils.checkpoint import CheckpointError, config_to_dict
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "hcic-pic-pretrain": "pretrain_PIC.py",
     "hcic-pic-prior": "prior_PIC.py",
     "hcic-pic-finetune": "finetune_PIC.py",
+    "hcic-pic-convert": "convert_PIC_data.py",
 }
 
 

@@ -1,7 +1,9 @@
 """Feeding a collated batch to a crop model: on its device, in its precision and memory format.
 
 Every crop model is called the same way, ``model(image, crop_box, human_box=..., crop_valid=...)``,
-and returns a ``cropping_model.CropOutput``; this module is the one place that does it.
+and returns a ``cropping_model.CropOutput``; this module is the one place that does it. The
+official PIC model also reads ``user_image`` (the whole photo for its subjective branch) when the
+batch has one.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from untils.runtime import autocast
 
 # What a model or a loss reads from a batch; the rest (names, sizes, ground-truth crops) stays on the host.
-DEVICE_KEYS = ("image", "crop_box", "human_box", "partition_mask", "crop_valid", "score", "heat_map")
+DEVICE_KEYS = ("image", "crop_box", "human_box", "partition_mask", "crop_valid", "score", "heat_map", "user_image")
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -32,8 +34,10 @@ def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: Opt
     image = batch["image"]
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
+    extra = {"user_image": batch["user_image"]} if "user_image" in batch else {}
     with autocast(image.device, autocast_dtype):
-        return model(image, batch["crop_box"], human_box=batch.get("human_box"), crop_valid=batch.get("crop_valid"))
+        return model(image, batch["crop_box"], human_box=batch.get("human_box"), crop_valid=batch.get("crop_valid"),
+                     **extra)
 
 
 def prepare_for_inference(model: torch.nn.Module, channels_last: bool = False) -> torch.device:

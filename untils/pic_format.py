@@ -1,10 +1,11 @@
-"""Writing PIC folders: our JSON layout (``pic_dataset.load_pic_data``) and the release's CSV layout
-(``pic_dataset.load_release_layout``).
+"""PIC's formats: the folders (our JSON layout, ``pic_dataset.load_pic_data``, and the release's CSV
+layout, ``pic_dataset.load_release_layout``), the official model's fixed candidate views and its
+two inputs (:func:`pic_crop_image`, :func:`pic_user_image`).
 
-Here, not in ``pic_dataset.py``, because both the converter of real ratings
-(``pic_dataset.convert_ratings_csv``) and the generated benchmark (``untils/pic_synthetic.py``)
-write the format, and ``untils`` modules import nothing from the top level. The format itself
-is described in ``pic_dataset.py``.
+Here, not in ``pic_dataset.py`` or ``pic_model.py``, because the converters (``pic_dataset``),
+the generated benchmark (``untils/pic_synthetic.py``), the model and the crop tool all need them,
+and ``untils`` modules import nothing from the top level. The folder format itself is described
+in ``pic_dataset.py``.
 """
 from __future__ import annotations
 
@@ -12,9 +13,58 @@ import csv
 import json
 import os
 import re
-from typing import Mapping, Optional, Sequence
+import secrets
+import shutil
+from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
+import torch
+from PIL import Image
+
+from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, gaic_preprocess
+
+USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names the user's file
+
+
+def write_folder_atomic(path: str, overwrite: bool, write: Callable[[str], None]) -> None:
+    """Call ``write(folder)`` on a hidden new folder beside ``path``, renamed onto ``path`` once whole:
+    an error leaves nothing behind, and an existing folder (replaced only with ``overwrite``) stays as
+    it was until then. Folders above ``path`` are created as needed (and removed again on an error)."""
+    def check_replaceable() -> None:
+        if os.path.exists(path) and not (overwrite and os.path.isdir(path)):
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
+                                  if os.path.isdir(path) else f"{path} exists and is not a folder")
+
+    check_replaceable()
+    parent, name = os.path.split(os.path.abspath(path))
+    first_missing, folder = None, parent  # the highest folder above path that this call creates
+    while not os.path.isdir(folder):
+        first_missing, folder = folder, os.path.dirname(folder)
+    staging = os.path.join(parent, f".tmp-{secrets.token_hex(6)}-{name}")
+    replaced = staging + "-replaced"
+    os.makedirs(staging)
+    try:
+        write(staging)
+        check_replaceable()
+        if os.path.exists(path):
+            os.replace(path, replaced)
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.isdir(replaced) and not os.path.exists(path):
+            os.replace(replaced, path)  # the old folder back where it was
+        shutil.rmtree(first_missing or staging, ignore_errors=True)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def copy_images(names: Sequence[str], source: Callable[[str], str], folder: str) -> None:
+    """Copy each image ``name`` from ``source(name)`` to ``folder/name`` (subfolders in names kept)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        target = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(source(name), target)
 
 
 def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
@@ -45,16 +95,23 @@ RELEASE_PRETRAIN_FOLDER = "pretrain"  # <user>/<image>: the user-classification 
 RELEASE_IMAGE_FOLDER = "images"       # the photos the CSV names point to
 
 
+def _number_text(value: float) -> str:
+    """The shortest text that reads back as the same float, without a trailing ".0"."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def write_release_csv(path: str, ratings: Mapping[str, Mapping[str, list]]) -> None:
     """Write one user's ``{image: {"bbox": [[x1, y1, x2, y2], ...], "score": [...]}}`` as the release's
-    CSV: one row per crop, ``bbox`` as "[x1,y1,x2,y2]" in original pixels, crops in the given order."""
+    CSV: one row per crop, ``bbox`` as "[x1,y1,x2,y2]" in original pixels, crops in the given order,
+    every number exactly as given."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(RELEASE_CSV_HEADER)
         for name, entry in ratings.items():
             for box, score in zip(entry["bbox"], entry["score"]):
-                writer.writerow([name, "[" + ",".join(f"{float(v):g}" for v in box) + "]", f"{float(score):g}"])
+                writer.writerow([name, "[" + ",".join(map(_number_text, box)) + "]", _number_text(score)])
 
 
 FIXED_VIEW_SCALES = (0.95, 0.85, 0.75, 0.65)
@@ -73,3 +130,20 @@ def fixed_views(width: int, height: int) -> list[list[int]]:
             x1, y1 = round(ax * (width - crop_w)), round(ay * (height - crop_h))
             views.append([x1, y1, x1 + crop_w, y1 + crop_h])
     return views
+
+
+def pic_crop_image(rgb: np.ndarray, bgr_order: bool = False) -> tuple[torch.Tensor, float, float]:
+    """The official model's objective-branch input: GAIC's release preprocessing
+    (``untils.photos.gaic_preprocess``). ``bgr_order=True`` feeds the channels in cv2's BGR order,
+    as the release does (only for checkpoints trained that way)."""
+    return gaic_preprocess(np.ascontiguousarray(rgb[..., ::-1]) if bgr_order else rgb)
+
+
+def pic_user_image(photo: Image.Image) -> torch.Tensor:
+    """The official model's subjective-branch input (1, 3, 256, 256): the whole photo resized to
+    256x256 (PIL bilinear, as torchvision's ``Resize`` on a PIL image), [0, 1], ImageNet mean/std.
+    No random augmentation: the release's test-time jitter is a training transform."""
+    resized = photo.convert("RGB").resize((USER_IMAGE_SIZE, USER_IMAGE_SIZE), Image.BILINEAR)
+    pixels = np.asarray(resized, dtype=np.float32) / 255.0
+    pixels = (pixels - np.array(IMAGE_NET_MEAN, dtype=np.float32)) / np.array(IMAGE_NET_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).unsqueeze(0)
