@@ -105,6 +105,21 @@ def six_image_demo(tmp_path_factory) -> str:
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def pic_release_root(tmp_path_factory) -> Path:
+    """Generated PIC users rating the 24 fixed views, in our layout and (``PIC_release/``) the
+    release's; no GAICD in this data root."""
+    import config_PIC
+    from pic_dataset import load_pic_data, write_release_layout
+    from untils.pic_synthetic import build_pic_benchmark
+    root = tmp_path_factory.mktemp("pic_release")
+    build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=8,
+                        images_per_train_user=5, long_side=64, candidates="fixed")
+    data = load_pic_data(config_PIC.Config(data_root=str(root)))
+    write_release_layout(data, str(root / "PIC_release"), shots=(2,), val_fraction=0.2, test_fraction=0.5)
+    return root
+
+
 def _stat_fields(pid: int) -> Optional[list[str]]:
     """The fields of /proc/<pid>/stat after the command name (state, parent, ...); None once gone."""
     try:

@@ -21,14 +21,13 @@ import pretrain_PIC
 import prior_PIC
 from cropping_dataset import DatasetError
 from cropping_model import load_crop_model
-from pic_dataset import load_pic_data, load_release_layout, release_to_json, write_release_layout
+from pic_dataset import load_pic_data, load_release_layout, release_to_json
 from pic_model import (PICOfficialModel, evaluate_images, fidelity_rank_loss, is_official_pic_state_dict,
                        official_pic_from_state_dict, rated_images)
 from tests.conftest import require_shared
 from tests.test_gaic_official import release_weights
 from untils.checkpoint import CheckpointError, read_checkpoint
 from untils.pic_format import pic_crop_image, pic_user_image
-from untils.pic_synthetic import build_pic_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -156,29 +155,18 @@ def test_attention_variant_starts_as_the_plain_model(fixture, official_state):
 # The release's CSV layout, and the three official stages trained end to end on it
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def release_root(tmp_path_factory) -> Path:
-    """Generated users (our layout, the 24 fixed views) written in the release's layout."""
-    root = tmp_path_factory.mktemp("pic_release")
-    build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=8,
-                        images_per_train_user=5, long_side=64, candidates="fixed")
-    data = load_pic_data(config_PIC.Config(data_root=str(root)))
-    write_release_layout(data, str(root / "PIC_release"), shots=(2,), val_fraction=0.2, test_fraction=0.5)
-    return root
-
-
 def read_rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as stream:
         return list(csv.reader(stream))
 
 
-def test_release_layout_round_trip(release_root, tmp_path):
-    release_dir = release_root / "PIC_release"
+def test_release_layout_round_trip(pic_release_root, tmp_path):
+    release_dir = pic_release_root / "PIC_release"
     rows = read_rows(release_dir / "prior" / "centred-00_train.csv")
     assert rows[0] == ["name", "bbox", "score"] and len(rows) > 24
     assert rows[1][1].startswith("[") and rows[1][1].endswith("]") and len(rows[1][1].split(",")) == 4
     release = load_release_layout(str(release_dir), positions=24)
-    data = load_pic_data(config_PIC.Config(data_root=str(release_root)))
+    data = load_pic_data(config_PIC.Config(data_root=str(pic_release_root)))
     assert release.train_users == sorted(data.train_users) and sorted(release.pretrain) == sorted(data.train_users)
     split = release.finetune[2]["centred-01"]
     assert len(split.train) == 2 and len(split.val) == 4 and not set(split.train) & set(split.val)
@@ -193,9 +181,9 @@ def test_release_layout_round_trip(release_root, tmp_path):
         assert sorted(again.images_of(user)) == sorted(data.images_of(user))
 
 
-def test_release_layout_reports_every_problem_at_once(release_root, tmp_path):
+def test_release_layout_reports_every_problem_at_once(pic_release_root, tmp_path):
     broken = tmp_path / "broken"
-    shutil.copytree(release_root / "PIC_release", broken)
+    shutil.copytree(pic_release_root / "PIC_release", broken)
     path = broken / "prior" / "thirds-00_train.csv"
     rows = read_rows(path)
     rows[3][1] = "[1,2,3]"
@@ -211,8 +199,8 @@ def test_release_layout_reports_every_problem_at_once(release_root, tmp_path):
     assert "user tight-00" in message and "tight-00_val.csv: file missing" in message
 
 
-def test_three_official_stages_train_end_to_end(release_root, tmp_path):
-    common = ["--data-root", str(release_root), "--exp_root", str(tmp_path), "--seed", "0"]
+def test_three_official_stages_train_end_to_end(pic_release_root, tmp_path):
+    common = ["--data-root", str(pic_release_root), "--exp_root", str(tmp_path), "--seed", "0"]
     # the generated data has no GAICD: the objective branch learns the training users' mean scores
     pretrained = pretrain_PIC.main(common + ["--pretrained", "false", "--max_epoch", "1", "--objective_set", "PIC"])
     content = read_checkpoint(pretrained["checkpoint"])
@@ -228,7 +216,7 @@ def test_three_official_stages_train_end_to_end(release_root, tmp_path):
     user_file = Path(result["exp_path"]) / "users" / "centred-01.pth"
     model = load_crop_model(str(user_file))
     assert isinstance(model, PICOfficialModel) and model.num_users == 4 and model.num_positions == 24
-    release = load_release_layout(str(release_root / "PIC_release"), positions=24)
+    release = load_release_layout(str(pic_release_root / "PIC_release"), positions=24)
     test_images = rated_images(release.image_dir, release.finetune[2]["centred-01"].val)
     reference = next(row for row in result["rows"] if row["user"] == "centred-01" and row["model"] == "finetuned")
     assert round(100 * evaluate_images(model, test_images)["srcc"], 2) == pytest.approx(reference["srcc"], abs=0.01)

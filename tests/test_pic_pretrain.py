@@ -19,13 +19,11 @@ from PIL import Image
 import config_PIC
 import pretrain_PIC
 from cropping_model import load_crop_model
-from pic_dataset import load_pic_data, write_release_layout
 from pic_model import PICOfficialModel
 from untils.checkpoint import read_checkpoint
 from untils.cli import run_script
 from untils.demo_data import build_demo_dataset
 from untils.pic_format import pic_crop_image
-from untils.pic_synthetic import build_pic_benchmark
 
 # GAIC's release loader normalises GAICD's mean opinion scores with these (croppingDataset.py)
 RELEASE_MOS_MEAN, RELEASE_MOS_STD = 2.95, 0.8
@@ -46,17 +44,6 @@ def gaicd_root(tmp_path_factory) -> Path:
         entry["score"] = [1 + (score - 1) / 4 for score in entry["score"]]
     path.write_text(json.dumps(crops))
     return root / "GAICD"
-
-
-@pytest.fixture(scope="module")
-def users_root(tmp_path_factory) -> Path:
-    """Generated users (the 24 fixed views) in the release's layout; no GAICD in this data root."""
-    root = tmp_path_factory.mktemp("pic_users")
-    build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=8,
-                        images_per_train_user=5, long_side=64, candidates="fixed")
-    data = load_pic_data(config_PIC.Config(data_root=str(root)))
-    write_release_layout(data, str(root / "PIC_release"), shots=(2,), val_fraction=0.2, test_fraction=0.5)
-    return root
 
 
 def gaicd_train_images(gaicd: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -93,7 +80,7 @@ def smooth_l1(pairs: list[tuple[torch.Tensor, np.ndarray]], normalise: bool) -> 
 
 
 @pytest.fixture(scope="module")
-def gaicd_run(users_root, gaicd_root, tmp_path_factory) -> dict:
+def gaicd_run(pic_release_root, gaicd_root, tmp_path_factory) -> dict:
     """Official pre-training on GAICD (the default objective set), recording each objective call's crop count."""
     views: list[int] = []
     scores = PICOfficialModel.objective_scores
@@ -105,7 +92,7 @@ def gaicd_run(users_root, gaicd_root, tmp_path_factory) -> dict:
     exp_root = tmp_path_factory.mktemp("gaicd_runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PICOfficialModel, "objective_scores", recording)
-        result = pretrain_PIC.main(["--data-root", str(users_root), "--GAIC_path", str(gaicd_root),
+        result = pretrain_PIC.main(["--data-root", str(pic_release_root), "--GAIC_path", str(gaicd_root),
                                     "--exp_root", str(exp_root), "--max_epoch", str(EPOCHS)] + FAST)
     return {**result, "views": views}
 
@@ -135,8 +122,8 @@ def test_gaicd_pretraining_learns_the_normalised_gaicd_scores(gaicd_run, gaicd_r
     assert smooth_l1(pairs, normalise=True) < 0.5 * smooth_l1(pairs, normalise=False)
 
 
-def test_users_objective_set_trains_without_gaicd(users_root, gaicd_root, tmp_path):
-    result = pretrain_PIC.main(["--data-root", str(users_root), "--objective_set", "PIC", "--max_epoch", "1",
+def test_users_objective_set_trains_without_gaicd(pic_release_root, gaicd_root, tmp_path):
+    result = pretrain_PIC.main(["--data-root", str(pic_release_root), "--objective_set", "PIC", "--max_epoch", "1",
                                 "--exp_root", str(tmp_path)] + FAST)
     content = read_checkpoint(result["checkpoint"])
     assert content["config"]["objective_set"] == "PIC" and len(result["history"]) == 1
@@ -146,13 +133,13 @@ def test_users_objective_set_trains_without_gaicd(users_root, gaicd_root, tmp_pa
     assert np.mean([predicted.mean().item() for predicted, _ in pairs]) > 0
 
 
-def test_missing_gaicd_is_one_error_line(users_root, tmp_path, capsys):
+def test_missing_gaicd_is_one_error_line(pic_release_root, tmp_path, capsys):
     exp_root = tmp_path / "experiments"
-    status = run_script(pretrain_PIC.main, ["--data-root", str(users_root), "--exp_root", str(exp_root)] + FAST)
+    status = run_script(pretrain_PIC.main, ["--data-root", str(pic_release_root), "--exp_root", str(exp_root)] + FAST)
     assert status == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[1] == "(--debug shows the traceback)"
-    assert lines[0].startswith("error: ") and str(users_root / "GAICD") in lines[0]
+    assert lines[0].startswith("error: ") and str(pic_release_root / "GAICD") in lines[0]
     assert "--objective_set PIC" in lines[0]
     assert not exp_root.exists()
 
