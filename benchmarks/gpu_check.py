@@ -153,16 +153,26 @@ def run_command(command: list[str], timeout_s: float, log_path: Path, env: Optio
 
 
 def stop_session(process: subprocess.Popen) -> None:
+    """SIGTERM to the command's session, SIGKILL after 5 s; returns once every process of it is gone
+    (a child still exiting would hold the GPU memory the next stage needs)."""
     for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, signum)
         except ProcessLookupError:
             return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not session_alive(process.pid):
+                return
+            time.sleep(0.05)
+
+
+def session_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def tail(text: str, lines: int = 30) -> str:
