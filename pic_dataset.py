@@ -45,9 +45,10 @@ from torch.utils.data import ConcatDataset
 
 from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
                               problems_error, read_crop_annotations, read_human_boxes)
+from untils.atomic import write_folder_atomic
 from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
                                RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, copy_images,
-                               write_folder_atomic, write_pic_annotations, write_release_csv)
+                               write_pic_annotations, write_release_csv)
 from untils.training import held_out_images, seeded_order
 
 if TYPE_CHECKING:

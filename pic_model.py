@@ -56,7 +56,7 @@ from cropping_model import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICModel
 from pic_dataset import PICData, PICImageDataset, best_crop_indices
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.batching import evaluation_loader
-from untils.boxes import FEATURE_STRIDE, flip_boxes_horizontal
+from untils.boxes import FEATURE_STRIDE, flip_boxes_horizontal, rescale_boxes
 from untils.checkpoint import CheckpointError, config_from_checkpoint, load_model_weights, release_state_dict
 from untils.inference import move_batch
 from untils.metrics import gaicd_metrics, weighted_accuracy
@@ -248,9 +248,8 @@ def rated_images(image_dir: str, ratings: Mapping[str, CropAnnotation], bgr_orde
             photo = photo.convert("RGB")
             image, ratio_w, ratio_h = pic_crop_image(np.asarray(photo), bgr_order)
             user_image = pic_user_image(photo)
-        boxes = np.asarray(entry.boxes, dtype=np.float64) * [ratio_w, ratio_h, ratio_w, ratio_h]
-        boxes = np.concatenate([np.floor(boxes[:, :2]), np.ceil(boxes[:, 2:])], axis=1)
-        examples.append(RatedImage(name, image, torch.from_numpy(boxes).float().unsqueeze(0), user_image,
+        boxes = rescale_boxes(np.asarray(entry.boxes, dtype=np.float64), ratio_w, ratio_h)
+        examples.append(RatedImage(name, image, torch.from_numpy(boxes).unsqueeze(0), user_image,
                                    torch.as_tensor(entry.scores, dtype=torch.float32)))
     return examples
 

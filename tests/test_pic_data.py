@@ -20,7 +20,7 @@ from cropping_dataset import DatasetError
 from pic_dataset import (CSV_COLUMNS, PICDataset, PICImageDataset, best_crop_indices, convert_ratings_csv,
                          load_pic_data, split_user_images, split_users, union_crops, write_release_layout)
 from untils.cli import run_script
-from untils.pic_format import write_folder_atomic
+from untils.atomic import write_folder_atomic
 from untils.training import held_out_images
 
 SIZES = {"a.jpg": (200, 100), "b.jpg": (120, 160), "c.jpg": (160, 160)}

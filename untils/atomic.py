@@ -1,4 +1,4 @@
-"""The one way files are written here: all or nothing, and with the user's umask.
+"""The one way files and folders are written here: all or nothing, and with the user's umask.
 
 Every output (checkpoints, CSVs, heat maps, crops, figures, reports) goes through a uniquely named
 hidden file in the target's folder that is renamed onto the target once complete: a crash or a
@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from typing import Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _temporary_path(path: PathLike) -> str:
+    """A unique hidden name beside ``path``, in the same folder (so the final rename is atomic)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
 
 
 def write_atomic(path: PathLike, write: Callable[[str], None], durable: bool = False) -> None:
     """Call ``write(temporary path)``, then rename the temporary file onto ``path``. The temporary file
     is created with mode 0o666 (so the umask applies, as to any new file); ``durable`` also flushes
     it to disk first (checkpoints: a power cut must not leave a renamed but empty file)."""
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
+    tmp_path = _temporary_path(path)
     os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp_path)
@@ -39,3 +44,35 @@ def write_text_atomic(path: PathLike, text: str) -> None:
         with open(tmp_path, "w", newline="") as stream:
             stream.write(text)
     write_atomic(path, write)
+
+
+def write_folder_atomic(path: PathLike, overwrite: bool, write: Callable[[str], None]) -> None:
+    """Call ``write(folder)`` on a hidden new folder beside ``path``, renamed onto ``path`` once whole:
+    an error leaves nothing behind, and an existing folder (replaced only with ``overwrite``) stays as
+    it was until then. Folders above ``path`` are created as needed (and removed again on an error)."""
+    def check_replaceable() -> None:
+        if os.path.exists(path) and not (overwrite and os.path.isdir(path)):
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
+                                  if os.path.isdir(path) else f"{path} exists and is not a folder")
+
+    path = os.fspath(path)
+    check_replaceable()
+    parent = os.path.dirname(os.path.abspath(path))
+    first_missing, folder = None, parent  # the highest folder above path that this call creates
+    while not os.path.isdir(folder):
+        first_missing, folder = folder, os.path.dirname(folder)
+    staging = _temporary_path(path)
+    replaced = staging + "-replaced"
+    os.makedirs(staging)
+    try:
+        write(staging)
+        check_replaceable()
+        if os.path.exists(path):
+            os.replace(path, replaced)
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.isdir(replaced) and not os.path.exists(path):
+            os.replace(replaced, path)  # the old folder back where it was
+        shutil.rmtree(first_missing or staging, ignore_errors=True)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)

@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import re
-import secrets
 import shutil
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -25,37 +24,6 @@ from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, gaic_preprocess
 
 USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names the user's file
-
-
-def write_folder_atomic(path: str, overwrite: bool, write: Callable[[str], None]) -> None:
-    """Call ``write(folder)`` on a hidden new folder beside ``path``, renamed onto ``path`` once whole:
-    an error leaves nothing behind, and an existing folder (replaced only with ``overwrite``) stays as
-    it was until then. Folders above ``path`` are created as needed (and removed again on an error)."""
-    def check_replaceable() -> None:
-        if os.path.exists(path) and not (overwrite and os.path.isdir(path)):
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
-                                  if os.path.isdir(path) else f"{path} exists and is not a folder")
-
-    check_replaceable()
-    parent, name = os.path.split(os.path.abspath(path))
-    first_missing, folder = None, parent  # the highest folder above path that this call creates
-    while not os.path.isdir(folder):
-        first_missing, folder = folder, os.path.dirname(folder)
-    staging = os.path.join(parent, f".tmp-{secrets.token_hex(6)}-{name}")
-    replaced = staging + "-replaced"
-    os.makedirs(staging)
-    try:
-        write(staging)
-        check_replaceable()
-        if os.path.exists(path):
-            os.replace(path, replaced)
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.isdir(replaced) and not os.path.exists(path):
-            os.replace(replaced, path)  # the old folder back where it was
-        shutil.rmtree(first_missing or staging, ignore_errors=True)
-        raise
-    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def copy_images(names: Sequence[str], source: Callable[[str], str], folder: str) -> None:
