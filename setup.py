@@ -1,8 +1,7 @@
 """Builds the RoIAlign / RoDAlign kernels: ``roi_align._C`` and ``rod_align._C``.
 
-CPU kernels always; CUDA kernels too when the installed torch has CUDA and a toolkit is
-found (CUDA_HOME); FORCE_CUDA=1 makes that a requirement (an error otherwise) rather than
-a choice. Build against the installed torch:
+CPU kernels always; CUDA kernels too when the installed torch has CUDA, a toolkit is found
+(CUDA_HOME) and a GPU is visible, or when FORCE_CUDA=1 asks for them (an error without a toolkit). Build against the installed torch:
 ``pip install --no-build-isolation -e .`` or ``python setup.py build_ext --inplace``.
 """
 from __future__ import annotations
@@ -27,13 +26,20 @@ NVCC_FLAGS = ["-O3", "--fmad=false"]
 
 
 def build_cuda() -> bool:
-    available = torch.version.cuda is not None and CUDA_HOME is not None
-    if os.environ.get("FORCE_CUDA", "0") == "1" and not available:
-        raise RuntimeError(
-            f"FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit; found torch {torch.__version__} "
-            f"(CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}"
-        )
-    return available
+    """CUDA kernels when a GPU is visible or FORCE_CUDA=1 asks for them (torchvision's rule).
+
+    A CUDA build of torch on a machine without a GPU (the pinned install on a CPU-only machine)
+    builds only the CPU kernels, quickly; set FORCE_CUDA=1 to compile the CUDA ones there too.
+    """
+    toolkit = torch.version.cuda is not None and CUDA_HOME is not None
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        if not toolkit:
+            raise RuntimeError(
+                f"FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit; found torch {torch.__version__} "
+                f"(CUDA {torch.version.cuda}) and CUDA_HOME={CUDA_HOME}"
+            )
+        return True
+    return toolkit and torch.cuda.is_available()
 
 
 def align_extension(package: str, with_cuda: bool):
