@@ -136,13 +136,18 @@ def empty_hub(monkeypatch, tmp_path):
     return asked
 
 
-def test_missing_ops_fall_back_once_without_downloading(empty_hub):
-    problem = torchvision_ops_problem("cpu")
-    if problem is None:
-        pytest.skip("torchvision's compiled ops work here; the download tests cover the fallback")
+def test_torchvision_compiled_ops_load_in_the_pinned_install():
+    """The pinned torch/torchvision pair: the default detector's operators run here (issue 20)."""
     from untils.torchvision_compat import torchvision
-    with pytest.raises(Exception):
-        torchvision.ops.nms(torch.zeros(1, 4), torch.ones(1), 0.5)  # what the probe reports, seen directly
+    kept = torchvision.ops.nms(torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+                               torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    assert kept.tolist() == [0, 2]  # IoU of the first two: 81 / 100 = 0.81 > 0.5; the third overlaps neither
+    assert torchvision_ops_problem("cpu") is None
+
+
+def test_missing_ops_fall_back_once_without_downloading(monkeypatch, empty_hub):
+    problem = "RuntimeError: operator torchvision::nms does not exist"  # what a mismatched torchvision reports
+    monkeypatch.setattr(person_detection, "torchvision_ops_problem", lambda device: problem)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         detector = build_person_detector()
@@ -215,18 +220,29 @@ def test_cached_weights_load_without_network(monkeypatch, tmp_path):
 def test_weights_file_given_offline(tmp_path):
     weights = tmp_path / "detector.pth"
     torch.save(_torchvision_format_state(), weights)
-    problem = torchvision_ops_problem("cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if problem is None:
-            detector = build_person_detector(str(weights))
-            assert detector.name == f"torchvision:{ARCH}" and detector.weights_source == str(weights)
-            assert all(isinstance(d, Detection) for d in detector(np.zeros((64, 80, 3), dtype=np.uint8)))
-        else:  # the file loads; the model cannot run, and the user who asked for it is told, not fallen back
-            with pytest.raises(DetectorError, match="cannot run on this installation") as error:
-                build_person_detector(str(weights))
-            assert problem in str(error.value) and "--human-box" in str(error.value)
+        detector = build_person_detector(str(weights))
     assert _fallback_warnings(caught) == []
+    assert isinstance(detector, TorchvisionPersonDetector)
+    assert detector.name == f"torchvision:{ARCH}" and detector.weights_source == str(weights)
+    assert all(isinstance(d, Detection) for d in detector(np.zeros((64, 80, 3), dtype=np.uint8)))
+
+
+def test_a_user_who_names_weights_is_told_when_the_ops_cannot_run(monkeypatch, tmp_path):
+    weights = tmp_path / "detector.pth"
+    torch.save(_torchvision_format_state(), weights)
+    problem = "RuntimeError: operator torchvision::nms does not exist"
+    monkeypatch.setattr(person_detection, "torchvision_ops_problem", lambda device: problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DetectorError, match="cannot run on this installation") as error:
+            build_person_detector(str(weights))  # asked for by name: an error, not a silent fallback
+    assert problem in str(error.value) and "--human-box" in str(error.value)
+    assert _fallback_warnings(caught) == []
+
+
+def test_bad_detector_files_and_names_are_refused(tmp_path):
     with pytest.raises(DetectorError, match="does not exist"):
         build_person_detector(str(tmp_path / "nothing.pth"))
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
@@ -237,3 +253,36 @@ def test_weights_file_given_offline(tmp_path):
         build_person_detector(str(tmp_path / "pickled.pth"))
     with pytest.raises(DetectorError, match="unknown detector architecture 'yolo'"):
         build_person_detector(arch="yolo")
+
+
+def test_crop_tool_detects_with_the_default_detector_from_a_weights_file(tmp_path):
+    """The default detector's whole path in the crop tool: a randomly initialised Faster R-CNN saved
+    as a weights file, loaded weights-only through --detector-weights, named in the JSON."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from skimage import data
+
+    from config_GAICD import Config
+    from cropping_model import build_crop_model
+
+    torch.manual_seed(0)
+    cfg = Config(backbone="mobilenetv2", pretrained=False)
+    checkpoint = tmp_path / "tiny-hcic.pth"
+    torch.save({"model": build_crop_model(cfg, "HCIC").state_dict(), "config": dataclasses.asdict(cfg),
+                "model_type": "HCIC"}, checkpoint)
+    weights = tmp_path / "detector.pth"
+    torch.save(_torchvision_format_state(), weights)
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "crop.py"), str(tmp_path / "astronaut.png"),
+                          "--checkpoint", str(checkpoint), "--out", str(tmp_path / "crops"), "--detect-human",
+                          "--detector-weights", str(weights), "--top-k", "1", "--workers", "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "DetectorFallbackWarning" not in run.stderr and "offline" not in run.stderr
+    result = json.loads((tmp_path / "crops" / "astronaut.json").read_text())
+    assert result["person"]["detector"] == f"torchvision:{ARCH}"
