@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Optional
 
-from config_GAICD import LOSS_TYPES, Config as GAICDConfig, _opt
+from config_GAICD import LOSS_TYPES, _opt
+from config_GAICD import Config as GAICDConfig
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, check_choice
 
@@ -35,12 +35,12 @@ _POSITIVE_INTS = ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "e
 
 @dataclass
 class Config(GAICDConfig):
-    PIC_path: Optional[str] = _opt("PIC folder holding users.json, annotations/, images/")
-    PIC_image: Optional[str] = _opt("PIC images")
-    PIC_users: Optional[str] = _opt("PIC users.json (train/test user ids)")
-    PIC_anno: Optional[str] = _opt("PIC annotations/ folder, one <user>.json per user")
-    PIC_human: Optional[str] = _opt("PIC human_bboxes.json (optional file)")
-    PIC_release: Optional[str] = _opt("the official variant's data: a folder in the release's CSV layout "
+    PIC_path: str | None = _opt("PIC folder holding users.json, annotations/, images/")
+    PIC_image: str | None = _opt("PIC images")
+    PIC_users: str | None = _opt("PIC users.json (train/test user ids)")
+    PIC_anno: str | None = _opt("PIC annotations/ folder, one <user>.json per user")
+    PIC_human: str | None = _opt("PIC human_bboxes.json (optional file)")
+    PIC_release: str | None = _opt("the official variant's data: a folder in the release's CSV layout "
                                       "(pic_dataset.ReleaseData)")
 
     model_type: str = field(default="PIC", metadata={"help": "PIC (the only model of the PIC scripts)"})
@@ -69,7 +69,7 @@ class Config(GAICDConfig):
                                     "release)", "sign")
 
     # pre-training (pretrain_PIC.py)
-    objective_set: Optional[str] = _opt(
+    objective_set: str | None = _opt(
         f"the objective branch's crop scores: {', '.join(OBJECTIVE_SETS)} (PIC: the training users' average score "
         f"of each crop, for data without GAICD); the official variant takes {' or '.join(OFFICIAL_OBJECTIVE_SETS)}. "
         "Default: GAICD for the official variant (the release), PIC for the embedding variant")

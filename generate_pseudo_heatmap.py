@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from cropping_dataset import SCORED_DATASETS, heat_map_sources
 from untils.cli import add_debug_option, add_option_aliases, run_script
@@ -20,7 +20,7 @@ from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import default_workers
 
 
-def main(argv: Optional[Sequence[str]] = None) -> list[str]:
+def main(argv: Sequence[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(
         description="Generate the pseudo heat maps (content-preservation targets) of GAICD or CPC: "
                     "<out>/<dataset>/mask/<stem>.png, plus figures for human-centric images in "

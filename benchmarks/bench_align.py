@@ -28,18 +28,18 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import roi_align  # noqa: E402
 import rod_align  # noqa: E402
-from roi_align import RoIAlignAvg  # noqa: E402
+import roi_align  # noqa: E402
 from rod_align import RoDAlignAvg  # noqa: E402
+from roi_align import RoIAlignAvg  # noqa: E402
 from untils.atomic import write_text_atomic  # noqa: E402
 
 ALIGNED_SIZE = 9

@@ -34,8 +34,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import crop  # noqa: E402
-import roi_align  # noqa: E402
 import rod_align  # noqa: E402
+import roi_align  # noqa: E402
 from config_GAICD import BACKBONES  # noqa: E402
 from untils.boxes import crop_mask_factors, resized_size  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402

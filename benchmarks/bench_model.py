@@ -53,10 +53,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,14 +65,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import roi_align  # noqa: E402
 import rod_align  # noqa: E402
+import roi_align  # noqa: E402
 from config_GAICD import Config  # noqa: E402
 from cropping_model import HumanCentricCroppingModel, crop_score_loss, crop_training_loss  # noqa: E402
-from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
-from untils.inference import run_model  # noqa: E402
-from untils.candidates import gaic_grid_candidates  # noqa: E402
 from untils.atomic import write_text_atomic  # noqa: E402
+from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
+from untils.candidates import gaic_grid_candidates  # noqa: E402
+from untils.inference import run_model  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PERSON_BOX = (120.0, 40.0, 230.0, 250.0)  # in the 352x256 input
@@ -86,7 +86,7 @@ class Setting:
     channels_last: bool
 
     @property
-    def autocast_dtype(self) -> Optional[torch.dtype]:
+    def autocast_dtype(self) -> torch.dtype | None:
         return None if self.dtype == torch.float32 else self.dtype
 
     @property
@@ -104,7 +104,7 @@ def build_model(backbone: str, setting: Setting) -> HumanCentricCroppingModel:
     return model
 
 
-def make_batch(images: int, height: int, width: int, device: torch.device, crops: Optional[int] = None) -> dict:
+def make_batch(images: int, height: int, width: int, device: torch.device, crops: int | None = None) -> dict:
     """``images`` random images with the GAIC grid (or its first ``crops``) and one person each."""
     boxes = gaic_grid_candidates(width, height)[:crops]
     generator = torch.Generator().manual_seed(images)
@@ -468,7 +468,7 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, list[Setting]]:
     return device, settings
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES),
@@ -621,7 +621,7 @@ def epoch_section(args: argparse.Namespace, settings: list[Setting]) -> list[dic
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device, settings = resolve(args)

@@ -32,8 +32,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,11 +43,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import config_PIC  # noqa: E402
 import finetune_PIC  # noqa: E402
-import prior_PIC  # noqa: E402
 import pretrain_PIC  # noqa: E402
+import prior_PIC  # noqa: E402
 from pic_dataset import load_pic_data, split_user_images, write_release_layout  # noqa: E402
-from untils.pic_synthetic import (RatedImageInfo, build_pic_benchmark, departure_from_average,  # noqa: E402
-                                  read_image_contents, read_tastes)
+from untils.pic_synthetic import (  # noqa: E402
+    RatedImageInfo,
+    build_pic_benchmark,
+    departure_from_average,
+    read_image_contents,
+    read_tastes,
+)
 
 VARIANTS = ("official", "embedding")
 # (variant, model of finetune_PIC's rows) -> column title
@@ -213,7 +218,7 @@ def format_table(table: Sequence[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="experiments/bench_pic", help="working folder (data, experiments, table)")
     parser.add_argument("--quick", action="store_true", help="the small settings of tests/test_pic.py")

@@ -43,10 +43,10 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -103,7 +103,7 @@ class Check:
 
 @dataclass
 class CommandResult:
-    returncode: Optional[int]  # None: killed at its budget
+    returncode: int | None  # None: killed at its budget
     seconds: float
     output: str
 
@@ -130,7 +130,7 @@ class Run:
 
 # ----- child processes --------------------------------------------------------------------------
 
-def run_command(command: list[str], timeout_s: float, log_path: Path, env: Optional[dict] = None) -> CommandResult:
+def run_command(command: list[str], timeout_s: float, log_path: Path, env: dict | None = None) -> CommandResult:
     """Run ``command`` from the repository root, output to ``log_path``; past ``timeout_s`` it and
     every process of its session are stopped (SIGTERM, then SIGKILL)."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -143,7 +143,7 @@ def run_command(command: list[str], timeout_s: float, log_path: Path, env: Optio
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            returncode: Optional[int] = process.wait(timeout=timeout_s)
+            returncode: int | None = process.wait(timeout=timeout_s)
         except BaseException:  # the budget, or this script being stopped: the children go too
             stop_session(process)
             returncode = None
@@ -185,7 +185,7 @@ def fenced(text: str) -> list[str]:
 
 # ----- stage 1: build ---------------------------------------------------------------------------
 
-def find_cuda_home(torch_cuda_home: Optional[str]) -> Optional[str]:
+def find_cuda_home(torch_cuda_home: str | None) -> str | None:
     """$CUDA_HOME or $CUDA_PATH, torch's own answer, or the folder above the nvcc on PATH."""
     for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), torch_cuda_home):
         if candidate and (Path(candidate) / "bin" / "nvcc").exists():
@@ -229,7 +229,7 @@ def target_rows(results: dict[str, dict], dry_run: bool) -> list[tuple[str, str,
     align, model, epoch = results.get("align", {}), results.get("model", {}), results.get("epoch", {})
     rows = []
 
-    def verdict(value: Optional[float], passes: Callable[[float], bool]) -> str:
+    def verdict(value: float | None, passes: Callable[[float], bool]) -> str:
         if dry_run:
             return "n/a (CPU dry run)"
         return "not measured" if value is None else ("met" if passes(value) else "NOT met")
@@ -320,8 +320,8 @@ class GPUCheck:
     def write_report(self) -> None:
         write_text_atomic(str(self.args.report), render(self.run))
 
-    def step(self, stage: str, name: str, command: list[str], cap_s: float, env: Optional[dict] = None,
-             required: bool = True) -> Optional[CommandResult]:
+    def step(self, stage: str, name: str, command: list[str], cap_s: float, env: dict | None = None,
+             required: bool = True) -> CommandResult | None:
         """Run one command of a stage within its cap and what is left of the budget; record a check."""
         self.run.stage_budgets[stage] = self.run.stage_budgets.get(stage, 0) + cap_s
         timeout = min(cap_s, self.deadline - time.monotonic())
@@ -464,7 +464,7 @@ class GPUCheck:
             self.write_report()
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", type=Path, required=True, help="the Markdown report to write")
     parser.add_argument("--cpu-dry-run", action="store_true", help="the same stages with tiny sizes on the CPU")
@@ -480,7 +480,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work_dir:
         check = GPUCheck(args, Path(work_dir))

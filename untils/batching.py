@@ -3,7 +3,8 @@ that keep the datasets' metadata, and sharding evaluation over processes."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ def fixed_ratio_candidates(width: int, height: int, ratio: float,
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 
-def parse_aspect_ratio(text: str) -> Optional[float]:
+def parse_aspect_ratio(text: str) -> float | None:
     """``"16:9"`` -> 16/9, ``"1.5"`` -> 1.5, ``"any"`` (or ``"free"``, ``"none"``) -> None."""
     cleaned = str(text).strip().lower()
     if cleaned in {"any", "free", "none"}:
@@ -228,7 +228,7 @@ def _gaic_release_ratio_yxyx(width: int, height: int, aspect_ratio: str) -> np.n
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def _gaic_release_yxyx(width: int, height: int, aspect_ratio: Optional[str]) -> np.ndarray:
+def _gaic_release_yxyx(width: int, height: int, aspect_ratio: str | None) -> np.ndarray:
     _check_image_size(width, height)
     if int(width) != width or int(height) != height:
         raise ValueError(f"the release's generators take the resized image's whole-pixel size, got {width}x{height}")
@@ -237,7 +237,7 @@ def _gaic_release_yxyx(width: int, height: int, aspect_ratio: Optional[str]) -> 
     return _gaic_release_ratio_yxyx(int(width), int(height), aspect_ratio)
 
 
-def gaic_release_candidates(width: int, height: int, aspect_ratio: Optional[str] = None) -> torch.Tensor:
+def gaic_release_candidates(width: int, height: int, aspect_ratio: str | None = None) -> torch.Tensor:
     """Candidates of GAIC's release for its resized ``width`` x ``height`` input, (N, 4) float32.
 
     ``aspect_ratio`` None: ``generate_bboxes``, the 12x12 grid. It differs from
@@ -259,7 +259,7 @@ def gaic_release_candidates(width: int, height: int, aspect_ratio: Optional[str]
 
 
 def gaic_release_candidates_in_original(width: int, height: int, original_width: int, original_height: int,
-                                        aspect_ratio: Optional[str] = None) -> torch.Tensor:
+                                        aspect_ratio: str | None = None) -> torch.Tensor:
     """:func:`gaic_release_candidates` mapped to the original photo as the release's test code does
     (``source_bboxes``: float64 products with original/resized, Python's ``round``, half to even),
     (N, 4) float32 ``[x1, y1, x2, y2]`` whole pixels, in the same order."""

@@ -45,8 +45,8 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -106,7 +106,7 @@ def _clip01(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def composition_score(crop: Box, human_box: Optional[Box], width: float, height: float) -> float:
+def composition_score(crop: Box, human_box: Box | None, width: float, height: float) -> float:
     """The synthetic rule of the module docstring, without noise: a score in [1, 5].
 
     ``crop`` and ``human_box`` are ``[x1, y1, x2, y2]`` pixels of a ``width`` x
@@ -235,7 +235,7 @@ def _plain_photo(cache: _SourceCache, name: str, long_side: int) -> tuple[np.nda
 
 
 def _scored_crops(rng: np.random.Generator, width: int, height: int,
-                  person: Optional[list[int]]) -> dict[str, list]:
+                  person: list[int] | None) -> dict[str, list]:
     crops = gaic_grid_candidates(width, height).to(int).tolist()
     scores = [composition_score(crop, person, width, height) + rng.normal(0.0, SCORE_NOISE) for crop in crops]
     scores = [round(min(MAX_SCORE, max(MIN_SCORE, s)), 2) for s in scores]
@@ -283,7 +283,7 @@ def build_demo_dataset(root: str | os.PathLike, num_train: int = 48, num_test: i
         for kind in (kinds[i] for i in rng.permutation(len(kinds))):
             name = f"demo{index:04d}.jpg"
             index += 1
-            person: Optional[list[int]]
+            person: list[int] | None
             if kind == "composite":
                 pixels, person = _composite(rng, cache, *_image_size(rng, long_side))
             elif kind == "none":

@@ -5,7 +5,7 @@ Each figure is drawn with matplotlib's Agg backend (no display needed) and retur
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.
     return _render(figure)
 
 
-def partition_figure(image: torch.Tensor, human_box: Optional[Sequence[float]], target: torch.Tensor,
+def partition_figure(image: torch.Tensor, human_box: Sequence[float] | None, target: torch.Tensor,
                      predicted: torch.Tensor, title: str = "") -> np.ndarray:
     """Photo with the person's box, then the nine regions of the target partition mask and the
     partition feature's strongest region per cell (softmax over the nine channels), labelled."""

@@ -41,7 +41,6 @@ Where this departs from the release, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -57,18 +56,18 @@ HUE_DELTA = 18.0
 class PhotometricDraws:
     """One image's random choices; ``None`` means that step does not run."""
 
-    brightness_delta: Optional[float]
+    brightness_delta: float | None
     contrast_first: bool
-    contrast_factor: Optional[float]
-    saturation_factor: Optional[float]
-    hue_shift: Optional[float]
+    contrast_factor: float | None
+    saturation_factor: float | None
+    hue_shift: float | None
 
 
 def _coin(generator: torch.Generator) -> bool:
     return bool(torch.randint(2, (1,), generator=generator).item())
 
 
-def _uniform_if_coin(generator: torch.Generator, low: float, high: float) -> Optional[float]:
+def _uniform_if_coin(generator: torch.Generator, low: float, high: float) -> float | None:
     if not _coin(generator):
         return None
     return low + (high - low) * float(torch.rand(1, generator=generator, dtype=torch.float64).item())

@@ -51,8 +51,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -95,7 +95,7 @@ class ImageContent:
     of per-pixel luma and saturation, and the second object's box (None: the image has none)."""
     luma_table: np.ndarray
     saturation_table: np.ndarray
-    object_box: Optional[tuple[float, float, float, float]]
+    object_box: tuple[float, float, float, float] | None
 
 
 def _summed_area(values: np.ndarray) -> np.ndarray:
@@ -104,7 +104,7 @@ def _summed_area(values: np.ndarray) -> np.ndarray:
     return table
 
 
-def image_content(pixels: np.ndarray, object_box: Optional[Box] = None) -> ImageContent:
+def image_content(pixels: np.ndarray, object_box: Box | None = None) -> ImageContent:
     """The :class:`ImageContent` of an (H, W, 3) uint8 RGB image."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {pixels.dtype} array of shape {pixels.shape}")
@@ -132,7 +132,7 @@ def _sigmoid(value: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, value))))
 
 
-def subject_box(human_box: Optional[Box], width: float, height: float) -> tuple[float, float, float, float]:
+def subject_box(human_box: Box | None, width: float, height: float) -> tuple[float, float, float, float]:
     """The person's box, or the image's central third when there is no person (None or x1 < 0)."""
     if human_box is None or human_box[0] < 0:
         return width / 3, height / 3, 2 * width / 3, 2 * height / 3
@@ -140,7 +140,7 @@ def subject_box(human_box: Optional[Box], width: float, height: float) -> tuple[
     return x1, y1, x2, y2
 
 
-def _content_term(group: str, target: float, crop: Box, content: Optional[ImageContent]) -> float:
+def _content_term(group: str, target: float, crop: Box, content: ImageContent | None) -> float:
     if content is None:
         raise ValueError(f"taste group {group!r} reads the image's pixels: pass its ImageContent")
     if group == "second_object":
@@ -152,7 +152,7 @@ def _content_term(group: str, target: float, crop: Box, content: Optional[ImageC
     return _sigmoid((region_mean(table, crop) - region_mean(table, whole)) / target)
 
 
-def taste_term(group: str, target: float, crop: Box, subject: Box, content: Optional[ImageContent] = None) -> float:
+def taste_term(group: str, target: float, crop: Box, subject: Box, content: ImageContent | None = None) -> float:
     """The taste term in [0, 1] of the module docstring for a crop, the image's subject box and,
     for the content groups, the image's :class:`ImageContent`."""
     x1, y1, x2, y2 = (float(v) for v in crop)
@@ -182,8 +182,8 @@ def kept_share(crop: Box, subject: Box) -> float:
     return overlap / ((sx2 - sx1) * (sy2 - sy1))
 
 
-def taste_score(taste: Taste, crop: Box, human_box: Optional[Box], width: float, height: float,
-                content: Optional[ImageContent] = None) -> float:
+def taste_score(taste: Taste, crop: Box, human_box: Box | None, width: float, height: float,
+                content: ImageContent | None = None) -> float:
     """A user's noise-free score in [1, 5] of ``crop`` in a ``width`` x ``height`` image
     (``content``: the image's :class:`ImageContent`, needed by the content groups)."""
     subject = subject_box(human_box, width, height)
@@ -199,7 +199,7 @@ def sample_taste(group: str, rng: np.random.Generator) -> Taste:
                  float(rng.uniform(*NOISE_RANGE)))
 
 
-def draw_second_object(image: Image.Image, human_box: Optional[Box], rng: np.random.Generator) -> list[int]:
+def draw_second_object(image: Image.Image, human_box: Box | None, rng: np.random.Generator) -> list[int]:
     """Draw a filled ellipse of a random saturated colour (with a dark rim) onto ``image`` near the
     side edge farther from the person's centre (a random side without a person), at a random
     height; return its box in whole pixels."""
@@ -227,7 +227,7 @@ def candidate_crops(width: int, height: int, candidates: str) -> list[list[int]]
     raise ValueError(f"candidates={candidates!r}; expected one of {CANDIDATE_KINDS}")
 
 
-def _rate(taste: Taste, rng: np.random.Generator, width: int, height: int, human_box: Optional[Box],
+def _rate(taste: Taste, rng: np.random.Generator, width: int, height: int, human_box: Box | None,
           content: ImageContent, candidates: str) -> dict[str, list]:
     crops = candidate_crops(width, height, candidates)
     scores = [taste_score(taste, crop, human_box, width, height, content) + rng.normal(0.0, taste.noise)
@@ -336,8 +336,8 @@ class RatedImageInfo:
     """What a user's noise-free scores of an image depend on."""
     width: int
     height: int
-    human_box: Optional[Box]
-    content: Optional[ImageContent] = None
+    human_box: Box | None
+    content: ImageContent | None = None
 
 
 def departure_from_average(tastes: Mapping[str, Taste], population: Sequence[str], users: Sequence[str],

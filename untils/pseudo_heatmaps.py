@@ -13,9 +13,10 @@ reads one from a config), so this module knows nothing of the datasets' file lay
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -75,7 +76,7 @@ class HeatMapTask:
     scores: np.ndarray
     score_mean: float
     mask_path: str
-    display_path: Optional[str]
+    display_path: str | None
     fix_edge_cases: bool = False
 
 
@@ -153,12 +154,12 @@ class HeatMapSources:
     """
     annotations: Mapping[str, ScoredCrops]
     human_names: frozenset[str]
-    image_path: Callable[[str], Optional[str]]
+    image_path: Callable[[str], str | None]
     score_mean: float
     skip_missing: bool = False
 
 
-def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, images: Optional[Sequence[str]] = None,
+def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, images: Sequence[str] | None = None,
                    fix_edge_cases: bool = False) -> list[HeatMapTask]:
     """One task per image of ``dataset_name`` (all annotated images, or ``images``).
 
@@ -191,7 +192,7 @@ def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, ima
 
 
 def generate_heatmaps(dataset_name: str, sources: HeatMapSources, out_dir: str, workers: int = 0,
-                      overwrite: bool = False, images: Optional[Sequence[str]] = None,
+                      overwrite: bool = False, images: Sequence[str] | None = None,
                       fix_edge_cases: bool = False, progress: bool = True) -> list[str]:
     """Write the heat maps of ``dataset_name`` (it names the folder) under ``out_dir``.
 
