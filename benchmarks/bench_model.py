@@ -158,7 +158,7 @@ def inference_rates(model: HumanCentricCroppingModel, setting: Setting, batch_si
     rates = {}
     for size in batch_sizes:
         batch = make_batch(size, height, width, setting.device)
-        seconds = time_calls(lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
+        seconds = time_calls(functools.partial(run_model, model, batch, setting.autocast_dtype, setting.channels_last),
                              setting.device, repeats, warmup)
         rates[size] = size / statistics.median(seconds)
     return rates
@@ -206,7 +206,8 @@ def time_split(model: HumanCentricCroppingModel, setting: Setting, height: int, 
             timing_calls_of(model.content_preserve, "crop_features", setting.device, content):
         total = time_calls(lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
                            setting.device, repeats, warmup)
-    calls = list(zip(seconds_of(backbone)[warmup:], seconds_of(content)[warmup:], total))
+    # one backbone and one content-feature call per forward: a mismatch would pair parts of different calls
+    calls = list(zip(seconds_of(backbone)[warmup:], seconds_of(content)[warmup:], total, strict=True))
     return {"backbone": statistics.median(b / t for b, _, t in calls),
             "content": statistics.median(c / t for _, c, t in calls),
             "rest": statistics.median((t - b - c) / t for b, c, t in calls)}
@@ -348,7 +349,7 @@ def compile_comparison(backbone: str, device: torch.device, height: int, width: 
     compile_seconds = time.perf_counter() - begin
     rates = {}
     for name, candidate in (("eager", model), ("compiled", compiled)):
-        seconds = time_calls(lambda: run_model(candidate, batch), device, repeats, warmup)
+        seconds = time_calls(functools.partial(run_model, candidate, batch), device, repeats, warmup)
         rates[name] = 1.0 / statistics.median(seconds)
     rates["compile_seconds"] = compile_seconds
     return rates

@@ -92,8 +92,8 @@ QUICK = BenchmarkSettings(groups=("thirds", "tight", "bright", "second_object"),
 def run_official(common: Sequence[str], settings: BenchmarkSettings) -> dict[int, list[dict]]:
     """The official variant's three stages on ``<data_root>/PIC_release``; rows per N."""
     pretrained = pretrain_PIC.main([*common, "--variant", "official", "--exp_name", "official-pretrain",
-                                    "--objective_set", "PIC", "--pretrained", "false", "--max_epoch", str(settings.official_pretrain_epochs),
-                                    "--lr", "1e-3"])
+                                    "--objective_set", "PIC", "--pretrained", "false",
+                                    "--max_epoch", str(settings.official_pretrain_epochs), "--lr", "1e-3"])
     prior = prior_PIC.main([*common, "--no-progress", "--checkpoint", pretrained["checkpoint"], "--exp_name",
                             "official-prior", "--official_prior_epochs", str(settings.official_prior_epochs)])
     return {shots: finetune_PIC.main([*common, "--no-progress", "--no-save-users", "--checkpoint",

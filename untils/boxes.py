@@ -9,8 +9,6 @@ it rasterises to an all-zero mask and never counts as a person.
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 
@@ -19,7 +17,7 @@ import torch
 HEAT_MAP_SIZE = 64
 FEATURE_STRIDE = 16
 
-BoxesLike = Union[torch.Tensor, np.ndarray]
+BoxesLike = torch.Tensor | np.ndarray
 
 
 def _as_tensor(boxes: BoxesLike) -> tuple[torch.Tensor, bool]:

@@ -67,12 +67,12 @@ def gaic_grid_candidates(width: float, height: float, bins: int = 12, min_area_r
     step_w, step_h = width / bins, height / bins
     starts = np.arange(corner_bins)
     ends = np.arange(bins - corner_bins, bins)
-    i, k, j, l = (grid.ravel() for grid in np.meshgrid(starts, starts, ends, ends, indexing="ij"))
-    area_ratio = (j - i) * (l - k) / bins ** 2
-    aspect = ((j - i) * step_w) / ((l - k) * step_h)
+    x1, y1, x2, y2 = (grid.ravel() for grid in np.meshgrid(starts, starts, ends, ends, indexing="ij"))
+    area_ratio = (x2 - x1) * (y2 - y1) / bins ** 2
+    aspect = ((x2 - x1) * step_w) / ((y2 - y1) * step_h)
     # The grid area ratio is a ratio of small integers; the tolerance only absorbs float division.
     keep = (area_ratio >= min_area_ratio - 1e-9) & (aspect >= low_ratio) & (aspect <= high_ratio)
-    corners = np.stack([i, k, j, l], axis=1)[keep] + 0.5
+    corners = np.stack([x1, y1, x2, y2], axis=1)[keep] + 0.5
     boxes = _round_half_up(corners * np.array([step_w, step_h, step_w, step_h]))
     return torch.from_numpy(boxes).to(torch.float32).reshape(-1, 4)
 

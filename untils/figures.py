@@ -56,8 +56,9 @@ def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.
     figure, axes, photo = _three_panels(image, "input")
     height, width = photo.shape[:2]
     shown = None
-    for axis, (name, values) in zip(axes[1:], (("target heat map", target), ("predicted heat map", predicted))):
-        values = values.detach().float().cpu().numpy().reshape(target.shape[-2:])
+    for axis, (name, heat_map) in zip(axes[1:], (("target heat map", target), ("predicted heat map", predicted)),
+                                      strict=True):
+        values = heat_map.detach().float().cpu().numpy().reshape(target.shape[-2:])
         axis.imshow(photo)
         if values.max() - values.min() < FLAT_MAP:
             axis.set_title(f"{name}: flat ({values.max():.2f}), not drawn")
@@ -80,7 +81,7 @@ def partition_figure(image: torch.Tensor, human_box: Sequence[float] | None, tar
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
-    nine_colours = ListedColormap(colormaps["tab10"].colors[:9])
+    nine_colours = ListedColormap(colormaps["tab10"](np.arange(9)))  # its first nine colours
     figure, axes, photo = _three_panels(image, "input and person box")
     height, width = photo.shape[:2]
     if human_box is not None and human_box[0] >= 0:
@@ -88,7 +89,8 @@ def partition_figure(image: torch.Tensor, human_box: Sequence[float] | None, tar
         axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="yellow", linewidth=2))
     regions = None
     for axis, (name, maps) in zip(axes[1:], (("target regions", target),
-                                              ("predicted regions", torch.softmax(predicted.float(), dim=0)))):
+                                              ("predicted regions", torch.softmax(predicted.float(), dim=0))),
+                                  strict=True):
         labels = maps.detach().float().cpu().argmax(dim=0).numpy()
         axis.imshow(photo)
         regions = axis.imshow(_resized(labels, height, width), cmap=nine_colours, vmin=-0.5, vmax=8.5,

@@ -340,19 +340,19 @@ class RatedImageInfo:
     content: ImageContent | None = None
 
 
+def _noise_free_scores(taste: Taste, crops: Sequence[Box], info: RatedImageInfo) -> np.ndarray:
+    return np.array([taste_score(taste, crop, info.human_box, info.width, info.height, info.content) for crop in crops])
+
+
 def departure_from_average(tastes: Mapping[str, Taste], population: Sequence[str], users: Sequence[str],
                            images: Mapping[str, RatedImageInfo], candidates: str = "grid") -> dict[str, float]:
     """How far each user's taste is from the population's: 1 - mean SRCC over ``images`` between
     the user's noise-free scores of the candidates (``candidates`` as in
     :func:`build_pic_benchmark`) and the mean noise-free score of the ``population`` users."""
-    departures = {user: [] for user in users}
+    departures: dict[str, list[float]] = {user: [] for user in users}
     for info in images.values():
         crops = candidate_crops(info.width, info.height, candidates)
-
-        def scores(user: str) -> np.ndarray:
-            return np.array([taste_score(tastes[user], crop, info.human_box, info.width, info.height, info.content)
-                             for crop in crops])
-        average = np.mean([scores(p) for p in population], axis=0)
+        average = np.mean([_noise_free_scores(tastes[p], crops, info) for p in population], axis=0)
         for user in users:
-            departures[user].append(spearman(scores(user), average))
+            departures[user].append(spearman(_noise_free_scores(tastes[user], crops, info), average))
     return {user: 1.0 - float(np.mean(values)) for user, values in departures.items()}
