@@ -3,12 +3,12 @@ that keep the datasets' metadata, and sharding evaluation over processes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 # Padding values of the per-crop keys: nothing can score a padded crop by accident.
 PADDED_KEYS = {"crop_box": -1.0, "score": float("nan"), "gt_crops": -1.0}
@@ -57,12 +57,32 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+@runtime_checkable
 class ResizedSizes(Protocol):
     """What the sampler needs: a length and each item's resized size (a dataset or a subset of one)."""
 
     def __len__(self) -> int: ...
 
     def resized_size_of(self, index: int) -> tuple[int, int]: ...
+
+
+@runtime_checkable
+class NamedCrops(ResizedSizes, Protocol):
+    """A crop dataset as subsets and evaluation use it: item dicts by index, the names of its images
+    and each image's resized size (every dataset of the cropping and PIC scripts)."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ScoredCrops(NamedCrops, Protocol):
+    """A training set: also the mean crop score of its annotations (the loss's score normalisation)."""
+
+    @property
+    def score_mean(self) -> float: ...
 
 
 class SizeBucketBatchSampler(Sampler[list[int]]):
@@ -124,8 +144,18 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
         return self._batches_per_replica(total)
 
 
-class NamedSubset(Subset):
-    """A subset of a crop dataset that still answers the questions the samplers and trainers ask."""
+class NamedSubset(Dataset):
+    """The images ``indices`` of a crop dataset; it still answers the questions the samplers and trainers ask."""
+
+    def __init__(self, dataset: NamedCrops, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[self.indices[index]]
 
     @property
     def names(self) -> list[str]:
@@ -133,15 +163,21 @@ class NamedSubset(Subset):
 
     @property
     def score_mean(self) -> float:
+        """The whole dataset's (the normalisation the model was trained with); only training sets have one."""
+        if not isinstance(self.dataset, ScoredCrops):
+            raise AttributeError(f"{type(self.dataset).__name__} has no score_mean: not a scored training set")
         return self.dataset.score_mean
 
     def resized_size_of(self, index: int) -> tuple[int, int]:
         return self.dataset.resized_size_of(self.indices[index])
 
 
-def evaluation_loader(dataset: ResizedSizes, images_per_batch: int = 1, num_workers: int = 0,
+def evaluation_loader(dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                       pin_memory: bool = False) -> DataLoader:
-    """Every image once, ``images_per_batch`` of one resized size per batch."""
+    """Every image of ``dataset`` (a :class:`ResizedSizes` dataset) once, ``images_per_batch`` of one
+    resized size per batch."""
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     sampler = SizeBucketBatchSampler(dataset, images_per_batch, shuffle=False)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=num_workers,
                       pin_memory=pin_memory)
@@ -152,12 +188,15 @@ def distributed() -> bool:
 
 
 def shard_for_this_process(dataset: Dataset) -> Dataset:
-    """Under torch.distributed, this process's share of ``dataset`` (every world-size-th image)."""
+    """Under torch.distributed, this process's share of ``dataset`` (a :class:`NamedCrops` dataset:
+    every world-size-th image)."""
     if not distributed():
         return dataset
     rank, world = dist.get_rank(), dist.get_world_size()
-    if isinstance(dataset, Subset):
+    if isinstance(dataset, NamedSubset):
         return NamedSubset(dataset.dataset, dataset.indices[rank::world])
+    if not isinstance(dataset, NamedCrops):
+        raise TypeError(f"{type(dataset).__name__} cannot be sharded: it has no names or resized_size_of")
     return NamedSubset(dataset, list(range(rank, len(dataset), world)))
 
 
