@@ -9,6 +9,8 @@ it rasterises to an all-zero mask and never counts as a person.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 
@@ -18,13 +20,15 @@ HEAT_MAP_SIZE = 64
 FEATURE_STRIDE = 16
 
 BoxesLike = torch.Tensor | np.ndarray
+# numpy in, numpy out; torch in, torch out
+BoxesT = TypeVar("BoxesT", torch.Tensor, np.ndarray)
 
 
-def _as_tensor(boxes: BoxesLike) -> tuple[torch.Tensor, bool]:
-    """Return ``(tensor, came_from_numpy)``; lists and tuples count as numpy."""
+def _as_tensor(boxes: BoxesLike) -> torch.Tensor:
+    """``boxes`` as a tensor; lists and tuples count as numpy."""
     if isinstance(boxes, torch.Tensor):
-        return boxes, False
-    return torch.from_numpy(np.asarray(boxes)), True
+        return boxes
+    return torch.from_numpy(np.asarray(boxes))
 
 
 def _check_last_dim(boxes: torch.Tensor, name: str) -> None:
@@ -32,69 +36,75 @@ def _check_last_dim(boxes: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have shape (..., 4) with [x1, y1, x2, y2] last, got {tuple(boxes.shape)}")
 
 
-def _like_input(result: torch.Tensor, came_from_numpy: bool) -> BoxesLike:
-    return result.numpy() if came_from_numpy else result
+def _like_input(result: torch.Tensor, boxes: BoxesT) -> BoxesT:
+    """``result`` as the kind of array ``boxes`` is."""
+    if isinstance(boxes, torch.Tensor):
+        return result
+    return result.numpy()
 
 
-def rescale_boxes(boxes: BoxesLike, ratio_w: float, ratio_h: float) -> BoxesLike:
+def rescale_boxes(boxes: BoxesT, ratio_w: float, ratio_h: float) -> BoxesT:
     """Scale boxes to a resized image as the release: x1, y1 floored, x2, y2 ceiled.
 
     The products are taken in float64 (the release multiplies integer JSON boxes by a
     Python float), so the floor/ceil sees the exact product; the result is float32.
     Accepts numpy (returns numpy) or torch (returns torch on the same device).
     """
-    tensor, from_numpy = _as_tensor(boxes)
+    tensor = _as_tensor(boxes)
     _check_last_dim(tensor, "boxes")
     scaled = tensor.to(torch.float64) * tensor.new_tensor([ratio_w, ratio_h, ratio_w, ratio_h], dtype=torch.float64)
     scaled = torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
-    return _like_input(scaled.to(torch.float32), from_numpy)
+    return _like_input(scaled.to(torch.float32), boxes)
 
 
-def flip_boxes_horizontal(boxes: BoxesLike, width: float) -> BoxesLike:
+def flip_boxes_horizontal(boxes: BoxesT, width: float) -> BoxesT:
     """Mirror boxes in an image ``width`` wide: ``x1' = width - x2``, ``x2' = width - x1``.
 
     Padding rows (x1 < 0) stay as they are. Numpy or torch, same kind out.
     """
-    tensor, from_numpy = _as_tensor(boxes)
+    tensor = _as_tensor(boxes)
     _check_last_dim(tensor, "boxes")
     flipped = torch.stack([width - tensor[..., 2], tensor[..., 1], width - tensor[..., 0], tensor[..., 3]], dim=-1)
     flipped = torch.where((tensor[..., 0] < 0).unsqueeze(-1), tensor, flipped.to(tensor.dtype))
-    return _like_input(flipped, from_numpy)
+    return _like_input(flipped, boxes)
 
 
-def clip_boxes(boxes: BoxesLike, width: float, height: float) -> BoxesLike:
+def clip_boxes(boxes: BoxesT, width: float, height: float) -> BoxesT:
     """Clamp x to [0, width] and y to [0, height]. Numpy or torch, same kind out.
 
     Padding is not special here: clip real boxes before padding them.
     """
-    tensor, from_numpy = _as_tensor(boxes)
+    tensor = _as_tensor(boxes)
     _check_last_dim(tensor, "boxes")
     upper = tensor.new_tensor([width, height, width, height])
     clipped = torch.minimum(tensor.clamp(min=0), upper)
-    return _like_input(clipped, from_numpy)
+    return _like_input(clipped, boxes)
 
 
-def box_area(boxes: BoxesLike) -> BoxesLike:
+def box_area(boxes: BoxesT) -> BoxesT:
     """Areas (...,) of boxes (..., 4); boxes with x2 <= x1 or y2 <= y1 have area 0.
 
     Integer boxes are measured in float64; float boxes keep their dtype.
     """
-    tensor, from_numpy = _as_tensor(boxes)
+    tensor = _as_tensor(boxes)
     _check_last_dim(tensor, "boxes")
-    if not tensor.is_floating_point():
-        tensor = tensor.to(torch.float64)
-    widths = (tensor[..., 2] - tensor[..., 0]).clamp(min=0)
-    heights = (tensor[..., 3] - tensor[..., 1]).clamp(min=0)
-    return _like_input(widths * heights, from_numpy)
+    return _like_input(_tensor_area(tensor), boxes)
 
 
-def box_iou(boxes_a: BoxesLike, boxes_b: BoxesLike) -> BoxesLike:
+def _tensor_area(boxes: torch.Tensor) -> torch.Tensor:
+    if not boxes.is_floating_point():
+        boxes = boxes.to(torch.float64)
+    widths = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    heights = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    return widths * heights
+
+
+def box_iou(boxes_a: BoxesT, boxes_b: BoxesLike) -> BoxesT:
     """Pairwise IoU (M, N) of boxes (M, 4) and (N, 4); 0 where the union is empty.
 
     Computed in the wider float dtype of the two inputs (float64 stays float64).
     """
-    a, from_numpy = _as_tensor(boxes_a)
-    b, _ = _as_tensor(boxes_b)
+    a, b = _as_tensor(boxes_a), _as_tensor(boxes_b)
     for tensor, name in ((a, "boxes_a"), (b, "boxes_b")):
         _check_last_dim(tensor, name)
         if tensor.dim() != 2:
@@ -104,9 +114,9 @@ def box_iou(boxes_a: BoxesLike, boxes_b: BoxesLike) -> BoxesLike:
     inter_w = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])).clamp(min=0)
     inter_h = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])).clamp(min=0)
     inter = inter_w * inter_h
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    union = _tensor_area(a)[:, None] + _tensor_area(b)[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(inter))
-    return _like_input(iou, from_numpy)
+    return _like_input(iou, boxes_a)
 
 
 def _scaled_grid_coords(boxes: torch.Tensor, width: float, height: float,
