@@ -13,6 +13,7 @@ CPC's (embedding variant); GAICD and CPC paths are inherited from ``config_GAICD
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 
 from config_GAICD import LOSS_TYPES, _opt
@@ -102,7 +103,8 @@ class Config(GAICDConfig):
                                0.01)
 
     def __post_init__(self) -> None:
-        self._derive("PIC_path", self.data_root, "PIC")
+        if self.PIC_path is None:
+            self.PIC_path = os.path.join(self.data_root, "PIC")
         self._derive("PIC_image", self.PIC_path, "images")
         self._derive("PIC_users", self.PIC_path, "users.json")
         self._derive("PIC_anno", self.PIC_path, "annotations")

@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         images = [name for name in sources.annotations if name in sources.human_names or not args.only_human]
         images = images[:args.limit]
     out_dir = cfg.heat_map_dir if args.out is None else args.out
+    if out_dir is None:
+        parser.error("no heat map folder: give --out or the config's heat_map_dir")
     workers = default_workers() if args.num_workers is None else args.num_workers
     paths = generate_heatmaps(args.dataset, sources, out_dir, workers=workers, overwrite=args.overwrite,
                               images=images, fix_edge_cases=args.fix_edge_cases, progress=not args.no_progress)

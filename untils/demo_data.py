@@ -236,7 +236,7 @@ def _plain_photo(cache: _SourceCache, name: str, long_side: int) -> tuple[np.nda
 
 def _scored_crops(rng: np.random.Generator, width: int, height: int,
                   person: list[int] | None) -> dict[str, list]:
-    crops = gaic_grid_candidates(width, height).to(int).tolist()
+    crops = gaic_grid_candidates(width, height).long().tolist()
     scores = [composition_score(crop, person, width, height) + rng.normal(0.0, SCORE_NOISE) for crop in crops]
     scores = [round(min(MAX_SCORE, max(MIN_SCORE, s)), 2) for s in scores]
     order = sorted(range(len(crops)), key=lambda i: -scores[i])

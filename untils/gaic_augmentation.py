@@ -85,7 +85,7 @@ def draw_photometric(generator: torch.Generator) -> PhotometricDraws:
     return PhotometricDraws(brightness_delta, contrast_first, contrast_factor, saturation_factor, hue_shift)
 
 
-def shift_hue(hsv: np.ndarray, degrees: float) -> np.ndarray:
+def shift_hue(hsv: np.ndarray, degrees: float | np.floating) -> np.ndarray:
     """``degrees`` added to the H channel of a float HSV image, then values above 360 lowered by 360 and
     values below 0 raised by 360, once each, as the release does (in place; returned)."""
     hue = hsv[:, :, 0]
@@ -96,7 +96,7 @@ def shift_hue(hsv: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def _colour_steps(image: np.ndarray, draws: PhotometricDraws) -> np.ndarray:
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # float32, as the image
     if draws.saturation_factor is not None:
         hsv[:, :, 1] *= np.float32(draws.saturation_factor)
     if draws.hue_shift is not None:

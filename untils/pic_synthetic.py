@@ -112,7 +112,10 @@ def image_content(pixels: np.ndarray, object_box: Box | None = None) -> ImageCon
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     brightest, darkest = rgb.max(axis=2), rgb.min(axis=2)
     saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest), where=brightest > 0)
-    box = None if object_box is None else tuple(float(v) for v in object_box)
+    box = None
+    if object_box is not None:
+        x1, y1, x2, y2 = object_box
+        box = (float(x1), float(y1), float(x2), float(y2))
     return ImageContent(_summed_area(luma), _summed_area(saturation), box)
 
 
@@ -223,7 +226,7 @@ def candidate_crops(width: int, height: int, candidates: str) -> list[list[int]]
     if candidates == "fixed":
         return fixed_views(width, height)
     if candidates == "grid":
-        return gaic_grid_candidates(width, height).to(int).tolist()
+        return gaic_grid_candidates(width, height).long().tolist()
     raise ValueError(f"candidates={candidates!r}; expected one of {CANDIDATE_KINDS}")
 
 
@@ -283,7 +286,8 @@ def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6,
 
     rng = np.random.default_rng(seed)
     tastes: dict[str, Taste] = {}
-    train_users, test_users = [], []
+    train_users: list[str] = []
+    test_users: list[str] = []
     for group in groups:
         for index in range(train_users_per_group + test_users_per_group):
             user = f"{group}-{index:02d}"

@@ -90,8 +90,8 @@ def _overlay(image: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
     return ((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colours).astype(np.uint8)
 
 
-def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarray) -> None:
-    """Input, top-5 and top-10 heat maps, the final heat map, best and worst crop."""
+def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarray, path: str) -> None:
+    """Input, top-5 and top-10 heat maps, the final heat map, best and worst crop, as a JPEG at ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -116,21 +116,23 @@ def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarr
         axes.set_title(title)
         axes.axis("off")
     figure.tight_layout()
-    write_atomic(task.display_path, lambda tmp_path: figure.savefig(tmp_path, format="jpg"))
+    write_atomic(path, lambda tmp_path: figure.savefig(tmp_path, format="jpg"))
 
 
 def run_task(task: HeatMapTask) -> str:
     """Write one image's heat map (and figure); returns the heat map's path."""
+    pixels = None  # read only for the figure
     try:
         with Image.open(task.image_path) as image:
             width, height = image.size
-            pixels = np.asarray(image.convert("RGB")) if task.display_path else None
+            if task.display_path:
+                pixels = np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot read image {task.image_path}: {error}") from error
     heat_map = crop_heat_map(task.boxes, task.scores, width, height, task.score_mean, task.fix_edge_cases)
     save_png_atomically(heat_map, task.mask_path)
-    if task.display_path:
-        save_display_figure(task, pixels, heat_map)
+    if task.display_path and pixels is not None:
+        save_display_figure(task, pixels, heat_map, task.display_path)
     return task.mask_path
 
 
