@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -271,7 +272,7 @@ class AlignOp:
         spatial_scale: float,
         avg_pool: bool = False,
     ) -> Tensor:
-        """The op on the fallback (in float64, the tests' oracle): check, place the samples, sample.
+        """The op on the pure-PyTorch fallback (also a reference in the tests): check, place the samples, sample.
 
         With ``avg_pool`` the grid is one larger each way and 2x2 stride-1 average pooled.
         """
