@@ -1,6 +1,6 @@
 """GAIC's RoDAlign as a PyTorch operator (compiled CPU/CUDA kernels, pure-PyTorch fallback).
 
-Shares its machinery with ``roi_align`` (``roi_align._align_core``).
+Shares its machinery with ``roi_align`` (``roi_align.align_core``).
 """
 from .modules.rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax
 from .ops import KERNELS, rod_align

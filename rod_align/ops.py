@@ -1,20 +1,13 @@
 """RoDAlign as in GAIC: a bilinear grid over the whole feature map with the RoI cut out.
 
-The compiled kernels register ``torch.ops.rod_align.rod_align`` (features, rois,
-aligned_height, aligned_width, spatial_scale, avg_pool=False) and
-``torch.ops.rod_align.rod_align_backward`` (grad_output, rois, spatial_scale, batch_size,
-height, width, avg_pool=False) for CPU and CUDA.
+Only where RoDAlign samples lives here; the rest is ``roi_align.align_core``, shared with RoIAlign.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from roi_align._align_core import Backend, load_kernel_library, python_align, register_op_extras
-
-KERNELS = load_kernel_library("rod_align")
-if KERNELS.available:
-    register_op_extras("rod_align", "rod_align", "rod_align_backward")
+from roi_align.align_core import AlignOp, Backend
 
 # The original steps over H - 1.001 rather than H - 1, keeping the last sample inside the map.
 MAP_SPAN_MARGIN = 1.001
@@ -40,18 +33,8 @@ def rod_align_positions(
     return h, w, ~inside
 
 
-def rod_align_python(
-    features: Tensor,
-    rois: Tensor,
-    aligned_height: int,
-    aligned_width: int,
-    spatial_scale: float,
-    avg_pool: bool = False,
-) -> Tensor:
-    """Pure-PyTorch RoDAlign (the fallback, and in float64 the test oracle)."""
-    return python_align(
-        "rod_align", rod_align_positions, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool
-    )
+ROD_ALIGN = AlignOp("rod_align", rod_align_positions)
+KERNELS = ROD_ALIGN.kernels
 
 
 def rod_align(
@@ -76,6 +59,4 @@ def rod_align(
     there. Infinite coordinates act as unbounded sides; a NaN coordinate makes the RoI
     contain no sample, so nothing is zeroed. A degenerate RoI (x2 < x1) contains nothing.
     """
-    if KERNELS.use_compiled(backend):
-        return torch.ops.rod_align.rod_align(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
-    return rod_align_python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+    return ROD_ALIGN(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool, backend)

@@ -1,20 +1,13 @@
 """RoIAlign as in GAIC: a bilinear grid spanning each RoI, corners included.
 
-The compiled kernels register ``torch.ops.roi_align.roi_align`` (features, rois,
-aligned_height, aligned_width, spatial_scale, avg_pool=False) and
-``torch.ops.roi_align.roi_align_backward`` (grad_output, rois, spatial_scale, batch_size,
-height, width, avg_pool=False) for CPU and CUDA.
+Only where RoIAlign samples lives here; the rest is ``roi_align.align_core``, shared with RoDAlign.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._align_core import Backend, load_kernel_library, python_align, register_op_extras
-
-KERNELS = load_kernel_library("roi_align")
-if KERNELS.available:
-    register_op_extras("roi_align", "roi_align", "roi_align_backward")
+from .align_core import AlignOp, Backend
 
 
 def roi_align_positions(
@@ -40,18 +33,8 @@ def roi_align_positions(
     return h.unsqueeze(2), w.unsqueeze(1), keep
 
 
-def roi_align_python(
-    features: Tensor,
-    rois: Tensor,
-    aligned_height: int,
-    aligned_width: int,
-    spatial_scale: float,
-    avg_pool: bool = False,
-) -> Tensor:
-    """Pure-PyTorch RoIAlign (the fallback, and in float64 the test oracle)."""
-    return python_align(
-        "roi_align", roi_align_positions, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool
-    )
+ROI_ALIGN = AlignOp("roi_align", roi_align_positions)
+KERNELS = ROI_ALIGN.kernels
 
 
 def roi_align(
@@ -91,6 +74,4 @@ def roi_align(
     and float32 features (as the original) and in float64 for float64 features; values are
     accumulated in the same precision.
     """
-    if KERNELS.use_compiled(backend):
-        return torch.ops.roi_align.roi_align(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
-    return roi_align_python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+    return ROI_ALIGN(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool, backend)

@@ -34,6 +34,24 @@ def test_opcheck(name, avg_pool, dtype):
     torch.library.opcheck(backward, (grad, rois, 0.5, 2, 7, 9, avg_pool))
 
 
+@pytest.mark.parametrize("name", ["roi_align", "rod_align"])
+def test_both_ops_register_the_documented_schemas(name):
+    """One registration pattern for both ops: the same schemas, under each op's own name."""
+    use_backend("compiled")
+    namespace = getattr(torch.ops, name)
+    assert str(getattr(namespace, name).default._schema) == (
+        f"{name}::{name}(Tensor features, Tensor rois, int aligned_height, int aligned_width, "
+        "float spatial_scale, bool avg_pool=False) -> Tensor"
+    )
+    assert str(getattr(namespace, f"{name}_backward").default._schema) == (
+        f"{name}::{name}_backward(Tensor grad_output, Tensor rois, float spatial_scale, SymInt batch_size, "
+        "SymInt height, SymInt width, bool avg_pool=False) -> Tensor"
+    )
+    for op in (name, f"{name}_backward"):
+        for key in ("CPU", "Meta", "Autograd"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{name}::{op}", key), (op, key)
+
+
 class CropFeatures(nn.Module):
     """What the cropping model does with the ops: RoI and RoD features side by side."""
 

@@ -1,26 +1,7 @@
-// RoDAlign CUDA kernels, registered for the operators defined in rod_align.cpp.
-#include <torch/library.h>
+// RoDAlign's CUDA kernels, for the operators defined in rod_align.cpp.
+#include "align_registration.h"
 
 #include "align_cuda.cuh"
 #include "rod_sampler.h"
 
-namespace {
-
-at::Tensor rod_align_cuda(const at::Tensor& features, const at::Tensor& rois, int64_t aligned_height,
-                          int64_t aligned_width, double spatial_scale, bool avg_pool) {
-  return gaic_align::align_forward_cuda<gaic_align::RodSampler>("rod_align", features, rois, aligned_height,
-                                                                aligned_width, spatial_scale, avg_pool);
-}
-
-at::Tensor rod_align_backward_cuda(const at::Tensor& grad_output, const at::Tensor& rois, double spatial_scale,
-                                   int64_t batch_size, int64_t height, int64_t width, bool avg_pool) {
-  return gaic_align::align_backward_cuda<gaic_align::RodSampler>("rod_align_backward", grad_output, rois,
-                                                                 spatial_scale, batch_size, height, width, avg_pool);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rod_align, CUDA, m) {
-  m.impl("rod_align", &rod_align_cuda);
-  m.impl("rod_align_backward", &rod_align_backward_cuda);
-}
+GAIC_ALIGN_KERNELS(rod_align, RodSampler, CUDA, align_forward_cuda, align_backward_cuda)

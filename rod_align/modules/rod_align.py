@@ -1,7 +1,7 @@
 """RoDAlign modules; the import path of the original GAIC code."""
 from __future__ import annotations
 
-from roi_align._align_core import AlignModule, Backend
+from roi_align.align_core import AlignModule, Backend
 
 from ..ops import rod_align
 

@@ -1,7 +1,7 @@
 """RoIAlign modules; the import path of the original GAIC code."""
 from __future__ import annotations
 
-from .._align_core import AlignModule, Backend
+from ..align_core import AlignModule, Backend
 from ..ops import roi_align
 
 __all__ = ["RoIAlign", "RoIAlignAvg", "RoIAlignMax"]

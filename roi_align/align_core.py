@@ -1,19 +1,17 @@
-"""Machinery shared by the RoIAlign and RoDAlign packages.
+"""The machinery both align ops share: the one place it lives (``rod_align`` imports it from here).
 
-Both ops sample a ``(K, C, aligned_height, aligned_width)`` grid of bilinear values from a
-``(B, C, H, W)`` feature map; they differ only in where the samples lie and which ones are
-zeroed. This module holds everything that does not depend on that difference: input checks,
-loading the compiled kernels (with the pure-PyTorch fallback), the torch.library fake and
-autograd registrations, the vectorised bilinear sampler and the module base class.
-``rod_align`` imports it from here so that the two packages cannot drift apart.
+An op is an ``AlignOp`` built from where it samples (its ``positions``); this module does the
+rest: input checks, the compiled kernels with their fake and autograd registrations, the
+pure-PyTorch fallback, and the module base class.
 """
 from __future__ import annotations
 
 import importlib
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -125,23 +123,24 @@ def load_kernel_library(package: str) -> KernelLibrary:
                 f"{package}: compiled kernels not found ({exc}); using the slower pure-PyTorch "
                 f"implementation of the same ops. To get the kernels, {BUILD_HINT}.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the import of the package (through its ops.py and AlignOp)
             )
         return KernelLibrary(package, str(exc))
     return KernelLibrary(package, None)
 
 
-def register_op_extras(namespace: str, forward_name: str, backward_name: str) -> None:
-    """Fake (meta) impls and autograd formulas for a forward op and its backward op.
+def register_fake_and_autograd(name: str) -> None:
+    """Fake (meta) impls and autograd formulas for ``torch.ops.<name>.<name>`` and its backward op.
 
     The backward op is linear in ``grad_output`` with the forward as its adjoint, so its
     own derivative is the forward op: double backward works too.
     """
-    ops = getattr(torch.ops, namespace)
+    ops = getattr(torch.ops, name)
+    forward_name, backward_name = name, f"{name}_backward"
     forward_op = getattr(ops, forward_name).default
     backward_op = getattr(ops, backward_name).default
-    forward_qualname = f"{namespace}::{forward_name}"
-    backward_qualname = f"{namespace}::{backward_name}"
+    forward_qualname = f"{name}::{forward_name}"
+    backward_qualname = f"{name}::{backward_name}"
 
     def forward_fake(
         features: Tensor,
@@ -227,35 +226,69 @@ def bilinear_sample(features: Tensor, batch_index: Tensor, h: Tensor, w: Tensor,
     return values.permute(0, 3, 1, 2).to(features.dtype).contiguous()
 
 
-def python_align(
-    op_name: str,
-    positions: Callable[[Tensor, tuple[int, int], int, int, float, torch.dtype], tuple[Tensor, Tensor, Tensor]],
-    features: Tensor,
-    rois: Tensor,
-    aligned_height: int,
-    aligned_width: int,
-    spatial_scale: float,
-    avg_pool: bool = False,
-) -> Tensor:
-    """Run an op on the fallback: check, compute positions with ``positions``, sample.
+Positions = Callable[[Tensor, tuple[int, int], int, int, float, torch.dtype], tuple[Tensor, Tensor, Tensor]]
 
-    ``positions(rois, (H, W), grid_height, grid_width, spatial_scale, dtype)`` returns
-    ``h``, ``w`` and ``keep`` broadcastable to ``(K, grid_height, grid_width)``. With
-    ``avg_pool`` the grid is one larger each way and 2x2 stride-1 average pooled.
+
+class AlignOp:
+    """One op, ``torch.ops.<name>.<name>`` and ``torch.ops.<name>.<name>_backward``, with its fallback.
+
+    The compiled library ``<name>._C`` defines the two ops (schemas in align_registration.h):
+    ``<name>(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool=False)``
+    and ``<name>_backward(grad_output, rois, spatial_scale, batch_size, height, width,
+    avg_pool=False)``, for CPU and CUDA. ``positions(rois, (H, W), grid_height, grid_width,
+    spatial_scale, dtype)`` is where the op samples, for the fallback: it returns ``h``, ``w``
+    and ``keep`` broadcastable to ``(K, grid_height, grid_width)``.
     """
-    check_align_inputs(op_name, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
-    batch_size, channels, height, width = features.shape
-    rois = rois.detach()
-    if not torch.compiler.is_compiling():
-        check_batch_indices(op_name, rois, batch_size)
-    dtype = compute_dtype(features.dtype)
-    rois = rois.to(dtype)
-    grid_height, grid_width = aligned_height + avg_pool, aligned_width + avg_pool
-    h, w, keep = positions(rois, (height, width), grid_height, grid_width, spatial_scale, dtype)
-    sampled = bilinear_sample(features, rois[:, 0].to(torch.int64), h, w, keep)
-    if avg_pool and channels == 0:  # avg_pool2d refuses empty channels; the kernels return (K, 0, h, w)
-        return sampled[..., :aligned_height, :aligned_width]
-    return F.avg_pool2d(sampled, kernel_size=2, stride=1) if avg_pool else sampled
+
+    def __init__(self, name: str, positions: Positions) -> None:
+        self.name = name
+        self.positions = positions
+        self.kernels = load_kernel_library(name)
+        self.compiled = None
+        if self.kernels.available:
+            register_fake_and_autograd(name)
+            self.compiled = getattr(getattr(torch.ops, name), name)
+
+    def __call__(
+        self,
+        features: Tensor,
+        rois: Tensor,
+        aligned_height: int,
+        aligned_width: int,
+        spatial_scale: float,
+        avg_pool: bool,
+        backend: Backend,
+    ) -> Tensor:
+        if self.kernels.use_compiled(backend):
+            return self.compiled(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+        return self.python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+
+    def python(
+        self,
+        features: Tensor,
+        rois: Tensor,
+        aligned_height: int,
+        aligned_width: int,
+        spatial_scale: float,
+        avg_pool: bool = False,
+    ) -> Tensor:
+        """The op on the pure-PyTorch fallback (also a reference in the tests): check, place the samples, sample.
+
+        With ``avg_pool`` the grid is one larger each way and 2x2 stride-1 average pooled.
+        """
+        check_align_inputs(self.name, features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+        batch_size, channels, height, width = features.shape
+        rois = rois.detach()
+        if not torch.compiler.is_compiling():
+            check_batch_indices(self.name, rois, batch_size)
+        dtype = compute_dtype(features.dtype)
+        rois = rois.to(dtype)
+        grid_height, grid_width = aligned_height + avg_pool, aligned_width + avg_pool
+        h, w, keep = self.positions(rois, (height, width), grid_height, grid_width, spatial_scale, dtype)
+        sampled = bilinear_sample(features, rois[:, 0].to(torch.int64), h, w, keep)
+        if avg_pool and channels == 0:  # avg_pool2d refuses empty channels; the kernels return (K, 0, h, w)
+            return sampled[..., :aligned_height, :aligned_width]
+        return F.avg_pool2d(sampled, kernel_size=2, stride=1) if avg_pool else sampled
 
 
 class AlignModule(nn.Module):
