@@ -1,40 +1,27 @@
-"""Per-user crop ratings for personalized image cropping (PIC): format, loader, checks, converter.
+"""Per-user crop ratings for personalized image cropping (PIC): the two folder layouts, their
+loaders and the checks both apply (the converters in convert_PIC_data.py reuse them).
 
-The paper's per-user ratings are not public, so this project defines the format. Everything lives
-in ``<data_root>/PIC`` (paths overridable in ``config_PIC.Config``)::
+Our layout, ``<data_root>/PIC`` (paths overridable in ``config_PIC.Config``)::
 
     users.json                {"train": [user ids], "test": [user ids]}
     annotations/<user>.json   {image name: {"bbox": [[x1, y1, x2, y2], ...], "score": [s, ...]}}
     images/<image name>       the photos, shared by all users
     human_bboxes.json         optional {image name: [x1, y1, x2, y2]}
+    pretrain/<user>/<image>   optional: the release's user-classification photos, kept for round trips
 
-* A user id is letters, digits, ``_``, ``-`` and ``.`` (not first); it names the user's file.
-  Training users teach the shared model (pre-training, prior); test users are the new users a
-  model is fine-tuned to, from a few of their images, and evaluated on the rest.
-* Each user file is GAICD's ``image_crop.json`` for one person: that user's score of each
-  candidate crop, boxes in pixels of the original image, at least ``MIN_CROPS`` (10) crops per
-  image (Acc_K/10 needs them), any score scale (higher is better), any order. Users may rate
-  different images and different candidate crops of the same image.
-* Person boxes are GAICD's ``human_bboxes.json``: images without an entry have no person.
-
-``load_pic_data`` reads and checks all of it and reports every problem (naming the user and the
-image) in one error. ``PICDataset`` gives ``cropping_dataset``'s item dicts plus ``user``;
-``PICImageDataset`` gives each image once with the users' average score of each crop (the
-objective scores of the generated benchmark). ``convert_ratings_csv`` turns a table of
-per-annotator ratings (``annotator,image,x1,y1,x2,y2,score``) into the format. The release's CSV
-layout (:class:`ReleaseData`) is read by ``load_release_layout`` and converted both ways by
-``write_release_layout`` and ``release_to_json``. ``convert_PIC_data.py`` runs the three converters
-from the command line. The files are written by ``untils.pic_format``, which the generated
-benchmark (``untils/pic_synthetic.py``) uses too; a converter writes a whole new folder or nothing.
+A user id is letters, digits, ``_``, ``-`` and ``.`` (not first); each image of a user has at
+least ``MIN_CROPS`` distinct crops inside the image (:func:`check_rated_crops`); image names are
+plain paths inside ``images/`` (``untils.safe_paths``). The release's CSV layout is
+:class:`ReleaseData`; the README describes both.
 """
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
+import io
 import math
 import os
-import random
-import shutil
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
@@ -45,17 +32,16 @@ from torch.utils.data import ConcatDataset
 
 from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
                               problems_error, read_crop_annotations, read_human_boxes)
-from untils.atomic import write_folder_atomic
 from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
-                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, copy_images,
-                               write_pic_annotations, write_release_csv)
-from untils.training import held_out_images, seeded_order
+                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN)
+from untils.safe_paths import UnsafeNameError, check_name, resolve_inside
+from untils.training import seeded_order
 
 if TYPE_CHECKING:
     from config_PIC import Config
 
 MIN_CROPS = 10
-CSV_COLUMNS = ("annotator", "image", "x1", "y1", "x2", "y2", "score")
+PRETRAIN_FOLDER = RELEASE_PRETRAIN_FOLDER  # our layout keeps the release's pretrain/ under the same name
 HEAT_MAP_FOLDER = "heat_maps"  # optional pseudo heat maps; PIC's model does not use them
 BOX_KEY_DECIMALS = 3  # crops of the same image are the same crop when equal to this many decimals
 
@@ -139,9 +125,11 @@ def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[st
 
 
 def split_user_images(user: str, names: Sequence[str], shots: int, val_images: int, test_fraction: float,
-                      seed: int) -> UserSplit:
+                      seed: int, options: tuple[str, str] = ("--finetune_images", "--user_test_fraction")
+                      ) -> UserSplit:
     """A test user's images: ``test_fraction`` held out for the report, then ``shots`` to fine-tune on,
-    then up to ``val_images`` for model selection.
+    then up to ``val_images`` for model selection. ``options``: the caller's options that set
+    ``shots`` and ``test_fraction``, named when the user has too few images.
 
     The test images depend on (seed, user, images) only, so runs with 5, 10 or 20 shots report on
     the same images, and the smaller support sets are part of the larger ones.
@@ -152,7 +140,7 @@ def split_user_images(user: str, names: Sequence[str], shots: int, val_images: i
     if len(pool) < shots + 1:
         raise ValueError(f"PIC user {user!r} has {len(order)} images: {test_count} are held out for testing, "
                          f"leaving {len(pool)}, but {shots} fine-tuning images and at least one validation "
-                         "image are needed (lower --finetune_images or --user_test_fraction)")
+                         f"image are needed (lower {options[0]} or {options[1]})")
     return UserSplit(support=pool[:shots], val=pool[shots:shots + val_images], test=test)
 
 
@@ -162,8 +150,88 @@ def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading and checking
+# Checking and loading
 # ----------------------------------------------------------------------------------------------
+
+class CropProblem(NamedTuple):
+    """What is wrong with a user's crops of one image: ``crops`` (positions in the image's list;
+    empty: the image as a whole) and ``text``, which names no position so callers can name rows."""
+    crops: tuple[int, ...]
+    text: str
+
+
+def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: Optional[tuple[int, int]]
+                      ) -> tuple[np.ndarray, bool, list[CropProblem]]:
+    """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
+    converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
+    each box valid for the ``size`` (width, height) image by ``cropping_dataset.check_boxes``
+    (clipped when slightly outside). ``size`` None (image not at hand): boxes are checked for
+    emptiness only. Returns ``(boxes, clipped, problems)``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    problems = []
+    if len(boxes) < MIN_CROPS:
+        problems.append(CropProblem((), f"{len(boxes)} crops, at least {MIN_CROPS} are needed"))
+    not_finite = tuple(int(i) for i in np.flatnonzero(~np.isfinite(scores)))
+    if not_finite:
+        problems.append(CropProblem(not_finite, "scores must be finite numbers"))
+    first_of: dict[tuple[float, ...], int] = {}
+    checked, clipped = boxes.copy(), False
+    width, height = size if size is not None else (math.inf, math.inf)  # no image: no bounds to check
+    for index, box in enumerate(boxes):
+        first = first_of.setdefault(box_key(box), index)
+        if first != index:
+            problems.append(CropProblem((first, index), f"the same crop {box.tolist()} is listed more than once"))
+        fixed, was_clipped, problem = check_boxes(box.reshape(1, 4), width, height)
+        if problem:  # check_boxes names the one box it was given "box 0"
+            problems.append(CropProblem((index,), problem.removeprefix("box 0 ")))
+        checked[index], clipped = fixed[0], clipped or was_clipped
+    return checked, clipped, problems
+
+
+def image_size(path: str) -> Optional[tuple[int, int]]:
+    """(width, height) of the image at ``path``; None when it is missing or unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def named_image_size(folder: str, name: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+    """``(size, problem)`` of the image ``name`` in ``folder``: the name must keep inside the folder
+    (``untils.safe_paths``) and the image be readable; ``problem`` says which failed."""
+    try:
+        path = resolve_inside(folder, name)
+    except UnsafeNameError as error:
+        return None, str(error)
+    size = image_size(path)
+    return size, None if size is not None else f"image {path} is missing or unreadable"
+
+
+def read_pretrain_folder(folder: str, problems: list[str]) -> dict[str, list[str]]:
+    """``{user: image paths}`` of a ``pretrain/<user>/<image>`` folder (none: ``{}``); a file that
+    leads outside it or is no readable image is appended to ``problems``."""
+    if not os.path.isdir(folder):
+        return {}
+    pretrain: dict[str, list[str]] = {}
+    for user in sorted(os.listdir(folder)):
+        try:
+            user_dir = resolve_inside(folder, user)
+        except UnsafeNameError as error:
+            problems.append(f"{folder}: {error}")
+            continue
+        if not os.path.isdir(user_dir):
+            problems.append(f"{user_dir}: expected one folder of images per user")
+            continue
+        pretrain[user] = []
+        for name in sorted(os.listdir(user_dir)):
+            _, problem = named_image_size(user_dir, name)
+            if problem:
+                problems.append(f"user {user}: {problem}")
+            else:
+                pretrain[user].append(os.path.join(user_dir, name))
+    return pretrain
 
 def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
     raw = load_json(path, "PIC users file")
@@ -184,12 +252,9 @@ def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
     return tuple([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
 
 
-def _image_size(path: str) -> Optional[tuple[int, int]]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError):
-        return None
+def crop_position(crops: Sequence[int]) -> str:
+    """How a loader names the crops of a :class:`CropProblem` ("crop box 3: ", "crop boxes 4, 5: ")."""
+    return "" if not crops else f"crop box{'es' if len(crops) > 1 else ''} {', '.join(map(str, crops))}: "
 
 
 def load_pic_data(cfg: "Config") -> PICData:
@@ -206,6 +271,7 @@ def load_pic_data(cfg: "Config") -> PICData:
     train_users, test_users = _read_users(cfg.PIC_users, problems)
     human_boxes = read_human_boxes(cfg.PIC_human) if os.path.isfile(cfg.PIC_human) else {}
     sizes: dict[str, Optional[tuple[int, int]]] = {}
+    image_problems: dict[str, Optional[str]] = {}
     annotations: dict[str, dict[str, CropAnnotation]] = {}
     clipped: list[str] = []
     for user in train_users + test_users:
@@ -221,19 +287,12 @@ def load_pic_data(cfg: "Config") -> PICData:
         for name, entry in entries.items():
             where = f"user {user}, image {name}"
             if name not in sizes:
-                sizes[name] = _image_size(os.path.join(cfg.PIC_image, name))
+                sizes[name], image_problems[name] = named_image_size(cfg.PIC_image, name)
             if sizes[name] is None:
-                problems.append(f"{where}: image {os.path.join(cfg.PIC_image, name)} is missing or unreadable")
+                problems.append(f"{where}: {image_problems[name]}")
                 continue
-            if len(entry.boxes) < MIN_CROPS:
-                problems.append(f"{where}: {len(entry.boxes)} crops, at least {MIN_CROPS} are needed")
-            if not np.all(np.isfinite(entry.scores)):
-                problems.append(f"{where}: scores must be finite numbers")
-            if len({box_key(box) for box in entry.boxes}) < len(entry.boxes):
-                problems.append(f"{where}: the same crop is listed more than once")
-            boxes, was_clipped, problem = check_boxes(entry.boxes, *sizes[name])
-            if problem:
-                problems.append(f"{where}: crop {problem}")
+            boxes, was_clipped, crop_problems = check_rated_crops(entry.boxes, entry.scores, sizes[name])
+            problems += [f"{where}: {crop_position(problem.crops)}{problem.text}" for problem in crop_problems]
             if was_clipped:
                 clipped.append(where)
             checked[name] = CropAnnotation(boxes, entry.scores)
@@ -324,133 +383,7 @@ class PICImageDataset(ScoredCropDataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# The converter from per-annotator ratings (written with untils.pic_format)
-# ----------------------------------------------------------------------------------------------
-
-def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded (train, test) split of user ids; at least one of each when there are two or more users."""
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction={test_fraction} must be in [0, 1)")
-    order = sorted(users)
-    random.Random(seed).shuffle(order)
-    test_count = round(test_fraction * len(order))
-    if test_fraction > 0 and len(order) > 1:
-        test_count = min(max(test_count, 1), len(order) - 1)
-    return sorted(order[test_count:]), sorted(order[:test_count])
-
-
-class CropCsvLayout(NamedTuple):
-    """A CSV of rated crops, one row per crop: the columns it must have, which one names the image,
-    and which hold the box (four numbers, or one "[x1,y1,x2,y2]" text as the release's)."""
-    columns: tuple[str, ...]
-    image_column: str
-    box_columns: tuple[str, ...]
-    box_text: str  # how an error message names the box
-
-
-RATINGS_CSV = CropCsvLayout(CSV_COLUMNS, "image", ("x1", "y1", "x2", "y2"), "x1, y1, x2, y2")
-RELEASE_CSV = CropCsvLayout(RELEASE_CSV_HEADER, "name", ("bbox",), 'bbox "[x1,y1,x2,y2]"')
-
-
-def _parse_box(row: Mapping[str, Optional[str]], columns: Sequence[str]) -> list[float]:
-    texts = [row[column] or "" for column in columns]
-    if len(texts) == 1:
-        texts = texts[0].strip().strip("[]").split(",")
-    if len(texts) != 4:
-        raise ValueError("a box is four numbers")
-    return [float(text) for text in texts]
-
-
-def _read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[int], str],
-                   problems: list[str]) -> Iterator[tuple[int, Mapping[str, str], str, list[float], float]]:
-    """``(line, row, image, box, score)`` of each row of a CSV of rated crops with a readable, finite
-    box and score and an image name. Every other row, and a header without ``layout.columns``,
-    is appended to ``problems`` as ``where(line): ...``."""
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        missing = [column for column in layout.columns if column not in (reader.fieldnames or [])]
-        if missing:
-            problems.append(f"{where(1)}: the header lacks column(s) {missing}; expected {','.join(layout.columns)}")
-            return
-        for line, row in enumerate(reader, start=2):
-            image = (row[layout.image_column] or "").strip()
-            try:
-                box, score = _parse_box(row, layout.box_columns), float(row["score"])
-            except (TypeError, ValueError):
-                problems.append(f"{where(line)}: {layout.box_text} and score must be numbers, got "
-                                f"{[row[column] for column in layout.box_columns + ('score',)]}")
-                continue
-            if not image:
-                problems.append(f"{where(line)}: empty image name")
-            elif not all(math.isfinite(v) for v in box + [score]):
-                problems.append(f"{where(line)}: values must be finite")
-            else:
-                yield line, row, image, box, score
-
-
-def read_ratings_csv(path: str) -> dict[str, dict[str, dict[str, list]]]:
-    """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox, score}}}``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ratings CSV not found: {path}")
-    problems: list[str] = []
-    ratings: dict[str, dict[str, dict[str, list]]] = {}
-    seen: set[tuple[str, str, tuple[float, ...]]] = set()
-    for line, row, image, box, score in _read_crop_rows(path, RATINGS_CSV, lambda line: f"line {line}", problems):
-        user = (row["annotator"] or "").strip()
-        if not USER_ID_PATTERN.match(user):
-            problems.append(f"line {line}: annotator {user!r} must be letters, digits, '_', '-' or '.' (not first)")
-            continue
-        key = (user, image, box_key(box))
-        if key in seen:
-            problems.append(f"line {line}: annotator {user} rates crop {box} of {image} twice")
-            continue
-        seen.add(key)
-        entry = ratings.setdefault(user, {}).setdefault(image, {"bbox": [], "score": []})
-        entry["bbox"].append(box)
-        entry["score"].append(score)
-    if problems:
-        raise problems_error(f"ratings CSV {path}", problems)
-    if not ratings:
-        raise DatasetError(f"ratings CSV {path} has no rows")
-    return ratings
-
-
-def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] = None,
-                        human_boxes: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0,
-                        overwrite: bool = False) -> dict[str, Any]:
-    """Write ``<out_root>/PIC`` from a ratings CSV; returns ``{"path", "train", "test"}``.
-
-    Users are split into train/test with ``split_users(test_fraction, seed)``. With ``image_dir`` the
-    rated images are copied into ``PIC/images`` (a missing one is an error); without it, put them
-    there yourself. ``human_boxes`` is a ``human_bboxes.json`` to copy alongside.
-    """
-    ratings = read_ratings_csv(csv_path)
-    pic_dir = os.path.join(out_root, "PIC")
-    images = sorted({name for user_ratings in ratings.values() for name in user_ratings})
-    if image_dir is not None:
-        missing = [name for name in images if not os.path.isfile(os.path.join(image_dir, name))]
-        if missing:
-            raise problems_error(f"images for {csv_path} in {image_dir}", [f"missing image {name}" for name in missing])
-    boxes = None if human_boxes is None else {name: box.tolist() for name, box in read_human_boxes(human_boxes).items()}
-    train, test = split_users(list(ratings), test_fraction, seed)
-    for user_ratings in ratings.values():
-        for entry in user_ratings.values():
-            order = sorted(range(len(entry["score"])), key=lambda i: -entry["score"][i])
-            entry["bbox"] = [entry["bbox"][i] for i in order]
-            entry["score"] = [entry["score"][i] for i in order]
-
-    def write(folder: str) -> None:
-        write_pic_annotations(folder, train, test, ratings, boxes)
-        os.makedirs(os.path.join(folder, "images"))  # without image_dir, the user puts the photos here
-        if image_dir is not None:
-            copy_images(images, lambda name: os.path.join(image_dir, name), os.path.join(folder, "images"))
-
-    write_folder_atomic(pic_dir, overwrite, write)
-    return {"path": pic_dir, "train": train, "test": test}
-
-
-# ----------------------------------------------------------------------------------------------
-# The release's layout (github Cooperxjt/PIC) and the converters between it and ours
+# The release's layout (github Cooperxjt/PIC)
 # ----------------------------------------------------------------------------------------------
 
 UserRatings = dict[str, CropAnnotation]  # image name -> crops (in file order) and scores
@@ -474,13 +407,15 @@ class ReleaseData:
 
     Each CSV has the header ``name,bbox,score``, one row per crop, ``bbox`` "[x1,y1,x2,y2]" in
     original pixels; an image's crops keep their file order (the official model's personal offset
-    belongs to a position in that order). Splits are honoured as given.
+    belongs to a position in that order). Splits are honoured as given. ``ignored``: the files in
+    prior/ and finetune/ that name no user's CSV.
     """
     root: str
     image_dir: str
     prior: dict[str, RatedSplit]
     finetune: dict[int, dict[str, RatedSplit]]
     pretrain: dict[str, list[str]]  # user -> image paths
+    ignored: list[str]
 
     @property
     def train_users(self) -> list[str]:
@@ -490,58 +425,157 @@ class ReleaseData:
         return os.path.join(self.image_dir, name)
 
 
-def _read_release_csv(path: str, user: str, image_dir: str, sizes: dict[str, Optional[tuple[int, int]]],
-                      positions: Optional[int], problems: list[str]) -> UserRatings:
+class CropCsvLayout(NamedTuple):
+    """A CSV of rated crops, one row per crop: the columns it must have, which one names the image,
+    which hold the box (four numbers, or one "[x1,y1,x2,y2]" text as the release's), and how an
+    error names a row."""
+    columns: tuple[str, ...]
+    image_column: str
+    box_columns: tuple[str, ...]
+    box_text: str  # how an error message names the box
+    row_word: str
+
+
+RELEASE_CSV = CropCsvLayout(RELEASE_CSV_HEADER, "name", ("bbox",), 'bbox "[x1,y1,x2,y2]"', "row")
+
+
+def rows_text(layout: CropCsvLayout, lines: Sequence[int]) -> str:
+    """"row 4" or "rows 4, 9" (the layout's word for a row)."""
+    return f"{layout.row_word}{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
+
+
+def _parse_box(row: Mapping[str, Optional[str]], columns: Sequence[str]) -> list[float]:
+    texts = [row[column] or "" for column in columns]
+    if len(texts) == 1:
+        texts = texts[0].strip().strip("[]").split(",")
+    if len(texts) != 4:
+        raise ValueError("a box is four numbers")
+    return [float(text) for text in texts]
+
+
+def read_csv_text(path: str) -> str:
+    """The text of a UTF-8 CSV (a leading byte-order mark dropped); any other encoding is one
+    ``DatasetError`` naming the file and the first byte that is not UTF-8."""
+    with open(path, "rb") as stream:
+        data = stream.read()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = start + error.start
+        raise DatasetError(f"{path} is not UTF-8 text: byte {offset} is 0x{data[offset]:02x}; save the CSV as "
+                           "UTF-8") from None
+
+
+def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str],
+                   problems: list[str]) -> Iterator[tuple[int, Mapping[str, str], str, list[float], float]]:
+    """``(line, row, image, box, score)`` of each row of a CSV of rated crops with a readable, finite
+    box and score and a plain image name (``untils.safe_paths.check_name``). Every other row, and
+    a header without ``layout.columns``, is appended to ``problems`` as ``where("row 4"): ...``."""
+    stream = io.StringIO(read_csv_text(path), newline="")
+    reader = csv.DictReader(stream)
+    try:
+        missing = [column for column in layout.columns if column not in (reader.fieldnames or [])]
+        if missing:
+            problems.append(f"{where(rows_text(layout, [1]))}: the header lacks column(s) {missing}; expected "
+                            f"{','.join(layout.columns)}")
+            return
+        for line, row in enumerate(reader, start=2):
+            at = where(rows_text(layout, [line]))
+            image = (row[layout.image_column] or "").strip()
+            try:
+                box, score = _parse_box(row, layout.box_columns), float(row["score"])
+            except (TypeError, ValueError):
+                problems.append(f"{at}: {layout.box_text} and score must be numbers, got "
+                                f"{[row[column] for column in layout.box_columns + ('score',)]}")
+                continue
+            if not image:
+                problems.append(f"{at}: empty image name")
+            elif not all(math.isfinite(v) for v in box + [score]):
+                problems.append(f"{at}: values must be finite")
+            else:
+                try:
+                    check_name(image)
+                except UnsafeNameError as error:
+                    problems.append(f"{at}: {error}")
+                    continue
+                yield line, row, image, box, score
+    except csv.Error as error:
+        raise DatasetError(f"{path}, {rows_text(layout, [reader.line_num])}: not a readable CSV ({error})") from None
+
+
+def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[int, list[float], float]]],
+                     sizes: Mapping[str, Optional[tuple[int, int]]], where: Callable[[str], str],
+                     problems: list[str]) -> tuple[UserRatings, bool]:
+    """One user's CSV rows ``{image: [(line, box, score), ...]}`` through :func:`check_rated_crops`
+    (``sizes[image]`` None: not at hand); every problem is appended naming its rows. Returns the
+    checked ``{image: crops}`` (boxes clipped as the loader clips them) and whether any was clipped."""
+    ratings, clipped = {}, False
+    for name, image_rows in rows.items():
+        lines = [line for line, _, _ in image_rows]
+        scores = np.asarray([score for _, _, score in image_rows])
+        boxes, was_clipped, crop_problems = check_rated_crops(np.asarray([box for _, box, _ in image_rows]), scores,
+                                                              sizes.get(name))
+        problems += [f"{where(rows_text(layout, [lines[i] for i in problem.crops] or lines[:1]))}: image {name}: "
+                     f"{problem.text}" for problem in crop_problems]
+        ratings[name], clipped = CropAnnotation(boxes, scores), clipped or was_clipped
+    return ratings, clipped
+
+
+def _read_release_csv(path: str, user: str, image_dir: str,
+                      sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]], positions: Optional[int],
+                      positions_option: str, problems: list[str]) -> UserRatings:
     """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
-    boxes: dict[str, list[list[float]]] = {}
-    scores: dict[str, list[float]] = {}
-    first_row: dict[str, int] = {}
+    def where(rows: str) -> str:
+        return f"user {user}, {path}, {rows}"
 
-    def where(line: int) -> str:
-        return f"user {user}, {path}, row {line}"
-
-    for line, _, name, box, score in _read_crop_rows(path, RELEASE_CSV, where, problems):
+    rows: dict[str, list[tuple[int, list[float], float]]] = {}
+    before = len(problems)
+    for line, _, name, box, score in read_crop_rows(path, RELEASE_CSV, where, problems):
         if name not in sizes:
-            sizes[name] = _image_size(os.path.join(image_dir, name))
-        if sizes[name] is None:
-            problems.append(f"{where(line)}: image {os.path.join(image_dir, name)} is missing or unreadable")
+            sizes[name] = named_image_size(image_dir, name)
+        size, problem = sizes[name]
+        if size is None:
+            problems.append(f"{where(rows_text(RELEASE_CSV, [line]))}: {problem}")
             continue
-        checked, _, problem = check_boxes(np.asarray([box], dtype=np.float64), *sizes[name])
-        if problem:
-            problems.append(f"{where(line)}: crop {problem}")
-            continue
-        if box_key(checked[0]) in {box_key(seen) for seen in boxes.get(name, [])}:
-            problems.append(f"{where(line)}: crop {box} of {name} is listed twice")
-            continue
-        first_row.setdefault(name, line)
-        boxes.setdefault(name, []).append(checked[0].tolist())
-        scores.setdefault(name, []).append(score)
-    for name, listed in boxes.items():
-        if len(listed) < MIN_CROPS:
-            problems.append(f"{where(first_row[name])}: image {name} has {len(listed)} crops, at least {MIN_CROPS} "
-                            "are needed")
-        elif positions is not None and len(listed) != positions:
-            problems.append(f"{where(first_row[name])}: image {name} has {len(listed)} crops; the official model "
-                            f"scores exactly {positions} (--num_positions), one per fixed position")
-    if not boxes and not any(problem.startswith(f"user {user}, {path}") for problem in problems):
-        problems.append(f"user {user}, {path}, row 1: no crops")
-    return {name: CropAnnotation(np.asarray(boxes[name]), np.asarray(scores[name])) for name in boxes}
+        rows.setdefault(name, []).append((line, box, score))
+    ratings, _ = check_rated_rows(RELEASE_CSV, rows, {name: sizes[name][0] for name in rows}, where, problems)
+    for name, image_rows in rows.items():
+        if positions is not None and len(image_rows) != positions:
+            problems.append(f"{where(rows_text(RELEASE_CSV, [image_rows[0][0]]))}: image {name} has "
+                            f"{len(image_rows)} crops; the official model scores exactly {positions} "
+                            f"({positions_option}), one per fixed position")
+    if not rows and len(problems) == before:
+        problems.append(f"{where(rows_text(RELEASE_CSV, [1]))}: no crops")
+    return ratings
 
 
-def _release_users(folder: str, suffix: str) -> list[str]:
-    return sorted(entry[:-len(suffix)] for entry in os.listdir(folder) if entry.endswith(suffix)) \
-        if os.path.isdir(folder) else []
+def _release_users(folders: Mapping[str, Sequence[str]], ignored: list[str]) -> list[str]:
+    """The users with a ``<user><suffix>`` file in any ``folder`` of ``{folder: suffixes}``; every
+    other file there goes to ``ignored``."""
+    users = set()
+    for folder, suffixes in folders.items():
+        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            suffix = next((suffix for suffix in suffixes if entry.endswith(suffix) and len(entry) > len(suffix)), None)
+            if suffix is not None:
+                users.add(entry[:-len(suffix)])
+            elif not os.path.isdir(os.path.join(folder, entry)):
+                ignored.append(os.path.join(folder, entry))
+    return sorted(users)
 
 
-def load_release_layout(root: str, positions: Optional[int] = None) -> ReleaseData:
+def load_release_layout(root: str, positions: Optional[int] = None,
+                        positions_option: str = "--num_positions") -> ReleaseData:
     """Read and check a folder in the release's layout (:class:`ReleaseData`); every problem
     (naming the user, the file and the row) is listed in one ``DatasetError``. ``positions``:
-    the number of crops each image must have (the official model's fixed candidate count)."""
+    the number of crops each image must have (the official model's fixed candidate count), set by
+    the caller's option ``positions_option``."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"release-layout PIC folder not found: {root} (see pic_dataset.ReleaseData)")
     image_dir = os.path.join(root, RELEASE_IMAGE_FOLDER)
     problems: list[str] = []
-    sizes: dict[str, Optional[tuple[int, int]]] = {}
+    ignored: list[str] = []
+    sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
 
     def read_pair(train_path: str, val_path: str, user: str) -> RatedSplit:
         pair = []
@@ -550,38 +584,33 @@ def load_release_layout(root: str, positions: Optional[int] = None) -> ReleaseDa
                 problems.append(f"user {user}, {path}: file missing")
                 pair.append({})
             else:
-                pair.append(_read_release_csv(path, user, image_dir, sizes, positions, problems))
+                pair.append(_read_release_csv(path, user, image_dir, sizes, positions, positions_option, problems))
         return RatedSplit(*pair)
 
     prior_dir = os.path.join(root, RELEASE_PRIOR_FOLDER)
     prior = {user: read_pair(os.path.join(prior_dir, f"{user}_train.csv"), os.path.join(prior_dir, f"{user}_val.csv"),
-                             user) for user in _release_users(prior_dir, "_train.csv")}
+                             user)
+             for user in _release_users({prior_dir: ("_train.csv", "_val.csv")}, ignored)}
     finetune: dict[int, dict[str, RatedSplit]] = {}
     finetune_dir = os.path.join(root, RELEASE_FINETUNE_FOLDER)
     for entry in sorted(os.listdir(finetune_dir)) if os.path.isdir(finetune_dir) else []:
         if not entry.isdigit():
             problems.append(f"{os.path.join(finetune_dir, entry)}: expected folders named by N (5, 10, 20)")
             continue
-        shots_dir = os.path.join(finetune_dir, entry)
-        finetune[int(entry)] = {user: read_pair(os.path.join(shots_dir, "train", f"{user}_train.csv"),
-                                                os.path.join(shots_dir, "val", f"{user}_val.csv"), user)
-                                for user in _release_users(os.path.join(shots_dir, "train"), "_train.csv")}
-    pretrain_dir = os.path.join(root, RELEASE_PRETRAIN_FOLDER)
-    pretrain = {user: sorted(os.path.join(pretrain_dir, user, name) for name in os.listdir(os.path.join(pretrain_dir, user)))
-                for user in sorted(os.listdir(pretrain_dir)) if os.path.isdir(os.path.join(pretrain_dir, user))} \
-        if os.path.isdir(pretrain_dir) else {}
-    for user, paths in pretrain.items():
-        for path in paths:
-            if _image_size(path) is None:
-                problems.append(f"user {user}, {path}: not a readable image")
+        train_dir, val_dir = (os.path.join(finetune_dir, entry, part) for part in ("train", "val"))
+        finetune[int(entry)] = {user: read_pair(os.path.join(train_dir, f"{user}_train.csv"),
+                                                os.path.join(val_dir, f"{user}_val.csv"), user)
+                                for user in _release_users({train_dir: ("_train.csv",), val_dir: ("_val.csv",)},
+                                                           ignored)}
+    pretrain = read_pretrain_folder(os.path.join(root, RELEASE_PRETRAIN_FOLDER), problems)
     if not prior:
         problems.append(f"{prior_dir}: no <user>_train.csv of training users")
     if problems:
         raise problems_error(f"release-layout PIC folder {root}", problems)
-    return ReleaseData(root, image_dir, prior, finetune, pretrain)
+    return ReleaseData(root, image_dir, prior, finetune, pretrain, ignored)
 
 
-def _merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ...], tuple[list[float], list[float]]]]:
+def merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ...], tuple[list[float], list[float]]]]:
     """Each image's crops in ``files`` (one crop: equal boxes by :func:`box_key`), in order of first
     appearance: ``{name: {box key: (the box as first given, every score given to it)}}``."""
     merged: dict[str, dict[tuple[float, ...], tuple[list[float], list[float]]]] = {}
@@ -598,86 +627,4 @@ def rated_average(files: Sequence[UserRatings]) -> UserRatings:
     them: the objective target of the official pre-training (the training users' average)."""
     return {name: CropAnnotation(np.asarray([box for box, _ in crops.values()]),
                                  np.asarray([np.mean(scores) for _, scores in crops.values()]))
-            for name, crops in _merged_crops(files).items()}
-
-
-def _as_json_entry(annotation: CropAnnotation) -> dict[str, list]:
-    return {"bbox": annotation.boxes.tolist(), "score": annotation.scores.tolist()}
-
-
-def _release_rows(data: PICData, user: str, names: Sequence[str]) -> dict[str, dict[str, list]]:
-    return {name: _as_json_entry(data.annotations[user][name]) for name in names}
-
-
-def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5, 10, 20), val_fraction: float = 0.2,
-                         test_fraction: float = 0.5, seed: int = 0, overwrite: bool = False) -> str:
-    """Write ``data`` (our layout) in the release's layout under ``out_dir``; returns ``out_dir``.
-
-    Training users: ``prior/<user>_train.csv`` and ``_val.csv`` (``held_out_images(val_fraction,
-    seed)``), their images in ``pretrain/<user>/``. Test users: ``finetune/<N>/train`` = the N
-    support images of :func:`split_user_images` and ``finetune/<N>/val`` = its test images (the
-    same for every N, as the embedding variant reports on), so both variants see the same images.
-    """
-    splits = {n: {user: split_user_images(user, data.images_of(user), n, 0, test_fraction, seed)
-                  for user in data.test_users} for n in shots}
-
-    def write(folder: str) -> None:
-        names = sorted({name for user in data.users for name in data.images_of(user)})
-        copy_images(names, data.image_path, os.path.join(folder, RELEASE_IMAGE_FOLDER))
-        for user in data.train_users:
-            held_out = set(held_out_images(data.images_of(user), val_fraction, seed))
-            train = [name for name in data.images_of(user) if name not in held_out]
-            prior_dir = os.path.join(folder, RELEASE_PRIOR_FOLDER)
-            write_release_csv(os.path.join(prior_dir, f"{user}_train.csv"), _release_rows(data, user, train))
-            write_release_csv(os.path.join(prior_dir, f"{user}_val.csv"),
-                              _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]))
-            user_dir = os.path.join(folder, RELEASE_PRETRAIN_FOLDER, user)
-            os.makedirs(user_dir)
-            for name in train:
-                shutil.copy2(data.image_path(name), os.path.join(user_dir, name.replace("/", "_")))
-        for n, by_user in splits.items():
-            shots_dir = os.path.join(folder, RELEASE_FINETUNE_FOLDER, str(n))
-            for user, split in by_user.items():
-                write_release_csv(os.path.join(shots_dir, "train", f"{user}_train.csv"),
-                                  _release_rows(data, user, split.support))
-                write_release_csv(os.path.join(shots_dir, "val", f"{user}_val.csv"),
-                                  _release_rows(data, user, split.test))
-
-    write_folder_atomic(out_dir, overwrite, write)
-    return out_dir
-
-
-def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False) -> str:
-    """Write ``<out_root>/PIC`` (our layout) from a release-layout folder; returns its path.
-
-    The prior's users are the training users, the fine-tuning users the test users; a user's
-    ratings are the union of all that user's files (a crop rated twice must have one score). Our
-    layout holds no splits: the N-shot files become one set per user.
-    """
-    pic_dir = os.path.join(out_root, "PIC")
-    files: dict[str, list[UserRatings]] = {}
-    for user, split in release.prior.items():
-        files.setdefault(user, []).extend([split.train, split.val])
-    test_users = sorted({user for by_user in release.finetune.values() for user in by_user} - set(release.prior))
-    for by_user in release.finetune.values():
-        for user, split in by_user.items():
-            files.setdefault(user, []).extend([split.train, split.val])
-    problems: list[str] = []
-    ratings: dict[str, dict[str, dict[str, list]]] = {}
-    for user, ratings_files in files.items():
-        ratings[user] = {}
-        for name, crops in _merged_crops(ratings_files).items():
-            problems += [f"user {user}, image {name}: crop {box} has different scores in the release's files "
-                         f"({sorted(set(scores))})" for box, scores in crops.values() if len(set(scores)) > 1]
-            ratings[user][name] = {"bbox": [box for box, _ in crops.values()],
-                                   "score": [scores[0] for _, scores in crops.values()]}
-    if problems:
-        raise problems_error(f"release-layout PIC folder {release.root}", problems)
-
-    def write(folder: str) -> None:
-        names = sorted({name for user_ratings in ratings.values() for name in user_ratings})
-        copy_images(names, release.image_path, os.path.join(folder, "images"))
-        write_pic_annotations(folder, release.train_users, test_users, ratings)
-
-    write_folder_atomic(pic_dir, overwrite, write)
-    return pic_dir
+            for name, crops in merged_crops(files).items()}

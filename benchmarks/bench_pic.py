@@ -10,7 +10,7 @@ embedding variant's crop geometry describes, and content tastes no input feature
 the 24 fixed views (``untils.pic_format.fixed_views``, one order for every image) of real photos
 of people and generated scenes, which is what the official variant's per-position offsets need.
 The same ratings are written in our layout (``PIC/``, the embedding variant) and the release's
-(``PIC_release/``, ``pic_dataset.write_release_layout``, the official variant): the same training
+(``PIC_release/``, ``convert_PIC_data.write_release_layout``, the official variant): the same training
 users, and for each test user the same N fine-tuning images and the same held-out test images.
 Then, with random-init mobilenetv2 backbones (no ImageNet weights offline):
 
@@ -45,7 +45,8 @@ import config_PIC  # noqa: E402
 import finetune_PIC  # noqa: E402
 import pretrain_PIC  # noqa: E402
 import prior_PIC  # noqa: E402
-from pic_dataset import load_pic_data, split_user_images, write_release_layout  # noqa: E402
+from convert_PIC_data import write_release_layout  # noqa: E402
+from pic_dataset import load_pic_data, split_user_images  # noqa: E402
 from untils.pic_synthetic import (  # noqa: E402
     RatedImageInfo,
     build_pic_benchmark,

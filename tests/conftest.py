@@ -110,7 +110,8 @@ def pic_release_root(tmp_path_factory) -> Path:
     """Generated PIC users rating the 24 fixed views, in our layout and (``PIC_release/``) the
     release's; no GAICD in this data root."""
     import config_PIC
-    from pic_dataset import load_pic_data, write_release_layout
+    from convert_PIC_data import write_release_layout
+    from pic_dataset import load_pic_data
     from untils.pic_synthetic import build_pic_benchmark
     root = tmp_path_factory.mktemp("pic_release")
     build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=8,

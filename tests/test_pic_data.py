@@ -17,8 +17,9 @@ from PIL import Image
 import config_PIC
 import convert_PIC_data
 from cropping_dataset import DatasetError
-from pic_dataset import (CSV_COLUMNS, PICDataset, PICImageDataset, best_crop_indices, convert_ratings_csv,
-                         load_pic_data, split_user_images, split_users, union_crops, write_release_layout)
+from convert_PIC_data import CSV_COLUMNS, convert_ratings_csv, split_users, write_release_layout
+from pic_dataset import (PICDataset, PICImageDataset, best_crop_indices, load_pic_data, split_user_images,
+                         union_crops)
 from untils.cli import run_script
 from untils.atomic import write_folder_atomic
 from untils.training import held_out_images
@@ -84,7 +85,7 @@ def test_every_problem_is_reported_at_once_naming_user_and_image(tmp_path):
     message = str(error.value)
     for expected in ("user ann, image a.jpg: 4 crops, at least 10", "user ann, image b.jpg: crop box 3",
                      "user bob, image missing.jpg: image", "missing.jpg is missing or unreadable",
-                     "user bob, image c.jpg: the same crop is listed more than once", "'bad id!'",
+                     "user bob, image c.jpg: crop boxes 4, 5: the same crop", "'bad id!'",
                      "user 'ann' is listed twice", "user nofile", "user eve"):
         assert expected in message, expected
 
@@ -211,12 +212,14 @@ def test_converter_reports_bad_rows_with_line_numbers(tmp_path):
         convert_ratings_csv(str(tmp_path / "bad.csv"), str(tmp_path / "out"))
     message = str(error.value)
     assert "line 3: x1, y1, x2, y2 and score must be numbers" in message
-    assert "line 4: annotator 'a b'" in message and "line 5: annotator ann rates crop" in message
+    assert "line 4: annotator 'a b'" in message
+    assert "lines 2, 5: annotator ann: image a.jpg: the same crop [0.0, 0.0, 10.0, 10.0] is listed more than once" \
+        in message
     write_csv(tmp_path / "columns.csv", [{"annotator": "ann", "image": "a.jpg"}], columns=("annotator", "image"))
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['x1'"):
         convert_ratings_csv(str(tmp_path / "columns.csv"), str(tmp_path / "out"))
     write_csv(tmp_path / "ok.csv", [good])
-    with pytest.raises(DatasetError, match="missing image a.jpg"):
+    with pytest.raises(DatasetError, match="a.jpg is missing or unreadable"):
         convert_ratings_csv(str(tmp_path / "ok.csv"), str(tmp_path / "out"), image_dir=str(tmp_path))
 
 
@@ -229,12 +232,12 @@ MANY = {f"p{i}.jpg": (96 + 8 * i, 80) for i in range(6)}
 
 
 def precise_ratings(seed: int) -> dict:
-    """Our layout's ratings of two training users and a test user, with scores and box corners of
-    many digits (the release's CSVs must keep every one)."""
+    """Our layout's ratings of two training users and a test user, with scores of many digits (the
+    release's CSVs must keep every one) and whole-pixel boxes (the release reads them with int())."""
     rng = np.random.default_rng(seed)
 
     def entry(name: str) -> dict:
-        boxes = [[x1 + 0.123456789, y1, x2, y2 - 0.987654321] for x1, y1, x2, y2 in grid_crops(*MANY[name])]
+        boxes = [[x1 + 1, y1, x2, y2 - 3] for x1, y1, x2, y2 in grid_crops(*MANY[name])]
         return {"bbox": boxes, "score": [float(v) for v in rng.uniform(1, 5, len(boxes))]}
 
     names = sorted(MANY)
@@ -350,6 +353,7 @@ def broken_release(root: Path) -> list:
 ])
 def test_bad_input_ends_in_one_error_naming_the_file_and_writes_nothing(case, tmp_path, capsys):
     argv, named, out = case(tmp_path)
+    capsys.readouterr()  # the notes of preparing the case
     assert not out.exists()
     status, stdout, err = run_command(argv, capsys)
     assert status == 2 and not stdout

@@ -21,7 +21,8 @@ import pretrain_PIC
 import prior_PIC
 from cropping_dataset import DatasetError
 from cropping_model import load_crop_model
-from pic_dataset import load_pic_data, load_release_layout, release_to_json
+from convert_PIC_data import release_to_json
+from pic_dataset import load_pic_data, load_release_layout
 from pic_model import (PICOfficialModel, evaluate_images, fidelity_rank_loss, is_official_pic_state_dict,
                        official_pic_from_state_dict, rated_images)
 from tests.conftest import require_shared

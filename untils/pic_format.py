@@ -2,7 +2,7 @@
 layout, ``pic_dataset.load_release_layout``), the official model's fixed candidate views and its
 two inputs (:func:`pic_crop_image`, :func:`pic_user_image`).
 
-Here, not in ``pic_dataset.py`` or ``pic_model.py``, because the converters (``pic_dataset``),
+Here, not in ``pic_dataset.py`` or ``pic_model.py``, because the converters (``convert_PIC_data.py``),
 the generated benchmark (``untils/pic_synthetic.py``), the model and the crop tool all need them,
 and ``untils`` modules import nothing from the top level. The folder format itself is described
 in ``pic_dataset.py``.
@@ -13,8 +13,7 @@ import csv
 import json
 import os
 import re
-import shutil
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,15 +23,6 @@ from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, gaic_preprocess
 
 USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names the user's file
-
-
-def copy_images(names: Sequence[str], source: Callable[[str], str], folder: str) -> None:
-    """Copy each image ``name`` from ``source(name)`` to ``folder/name`` (subfolders in names kept)."""
-    os.makedirs(folder, exist_ok=True)
-    for name in names:
-        target = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copy2(source(name), target)
 
 
 def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
