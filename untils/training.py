@@ -39,7 +39,8 @@ from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
 from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
 
-LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
+# loss_fn(model output, batch) -> (loss, its parts by name): 0-d tensors, read back only when logged
+LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -202,7 +203,9 @@ class Trainer:
 
     ``train_set`` is the training data (with ``names``, ``score_mean`` and ``resized_size_of``),
     ``val_names`` the images held out for model selection (None when selecting on the test split),
-    ``loss_fn(output, batch) -> (loss, parts)`` the recipe's loss of the model's output. Subclasses
+    ``loss_fn(output, batch) -> (loss, parts)`` the recipe's loss of :meth:`forward`'s output: the
+    one way a script gives the engine its loss. The parts are 0-d tensors inside the loss; what the
+    engine hands on (logs, ``results.csv``, :meth:`train_epoch`'s averages) are floats. Subclasses
     say how the model is evaluated: :meth:`evaluate` (the selection metrics after each epoch) and
     :meth:`evaluate_test` (each best checkpoint's final report when selecting on validation).
     """
@@ -211,8 +214,7 @@ class Trainer:
     lower_is_better: frozenset[str] = frozenset()
 
     def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: Dataset,
-                 val_names: Optional[list[str]], loss_fn: Optional[LossFunction] = None,
-                 progress: bool = True) -> None:
+                 val_names: Optional[list[str]], loss_fn: LossFunction, progress: bool = True) -> None:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
@@ -278,15 +280,27 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     # ----- training -------------------------------------------------------------------------
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], Any]:
-        """(loss, its parts as floats, the model's output); called under autocast to ``cfg.precision``."""
-        output = run_model(self.model, batch)
+    def forward(self, batch: dict) -> Any:
+        """The model's output for a training batch: what ``loss_fn`` reads."""
+        return run_model(self.model, batch)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(loss, its parts as detached 0-d tensors, the model's output); called under autocast to
+        ``cfg.precision``. The parts stay on the device: reading them back waits for it."""
+        output = self.forward(batch)
         loss, parts = self.loss_fn(output, batch)
-        return loss, parts, output
+        return loss, {key: value.detach() for key, value in parts.items()}, output
+
+    def set_training_mode(self) -> None:
+        """Training mode, or with ``train_in_eval_mode`` eval mode throughout (GAIC's release: BatchNorm
+        statistics stay as loaded, dropout is off)."""
+        self.model.train(not self.cfg.train_in_eval_mode)
 
     def train_epoch(self) -> dict[str, float]:
+        """One epoch (or the rest of a resumed one); returns the epoch's average loss parts and
+        ``seconds``, as floats."""
         cfg = self.cfg
-        self.model.train()
+        self.set_training_mode()
         if self.batch_in_epoch == 0:
             seed_everything(cfg.seed * 7919 + self.epoch)
             self.epoch_sums = {}
@@ -319,7 +333,7 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
             for key, value in parts.items():  # device tensors: read back only when logged
-                sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
+                sums[key] = sums.get(key, 0.0) + value
             if self.step % self.check_every == 0:
                 bar.set_postfix(loss=f"{float(sums['total_loss']) / self.batch_in_epoch:.4f}")
             if self.step % cfg.display_freq == 0:
@@ -469,7 +483,7 @@ class Trainer:
             stats = self.train_epoch()
             if self.epoch % cfg.eval_freq == 0 or self.epoch == cfg.max_epoch - 1:
                 metrics = self.evaluate()
-                self.model.train()
+                self.set_training_mode()
                 self.record(stats, metrics)
                 shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
                 if self.is_main:
