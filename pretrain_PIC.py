@@ -58,8 +58,9 @@ from untils.inference import move_batch
 from untils.photos import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.pic_format import pic_user_image
 from untils.runtime import seed_everything
-from untils.training import (EpochSeededItems, LossFunction, Trainer, build_parser, item_seed, launch,
-                             sample_views, split_validation, subset_of)
+from untils.experiment import build_parser, launch
+from untils.training import (EpochSeededItems, LossFunction, Trainer, item_seed, sample_views, split_validation,
+                             subset_of)
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
 

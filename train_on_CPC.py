@@ -25,7 +25,8 @@ from cropping_dataset import CPCDataset, evaluation_dataset
 from cropping_model import CropOutput, build_crop_model, crop_training_loss
 from untils.cli import run_script
 from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
-from untils.training import Trainer, build_parser, launch, split_validation, subset_of
+from untils.experiment import build_parser, launch
+from untils.training import Trainer, split_validation, subset_of
 
 TEST_PROTOCOLS = (("FCDB", True), ("FLMS", True), ("FCDB", False), ("FLMS", False))
 # human_*: FCDB's and FLMS's human-centric images pooled, the paper's column (and the release's selection)

@@ -30,8 +30,9 @@ from cropping_model import CropOutput, build_crop_model, crop_training_loss
 from untils.demo_data import build_demo_dataset
 from untils.cli import run_script
 from untils.evaluation import evaluate_scored
+from untils.experiment import build_parser, launch
 from untils.pseudo_heatmaps import generate_heatmaps
-from untils.training import Trainer, build_parser, launch, split_validation, subset_of
+from untils.training import Trainer, split_validation, subset_of
 
 METRICS = ("human_srcc", "human_acc5", "human_acc10", "srcc", "acc5", "acc10")
 
