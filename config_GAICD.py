@@ -98,6 +98,9 @@ class Config:
                                "oneDNN); scores are the same up to rounding", False)
     only_human: bool = _opt("train on the human-centric images only", False)
     data_augmentation: bool = _opt("flip and colour jitter while training", True)
+    train_in_eval_mode: bool = _opt("train with the whole model in eval mode: BatchNorm statistics stay as loaded "
+                                    "and dropout is off (GAIC's release calls net.eval() once before training, "
+                                    "since its batches hold one image; set by --preset GAIC-official)", False)
     keep_aspect_ratio: bool = _opt("resize the shorter side to image_size[0] (else a fixed size)", True)
 
     use_partition_aware: bool = _opt("partition-aware feature", True)
@@ -257,7 +260,7 @@ class Config:
 
 # Options only training reads: scripts that load a trained model do not offer them.
 TRAINING_OPTIONS = ("loss_type", "score_loss_over", "normalize_scores", "rank_loss_weighting", "seed", "deterministic",
-                    "only_human", "data_augmentation", "visualize_partition_feature", "content_loss_weight",
+                    "only_human", "data_augmentation", "train_in_eval_mode", "visualize_partition_feature", "content_loss_weight",
                     "visualize_heat_map", "batch_size", "lr_scheduler", "warmup_epochs", "max_epoch", "lr_decay_epoch",
                     "eval_freq", "selection", "val_fraction", "checkpoint_steps", "view_per_image", "lr", "lr_decay",
                     "weight_decay", "save_freq", "display_freq", "visualize_freq", "exp_root", "exp_name")
@@ -286,11 +289,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "loss-LVR": ("score loss: listwise view ranking only", {"loss_type": ["LVRLoss"]}),
     "GAIC-official": ("GAIC's release recipe: its model (mobilenetv2, reduced_dim 8), cv2 preprocessing and "
                       "photometric augmentation, smooth-L1 on (MOS - 2.95) / 0.8, Adam without weight decay at a "
-                      "constant lr 1e-4, 80 epochs of 64 views (needs --backbone_weight_path: its ImageNet file)",
+                      "constant lr 1e-4, 80 epochs of 64 views, the whole model in eval mode as its net.eval() "
+                      "(BatchNorm statistics frozen, no dropout; needs --backbone_weight_path: its ImageNet file)",
                       {"model_type": "GAIC-official", "backbone": "mobilenetv2", "reduced_dim": 8,
                        "image_preprocessing": "gaic", "loss_type": ["L1Loss"], "normalize_scores": True,
                        "weight_decay": 0.0, "lr_scheduler": "constant", "use_partition_aware": False,
-                       "use_content_preserve": False, "keep_aspect_ratio": True, "image_size": (256, 256)}),
+                       "use_content_preserve": False, "keep_aspect_ratio": True, "image_size": (256, 256),
+                       "train_in_eval_mode": True}),
 }
 
 cfg = Config()

@@ -45,7 +45,7 @@ from tqdm import tqdm
 import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD
 from cropping_dataset import CPCDataset, GAICDataset
-from cropping_model import CropOutput, build_crop_model, crop_score_loss
+from cropping_model import build_crop_model, crop_score_loss
 from pic_dataset import PICData, PICImageDataset, load_pic_data, load_release_layout, rated_average
 from pic_model import PICModel, RatedImage, augmented_user_image, build_official_model, rated_images
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
@@ -58,10 +58,20 @@ from untils.inference import move_batch
 from untils.photos import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.pic_format import pic_user_image
 from untils.runtime import seed_everything
-from untils.training import (EpochSeededItems, Trainer, build_parser, item_seed, launch, sample_views,
-                             split_validation, subset_of)
+from untils.experiment import build_parser, launch
+from untils.training import (EpochSeededItems, LossFunction, Trainer, item_seed, sample_views, split_validation,
+                             subset_of)
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
+
+
+@dataclass
+class PretrainingOutput:
+    """What a pre-training step's loss reads: objective scores (B, N) of the candidate crops, and
+    user logits (M, num_users) of the training users' best crops with their users (M,)."""
+    score: torch.Tensor
+    user_logits: torch.Tensor
+    user_labels: torch.Tensor
 
 
 @dataclass
@@ -101,8 +111,8 @@ class PICPretrainer(Trainer):
 
     def __init__(self, cfg: config_PIC.Config, exp_path: str, device: torch.device, model: PICModel,
                  train_set: Dataset, val_names: list[str], objective_val: NamedSubset, subjective: SubjectiveData,
-                 progress: bool = True) -> None:
-        super().__init__(cfg, exp_path, device, model, train_set, val_names, progress=progress)
+                 loss_fn: LossFunction, progress: bool = True) -> None:
+        super().__init__(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
         self.objective_val = objective_val
         self.subjective = subjective
         self.subjective_val_names = subjective.val_names
@@ -138,8 +148,9 @@ class PICPretrainer(Trainer):
         return torch.cat(rois).to(device), torch.cat(humans).to(device), torch.cat(labels).to(device)
 
     # ----- training -------------------------------------------------------------------------
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], CropOutput]:
-        cfg = self.cfg
+    def forward(self, batch: dict) -> PretrainingOutput:
+        """The objective scores of the batch's crops and the user logits of PIC images' best crops
+        (the batch's own with objective_set PIC, else the next batch of PIC images)."""
         if self.subjective_batches is None:
             rois, humans, labels = self.best_crop_rois(batch)
             score, logits = self.model.pretraining_outputs(batch["image"], batch["crop_box"], batch["crop_valid"],
@@ -149,14 +160,7 @@ class PICPretrainer(Trainer):
             pic_batch = move_batch(next(self.subjective_batches), self.device)
             rois, humans, labels = self.best_crop_rois(pic_batch)
             logits = self.model.user_logits(pic_batch["image"], rois, humans)
-        objective_loss = crop_score_loss(score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
-                                         score_mean=self.train_set.score_mean,
-                                         rank_loss_weighting=cfg.rank_loss_weighting)
-        subjective_loss = F.cross_entropy(logits.float(), labels)
-        loss = objective_loss + cfg.subjective_loss_weight * subjective_loss
-        parts = {"objective_loss": objective_loss.item(), "subjective_loss": subjective_loss.item(),
-                 "total_loss": loss.item()}
-        return loss, parts, CropOutput(score)
+        return PretrainingOutput(score, logits, labels)
 
     # ----- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -177,7 +181,6 @@ class PICPretrainer(Trainer):
                                     self.autocast_dtype, self.cfg.channels_last)
         results = {key: objective[key] for key in ("srcc", "acc5", "acc10", "pcc")}
         results["user_acc"] = self.user_accuracy()
-        self.model.train()
         return results
 
     def report_test(self) -> None:
@@ -209,7 +212,17 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
     else:
         train_set, val_names = split_validation(objective_dataset(cfg, cfg.data_augmentation), cfg)
         objective_val = subset_of(objective_dataset(cfg, augment=False), val_names)
-    return PICPretrainer(cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, progress)
+
+    def loss_fn(output: PretrainingOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the objective scores' loss_type losses + subjective_loss_weight x which user chose each best crop
+        objective_loss = crop_score_loss(output.score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
+                                         score_mean=train_set.score_mean, rank_loss_weighting=cfg.rank_loss_weighting)
+        subjective_loss = F.cross_entropy(output.user_logits.float(), output.user_labels)
+        loss = objective_loss + cfg.subjective_loss_weight * subjective_loss
+        return loss, {"objective_loss": objective_loss, "subjective_loss": subjective_loss, "total_loss": loss}
+
+    return PICPretrainer(cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, loss_fn,
+                         progress)
 
 
 class RatedImageItems(Dataset):

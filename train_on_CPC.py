@@ -15,7 +15,6 @@ the end. Same engine as train_on_GAICD.py.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import torch
@@ -23,10 +22,11 @@ import torch
 import config_CPC
 from config_GAICD import PRESETS
 from cropping_dataset import CPCDataset, evaluation_dataset
-from cropping_model import build_crop_model, crop_training_loss
+from cropping_model import CropOutput, build_crop_model, crop_training_loss
 from untils.cli import run_script
 from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
-from untils.training import Trainer, build_parser, launch, split_validation, subset_of
+from untils.experiment import build_parser, launch
+from untils.training import Trainer, split_validation, subset_of
 
 TEST_PROTOCOLS = (("FCDB", True), ("FLMS", True), ("FCDB", False), ("FLMS", False))
 # human_*: FCDB's and FLMS's human-centric images pooled, the paper's column (and the release's selection)
@@ -73,7 +73,11 @@ def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, p
     full = CPCDataset(cfg, only_human_images=cfg.only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     train_set, val_names = split_validation(full, cfg)
     model = build_crop_model(cfg, cfg.model_type)  # after the data: a wrong data root is reported first
-    loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
+
+    def loss_fn(output: CropOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the score losses of cfg.loss_type (once over the batch's crops by default) + the heat-map L1
+        return crop_training_loss(output, batch, cfg, train_set.score_mean)
+
     return CPCTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 

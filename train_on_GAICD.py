@@ -10,8 +10,10 @@ losses of `loss_type` plus `content_loss_weight` x L1(predicted, pseudo heat map
 schedule after `warmup_epochs` linear warm-up epochs, gradients accumulated to `batch_size`
 images. After each epoch: SRCC/Acc5/Acc10 on the human-centric and the full evaluation set, a
 CSV of all epochs with the best row per metric, and best-<metric>.pth checkpoints.
-`--selection test` picks the best epochs on the test split, as the release (and the paper) did;
-the default `val` picks them on images held out from train and reports the test split once.
+By default (`--selection test`) the best epochs are picked on the test split, as the release (and
+the paper) did; `--selection val` picks them on images held out from train and reports the test
+split once. `--preset GAIC-official` trains as GAIC's release: the whole model in eval mode
+(`train_in_eval_mode`).
 """
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ import torch
 import config_GAICD
 from config_GAICD import PRESETS
 from cropping_dataset import GAICDataset, evaluation_dataset, heat_map_sources
-from cropping_model import build_crop_model, crop_training_loss
+from cropping_model import CropOutput, build_crop_model, crop_training_loss
 from untils.demo_data import build_demo_dataset
 from untils.cli import run_script
 from untils.evaluation import evaluate_scored
+from untils.experiment import build_parser, launch
 from untils.pseudo_heatmaps import generate_heatmaps
-from untils.training import Trainer, build_parser, launch, split_validation, subset_of
+from untils.training import Trainer, split_validation, subset_of
 
 METRICS = ("human_srcc", "human_acc5", "human_acc10", "srcc", "acc5", "acc10")
 
@@ -69,7 +72,11 @@ def build_trainer(cfg: config_GAICD.Config, exp_path: str, device: torch.device,
     full = GAICDataset(cfg, split="train", only_human_images=cfg.only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     train_set, val_names = split_validation(full, cfg)
     model = build_crop_model(cfg, cfg.model_type)
-    loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
+
+    def loss_fn(output: CropOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the score losses of cfg.loss_type + cfg.content_loss_weight x L1(heat map, pseudo heat map)
+        return crop_training_loss(output, batch, cfg, train_set.score_mean)
+
     return GAICDTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 

@@ -1,24 +1,20 @@
 """The training engine shared by the training scripts: one experiment's loop, logs and checkpoints.
 
-A script builds the model and the datasets and subclasses :class:`Trainer` for what differs
-(the evaluation, and for PIC the loss); :func:`launch` starts an experiment, or resumes it from a
-``last.pth``, under ``torchrun`` too. Training is reproducible whatever the process layout: each
-image's augmentation and view sampling are seeded from (seed, epoch, image), and each epoch's batch
-order from (seed, epoch).
+A script builds the model and the datasets, gives :class:`Trainer` its loss (``loss_fn``) and
+subclasses it for the evaluation; ``untils.experiment.launch`` starts or resumes the experiment.
+Training is reproducible whatever the process layout: each image's augmentation and view sampling
+are seeded from (seed, epoch, image), and each epoch's batch order from (seed, epoch).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import dataclasses
-import fcntl
 import io
-import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 import zlib
 from typing import Any, Callable, Optional, Sequence
@@ -32,14 +28,13 @@ from tqdm import tqdm
 
 from untils.atomic import write_text_atomic
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
-from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
-from untils.cli import add_debug_option, add_option_aliases
-from untils.config import add_config_arguments, given_config_options
+from untils.checkpoint import config_to_dict, load_model_weights, save_atomic
 from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
-from untils.runtime import autocast, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from untils.runtime import autocast, autocast_dtype, rng_state, seed_everything, set_rng_state
 
-LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
+# loss_fn(model output, batch) -> (loss, its parts by name): 0-d tensors, read back only when logged
+LossFunction = Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -178,23 +173,30 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-class ExperimentLock:
-    """An exclusive lock on an experiment folder: a second run there (two trainings, two resumes of
-    one ``last.pth``) is refused instead of racing the first one's files."""
+def resume_hint(checkpoint_dir: str) -> str:
+    """How a stopped run goes on: the command (the script this process runs) that resumes from its
+    last.pth, or that none was saved yet."""
+    last = os.path.join(checkpoint_dir, "last.pth")
+    if not os.path.isfile(last):
+        return "no training checkpoint was saved yet: nothing to resume"
+    return f"resume with: python {sys.argv[0]} --resume {last}"
 
-    def __init__(self, exp_path: str) -> None:
-        self.path = os.path.join(exp_path, ".lock")
-        self.stream = open(self.path, "a")
+
+def write_or_stop(path: str, write: Callable[[], None], checkpoint_dir: str) -> None:
+    """``write()`` (an atomic write of ``path``); when it fails, as on a full disk (torch.save says so
+    with a RuntimeError of its zip writer), training stops with one line naming the file. The atomic
+    write leaves no partial file behind and ``path`` as it was."""
+    try:
+        write()
+    except (OSError, RuntimeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else (
+            str(error).strip().splitlines() or [type(error).__name__])[0]
         try:
-            fcntl.flock(self.stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.stream.close()
-            raise SystemExit(f"error: another run is using the experiment folder {exp_path}; "
-                             "wait for it to finish or train in another folder") from None
-
-    def release(self) -> None:
-        fcntl.flock(self.stream, fcntl.LOCK_UN)
-        self.stream.close()
+            reason += f"; {shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.0f} MiB free there"
+        except OSError:
+            pass
+        raise SystemExit(f"error: could not write {path} ({reason}); it was left as it was. "
+                         f"Make room, then {resume_hint(checkpoint_dir)}") from None
 
 
 class Trainer:
@@ -202,7 +204,9 @@ class Trainer:
 
     ``train_set`` is the training data (with ``names``, ``score_mean`` and ``resized_size_of``),
     ``val_names`` the images held out for model selection (None when selecting on the test split),
-    ``loss_fn(output, batch) -> (loss, parts)`` the recipe's loss of the model's output. Subclasses
+    ``loss_fn(output, batch) -> (loss, parts)`` the recipe's loss of :meth:`forward`'s output: the
+    one way a script gives the engine its loss. The parts are 0-d tensors inside the loss; what the
+    engine hands on (logs, ``results.csv``, :meth:`train_epoch`'s averages) are floats. Subclasses
     say how the model is evaluated: :meth:`evaluate` (the selection metrics after each epoch) and
     :meth:`evaluate_test` (each best checkpoint's final report when selecting on validation).
     """
@@ -211,8 +215,7 @@ class Trainer:
     lower_is_better: frozenset[str] = frozenset()
 
     def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: Dataset,
-                 val_names: Optional[list[str]], loss_fn: Optional[LossFunction] = None,
-                 progress: bool = True) -> None:
+                 val_names: Optional[list[str]], loss_fn: LossFunction, progress: bool = True) -> None:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
@@ -278,65 +281,85 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     # ----- training -------------------------------------------------------------------------
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], Any]:
-        """(loss, its parts as floats, the model's output); called under autocast to ``cfg.precision``."""
-        output = run_model(self.model, batch)
+    def forward(self, batch: dict) -> Any:
+        """The model's output for a training batch: what ``loss_fn`` reads."""
+        return run_model(self.model, batch)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(loss, its parts as detached 0-d tensors, the model's output); called under autocast to
+        ``cfg.precision``. The parts stay on the device: reading them back waits for it."""
+        output = self.forward(batch)
         loss, parts = self.loss_fn(output, batch)
-        return loss, parts, output
+        return loss, {key: value.detach() for key, value in parts.items()}, output
+
+    def set_training_mode(self) -> None:
+        """Training mode, or with ``train_in_eval_mode`` eval mode throughout (GAIC's release: BatchNorm
+        statistics stay as loaded, dropout is off)."""
+        self.model.train(not self.cfg.train_in_eval_mode)
 
     def train_epoch(self) -> dict[str, float]:
+        """One epoch (or the rest of a resumed one); returns the epoch's average loss parts and
+        ``seconds``, as floats."""
         cfg = self.cfg
-        self.model.train()
+        self.set_training_mode()
         if self.batch_in_epoch == 0:
             seed_everything(cfg.seed * 7919 + self.epoch)
             self.epoch_sums = {}
         batches = self.epoch_batches(self.epoch)
         remaining = batches[self.batch_in_epoch:]
         accumulate = cfg.batch_size // (cfg.images_per_step * self.world)
-        sums = self.epoch_sums
-        bar = tqdm(self.loader(remaining), total=len(remaining), disable=not self.progress,
-                   desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}", leave=False)
         start = time.time()
-        for batch in bar:
-            seeds = [item_seed(cfg.seed, self.epoch, name) for name in batch["name"]]
-            batch = move_batch(sample_views(batch, cfg.view_per_image, seeds), self.device)
-            if cfg.channels_last:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
-            # gradients are averaged over processes once per optimiser step, not per accumulated batch
-            synchronise = steps_optimizer or self.world == 1
-            with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
-                with autocast(self.device, self.autocast_dtype):
-                    loss, parts, outputs = self.compute_loss(batch)
-                self.unchecked.append((self.step, batch["name"], loss.detach()))
-                if len(self.unchecked) >= self.check_every:
-                    self.check_finite()
-                self.scaler.scale(loss / accumulate).backward()
-            self.batch_in_epoch += 1
-            self.step += 1
-            if steps_optimizer:
-                self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-            for key, value in parts.items():  # device tensors: read back only when logged
-                sums[key] = sums.get(key, 0.0) + (value.detach() if torch.is_tensor(value) else value)
-            if self.step % self.check_every == 0:
-                bar.set_postfix(loss=f"{float(sums['total_loss']) / self.batch_in_epoch:.4f}")
-            if self.step % cfg.display_freq == 0:
-                for key, value in sums.items():
-                    self.writer.add_scalar(f"train/{key}", float(value) / self.batch_in_epoch, self.step)
-                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
-            if self.step % cfg.visualize_freq == 0:
-                self.log_panels(batch, outputs)
-            # only between optimiser steps: gradients accumulated so far are not part of a checkpoint
-            if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
-                    and self.batch_in_epoch < len(batches)):
-                self.save_training_state()
+        # closed on the way out too: an interrupted epoch clears its bar before the one-line message
+        with tqdm(self.loader(remaining), total=len(remaining), disable=not self.progress,
+                  desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}", leave=False) as bar:
+            for batch in bar:
+                steps_optimizer = ((self.batch_in_epoch + 1) % accumulate == 0
+                                   or self.batch_in_epoch + 1 == len(batches))
+                self.train_step(batch, accumulate, steps_optimizer)
+                if self.step % self.check_every == 0:
+                    bar.set_postfix(loss=f"{float(self.epoch_sums['total_loss']) / self.batch_in_epoch:.4f}")
+                # only between optimiser steps: gradients accumulated so far are not part of a checkpoint
+                if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
+                        and self.batch_in_epoch < len(batches)):
+                    self.save_training_state()
         self.check_finite()
-        averages = {key: float(value) / max(self.batch_in_epoch, 1) for key, value in sums.items()}
+        averages = {key: float(value) / max(self.batch_in_epoch, 1) for key, value in self.epoch_sums.items()}
         averages["seconds"] = time.time() - start
         self.batch_in_epoch = 0
         return averages
+
+    def train_step(self, batch: dict, accumulate: int, steps_optimizer: bool) -> None:
+        """Forward, loss and backward of one batch (its gradient divided by ``accumulate``), then the
+        optimiser step when ``steps_optimizer``; the loss parts are added to the epoch's sums."""
+        cfg = self.cfg
+        seeds = [item_seed(cfg.seed, self.epoch, name) for name in batch["name"]]
+        batch = move_batch(sample_views(batch, cfg.view_per_image, seeds), self.device)
+        if cfg.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        # gradients are averaged over processes once per optimiser step, not per accumulated batch
+        synchronise = steps_optimizer or self.world == 1
+        with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
+            with autocast(self.device, self.autocast_dtype):
+                loss, parts, outputs = self.compute_loss(batch)
+            self.unchecked.append((self.step, batch["name"], loss.detach()))
+            if len(self.unchecked) >= self.check_every:
+                self.check_finite()
+            self.scaler.scale(loss / accumulate).backward()
+        self.batch_in_epoch += 1
+        self.step += 1
+        if steps_optimizer:
+            self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        sums = self.epoch_sums
+        for key, value in parts.items():  # device tensors: read back only when logged
+            sums[key] = sums.get(key, 0.0) + value
+        if self.step % cfg.display_freq == 0:
+            for key, value in sums.items():
+                self.writer.add_scalar(f"train/{key}", float(value) / self.batch_in_epoch, self.step)
+            self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+        if self.step % cfg.visualize_freq == 0:
+            self.log_panels(batch, outputs)
 
     def check_finite(self) -> None:
         """Stop on a NaN/inf loss (on any rank) among the batches not checked yet, naming their images;
@@ -424,14 +447,16 @@ class Trainer:
             best_epoch = self.best[name]["epoch"]
             row = next(r for r in self.history if r["epoch"] == best_epoch)
             rows.append([f"best {name} (epoch {best_epoch})"] + [row.get(c, "") for c in header[1:]])
-        write_text_atomic(os.path.join(self.exp_path, "results.csv"), csv_text(header, rows))
+        path = os.path.join(self.exp_path, "results.csv")
+        write_or_stop(path, lambda: write_text_atomic(path, csv_text(header, rows)), self.checkpoint_dir)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_weights(self, path: str, metrics: dict[str, float]) -> None:
         if not self.is_main:
             return
-        save_atomic({"model": self.core.state_dict(), "config": config_to_dict(self.cfg),
-                     "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}, path)
+        checkpoint = {"model": self.core.state_dict(), "config": config_to_dict(self.cfg),
+                      "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}
+        write_or_stop(path, lambda: save_atomic(checkpoint, path), self.checkpoint_dir)
 
     def save_training_state(self) -> str:
         self.check_finite()
@@ -439,13 +464,14 @@ class Trainer:
         self.saved_step = self.step
         if not self.is_main:
             return path
-        save_atomic({"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                     "config": config_to_dict(self.cfg),
-                     "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
-                     "batch_in_epoch": self.batch_in_epoch,
-                     "epoch_sums": {key: float(value) for key, value in self.epoch_sums.items()}, "rng": rng_state(),
-                     "history": self.history, "best": self.best, "val_names": self.val_names}, path)
+        state = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "config": config_to_dict(self.cfg),
+                 "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
+                 "batch_in_epoch": self.batch_in_epoch,
+                 "epoch_sums": {key: float(value) for key, value in self.epoch_sums.items()}, "rng": rng_state(),
+                 "history": self.history, "best": self.best, "val_names": self.val_names}
+        write_or_stop(path, lambda: save_atomic(state, path), self.checkpoint_dir)
         return path
 
     def restore(self, checkpoint: dict) -> None:
@@ -469,7 +495,7 @@ class Trainer:
             stats = self.train_epoch()
             if self.epoch % cfg.eval_freq == 0 or self.epoch == cfg.max_epoch - 1:
                 metrics = self.evaluate()
-                self.model.train()
+                self.set_training_mode()
                 self.record(stats, metrics)
                 shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
                 if self.is_main:
@@ -498,140 +524,9 @@ class Trainer:
         if not rows or not self.is_main:
             return
         header = list(dict.fromkeys(k for row in rows for k in row))
-        write_text_atomic(os.path.join(self.exp_path, "test_results.csv"),
-                          csv_text(header, [[row.get(k, "") for k in header] for row in rows]))
+        path = os.path.join(self.exp_path, "test_results.csv")
+        text = csv_text(header, [[row.get(k, "") for k in header] for row in rows])
+        write_or_stop(path, lambda: write_text_atomic(path, text), self.checkpoint_dir)
         print("test data, each metric's best-on-validation checkpoint:")
         for row in rows:
             print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-
-
-def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
-                 with_demo: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
-    presets = presets or {}
-    epilog = ("presets (--preset NAME; explicit options win over the preset):\n"
-              + "\n".join(f"  {name:14s} {text}" for name, (text, _) in presets.items())) if presets else None
-    parser = argparse.ArgumentParser(
-        usage="%(prog)s " + ("[--demo | --preset NAME | --resume PATH]" if presets else "[--resume PATH]")
-        + " [config options]",
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
-    if with_demo:
-        parser.add_argument("--demo", action="store_true",
-                            help="generate a small human-centric dataset from photos shipped in pip packages and "
-                                 "train on it on the CPU (exercises the pipeline; not a result of the paper)")
-        parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")
-    if presets:
-        parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
-    parser.add_argument("--resume", metavar="PATH", help="continue from a last.pth training checkpoint")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="--resume from a file that holds more than tensors and plain data (UNSAFE: such a file "
-                             "can run code; only for files you made yourself with an older version)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_debug_option(parser)
-    add_config_arguments(parser, config_cls, exclude)
-    return add_option_aliases(parser)
-
-
-TrainerFactory = Callable[[Any, str, torch.device, bool], Trainer]
-
-
-def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Namespace,
-           presets: Optional[dict[str, tuple[str, dict]]] = None,
-           prepare: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> Trainer:
-    """Start (or ``--resume``) an experiment and train it; a diverged loss ends with a clear message.
-
-    ``build_trainer(cfg, exp_path, device, progress)`` builds the model (after the seed is set, so
-    its initial weights depend on ``cfg.seed`` alone), the datasets and the trainer.
-    """
-    # torch's thread count is left as it is: results depend on it, and a resumed run must reproduce the
-    # uninterrupted one (DataLoader workers, which do not change results, follow the free CPUs)
-    given = given_config_options(args)
-    rank, world, local_rank = init_distributed()
-    checkpoint = None
-    if args.resume:
-        checkpoint = read_checkpoint(args.resume, trusted=args.trust_checkpoint)
-        if "optimizer" not in checkpoint:
-            raise SystemExit(f"{args.resume} holds model weights only; --resume needs a last.pth training checkpoint")
-        known = {field.name for field in dataclasses.fields(config_cls)}
-        # options an older version had and this one dropped (e.g. training_set) are left out
-        cfg = config_cls(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **given})
-        exp_path = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
-    else:
-        options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
-        options.update(given)
-        if prepare is not None:
-            options = prepare(options)
-        cfg = config_cls(**options)
-        exp_path = cfg.create_experiment_dir() if rank == 0 else None
-        if world > 1:
-            shared = [exp_path]
-            dist.broadcast_object_list(shared, src=0)
-            exp_path = shared[0]
-    lock = ExperimentLock(exp_path) if rank == 0 else None
-    try:
-        return _train(build_trainer, cfg, exp_path, checkpoint, args, rank, world, local_rank)
-    except _StartFailed as failed:
-        if rank == 0 and checkpoint is None:
-            shutil.rmtree(exp_path, ignore_errors=True)  # this run made it, and nothing was trained in it
-        raise failed.error from None
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-class _StartFailed(Exception):
-    """The model, data or trainer could not be built: nothing was trained."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Optional[dict], args: argparse.Namespace,
-           rank: int, world: int, local_rank: int) -> Trainer:
-    try:
-        device = resolve_device(cfg.device, cfg.gpu_id)
-        if world > 1 and device.type == "cuda":
-            device = torch.device(f"cuda:{local_rank}")
-            torch.cuda.set_device(device)
-        if rank == 0:
-            write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
-            print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # inputs come in a few sizes: each is tuned once
-        seed_everything(cfg.seed)
-        trainer = build_trainer(cfg, exp_path, device, not args.no_progress)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
-    except Exception as error:
-        raise _StartFailed(error) from error
-    try:
-        trainer.run()
-    except BaseException as error:
-        if world > 1 and dist.is_initialized():
-            shut_down_distributed(trainer, wait_for_other_ranks=False)  # another may be inside a collective
-        if isinstance(error, TrainingDiverged):
-            trainer.writer.close()
-            raise SystemExit(f"training stopped: {error}")
-        raise
-    if world > 1:
-        shut_down_distributed(trainer)
-    return trainer
-
-
-def shut_down_distributed(trainer: Trainer, wait_for_other_ranks: bool = True, settle_s: float = 0.2) -> None:
-    """Tear the process group down (once every rank is done with it, unless told not to wait).
-
-    gloo's worker threads free each finished collective's tensors after the caller has moved on,
-    and need the GIL for it. The DistributedDataParallel wrapper's destructor, when it drops the
-    last reference to the group, joins those threads while holding the GIL: if one of them was
-    still freeing tensors, the process hung for good (3 of about 50 two-process runs). Sleeping
-    (without the GIL) lets them finish before the wrapper and the group are freed here.
-    """
-    if wait_for_other_ranks:
-        dist.barrier()
-    time.sleep(settle_s)
-    dist.destroy_process_group()
-    trainer.model = trainer.core
