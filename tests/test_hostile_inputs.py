@@ -12,6 +12,7 @@ import pickle
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,41 @@ def test_malicious_anchors_file_is_refused_by_the_fcdb_evaluation(tmp_path, phot
                    str(tmp_path / "data"), "--predefined_pkl", str(evil), "--no-progress"])
     _assert_refused(result, evil, marker)
     assert "posix.system" in result.stderr
+
+
+# ----- files that are no checkpoint, too large once unpacked, or hold a bad config: one line -----------
+def _bad_checkpoint(folder: Path, kind: str) -> Path:
+    if kind == "directory":
+        (folder / "folder.pth").mkdir()
+        return folder / "folder.pth"
+    path = folder / f"{kind}.pth"
+    if kind == "raw-pickle":
+        path.write_bytes(pickle.dumps({"model": {"w": [0.0]}}, protocol=4))
+    elif kind == "inflating":
+        plain = folder / "zeros.pth"
+        torch.save({"model": {"w": torch.zeros(16 * 2 ** 20)}}, plain)
+        with zipfile.ZipFile(plain) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as packed:
+            for entry in original.infolist():
+                packed.writestr(entry.filename, original.read(entry.filename))
+    else:  # a saved config whose reduced_dim is text
+        from config_GAICD import Config
+        from cropping_model import build_crop_model
+        from untils.checkpoint import config_to_dict
+
+        cfg = Config(backbone="mobilenetv2", pretrained=False)
+        config = {**config_to_dict(cfg), "reduced_dim": "32"}
+        save_atomic({"model": build_crop_model(cfg).state_dict(), "config": config, "model_type": "HCIC"}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [("directory", "is a directory"),
+                                            ("raw-pickle", "not a PyTorch checkpoint (zip) file"),
+                                            ("inflating", "inflate"),
+                                            ("bad-config", "reduced_dim='32'")])
+def test_bad_checkpoint_gets_one_error_line_from_test_py(kind, expected, tmp_path):
+    path = _bad_checkpoint(tmp_path, kind)
+    result = _run(["test.py", "--checkpoint", str(path), "--no-progress"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and str(path) in lines[0] and expected in lines[0], lines
+    assert lines[1] == "(--debug shows the traceback)" and "weights_only" not in result.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import fcntl
 import io
 import json
@@ -32,7 +31,8 @@ from tqdm import tqdm
 
 from untils.atomic import write_text_atomic
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
-from untils.checkpoint import config_to_dict, load_model_weights, read_checkpoint, save_atomic
+from untils.checkpoint import (build_config, config_to_dict, load_model_weights, read_checkpoint, save_atomic,
+                               stored_options)
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
 from untils.figures import heat_map_figure, partition_figure
@@ -552,9 +552,7 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
         checkpoint = read_checkpoint(args.resume, trusted=args.trust_checkpoint)
         if "optimizer" not in checkpoint:
             raise SystemExit(f"{args.resume} holds model weights only; --resume needs a last.pth training checkpoint")
-        known = {field.name for field in dataclasses.fields(config_cls)}
-        # options an older version had and this one dropped (e.g. training_set) are left out
-        cfg = config_cls(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **given})
+        cfg = build_config(config_cls, {**stored_options(checkpoint, config_cls, args.resume), **given}, args.resume)
         exp_path = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
     else:
         options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
