@@ -43,7 +43,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import json
 import multiprocessing
 import os
 import platform
@@ -72,7 +71,7 @@ from cropping_model import HumanCentricCroppingModel, crop_score_loss, crop_trai
 from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
 from untils.inference import run_model  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
-from untils.atomic import write_text_atomic  # noqa: E402
+from untils.atomic import write_json_atomic  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PERSON_BOX = (120.0, 40.0, 230.0, 250.0)  # in the 352x256 input
@@ -641,7 +640,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         results["epoch"] = epoch_section(args, settings)
     print(f"\n# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(results, indent=1))
+        write_json_atomic(args.json, results, indent=1)
 
 
 if __name__ == "__main__":
