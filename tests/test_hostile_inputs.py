@@ -234,3 +234,17 @@ def test_bad_checkpoint_gets_one_error_line_from_test_py(kind, expected, tmp_pat
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 2 and lines[0].startswith("error: ") and str(path) in lines[0] and expected in lines[0], lines
     assert lines[1] == "(--debug shows the traceback)" and "weights_only" not in result.stderr
+
+
+# ----- person boxes in messages: plain numbers ---------------------------------------------------------
+@pytest.mark.parametrize("box, expected", [
+    ((10, 10, 5, 20), "person box [10.0, 10.0, 5.0, 20.0] must have x2 > x1 and y2 > y1"),
+    (np.array([200.5, 200, 300, 300]), "person box [200.5, 200.0, 300.0, 300.0] lies outside the 100x80 photo"),
+])
+def test_bad_person_box_is_printed_as_plain_numbers(box, expected):
+    """numpy 2 writes the numbers of list(array) as np.float64(10.0)."""
+    from untils.photos import PhotoError, checked_person_box
+
+    with pytest.raises(PhotoError) as refused:
+        checked_person_box(box, 100, 80)
+    assert str(refused.value) == expected
