@@ -248,3 +248,14 @@ def test_bad_person_box_is_printed_as_plain_numbers(box, expected):
     with pytest.raises(PhotoError) as refused:
         checked_person_box(box, 100, 80)
     assert str(refused.value) == expected
+
+
+def test_resumed_checkpoint_with_a_bad_saved_option_gets_one_error_line(tmp_path):
+    path = tmp_path / "last.pth"
+    save_atomic({"model": {"w": torch.zeros(1)}, "optimizer": {}, "config": {"backbone": "mobilenetv2",
+                                                                             "loss_type": "L1Loss"}}, str(path))
+    result = _run(["train_on_GAICD.py", "--resume", str(path), "--no-progress"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr[-3000:]
+    assert lines[0] == (f"error: {path}: its saved config option loss_type='L1Loss' is not of the option's type "
+                        "(list[str])")

@@ -228,16 +228,16 @@ def _fits(value: Any, annotation: Any) -> bool:
 def stored_options(checkpoint: dict, config_cls: type, source: str = "checkpoint") -> dict:
     """The options of ``checkpoint["config"]`` that ``config_cls`` has (options an older version had and
     this one dropped are left out), each checked against its field's type; a CheckpointError names
-    ``source`` and the option otherwise."""
+    ``source`` (the checkpoint's path) and the option otherwise."""
     stored = checkpoint.get("config", {})
     if not isinstance(stored, dict):
-        raise CheckpointError(f"checkpoint {source!r}: its saved config is a {type(stored).__name__}, not a dict")
+        raise CheckpointError(f"{source}: its saved config is a {type(stored).__name__}, not a dict")
     hints = typing.get_type_hints(config_cls)
     known = {field.name: hints[field.name] for field in dataclasses.fields(config_cls) if field.init}
     for name, value in stored.items():
         if name in known and not _fits(value, known[name]):
-            raise CheckpointError(f"checkpoint {source!r}: its saved config option {name}={reprlib.repr(value)} is "
-                                  f"not of the option's type ({_type_name(known[name])})")
+            raise CheckpointError(f"{source}: its saved config option {name}={reprlib.repr(value)} is not of the "
+                                  f"option's type ({_type_name(known[name])})")
     return {name: value for name, value in stored.items() if name in known}
 
 
@@ -251,7 +251,7 @@ def build_config(config_cls: type, options: dict, source: str = "checkpoint") ->
     try:
         return config_cls(**options)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {source!r}: {error}") from None
+        raise CheckpointError(f"{source}: {error}") from None
 
 
 def config_from_checkpoint(checkpoint: dict, config_cls: type, overrides: Optional[dict] = None,
