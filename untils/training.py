@@ -13,6 +13,7 @@ import contextlib
 import csv
 import fcntl
 import io
+import json
 import math
 import os
 import random
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from untils.atomic import write_json_atomic, write_text_atomic
+from untils.atomic import write_text_atomic
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import (build_config, config_to_dict, load_model_weights, read_checkpoint, save_atomic,
                                stored_options)
@@ -592,7 +593,7 @@ def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Option
             device = torch.device(f"cuda:{local_rank}")
             torch.cuda.set_device(device)
         if rank == 0:
-            write_json_atomic(os.path.join(exp_path, "config.json"), config_to_dict(cfg), indent=2)
+            write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
             print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
