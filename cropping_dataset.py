@@ -81,6 +81,14 @@ def unique_names(names: Sequence[str], where: str) -> list[str]:
     return names
 
 
+def first_non_float32(values: np.ndarray) -> Optional[float]:
+    """The first value that is NaN or infinite once stored as float32, the dtype the model and metrics
+    use (1e300 is finite in float64 but infinite in float32); None when every value is fine."""
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(np.asarray(values, dtype=np.float64).astype(np.float32))
+    return float(np.asarray(values, dtype=np.float64)[bad][0]) if bad.any() else None
+
+
 @dataclass
 class CropAnnotation:
     """Candidate crops (N, 4) in original pixels (float64) and their scores (N,)."""
@@ -110,8 +118,9 @@ def read_crop_annotations(path: str, box_key: str, score_key: str) -> dict[str, 
         if len(boxes) == 0 or len(boxes) != len(scores):
             problems.append(f"{name}: {len(boxes)} boxes but {len(scores)} scores")
             continue
-        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-            problems.append(f"{name}: boxes and scores must be finite numbers (found NaN or infinity)")
+        bad = [value for value in (first_non_float32(scores), first_non_float32(boxes)) if value is not None]
+        if bad:
+            problems.append(f"{name}: boxes and scores must be finite float32 numbers, found {bad[0]}")
             continue
         annotations[name] = CropAnnotation(boxes, scores)
     if problems:
@@ -142,8 +151,8 @@ def read_human_boxes(path: str) -> dict[str, np.ndarray]:
         except (TypeError, ValueError):
             problems.append(f"{name}: expected [x1, y1, x2, y2], got {box!r}")
             continue
-        if not np.isfinite(boxes[name]).all():
-            problems.append(f"{name}: the person box {box!r} must hold finite numbers")
+        if first_non_float32(boxes[name]) is not None:
+            problems.append(f"{name}: the person box {box!r} must hold finite float32 numbers")
     if problems:
         raise problems_error(f"human box file {path}", problems)
     return boxes
@@ -543,8 +552,9 @@ class AnchorEvalDataset(CroppingDataset):
             boxes = gt_crops.get(name)
             if boxes is None:
                 self._problems.append(f"{name}: not in the crop annotation file")
-            elif not np.isfinite(boxes).all():
-                self._problems.append(f"{name}: ground-truth crops must be finite numbers, got {boxes.tolist()}")
+            elif first_non_float32(boxes) is not None:
+                self._problems.append(f"{name}: ground-truth crops must be finite float32 numbers, "
+                                      f"got {boxes.tolist()}")
             elif size is not None:
                 boxes = self._prepare_gt(name, boxes, size)
             self.gt_crops.append(boxes)

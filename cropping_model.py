@@ -551,7 +551,7 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
         return load_pic_model(content, device, overrides)
     if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
-    cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type})
+    cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type}, name)
     model = build_crop_model(cfg, model_type, loadweights=False)
     load_model_weights(model, content)
     return model.to(device).eval()

@@ -3,6 +3,7 @@
 Examples:
   python test.py --checkpoint experiments/GAICD_PA_CP/checkpoints/best-srcc.pth --dataset GAICD-human GAICD
   python test.py --table ckpt_a.pth ckpt_b.pth --out results/table   # every protocol, Markdown + CSV
+  (an existing results/table.md or .csv is replaced only with --overwrite)
 
 Checkpoints written by our training scripts carry their config; bare state_dicts (the official
 release's) are built with the config given on the command line (the paper's defaults).
@@ -14,7 +15,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
+import math
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -23,9 +27,10 @@ import config_CPC
 import config_GAICD
 from cropping_dataset import PROTOCOLS, SCORED_DATASETS, evaluation_dataset
 from cropping_model import load_crop_model
+from untils.atomic import write_text_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
 from untils.config import add_config_arguments, given_config_options
-from untils.evaluation import evaluate_anchors, evaluate_scored, pooled_anchor_metrics
+from untils.evaluation import NonFiniteScores, evaluate_anchors, evaluate_scored, pooled_anchor_metrics
 from untils.runtime import autocast_dtype, configure_threads, resolve_device
 
 # FCDB+FLMS-human: the human-centric images of both pooled, the paper's column for CPC-trained models.
@@ -58,8 +63,20 @@ def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg, cpc_cfg,
                     num_workers, progress, protocol, autocast_dtype(gaicd_cfg.precision), gaicd_cfg.channels_last)
 
 
+def table_paths(out_prefix: str) -> tuple[str, str]:
+    return out_prefix + ".md", out_prefix + ".csv"
+
+
+def refuse_existing_table(out_prefix: str) -> None:
+    """Stop before evaluating when the table's files exist: they are replaced only with --overwrite."""
+    existing = [path for path in table_paths(out_prefix) if os.path.lexists(path)]
+    if existing:
+        raise FileExistsError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                              "pass --overwrite to replace, or choose another --out")
+
+
 def write_table(rows: list[tuple[str, dict[str, dict[str, float]]]], out_prefix: str) -> tuple[str, str]:
-    """The paper's table as ``<out_prefix>.md`` and ``<out_prefix>.csv``."""
+    """The paper's table as ``<out_prefix>.md`` and ``<out_prefix>.csv``, each written whole or not at all."""
     header = ["model"] + [f"{protocol} {metric}" for protocol, metrics in TABLE_COLUMNS for metric in metrics]
     lines = []
     for name, results in rows:
@@ -70,16 +87,53 @@ def write_table(rows: list[tuple[str, dict[str, dict[str, float]]]], out_prefix:
                 cells.append("" if value is None else f"{value:.4f}")
         lines.append(cells)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    md_path, csv_path = out_prefix + ".md", out_prefix + ".csv"
-    with open(md_path, "w") as stream:
-        stream.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
-        for cells in lines:
-            stream.write("| " + " | ".join(cells) + " |\n")
-    with open(csv_path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        writer.writerows(lines)
+    md_path, csv_path = table_paths(out_prefix)
+    markdown = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    markdown += "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(lines)
+    write_text_atomic(md_path, markdown)
+    write_text_atomic(csv_path, table.getvalue())
     return md_path, csv_path
+
+
+def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str], base, cpc_cfg,
+                        progress: bool, images_per_batch: Optional[int]) -> dict[str, dict[str, float]]:
+    """The metrics of one loaded checkpoint on ``protocols`` (printed as they come); scores that are
+    NaN or infinite end the run with an error naming ``path``."""
+    # FCDB and FLMS as the CPC recipe reads them (fixed 256x256), in the model's own preprocessing
+    anchor_cfg = dataclasses.replace(cpc_cfg, image_preprocessing=model.cfg.image_preprocessing,
+                                     keep_aspect_ratio=model.cfg.image_preprocessing == "gaic")
+    results: dict[str, dict[str, float]] = {}
+    for protocol in protocols:
+        try:
+            if protocol in POOLED:
+                parts = [results.get(part) or evaluate_protocol(model, part, model.cfg, anchor_cfg, base.num_workers,
+                                                                progress, images_per_batch)
+                         for part in POOLED[protocol] if part in results or not base.skip_missing
+                         or _installed(part, anchor_cfg)]
+                if len(parts) < len(POOLED[protocol]):
+                    print(f"{protocol}: skipped (not every dataset it pools is installed)")
+                    continue
+                results[protocol] = pooled_anchor_metrics(parts)
+            elif base.skip_missing and not _installed(protocol, model.cfg if protocol.startswith("GAICD")
+                                                      else anchor_cfg):
+                print(f"{protocol}: skipped (its dataset is not installed)")
+                continue
+            else:
+                results[protocol] = evaluate_protocol(model, protocol, model.cfg, anchor_cfg, base.num_workers,
+                                                      progress, images_per_batch)
+        except NonFiniteScores as error:
+            raise NonFiniteScores(f"checkpoint {path}: {error}") from None
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in results[protocol].items() if isinstance(v, float))
+        print(f"{path} {protocol}: {shown}")
+        undefined = [k for k, v in results[protocol].items() if isinstance(v, float) and math.isnan(v)]
+        if undefined:
+            print(f"note: {', '.join(undefined)} of {path} on {protocol} are NaN: on some image the model's scores "
+                  "are all equal, which has no correlation (the release's rule)", file=sys.stderr)
+    return results
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -90,6 +144,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--table", nargs="+", metavar="CKPT", help="evaluate these checkpoints on every protocol "
                         "and write the paper's table")
     parser.add_argument("--out", default="results/table", help="output prefix for --table (.md and .csv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out table files if they exist")
     parser.add_argument("--images-per-batch", type=int, metavar="N",
                         help="images of one resized size scored per forward (default: the config's images_per_step)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -112,36 +167,16 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     checkpoints = args.table or [args.checkpoint]
     protocols = list(PROTOCOLS) + list(POOLED) if args.table else args.dataset
+    if args.table and not args.overwrite:
+        refuse_existing_table(args.out)
     rows = []
     for path in checkpoints:
         model = load_crop_model(path, device, overrides, trusted=args.trust_checkpoint)
-        # FCDB and FLMS as the CPC recipe reads them (fixed 256x256), in the model's own preprocessing
-        anchor_cfg = dataclasses.replace(cpc_cfg, image_preprocessing=model.cfg.image_preprocessing,
-                                         keep_aspect_ratio=model.cfg.image_preprocessing == "gaic")
-        results: dict[str, dict[str, float]] = {}
-        for protocol in protocols:
-            if protocol in POOLED:
-                parts = [results.get(part) or evaluate_protocol(model, part, model.cfg, anchor_cfg, base.num_workers,
-                                                                not args.no_progress, args.images_per_batch)
-                         for part in POOLED[protocol] if part in results or not base.skip_missing
-                         or _installed(part, anchor_cfg)]
-                if len(parts) < len(POOLED[protocol]):
-                    print(f"{protocol}: skipped (not every dataset it pools is installed)")
-                    continue
-                results[protocol] = pooled_anchor_metrics(parts)
-            elif base.skip_missing and not _installed(protocol, model.cfg if protocol.startswith("GAICD") else anchor_cfg):
-                print(f"{protocol}: skipped (its dataset is not installed)")
-                continue
-            else:
-                results[protocol] = evaluate_protocol(model, protocol, model.cfg, anchor_cfg, base.num_workers,
-                                                      not args.no_progress, args.images_per_batch)
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in results[protocol].items() if isinstance(v, float))
-            print(f"{path} {protocol}: {shown}")
-        rows.append((os.path.basename(path), results))
+        rows.append((os.path.basename(path), evaluate_checkpoint(path, model, protocols, base, cpc_cfg,
+                                                                 not args.no_progress, args.images_per_batch)))
     if args.table:
         md_path, csv_path = write_table(rows, args.out)
         print(f"table written to {md_path} and {csv_path}")
-
 
 if __name__ == "__main__":
     raise SystemExit(run_script(main))

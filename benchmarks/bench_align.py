@@ -23,7 +23,6 @@ as JSON (for ``benchmarks/gpu_check.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -40,7 +39,7 @@ import rod_align  # noqa: E402
 import roi_align  # noqa: E402
 from rod_align import RoDAlignAvg  # noqa: E402
 from roi_align import RoIAlignAvg  # noqa: E402
-from untils.atomic import write_text_atomic  # noqa: E402
+from untils.atomic import write_json_atomic  # noqa: E402
 
 ALIGNED_SIZE = 9
 SPATIAL_SCALE = 1 / 16
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"in {entry['compiled_ms']:.3f} ms = {achieved / 1e9:.1f} GB/s (compiled), "
                   f"{entry['share_of_copy']:.0%} of the copy's")
     if args.json:
-        write_text_atomic(args.json, json.dumps(results, indent=1))
+        write_json_atomic(args.json, results, indent=1)
 
 
 if __name__ == "__main__":

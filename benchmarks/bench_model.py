@@ -43,7 +43,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import json
 import multiprocessing
 import os
 import platform
@@ -69,7 +68,7 @@ import rod_align  # noqa: E402
 import roi_align  # noqa: E402
 from config_GAICD import Config  # noqa: E402
 from cropping_model import HumanCentricCroppingModel, crop_score_loss, crop_training_loss  # noqa: E402
-from untils.atomic import write_text_atomic  # noqa: E402
+from untils.atomic import write_json_atomic  # noqa: E402
 from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
 from untils.candidates import gaic_grid_candidates  # noqa: E402
 from untils.inference import run_model  # noqa: E402
@@ -642,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         results["epoch"] = epoch_section(args, settings)
     print(f"\n# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(results, indent=1))
+        write_json_atomic(args.json, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pickle
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,66 @@ def test_malicious_anchors_file_is_refused_by_the_fcdb_evaluation(tmp_path, phot
                    str(tmp_path / "data"), "--predefined_pkl", str(evil), "--no-progress"])
     _assert_refused(result, evil, marker)
     assert "posix.system" in result.stderr
+
+
+# ----- files that are no checkpoint, too large once unpacked, or hold a bad config: one line -----------
+def _bad_checkpoint(folder: Path, kind: str) -> Path:
+    if kind == "directory":
+        (folder / "folder.pth").mkdir()
+        return folder / "folder.pth"
+    path = folder / f"{kind}.pth"
+    if kind == "raw-pickle":
+        path.write_bytes(pickle.dumps({"model": {"w": [0.0]}}, protocol=4))
+    elif kind == "inflating":
+        plain = folder / "zeros.pth"
+        torch.save({"model": {"w": torch.zeros(16 * 2 ** 20)}}, plain)
+        with zipfile.ZipFile(plain) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as packed:
+            for entry in original.infolist():
+                packed.writestr(entry.filename, original.read(entry.filename))
+    else:  # a saved config whose reduced_dim is text
+        from config_GAICD import Config
+        from cropping_model import build_crop_model
+        from untils.checkpoint import config_to_dict
+
+        cfg = Config(backbone="mobilenetv2", pretrained=False)
+        config = {**config_to_dict(cfg), "reduced_dim": "32"}
+        save_atomic({"model": build_crop_model(cfg).state_dict(), "config": config, "model_type": "HCIC"}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [("directory", "is a directory"),
+                                            ("raw-pickle", "not a PyTorch checkpoint (zip) file"),
+                                            ("inflating", "inflate"),
+                                            ("bad-config", "reduced_dim='32'")])
+def test_bad_checkpoint_gets_one_error_line_from_test_py(kind, expected, tmp_path):
+    path = _bad_checkpoint(tmp_path, kind)
+    result = _run(["test.py", "--checkpoint", str(path), "--no-progress"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and str(path) in lines[0] and expected in lines[0], lines
+    assert lines[1] == "(--debug shows the traceback)" and "weights_only" not in result.stderr
+
+
+# ----- person boxes in messages: plain numbers ---------------------------------------------------------
+@pytest.mark.parametrize("box, expected", [
+    ((10, 10, 5, 20), "person box [10.0, 10.0, 5.0, 20.0] must have x2 > x1 and y2 > y1"),
+    (np.array([200.5, 200, 300, 300]), "person box [200.5, 200.0, 300.0, 300.0] lies outside the 100x80 photo"),
+])
+def test_bad_person_box_is_printed_as_plain_numbers(box, expected):
+    """numpy 2 writes the numbers of list(array) as np.float64(10.0)."""
+    from untils.photos import PhotoError, checked_person_box
+
+    with pytest.raises(PhotoError) as refused:
+        checked_person_box(box, 100, 80)
+    assert str(refused.value) == expected
+
+
+def test_resumed_checkpoint_with_a_bad_saved_option_gets_one_error_line(tmp_path):
+    path = tmp_path / "last.pth"
+    save_atomic({"model": {"w": torch.zeros(1)}, "optimizer": {}, "config": {"backbone": "mobilenetv2",
+                                                                             "loss_type": "L1Loss"}}, str(path))
+    result = _run(["train_on_GAICD.py", "--resume", str(path), "--no-progress"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr[-3000:]
+    assert lines[0] == (f"error: {path}: its saved config option loss_type='L1Loss' is not of the option's type "
+                        "(list[str])")

@@ -1,4 +1,5 @@
-"""The one way files and folders are written here: all or nothing, and with the user's umask.
+"""The one way files and folders are written here: all or nothing, and with the user's umask
+(JSON strictly: no NaN or infinity).
 
 Every output (checkpoints, CSVs, heat maps, crops, figures, reports) goes through a uniquely named
 hidden file in the target's folder that is renamed onto the target once complete: a crash or a
@@ -6,10 +7,12 @@ second process writing the same file never leaves a half-written or mixed one be
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 import shutil
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,3 +79,37 @@ def write_folder_atomic(path: PathLike, overwrite: bool, write: Callable[[str], 
         shutil.rmtree(first_missing or staging, ignore_errors=True)
         raise
     shutil.rmtree(replaced, ignore_errors=True)
+
+
+
+def json_text(content: Any, where: PathLike, indent: Optional[int] = None) -> str:
+    """``content`` as strict JSON text, the one way JSON is made here: NaN and infinity, which JSON has
+    no words for (Python would write ``NaN``, which other readers refuse), are an error naming
+    ``where`` (the file) and the value's place in ``content``."""
+    try:
+        return json.dumps(content, indent=indent, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{os.fspath(where)}: {_non_finite_place(content) or 'a value'} is not a finite number, "
+                         "which JSON cannot hold: not written") from None
+
+
+def _non_finite_place(content: Any, place: str = "") -> Optional[str]:
+    """Where the first NaN or infinity of ``content`` is (``["metrics"]["srcc"] = nan``), if anywhere."""
+    if isinstance(content, float) and not math.isfinite(content):
+        return f"{place or 'the value'} = {content}"
+    if isinstance(content, dict):
+        items = content.items()
+    elif isinstance(content, (list, tuple)):
+        items = enumerate(content)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite_place(value, f"{place}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
+def write_json_atomic(path: PathLike, content: Any, indent: Optional[int] = None) -> None:
+    """:func:`write_text_atomic` of :func:`json_text`."""
+    write_text_atomic(path, json_text(content, path, indent))

@@ -11,7 +11,6 @@ Two families:
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -40,17 +39,8 @@ def _imagenet_model(name: str, weight_path: Optional[str]) -> nn.Module:
     constructor_name, weights_enum_name, _ = _BACKBONES[name]
     constructor = getattr(models, constructor_name)
     if weight_path is not None:
-        if not os.path.isfile(weight_path):
-            raise BackboneWeightsError(f"backbone weight file {weight_path!r} does not exist")
         model = constructor(weights=None)
-        state = torch.load(weight_path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise BackboneWeightsError(
-                f"{weight_path!r} is not a torchvision {constructor_name} ImageNet state_dict: {error}") from error
+        _load_imagenet_weights(model, weight_path, f"torchvision {constructor_name}", "torchvision")
         return model
     weights = getattr(models, weights_enum_name).IMAGENET1K_V1
     try:
@@ -210,8 +200,9 @@ class ReleaseShuffleNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(1024, 1000))
 
 
-def _load_imagenet_weights(network: nn.Module, path: str, description: str) -> None:
-    """Load an ImageNet weight file into ``network`` strictly; errors name the file."""
+def _load_imagenet_weights(network: nn.Module, path: str, description: str, layout: str = "GAIC's release") -> None:
+    """Load an ImageNet weight file into ``network`` (``description``, in ``layout``'s parameter names)
+    strictly; errors name the file."""
     state = load_file(path, f"{description} ImageNet weight file", BackboneWeightsError)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
@@ -229,8 +220,8 @@ def _load_imagenet_weights(network: nn.Module, path: str, description: str) -> N
                                                                  if own[n].shape != state[n].shape)))
                 if names]
     if problems:
-        raise BackboneWeightsError(f"{path!r} is not a {description} ImageNet state_dict in the layout of GAIC's "
-                                   f"release: {'; '.join(problems)}")
+        raise BackboneWeightsError(f"{path!r} is not a {description} ImageNet state_dict with the parameter names "
+                                   f"of {layout}: {'; '.join(problems)}")
     network.load_state_dict(state, strict=True)
 
 

@@ -41,7 +41,6 @@ The score is ``1 + 4 * quality``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from untils.atomic import write_json_atomic
 from untils.candidates import gaic_grid_candidates
 
 SCORE_NOISE = 0.05
@@ -244,8 +244,7 @@ def _scored_crops(rng: np.random.Generator, width: int, height: int,
 
 
 def _write_json(path: str, content: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(content, handle)
+    write_json_atomic(path, content)
 
 
 def build_demo_dataset(root: str | os.PathLike, num_train: int = 48, num_test: int = 16, seed: int = 0,

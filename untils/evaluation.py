@@ -4,12 +4,14 @@
 :func:`evaluate_anchors` for datasets of ground-truth crops scored with the predefined anchors
 (FCDB, FLMS: IoU, Disp, recall). Both score images of one resized size together, keep the scores
 on the device until every batch is queued (no host-device synchronisation per batch), and under
-torch.distributed score this process's share and gather the results.
+torch.distributed score this process's share and gather the results. Scores that are NaN or
+infinite are refused (:class:`NonFiniteScores`), never turned into NaN metrics.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -20,6 +22,18 @@ from untils.metrics import (ACC_N, TOP_K, best_crop_in_original, compute_iou_and
                             weighted_accuracy)
 
 _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
+
+
+class NonFiniteScores(ValueError):
+    """The model scored crops with NaN or infinity: its metrics would be meaningless (or NaN)."""
+
+
+def _refuse_non_finite(finite: Sequence[bool], description: str) -> None:
+    """Raise :class:`NonFiniteScores` when some image's scores (one flag per image) are not all finite."""
+    bad = len(finite) - sum(finite)
+    if bad:
+        raise NonFiniteScores(f"the model gave NaN or infinite scores on {bad} of {len(finite)} images "
+                              f"({description}): no metrics computed")
 
 
 @torch.no_grad()
@@ -48,6 +62,7 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
             gt_scores.append(truth[image][valid[image]].double().numpy())
             pr_scores.append(score[image][valid[image]].double().numpy())
     gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
+    _refuse_non_finite([bool(np.isfinite(scores).all()) for scores in pr_scores], description)
     results = gaicd_metrics(gt_scores, pr_scores)
     for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores)):
         results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted)})
@@ -72,15 +87,18 @@ def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch:
         score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
         resized = (batch["image"].shape[-1], batch["image"].shape[-2])
         scored.append((score, resized, {key: batch[key] for key in _FIELDS_FOR_CROP_METRICS}))
-    results = []
+    results, finite = [], []
     for score, resized, fields in scored:
         score = score.float().cpu()
         for image in range(score.shape[0]):
             original = (int(fields["width"][image]), int(fields["height"][image]))
             valid = fields["crop_valid"][image]
-            pred = best_crop_in_original(fields["crop_box"][image][valid], score[image][valid], resized, original)
-            results.append(compute_iou_and_disp(fields["gt_crops"][image], pred, *original))
+            finite.append(bool(torch.isfinite(score[image][valid]).all()))
+            if finite[-1]:  # else refused below, once every process knows
+                pred = best_crop_in_original(fields["crop_box"][image][valid], score[image][valid], resized, original)
+                results.append(compute_iou_and_disp(fields["gt_crops"][image], pred, *original))
     results = gather_from_processes(results)
+    _refuse_non_finite(gather_from_processes(finite), description)
     metrics = crop_metrics(results)
     metrics["images"] = len(results)
     return metrics

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from untils.atomic import write_text_atomic
-from untils.checkpoint import config_to_dict, read_checkpoint
+from untils.checkpoint import build_config, config_to_dict, read_checkpoint, stored_options
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
 from untils.runtime import resolve_device, seed_everything
@@ -125,9 +125,7 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
         moved = sorted({"exp_root", "exp_name"} & set(given))
         if moved:
             raise SystemExit(f"error: --{moved[0]} cannot change on --resume: the run continues in {exp_path}")
-        known = {field.name for field in dataclasses.fields(config_cls)}
-        # options an older version had and this one dropped (e.g. training_set) are left out
-        cfg = config_cls(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **given})
+        cfg = build_config(config_cls, {**stored_options(checkpoint, config_cls, args.resume), **given}, args.resume)
     else:
         options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
         options.update(given)

@@ -81,6 +81,8 @@ def _image_score_pairs(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[Array
                 raise ValueError(f"image {index}: validity mask has {mask.size} entries, expected {gt.size}")
             keep &= mask.astype(bool)
         gt, pred = gt[keep], pred[keep]
+        if not np.all(np.isfinite(gt)):
+            raise ValueError(f"image {index}: ground-truth scores must be finite, found {gt[~np.isfinite(gt)][0]}")
         if not np.all(np.isfinite(pred)):
             raise ValueError(f"image {index}: predictions must be finite where the ground truth is valid")
         if gt.size < max(ACC_N):

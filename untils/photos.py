@@ -203,10 +203,10 @@ def checked_person_box(box: Sequence[float], width: int, height: int) -> tuple[f
         raise PhotoError(f"person box {box!r} must be 4 finite numbers x1, y1, x2, y2")
     x1, y1, x2, y2 = values
     if not (x2 > x1 and y2 > y1):
-        raise PhotoError(f"person box {list(values)} must have x2 > x1 and y2 > y1")
+        raise PhotoError(f"person box {values.tolist()} must have x2 > x1 and y2 > y1")
     clipped = clip_boxes(values.reshape(1, 4), width, height)[0]
     if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
-        raise PhotoError(f"person box {list(values)} lies outside the {width}x{height} photo")
+        raise PhotoError(f"person box {values.tolist()} lies outside the {width}x{height} photo")
     return tuple(float(v) for v in clipped)
 
 
