@@ -1,9 +1,10 @@
 """Crop-scoring models: the human-centric model (ECCV 2022), our GAIC baseline, GAIC's released
-model, their losses, the one calling convention (:class:`CropOutput`) and the one loader
-(:func:`load_crop_model`).
+model, their losses, and the one loader of every checkpoint kind (:func:`load_crop_model`, PIC's
+included: ``pic_model`` builds on ``untils.crop_heads``, never on this module).
 
 The first two share one backbone builder (:func:`untils.backbones.build_backbone`, three feature
-scales); all three share one RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names
+scales); all three share one RoI/RoD head (``untils.crop_heads``: :class:`CropOutput`, the calling
+convention, and :class:`CropAlignFeatures`). Parameter names
 and shapes of :class:`HumanCentricCroppingModel` are those of the official release, so its
 checkpoints load with ``strict=True``. Differences from the release, each a bug fix that leaves its
 numbers as they are:

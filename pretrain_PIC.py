@@ -214,7 +214,7 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
 
 
 class RatedImageItems(Dataset):
-    """Rated images (``pic_model.RatedImage``) as crop-dataset items, so the official loop reads the
+    """Rated images (``untils.pic_recipe.RatedImage``) as crop-dataset items, so the official loop reads the
     training users' mean scores (objective_set PIC) the way it reads GAICD."""
 
     def __init__(self, examples: Sequence[RatedImage]) -> None:

@@ -435,11 +435,11 @@ def test_workers_send_only_what_scoring_needs(checkpoint, tmp_path, monkeypatch,
     width, height = 2400, 1800
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
         tmp_path / "big.png")
-    sent = []
+    sent, collate_photos = [], cropper_library.collate_photos
 
     def measured_collate(items):  # the real collate, recording the size of what crossed from the workers
         sent.append(len(pickle.dumps(items)))
-        return cropper_library.collate_photos(items)
+        return collate_photos(items)
     monkeypatch.setattr(cropper_library, "collate_photos", measured_collate)
     code, err = run_tool([tmp_path / "big.png", "--checkpoint", checkpoint, "--out", tmp_path / "out"], capsys)
     assert code == 0, err

@@ -112,6 +112,7 @@ class PhotoRecord:
     image: Optional[Image.Image]
     image_format: Optional[str]
 
+
 @dataclass(frozen=True)
 class PhotoSettings:
     """How photos are prepared: the model's :class:`untils.preprocessing.PhotoSpec`, the crop ratio

@@ -85,7 +85,8 @@ def gaic_resized_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32) / GAIC_PIXEL_DIVISOR
 
 
-def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str, bgr_order: bool = False) -> torch.Tensor:
+def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str,
+                  bgr_order: bool = False) -> torch.Tensor:
     """An 8-bit RGB photo as a model's input (3, h, w) of ``size`` (w, h): hcic resizes with PIL's
     Lanczos and divides by 255 (the HCIC release), gaic with cv2's bilinear and by 256 (GAIC's).
     ``bgr_order`` (gaic only) feeds the channels in cv2's BGR order, as PIC's release does."""
