@@ -28,18 +28,18 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
+from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, NO_PERSON_BOX, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
                           rescale_boxes, resized_size)
 from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.dataset_errors import DatasetError, problems_error
 from untils.gaic_augmentation import photometric_distort
-from untils.photos import GAIC_PIXEL_DIVISOR, IMAGE_NET_MEAN, IMAGE_NET_STD, to_rgb8
+from untils.photos import to_rgb8
+from untils.preprocessing import gaic_resized_pixels, network_input, normalize_image, normalize_pixels
 from untils.pseudo_heatmaps import HeatMapSources
 from untils.torchvision_compat import transforms
 
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 FLMS_MAX_CROPS = 10
 CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
 GAICD_SPLITS = ("train", "test", "all")
-NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)
 
 
 def load_json(path: str, what: str) -> Any:
@@ -236,26 +235,6 @@ def check_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
     return boxes, False, None
 
 
-def normalize_pixels(pixels: np.ndarray) -> torch.Tensor:
-    """(h, w, 3) float32 RGB in [0, 1] -> (3, h, w) float32, ImageNet-normalised."""
-    mean = np.array(IMAGE_NET_MEAN, dtype=np.float32)
-    std = np.array(IMAGE_NET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1)))
-
-
-def normalize_image(image: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> (3, h, w) float32, scaled to [0, 1] then ImageNet-normalised."""
-    return normalize_pixels(np.asarray(image, dtype=np.float32) / 255.0)
-
-
-def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str) -> torch.Tensor:
-    """An 8-bit RGB photo as a model's input (3, h, w) of ``size`` (w, h): hcic resizes with PIL's
-    Lanczos and divides by 255 (the HCIC release), gaic with cv2's bilinear and by 256 (GAIC's)."""
-    if preprocessing == "gaic":
-        return normalize_pixels(cv2.resize(np.asarray(image), size).astype(np.float32) / GAIC_PIXEL_DIVISOR)
-    return normalize_image(image.resize(size, Image.Resampling.LANCZOS))
-
-
 class CroppingDataset(Dataset):
     """What the four datasets share: image files, sizes, resizing, person boxes, checks.
 
@@ -375,8 +354,7 @@ class CroppingDataset(Dataset):
                 pixels = photometric_distort(pixels.astype(np.float32), generator)
             if flipped:
                 pixels = pixels[:, ::-1]
-            resized = cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32)
-            return normalize_pixels(resized / GAIC_PIXEL_DIVISOR)
+            return normalize_pixels(gaic_resized_pixels(pixels, size))
         image = image.resize(size, Image.Resampling.LANCZOS)
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

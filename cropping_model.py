@@ -1,9 +1,10 @@
 """Crop-scoring models: the human-centric model (ECCV 2022), our GAIC baseline, GAIC's released
-model, their losses, the one calling convention (:class:`CropOutput`) and the one loader
-(:func:`load_crop_model`).
+model, their losses, and the one loader of every checkpoint kind (:func:`load_crop_model`, PIC's
+included: ``pic_model`` builds on ``untils.crop_heads``, never on this module).
 
 The first two share one backbone builder (:func:`untils.backbones.build_backbone`, three feature
-scales); all three share one RoI/RoD feature extractor (:class:`CropAlignFeatures`). Parameter names
+scales); all three share one RoI/RoD head (``untils.crop_heads``: :class:`CropOutput`, the calling
+convention, and :class:`CropAlignFeatures`). Parameter names
 and shapes of :class:`HumanCentricCroppingModel` are those of the official release, so its
 checkpoints load with ``strict=True``. Differences from the release, each a bug fix that leaves its
 numbers as they are:
@@ -25,26 +26,29 @@ smooth-L1 alone (the GAIC-official preset).
 ``fc_layers`` names a dropout whose definition is commented out: checkpoints trained with
 ``nn.Dropout`` have the last conv at ``FC_layers.3``, ones without at ``FC_layers.2``; both are built
 (:func:`official_gaic_from_state_dict` picks from the keys). Its input photos are prepared by
-:func:`untils.photos.gaic_preprocess`.
+:func:`untils.preprocessing.gaic_preprocess`.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config_GAICD import MOS_MEAN, MOS_STD
+import config_PIC
+from config_GAICD import MOS_MEAN, MOS_STD, Config
+from pic_model import PICModel, PICOfficialModel, build_official_model, is_official_pic_state_dict, official_pic_options
 from roi_align import RoIAlignAvg
-from rod_align import RoDAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
 from untils.checkpoint import (CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint,
                                release_state_dict)
+from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
+                               check_crop_box, gaic_fc_layers, mask_padded_scores, release_scales, resize_to)
+from untils.preprocessing import GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
 
-ALIGN_SIZE = 9
 CONTENT_FEAT_DIM = 256
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
 # and FLMS score 1,745 anchors per image).
@@ -52,74 +56,6 @@ CROP_CHUNK = 512
 # On the CPU, crops whose first-layer maps (60x60x64 floats each, ~0.9 MB) are built and pooled
 # together: a sub-chunk stays in the cache between the two passes over it.
 CPU_FIRST_LAYER_CHUNK = 8
-
-class CropOutput(NamedTuple):
-    """What every crop model returns: ``score`` (B, N), padded crops ``-inf``; the human-centric
-    model's ``heat_map`` (B, 1, 64, 64) and ``partition_feat`` (B, P, H/16, W/16), None elsewhere."""
-    score: torch.Tensor
-    heat_map: Optional[torch.Tensor] = None
-    partition_feat: Optional[torch.Tensor] = None
-
-
-def resize_to(feature: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    if feature.shape[-2:] == reference.shape[-2:]:
-        return feature
-    return F.interpolate(feature, size=reference.shape[-2:], mode="bilinear", align_corners=True)
-
-
-def boxes_with_batch_index(boxes: torch.Tensor) -> torch.Tensor:
-    """(B, N, 4) boxes -> (B*N, 5) rows ``(batch_index, x1, y1, x2, y2)``; (K, 5) passes through."""
-    if boxes.dim() == 2:
-        if boxes.shape[-1] != 5:
-            raise ValueError(f"boxes of shape {tuple(boxes.shape)}: expected (B, N, 4) or (K, 5)")
-        return boxes
-    if boxes.dim() != 3 or boxes.shape[-1] not in (4, 5):
-        raise ValueError(f"boxes of shape {tuple(boxes.shape)}: expected (B, N, 4) or (K, 5)")
-    if boxes.shape[-1] == 5:
-        return boxes.reshape(-1, 5)
-    batch, count, _ = boxes.shape
-    index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).view(batch, 1, 1).expand(batch, count, 1)
-    return torch.cat([index, boxes], dim=-1).reshape(-1, 5)
-
-
-class CropAlignFeatures(nn.Module):
-    """RoIAlign (inside the crop) and RoDAlign (what the crop discards) features of each crop.
-
-    Output ``(K, C * (2 if use_rod else 1), align, align)``; shared by every crop scorer.
-    """
-
-    def __init__(self, align_size: int = ALIGN_SIZE, spatial_scale: float = 1.0 / FEATURE_STRIDE,
-                 use_rod: bool = True) -> None:
-        super().__init__()
-        self.RoIAlign = RoIAlignAvg(align_size, align_size, spatial_scale)
-        self.RoDAlign = RoDAlignAvg(align_size, align_size, spatial_scale) if use_rod else None
-
-    def forward(self, feature_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        roi_feat = self.RoIAlign(feature_map, rois)
-        if self.RoDAlign is None:
-            return roi_feat
-        return torch.cat([roi_feat, self.RoDAlign(feature_map, rois)], dim=1)
-
-
-def mask_padded_scores(scores: torch.Tensor, crop_valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Scores (B, N) with the padded crops of a batch (``crop_valid`` False) at ``-inf``.
-
-    The human-centric and GAIC models score padded crops like the others and discard them here:
-    no data-dependent shapes, hence no host-device synchronisation and one graph under
-    torch.compile.
-    """
-    return scores if crop_valid is None else scores.masked_fill(~crop_valid, float("-inf"))
-
-
-def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: Optional[torch.Tensor],
-                         batch: int, count: int) -> torch.Tensor:
-    """Place the scores of valid crops in a (B, N) tensor; padded crops get ``-inf``."""
-    if crop_valid is None:
-        return valid_scores.reshape(batch, count)
-    scores = valid_scores.new_full((batch * count,), float("-inf"))
-    scores[crop_valid.reshape(-1)] = valid_scores.reshape(-1)
-    return scores.reshape(batch, count)
-
 
 # ----------------------------------------------------------------------------------------------
 # Human-centric model
@@ -313,6 +249,10 @@ class HumanCentricCroppingModel(nn.Module):
             head_dim = fc2_dim + (CONTENT_FEAT_DIM if self.content_preserve is not None else 0)
         self.fc_layer = nn.Linear(head_dim, 1)
 
+    @property
+    def photo_spec(self) -> PhotoSpec:
+        return spec_of_config(self.cfg, uses_person=True)
+
     def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
         """Backbone scales resized to f4, projected, summed and reduced: (B, reduced_dim, H/16, W/16)."""
         f3, f4, f5 = self.backbone(im)
@@ -340,8 +280,7 @@ class HumanCentricCroppingModel(nn.Module):
                 crop_valid: Optional[torch.Tensor] = None,
                 partition_mask: Optional[torch.Tensor] = None) -> CropOutput:
         batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
-        if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
-            raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
+        check_crop_box(crop_box, batch)
         if human_box is None:
             human_box = crop_box.new_full((batch, 1, 4), -1.0)
         if partition_mask is None:
@@ -368,18 +307,9 @@ class HumanCentricCroppingModel(nn.Module):
 # GAIC baseline
 # ----------------------------------------------------------------------------------------------
 
-def gaic_fc_layers(in_dim: int, align_size: int, dropout: bool) -> nn.Sequential:
-    """GAIC's scoring head over aligned crop features (the release's ``fc_layers``): conv -> 768,
-    ReLU; 1x1 -> 128, ReLU; [dropout]; 1x1 -> 1. Our baseline has no dropout."""
-    layers = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
-              nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True))]
-    if dropout:
-        layers.append(nn.Dropout(p=0.5))
-    return nn.Sequential(*layers, nn.Conv2d(128, 1, kernel_size=1))
-
-
-class GAICModel(nn.Module):
-    """GAIC's multi-scale shared-feature model (Zeng et al.): f3, f4 and f5/2 concatenated.
+class GAICModel(GAICScorer):
+    """GAIC's multi-scale shared-feature model (Zeng et al.) on our backbones
+    (:class:`untils.crop_heads.GAICScorer`).
 
     Called like every crop model (``forward(image, crop_box, human_box=None, crop_valid=None)``);
     GAIC takes no person box, so ``human_box`` is not read. Returns a :class:`CropOutput` with
@@ -387,25 +317,19 @@ class GAICModel(nn.Module):
     """
 
     def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
-        super().__init__()
         if cfg is None:
             from config_GAICD import cfg
-        self.cfg = cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
-        self.DimRed = nn.Conv2d(sum(self.backbone.channels), cfg.reduced_dim, kernel_size=1)
-        self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
-        self.FC_layers = gaic_fc_layers(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1), ALIGN_SIZE, False)
+        super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
+        self.cfg = cfg
 
-    def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
-        f3, f4, f5 = self.backbone(im)
-        return self.DimRed(torch.cat([resize_to(f3, f4), f4, 0.5 * resize_to(f5, f4)], dim=1))
+    @property
+    def photo_spec(self) -> PhotoSpec:
+        return spec_of_config(self.cfg)
 
     def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
                 crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
-        rois = boxes_with_batch_index(crop_box)
-        scores = self.FC_layers(self.crop_align(self.reduced_features(image), rois)).reshape(crop_box.shape[:2])
-        return CropOutput(mask_padded_scores(scores, crop_valid))
+        return CropOutput(self.objective_scores(image, crop_box, crop_valid))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,7 +340,7 @@ class GAICOfficialModel(nn.Module):
     """GAIC's ``crop_model_multi_scale_shared`` with the release's parameter names.
 
     ``forward(image, crop_box, human_box=None, crop_valid=None)``: ``image`` (B, 3, H, W) prepared
-    by :func:`untils.photos.gaic_preprocess`, ``crop_box`` (B, N, 4) ``[x1, y1, x2, y2]`` in its
+    by :func:`untils.preprocessing.gaic_preprocess`, ``crop_box`` (B, N, 4) ``[x1, y1, x2, y2]`` in its
     pixels, ``crop_valid`` (B, N) bool marking the real crops of a padded batch. Returns a
     :class:`CropOutput` whose ``score`` is (B, N), padded crops ``-inf``. GAIC takes no person box:
     ``human_box`` is accepted, like every crop model here, and not used.
@@ -436,23 +360,21 @@ class GAICOfficialModel(nn.Module):
         self.crop_align = CropAlignFeatures(align_size, 1.0 / FEATURE_STRIDE)
         self.FC_layers = gaic_fc_layers(2 * reduced_dim, align_size, dropout)
 
+    @property
+    def photo_spec(self) -> PhotoSpec:
+        """The spec of its config (set by :func:`load_crop_model` and :func:`build_crop_model`), else
+        the release's input (``untils.preprocessing.GAIC_RELEASE_SPEC``)."""
+        cfg = getattr(self, "cfg", None)
+        return GAIC_RELEASE_SPEC if cfg is None else spec_of_config(cfg)
+
     def reduced_features(self, image: torch.Tensor) -> torch.Tensor:
         """(B, reduced_dim, H/16, W/16): the three scales brought to f4's size, concatenated, reduced."""
-        f3, f4, f5 = self.Feat_ext(image)
-        # nn.UpsamplingBilinear2d(scale_factor=...) is exactly this (align_corners=True).
-        down = F.interpolate(f3, scale_factor=0.5, mode="bilinear", align_corners=True)
-        up = F.interpolate(f5, scale_factor=2.0, mode="bilinear", align_corners=True)
-        if not down.shape[-2:] == f4.shape[-2:] == up.shape[-2:]:
-            raise ValueError(f"image of size {tuple(image.shape[-2:])} gives feature maps of sizes "
-                             f"{tuple(down.shape[-2:])}, {tuple(f4.shape[-2:])} and {tuple(up.shape[-2:])}; "
-                             "GAIC's models need sides that are multiples of 32 (gaic_preprocess makes them)")
-        return self.DimRed(torch.cat([down, f4, 0.5 * up], dim=1))
+        return self.DimRed(release_scales(*self.Feat_ext(image)))
 
     def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
                 crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
         batch = image.shape[0]
-        if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
-            raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
+        check_crop_box(crop_box, batch)
         rois = boxes_with_batch_index(crop_box.to(image.dtype))
         aligned = self.crop_align(self.reduced_features(image), rois)
         scores = self.FC_layers(aligned).reshape(batch, crop_box.shape[1])
@@ -512,25 +434,59 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
         model.cfg = cfg
         return model
     if model_type == "PIC":
-        from pic_model import PICModel  # pic_model builds on this module
         return PICModel(cfg, loadweights=loadweights)
     raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC', 'GAIC-official' or 'PIC'")
 
 
+def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
+                                 overrides: Optional[dict] = None) -> PICOfficialModel:
+    """PIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size, users,
+    positions and attention read from its keys), weights loaded strictly; CPU, eval mode.
+    ``model.cfg`` is a ``config_PIC.Config`` of the official variant, ``overrides`` winning.
+
+    Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
+    """
+    state = release_state_dict(dict(state_dict))
+    cfg = config_from_checkpoint({"config": official_pic_options(state)}, config_PIC.Config, overrides)
+    model = build_official_model(cfg)
+    load_model_weights(model, {"model": state})
+    return model.eval()
+
+
+def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
+    """A PIC model from our checkpoint content (``model_type`` PIC); the weights' names pick the
+    variant: the release's names (:class:`pic_model.PICOfficialModel`, which also records the
+    checkpoint's ``stage`` and the ``trained_user`` it was fine-tuned to) or the embedding variant's
+    (:class:`pic_model.PICModel`, also checkpoints written before variants existed, with every
+    user the checkpoint knows in ``user_embeddings``)."""
+    if is_official_pic_state_dict(content.get("model", {})):
+        model = build_official_model(config_from_checkpoint(content, config_PIC.Config,
+                                                            {**(overrides or {}), "variant": "official"}))
+        load_model_weights(model, content)
+        model.stage, model.trained_user = content.get("stage"), content.get("user")
+        return model
+    model = PICModel(config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
+                     loadweights=False)
+    load_model_weights(model, content)
+    model.user_embeddings = {user: torch.as_tensor(vector, dtype=torch.float32)
+                             for user, vector in content.get("user_embeddings", {}).items()}
+    return model
+
+
 def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
                     overrides: Optional[dict] = None, trusted: bool = False) -> nn.Module:
-    """Any crop model the project knows, with its weights, in eval mode on ``device``.
+    """Any crop model the project knows, with its weights, in eval mode on ``device``: the one
+    loader of every checkpoint kind.
 
     ``source`` is a checkpoint path or its loaded content: our checkpoints of every model type
-    (``{"model": state_dict, "config": ..., "model_type": ...}``), a bare state_dict of the HCIC
-    release (early key names included), or one of GAIC's release (:class:`GAICOfficialModel`; also
-    with DataParallel's ``module.`` prefix). The model's config is ``model.cfg``: the stored options,
-    the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with ``overrides``
-    (e.g. data paths) winning.
+    (``{"model": state_dict, "config": ..., "model_type": ...}``; PIC's of both variants), a bare
+    state_dict of the HCIC release (early key names included), of GAIC's release
+    (:class:`GAICOfficialModel`) or of PIC's (:class:`pic_model.PICOfficialModel`), the last two
+    also with DataParallel's ``module.`` prefix. The model's config is ``model.cfg``: the stored
+    options, the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with
+    ``overrides`` (e.g. data paths) winning.
     ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
     """
-    from config_GAICD import Config
-
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
@@ -542,13 +498,11 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
             "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
             "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
         return model.to(device).eval()
-    from pic_model import is_official_pic_state_dict, official_pic_from_state_dict  # builds on this module
     if "model_type" not in content and is_official_pic_state_dict(content["model"]):
         return official_pic_from_state_dict(content["model"], overrides).to(device).eval()
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
-        from pic_model import load_pic_model  # pic_model builds on this module
-        return load_pic_model(content, device, overrides)
+        return _pic_model(content, overrides).to(device).eval()
     if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
     cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type}, name)

@@ -43,12 +43,13 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
-from pic_model import (VIEWS, PreferenceModule, UserImage, embed_user, evaluate_images, evaluate_user,
-                       extract_features, is_official_pic_state_dict, prior_pull_loss, rated_images, single_threaded,
-                       train_on_images, user_images, user_scores)
+from pic_model import PreferenceModule, is_official_pic_state_dict, prior_pull_loss, user_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
+from untils.pic_features import (VIEWS, UserImage, embed_user, evaluate_user, extract_features, single_threaded,
+                                 user_scores)
+from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.runtime import resolve_device, seed_everything
 from untils.training import summary_writer
 

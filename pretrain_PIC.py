@@ -47,7 +47,7 @@ from config_GAICD import MOS_MEAN, MOS_STD
 from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import build_crop_model, crop_score_loss
 from pic_dataset import PICData, PICImageDataset, load_pic_data, load_release_layout, rated_average
-from pic_model import PICModel, RatedImage, augmented_user_image, build_official_model, rated_images
+from pic_model import PICModel, build_official_model
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
 from untils.checkpoint import config_to_dict, save_atomic
@@ -55,8 +55,9 @@ from untils.cli import run_script
 from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
 from untils.inference import move_batch
-from untils.photos import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
+from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.pic_format import pic_user_image
+from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
 from untils.runtime import seed_everything
 from untils.experiment import build_parser, launch
 from untils.training import (EpochSeededItems, LossFunction, Trainer, item_seed, sample_views, split_validation,
@@ -226,7 +227,7 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
 
 
 class RatedImageItems(Dataset):
-    """Rated images (``pic_model.RatedImage``) as crop-dataset items, so the official loop reads the
+    """Rated images (``untils.pic_recipe.RatedImage``) as crop-dataset items, so the official loop reads the
     training users' mean scores (objective_set PIC) the way it reads GAICD."""
 
     def __init__(self, examples: Sequence[RatedImage]) -> None:

@@ -22,18 +22,18 @@ from PIL import Image
 from skimage import data
 
 import crop
-from crop import collate_photos
 from config_GAICD import Config
-from cropping_dataset import normalize_image
 from cropping_model import build_crop_model
 from tests.conftest import REPO_ROOT, require_shared
 from tests.test_photos import HEIC_BYTES, png_header_only
+from untils import cropper as cropper_library
 from untils import photos
 from untils.boxes import rescale_boxes, resized_size
 from untils.inference import run_model
 from untils.person_detection import (Detection, DetectorError, FacePersonDetector, HogPersonDetector,
                                      TorchvisionPersonDetector, hog_available, main_person,
                                      non_max_suppression)
+from untils.preprocessing import PhotoSpec, normalize_image
 
 ASTRONAUT_REGION = (130, 20, 390, 512)  # where she is in scikit-image's 512x512 astronaut (checked by eye)
 SAMPLE = "GAICD-sample/images/test/297406.jpg"  # human-centric, person at [142, 488, 252, 676]
@@ -243,8 +243,8 @@ def test_no_person_found_uses_the_no_person_input(checkpoint, tmp_path, capsys):
     person = json.loads((tmp_path / "211958.json").read_text())["person"]
     assert person["box"] is None and person["source"] == "none" and person["detections"] == []
     assert "no-person" in person["note"] and "no person found" in err
-    settings = crop.PhotoSettings((256, 256), True, None, keep_image=False)
-    item = crop.PhotoDataset([photo], [None], "given", FacePersonDetector(), settings)[0]
+    settings = cropper_library.PhotoSettings(PhotoSpec("hcic", (256, 256), True, "hcic"), None, keep_image=False)
+    item = cropper_library.PhotoDataset([photo], [None], "given", FacePersonDetector(), settings)[0]
     assert item["human_box"].tolist() == [[-1.0, -1.0, -1.0, -1.0]]  # what the model is given
 
 
@@ -435,12 +435,12 @@ def test_workers_send_only_what_scoring_needs(checkpoint, tmp_path, monkeypatch,
     width, height = 2400, 1800
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
         tmp_path / "big.png")
-    sent = []
+    sent, collate_photos = [], cropper_library.collate_photos
 
     def measured_collate(items):  # the real collate, recording the size of what crossed from the workers
         sent.append(len(pickle.dumps(items)))
         return collate_photos(items)
-    monkeypatch.setattr(crop, "collate_photos", measured_collate)
+    monkeypatch.setattr(cropper_library, "collate_photos", measured_collate)
     code, err = run_tool([tmp_path / "big.png", "--checkpoint", checkpoint, "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     network_input = 3 * 4 * np.prod(resized_size(width, height, (256, 256), True))  # float32 pixels

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from untils.figures import heat_map_figure, partition_figure, photo_of
-from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD
+from untils.preprocessing import IMAGE_NET_MEAN, IMAGE_NET_STD
 
 
 def _normalised(photo: np.ndarray) -> torch.Tensor:

@@ -23,7 +23,7 @@ from cropping_model import (BackboneWeightsError, GAICOfficialModel, is_official
 from tests.conftest import build_gaicd_sample, require_shared
 from untils.candidates import gaic_release_candidates, gaic_release_candidates_in_original
 from untils.checkpoint import CheckpointError
-from untils.photos import gaic_preprocess
+from untils.preprocessing import gaic_preprocess
 
 
 def release_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:

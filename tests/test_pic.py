@@ -70,10 +70,9 @@ def test_user_checkpoint_scores_the_held_out_images_as_reported(quick_run):
                             keep_aspect_ratio=model.cfg.keep_aspect_ratio)
     dataset = PICUserDataset(cfg, load_pic_data(cfg), user, names=test_images)
     truth, predicted = [], []
-    model.user = user
     for batch in evaluation_loader(dataset, images_per_batch=3):
         with torch.no_grad():
-            scores = run_model(model, batch).score
+            scores = run_model(model, batch, user=user).score
         valid = batch["crop_valid"]
         truth += [batch["score"][i][valid[i]] for i in range(len(scores))]
         predicted += [scores[i][valid[i]] for i in range(len(scores))]
@@ -81,9 +80,8 @@ def test_user_checkpoint_scores_the_held_out_images_as_reported(quick_run):
     assert 100 * gaicd_metrics(truth, predicted)["srcc"] == pytest.approx(reported["srcc"], abs=0.05)
     prior = load_crop_model(str(out / "experiments" / "prior" / "checkpoints" / "prior.pth"))
     trained_user = sorted(prior.user_embeddings)[0]
-    prior.user = trained_user
     with torch.no_grad():
-        assert torch.isfinite(run_model(prior, next(iter(evaluation_loader(dataset)))).score).all()
+        assert torch.isfinite(run_model(prior, next(iter(evaluation_loader(dataset))), user=trained_user).score).all()
 
 
 def test_pretraining_with_gaicd_as_the_objective(tmp_path):

@@ -9,7 +9,8 @@ import torch
 import config_PIC
 from cropping_model import build_crop_model, load_crop_model
 from finetune_PIC import finetune_user
-from pic_model import GEOMETRY_DIM, VIEWS, PICModel, PreferenceModule, UserImage, crop_geometry, load_pic_model
+from pic_model import GEOMETRY_DIM, PICModel, PreferenceModule, crop_geometry
+from untils.pic_features import VIEWS, UserImage
 from untils.checkpoint import CheckpointError, config_to_dict
 
 
@@ -68,13 +69,9 @@ def test_preference_module_shapes_and_set_embedding():
 
 
 def user_scores(model: PICModel, batch: dict, user: str) -> torch.Tensor:
-    """The model's scores of ``batch`` for ``user``; the model is left with no user selected."""
-    model.user = user
-    try:
-        with torch.no_grad():
-            return model(batch["image"], batch["crop_box"], batch["human_box"], batch["crop_valid"]).score
-    finally:
-        model.user = None
+    """The model's scores of ``batch`` for ``user``."""
+    with torch.no_grad():
+        return model(batch["image"], batch["crop_box"], batch["human_box"], batch["crop_valid"], user=user).score
 
 
 def test_generic_scores_are_the_objective_branch_and_user_scores_add_the_preference(model):
@@ -123,8 +120,8 @@ def test_checkpoint_round_trip_and_model_type(model, tmp_path):
     batch = batch_of_two()
     model.user_embeddings = {"ann": torch.tensor([0.5, -1.0, 2.0, 0.0])}
     torch.testing.assert_close(user_scores(loaded, batch, "ann"), user_scores(model, batch, "ann"))
-    with pytest.raises(CheckpointError, match="not a PIC checkpoint"):
-        load_pic_model({**checkpoint, "model_type": "GAIC"})
+    with pytest.raises(CheckpointError, match="does not fit the model built from its config"):
+        load_crop_model({**checkpoint, "model_type": "GAIC"})
 
 
 def test_config_rejects_what_pic_does_not_support():

@@ -20,11 +20,11 @@ import finetune_PIC
 import pretrain_PIC
 import prior_PIC
 from cropping_dataset import DatasetError
-from cropping_model import load_crop_model
 from convert_PIC_data import release_to_json
+from cropping_model import load_crop_model, official_pic_from_state_dict
 from pic_dataset import load_pic_data, load_release_layout
-from pic_model import (PICOfficialModel, evaluate_images, fidelity_rank_loss, is_official_pic_state_dict,
-                       official_pic_from_state_dict, rated_images)
+from pic_model import PICOfficialModel, is_official_pic_state_dict
+from untils.pic_recipe import evaluate_images, fidelity_rank_loss, rated_images
 from tests.conftest import require_shared
 from tests.test_gaic_official import release_weights
 from untils.checkpoint import CheckpointError, read_checkpoint

@@ -181,6 +181,9 @@ def _human_boxes_as_batch(human_boxes: torch.Tensor) -> tuple[torch.Tensor, bool
                      f"got {tuple(human_boxes.shape)}")
 
 
+NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)  # the person box of an image without a person, as the models take it
+
+
 def has_person(human_boxes: torch.Tensor) -> torch.Tensor:
     """Whether each image has a person: x1 >= 0 and x2 > x1 and y2 > y1.
 

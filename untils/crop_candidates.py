@@ -1,7 +1,7 @@
-"""The candidate crops crop.py ranks on a photo, chosen by the model's rule: in the photo's pixels
-(what is ranked and cut) and in the network input's (what the model scores).
+"""The candidate crops the crop library ranks on a photo, chosen by the model's rule: in the photo's
+pixels (what is ranked and cut) and in the network input's (what the model scores).
 
-The rule is named by the model's preprocessing:
+The rule is the one the model's ``photo_spec`` declares (``untils.preprocessing.PhotoSpec.candidates``):
 
 * ``hcic`` (our models): the GAIC grid of the paper (up to 90 crops, aspect ratios 0.5 to 2.2)
   when the ratio is free, or crops of exactly the ratio at six scales and 5x5 positions
@@ -11,7 +11,7 @@ The rule is named by the model's preprocessing:
 * ``pic`` (PIC's official models): the fixed views of ``untils.pic_format.fixed_views`` (4 scales
   of both sides, 95% to 65%, at 6 anchors), in that order, because the model adds one personal
   offset per position of that order; boxes scaled to the input as the release (x1, y1 floored,
-  x2, y2 ceiled), not clipped, as ``pic_model.rated_images`` feeds them. No other candidates.
+  x2, y2 ceiled), not clipped, as ``untils.pic_recipe.rated_images`` feeds them. No other candidates.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, gai
                                gaic_release_candidates_in_original, parse_aspect_ratio)
 from untils.photos import PhotoError
 from untils.pic_format import fixed_views
+from untils.preprocessing import CANDIDATE_RULES
 
-CANDIDATE_RULES = ("hcic", "gaic", "pic")
 FIXED_VIEW_COUNT = len(fixed_views(1, 1))  # the same for every photo size
 RELEASE_RATIOS = (("16:9", 16 / 9), ("4:3", 4 / 3), ("1:1", 1.0))  # the ratios GAIC's release has generators for
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD
+from untils.preprocessing import IMAGE_NET_MEAN, IMAGE_NET_STD
 
 OVERLAY_ALPHA = 0.6
 FLAT_MAP = 1e-6  # a map whose values span less than this shows nothing: drawn without an overlay

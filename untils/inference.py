@@ -1,9 +1,9 @@
 """Feeding a collated batch to a crop model: on its device, in its precision and memory format.
 
 Every crop model is called the same way, ``model(image, crop_box, human_box=..., crop_valid=...)``,
-and returns a ``cropping_model.CropOutput``; this module is the one place that does it. The
-official PIC model also reads ``user_image`` (the whole photo for its subjective branch) when the
-batch has one.
+and returns an ``untils.crop_heads.CropOutput``; this module is the one place that does it. What a
+model's ``photo_spec`` says it takes is added: ``user`` (the user a PIC embedding model scores for)
+when one is given, ``user_image`` (the whole photo, for the official PIC model) when the batch has one.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: Optional[torch.dtype] = None,
-              channels_last: bool = False) -> Any:
-    """The model's ``CropOutput`` for a batch already on its device.
+              channels_last: bool = False, user: Optional[str] = None) -> Any:
+    """The model's ``CropOutput`` for a batch already on its device (for ``user``, when given).
 
     ``autocast_dtype`` (torch.bfloat16 or torch.float16) runs the forward under autocast;
     ``channels_last`` passes the image channels-last (convert the weights once with
@@ -35,6 +35,8 @@ def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: Opt
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     extra = {"user_image": batch["user_image"]} if "user_image" in batch else {}
+    if user is not None:
+        extra["user"] = user
     with autocast(image.device, autocast_dtype):
         return model(image, batch["crop_box"], human_box=batch.get("human_box"), crop_valid=batch.get("crop_valid"),
                      **extra)

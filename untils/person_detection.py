@@ -1,49 +1,6 @@
-"""Find people in a photo and pick the main one.
-
-Every detector is a callable ``detector(rgb) -> list[Detection]`` taking an (H, W, 3) uint8
-RGB array and returning person boxes ``[x1, y1, x2, y2]`` in that array's pixels:
-
-* :class:`TorchvisionPersonDetector` (the default): a torchvision COCO detection model, Faster
-  R-CNN with a MobileNetV3-Large FPN unless another ``arch`` is named. Its weights come from
-  torchvision's weights API (``<arch weights>.DEFAULT``, downloaded once into torch's hub cache,
-  like the backbones' ImageNet weights) or from a file the user gives; both are loaded
-  weights-only. It needs torchvision's compiled ``nms``, which a CUDA build of torchvision on a
-  CPU-only torch lacks. The model removes its own duplicates (its NMS at IoU 0.5).
-* :class:`HogPersonDetector`: OpenCV's HOG pedestrian detector
-  (``cv2.HOGDescriptor_getDefaultPeopleDetector``, a linear SVM on 64x128 windows; its scores
-  are SVM margins, not probabilities). The photo is shrunk so its longer side is at most
-  ``max_side``, and scanned once as it is and once inside a black border (so people taller than
-  the frame, e.g. portraits, fit a window). OpenCV 5 moved HOG out of the main package, so this
-  detector exists only with OpenCV 4.x.
-* :class:`FacePersonDetector`: scikit-image's LBP frontal-face cascade (the file ships with
-  scikit-image), each face grown into a body box with fixed proportions (``BODY_FROM_FACE``).
-  Finds people facing the camera, from portraits to small figures; misses people seen from
-  behind. It gives no score.
-* :class:`OfflinePersonDetector`: HOG (when OpenCV has it) and faces together, duplicates merged.
-
-:func:`build_person_detector` returns the torchvision model given a weights file (or a
-:class:`DetectorError` saying why it cannot be used). Without a file it asks the weights API;
-where that cannot work (torchvision's ops missing, no network, not cached with downloads off)
-it warns once (:class:`DetectorFallbackWarning`, one line naming why) and returns the offline
-detector. Each detector's ``name`` says which one is used.
-
-Duplicates (:func:`merge_duplicates`): two detections are one person when their boxes overlap
-with IoU above ``DUPLICATE_IOU``, or when one was grown from a face and that face lies in the
-top half of the other's box. Greedy: detections with a score come first, highest first, then
-those without; each keeps the first one it duplicates, which records ``also_found_by``.
-
-The main person (:func:`main_person`), ``MAIN_PERSON_RULE``:
-
-1. Confidence first. A detection scoring below ``CONFIDENT_FRACTION`` (0.8) of the best score
-   of its own detector is set aside: a handrail at 0.68 beside a man at 0.98 (0.69 of it) cannot
-   win by being larger. Scores are compared only within one detector, since HOG's margins and
-   torchvision's probabilities are on different scales; a detection without a score (grown from
-   a face) counts as its detector's best (relative confidence 1), so it is never set aside.
-2. Then prominence: among the rest, the highest ``area / image area * (1 - d / half_diagonal)``,
-   ``d`` the distance from the box centre to the image centre (size counts as much as
-   centrality); the first listed wins a tie.
-
-The chosen detection is marked ``main`` in its JSON, which names its detector and score.
+"""Find people in a photo and pick the main one (``MAIN_PERSON_RULE``): detectors are callables
+``detector(rgb) -> list[Detection]``, the torchvision model or, where it cannot be had, the offline
+HOG and face detectors (README.md, "Person detection", describes them and the rules).
 """
 from __future__ import annotations
 

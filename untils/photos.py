@@ -1,6 +1,5 @@
 """Photo files in and out: reading them upright and within a pixel limit, 16-bit pixels to 8 bits,
-listing folders, and writing crops and reports atomically under the crop tool's names; and GAIC's
-release preprocessing (:func:`gaic_preprocess`).
+listing folders, and writing crops and reports atomically under the crop tool's names.
 
 Boxes and sizes here are those of the *upright* photo: EXIF orientation applied, as viewers show it.
 """
@@ -14,19 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from untils.atomic import write_atomic
-from untils.boxes import clip_boxes, resized_size
-
-# The ImageNet statistics every backbone here was trained with: inputs are normalised by them.
-IMAGE_NET_MEAN = (0.485, 0.456, 0.406)
-IMAGE_NET_STD = (0.229, 0.224, 0.225)
-GAIC_SHORT_SIDE = 256
-GAIC_PIXEL_DIVISOR = 256.0  # GAIC's release divides uint8 pixels by 256, not 255
+from untils.boxes import clip_boxes
 
 EXIF_ORIENTATION_TAG = 0x0112
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -427,22 +418,3 @@ def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_b
                     color="red" if is_warning else "black", fontweight="bold" if is_warning else "normal")
     write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
-
-def gaic_preprocess(rgb: np.ndarray) -> tuple[torch.Tensor, float, float]:
-    """A photo as the test code of GAIC's release prepares it: ``(image (1, 3, H', W'), ratio_w, ratio_h)``.
-
-    ``rgb``: (H, W, 3) uint8 in RGB order. ``cv2.resize`` (bilinear, on the uint8 pixels) so the
-    shorter side is 256 and each side a multiple of 32 (Python's ``round``, as the release),
-    divided by 256.0, ImageNet mean/std. ``ratio_w = W' / W`` and ``ratio_h = H' / H`` map original
-    pixels to the resized image (``untils.boxes.rescale_boxes``).
-    """
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        described = (f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray)
-                     else type(rgb).__name__)
-        raise ValueError(f"gaic_preprocess expects an (H, W, 3) uint8 RGB array, got {described}")
-    height, width = rgb.shape[:2]
-    resized_w, resized_h = resized_size(width, height, (GAIC_SHORT_SIDE, GAIC_SHORT_SIDE), True)
-    pixels = (cv2.resize(rgb, (resized_w, resized_h)) / GAIC_PIXEL_DIVISOR).astype(np.float32)
-    pixels = (pixels - np.array(IMAGE_NET_MEAN, dtype=np.float32)) / np.array(IMAGE_NET_STD, dtype=np.float32)
-    image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).unsqueeze(0)
-    return image, resized_w / width, resized_h / height

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from untils.photos import IMAGE_NET_MEAN, IMAGE_NET_STD, gaic_preprocess
+from untils.preprocessing import gaic_preprocess, normalize_pixels
 
 USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names the user's file
@@ -92,7 +92,7 @@ def fixed_views(width: int, height: int) -> list[list[int]]:
 
 def pic_crop_image(rgb: np.ndarray, bgr_order: bool = False) -> tuple[torch.Tensor, float, float]:
     """The official model's objective-branch input: GAIC's release preprocessing
-    (``untils.photos.gaic_preprocess``). ``bgr_order=True`` feeds the channels in cv2's BGR order,
+    (``untils.preprocessing.gaic_preprocess``). ``bgr_order=True`` feeds the channels in cv2's BGR order,
     as the release does (only for checkpoints trained that way)."""
     return gaic_preprocess(np.ascontiguousarray(rgb[..., ::-1]) if bgr_order else rgb)
 
@@ -102,6 +102,4 @@ def pic_user_image(photo: Image.Image) -> torch.Tensor:
     256x256 (PIL bilinear, as torchvision's ``Resize`` on a PIL image), [0, 1], ImageNet mean/std.
     No random augmentation: the release's test-time jitter is a training transform."""
     resized = photo.convert("RGB").resize((USER_IMAGE_SIZE, USER_IMAGE_SIZE), Image.BILINEAR)
-    pixels = np.asarray(resized, dtype=np.float32) / 255.0
-    pixels = (pixels - np.array(IMAGE_NET_MEAN, dtype=np.float32)) / np.array(IMAGE_NET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).unsqueeze(0)
+    return normalize_pixels(np.asarray(resized, dtype=np.float32) / 255.0).unsqueeze(0)
