@@ -7,9 +7,10 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
 from config_GAICD import BACKBONES, PRECISIONS, Config
@@ -19,10 +20,19 @@ from untils.candidates import parse_aspect_ratio
 from untils.checkpoint import CheckpointError, read_checkpoint
 from untils.cli import add_option_aliases
 from untils.config import parse_bool
-from untils.cropper import UNTRAINED_WARNING, PhotoFailure, write_outputs
-from untils.person_detection import (DEFAULT_TORCHVISION_ARCH, TORCHVISION_ARCHS, PersonDetector,
-                                     build_person_detector)
-from untils.photos import DEFAULT_MAX_PIXELS, PhotoError, list_photos, plan_outputs, read_human_boxes_file
+from untils.crop_candidates import ratio_tag, requested_ratios
+from untils.crop_outputs import write_outputs
+from untils.cropper import UNTRAINED_WARNING, NonFiniteScoresError, PhotoFailure
+from untils.folder_lock import FolderLock, FolderLockedError
+from untils.person_detection import DEFAULT_TORCHVISION_ARCH, TORCHVISION_ARCHS, PersonDetector, build_person_detector
+from untils.photos import (
+    DEFAULT_MAX_PIXELS,
+    OutputWriteError,
+    PhotoError,
+    list_photos,
+    plan_outputs,
+    read_human_boxes_file,
+)
 from untils.runtime import configure_threads, default_workers, resolve_device
 
 DESCRIPTION = """Crop your own photos with a trained crop-scoring model (human-centric, GAIC or PIC).
@@ -30,11 +40,16 @@ DESCRIPTION = """Crop your own photos with a trained crop-scoring model (human-c
   python crop.py photo.jpg --checkpoint experiments/GAICD_PA_CP/checkpoints/best-srcc.pth
   python crop.py holidays/ --checkpoint best.pth --aspect-ratio 4:3 --top-k 3 --detect-human --visualize
   python crop.py portrait.png --checkpoint best.pth --human-box 120,40,380,512
+  python crop.py shoot/ --checkpoint best.pth --aspect-ratio any 1:1 4:5 16:9 9:16 --keep-person \
+      --detect-human --xmp --no-pixels
+  torchrun --nproc-per-node 4 crop.py shoot/ --checkpoint best.pth --out crops/   # one share per GPU
 
 Candidates are the GAIC grid (free ratio) or, with --aspect-ratio W:H, crops of exactly that ratio;
-each model ranks them on the photo prepared as it was trained (GAIC's and PIC's release models among
-their own candidates). Per photo, in --out: NAME_crop1.EXT ... (the top-k crops at full resolution),
-NAME.json (every candidate ranked, the person used) and with --visualize NAME_visualization.png.
+several ratios are ranked from one pass over each photo. Each model ranks them on the photo prepared
+as it was trained (GAIC's and PIC's release models among their own candidates). Per photo, in --out:
+NAME_RATIO_crop1.EXT ... (the top-k crops of each ratio at full resolution; RATIO: any, 16x9...),
+with --visualize NAME_RATIO_visualization.png, with --xmp NAME.xmp (the first ratio's best crop for
+Lightroom and darktable), and NAME.json (written last: every candidate ranked per ratio, the person).
 Every option also takes underscores (--top_k). Exit status: 0 when every photo was cropped or
 skipped, 1 when some failed or there was nothing to crop, 2 on a setup error. README.md ("Crop your
 own photos") tells the rest.
@@ -62,9 +77,9 @@ class Cropper(crop_library.Cropper):
     more than tensors and plain data (unsafe). The other options are the library Cropper's.
     """
 
-    def __init__(self, checkpoint: Optional[str] = None, device: str = "auto", *,
-                 detector: Optional[PersonDetector] = None, allow_untrained: bool = False,
-                 backbone: str = "vgg16", user: Optional[str] = None, precision: str = "fp32",
+    def __init__(self, checkpoint: str | None = None, device: str = "auto", *,
+                 detector: PersonDetector | None = None, allow_untrained: bool = False,
+                 backbone: str = "vgg16", user: str | None = None, precision: str = "fp32",
                  channels_last: bool = False, trust_checkpoint: bool = False) -> None:
         device = resolve_device(device)
         if checkpoint is None:
@@ -111,10 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", metavar="ID", help="score crops the way this user likes: needs a personalized "
                         "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth, the only "
                         "choice for the official variant)")
-    parser.add_argument("--aspect-ratio", default="any", type=_aspect_argument,
-                        help="any (the GAIC grid), or W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; an "
-                        "official PIC checkpoint takes only any (its fixed views)")
-    parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo (default 3)")
+    parser.add_argument("--aspect-ratio", nargs="+", default=["any"], type=_aspect_argument, metavar="RATIO",
+                        help="one or more of: any (the GAIC grid), W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; "
+                        "all ranked from one pass over each photo, reported in that order; an official PIC "
+                        "checkpoint takes only any (its fixed views)")
+    parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo and ratio (default 3)")
+    parser.add_argument("--keep-person", action="store_true",
+                        help="rank only crops that contain the person's whole box (and every detected face); a "
+                        "ratio where none does says so in the JSON instead of cutting the person")
+    parser.add_argument("--xmp", action="store_true",
+                        help="also write NAME.xmp: the first ratio's best crop as Camera Raw crop settings "
+                        "(Lightroom, darktable), the original photo untouched")
+    parser.add_argument("--no-pixels", action="store_true", help="write only the JSON (and --xmp sidecars), no crops")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="crop only share I (0 to N-1) of the sorted photos, for N processes or machines; "
+                        "under torchrun RANK/WORLD_SIZE give it (and LOCAL_RANK the GPU)")
     person = parser.add_mutually_exclusive_group()
     person.add_argument("--human-box", type=_box_argument, metavar="X1,Y1,X2,Y2",
                         help="the person, in pixels of the upright photo (for every photo given)")
@@ -158,12 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "--workers": "--num-workers"})
 
 
+def shard_of(text: str | None, environ: Mapping[str, str]) -> tuple[int, int]:
+    """``(I, N)`` from ``--shard I/N``, else from torchrun's RANK and WORLD_SIZE, else ``(0, 1)``;
+    ValueError for a bad value or when both are given and disagree."""
+    from_env = None
+    if "WORLD_SIZE" in environ and "RANK" in environ:
+        from_env = (int(environ["RANK"]), int(environ["WORLD_SIZE"]))
+    if text is None:
+        shard = from_env or (0, 1)
+    else:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/2") from None
+        shard = (index, count)
+        if from_env is not None and from_env != shard:
+            raise ValueError(f"--shard {text} disagrees with torchrun's RANK/WORLD_SIZE ({from_env[0]}/{from_env[1]})")
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard[0]}/{shard[1]}: expected 0 <= I < N")
+    return shard
+
+
+def shard_photos(photos: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
+    """Shard I of N of the photos sorted by path: every I-th of N, so N shards cover them once."""
+    return sorted(photos, key=str)[shard[0]::shard[1]]
+
+
 def _error(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns 0 when every photo was cropped or skipped, 1 when some failed or none was
     found, 2 on a setup error. Every error is one ``error:`` line; ``--debug`` shows tracebacks."""
     args = build_parser().parse_args(argv)
@@ -180,6 +232,15 @@ def _run(args: argparse.Namespace) -> int:
         return _error("--top-k, --photos-per-batch and --max-pixels must be >= 1 and --num-workers >= 0")
     if (args.detector_weights or args.no_download) and not args.detect_human:
         return _error("--detector-weights and --no-download need --detect-human")
+    if args.no_pixels and args.visualize:
+        return _error("--no-pixels writes no images: drop --visualize")
+    try:
+        ratios = requested_ratios(args.aspect_ratio)
+        shard = shard_of(args.shard, os.environ)
+    except ValueError as error:
+        return _error(str(error))
+    if args.device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # this process's GPU
     if not args.checkpoint and not args.allow_untrained:
         return _error(NO_CHECKPOINT_MESSAGE)
     out_dir = Path(args.out)
@@ -187,10 +248,13 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"--out {out_dir}: is an existing file, not a folder")
     listing = list_photos(args.photos)
     configure_threads()  # no more torch threads than free CPUs: on a busy machine extra ones only contend
-    for note in listing.notes:
+    for note in listing.notes if shard[0] == 0 else []:
         print(note, file=sys.stderr)
     if not listing.photos and not listing.failures:
         return _error(f"no photo to crop in {', '.join(args.photos)}", code=1)
+    inputs, photos = listing.photos, shard_photos(listing.photos, shard)
+    if shard[0] != 0:
+        listing.failures = []  # inputs that cannot be listed are reported once, by shard 0
     try:
         file_boxes = read_human_boxes_file(args.human_boxes) if args.human_boxes else None
         with warnings.catch_warnings(record=True) as caught:  # said below, as notes
@@ -200,7 +264,8 @@ def _run(args: argparse.Namespace) -> int:
             cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
                               backbone=args.untrained_backbone, user=args.user, precision=args.precision,
                               channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint)
-        cropper.candidates(args.aspect_ratio)  # a ratio its candidates cannot give fails here, not per photo
+        for text, _ in ratios:
+            cropper.candidates(text)  # a ratio its candidates cannot give fails here, not per photo
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device
         print(f"error: {error}", file=sys.stderr)
         if isinstance(error, CheckpointError) and not os.path.exists(args.checkpoint):
@@ -213,23 +278,37 @@ def _run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return _error(f"--out {out_dir}: cannot make the folder ({error.strerror or error})")
+    try:
+        with FolderLock(out_dir, shard):
+            return _crop(args, cropper, photos, inputs, listing.failures, file_boxes, ratios, shard)
+    except FolderLockedError as error:
+        return _error(str(error))
+    except NonFiniteScoresError as error:
+        return _error(str(error))
 
-    plan = plan_outputs(listing.photos, out_dir, args.top_k, args.visualize, args.overwrite, args.max_pixels)
-    failures, todo = listing.failures + plan.failures, list(plan.todo)
+
+def _crop(args: argparse.Namespace, cropper: Cropper, photos: list[Path], inputs: list[Path], failures: list[str],
+          file_boxes: dict | None, ratios: list[tuple[str, float | None]], shard: tuple[int, int]) -> int:
+    out_dir = Path(args.out)
+    tags = [ratio_tag(text) for text, _ in ratios]
+    plan = plan_outputs(photos, out_dir, tags, args.top_k, args.visualize, args.overwrite, args.max_pixels,
+                        pixels=not args.no_pixels, xmp=args.xmp, inputs=inputs)
+    failures, todo = failures + plan.failures, list(plan.todo)
     boxes = [file_boxes.get(p.name, file_boxes.get(p.stem)) if file_boxes is not None else args.human_box
              for p in todo]
     for message in plan.skipped:
         print(f"skipped {message}", file=sys.stderr)
     source = "file" if file_boxes is not None else "given"
     if file_boxes is not None:
-        missing = [p.name for p, box in zip(todo, boxes) if box is None]
+        missing = [p.name for p, box in zip(todo, boxes, strict=True) if box is None]
         if missing:
             print(f"{args.human_boxes} has no box for {len(missing)} photo(s) ({', '.join(missing[:5])}): "
                   "cropped without a person", file=sys.stderr)
 
     cropped = 0
     with tqdm(total=len(todo), unit="photo", desc="cropping", file=sys.stderr) as progress:
-        for result in cropper.rank_many([str(p) for p in todo], boxes, args.aspect_ratio, human_source=source,
+        for result in cropper.rank_many([str(p) for p in todo], boxes, [text for text, _ in ratios],
+                                        keep_person=args.keep_person, human_source=source,
                                         batch_size=args.photos_per_batch, num_workers=args.num_workers,
                                         max_pixels=args.max_pixels):
             photo = todo[result.index]
@@ -237,9 +316,11 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 if isinstance(result, PhotoFailure):
                     raise PhotoError(result.message)
-                write_outputs(result, photo, plan.todo[photo], cropper, args.aspect_ratio, args.max_pixels)
+                write_outputs(result, photo, plan.todo[photo], cropper, args.top_k, args.max_pixels,
+                              plan.stale.get(photo, []))
             except (OSError, PhotoError) as error:
-                message = f"could not write its outputs ({error})" if isinstance(error, OSError) else str(error)
+                message = (str(error) if isinstance(error, (PhotoError, OutputWriteError))
+                           else f"could not write its outputs ({error})")
                 failures.append(f"{photo}: {message}")
                 progress.write(f"failed {photo}: {message}", file=sys.stderr)
                 continue
@@ -247,7 +328,8 @@ def _run(args: argparse.Namespace) -> int:
             if result.person.source == "detected" or (args.detect_human and result.person.box is None):
                 found = "no person found" if result.person.box is None else f"person at {list(result.person.box)}"
                 progress.write(f"{photo.name}: {found}", file=sys.stderr)
-    print(f"{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
+    who = f"shard {shard[0]}/{shard[1]} (pid {os.getpid()}): " if shard[1] > 1 else ""
+    print(f"{who}{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
           f"{len(failures)} failed", file=sys.stderr)
     for failure in failures:
         print(f"  failed: {failure}", file=sys.stderr)

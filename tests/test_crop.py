@@ -123,7 +123,7 @@ def test_bf16_channels_last_scores_are_close_to_fp32(cropper, checkpoint, tmp_pa
 @pytest.mark.parametrize("ratio_text, ratio", [("16:9", 16 / 9), ("3:4", 0.75)])
 def test_fixed_ratio_crops_have_the_ratio_and_lie_inside(cropper, ratio_text, ratio):
     photo = require_shared(SAMPLE)
-    best = cropper.crop(photo, aspect_ratio=ratio_text, top_k=5)
+    best = cropper.crop(photo, aspect_ratios=ratio_text, top_k=5)
     width, height = Image.open(photo).size
     assert len(best) == 5
     assert_inside([box for box, _ in best], width, height)
@@ -180,7 +180,7 @@ def test_gaic_checkpoint_has_no_heat_map_and_draws(tmp_path, astronaut_png):
 
 def test_bad_inputs_give_clear_errors(cropper):
     with pytest.raises(ValueError, match="aspect ratio 'x:y'"):
-        cropper.crop(data.astronaut(), aspect_ratio="x:y")
+        cropper.crop(data.astronaut(), aspect_ratios="x:y")
     with pytest.raises(crop.PhotoError, match="lies outside the 512x512 photo"):
         cropper.crop(data.astronaut(), human_box=[600, 600, 700, 700])
     with pytest.raises(crop.PhotoError, match="x2 > x1"):
@@ -203,17 +203,17 @@ def test_jpeg_outputs_match_json_in_sizes_count_and_order(checkpoint, tmp_path, 
     assert code == 0, err
     report = json.loads((tmp_path / "297406.json").read_text())
     assert report["person"]["box"] == [142, 488, 252, 676] and report["person"]["source"] == "file"
-    assert [c["rank"] for c in report["crops"]] == [1, 2, 3]
-    assert [c["box"] for c in report["crops"]] == [r["box"] for r in report["ranked"][:3]]
-    assert_non_increasing([r["score"] for r in report["ranked"]])
+    assert [c["rank"] for c in report["results"][0]["crops"]] == [1, 2, 3]
+    assert [c["box"] for c in report["results"][0]["crops"]] == [r["box"] for r in report["results"][0]["ranked"][:3]]
+    assert_non_increasing([r["score"] for r in report["results"][0]["ranked"]])
     original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
-    for entry in report["crops"]:
+    for entry in report["results"][0]["crops"]:
         x1, y1, x2, y2 = entry["box"]
         with Image.open(tmp_path / entry["file"]) as saved:
             assert saved.format == "JPEG" and saved.size == (x2 - x1, y2 - y1) == (entry["width"], entry["height"])
             pixels = np.asarray(saved.convert("RGB"), dtype=np.int16)
         assert np.abs(pixels - original[y1:y2, x1:x2]).mean() < 3  # the right region, re-encoded at quality 95
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["297406.json"] + [c["file"] for c in report["crops"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["297406.json"] + [c["file"] for c in report["results"][0]["crops"]]
 
 
 def test_png_stays_png_lossless_with_detected_person_and_figure(checkpoint, tmp_path, astronaut_png, capsys):
@@ -224,14 +224,14 @@ def test_png_stays_png_lossless_with_detected_person_and_figure(checkpoint, tmp_
     person = report["person"]
     assert person["source"] == "detected" and person["detections"]
     assert iou(person["box"], ASTRONAUT_REGION) > 0.5
-    assert len(report["crops"]) == 2
-    for entry in report["crops"]:
+    assert len(report["results"][0]["crops"]) == 2
+    for entry in report["results"][0]["crops"]:
         x1, y1, x2, y2 = entry["box"]
         assert x2 - x1 == y2 - y1
         with Image.open(tmp_path / entry["file"]) as saved:
             assert saved.format == "PNG"
             assert np.array_equal(np.asarray(saved), data.astronaut()[y1:y2, x1:x2])
-    with Image.open(tmp_path / report["figure"]) as figure:
+    with Image.open(tmp_path / report["results"][0]["figure"]) as figure:
         assert figure.format == "PNG" and min(figure.size) > 300
 
 
@@ -243,7 +243,7 @@ def test_no_person_found_uses_the_no_person_input(checkpoint, tmp_path, capsys):
     person = json.loads((tmp_path / "211958.json").read_text())["person"]
     assert person["box"] is None and person["source"] == "none" and person["detections"] == []
     assert "no-person" in person["note"] and "no person found" in err
-    settings = cropper_library.PhotoSettings(PhotoSpec("hcic", (256, 256), True, "hcic"), None, keep_image=False)
+    settings = cropper_library.PhotoSettings(PhotoSpec("hcic", (256, 256), True, "hcic"), (None,), keep_image=False)
     item = cropper_library.PhotoDataset([photo], [None], "given", FacePersonDetector(), settings)[0]
     assert item["human_box"].tolist() == [[-1.0, -1.0, -1.0, -1.0]]  # what the model is given
 
@@ -259,9 +259,9 @@ def test_exif_orientation_is_applied(checkpoint, tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "turned.json").read_text())
     assert (report["width"], report["height"], report["exif_orientation"]) == (512, 384, 6)
-    assert_inside([r["box"] for r in report["ranked"]], 512, 384)
-    x1, y1, x2, y2 = report["crops"][0]["box"]
-    with Image.open(tmp_path / "out" / report["crops"][0]["file"]) as saved:
+    assert_inside([r["box"] for r in report["results"][0]["ranked"]], 512, 384)
+    x1, y1, x2, y2 = report["results"][0]["crops"][0]["box"]
+    with Image.open(tmp_path / "out" / report["results"][0]["crops"][0]["file"]) as saved:
         assert saved.getexif().get(photos.EXIF_ORIENTATION_TAG, 1) == 1
         pixels = np.asarray(saved.convert("RGB"), dtype=np.int16)
     assert np.abs(pixels - upright[y1:y2, x1:x2]).mean() < 3
@@ -281,7 +281,7 @@ def test_corrupt_files_are_skipped_and_the_run_fails(checkpoint, tmp_path, capsy
     assert code == 1
     assert "garbage.jpg" in err and "truncated.jpg" in err and "2 failed" in err
     assert "notes.txt" in err and "1 photo(s) cropped" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_crop1.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_any_crop1.jpg"]
 
 
 def test_existing_outputs_need_overwrite(checkpoint, tmp_path, astronaut_png, capsys):
@@ -293,7 +293,7 @@ def test_existing_outputs_need_overwrite(checkpoint, tmp_path, astronaut_png, ca
     assert (tmp_path / "astronaut.json").read_text() == "kept"
     code, err = run_tool(args + ["--overwrite"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "astronaut.json").read_text())["crops"][0]["file"] == "astronaut_crop1.png"
+    assert json.loads((tmp_path / "astronaut.json").read_text())["results"][0]["crops"][0]["file"] == "astronaut_any_crop1.png"
 
 
 def test_setup_errors_are_explained(checkpoint, tmp_path, astronaut_png, capsys):
@@ -411,8 +411,8 @@ def test_16_bit_photo_scores_as_its_8_bit_version_and_keeps_its_pixels(cropper, 
     code, err = run_tool([tmp_path / "sixteen.png", "--checkpoint", checkpoint, "--out", tmp_path / "out",
                           "--top-k", 1], capsys)
     assert code == 0, err
-    x1, y1, x2, y2 = json.loads((tmp_path / "out" / "sixteen.json").read_text())["crops"][0]["box"]
-    with Image.open(tmp_path / "out" / "sixteen_crop1.png") as saved:
+    x1, y1, x2, y2 = json.loads((tmp_path / "out" / "sixteen.json").read_text())["results"][0]["crops"][0]["box"]
+    with Image.open(tmp_path / "out" / "sixteen_any_crop1.png") as saved:
         assert saved.mode.startswith("I")  # still 16-bit: crops are cut from the file
         assert np.array_equal(np.asarray(saved), grey[y1:y2, x1:x2].astype(np.uint16) * 257)
 
@@ -425,7 +425,7 @@ def test_too_large_photos_are_reported_and_the_folder_goes_on(checkpoint, tmp_pa
     code, err = run_tool([folder, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys)
     assert code == 1 and "Traceback" not in err
     assert "bomb.png: too large: 20000x10000" in err and "1 photo(s) cropped" in err and "1 failed" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_crop1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_any_crop1.png"]
     code, err = run_tool([folder / "good.png", "--checkpoint", checkpoint, "--out", tmp_path / "low",
                           "--max-pixels", 256 * 256 - 1], capsys)
     assert code == 1 and "good.png: too large: 256x256 = 65,536 pixels" in err
@@ -447,18 +447,23 @@ def test_workers_send_only_what_scoring_needs(checkpoint, tmp_path, monkeypatch,
     assert len(sent) == 1 and sent[0] < network_input + 100_000 < width * height * 3
 
 
-def test_already_done_is_decided_from_the_names_it_writes(checkpoint, tmp_path, capsys):
+def test_already_done_is_decided_by_the_json_written_last(checkpoint, tmp_path, capsys):
     Image.fromarray(data.astronaut()).save(tmp_path / "shot.png", format="JPEG")  # a JPEG named .png
     out = tmp_path / "out"
     out.mkdir()
-    (out / "shot_crop1.jpg").write_text("the user's crop of an earlier run")
+    (out / "shot_any_crop1.jpg").write_text("a crop of an interrupted run (no JSON)")
     args = [tmp_path / "shot.png", "--checkpoint", checkpoint, "--out", out, "--top-k", 1]
     code, err = run_tool(args, capsys)
-    assert code == 0 and "skipped" in err and "shot_crop1.jpg" in err
-    assert (out / "shot_crop1.jpg").read_text() == "the user's crop of an earlier run"
+    assert code == 0 and "1 photo(s) cropped" in err, err  # an incomplete set is completed
+    with Image.open(out / "shot_any_crop1.jpg") as saved:
+        assert saved.format == "JPEG"
+    (out / "shot_any_crop1.jpg").write_text("kept: the set is complete (its JSON exists)")
+    code, err = run_tool(args, capsys)
+    assert code == 0 and "skipped" in err and "shot.json" in err and "--overwrite" in err
+    assert (out / "shot_any_crop1.jpg").read_text() == "kept: the set is complete (its JSON exists)"
     code, err = run_tool(args + ["--overwrite"], capsys)
     assert code == 0, err
-    with Image.open(out / "shot_crop1.jpg") as saved:
+    with Image.open(out / "shot_any_crop1.jpg") as saved:
         assert saved.format == "JPEG"
 
 
@@ -468,7 +473,8 @@ def test_out_in_the_input_folder_does_not_crop_its_own_outputs(checkpoint, tmp_p
     code, err = run_tool(args, capsys)
     assert code == 0, err
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["photo.json", "photo.png", "photo_crop1.png", "photo_crop2.png", "photo_visualization.png"]
+    assert written == ["photo.json", "photo.png", "photo_any_crop1.png", "photo_any_crop2.png",
+                       "photo_any_visualization.png"]
     code, err = run_tool(args + ["--overwrite"], capsys)
     assert code == 0 and "1 photo(s) cropped" in err and "4 file(s) this tool wrote" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == written
@@ -531,8 +537,8 @@ def test_options_take_both_spellings_and_boolean_values(checkpoint, tmp_path, as
                           "--num_workers", 0], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "a" / "astronaut.json").read_text())
-    assert report["model"]["channels_last"] is False and len(report["crops"]) == 1
-    assert report["aspect_ratio"] == "1:1"
+    assert report["model"]["channels_last"] is False and len(report["results"][0]["crops"]) == 1
+    assert report["results"][0]["aspect_ratio"] == "1:1"
     code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--batch-size", 2,
                           "--channels_last", "true"], capsys)
     assert code == 0, err

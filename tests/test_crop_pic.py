@@ -43,8 +43,8 @@ def test_users_with_opposite_tastes_rank_differently(tmp_path):
                           "--workers", "0", "--top-k", "1", "--human-box", "130,20,390,512"]) == 0
         report = json.loads((out / "astronaut.json").read_text())
         assert report["model"]["model_type"] == "PIC" and report["model"]["user"] == user
-        rankings[user] = [tuple(entry["box"]) for entry in report["ranked"]]
-        scores = [entry["score"] for entry in report["ranked"]]
+        rankings[user] = [tuple(entry["box"]) for entry in report["results"][0]["ranked"]]
+        scores = [entry["score"] for entry in report["results"][0]["ranked"]]
         assert all(a >= b for a, b in zip(scores, scores[1:]))
     assert sorted(rankings["alice"]) == sorted(rankings["bob"])  # the same candidates...
     assert rankings["alice"] != rankings["bob"]  # ...ranked differently
@@ -148,7 +148,7 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
                       "--top-k", "2"] + (["--user", user] if user else [])) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     report = json.loads((out / "photo.json").read_text())
-    assert report["candidates"].startswith("PIC fixed views: the 24 crops")
+    assert report["results"][0]["candidates"].startswith("PIC fixed views: the 24 crops")
     assert report["model"]["user"] == user and report["model"]["image_size"] == [256, 256]
     scored_as = report["model"]["scored_as"]
     assert len(notes) == (0 if user else 1)
@@ -160,15 +160,15 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
         assert "offset from this photo's user logits" in scored_as and "without --user" in notes[0]
 
     views = fixed_views(480, 320)
-    ranked = {tuple(entry["box"]): entry["score"] for entry in report["ranked"]}
-    assert len(report["ranked"]) == len(ranked) == 24 and set(ranked) == {tuple(view) for view in views}
+    ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
+    assert len(report["results"][0]["ranked"]) == len(ranked) == 24 and set(ranked) == {tuple(view) for view in views}
     expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), personal)
     written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)  # in fixed-view order
     assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
-    scores = [entry["score"] for entry in report["ranked"]]
+    scores = [entry["score"] for entry in report["results"][0]["ranked"]]
     assert scores == sorted(scores, reverse=True)
-    best = report["crops"][0]
-    assert best["box"] == report["ranked"][0]["box"]
+    best = report["results"][0]["crops"][0]
+    assert best["box"] == report["results"][0]["ranked"][0]["box"]
     assert Image.open(out / best["file"]).size == (best["width"], best["height"])
 
 
@@ -203,4 +203,4 @@ def test_cropper_api_refuses_a_ratio_for_an_official_checkpoint(tmp_path):
         cropper = crop.Cropper(str(tmp_path / "model.pth"), device="cpu")
     assert cropper.candidates().startswith("PIC fixed views")
     with pytest.raises(ValueError, match="fixed views"):
-        cropper.rank(_photo(tmp_path / "photo.png"), aspect_ratio="1:1")
+        cropper.rank(_photo(tmp_path / "photo.png"), aspect_ratios="1:1")

@@ -138,17 +138,17 @@ def test_formats_pillow_cannot_open_are_named(tmp_path):
 
 def test_listing_names_unsupported_files_and_leaves_out_the_tools_outputs(tmp_path):
     small = Image.fromarray(data.astronaut()[::8, ::8])
-    for name in ("a.png", "a_crop1.png", "a_visualization.png", "b_crop1.png"):
+    for name in ("a.png", "a_any_crop1.png", "a_any_visualization.png", "b_any_crop1.png"):
         small.save(tmp_path / name)
-    report = {"photo": str(tmp_path / "a.png"), "crops": [{"rank": 1, "file": "a_crop1.png"}],
-              "figure": "a_visualization.png"}
+    report = {"photo": str(tmp_path / "a.png"), "results": [{"crops": [{"rank": 1, "file": "a_any_crop1.png"}],
+                                                             "figure": "a_any_visualization.png"}]}
     (tmp_path / "a.json").write_text(json.dumps(report))
     (tmp_path / "notes.txt").write_text("not a photo")
     (tmp_path / ".hidden.png").write_bytes(b"")
     listing = photos.list_photos([str(tmp_path), str(tmp_path / "missing.jpg")])
-    # b_crop1.png is named like an output but no report lists it: a photo of the user's
-    assert [p.name for p in listing.photos] == ["a.png", "b_crop1.png"]
-    assert any("3 file(s) this tool wrote" in note and "a_crop1.png" in note for note in listing.notes)
+    # b_any_crop1.png is named like an output but no report lists it: a photo of the user's
+    assert [p.name for p in listing.photos] == ["a.png", "b_any_crop1.png"]
+    assert any("3 file(s) this tool wrote" in note and "a_any_crop1.png" in note for note in listing.notes)
     assert any("notes.txt" in note and "not images" in note for note in listing.notes)
     assert listing.failures == [f"{tmp_path / 'missing.jpg'}: no such file or folder"]
 
@@ -190,18 +190,18 @@ def test_output_names_come_from_the_decoded_format(tmp_path):
     Image.fromarray(data.astronaut()[::4, ::4]).save(photo, format="JPEG")  # a JPEG named .png
     out = tmp_path / "out"
     out.mkdir()
-    plan = photos.plan_outputs([photo], out, 2, True, overwrite=False)
+    plan = photos.plan_outputs([photo], out, ["any"], 2, True, overwrite=False)
     paths = plan.todo[photo]
     assert paths.crop_format == "JPEG"
-    assert [p.name for p in paths.crops] == ["shot_crop1.jpg", "shot_crop2.jpg"]
-    assert (paths.json.name, paths.figure.name) == ("shot.json", "shot_visualization.png")
-    (out / "shot_crop2.jpg").write_text("a crop of an earlier run")
-    plan = photos.plan_outputs([photo], out, 2, False, overwrite=False)
-    assert plan.todo == {} and "shot_crop2.jpg" in plan.skipped[0] and "--overwrite" in plan.skipped[0]
-    assert photo in photos.plan_outputs([photo], out, 2, False, overwrite=True).todo
+    assert [p.name for p in paths.crops["any"]] == ["shot_any_crop1.jpg", "shot_any_crop2.jpg"]
+    assert (paths.json.name, paths.figures["any"].name) == ("shot.json", "shot_any_visualization.png")
+    (out / "shot.json").write_text("the report of an earlier run: its set is complete")
+    plan = photos.plan_outputs([photo], out, ["any"], 2, False, overwrite=False)
+    assert plan.todo == {} and "shot.json" in plan.skipped[0] and "--overwrite" in plan.skipped[0]
+    assert photo in photos.plan_outputs([photo], out, ["any"], 2, False, overwrite=True).todo
     twin = tmp_path / "shot.jpg"
     Image.fromarray(data.astronaut()[::4, ::4]).save(twin)
-    plan = photos.plan_outputs([photo, twin], tmp_path / "elsewhere", 1, False, overwrite=False)
+    plan = photos.plan_outputs([photo, twin], tmp_path / "elsewhere", ["any"], 1, False, overwrite=False)
     assert list(plan.todo) == [photo] and "same names" in plan.failures[0]
 
 

@@ -16,14 +16,21 @@ The rule is the one the model's ``photo_spec`` declares (``untils.preprocessing.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+import re
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
 
 from untils.boxes import clip_boxes, rescale_boxes
-from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, gaic_release_candidates,
-                               gaic_release_candidates_in_original, parse_aspect_ratio)
+from untils.candidates import (
+    fixed_ratio_candidates,
+    gaic_grid_candidates,
+    gaic_release_candidates,
+    gaic_release_candidates_in_original,
+    parse_aspect_ratio,
+)
 from untils.photos import PhotoError
 from untils.pic_format import fixed_views
 from untils.preprocessing import CANDIDATE_RULES
@@ -32,7 +39,7 @@ FIXED_VIEW_COUNT = len(fixed_views(1, 1))  # the same for every photo size
 RELEASE_RATIOS = (("16:9", 16 / 9), ("4:3", 4 / 3), ("1:1", 1.0))  # the ratios GAIC's release has generators for
 
 
-def aspect_value(aspect_ratio: Union[None, str, float]) -> Optional[float]:
+def aspect_value(aspect_ratio: None | str | float) -> float | None:
     """A crop ratio as given (None: free, text such as "4:3" or "any", or a number) as w/h, None when free."""
     if aspect_ratio is None or isinstance(aspect_ratio, str):
         return None if aspect_ratio is None else parse_aspect_ratio(aspect_ratio)
@@ -42,7 +49,45 @@ def aspect_value(aspect_ratio: Union[None, str, float]) -> Optional[float]:
     return value
 
 
-def release_ratio(aspect_ratio: Optional[float]) -> Optional[str]:
+AspectRatios = Union[None, str, float, Sequence[Union[None, str, float]]]  # noqa: UP007 (a runtime alias)
+
+
+def requested_ratios(aspect_ratios: AspectRatios) -> list[tuple[str, float | None]]:
+    """The crop ratios asked for, in order, as ``(text as given, w/h or None when free)``: one ratio
+    (None, text or number) or a sequence of them. Raises ValueError for a bad or repeated ratio."""
+    given = [aspect_ratios] if aspect_ratios is None or isinstance(aspect_ratios, (str, int, float)) else aspect_ratios
+    ratios: list[tuple[str, float | None]] = []
+    for ratio in given:
+        value = aspect_value(ratio)
+        text = "any" if ratio is None else ratio.strip() if isinstance(ratio, str) else f"{value:g}"
+        twin = next((seen for seen, seen_value in ratios
+                     if seen_value == value or (None not in (value, seen_value)
+                                                and math.isclose(seen_value, value, rel_tol=1e-9))), None)
+        if twin is not None:
+            raise ValueError(f"aspect ratio {text!r} is asked for twice (as {twin!r})")
+        ratios.append((text, value))
+    if not ratios:
+        raise ValueError("no aspect ratio given: pass at least one (e.g. 'any')")
+    return ratios
+
+
+def ratio_tag(text: str) -> str:
+    """A ratio's part of the output file names: ``any``, ``16x9``, ``1.5`` (no ``_``, ``:`` or ``/``)."""
+    if parse_aspect_ratio(text) is None:
+        return "any"
+    return re.sub(r"[^0-9A-Za-z.]", "x", text.strip().lower())
+
+
+def containing(candidates: np.ndarray, required: Sequence[Sequence[float]]) -> np.ndarray:
+    """Which ``(N, 4)`` candidates contain every ``required`` box whole, as an ``(N,)`` bool mask."""
+    keep = np.ones(len(candidates), dtype=bool)
+    for x1, y1, x2, y2 in required:
+        keep &= ((candidates[:, 0] <= x1) & (candidates[:, 1] <= y1)
+                 & (candidates[:, 2] >= x2) & (candidates[:, 3] >= y2))
+    return keep
+
+
+def release_ratio(aspect_ratio: float | None) -> str | None:
     """The name of GAIC's release generator for ``aspect_ratio`` (None: its grid); raises
     :class:`PhotoError` (a ValueError) for a ratio it has none for."""
     if aspect_ratio is None:
@@ -53,7 +98,7 @@ def release_ratio(aspect_ratio: Optional[float]) -> Optional[str]:
     raise PhotoError(f"aspect ratio {aspect_ratio:g}: GAIC's release models crop freely or at 16:9, 4:3 or 1:1")
 
 
-def describe_candidates(rule: str, aspect_ratio: Optional[float]) -> str:
+def describe_candidates(rule: str, aspect_ratio: float | None) -> str:
     """How ``rule`` chooses the candidates at ``aspect_ratio`` (w/h, None: free), for the JSON outputs;
     raises ValueError for a ratio the rule cannot give (any ratio for ``pic``)."""
     if rule == "pic":
@@ -79,7 +124,7 @@ def boxes_in_input(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int,
 
 
 def photo_candidates(rule: str, size: tuple[int, int], resized: tuple[int, int],
-                     aspect_ratio: Optional[float]) -> tuple[np.ndarray, torch.Tensor]:
+                     aspect_ratio: float | None) -> tuple[np.ndarray, torch.Tensor]:
     """The candidates of a ``size`` (w, h) photo whose network input is ``resized`` (w, h): ``(N, 4)``
     int64 whole pixels of the photo, in the rule's order, and the same crops ``(N, 4)`` float32 in
     the input's pixels. Raises :class:`PhotoError` when the photo has none."""

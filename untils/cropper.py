@@ -1,15 +1,15 @@
 """The crop library: photos in, ranked candidate crops out, for an already-loaded crop model
 (``cropping_model.load_crop_model``); the model's ``photo_spec`` says how it wants its photos. Also
-the photo dataset that prepares them and the writer of a photo's outputs (crops, JSON, figure).
+the photo dataset that prepares them. Every requested aspect ratio is ranked from one pass of the
+model over the photo (the candidates of all ratios scored together).
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +19,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from untils.batching import SizeBucketBatchSampler, collate_crops
 from untils.boxes import NO_PERSON_BOX
-from untils.crop_candidates import FIXED_VIEW_COUNT, aspect_value, boxes_in_input, describe_candidates, photo_candidates
+from untils.crop_candidates import (
+    FIXED_VIEW_COUNT,
+    AspectRatios,
+    boxes_in_input,
+    containing,
+    describe_candidates,
+    photo_candidates,
+    requested_ratios,
+)
 from untils.inference import move_batch, run_model
 from untils.person_detection import MAIN_PERSON_RULE, Detection, PersonDetector, choose_main_person
-from untils.photos import (DEFAULT_MAX_PIXELS, Box, OutputPaths, PhotoError, PhotoHeader, PhotoLike, as_upright_image,
-                           checked_person_box, draw_crops, open_upright, read_header, save_crop, to_rgb8, write_atomic)
+from untils.photos import (
+    DEFAULT_MAX_PIXELS,
+    Box,
+    PhotoError,
+    PhotoHeader,
+    PhotoLike,
+    as_upright_image,
+    checked_person_box,
+    open_upright,
+    read_header,
+    to_rgb8,
+)
 from untils.pic_format import pic_user_image
 from untils.preprocessing import PhotoSpec, photo_input
 from untils.runtime import autocast_dtype
@@ -33,14 +51,18 @@ NO_PERSON_NOTE = "no person: scored with the model's no-person input (human box 
 NO_USER_SCORE = "objective score (no --user: no user's preference added)"
 
 
+class NonFiniteScoresError(ValueError):
+    """The model gave NaN or infinite scores (a checkpoint with non-finite weights, or an overflow)."""
+
+
 @dataclass
 class PersonInfo:
     """The person box used (upright photo pixels; None: no person) and where it came from."""
 
-    box: Optional[tuple[float, float, float, float]]
+    box: tuple[float, float, float, float] | None
     source: str  # given, file, detected or none
     detections: list[Detection] = field(default_factory=list)
-    detector: Optional[str] = None
+    detector: str | None = None
 
     def to_json(self) -> dict:
         entry: dict[str, Any] = {"box": None if self.box is None else [float(v) for v in self.box],
@@ -63,28 +85,73 @@ class PhotoFailure:
 
 
 @dataclass
-class CropResult:
-    """Every candidate of one photo, best first, in the upright photo's pixels."""
+class RatioResult:
+    """The candidates of one requested aspect ratio, best first, in the upright photo's pixels.
 
-    index: int
-    name: str
-    width: int
-    height: int
+    ``aspect_ratio`` is the ratio as given ("any", "16:9"), ``aspect_ratio_value`` its w/h (None:
+    free); ``candidates`` says how they were chosen; ``note`` says why there is none (else None).
+    """
+
+    aspect_ratio: str
+    aspect_ratio_value: float | None
     boxes: list[Box]
     scores: list[float]
-    person: PersonInfo
-    aspect_ratio: Optional[float]
-    resized_size: tuple[int, int]
-    exif_orientation: int
-    heat_map: Optional[np.ndarray] = None  # (64, 64) in [0, 1] over the whole photo (human-centric model)
-    image: Optional[Image.Image] = None  # the upright photo, when asked for (keep_image)
-    image_format: Optional[str] = None
+    candidates: str
+    note: str | None = None
 
     def top(self, k: int) -> list[tuple[Box, float]]:
         """The ``k`` best ``(box, score)`` pairs (fewer when there are fewer candidates)."""
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {k}")
-        return list(zip(self.boxes[:k], self.scores[:k]))
+        return list(zip(self.boxes[:k], self.scores[:k], strict=True))
+
+    def to_json(self, top_k: int, files: Sequence[str | None] | None = None) -> dict[str, Any]:
+        """This ratio's entry of the JSON ``results``: its ``top_k`` crops (``files``: their file names,
+        None where none was written) and every candidate ranked."""
+        best = self.top(top_k)
+        names = list(files) if files is not None else [None] * len(best)
+        return {"aspect_ratio": self.aspect_ratio, "aspect_ratio_value": self.aspect_ratio_value,
+                "candidates": self.candidates, "note": self.note,
+                "crops": [{"rank": rank, "file": name, "box": list(box), "score": score,
+                           "width": box[2] - box[0], "height": box[3] - box[1]}
+                          for rank, ((box, score), name) in enumerate(zip(best, names, strict=False), start=1)],
+                "ranked": [{"box": list(box), "score": score}
+                           for box, score in zip(self.boxes, self.scores, strict=True)]}
+
+
+@dataclass
+class CropResult:
+    """One photo's ranked candidates: ``results`` has one :class:`RatioResult` per requested ratio, in
+    the order asked; ``top``, ``boxes`` and ``scores`` are the first ratio's."""
+
+    index: int
+    name: str
+    width: int
+    height: int
+    results: list[RatioResult]
+    person: PersonInfo
+    resized_size: tuple[int, int]
+    exif_orientation: int
+    heat_map: np.ndarray | None = None  # (64, 64) in [0, 1] over the whole photo (human-centric model)
+    image: Image.Image | None = None  # the upright photo, when asked for (keep_image)
+    image_format: str | None = None
+
+    @property
+    def boxes(self) -> list[Box]:
+        return self.results[0].boxes
+
+    @property
+    def scores(self) -> list[float]:
+        return self.results[0].scores
+
+    def top(self, k: int) -> list[tuple[Box, float]]:
+        """The first ratio's ``k`` best ``(box, score)`` pairs."""
+        return self.results[0].top(k)
+
+    def to_json(self, top_k: int, files: Sequence[Sequence[str | None] | None] | None = None) -> list[dict]:
+        """The JSON ``results``: one entry per ratio (see :meth:`RatioResult.to_json`)."""
+        names = list(files) if files is not None else [None] * len(self.results)
+        return [result.to_json(top_k, ratio_files) for result, ratio_files in zip(self.results, names, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,25 +172,29 @@ class PhotoRecord:
     name: str
     width: int
     height: int
-    candidates: np.ndarray
+    candidates: list[np.ndarray]  # per ratio: (N_r, 4) photo pixels, in the rule's order
+    scored: list[np.ndarray]  # per ratio: (N_r,) rows of the scored crop_box (all ratios' crops, once each)
+    notes: list[str | None]  # per ratio: why it has no candidate
     person: PersonInfo
     resized_size: tuple[int, int]
     exif_orientation: int
-    image: Optional[Image.Image]
-    image_format: Optional[str]
+    image: Image.Image | None
+    image_format: str | None
 
 
 @dataclass(frozen=True)
 class PhotoSettings:
-    """How photos are prepared: the model's :class:`untils.preprocessing.PhotoSpec`, the crop ratio
-    (w/h, None: free), whether to keep the photo, the largest photo (in pixels) that is decoded, and
-    whether to add the whole photo for an official PIC model's subjective branch."""
+    """How photos are prepared: the model's :class:`untils.preprocessing.PhotoSpec`, the crop ratios
+    (w/h, None: free), whether to keep the photo, the largest photo (in pixels) that is decoded,
+    whether to add the whole photo for an official PIC model's subjective branch, and whether only
+    candidates that contain the person (and every detected face) whole are kept."""
 
     spec: PhotoSpec
-    aspect_ratio: Optional[float]
+    aspect_ratios: tuple[float | None, ...]
     keep_image: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
     user_image: bool = False
+    keep_person: bool = False
 
 
 class PhotoDataset(Dataset):
@@ -134,17 +205,17 @@ class PhotoDataset(Dataset):
     Items that fail later (corrupt data, bad person box) come back as a ``PhotoFailure`` too.
     """
 
-    def __init__(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Optional[Sequence[float]]],
-                 human_source: str, detector: Optional[PersonDetector], settings: PhotoSettings) -> None:
+    def __init__(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None],
+                 human_source: str, detector: PersonDetector | None, settings: PhotoSettings) -> None:
         self.settings, self.detector, self.human_source = settings, detector, human_source
-        self.entries: list[tuple[int, Union[str, tuple[Image.Image, PhotoHeader]], PhotoHeader,
-                                 Optional[Sequence[float]]]] = []
+        self.entries: list[tuple[int, str | tuple[Image.Image, PhotoHeader], PhotoHeader,
+                                 Sequence[float] | None]] = []
         self.resized_sizes: list[tuple[int, int]] = []
         self.failures: list[PhotoFailure] = []
-        for index, (photo, human_box) in enumerate(zip(photos, human_boxes)):
+        for index, (photo, human_box) in enumerate(zip(photos, human_boxes, strict=True)):
             try:
                 if isinstance(photo, (str, os.PathLike)):
-                    source: Union[str, tuple[Image.Image, PhotoHeader]] = os.fspath(photo)
+                    source: str | tuple[Image.Image, PhotoHeader] = os.fspath(photo)
                     header = read_header(source, settings.max_pixels)
                 else:
                     source = as_upright_image(photo)
@@ -161,7 +232,7 @@ class PhotoDataset(Dataset):
     def resized_size_of(self, index: int) -> tuple[int, int]:
         return self.resized_sizes[index]
 
-    def _person(self, rgb: Image.Image, human_box: Optional[Sequence[float]]) -> PersonInfo:
+    def _person(self, rgb: Image.Image, human_box: Sequence[float] | None) -> PersonInfo:
         width, height = rgb.size
         if human_box is not None:
             return PersonInfo(checked_person_box(human_box, width, height), self.human_source)
@@ -172,7 +243,7 @@ class PhotoDataset(Dataset):
         box = None if main is None else tuple(float(v) for v in main.box)
         return PersonInfo(box, "detected" if box else "none", detections, self.detector.name)
 
-    def __getitem__(self, position: int) -> Union[dict[str, Any], PhotoFailure]:
+    def __getitem__(self, position: int) -> dict[str, Any] | PhotoFailure:
         index, source, header, human_box = self.entries[position]
         name = photo_name(source, index)
         try:
@@ -185,18 +256,43 @@ class PhotoDataset(Dataset):
             return PhotoFailure(index, name, str(error))
 
     def _item(self, index: int, name: str, image: Image.Image, header: PhotoHeader,
-              human_box: Optional[Sequence[float]], resized: tuple[int, int]) -> dict[str, Any]:
+              human_box: Sequence[float] | None, resized: tuple[int, int]) -> dict[str, Any]:
         size, settings = image.size, self.settings
-        candidates, resized_boxes = photo_candidates(settings.spec.candidates, size, resized, settings.aspect_ratio)
         rgb = to_rgb8(image)
         person = self._person(rgb, human_box)
-        human = (np.array([person.box]) if person.box is not None else None)
-        record = PhotoRecord(index, name, size[0], size[1], candidates, person, resized, header.orientation,
-                              image if settings.keep_image else None, header.format)
+        required = [] if person.box is None or not settings.keep_person else (
+            [person.box] + [d.evidence for d in person.detections if d.evidence is not None])
+        per_ratio, notes = [], []
+        for value in settings.aspect_ratios:
+            try:
+                candidates, resized_boxes = photo_candidates(settings.spec.candidates, size, resized, value)
+            except PhotoError as error:  # this ratio has none here; the others go on
+                per_ratio.append((np.zeros((0, 4), np.int64), torch.zeros(0, 4)))
+                notes.append(str(error))
+                continue
+            keep = containing(candidates, required)
+            notes.append(None if keep.any() else
+                         f"no candidate contains the whole person {[round(v, 1) for v in required[0]]}"
+                         + (" and every detected face" if len(required) > 1 else "")
+                         + " (--keep-person): none is given rather than one that cuts the person")
+            per_ratio.append((candidates[keep], resized_boxes[torch.from_numpy(keep)]))
+        if all(len(candidates) == 0 for candidates, _ in per_ratio) and not required:
+            raise PhotoError("; ".join(note for note in notes if note))
+        # Every ratio's crops scored in one pass: each distinct (photo box, input box) once.
+        joined = np.concatenate([np.concatenate([candidates, boxes.numpy().astype(np.float64)], axis=1)
+                                 for candidates, boxes in per_ratio])
+        distinct, rows = np.unique(joined, axis=0, return_inverse=True)
+        rows = rows.reshape(-1)
+        if len(distinct) == 0:  # the person fits no candidate: the whole photo is scored, for the heat map
+            distinct = np.array([[0, 0, *size, 0, 0, *resized]], dtype=np.float64)
+        splits = np.cumsum([len(candidates) for candidates, _ in per_ratio])[:-1]
+        record = PhotoRecord(index, name, size[0], size[1], [candidates for candidates, _ in per_ratio],
+                             np.split(rows, splits), notes, person, resized, header.orientation,
+                             image if settings.keep_image else None, header.format)
         item = {
             "image": photo_input(rgb, settings.spec, resized),
-            "crop_box": resized_boxes,
-            "human_box": (boxes_in_input(human, size, resized) if human is not None
+            "crop_box": torch.from_numpy(distinct[:, 4:].astype(np.float32)),
+            "human_box": (boxes_in_input(np.array([person.box]), size, resized) if person.box is not None
                           else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)),
             "name": name,
             "photo": record,
@@ -206,7 +302,7 @@ class PhotoDataset(Dataset):
         return item
 
 
-def collate_photos(items: list) -> tuple[Optional[dict[str, Any]], list[PhotoFailure]]:
+def collate_photos(items: list) -> tuple[dict[str, Any] | None, list[PhotoFailure]]:
     """``collate_crops`` of the photos that were prepared, and the failures beside them."""
     failures = [item for item in items if isinstance(item, PhotoFailure)]
     prepared = [item for item in items if not isinstance(item, PhotoFailure)]
@@ -220,7 +316,7 @@ def collate_photos(items: list) -> tuple[Optional[dict[str, Any]], list[PhotoFai
 OFFICIAL_PIC_SCORE = "objective score + its position's offset from this photo's user logits (the release's score)"
 
 
-def official_pic_scoring(model: nn.Module, checkpoint: str, user: Optional[str]) -> tuple[bool, str]:
+def official_pic_scoring(model: nn.Module, checkpoint: str, user: str | None) -> tuple[bool, str]:
     """How an official PIC model scores: ``(with its position offsets, the JSON's scored_as)``.
     ``user`` must be the one its fine-tuned checkpoint records (``model.trained_user``, finetune_PIC.py):
     a prior (or the release's file) holds no per-user state, each photo's own user logits give its
@@ -258,8 +354,8 @@ class Cropper:
     (both faster on GPUs).
     """
 
-    def __init__(self, model: nn.Module, *, checkpoint: Optional[str] = None, untrained: bool = False,
-                 detector: Optional[PersonDetector] = None, user: Optional[str] = None, precision: str = "fp32",
+    def __init__(self, model: nn.Module, *, checkpoint: str | None = None, untrained: bool = False,
+                 detector: PersonDetector | None = None, user: str | None = None, precision: str = "fp32",
                  channels_last: bool = False) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -308,22 +404,28 @@ class Cropper:
             entry["warning"] = UNTRAINED_WARNING
         return entry
 
-    def candidates(self, aspect_ratio: Union[None, str, float] = None) -> str:
+    def candidates(self, aspect_ratio: None | str | float = None) -> str:
         """How this model's candidates are chosen at ``aspect_ratio`` (``untils.crop_candidates``);
         raises ValueError for a ratio they cannot give (any, for an official PIC model)."""
-        return describe_candidates(self.spec.candidates, aspect_value(aspect_ratio))
+        (_, value), = requested_ratios(aspect_ratio)
+        return describe_candidates(self.spec.candidates, value)
 
-    def rank_many(self, photos: Sequence[PhotoLike], human_boxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
-                  aspect_ratio: Union[None, str, float] = None, *, human_source: str = "given",
+    def rank_many(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None] | None = None,
+                  aspect_ratios: AspectRatios = ("any",), *, keep_person: bool = False, human_source: str = "given",
                   batch_size: int = 4, num_workers: int = 0, keep_image: bool = False,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Union[CropResult, PhotoFailure]]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[CropResult | PhotoFailure]:
         """Rank the candidates of many photos; yields one result or failure per photo, as they finish.
 
+        ``aspect_ratios``: one ratio ("any", "16:9", a number w/h) or several; each photo is decoded,
+        its person found and the model run once for all of them, and its result has one entry per
+        ratio in that order. ``keep_person`` keeps only candidates containing the person's whole box
+        (and every detected face); a ratio with none says so in its ``note``.
         Photos are decoded (and people detected) in ``num_workers`` DataLoader workers and
         scored ``batch_size`` at a time, photos of one resized size together, so the order is
         not the input order: use each result's ``index``. ``human_boxes`` (one per photo, None
         for none) are in upright-photo pixels; ``keep_image`` returns the upright photo too.
-        Files over ``max_pixels`` pixels fail without being decoded.
+        Files over ``max_pixels`` pixels fail without being decoded. Raises
+        :class:`NonFiniteScoresError` when the model scores NaN or infinity.
         """
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
@@ -331,8 +433,10 @@ class Cropper:
             human_boxes = [None] * len(photos)
         if len(human_boxes) != len(photos):
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
-        self.candidates(aspect_ratio)  # refuses a ratio this model's candidates cannot give
-        settings = PhotoSettings(self.spec, aspect_value(aspect_ratio), keep_image, max_pixels, self.user_image)
+        ratios = requested_ratios(aspect_ratios)
+        descriptions = [describe_candidates(self.spec.candidates, value) for _, value in ratios]  # refuses bad ones
+        settings = PhotoSettings(self.spec, tuple(value for _, value in ratios), keep_image, max_pixels,
+                                 self.user_image, keep_person)
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures
         if len(dataset) == 0:
@@ -343,48 +447,58 @@ class Cropper:
         for batch, failures in loader:
             yield from failures
             if batch is not None:
-                yield from self._score(batch, settings.aspect_ratio)
+                yield from self._score(batch, ratios, descriptions)
 
     @torch.inference_mode()
-    def _score(self, batch: dict[str, Any], aspect_ratio: Optional[float]) -> list[CropResult]:
+    def _score(self, batch: dict[str, Any], ratios: list[tuple[str, float | None]],
+               descriptions: list[str]) -> list[CropResult]:
         output = run_model(self.model, move_batch(batch, self.device), self.autocast_dtype, self.channels_last,
                            self.user if self.spec.takes_user else None)
         results = []
         scores = output.score.float().cpu()  # one device-to-host copy per batch
         heat_maps = output.heat_map[:, 0].float().cpu() if output.heat_map is not None else None
+        if not (bool(torch.isfinite(scores[batch["crop_valid"]]).all())
+                and (heat_maps is None or bool(torch.isfinite(heat_maps).all()))):
+            raise NonFiniteScoresError(f"{self.checkpoint or 'the model'}: the model gives non-finite scores (NaN or "
+                                       "infinity): its weights are broken (a diverged training?); no crop written")
         for row, record in enumerate(batch["photo"]):
-            valid = batch["crop_valid"][row]
-            photo_scores = scores[row][valid]
-            order = torch.argsort(photo_scores, descending=True, stable=True).numpy()
+            photo_scores = scores[row]
+            ranked = []
+            for (text, value), description, candidates, scored, note in zip(
+                    ratios, descriptions, record.candidates, record.scored, record.notes, strict=True):
+                ratio_scores = photo_scores[torch.from_numpy(scored)]
+                order = torch.argsort(ratio_scores, descending=True, stable=True).numpy()
+                ranked.append(RatioResult(text, value, [tuple(int(v) for v in candidates[i]) for i in order],
+                                          [float(ratio_scores[i]) for i in order], description, note))
             heat_map = heat_maps[row].numpy() if heat_maps is not None else None
             results.append(CropResult(
-                index=record.index, name=record.name, width=record.width, height=record.height,
-                boxes=[tuple(int(v) for v in record.candidates[i]) for i in order],
-                scores=[float(photo_scores[i]) for i in order], person=record.person, aspect_ratio=aspect_ratio,
-                resized_size=record.resized_size, exif_orientation=record.exif_orientation, heat_map=heat_map,
-                image=record.image, image_format=record.image_format))
+                index=record.index, name=record.name, width=record.width, height=record.height, results=ranked,
+                person=record.person, resized_size=record.resized_size, exif_orientation=record.exif_orientation,
+                heat_map=heat_map, image=record.image, image_format=record.image_format))
         return results
 
-    def rank(self, image: PhotoLike, human_box: Optional[Sequence[float]] = None,
-             aspect_ratio: Union[None, str, float] = None) -> CropResult:
-        """Every candidate of one photo, ranked; raises :class:`PhotoError` if it cannot be cropped."""
-        (result,) = self.rank_many([image], [human_box], aspect_ratio)
+    def rank(self, image: PhotoLike, human_box: Sequence[float] | None = None,
+             aspect_ratios: AspectRatios = ("any",), keep_person: bool = False) -> CropResult:
+        """Every candidate of one photo, ranked per ratio; raises :class:`PhotoError` if it cannot be cropped."""
+        (result,) = self.rank_many([image], [human_box], aspect_ratios, keep_person=keep_person)
         if isinstance(result, PhotoFailure):
             raise PhotoError(f"{result.name}: {result.message}")
         return result
 
-    def crop(self, image: PhotoLike, human_box: Optional[Sequence[float]] = None,
-             aspect_ratio: Union[None, str, float] = None, top_k: int = 1) -> list[tuple[Box, float]]:
-        """The ``top_k`` best ``((x1, y1, x2, y2), score)`` of a photo (path, PIL image or uint8 array)."""
-        return self.rank(image, human_box, aspect_ratio).top(top_k)
+    def crop(self, image: PhotoLike, human_box: Sequence[float] | None = None,
+             aspect_ratios: AspectRatios = ("any",), top_k: int = 1,
+             keep_person: bool = False) -> list[tuple[Box, float]]:
+        """The ``top_k`` best ``((x1, y1, x2, y2), score)`` of a photo (path, PIL image or uint8 array), at
+        the first of ``aspect_ratios``."""
+        return self.rank(image, human_box, aspect_ratios, keep_person).top(top_k)
 
-    def crop_many(self, images: Sequence[PhotoLike], human_boxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
-                  aspect_ratio: Union[None, str, float] = None, top_k: int = 1, batch_size: int = 4,
+    def crop_many(self, images: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None] | None = None,
+                  aspect_ratios: AspectRatios = ("any",), top_k: int = 1, batch_size: int = 4,
                   num_workers: int = 0) -> list[list[tuple[Box, float]]]:
         """:meth:`crop` for many photos, batched, in input order; raises naming every photo that failed."""
         ranked: dict[int, list[tuple[Box, float]]] = {}
         failures = []
-        for result in self.rank_many(images, human_boxes, aspect_ratio, batch_size=batch_size,
+        for result in self.rank_many(images, human_boxes, aspect_ratios, batch_size=batch_size,
                                      num_workers=num_workers):
             if isinstance(result, PhotoFailure):
                 failures.append(f"{result.name}: {result.message}")
@@ -393,46 +507,3 @@ class Cropper:
         if failures:
             raise PhotoError(f"{len(failures)} of {len(images)} photos failed:\n  " + "\n  ".join(failures))
         return [ranked[index] for index in range(len(images))]
-
-
-# ----------------------------------------------------------------------------------------------
-# Outputs
-# ----------------------------------------------------------------------------------------------
-
-def write_outputs(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cropper, aspect_text: str,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Crops (cut from the file, read again), JSON and (when ``paths.figure``) figure of one photo."""
-    image, header = open_upright(photo, max_pixels)
-    if (header.width, header.height) != (result.width, result.height):
-        raise PhotoError(f"changed while it was cropped: {header.width}x{header.height} now, "
-                         f"{result.width}x{result.height} when scored")
-    top_k = len(paths.crops)
-    crops = []
-    for rank, ((box, score), path) in enumerate(zip(result.top(top_k), paths.crops), start=1):
-        save_crop(image, box, path, paths.crop_format)
-        crops.append({"rank": rank, "file": path.name, "box": list(box), "score": score,
-                      "width": box[2] - box[0], "height": box[3] - box[1]})
-    description = {
-        "photo": str(photo), "width": result.width, "height": result.height,
-        "exif_orientation": result.exif_orientation,
-        "coordinates": "pixels of the upright photo (EXIF orientation applied), [x1, y1, x2, y2]",
-        "model": cropper.describe(), "resized_to": list(result.resized_size),
-        "aspect_ratio": aspect_text, "aspect_ratio_value": result.aspect_ratio,
-        "candidates": cropper.candidates(result.aspect_ratio),
-        "person": result.person.to_json(),
-        "crops": crops,
-        "ranked": [{"box": list(box), "score": score} for box, score in zip(result.boxes, result.scores)],
-    }
-    if paths.figure is not None:
-        scored_as = f"; as user {cropper.user} likes" if cropper.user is not None else ""
-        title_lines = [f"{photo.name}: top {len(crops)} of {len(result.boxes)} crops, ratio {aspect_text}{scored_as}",
-                       f"{cropper.model_type} {cropper.cfg.backbone}; "
-                       + (f"heat map of content to keep (jet, 0 blue to 1 red): {result.heat_map.min():.2f} to "
-                          f"{result.heat_map.max():.2f}; " if result.heat_map is not None else "")
-                       + ("dashed: person" if result.person.box is not None else "no person")]
-        if cropper.untrained:
-            title_lines.append(UNTRAINED_WARNING)
-        draw_crops(image, result.top(top_k), result.person.box, result.heat_map, paths.figure, title_lines,
-                   warning=cropper.untrained)
-        description["figure"] = paths.figure.name
-    write_atomic(paths.json, lambda tmp: Path(tmp).write_text(json.dumps(description, indent=1)))

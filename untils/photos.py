@@ -5,13 +5,17 @@ Boxes and sizes here are those of the *upright* photo: EXIF orientation applied,
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import struct
 import threading
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar, Union
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,10 +37,11 @@ FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC
                b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 # Sample values of 16-bit modes span [0, 65535]; float images are taken to span [0, 1].
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?:crop\d+|visualization)\.[^.]+$")
+# NAME_<ratio>_cropN.EXT and NAME_<ratio>_visualization.png (ratio: any, 16x9, 1.5; see crop_candidates.ratio_tag)
+OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<ratio>any|[0-9][0-9.x]*)_(?:crop\d+|visualization)\.[^.]+$")
 _PILLOW_LIMIT_LOCK = threading.Lock()
 Box = tuple[int, int, int, int]
-PhotoLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+PhotoLike = str | os.PathLike | Image.Image | np.ndarray
 T = TypeVar("T")
 
 
@@ -51,7 +56,7 @@ class PhotoHeader:
     width: int
     height: int
     orientation: int
-    format: Optional[str]
+    format: str | None
 
 
 def _without_pillow_limit(action: Callable[[], T]) -> T:
@@ -80,7 +85,7 @@ def readable_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def unsupported_format(path: str | os.PathLike) -> Optional[str]:
+def unsupported_format(path: str | os.PathLike) -> str | None:
     """The name of a photo format this Pillow cannot open (HEIC, AVIF, raw...) that ``path`` is in, else None.
 
     Told from the extension, or for HEIF-family files from their content (a HEIC named .jpg too).
@@ -201,15 +206,27 @@ def checked_person_box(box: Sequence[float], width: int, height: int) -> tuple[f
     return tuple(float(v) for v in clipped)
 
 
+def _refusing_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in content:
+                raise ValueError(f"--human-boxes {path}: the key {key!r} appears twice; give each photo one box")
+            content[key] = value
+        return content
+    return pairs_to_dict
+
+
 def read_human_boxes_file(path: str) -> dict[str, list[float]]:
-    """``{name: [x1, y1, x2, y2]}`` from a JSON file, each entry checked."""
+    """``{name: [x1, y1, x2, y2]}`` from a JSON file, each entry checked (a repeated key is an error)."""
     try:
         with open(path) as stream:
-            content = json.load(stream)
+            content = json.load(stream, object_pairs_hook=_refusing_duplicates(path))
     except OSError as error:
         raise ValueError(f"--human-boxes {path}: cannot read it ({error})") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"--human-boxes {path}: not valid JSON ({error})") from None
+    # a repeated key's ValueError (from the hook) already names the file and the key
     if not isinstance(content, dict):
         raise ValueError(f"--human-boxes {path}: expected an object {{name: [x1, y1, x2, y2]}}, "
                          f"got {type(content).__name__}")
@@ -239,10 +256,13 @@ def outputs_listed_in(report: Path) -> set[str]:
         content = json.loads(report.read_text())
     except (OSError, ValueError):
         return set()
-    if not (isinstance(content, dict) and "photo" in content and isinstance(content.get("crops"), list)):
+    if not (isinstance(content, dict) and "photo" in content and isinstance(content.get("results"), list)):
         return set()
-    names = {entry.get("file") for entry in content["crops"] if isinstance(entry, dict)}
-    return {name for name in names | {content.get("figure"), report.name} if isinstance(name, str)}
+    entries = [entry for entry in content["results"] if isinstance(entry, dict)]
+    names = {crop.get("file") for entry in entries if isinstance(entry.get("crops"), list)
+             for crop in entry["crops"] if isinstance(crop, dict)}
+    names |= {entry.get("figure") for entry in entries} | {content.get("xmp"), report.name}
+    return {name for name in names if isinstance(name, str)}
 
 
 def _tool_outputs(files: Sequence[Path]) -> set[Path]:
@@ -272,7 +292,13 @@ def list_photos(inputs: Sequence[str]) -> PhotoListing:
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            files = [p for p in entries if p.is_file()]
+            broken = [p for p in entries if p.is_symlink() and not p.exists()]
+            if broken:
+                listing.notes.append(f"{path}: {len(broken)} broken symbolic link(s), not cropped: "
+                                     + ", ".join(f"{p.name} -> {os.readlink(p)}" for p in broken[:10])
+                                     + (" ..." if len(broken) > 10 else ""))
             ours = _tool_outputs(files)
             others = {p: unsupported_format(p) for p in files if p not in ours and p.suffix.lower() not in readable}
             listing.photos.extend(p for p in files if p not in ours and p.suffix.lower() in readable)
@@ -294,7 +320,7 @@ def list_photos(inputs: Sequence[str]) -> PhotoListing:
 # Writing
 # ----------------------------------------------------------------------------------------------
 
-def save_format(image_format: Optional[str], suffix: str) -> tuple[str, str]:
+def save_format(image_format: str | None, suffix: str) -> tuple[str, str]:
     """``(Pillow format, extension)`` of the crops: the photo's own where Pillow writes it, else PNG.
 
     The photo's extension is kept when it fits the format (.jpeg stays .jpeg).
@@ -311,45 +337,74 @@ def save_format(image_format: Optional[str], suffix: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """Every file the crop tool writes for one photo, and the format of its crops."""
+    """Every file the crop tool writes for one photo, and the format of its crops: per ratio tag its
+    crops (none with ``--no-pixels``) and figure, the XMP sidecar, and the JSON (written last)."""
 
     json: Path
-    crops: list[Path]
-    figure: Optional[Path]
+    crops: dict[str, list[Path]]
+    figures: dict[str, Path]
+    xmp: Path | None
     crop_format: str
 
-    def existing(self) -> list[Path]:
-        return [p for p in [self.json, *self.crops, self.figure] if p is not None and p.exists()]
+    def files(self) -> list[Path]:
+        """Every file of the set, the JSON last."""
+        return ([path for paths in self.crops.values() for path in paths] + list(self.figures.values())
+                + ([self.xmp] if self.xmp is not None else []) + [self.json])
 
 
-def output_paths(out_dir: Path, photo: Path, top_k: int, visualize: bool, image_format: Optional[str]) -> OutputPaths:
-    """``NAME.json``, ``NAME_crop1.EXT``... and ``NAME_visualization.png`` in ``out_dir``, EXT from the photo's
-    decoded ``image_format`` (see :func:`save_format`)."""
+def output_paths(out_dir: Path, photo: Path, tags: Sequence[str], top_k: int, visualize: bool,
+                 image_format: str | None, pixels: bool = True, xmp: bool = False) -> OutputPaths:
+    """``NAME.json``, ``NAME_<tag>_crop1.EXT``... and ``NAME_<tag>_visualization.png`` per ratio tag, and
+    ``NAME.xmp``, in ``out_dir``; EXT from the photo's decoded ``image_format`` (see :func:`save_format`)."""
     crop_format, extension = save_format(image_format, photo.suffix)
     stem = photo.stem
     return OutputPaths(out_dir / f"{stem}.json",
-                       [out_dir / f"{stem}_crop{rank}{extension}" for rank in range(1, top_k + 1)],
-                       out_dir / f"{stem}_visualization.png" if visualize else None, crop_format)
+                       {tag: [out_dir / f"{stem}_{tag}_crop{rank}{extension}" for rank in range(1, top_k + 1)]
+                        if pixels else [] for tag in tags},
+                       {tag: out_dir / f"{stem}_{tag}_visualization.png" for tag in tags} if visualize else {},
+                       out_dir / f"{stem}.xmp" if xmp else None, crop_format)
 
 
 @dataclass
 class OutputPlan:
-    """The photos to crop with their outputs, and those skipped (outputs exist) or failing, as ``"path: why"``."""
+    """The photos to crop with their outputs (and, with --overwrite, the stale files of an earlier run
+    to remove once the new set is written), and those skipped (done) or failing, as ``"path: why"``."""
 
     todo: dict[Path, OutputPaths] = field(default_factory=dict)
+    stale: dict[Path, list[Path]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
-def plan_outputs(photos: Sequence[Path], out_dir: Path, top_k: int, visualize: bool, overwrite: bool,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> OutputPlan:
+def _outputs_by_stem(out_dir: Path) -> dict[str, list[Path]]:
+    """The files of ``out_dir`` the tool's naming rule makes, by the photo stem they belong to."""
+    found: dict[str, list[Path]] = {}
+    if not out_dir.is_dir():
+        return found
+    for path in out_dir.iterdir():
+        match = OUTPUT_NAME.match(path.name)
+        stem = match["stem"] if match is not None else path.stem if path.suffix in (".json", ".xmp") else None
+        if stem is not None:
+            found.setdefault(stem, []).append(path)
+    return found
+
+
+def plan_outputs(photos: Sequence[Path], out_dir: Path, tags: Sequence[str], top_k: int, visualize: bool,
+                 overwrite: bool, max_pixels: int = DEFAULT_MAX_PIXELS, pixels: bool = True, xmp: bool = False,
+                 inputs: Sequence[Path] = ()) -> OutputPlan:
     """Each photo's :func:`output_paths`, named from the format its header declares (a JPEG named
-    .png gets .jpg crops), so "already done" means: one of the names it would write exists (skipped
-    unless ``overwrite``). Unreadable photos, and a photo whose names another one took, fail."""
+    .png gets .jpg crops). A photo whose JSON (written last, the mark of a complete set) exists is
+    done: skipped unless ``overwrite``; one without is (re)done. A file among ``inputs`` (and the
+    photos) is never an output: a photo whose set would name one fails, naming it. Unreadable photos,
+    and a photo whose names another one took, fail. With ``overwrite``, the photo's other files of
+    the naming rule (an earlier run's, e.g. with a larger top-k) are planned for removal."""
     plan, claimed = OutputPlan(), {}
+    protected = {path.resolve() for path in [*inputs, *photos]}
+    by_stem = _outputs_by_stem(out_dir) if overwrite else {}
     for photo in photos:
         try:
-            paths = output_paths(out_dir, photo, top_k, visualize, read_header(photo, max_pixels).format)
+            paths = output_paths(out_dir, photo, tags, top_k, visualize, read_header(photo, max_pixels).format,
+                                 pixels, xmp)
         except PhotoError as error:
             plan.failures.append(f"{photo}: {error}")
             continue
@@ -358,26 +413,106 @@ def plan_outputs(photos: Sequence[Path], out_dir: Path, top_k: int, visualize: b
                                  "crop it on its own run or rename it")
             continue
         claimed[paths.json] = photo
-        if paths.existing() and not overwrite:
-            plan.skipped.append(f"{photo}: outputs exist ({paths.existing()[0].name}); --overwrite replaces them")
-        else:
-            plan.todo[photo] = paths
+        inputs_hit = [path for path in paths.files() if path.resolve() in protected]
+        if inputs_hit:
+            plan.failures.append(f"{photo}: its output {inputs_hit[0].name} would replace an input photo of this run "
+                                 f"({inputs_hit[0]}); choose another --out")
+            continue
+        if paths.json.exists() and not overwrite:
+            plan.skipped.append(f"{photo}: outputs exist ({paths.json.name}); --overwrite replaces them")
+            continue
+        plan.todo[photo] = paths
+        wanted = set(paths.files())
+        stale = [path for path in by_stem.get(photo.stem, []) if path not in wanted and path.resolve() not in protected]
+        if stale:
+            plan.stale[photo] = sorted(stale)
     return plan
 
 
-def save_crop(image: Image.Image, box: tuple[int, int, int, int], path: Path, image_format: str) -> None:
-    """The crop at full resolution, keeping the photo's colour profile and (orientation-free) EXIF."""
+class OutputWriteError(OSError):
+    """An output file could not be written whole; nothing of it was left behind."""
+
+
+def write_verified(path: Path, content: bytes) -> None:
+    """``content`` written to ``path`` all or nothing: into a hidden file beside it, flushed to disk, its
+    size checked against ``content``, then renamed into place. Raises :class:`OutputWriteError`
+    naming the file (a full disk, a quota) with no partial file left."""
+    def write(tmp_path: str) -> None:
+        descriptor = os.open(tmp_path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            view = memoryview(content)
+            while view:
+                written = os.write(descriptor, view)
+                if written <= 0:
+                    raise OSError(f"the disk took {len(content) - len(view)} of {len(content)} bytes")
+                view = view[written:]
+            os.fsync(descriptor)
+            size = os.fstat(descriptor).st_size
+        finally:
+            os.close(descriptor)
+        if size != len(content):
+            raise OSError(f"{size} of {len(content)} bytes reached the disk")
+    try:
+        write_atomic(path, write)
+    except OSError as error:
+        raise OutputWriteError(f"could not write {path.name} ({error.strerror or error}); nothing of it was "
+                               "left") from None
+
+
+def encode_crop(image: Image.Image, box: tuple[int, int, int, int], image_format: str) -> bytes:
+    """The crop at full resolution, encoded in memory, keeping the photo's colour profile and
+    (orientation-free) EXIF."""
     region = _without_pillow_limit(lambda: image.crop(box))  # the photo passed our limit when it was read
     options: dict[str, Any] = {key: image.info[key] for key in ("icc_profile", "exif") if image.info.get(key)}
     if image_format == "JPEG":
         options.update(quality=JPEG_QUALITY)
         if region.mode not in ("RGB", "L", "CMYK"):
             region = to_rgb8(region)
-    write_atomic(path, lambda tmp: region.save(tmp, format=image_format, **options))
+    buffer = io.BytesIO()
+    region.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
 
 
-def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_box: Optional[Sequence[float]],
-               heat_map: Optional[np.ndarray], path: Path, title_lines: Sequence[str], warning: bool) -> None:
+# What each EXIF orientation does to the stored pixels to show them upright (numpy, rows first).
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+            8: lambda a: np.rot90(a, 1)}
+
+
+def png_is_16_bit_colour(path: str | os.PathLike) -> bool:
+    """Whether a PNG stores 16-bit RGB or RGBA samples (which Pillow decodes to 8 bits)."""
+    with open(path, "rb") as stream:
+        head = stream.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def read_png_16_bit_upright(path: str | os.PathLike, orientation: int) -> np.ndarray:
+    """A 16-bit RGB(A) PNG's pixels, (H, W, 3 or 4) uint16 RGB(A), turned upright by ``orientation``."""
+    import cv2  # only for these files: Pillow reads them as 8 bits
+
+    stored = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
+    if stored is None or stored.dtype != np.uint16 or stored.ndim != 3:
+        raise PhotoError("cannot decode its 16-bit pixels")
+    rgb = stored[..., [2, 1, 0, 3][:stored.shape[2]]]
+    return np.ascontiguousarray(_UPRIGHT.get(orientation, lambda a: a)(rgb))
+
+
+def encode_png_16_bit(pixels: np.ndarray, icc_profile: bytes | None = None) -> bytes:
+    """(H, W, 3 or 4) uint16 RGB(A) as a 16-bit PNG (with the colour profile, when given)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width, channels = pixels.shape
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
+    rows = np.ascontiguousarray(pixels.astype(">u2")).reshape(height, width * channels * 2).view(np.uint8)
+    filtered = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 per row
+    profile = chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)) if icc_profile else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + profile
+            + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + chunk(b"IEND", b""))
+
+
+def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_box: Sequence[float] | None,
+               heat_map: np.ndarray | None, path: Path, title_lines: Sequence[str], warning: bool) -> None:
     """The photo with the ``ranked`` ``(box, score)`` crops, best first, and the person (dashed) drawn; a
     heat map over the whole photo (values in [0, 1]) overlaid where there is one; ``title_lines`` above
     it, the last one in red when ``warning``. Written as a PNG."""
@@ -416,5 +551,7 @@ def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_b
         is_warning = warning and line_number == len(title_lines) - 1
         figure.text(0.01, 1 - line_inches * (line_number + 0.75) / total_inches, line, fontsize=9, va="center",
                     color="red" if is_warning else "black", fontweight="bold" if is_warning else "normal")
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_verified(path, buffer.getvalue())
 
