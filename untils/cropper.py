@@ -278,11 +278,15 @@ class PhotoDataset(Dataset):
             per_ratio.append((candidates[keep], resized_boxes[torch.from_numpy(keep)]))
         if all(len(candidates) == 0 for candidates, _ in per_ratio) and not required:
             raise PhotoError("; ".join(note for note in notes if note))
-        # Every ratio's crops scored in one pass: each distinct (photo box, input box) once.
+        # Every ratio's crops scored in one pass: each distinct (photo box, input box) once, in the order
+        # first met (an official PIC model adds one offset per position of its views' order).
         joined = np.concatenate([np.concatenate([candidates, boxes.numpy().astype(np.float64)], axis=1)
                                  for candidates, boxes in per_ratio])
-        distinct, rows = np.unique(joined, axis=0, return_inverse=True)
-        rows = rows.reshape(-1)
+        _, first, rows = np.unique(joined, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))
+        distinct, rows = joined[first[order]], position[rows.reshape(-1)]
         if len(distinct) == 0:  # the person fits no candidate: the whole photo is scored, for the heat map
             distinct = np.array([[0, 0, *size, 0, 0, *resized]], dtype=np.float64)
         splits = np.cumsum([len(candidates) for candidates, _ in per_ratio])[:-1]
