@@ -504,7 +504,7 @@ def encode_png_16_bit(pixels: np.ndarray, icc_profile: bytes | None = None) -> b
 
     height, width, channels = pixels.shape
     header = struct.pack(">IIBBBBB", width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
-    rows = np.ascontiguousarray(pixels.astype(">u2")).reshape(height, width * channels * 2).view(np.uint8)
+    rows = np.ascontiguousarray(pixels.astype(">u2")).reshape(height, width * channels).view(np.uint8)
     filtered = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 per row
     profile = chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)) if icc_profile else b""
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + profile
