@@ -61,7 +61,7 @@ def requested_ratios(aspect_ratios: AspectRatios) -> list[tuple[str, float | Non
         value = aspect_value(ratio)
         text = "any" if ratio is None else ratio.strip() if isinstance(ratio, str) else f"{value:g}"
         twin = next((seen for seen, seen_value in ratios
-                     if seen_value == value or (None not in (value, seen_value)
+                     if seen_value == value or (seen_value is not None and value is not None
                                                 and math.isclose(seen_value, value, rel_tol=1e-9))), None)
         if twin is not None:
             raise ValueError(f"aspect ratio {text!r} is asked for twice (as {twin!r})")

@@ -262,7 +262,8 @@ class PhotoDataset(Dataset):
         person = self._person(rgb, human_box)
         required = [] if person.box is None or not settings.keep_person else (
             [person.box] + [d.evidence for d in person.detections if d.evidence is not None])
-        per_ratio, notes = [], []
+        per_ratio: list[tuple[np.ndarray, torch.Tensor]] = []
+        notes: list[str | None] = []
         for value in settings.aspect_ratios:
             try:
                 candidates, resized_boxes = photo_candidates(settings.spec.candidates, size, resized, value)
@@ -472,7 +473,8 @@ class Cropper:
                     ratios, descriptions, record.candidates, record.scored, record.notes, strict=True):
                 ratio_scores = photo_scores[torch.from_numpy(scored)]
                 order = torch.argsort(ratio_scores, descending=True, stable=True).numpy()
-                ranked.append(RatioResult(text, value, [tuple(int(v) for v in candidates[i]) for i in order],
+                boxes: list[Box] = [(int(c[0]), int(c[1]), int(c[2]), int(c[3])) for c in candidates[order]]
+                ranked.append(RatioResult(text, value, boxes,
                                           [float(ratio_scores[i]) for i in order], description, note))
             heat_map = heat_maps[row].numpy() if heat_maps is not None else None
             results.append(CropResult(

@@ -398,7 +398,7 @@ def plan_outputs(photos: Sequence[Path], out_dir: Path, tags: Sequence[str], top
     photos) is never an output: a photo whose set would name one fails, naming it. Unreadable photos,
     and a photo whose names another one took, fail. With ``overwrite``, the photo's other files of
     the naming rule (an earlier run's, e.g. with a larger top-k) are planned for removal."""
-    plan, claimed = OutputPlan(), {}
+    plan, claimed = OutputPlan(), dict[Path, Path]()
     protected = {path.resolve() for path in [*inputs, *photos]}
     by_stem = _outputs_by_stem(out_dir) if overwrite else {}
     for photo in photos:
