@@ -3,6 +3,7 @@
   python benchmarks/bench_crop.py                                   # mobilenetv2 on 100, vgg16 on 20 photos
   python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --num-workers 0 --photos-per-batch 1
   python benchmarks/bench_crop.py --breakdown   # model time only: backbone vs per-crop content features
+  python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 40 --compare-ratios any 1:1 16:9 9:16
 
 Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
 with a random-weight human-centric model (timing does not depend on the weights), free ratio
@@ -10,6 +11,9 @@ with a random-weight human-centric model (timing does not depend on the weights)
 1024x768 JPEGs (smooth colour fields, shapes and noise; seeded), so the timing includes JPEG
 decoding, LANCZOS resizing, scoring and JPEG encoding of the crops. The model is built once
 more outside the timed run to report its construction time, which the end-to-end time includes.
+
+``--compare-ratios R1 R2 ...`` times the same folder twice per backbone: with ``--aspect-ratio R1``
+alone, then with all the ratios in one run (one pass over each photo), and prints the cost ratio.
 
 ``--breakdown`` times two parts of the model instead, on one batch of ``--photos-per-batch`` 1024x768
 photos (resized to 352x256, 90 GAIC candidates each), best of 3: the backbone, and the
@@ -73,7 +77,8 @@ def align_backends() -> str:
     return f"roi_align {backend(roi_align.KERNELS)}, rod_align {backend(rod_align.KERNELS)}"
 
 
-def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace,
+                  ratios: tuple[str, ...] = ("any",)) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
@@ -82,13 +87,14 @@ def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Nam
     photos = len(list(folder.iterdir()))
     command = [str(folder), "--allow-untrained", "--untrained-backbone", backbone, "--out", str(out_dir),
                "--top-k", "3", "--photos-per-batch", str(args.photos_per_batch), "--num-workers", str(args.num_workers),
-               "--device", args.device, "--overwrite"] + (["--detect-human"] if args.detect_human else [])
+               "--device", args.device, "--overwrite", "--aspect-ratio", *ratios] + (
+                   ["--detect-human"] if args.detect_human else [])
     start = time.perf_counter()
     code = crop.main(command)
     total_s = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"crop.main exited with {code} for {backbone}")
-    return {"backbone": backbone, "photos": photos, "total_s": total_s, "build_s": build_s,
+    return {"backbone": backbone, "ratios": " ".join(ratios), "photos": photos, "total_s": total_s, "build_s": build_s,
             "photos_per_s": photos / total_s}
 
 
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-human", action="store_true", help="also run the offline person detector")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-ratios", nargs="+", metavar="RATIO",
+                        help="time the first ratio alone, then all of them in one run (see above)")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the backbone and the per-crop content features instead (see above)")
     add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch", "--workers": "--num-workers"})
@@ -153,18 +161,27 @@ def main(argv: list[str] | None = None) -> None:
         for backbone in args.backbones:
             count = args.vgg16_photos if backbone == "vgg16" else args.photos
             folder = make_folder(Path(tmp) / f"photos{count}", count, width, height, args.seed)
-            rows.append(time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}", args))
+            if args.compare_ratios:
+                one = time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}-1", args, (args.compare_ratios[0],))
+                every = time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}-n", args,
+                                      tuple(args.compare_ratios))
+                every["versus_one"] = every["total_s"] / one["total_s"]
+                rows += [one, every]
+            else:
+                rows.append(time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}", args))
     print(f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
           f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
-    print(f"{width}x{height} JPEGs, free ratio, top-3 crops + JSON written, {args.photos_per_batch} photos per batch, "
+    print(f"{width}x{height} JPEGs, top-3 crops per ratio + JSON written, {args.photos_per_batch} photos per batch, "
           f"{args.num_workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
           "random-weight models\n")
-    print("| backbone | photos | total (s) | photos/s | s/photo | model construction (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| backbone | aspect ratios | photos | total (s) | photos/s | s/photo | model construction (s) | "
+          "time / one ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['backbone']} | {row['photos']} | {row['total_s']:.1f} | {row['photos_per_s']:.2f} | "
-              f"{row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} |")
+        versus = f"{row['versus_one']:.2f}x" if "versus_one" in row else ""
+        print(f"| {row['backbone']} | {row['ratios']} | {row['photos']} | {row['total_s']:.1f} | "
+              f"{row['photos_per_s']:.2f} | {row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} | {versus} |")
 
 
 if __name__ == "__main__":
