@@ -23,17 +23,32 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
-from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
-                              problems_error, read_crop_annotations, read_human_boxes)
-from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
-                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN)
+from cropping_dataset import (
+    CropAnnotation,
+    DatasetError,
+    ScoredCropDataset,
+    check_boxes,
+    load_json,
+    problems_error,
+    read_crop_annotations,
+    read_human_boxes,
+)
+from untils.pic_format import (
+    RELEASE_CSV_HEADER,
+    RELEASE_FINETUNE_FOLDER,
+    RELEASE_IMAGE_FOLDER,
+    RELEASE_PRETRAIN_FOLDER,
+    RELEASE_PRIOR_FOLDER,
+    USER_ID_PATTERN,
+)
 from untils.safe_paths import UnsafeNameError, check_name, resolve_inside
 from untils.training import seeded_order
 
@@ -87,7 +102,7 @@ def box_key(box: Sequence[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
 
-def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None
+def union_crops(data: PICData, users: Sequence[str], names: Sequence[str] | None = None
                 ) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
     """Every crop the ``users`` rated on each image, with their mean score.
 
@@ -107,7 +122,7 @@ def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[st
             image_rows = rows.setdefault(name, {})
             image_boxes, image_totals = boxes.setdefault(name, []), totals.setdefault(name, [])
             index = []
-            for box, score in zip(entry.boxes, entry.scores):
+            for box, score in zip(entry.boxes, entry.scores, strict=True):
                 key = box_key(box)
                 if key not in image_rows:
                     image_rows[key] = len(image_boxes)
@@ -160,7 +175,7 @@ class CropProblem(NamedTuple):
     text: str
 
 
-def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: Optional[tuple[int, int]]
+def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None
                       ) -> tuple[np.ndarray, bool, list[CropProblem]]:
     """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
     converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
@@ -189,7 +204,7 @@ def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: Optional[tupl
     return checked, clipped, problems
 
 
-def image_size(path: str) -> Optional[tuple[int, int]]:
+def image_size(path: str) -> tuple[int, int] | None:
     """(width, height) of the image at ``path``; None when it is missing or unreadable."""
     try:
         with Image.open(path) as image:
@@ -198,7 +213,7 @@ def image_size(path: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def named_image_size(folder: str, name: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+def named_image_size(folder: str, name: str) -> tuple[tuple[int, int] | None, str | None]:
     """``(size, problem)`` of the image ``name`` in ``folder``: the name must keep inside the folder
     (``untils.safe_paths``) and the image be readable; ``problem`` says which failed."""
     try:
@@ -257,7 +272,7 @@ def crop_position(crops: Sequence[int]) -> str:
     return "" if not crops else f"crop box{'es' if len(crops) > 1 else ''} {', '.join(map(str, crops))}: "
 
 
-def load_pic_data(cfg: "Config") -> PICData:
+def load_pic_data(cfg: Config) -> PICData:
     """Read and check ``cfg.PIC_path``; every problem is listed in one ``DatasetError``.
 
     Boxes up to 2% of a side outside their image are clipped (with a warning), as for GAICD.
@@ -270,8 +285,8 @@ def load_pic_data(cfg: "Config") -> PICData:
     problems: list[str] = []
     train_users, test_users = _read_users(cfg.PIC_users, problems)
     human_boxes = read_human_boxes(cfg.PIC_human) if os.path.isfile(cfg.PIC_human) else {}
-    sizes: dict[str, Optional[tuple[int, int]]] = {}
-    image_problems: dict[str, Optional[str]] = {}
+    sizes: dict[str, tuple[int, int] | None] = {}
+    image_problems: dict[str, str | None] = {}
     annotations: dict[str, dict[str, CropAnnotation]] = {}
     clipped: list[str] = []
     for user in train_users + test_users:
@@ -320,7 +335,7 @@ def load_pic_data(cfg: "Config") -> PICData:
 class PICUserDataset(ScoredCropDataset):
     """One user's rated images (all, or ``names``): ``cropping_dataset`` items plus ``user``."""
 
-    def __init__(self, cfg: "Config", data: PICData, user: str, names: Optional[Sequence[str]] = None,
+    def __init__(self, cfg: Config, data: PICData, user: str, names: Sequence[str] | None = None,
                  augment: bool = False) -> None:
         rated = data.annotations.get(user)
         if rated is None:
@@ -344,8 +359,8 @@ class PICUserDataset(ScoredCropDataset):
 class PICDataset(ConcatDataset):
     """(user, image) pairs of several users; ``names`` optionally limits each user's images."""
 
-    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str],
-                 names: Optional[Mapping[str, Sequence[str]]] = None, augment: bool = False) -> None:
+    def __init__(self, cfg: Config, data: PICData, users: Sequence[str],
+                 names: Mapping[str, Sequence[str]] | None = None, augment: bool = False) -> None:
         if not users:
             raise ValueError("PICDataset needs at least one user")
         parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment)
@@ -368,7 +383,7 @@ class PICImageDataset(ScoredCropDataset):
 
     title = "PIC images"
 
-    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None,
+    def __init__(self, cfg: Config, data: PICData, users: Sequence[str], names: Sequence[str] | None = None,
                  augment: bool = False) -> None:
         annotations, self.crop_index = union_crops(data, users, names)
         image_names = list(annotations) if names is None else [name for name in names if name in annotations]
@@ -444,7 +459,7 @@ def rows_text(layout: CropCsvLayout, lines: Sequence[int]) -> str:
     return f"{layout.row_word}{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
 
 
-def _parse_box(row: Mapping[str, Optional[str]], columns: Sequence[str]) -> list[float]:
+def _parse_box(row: Mapping[str, str | None], columns: Sequence[str]) -> list[float]:
     texts = [row[column] or "" for column in columns]
     if len(texts) == 1:
         texts = texts[0].strip().strip("[]").split(",")
@@ -505,7 +520,7 @@ def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str]
 
 
 def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[int, list[float], float]]],
-                     sizes: Mapping[str, Optional[tuple[int, int]]], where: Callable[[str], str],
+                     sizes: Mapping[str, tuple[int, int] | None], where: Callable[[str], str],
                      problems: list[str]) -> tuple[UserRatings, bool]:
     """One user's CSV rows ``{image: [(line, box, score), ...]}`` through :func:`check_rated_crops`
     (``sizes[image]`` None: not at hand); every problem is appended naming its rows. Returns the
@@ -523,7 +538,7 @@ def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[in
 
 
 def _read_release_csv(path: str, user: str, image_dir: str,
-                      sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]], positions: Optional[int],
+                      sizes: dict[str, tuple[tuple[int, int] | None, str | None]], positions: int | None,
                       positions_option: str, problems: list[str]) -> UserRatings:
     """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
     def where(rows: str) -> str:
@@ -564,7 +579,7 @@ def _release_users(folders: Mapping[str, Sequence[str]], ignored: list[str]) -> 
     return sorted(users)
 
 
-def load_release_layout(root: str, positions: Optional[int] = None,
+def load_release_layout(root: str, positions: int | None = None,
                         positions_option: str = "--num_positions") -> ReleaseData:
     """Read and check a folder in the release's layout (:class:`ReleaseData`); every problem
     (naming the user, the file and the row) is listed in one ``DatasetError``. ``positions``:
@@ -575,7 +590,7 @@ def load_release_layout(root: str, positions: Optional[int] = None,
     image_dir = os.path.join(root, RELEASE_IMAGE_FOLDER)
     problems: list[str] = []
     ignored: list[str] = []
-    sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
+    sizes: dict[str, tuple[tuple[int, int] | None, str | None]] = {}
 
     def read_pair(train_path: str, val_path: str, user: str) -> RatedSplit:
         pair = []
@@ -617,7 +632,7 @@ def merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ..
     for user_ratings in files:
         for name, entry in user_ratings.items():
             crops = merged.setdefault(name, {})
-            for box, score in zip(entry.boxes, entry.scores):
+            for box, score in zip(entry.boxes, entry.scores, strict=True):
                 crops.setdefault(box_key(box), (box.tolist(), []))[1].append(float(score))
     return merged
 

@@ -32,8 +32,8 @@ users are never seen here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,14 +54,21 @@ from untils.checkpoint import config_to_dict, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
+from untils.experiment import build_parser, launch
 from untils.inference import move_batch
-from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.pic_format import pic_user_image
 from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
+from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.runtime import seed_everything
-from untils.experiment import build_parser, launch
-from untils.training import (EpochSeededItems, LossFunction, Trainer, item_seed, sample_views, split_validation,
-                             subset_of)
+from untils.training import (
+    EpochSeededItems,
+    LossFunction,
+    Trainer,
+    item_seed,
+    sample_views,
+    split_validation,
+    subset_of,
+)
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
 
@@ -325,7 +332,7 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
     return {"checkpoint": path, "exp_path": exp_path, "history": history}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer | dict:
+def main(argv: Sequence[str] | None = None) -> PICPretrainer | dict:
     parser = build_parser(__doc__, config_PIC.Config, exclude=config_PIC.NOT_PIC_OPTIONS)
     args = parser.parse_args(argv)
     if config_PIC.Config(**given_config_options(args)).variant == "official":

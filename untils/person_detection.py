@@ -9,8 +9,8 @@ import math
 import os
 import urllib.parse
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -60,9 +60,9 @@ class Detection:
     """
 
     box: Box
-    score: Optional[float]
+    score: float | None
     detector: str
-    evidence: Optional[Box] = None  # what was actually detected when the box is inferred (a face)
+    evidence: Box | None = None  # what was actually detected when the box is inferred (a face)
     main: bool = False
     also_found_by: tuple[str, ...] = ()
 
@@ -80,7 +80,7 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"person detectors take an (H, W, 3) uint8 RGB array, got {described}")
 
 
-def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Optional[Box]:
+def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Box | None:
     """Whole-pixel box clipped to the image (outer rounding), or None when nothing is left."""
     box = (max(0, math.floor(x1)), max(0, math.floor(y1)), min(width, math.ceil(x2)), min(height, math.ceil(y2)))
     return box if box[2] > box[0] and box[3] > box[1] else None
@@ -160,12 +160,12 @@ def confident(detections: Sequence[Detection]) -> list[bool]:
             for d in detections]
 
 
-def main_person(detections: Sequence[Detection], width: int, height: int) -> Optional[int]:
+def main_person(detections: Sequence[Detection], width: int, height: int) -> int | None:
     """Index of the main person by ``MAIN_PERSON_RULE``, None without detections."""
     if not detections:
         return None
     values = [prominence(d.box, width, height) if keep else -math.inf
-              for d, keep in zip(detections, confident(detections))]
+              for d, keep in zip(detections, confident(detections), strict=True)]
     return int(np.argmax(values))
 
 
@@ -221,7 +221,7 @@ class HogPersonDetector:
             scanned = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             rects, weights = self._descriptor().detectMultiScale(scanned, winStride=(8, 8), padding=(8, 8),
                                                                 scale=1.05)
-            for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.reshape(weights, -1)):
+            for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.reshape(weights, -1), strict=True):
                 if weight < self.min_score:
                     continue
                 margin_x, margin_y = HOG_WINDOW_MARGIN[0] * w, HOG_WINDOW_MARGIN[1] * h
@@ -300,7 +300,7 @@ def _first_sentence(error: BaseException) -> str:
     return text.split(". ")[0][:200]
 
 
-def torchvision_ops_problem(device: str | torch.device = "cpu") -> Optional[str]:
+def torchvision_ops_problem(device: str | torch.device = "cpu") -> str | None:
     """Why torchvision's compiled ``nms``/``roi_align`` cannot run on ``device``, or None when they can.
 
     torchvision's detection models call both; this tries each on a tiny input.
@@ -382,7 +382,7 @@ class TorchvisionPersonDetector:
     here; without a file, whether it can run is checked before anything is downloaded.
     """
 
-    def __init__(self, weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+    def __init__(self, weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
                  min_score: float = 0.5, device: str | torch.device = "cpu", allow_download: bool = True) -> None:
         _check_arch(arch)
         self.device = torch.device(device)
@@ -409,14 +409,14 @@ class TorchvisionPersonDetector:
         output = self._run(rgb)
         detections = []
         for box, label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
-                                     output["scores"].cpu().tolist()):
+                                     output["scores"].cpu().tolist(), strict=True):
             clipped = clip_to_image(*box, width, height)
             if label == COCO_PERSON_LABEL and score >= self.min_score and clipped is not None:
                 detections.append(Detection(clipped, round(float(score), 4), self.name))
         return detections
 
 
-def build_person_detector(weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+def build_person_detector(weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
                           device: str | torch.device = "cpu", allow_download: bool = True) -> PersonDetector:
     """The torchvision detector, or the offline one with one warning where it cannot be had.
 
