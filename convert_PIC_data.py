@@ -28,6 +28,7 @@ from pic_dataset import (
     ReleaseData,
     UserRatings,
     check_rated_rows,
+    config_path,
     load_pic_data,
     load_release_layout,
     merged_crops,
@@ -102,9 +103,11 @@ def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[
             if problem:
                 problems.append(f"line {line}: {problem}")
     for user, user_rows in rows.items():
+        def where(at: str, user: str = user) -> str:
+            return f"{at}: annotator {user}"
         check_rated_rows(RATINGS_CSV, {name: found for name, found in user_rows.items()
                                        if image_dir is None or sizes[name] is not None},
-                         sizes, lambda at, user=user: f"{at}: annotator {user}", problems)
+                         sizes, where, problems)
     if problems:
         raise problems_error(f"ratings CSV {path}", problems)
     if not rows:
@@ -116,8 +119,12 @@ def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[
 def read_person_boxes(path: str, sizes: dict[str, tuple[int, int] | None]) -> dict[str, list[float]]:
     """A ``human_bboxes.json`` to copy, each box checked against its photo (when at hand) as the loader does."""
     boxes = read_human_boxes(path)
-    problems = [f"image {name}: person box {problem}" for name, box in boxes.items() if sizes.get(name)
-                for problem in [check_boxes(box.reshape(1, 4), *sizes[name])[2]] if problem]
+    problems = []
+    for name, box in boxes.items():
+        size = sizes.get(name)
+        problem = check_boxes(box.reshape(1, 4), *size)[2] if size else None
+        if problem:
+            problems.append(f"image {name}: person box {problem}")
     if problems:
         raise problems_error(f"human box file {path}", problems)
     return {name: box.tolist() for name, box in boxes.items()}
@@ -388,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"{option} must be between 0 and 1, got {value}")
     cfg = config_PIC.Config(data_root=args.data_root)
     data = load_pic_data(cfg)
-    out_dir = args.out or cfg.PIC_release
+    out_dir = args.out or config_path(cfg.PIC_release, "PIC_release")
     write_release_layout(data, out_dir, sorted(set(args.shots)), args.val_fraction, args.test_fraction, args.seed,
                          args.overwrite)
     print(f"wrote {out_dir}: {len(data.train_users)} training users, {len(data.test_users)} test users with "

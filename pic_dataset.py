@@ -23,7 +23,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -98,7 +98,7 @@ class PICData:
         return entry.boxes[best_crop_indices(entry.scores, count)]
 
 
-def box_key(box: Sequence[float]) -> tuple[float, ...]:
+def box_key(box: Iterable[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
 
@@ -264,7 +264,8 @@ def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
                 seen[user] = part
     if not raw["train"]:
         problems.append(f"{path}: no training users")
-    return tuple([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
+    train, test = ([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
+    return train, test
 
 
 def crop_position(crops: Sequence[int]) -> str:
@@ -272,25 +273,36 @@ def crop_position(crops: Sequence[int]) -> str:
     return "" if not crops else f"crop box{'es' if len(crops) > 1 else ''} {', '.join(map(str, crops))}: "
 
 
+def config_path(value: str | None, option: str) -> str:
+    """A path option of ``config_PIC.Config``, which derives every one left out from ``data_root``:
+    None is a config whose ``__post_init__`` never ran."""
+    if value is None:
+        raise ValueError(f"config option {option} is not set")
+    return value
+
+
 def load_pic_data(cfg: Config) -> PICData:
     """Read and check ``cfg.PIC_path``; every problem is listed in one ``DatasetError``.
 
     Boxes up to 2% of a side outside their image are clipped (with a warning), as for GAICD.
     """
-    if not os.path.isdir(cfg.PIC_path):
-        raise FileNotFoundError(f"PIC folder not found: {cfg.PIC_path} (expected users.json, annotations/, "
+    root, image_dir = config_path(cfg.PIC_path, "PIC_path"), config_path(cfg.PIC_image, "PIC_image")
+    users_file, annotation_dir = config_path(cfg.PIC_users, "PIC_users"), config_path(cfg.PIC_anno, "PIC_anno")
+    human_file = config_path(cfg.PIC_human, "PIC_human")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"PIC folder not found: {root} (expected users.json, annotations/, "
                                 "images/; see pic_dataset.py)")
-    if not os.path.isdir(cfg.PIC_image):
-        raise FileNotFoundError(f"PIC image folder not found: {cfg.PIC_image}")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"PIC image folder not found: {image_dir}")
     problems: list[str] = []
-    train_users, test_users = _read_users(cfg.PIC_users, problems)
-    human_boxes = read_human_boxes(cfg.PIC_human) if os.path.isfile(cfg.PIC_human) else {}
+    train_users, test_users = _read_users(users_file, problems)
+    human_boxes = read_human_boxes(human_file) if os.path.isfile(human_file) else {}
     sizes: dict[str, tuple[int, int] | None] = {}
     image_problems: dict[str, str | None] = {}
     annotations: dict[str, dict[str, CropAnnotation]] = {}
     clipped: list[str] = []
     for user in train_users + test_users:
-        path = os.path.join(cfg.PIC_anno, f"{user}.json")
+        path = os.path.join(annotation_dir, f"{user}.json")
         try:
             entries = read_crop_annotations(path, "bbox", "score")
         except (FileNotFoundError, DatasetError) as error:
@@ -302,7 +314,7 @@ def load_pic_data(cfg: Config) -> PICData:
         for name, entry in entries.items():
             where = f"user {user}, image {name}"
             if name not in sizes:
-                sizes[name], image_problems[name] = named_image_size(cfg.PIC_image, name)
+                sizes[name], image_problems[name] = named_image_size(image_dir, name)
             if sizes[name] is None:
                 problems.append(f"{where}: {image_problems[name]}")
                 continue
@@ -313,17 +325,18 @@ def load_pic_data(cfg: Config) -> PICData:
             checked[name] = CropAnnotation(boxes, entry.scores)
         annotations[user] = checked
     for name, box in list(human_boxes.items()):
-        if sizes.get(name) is not None:
-            checked_box, _, problem = check_boxes(box.reshape(1, 4), *sizes[name])
+        size = sizes.get(name)
+        if size is not None:
+            checked_box, _, problem = check_boxes(box.reshape(1, 4), *size)
             human_boxes[name] = checked_box.reshape(4)
             if problem:
-                problems.append(f"{cfg.PIC_human}: image {name}: person box {problem}")
+                problems.append(f"{human_file}: image {name}: person box {problem}")
     if problems:
-        raise problems_error(f"PIC dataset {cfg.PIC_path}", problems)
+        raise problems_error(f"PIC dataset {root}", problems)
     if clipped:
         warnings.warn(f"PIC dataset: crops of {len(clipped)} rated image(s) ran up to 2% outside the image and "
                       f"were clipped (first: {clipped[0]})", stacklevel=2)
-    return PICData(root=cfg.PIC_path, image_dir=cfg.PIC_image, train_users=train_users, test_users=test_users,
+    return PICData(root=root, image_dir=image_dir, train_users=train_users, test_users=test_users,
                    annotations=annotations, human_boxes=human_boxes,
                    image_sizes={name: size for name, size in sizes.items() if size is not None})
 
@@ -366,13 +379,14 @@ class PICDataset(ConcatDataset):
         parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment)
                  for user in users]
         super().__init__(parts)
+        self.parts = parts  # ConcatDataset.datasets, known to be PICUserDataset
         self.names = [name for part in parts for name in part.names]
         self.users = [part.user for part in parts for _ in part.names]
 
     def resized_size_of(self, index: int) -> tuple[int, int]:
         part = bisect.bisect_right(self.cumulative_sizes, index)
         offset = index - (self.cumulative_sizes[part - 1] if part else 0)
-        return self.datasets[part].resized_size_of(offset)
+        return self.parts[part].resized_size_of(offset)
 
 
 class PICImageDataset(ScoredCropDataset):
@@ -593,7 +607,7 @@ def load_release_layout(root: str, positions: int | None = None,
     sizes: dict[str, tuple[tuple[int, int] | None, str | None]] = {}
 
     def read_pair(train_path: str, val_path: str, user: str) -> RatedSplit:
-        pair = []
+        pair: list[UserRatings] = []
         for path in (train_path, val_path):
             if not os.path.isfile(path):
                 problems.append(f"user {user}, {path}: file missing")

@@ -12,7 +12,7 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -98,6 +98,7 @@ def _non_finite_place(content: Any, place: str = "") -> str | None:
     """Where the first NaN or infinity of ``content`` is (``["metrics"]["srcc"] = nan``), if anywhere."""
     if isinstance(content, float) and not math.isfinite(content):
         return f"{place or 'the value'} = {content}"
+    items: Iterable[tuple[Any, Any]]
     if isinstance(content, dict):
         items = content.items()
     elif isinstance(content, (list, tuple)):

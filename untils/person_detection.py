@@ -9,8 +9,9 @@ import math
 import os
 import urllib.parse
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -20,7 +21,6 @@ from untils.boxes import box_iou
 from untils.checkpoint import load_file
 
 Box = tuple[int, int, int, int]
-PersonDetector = Callable[[np.ndarray], list["Detection"]]
 
 CONFIDENT_FRACTION = 0.8
 DUPLICATE_IOU = 0.5
@@ -41,6 +41,15 @@ BODY_FROM_FACE = {"half_width": 1.6, "above": 0.5, "below": 7.0}
 # The INRIA training windows are 64x128 with the pedestrian in the middle; HOG boxes are
 # shrunk by these fractions of the window on each side to hug the person.
 HOG_WINDOW_MARGIN = (0.2, 0.125)
+
+
+class PersonDetector(Protocol):
+    """What finds people: called on an RGB photo; ``name`` says which detector found them."""
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]: ...
 
 
 class DetectorError(RuntimeError):
@@ -86,7 +95,7 @@ def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
-def _greedy_suppression(order: Sequence[int], duplicates: np.ndarray) -> dict[int, list[int]]:
+def _greedy_suppression(order: Iterable[int], duplicates: np.ndarray) -> dict[int, list[int]]:
     """Walk ``order``; keep an index unless it duplicates one already kept (``duplicates[i, j]``).
 
     Returns ``{kept index: [indices merged into it]}`` in the order kept.
@@ -186,7 +195,7 @@ def _shrink_to(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 def hog_available() -> bool:
     """Whether this OpenCV has the HOG people detector (OpenCV 4.x does, 5.x does not)."""
-    return hasattr(cv2, "HOGDescriptor") and hasattr(cv2, "HOGDescriptor_getDefaultPeopleDetector")
+    return hasattr(cv2, "HOGDescriptor") and hasattr(cv2.HOGDescriptor, "getDefaultPeopleDetector")
 
 
 class HogPersonDetector:
@@ -201,15 +210,15 @@ class HogPersonDetector:
                                 "the main package); the face detector still works, or install opencv 4.x")
         self.max_side, self.border = max_side, border
         self.min_score, self.iou_threshold = min_score, iou_threshold
-        self._hog = None
+        self._hog: cv2.HOGDescriptor | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_hog": None}  # cv2 objects do not pickle; rebuilt in each process
 
-    def _descriptor(self):
+    def _descriptor(self) -> cv2.HOGDescriptor:
         if self._hog is None:
             self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
         return self._hog
 
     def __call__(self, rgb: np.ndarray) -> list[Detection]:
@@ -230,7 +239,8 @@ class HogPersonDetector:
                 scores.append(float(weight))
         detections = []
         for index in non_max_suppression(np.array(boxes), np.array(scores), self.iou_threshold):
-            box = clip_to_image(*boxes[index], width, height)
+            x1, y1, x2, y2 = boxes[index]
+            box = clip_to_image(x1, y1, x2, y2, width, height)
             if box is not None:
                 detections.append(Detection(box, round(scores[index], 4), self.name))
         return detections
@@ -408,9 +418,9 @@ class TorchvisionPersonDetector:
         height, width = rgb.shape[:2]
         output = self._run(rgb)
         detections = []
-        for box, label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
-                                     output["scores"].cpu().tolist(), strict=True):
-            clipped = clip_to_image(*box, width, height)
+        for (x1, y1, x2, y2), label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
+                                                  output["scores"].cpu().tolist(), strict=True):
+            clipped = clip_to_image(x1, y1, x2, y2, width, height)
             if label == COCO_PERSON_LABEL and score >= self.min_score and clipped is not None:
                 detections.append(Detection(clipped, round(float(score), 4), self.name))
         return detections
