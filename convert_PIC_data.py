@@ -14,19 +14,40 @@ import argparse
 import os
 import random
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 import config_PIC
 from cropping_dataset import DatasetError, check_boxes, problems_error, read_human_boxes
-from pic_dataset import (PRETRAIN_FOLDER, CropCsvLayout, PICData, ReleaseData, UserRatings, check_rated_rows,
-                         load_pic_data, load_release_layout, merged_crops, named_image_size, read_crop_rows,
-                         read_pretrain_folder, split_user_images)
+from pic_dataset import (
+    PRETRAIN_FOLDER,
+    CropCsvLayout,
+    PICData,
+    ReleaseData,
+    UserRatings,
+    check_rated_rows,
+    config_path,
+    load_pic_data,
+    load_release_layout,
+    merged_crops,
+    named_image_size,
+    read_crop_rows,
+    read_pretrain_folder,
+    split_user_images,
+)
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
-from untils.pic_format import (RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER, RELEASE_PRETRAIN_FOLDER,
-                               RELEASE_PRIOR_FOLDER, USER_ID_PATTERN, write_pic_annotations, write_release_csv)
+from untils.pic_format import (
+    RELEASE_FINETUNE_FOLDER,
+    RELEASE_IMAGE_FOLDER,
+    RELEASE_PRETRAIN_FOLDER,
+    RELEASE_PRIOR_FOLDER,
+    USER_ID_PATTERN,
+    write_pic_annotations,
+    write_release_csv,
+)
 from untils.safe_paths import copy_named_files
 from untils.training import held_out_images
 
@@ -58,7 +79,7 @@ def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[
     return sorted(order[test_count:]), sorted(order[:test_count])
 
 
-def read_ratings_csv(path: str, image_dir: Optional[str] = None) -> dict[str, dict[str, dict[str, list]]]:
+def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[str, dict[str, list]]]:
     """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox,
     score}}}``, boxes and scores as given. Each user's crops of an image are checked by the loader's
     rule (``pic_dataset.check_rated_crops``), against the photo in ``image_dir`` when given (its name
@@ -75,16 +96,18 @@ def read_ratings_csv(path: str, image_dir: Optional[str] = None) -> dict[str, di
             continue
         first_line.setdefault(image, line)
         rows.setdefault(user, {}).setdefault(image, []).append((line, box, score))
-    sizes: dict[str, Optional[tuple[int, int]]] = {}
+    sizes: dict[str, tuple[int, int] | None] = {}
     if image_dir is not None:
         for name, line in first_line.items():
             sizes[name], problem = named_image_size(image_dir, name)
             if problem:
                 problems.append(f"line {line}: {problem}")
     for user, user_rows in rows.items():
+        def where(at: str, user: str = user) -> str:
+            return f"{at}: annotator {user}"
         check_rated_rows(RATINGS_CSV, {name: found for name, found in user_rows.items()
                                        if image_dir is None or sizes[name] is not None},
-                         sizes, lambda at, user=user: f"{at}: annotator {user}", problems)
+                         sizes, where, problems)
     if problems:
         raise problems_error(f"ratings CSV {path}", problems)
     if not rows:
@@ -93,18 +116,22 @@ def read_ratings_csv(path: str, image_dir: Optional[str] = None) -> dict[str, di
                    for name, found in user_rows.items()} for user, user_rows in rows.items()}
 
 
-def read_person_boxes(path: str, sizes: dict[str, Optional[tuple[int, int]]]) -> dict[str, list[float]]:
+def read_person_boxes(path: str, sizes: dict[str, tuple[int, int] | None]) -> dict[str, list[float]]:
     """A ``human_bboxes.json`` to copy, each box checked against its photo (when at hand) as the loader does."""
     boxes = read_human_boxes(path)
-    problems = [f"image {name}: person box {problem}" for name, box in boxes.items() if sizes.get(name)
-                for problem in [check_boxes(box.reshape(1, 4), *sizes[name])[2]] if problem]
+    problems = []
+    for name, box in boxes.items():
+        size = sizes.get(name)
+        problem = check_boxes(box.reshape(1, 4), *size)[2] if size else None
+        if problem:
+            problems.append(f"image {name}: person box {problem}")
     if problems:
         raise problems_error(f"human box file {path}", problems)
     return {name: box.tolist() for name, box in boxes.items()}
 
 
-def convert_ratings_csv(csv_path: str, out_root: str, image_dir: Optional[str] = None,
-                        human_boxes: Optional[str] = None, test_fraction: float = 0.2, seed: int = 0,
+def convert_ratings_csv(csv_path: str, out_root: str, image_dir: str | None = None,
+                        human_boxes: str | None = None, test_fraction: float = 0.2, seed: int = 0,
                         overwrite: bool = False) -> dict[str, Any]:
     """Write ``<out_root>/PIC`` from a ratings CSV; returns ``{"path", "train", "test"}``.
 
@@ -345,7 +372,7 @@ and the same images finetune_PIC.py's embedding variant reports on. A test user'
     return add_option_aliases(parser)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ratings":
@@ -368,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             parser.error(f"{option} must be between 0 and 1, got {value}")
     cfg = config_PIC.Config(data_root=args.data_root)
     data = load_pic_data(cfg)
-    out_dir = args.out or cfg.PIC_release
+    out_dir = args.out or config_path(cfg.PIC_release, "PIC_release")
     write_release_layout(data, out_dir, sorted(set(args.shots)), args.val_fraction, args.test_fraction, args.seed,
                          args.overwrite)
     print(f"wrote {out_dir}: {len(data.train_users)} training users, {len(data.test_users)} test users with "

@@ -212,7 +212,7 @@ def heat_map_path(heat_map_dir: str, name: str) -> str:
     return os.path.join(heat_map_dir, os.path.splitext(name)[0] + ".png")
 
 
-def check_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, bool, Optional[str]]:
+def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, bool, Optional[str]]:
     """Validate boxes (N, 4) of a ``width`` x ``height`` image.
 
     Returns ``(boxes, clipped, problem)``: boxes at most ``CLIP_TOLERANCE`` of a side

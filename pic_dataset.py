@@ -23,17 +23,32 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
-from cropping_dataset import (CropAnnotation, DatasetError, ScoredCropDataset, check_boxes, load_json,
-                              problems_error, read_crop_annotations, read_human_boxes)
-from untils.pic_format import (RELEASE_CSV_HEADER, RELEASE_FINETUNE_FOLDER, RELEASE_IMAGE_FOLDER,
-                               RELEASE_PRETRAIN_FOLDER, RELEASE_PRIOR_FOLDER, USER_ID_PATTERN)
+from cropping_dataset import (
+    CropAnnotation,
+    DatasetError,
+    ScoredCropDataset,
+    check_boxes,
+    load_json,
+    problems_error,
+    read_crop_annotations,
+    read_human_boxes,
+)
+from untils.pic_format import (
+    RELEASE_CSV_HEADER,
+    RELEASE_FINETUNE_FOLDER,
+    RELEASE_IMAGE_FOLDER,
+    RELEASE_PRETRAIN_FOLDER,
+    RELEASE_PRIOR_FOLDER,
+    USER_ID_PATTERN,
+)
 from untils.safe_paths import UnsafeNameError, check_name, resolve_inside
 from untils.training import seeded_order
 
@@ -83,11 +98,11 @@ class PICData:
         return entry.boxes[best_crop_indices(entry.scores, count)]
 
 
-def box_key(box: Sequence[float]) -> tuple[float, ...]:
+def box_key(box: Iterable[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
 
-def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None
+def union_crops(data: PICData, users: Sequence[str], names: Sequence[str] | None = None
                 ) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
     """Every crop the ``users`` rated on each image, with their mean score.
 
@@ -107,7 +122,7 @@ def union_crops(data: PICData, users: Sequence[str], names: Optional[Sequence[st
             image_rows = rows.setdefault(name, {})
             image_boxes, image_totals = boxes.setdefault(name, []), totals.setdefault(name, [])
             index = []
-            for box, score in zip(entry.boxes, entry.scores):
+            for box, score in zip(entry.boxes, entry.scores, strict=True):
                 key = box_key(box)
                 if key not in image_rows:
                     image_rows[key] = len(image_boxes)
@@ -160,7 +175,7 @@ class CropProblem(NamedTuple):
     text: str
 
 
-def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: Optional[tuple[int, int]]
+def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None
                       ) -> tuple[np.ndarray, bool, list[CropProblem]]:
     """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
     converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
@@ -189,7 +204,7 @@ def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: Optional[tupl
     return checked, clipped, problems
 
 
-def image_size(path: str) -> Optional[tuple[int, int]]:
+def image_size(path: str) -> tuple[int, int] | None:
     """(width, height) of the image at ``path``; None when it is missing or unreadable."""
     try:
         with Image.open(path) as image:
@@ -198,7 +213,7 @@ def image_size(path: str) -> Optional[tuple[int, int]]:
         return None
 
 
-def named_image_size(folder: str, name: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+def named_image_size(folder: str, name: str) -> tuple[tuple[int, int] | None, str | None]:
     """``(size, problem)`` of the image ``name`` in ``folder``: the name must keep inside the folder
     (``untils.safe_paths``) and the image be readable; ``problem`` says which failed."""
     try:
@@ -249,7 +264,8 @@ def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
                 seen[user] = part
     if not raw["train"]:
         problems.append(f"{path}: no training users")
-    return tuple([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
+    train, test = ([u for u in raw[part] if isinstance(u, str) and seen.get(u) == part] for part in ("train", "test"))
+    return train, test
 
 
 def crop_position(crops: Sequence[int]) -> str:
@@ -257,25 +273,36 @@ def crop_position(crops: Sequence[int]) -> str:
     return "" if not crops else f"crop box{'es' if len(crops) > 1 else ''} {', '.join(map(str, crops))}: "
 
 
-def load_pic_data(cfg: "Config") -> PICData:
+def config_path(value: str | None, option: str) -> str:
+    """A path option of ``config_PIC.Config``, which derives every one left out from ``data_root``:
+    None is a config whose ``__post_init__`` never ran."""
+    if value is None:
+        raise ValueError(f"config option {option} is not set")
+    return value
+
+
+def load_pic_data(cfg: Config) -> PICData:
     """Read and check ``cfg.PIC_path``; every problem is listed in one ``DatasetError``.
 
     Boxes up to 2% of a side outside their image are clipped (with a warning), as for GAICD.
     """
-    if not os.path.isdir(cfg.PIC_path):
-        raise FileNotFoundError(f"PIC folder not found: {cfg.PIC_path} (expected users.json, annotations/, "
+    root, image_dir = config_path(cfg.PIC_path, "PIC_path"), config_path(cfg.PIC_image, "PIC_image")
+    users_file, annotation_dir = config_path(cfg.PIC_users, "PIC_users"), config_path(cfg.PIC_anno, "PIC_anno")
+    human_file = config_path(cfg.PIC_human, "PIC_human")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"PIC folder not found: {root} (expected users.json, annotations/, "
                                 "images/; see pic_dataset.py)")
-    if not os.path.isdir(cfg.PIC_image):
-        raise FileNotFoundError(f"PIC image folder not found: {cfg.PIC_image}")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"PIC image folder not found: {image_dir}")
     problems: list[str] = []
-    train_users, test_users = _read_users(cfg.PIC_users, problems)
-    human_boxes = read_human_boxes(cfg.PIC_human) if os.path.isfile(cfg.PIC_human) else {}
-    sizes: dict[str, Optional[tuple[int, int]]] = {}
-    image_problems: dict[str, Optional[str]] = {}
+    train_users, test_users = _read_users(users_file, problems)
+    human_boxes = read_human_boxes(human_file) if os.path.isfile(human_file) else {}
+    sizes: dict[str, tuple[int, int] | None] = {}
+    image_problems: dict[str, str | None] = {}
     annotations: dict[str, dict[str, CropAnnotation]] = {}
     clipped: list[str] = []
     for user in train_users + test_users:
-        path = os.path.join(cfg.PIC_anno, f"{user}.json")
+        path = os.path.join(annotation_dir, f"{user}.json")
         try:
             entries = read_crop_annotations(path, "bbox", "score")
         except (FileNotFoundError, DatasetError) as error:
@@ -287,7 +314,7 @@ def load_pic_data(cfg: "Config") -> PICData:
         for name, entry in entries.items():
             where = f"user {user}, image {name}"
             if name not in sizes:
-                sizes[name], image_problems[name] = named_image_size(cfg.PIC_image, name)
+                sizes[name], image_problems[name] = named_image_size(image_dir, name)
             if sizes[name] is None:
                 problems.append(f"{where}: {image_problems[name]}")
                 continue
@@ -298,17 +325,18 @@ def load_pic_data(cfg: "Config") -> PICData:
             checked[name] = CropAnnotation(boxes, entry.scores)
         annotations[user] = checked
     for name, box in list(human_boxes.items()):
-        if sizes.get(name) is not None:
-            checked_box, _, problem = check_boxes(box.reshape(1, 4), *sizes[name])
+        size = sizes.get(name)
+        if size is not None:
+            checked_box, _, problem = check_boxes(box.reshape(1, 4), *size)
             human_boxes[name] = checked_box.reshape(4)
             if problem:
-                problems.append(f"{cfg.PIC_human}: image {name}: person box {problem}")
+                problems.append(f"{human_file}: image {name}: person box {problem}")
     if problems:
-        raise problems_error(f"PIC dataset {cfg.PIC_path}", problems)
+        raise problems_error(f"PIC dataset {root}", problems)
     if clipped:
         warnings.warn(f"PIC dataset: crops of {len(clipped)} rated image(s) ran up to 2% outside the image and "
                       f"were clipped (first: {clipped[0]})", stacklevel=2)
-    return PICData(root=cfg.PIC_path, image_dir=cfg.PIC_image, train_users=train_users, test_users=test_users,
+    return PICData(root=root, image_dir=image_dir, train_users=train_users, test_users=test_users,
                    annotations=annotations, human_boxes=human_boxes,
                    image_sizes={name: size for name, size in sizes.items() if size is not None})
 
@@ -320,7 +348,7 @@ def load_pic_data(cfg: "Config") -> PICData:
 class PICUserDataset(ScoredCropDataset):
     """One user's rated images (all, or ``names``): ``cropping_dataset`` items plus ``user``."""
 
-    def __init__(self, cfg: "Config", data: PICData, user: str, names: Optional[Sequence[str]] = None,
+    def __init__(self, cfg: Config, data: PICData, user: str, names: Sequence[str] | None = None,
                  augment: bool = False) -> None:
         rated = data.annotations.get(user)
         if rated is None:
@@ -344,20 +372,21 @@ class PICUserDataset(ScoredCropDataset):
 class PICDataset(ConcatDataset):
     """(user, image) pairs of several users; ``names`` optionally limits each user's images."""
 
-    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str],
-                 names: Optional[Mapping[str, Sequence[str]]] = None, augment: bool = False) -> None:
+    def __init__(self, cfg: Config, data: PICData, users: Sequence[str],
+                 names: Mapping[str, Sequence[str]] | None = None, augment: bool = False) -> None:
         if not users:
             raise ValueError("PICDataset needs at least one user")
         parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment)
                  for user in users]
         super().__init__(parts)
+        self.parts = parts  # ConcatDataset.datasets, known to be PICUserDataset
         self.names = [name for part in parts for name in part.names]
         self.users = [part.user for part in parts for _ in part.names]
 
     def resized_size_of(self, index: int) -> tuple[int, int]:
         part = bisect.bisect_right(self.cumulative_sizes, index)
         offset = index - (self.cumulative_sizes[part - 1] if part else 0)
-        return self.datasets[part].resized_size_of(offset)
+        return self.parts[part].resized_size_of(offset)
 
 
 class PICImageDataset(ScoredCropDataset):
@@ -368,7 +397,7 @@ class PICImageDataset(ScoredCropDataset):
 
     title = "PIC images"
 
-    def __init__(self, cfg: "Config", data: PICData, users: Sequence[str], names: Optional[Sequence[str]] = None,
+    def __init__(self, cfg: Config, data: PICData, users: Sequence[str], names: Sequence[str] | None = None,
                  augment: bool = False) -> None:
         annotations, self.crop_index = union_crops(data, users, names)
         image_names = list(annotations) if names is None else [name for name in names if name in annotations]
@@ -444,7 +473,7 @@ def rows_text(layout: CropCsvLayout, lines: Sequence[int]) -> str:
     return f"{layout.row_word}{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
 
 
-def _parse_box(row: Mapping[str, Optional[str]], columns: Sequence[str]) -> list[float]:
+def _parse_box(row: Mapping[str, str | None], columns: Sequence[str]) -> list[float]:
     texts = [row[column] or "" for column in columns]
     if len(texts) == 1:
         texts = texts[0].strip().strip("[]").split(",")
@@ -505,7 +534,7 @@ def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str]
 
 
 def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[int, list[float], float]]],
-                     sizes: Mapping[str, Optional[tuple[int, int]]], where: Callable[[str], str],
+                     sizes: Mapping[str, tuple[int, int] | None], where: Callable[[str], str],
                      problems: list[str]) -> tuple[UserRatings, bool]:
     """One user's CSV rows ``{image: [(line, box, score), ...]}`` through :func:`check_rated_crops`
     (``sizes[image]`` None: not at hand); every problem is appended naming its rows. Returns the
@@ -523,7 +552,7 @@ def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[in
 
 
 def _read_release_csv(path: str, user: str, image_dir: str,
-                      sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]], positions: Optional[int],
+                      sizes: dict[str, tuple[tuple[int, int] | None, str | None]], positions: int | None,
                       positions_option: str, problems: list[str]) -> UserRatings:
     """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
     def where(rows: str) -> str:
@@ -564,7 +593,7 @@ def _release_users(folders: Mapping[str, Sequence[str]], ignored: list[str]) -> 
     return sorted(users)
 
 
-def load_release_layout(root: str, positions: Optional[int] = None,
+def load_release_layout(root: str, positions: int | None = None,
                         positions_option: str = "--num_positions") -> ReleaseData:
     """Read and check a folder in the release's layout (:class:`ReleaseData`); every problem
     (naming the user, the file and the row) is listed in one ``DatasetError``. ``positions``:
@@ -575,10 +604,10 @@ def load_release_layout(root: str, positions: Optional[int] = None,
     image_dir = os.path.join(root, RELEASE_IMAGE_FOLDER)
     problems: list[str] = []
     ignored: list[str] = []
-    sizes: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
+    sizes: dict[str, tuple[tuple[int, int] | None, str | None]] = {}
 
     def read_pair(train_path: str, val_path: str, user: str) -> RatedSplit:
-        pair = []
+        pair: list[UserRatings] = []
         for path in (train_path, val_path):
             if not os.path.isfile(path):
                 problems.append(f"user {user}, {path}: file missing")
@@ -617,7 +646,7 @@ def merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ..
     for user_ratings in files:
         for name, entry in user_ratings.items():
             crops = merged.setdefault(name, {})
-            for box, score in zip(entry.boxes, entry.scores):
+            for box, score in zip(entry.boxes, entry.scores, strict=True):
                 crops.setdefault(box_key(box), (box.tolist(), []))[1].append(float(score))
     return merged
 

@@ -32,8 +32,8 @@ users are never seen here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ from tqdm import tqdm
 import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD
 from cropping_dataset import CPCDataset, GAICDataset
-from cropping_model import build_crop_model, crop_score_loss
-from pic_dataset import PICData, PICImageDataset, load_pic_data, load_release_layout, rated_average
+from cropping_model import crop_score_loss
+from pic_dataset import PICData, PICImageDataset, config_path, load_pic_data, load_release_layout, rated_average
 from pic_model import PICModel, build_official_model
 from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
@@ -54,14 +54,21 @@ from untils.checkpoint import config_to_dict, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
+from untils.experiment import build_parser, launch
 from untils.inference import move_batch
-from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.pic_format import pic_user_image
 from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
+from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.runtime import seed_everything
-from untils.experiment import build_parser, launch
-from untils.training import (EpochSeededItems, LossFunction, Trainer, item_seed, sample_views, split_validation,
-                             subset_of)
+from untils.training import (
+    EpochSeededItems,
+    LossFunction,
+    Trainer,
+    item_seed,
+    sample_views,
+    split_validation,
+    subset_of,
+)
 
 BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
 
@@ -80,7 +87,7 @@ class SubjectiveData:
     """The PIC images the subjective branch learns from: the training and held-out images, and for
     each image the classifier labels (M,) and boxes (M, 4, original pixels) of the training users'
     best crops."""
-    train: Dataset
+    train: NamedSubset
     val: NamedSubset
     val_names: list[str]
     best_by_image: BestCrops
@@ -109,6 +116,8 @@ class PICPretrainer(Trainer):
     """Trains the objective and subjective branches of a PIC model together."""
 
     selection_metrics = ("srcc", "acc5", "acc10", "user_acc")
+    # one process only (build_trainer), so the engine's model is the PIC model itself, never wrapped
+    model: PICModel
 
     def __init__(self, cfg: config_PIC.Config, exp_path: str, device: torch.device, model: PICModel,
                  train_set: Dataset, val_names: list[str], objective_val: NamedSubset, subjective: SubjectiveData,
@@ -137,9 +146,9 @@ class PICPretrainer(Trainer):
         resized_h, resized_w = batch["image"].shape[-2:]
         rois, humans, labels = [], [], []
         for image, name in enumerate(batch["name"]):
-            image_labels, boxes = self.subjective.best_by_image[name]
+            image_labels, best_boxes = self.subjective.best_by_image[name]
             width, height = int(batch["width"][image]), int(batch["height"][image])
-            boxes = rescale_boxes(torch.from_numpy(boxes), resized_w / width, resized_h / height)
+            boxes = rescale_boxes(torch.from_numpy(best_boxes), resized_w / width, resized_h / height)
             if bool(batch["flipped"][image]):
                 boxes = flip_boxes_horizontal(boxes, resized_w)
             rois.append(torch.cat([boxes.new_full((len(boxes), 1), image), boxes], dim=1))
@@ -191,6 +200,15 @@ class PICPretrainer(Trainer):
                   f"{self.checkpoint_dir}/best-{name}.pth")
 
 
+def held_out_split(dataset: Dataset, cfg: config_PIC.Config) -> tuple[NamedSubset, list[str]]:
+    """:func:`untils.training.split_validation` as pre-training uses it: always with held-out images
+    (config_PIC offers selection 'val' only), so the training images are a subset."""
+    train, val_names = split_validation(dataset, cfg)
+    if val_names is None or not isinstance(train, NamedSubset):
+        raise ValueError(f"selection={cfg.selection}: PIC pre-training selects on held-out images (selection val)")
+    return train, val_names
+
+
 def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, progress: bool) -> PICPretrainer:
     """The PIC data, the model (its user classifier sized by the training users), the datasets and the trainer."""
     if distributed():
@@ -200,9 +218,9 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
     if cfg.num_users not in (0, len(pic.train_users)):
         raise ValueError(f"num_users={cfg.num_users}, but {cfg.PIC_users} lists {len(pic.train_users)} training users")
     cfg.num_users = len(pic.train_users)
-    model = build_crop_model(cfg, cfg.model_type)
+    model = PICModel(cfg)  # config_PIC's only model_type
     # one held-out rule (untils.training.held_out_images) for the PIC images and the objective set
-    subjective_train, subjective_val_names = split_validation(
+    subjective_train, subjective_val_names = held_out_split(
         PICImageDataset(cfg, pic, pic.train_users, augment=cfg.data_augmentation), cfg)
     pic_images = PICImageDataset(cfg, pic, pic.train_users, augment=False)
     subjective = SubjectiveData(subjective_train, subset_of(pic_images, subjective_val_names), subjective_val_names,
@@ -211,7 +229,7 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
         train_set, val_names = subjective_train, subjective_val_names
         objective_val = subjective.val
     else:
-        train_set, val_names = split_validation(objective_dataset(cfg, cfg.data_augmentation), cfg)
+        train_set, val_names = held_out_split(objective_dataset(cfg, cfg.data_augmentation), cfg)
         objective_val = subset_of(objective_dataset(cfg, augment=False), val_names)
 
     def loss_fn(output: PretrainingOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -271,13 +289,15 @@ def bgr_input(image: torch.Tensor) -> torch.Tensor:
 
 def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
     """The official pre-training (module docstring); returns ``{"checkpoint", "exp_path", "history"}``."""
-    release = load_release_layout(cfg.PIC_release, cfg.num_positions)
+    release_dir = config_path(cfg.PIC_release, "PIC_release")
+    release = load_release_layout(release_dir, cfg.num_positions)
     users = sorted(release.pretrain)
     if len(users) < 2:
-        raise SystemExit(f"{cfg.PIC_release}/pretrain needs one folder of images per training user (two or more)")
+        raise SystemExit(f"{release_dir}/pretrain needs one folder of images per training user (two or more)")
     on_gaicd = cfg.objective_set == "GAICD"
+    objective: GAICDataset | RatedImageItems
     if on_gaicd:
-        objective: Dataset = gaicd_training_split(cfg)
+        objective = gaicd_training_split(cfg)
     else:
         averages = rated_average([split.train for split in release.prior.values()])
         objective = RatedImageItems(rated_images(release.image_dir, averages))
@@ -325,7 +345,7 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
     return {"checkpoint": path, "exp_path": exp_path, "history": history}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> PICPretrainer | dict:
+def main(argv: Sequence[str] | None = None) -> Trainer | dict:
     parser = build_parser(__doc__, config_PIC.Config, exclude=config_PIC.NOT_PIC_OPTIONS)
     args = parser.parse_args(argv)
     if config_PIC.Config(**given_config_options(args)).variant == "official":

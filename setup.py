@@ -1,7 +1,8 @@
 """Builds the RoIAlign / RoDAlign kernels: ``roi_align._C`` and ``rod_align._C``.
 
 CPU kernels always; CUDA kernels too when the installed torch has CUDA, a toolkit is found
-(CUDA_HOME) and a GPU is visible, or when FORCE_CUDA=1 asks for them (an error without a toolkit). Build against the installed torch:
+(CUDA_HOME) and a GPU is visible, or when FORCE_CUDA=1 asks for them (an error without a toolkit).
+Build against the installed torch:
 ``pip install --no-build-isolation -e .`` or ``python setup.py build_ext --inplace``.
 """
 from __future__ import annotations

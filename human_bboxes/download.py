@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import urllib.request
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 RELEASE_COMMIT = "13ef56f865b233a378f08eb803efadf8b76f27f2"
 RAW_URL = f"https://raw.githubusercontent.com/bcmi/Human-Centric-Image-Cropping/{RELEASE_COMMIT}/human_bboxes/"
@@ -65,7 +65,8 @@ def download(folder: str, timeout_s: float = 60.0) -> None:
             continue
         handle, temp_path = tempfile.mkstemp(prefix=".download.", dir=os.path.dirname(target))
         try:
-            with os.fdopen(handle, "wb") as out, urllib.request.urlopen(RAW_URL + relative, timeout=timeout_s) as response:
+            with (os.fdopen(handle, "wb") as out,
+                  urllib.request.urlopen(RAW_URL + relative, timeout=timeout_s) as response):
                 out.write(response.read())
             actual = sha256_of(temp_path)
             if actual != expected:
@@ -77,7 +78,7 @@ def download(folder: str, timeout_s: float = 60.0) -> None:
         print(f"fetched {relative}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(
         "Download the human-box annotation files of the ECCV 2022 release (bcmi/Human-Centric-Image-Cropping "
         f"at {RELEASE_COMMIT[:12]}) and verify their SHA-256 checksums."))

@@ -244,7 +244,7 @@ class AlignOp:
         self.name = name
         self.positions = positions
         self.kernels = load_kernel_library(name)
-        self.compiled = None
+        self.compiled: Callable[..., Tensor] | None = None
         if self.kernels.available:
             register_fake_and_autograd(name)
             self.compiled = getattr(getattr(torch.ops, name), name)
@@ -259,8 +259,9 @@ class AlignOp:
         avg_pool: bool,
         backend: Backend,
     ) -> Tensor:
-        if self.kernels.use_compiled(backend):
-            return self.compiled(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
+        compiled = self.compiled if self.kernels.use_compiled(backend) else None
+        if compiled is not None:
+            return compiled(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
         return self.python(features, rois, aligned_height, aligned_width, spatial_scale, avg_pool)
 
     def python(

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -121,7 +120,7 @@ def pic_release_root(tmp_path_factory) -> Path:
     return root
 
 
-def _stat_fields(pid: int) -> Optional[list[str]]:
+def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name (state, parent, ...); None once gone."""
     try:
         with open(f"/proc/{pid}/stat") as stream:

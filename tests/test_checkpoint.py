@@ -16,8 +16,14 @@ import torch
 from config_GAICD import Config
 from cropping_model import build_crop_model, load_crop_model
 from untils.backbones import BackboneWeightsError, build_backbone
-from untils.checkpoint import (MAX_CHECKPOINT_GB_ENV, CheckpointError, config_to_dict, load_model_weights,
-                               read_checkpoint, save_atomic)
+from untils.checkpoint import (
+    MAX_CHECKPOINT_GB_ENV,
+    CheckpointError,
+    config_to_dict,
+    load_model_weights,
+    read_checkpoint,
+    save_atomic,
+)
 from untils.runtime import rng_state, seed_everything, set_rng_state
 
 
@@ -57,7 +63,8 @@ def test_official_bare_state_dict_with_old_names_loads(tmp_path):
 def test_mismatched_checkpoint_names_the_parameters(tmp_path):
     path = tmp_path / "other.pth"
     torch.save(_model(partition_aware_type=2).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"shape differs: partition_aware\.group_conv\.bias, partition_aware\.group_conv\.weight"):
+    with pytest.raises(CheckpointError,
+                       match=r"shape differs: partition_aware\.group_conv\.bias, partition_aware\.group_conv\.weight"):
         load_model_weights(_model(), str(path))
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(str(tmp_path / "missing.pth"))

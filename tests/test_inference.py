@@ -19,9 +19,9 @@ from cropping_dataset import evaluation_dataset
 from tests.conftest import require_shared
 from untils.batching import collate_crops, evaluation_loader
 from untils.boxes import crop_mask_factors, crop_masks, partition_masks
+from untils.candidates import gaic_grid_candidates
 from untils.evaluation import evaluate_anchors, evaluate_scored
 from untils.inference import run_model
-from untils.candidates import gaic_grid_candidates
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +102,7 @@ def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
     module = cm.ContentPreserveModule(32, 8, 256).double()
     edges = [0, 1, 2, 3, 4, 5, 6, 9, 30, 31, 33, 56, 58, 59, 60, 61, 62, 63, 64]
     spans = [(low, high) for low in edges for high in edges if high > low]
-    boxes = torch.tensor([(x0, y0, x1, y1) for (y0, y1), (x0, x1) in zip(spans, reversed(spans))],
+    boxes = torch.tensor([(x0, y0, x1, y1) for (y0, y1), (x0, x1) in zip(spans, reversed(spans), strict=True)],
                          dtype=torch.float32)
     masks = crop_masks(boxes, 64, 64)
     assert {int(m.amax(-1).sum()) for m in masks} >= {1, 2, 3, 4, 5, 64}  # thin rows and whole height
@@ -130,7 +130,7 @@ def test_content_feature_gradients_equal_the_original_formulation_in_float64():
         heat_map.grad = None
         (compute() * weights).sum().backward()
         gradients.append([heat_map.grad.clone()] + [p.grad.clone() for p in module.content_feat_layer.parameters()])
-    for ours, expected in zip(*gradients):
+    for ours, expected in zip(*gradients, strict=True):
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -153,8 +153,9 @@ def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64(monk
     with torch.no_grad():
         ours, heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
         # the plain formulation on the rasterised masks of the same boxes
-        monkeypatch.setattr(module, "crop_features", lambda heat_map, rows, columns, index: module.crop_features_reference(
-            heat_map, crop_masks(boxes.reshape(-1, 4), width, height).double(), index))
+        monkeypatch.setattr(module, "crop_features", lambda heat_map, rows, columns, index:
+                            module.crop_features_reference(
+                                heat_map, crop_masks(boxes.reshape(-1, 4), width, height).double(), index))
         expected, expected_heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
     torch.testing.assert_close(heat, expected_heat, rtol=0, atol=0)
     assert torch.isneginf(ours[~valid]).all()
@@ -182,7 +183,7 @@ class ScoredImages(torch.utils.data.Dataset):
     def __init__(self, sizes: list[tuple[int, int]], crop_counts: list[int], seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.items = []
-        for index, ((width, height), count) in enumerate(zip(sizes, crop_counts)):
+        for index, ((width, height), count) in enumerate(zip(sizes, crop_counts, strict=True)):
             human = (torch.tensor([[10.0, 5.0, 50.0, height - 5.0]]) if index % 2
                      else torch.full((1, 4), -1.0))
             self.items.append({
@@ -316,5 +317,5 @@ def test_torch_compile_gives_the_eager_scores_in_one_graph():
         expected = run_model(model, batch)
         ours = run_model(compiled, batch)
     assert torch.isneginf(ours.score[1, 9:]).all()
-    for name, mine, theirs in zip(ours._fields, ours, expected):
+    for name, mine, theirs in zip(ours._fields, ours, expected, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)

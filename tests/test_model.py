@@ -283,7 +283,7 @@ def test_listwise_view_ranking_hand_case():
     target = [math.exp(2), math.exp(1), math.exp(2)]
     target = [t / sum(target) for t in target]
     log_z = math.log(sum(math.exp(p) for p in (0.5, -1.0, 2.0)))
-    expected = -sum(t * (p - log_z) for t, p in zip(target, (0.5, -1.0, 2.0)))
+    expected = -sum(t * (p - log_z) for t, p in zip(target, (0.5, -1.0, 2.0), strict=True))
     assert cm.listwise_view_ranking_loss(pred, gt).item() == pytest.approx(expected, rel=1e-6)
 
 

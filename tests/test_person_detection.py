@@ -15,10 +15,20 @@ import pytest
 import torch
 
 from untils import person_detection
-from untils.person_detection import (CONFIDENT_FRACTION, MAIN_PERSON_RULE, Detection, DetectorError,
-                                     DetectorFallbackWarning, OfflinePersonDetector, TorchvisionPersonDetector,
-                                     build_person_detector, choose_main_person, main_person, merge_duplicates,
-                                     torchvision_ops_problem)
+from untils.person_detection import (
+    CONFIDENT_FRACTION,
+    MAIN_PERSON_RULE,
+    Detection,
+    DetectorError,
+    DetectorFallbackWarning,
+    OfflinePersonDetector,
+    TorchvisionPersonDetector,
+    build_person_detector,
+    choose_main_person,
+    main_person,
+    merge_duplicates,
+    torchvision_ops_problem,
+)
 from untils.torchvision_compat import models
 
 ARCH = "fasterrcnn_mobilenet_v3_large_fpn"

@@ -16,12 +16,11 @@ from PIL import Image
 
 import config_PIC
 import convert_PIC_data
-from cropping_dataset import DatasetError
 from convert_PIC_data import CSV_COLUMNS, convert_ratings_csv, split_users, write_release_layout
-from pic_dataset import (PICDataset, PICImageDataset, best_crop_indices, load_pic_data, split_user_images,
-                         union_crops)
-from untils.cli import run_script
+from cropping_dataset import DatasetError
+from pic_dataset import PICDataset, PICImageDataset, best_crop_indices, load_pic_data, split_user_images, union_crops
 from untils.atomic import write_folder_atomic
+from untils.cli import run_script
 from untils.training import held_out_images
 
 SIZES = {"a.jpg": (200, 100), "b.jpg": (120, 160), "c.jpg": (160, 160)}
@@ -193,7 +192,7 @@ def test_converter_round_trip(tmp_path):
     data = load_pic_data(config_PIC.Config(data_root=str(tmp_path / "out"), pretrained=False))
     back = {(user, name, *map(float, box), float(score))
             for user in data.users for name, entry in data.annotations[user].items()
-            for box, score in zip(entry.boxes, entry.scores)}
+            for box, score in zip(entry.boxes, entry.scores, strict=True)}
     original = {(r["annotator"], r["image"], float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"]),
                  float(r["score"])) for r in rows}
     assert back == original
@@ -286,7 +285,7 @@ def test_ratings_command_writes_our_layout(tmp_path):
     for user in users["train"] + users["test"]:
         for name, entry in json.loads((pic / "annotations" / f"{user}.json").read_text()).items():
             assert entry["score"] == sorted(entry["score"], reverse=True)  # best first
-            written |= {(user, name, *box, score) for box, score in zip(entry["bbox"], entry["score"])}
+            written |= {(user, name, *box, score) for box, score in zip(entry["bbox"], entry["score"], strict=True)}
     assert written == {(r["annotator"], r["image"], r["x1"], r["y1"], r["x2"], r["y2"], r["score"]) for r in rows}
     assert sorted(os.listdir(pic / "images")) == ["a.jpg", "c.jpg"]
 
@@ -374,7 +373,7 @@ def test_existing_output_is_replaced_only_with_overwrite(command, tmp_path, caps
     write_folder(tmp_path / "ours", source, ["ann", "bob"], ["cyd"], sizes=MANY)
     rows = [{"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
             for user, rated in source.items() for name, entry in rated.items()
-            for (x1, y1, x2, y2), score in zip(entry["bbox"], entry["score"])]
+            for (x1, y1, x2, y2), score in zip(entry["bbox"], entry["score"], strict=True)]
     write_csv(tmp_path / "ratings.csv", rows)
     write_release_layout(load_pic_data(config_PIC.Config(data_root=str(tmp_path / "ours"))),
                          str(tmp_path / "release"), shots=(1,))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.colors import rgb_to_hsv
 from PIL import Image
 from scipy.stats import spearmanr
@@ -16,10 +17,24 @@ import config_PIC
 from pic_dataset import load_pic_data
 from untils.candidates import gaic_grid_candidates
 from untils.pic_format import fixed_views
-from untils.pic_synthetic import (CONTENT_GROUPS, GEOMETRY_GROUPS, TASTE_GROUPS, RatedImageInfo, Taste,
-                                  build_pic_benchmark, departure_from_average, draw_second_object, image_content,
-                                  kept_share, read_image_contents, read_tastes, region_mean, subject_box, taste_score,
-                                  taste_term)
+from untils.pic_synthetic import (
+    CONTENT_GROUPS,
+    GEOMETRY_GROUPS,
+    TASTE_GROUPS,
+    RatedImageInfo,
+    Taste,
+    build_pic_benchmark,
+    departure_from_average,
+    draw_second_object,
+    image_content,
+    kept_share,
+    read_image_contents,
+    read_tastes,
+    region_mean,
+    subject_box,
+    taste_score,
+    taste_term,
+)
 
 # A 300x200 image, person [120, 50, 180, 200] (centre x = 150), crop [60, 20, 300, 200] (240x180):
 # u = (150 - 60) / 240 = 0.375, gap = (50 - 20) / 180 = 1/6, fill = 150 / 180 = 5/6.

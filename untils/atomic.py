@@ -12,7 +12,8 @@ import math
 import os
 import secrets
 import shutil
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -82,7 +83,7 @@ def write_folder_atomic(path: PathLike, overwrite: bool, write: Callable[[str], 
 
 
 
-def json_text(content: Any, where: PathLike, indent: Optional[int] = None) -> str:
+def json_text(content: Any, where: PathLike, indent: int | None = None) -> str:
     """``content`` as strict JSON text, the one way JSON is made here: NaN and infinity, which JSON has
     no words for (Python would write ``NaN``, which other readers refuse), are an error naming
     ``where`` (the file) and the value's place in ``content``."""
@@ -93,10 +94,11 @@ def json_text(content: Any, where: PathLike, indent: Optional[int] = None) -> st
                          "which JSON cannot hold: not written") from None
 
 
-def _non_finite_place(content: Any, place: str = "") -> Optional[str]:
+def _non_finite_place(content: Any, place: str = "") -> str | None:
     """Where the first NaN or infinity of ``content`` is (``["metrics"]["srcc"] = nan``), if anywhere."""
     if isinstance(content, float) and not math.isfinite(content):
         return f"{place or 'the value'} = {content}"
+    items: Iterable[tuple[Any, Any]]
     if isinstance(content, dict):
         items = content.items()
     elif isinstance(content, (list, tuple)):
@@ -110,6 +112,6 @@ def _non_finite_place(content: Any, place: str = "") -> Optional[str]:
     return None
 
 
-def write_json_atomic(path: PathLike, content: Any, indent: Optional[int] = None) -> None:
+def write_json_atomic(path: PathLike, content: Any, indent: int | None = None) -> None:
     """:func:`write_text_atomic` of :func:`json_text`."""
     write_text_atomic(path, json_text(content, path, indent))

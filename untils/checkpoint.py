@@ -19,7 +19,7 @@ import types
 import typing
 import warnings
 import zipfile
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -50,7 +50,7 @@ MAX_INFLATION = 100
 INFLATION_FREE_BYTES = 64 * 2 ** 20
 
 
-def max_checkpoint_bytes(max_gb: Optional[float] = None) -> int:
+def max_checkpoint_bytes(max_gb: float | None = None) -> int:
     """The size limit for checkpoints once unpacked: ``max_gb``, else ``$HCIC_MAX_CHECKPOINT_GB``,
     else :data:`DEFAULT_MAX_CHECKPOINT_GB`."""
     if max_gb is None:
@@ -95,7 +95,7 @@ def _check_container(path: str, what: str, error_type: type[Exception], max_byte
 
 
 def load_file(path: str, what: str, error_type: type[Exception], trusted: bool = False,
-              max_gb: Optional[float] = None) -> Any:
+              max_gb: float | None = None) -> Any:
     """``torch.load`` of ``path`` on the CPU, accepting only tensors and plain data unless ``trusted``.
 
     ``error_type`` names ``what`` and the path when the file is missing, unreadable, not a PyTorch
@@ -144,7 +144,7 @@ def _cause(error: BaseException) -> str:
     return (causes or ["the file is damaged or not a checkpoint"])[0]
 
 
-def read_checkpoint(path: str, trusted: bool = False, max_gb: Optional[float] = None) -> dict:
+def read_checkpoint(path: str, trusted: bool = False, max_gb: float | None = None) -> dict:
     """Load a checkpoint file on the CPU (see :func:`load_file` for ``trusted`` and ``max_gb``).
 
     Ours is returned as is; a bare state_dict (the HCIC, GAIC and PIC releases, DataParallel
@@ -254,7 +254,7 @@ def build_config(config_cls: type, options: dict, source: str = "checkpoint") ->
         raise CheckpointError(f"{source}: {error}") from None
 
 
-def config_from_checkpoint(checkpoint: dict, config_cls: type, overrides: Optional[dict] = None,
+def config_from_checkpoint(checkpoint: dict, config_cls: type, overrides: dict | None = None,
                            source: str = "checkpoint") -> Any:
     """The config stored in ``checkpoint`` (or the defaults for the release's bare state_dicts).
 

@@ -7,7 +7,7 @@ when one is given, ``user_image`` (the whole photo, for the official PIC model) 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -23,8 +23,8 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for key, value in batch.items()}
 
 
-def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: Optional[torch.dtype] = None,
-              channels_last: bool = False, user: Optional[str] = None) -> Any:
+def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: torch.dtype | None = None,
+              channels_last: bool = False, user: str | None = None) -> Any:
     """The model's ``CropOutput`` for a batch already on its device (for ``user``, when given).
 
     ``autocast_dtype`` (torch.bfloat16 or torch.float16) runs the forward under autocast;

@@ -9,8 +9,9 @@ import math
 import os
 import urllib.parse
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -20,7 +21,6 @@ from untils.boxes import box_iou
 from untils.checkpoint import load_file
 
 Box = tuple[int, int, int, int]
-PersonDetector = Callable[[np.ndarray], list["Detection"]]
 
 CONFIDENT_FRACTION = 0.8
 DUPLICATE_IOU = 0.5
@@ -43,6 +43,15 @@ BODY_FROM_FACE = {"half_width": 1.6, "above": 0.5, "below": 7.0}
 HOG_WINDOW_MARGIN = (0.2, 0.125)
 
 
+class PersonDetector(Protocol):
+    """What finds people: called on an RGB photo; ``name`` says which detector found them."""
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
 class DetectorError(RuntimeError):
     """A person detector cannot be built or run here; the message says what to do instead."""
 
@@ -60,9 +69,9 @@ class Detection:
     """
 
     box: Box
-    score: Optional[float]
+    score: float | None
     detector: str
-    evidence: Optional[Box] = None  # what was actually detected when the box is inferred (a face)
+    evidence: Box | None = None  # what was actually detected when the box is inferred (a face)
     main: bool = False
     also_found_by: tuple[str, ...] = ()
 
@@ -80,13 +89,13 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"person detectors take an (H, W, 3) uint8 RGB array, got {described}")
 
 
-def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Optional[Box]:
+def clip_to_image(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> Box | None:
     """Whole-pixel box clipped to the image (outer rounding), or None when nothing is left."""
     box = (max(0, math.floor(x1)), max(0, math.floor(y1)), min(width, math.ceil(x2)), min(height, math.ceil(y2)))
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
-def _greedy_suppression(order: Sequence[int], duplicates: np.ndarray) -> dict[int, list[int]]:
+def _greedy_suppression(order: Iterable[int], duplicates: np.ndarray) -> dict[int, list[int]]:
     """Walk ``order``; keep an index unless it duplicates one already kept (``duplicates[i, j]``).
 
     Returns ``{kept index: [indices merged into it]}`` in the order kept.
@@ -160,12 +169,12 @@ def confident(detections: Sequence[Detection]) -> list[bool]:
             for d in detections]
 
 
-def main_person(detections: Sequence[Detection], width: int, height: int) -> Optional[int]:
+def main_person(detections: Sequence[Detection], width: int, height: int) -> int | None:
     """Index of the main person by ``MAIN_PERSON_RULE``, None without detections."""
     if not detections:
         return None
     values = [prominence(d.box, width, height) if keep else -math.inf
-              for d, keep in zip(detections, confident(detections))]
+              for d, keep in zip(detections, confident(detections), strict=True)]
     return int(np.argmax(values))
 
 
@@ -186,7 +195,7 @@ def _shrink_to(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 def hog_available() -> bool:
     """Whether this OpenCV has the HOG people detector (OpenCV 4.x does, 5.x does not)."""
-    return hasattr(cv2, "HOGDescriptor") and hasattr(cv2, "HOGDescriptor_getDefaultPeopleDetector")
+    return hasattr(cv2, "HOGDescriptor") and hasattr(cv2.HOGDescriptor, "getDefaultPeopleDetector")
 
 
 class HogPersonDetector:
@@ -201,15 +210,15 @@ class HogPersonDetector:
                                 "the main package); the face detector still works, or install opencv 4.x")
         self.max_side, self.border = max_side, border
         self.min_score, self.iou_threshold = min_score, iou_threshold
-        self._hog = None
+        self._hog: cv2.HOGDescriptor | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_hog": None}  # cv2 objects do not pickle; rebuilt in each process
 
-    def _descriptor(self):
+    def _descriptor(self) -> cv2.HOGDescriptor:
         if self._hog is None:
             self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
         return self._hog
 
     def __call__(self, rgb: np.ndarray) -> list[Detection]:
@@ -221,7 +230,7 @@ class HogPersonDetector:
             scanned = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             rects, weights = self._descriptor().detectMultiScale(scanned, winStride=(8, 8), padding=(8, 8),
                                                                 scale=1.05)
-            for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.reshape(weights, -1)):
+            for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.reshape(weights, -1), strict=True):
                 if weight < self.min_score:
                     continue
                 margin_x, margin_y = HOG_WINDOW_MARGIN[0] * w, HOG_WINDOW_MARGIN[1] * h
@@ -230,7 +239,8 @@ class HogPersonDetector:
                 scores.append(float(weight))
         detections = []
         for index in non_max_suppression(np.array(boxes), np.array(scores), self.iou_threshold):
-            box = clip_to_image(*boxes[index], width, height)
+            x1, y1, x2, y2 = boxes[index]
+            box = clip_to_image(x1, y1, x2, y2, width, height)
             if box is not None:
                 detections.append(Detection(box, round(scores[index], 4), self.name))
         return detections
@@ -300,7 +310,7 @@ def _first_sentence(error: BaseException) -> str:
     return text.split(". ")[0][:200]
 
 
-def torchvision_ops_problem(device: str | torch.device = "cpu") -> Optional[str]:
+def torchvision_ops_problem(device: str | torch.device = "cpu") -> str | None:
     """Why torchvision's compiled ``nms``/``roi_align`` cannot run on ``device``, or None when they can.
 
     torchvision's detection models call both; this tries each on a tiny input.
@@ -382,7 +392,7 @@ class TorchvisionPersonDetector:
     here; without a file, whether it can run is checked before anything is downloaded.
     """
 
-    def __init__(self, weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+    def __init__(self, weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
                  min_score: float = 0.5, device: str | torch.device = "cpu", allow_download: bool = True) -> None:
         _check_arch(arch)
         self.device = torch.device(device)
@@ -408,15 +418,15 @@ class TorchvisionPersonDetector:
         height, width = rgb.shape[:2]
         output = self._run(rgb)
         detections = []
-        for box, label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
-                                     output["scores"].cpu().tolist()):
-            clipped = clip_to_image(*box, width, height)
+        for (x1, y1, x2, y2), label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
+                                                  output["scores"].cpu().tolist(), strict=True):
+            clipped = clip_to_image(x1, y1, x2, y2, width, height)
             if label == COCO_PERSON_LABEL and score >= self.min_score and clipped is not None:
                 detections.append(Detection(clipped, round(float(score), 4), self.name))
         return detections
 
 
-def build_person_detector(weights_path: Optional[str] = None, arch: str = DEFAULT_TORCHVISION_ARCH,
+def build_person_detector(weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
                           device: str | torch.device = "cpu", allow_download: bool = True) -> PersonDetector:
     """The torchvision detector, or the offline one with one warning where it cannot be had.
 
