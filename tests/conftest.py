@@ -194,3 +194,17 @@ def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subproce
         pytest.fail(f"torchrun did not finish in {timeout} s; each rank's stack:\n{result.stdout[-3000:]}\n"
                     f"{result.stderr[-12000:]}")
     return result
+
+
+@pytest.fixture()
+def diverging_loss(monkeypatch):
+    """train_on_GAICD's loss made NaN at every step: a run that diverges, with finite options."""
+    import train_on_GAICD
+
+    real_loss = train_on_GAICD.crop_training_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(train_on_GAICD, "crop_training_loss", nan_loss)

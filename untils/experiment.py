@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from untils.atomic import write_text_atomic
+from untils.atomic import write_json_atomic, write_text_atomic
 from untils.checkpoint import build_config, config_to_dict, read_checkpoint, stored_options
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
@@ -175,7 +175,7 @@ def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Option
             device = torch.device(f"cuda:{local_rank}")
             torch.cuda.set_device(device)
         if rank == 0:
-            write_text_atomic(os.path.join(exp_path, "config.json"), json.dumps(config_to_dict(cfg), indent=2))
+            write_json_atomic(os.path.join(exp_path, "config.json"), config_to_dict(cfg), indent=2)
             print(f"experiment {exp_path} on {device}" + (f" x {world} processes" if world > 1 else ""), flush=True)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -15,6 +15,8 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from untils.atomic import json_text
+
 LOCK_NAME = re.compile(r"^\.crop-lock-(?P<index>\d+)-of-(?P<count>\d+)$")
 
 
@@ -69,8 +71,8 @@ class FolderLock:
         return found
 
     def __enter__(self) -> FolderLock:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "shard": f"{self.shard[0]}/{self.shard[1]}"})
+        record = json_text({"pid": os.getpid(), "host": socket.gethostname(),
+                            "shard": f"{self.shard[0]}/{self.shard[1]}"}, self.path)
         for _ in range(2):
             try:
                 descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -10,15 +10,15 @@ in ``pic_dataset.py``.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from untils.atomic import write_json_atomic
 from untils.preprocessing import gaic_preprocess, normalize_pixels
 
 USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
@@ -27,7 +27,7 @@ USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names
 
 def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
                           ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
-                          human_boxes: Optional[Mapping[str, Sequence[float]]] = None) -> None:
+                          human_boxes: Mapping[str, Sequence[float]] | None = None) -> None:
     """Write users.json, annotations/<user>.json (``ratings[user][image] = {"bbox", "score"}``) and,
     when given, human_bboxes.json into ``pic_dir``."""
     bad = [user for user in list(train_users) + list(test_users) if not USER_ID_PATTERN.match(user)]
@@ -35,14 +35,13 @@ def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: 
         raise ValueError(f"user ids must be letters, digits, '_', '-' or '.' (not first): {bad[:5]}")
     folder = os.path.join(pic_dir, "annotations")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(pic_dir, "users.json"), "w") as stream:
-        json.dump({"train": list(train_users), "test": list(test_users)}, stream, indent=1)
+    write_json_atomic(os.path.join(pic_dir, "users.json"), {"train": list(train_users), "test": list(test_users)},
+                      indent=1)
     for user in list(train_users) + list(test_users):
-        with open(os.path.join(folder, f"{user}.json"), "w") as stream:
-            json.dump(ratings[user], stream)
+        write_json_atomic(os.path.join(folder, f"{user}.json"), ratings[user])
     if human_boxes is not None:
-        with open(os.path.join(pic_dir, "human_bboxes.json"), "w") as stream:
-            json.dump({name: [float(v) for v in box] for name, box in human_boxes.items()}, stream)
+        write_json_atomic(os.path.join(pic_dir, "human_bboxes.json"),
+                          {name: [float(v) for v in box] for name, box in human_boxes.items()})
 
 
 # The layout of PIC's release (github Cooperxjt/PIC): per-user CSV files of ``name,bbox,score``.

@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from untils.atomic import write_json_atomic
 from untils.candidates import gaic_grid_candidates
 from untils.demo_data import JPEG_QUALITY, build_demo_dataset
 from untils.metrics import spearman
@@ -304,10 +305,9 @@ def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6,
         ratings[user] = {name: _rate(tastes[user], user_rng, *sizes[name], human_boxes.get(name), contents[name],
                                      candidates) for name in names}
     write_pic_annotations(pic_dir, train_users, test_users, ratings, human_boxes)
-    with open(os.path.join(pic_dir, TASTES_FILE), "w") as stream:
-        json.dump({user: asdict(taste) for user, taste in tastes.items()}, stream, indent=1)
-    with open(os.path.join(pic_dir, OBJECTS_FILE), "w") as stream:
-        json.dump(object_boxes, stream)
+    write_json_atomic(os.path.join(pic_dir, TASTES_FILE), {user: asdict(taste) for user, taste in tastes.items()},
+                      indent=1)
+    write_json_atomic(os.path.join(pic_dir, OBJECTS_FILE), object_boxes)
     return {"path": pic_dir, "train": train_users, "test": test_users,
             "groups": {user: taste.group for user, taste in tastes.items()}}
 
