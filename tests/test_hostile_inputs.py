@@ -251,9 +251,11 @@ def test_bad_person_box_is_printed_as_plain_numbers(box, expected):
 
 
 def test_resumed_checkpoint_with_a_bad_saved_option_gets_one_error_line(tmp_path):
-    path = tmp_path / "last.pth"
-    save_atomic({"model": {"w": torch.zeros(1)}, "optimizer": {}, "config": {"backbone": "mobilenetv2",
-                                                                             "loss_type": "L1Loss"}}, str(path))
+    path = tmp_path / "run" / "checkpoints" / "last.pth"  # inside an experiment folder: resume may continue there
+    path.parent.mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text('{"exp_name": "run"}')
+    save_atomic({"model": {"w": torch.zeros(1)}, "optimizer": {},
+                 "config": {"backbone": "mobilenetv2", "loss_type": "L1Loss", "exp_name": "run"}}, str(path))
     result = _run(["train_on_GAICD.py", "--resume", str(path), "--no-progress"])
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 2, result.stderr[-3000:]
