@@ -19,7 +19,6 @@ import io
 import math
 import os
 import sys
-from typing import Optional
 
 import torch
 
@@ -51,7 +50,7 @@ def _installed(protocol: str, cfg) -> bool:
 
 
 def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg, cpc_cfg, num_workers: int = 0,
-                      progress: bool = True, images_per_batch: Optional[int] = None) -> dict[str, float]:
+                      progress: bool = True, images_per_batch: int | None = None) -> dict[str, float]:
     """One protocol of :data:`cropping_dataset.PROTOCOLS`. GAICD is read with ``gaicd_cfg`` (the
     model's resizing), FCDB and FLMS with ``cpc_cfg``; precision and memory format come from
     ``gaicd_cfg``, and ``images_per_batch`` images of one resized size go through each forward
@@ -100,7 +99,7 @@ def write_table(rows: list[tuple[str, dict[str, dict[str, float]]]], out_prefix:
 
 
 def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str], base, cpc_cfg,
-                        progress: bool, images_per_batch: Optional[int]) -> dict[str, dict[str, float]]:
+                        progress: bool, images_per_batch: int | None) -> dict[str, dict[str, float]]:
     """The metrics of one loaded checkpoint on ``protocols`` (printed as they come); scores that are
     NaN or infinite end the run with an error naming ``path``."""
     # FCDB and FLMS as the CPC recipe reads them (fixed 256x256), in the model's own preprocessing
@@ -136,7 +135,7 @@ def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str],
     return results
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="checkpoint to evaluate (ours or the official release's)")
     parser.add_argument("--dataset", nargs="+", choices=list(PROTOCOLS) + list(POOLED),

@@ -15,7 +15,7 @@ the end. Same engine as train_on_GAICD.py.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -81,7 +81,7 @@ def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, p
     return CPCTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> CPCTrainer:
+def main(argv: Sequence[str] | None = None) -> CPCTrainer:
     args = build_parser(__doc__, config_CPC.Config, PRESETS).parse_args(argv)
     return launch(build_trainer, config_CPC.Config, args, PRESETS)
 

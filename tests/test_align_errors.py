@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax, rod_align
+from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from tests.test_align_ops import use_backend
 
 OPS = {"roi": roi_align, "rod": rod_align}

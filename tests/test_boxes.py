@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from untils.boxes import (box_area, box_iou, clip_boxes, crop_masks, flip_boxes_horizontal, has_person,
-                          partition_masks, rescale_boxes, resized_size)
+from untils.boxes import (
+    box_area,
+    box_iou,
+    clip_boxes,
+    crop_masks,
+    flip_boxes_horizontal,
+    has_person,
+    partition_masks,
+    rescale_boxes,
+    resized_size,
+)
 
 
 def random_boxes(rng: np.random.Generator, count: int, width: int, height: int) -> np.ndarray:

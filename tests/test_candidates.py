@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, load_predefined_anchors,
-                               parse_aspect_ratio, scale_anchors)
+from untils.candidates import (
+    fixed_ratio_candidates,
+    gaic_grid_candidates,
+    load_predefined_anchors,
+    parse_aspect_ratio,
+    scale_anchors,
+)
 
 
 def _brute_force_grid(width: int, height: int, low: float, high: float) -> set[tuple[int, ...]]:

@@ -16,9 +16,18 @@ from torch.utils.data import DataLoader
 
 from config_CPC import Config as CPCConfig
 from config_GAICD import Config
-from cropping_dataset import (CPCDataset, DatasetError, FCDBDataset, FLMSDataset, GAICDataset, fcdb_image_names,
-                              flms_image_names, gaicd_image_names)
-from human_bboxes.download import CHECKSUMS, main as download_main, verify
+from cropping_dataset import (
+    CPCDataset,
+    DatasetError,
+    FCDBDataset,
+    FLMSDataset,
+    GAICDataset,
+    fcdb_image_names,
+    flms_image_names,
+    gaicd_image_names,
+)
+from human_bboxes.download import CHECKSUMS, verify
+from human_bboxes.download import main as download_main
 from tests.conftest import build_gaicd_sample, require_shared
 from untils.batching import SizeBucketBatchSampler, collate_crops
 from untils.boxes import crop_masks

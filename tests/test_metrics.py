@@ -10,9 +10,14 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from tests.conftest import require_shared
-from untils.metrics import (average_ranks, best_crop_in_original, compute_iou_and_disp,
-                            crop_metrics, gaicd_metrics, weighted_accuracy)
-
+from untils.metrics import (
+    average_ranks,
+    best_crop_in_original,
+    compute_iou_and_disp,
+    crop_metrics,
+    gaicd_metrics,
+    weighted_accuracy,
+)
 
 # ---------- GAICD ranking metrics ----------
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
 import torch

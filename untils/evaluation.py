@@ -9,7 +9,7 @@ infinite are refused (:class:`NonFiniteScores`), never turned into NaN metrics.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,15 @@ from tqdm import tqdm
 
 from untils.batching import evaluation_loader, gather_from_processes, shard_for_this_process
 from untils.inference import move_batch, prepare_for_inference, run_model
-from untils.metrics import (ACC_N, TOP_K, best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics,
-                            weighted_accuracy)
+from untils.metrics import (
+    ACC_N,
+    TOP_K,
+    best_crop_in_original,
+    compute_iou_and_disp,
+    crop_metrics,
+    gaicd_metrics,
+    weighted_accuracy,
+)
 
 _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
 
@@ -39,7 +46,7 @@ def _refuse_non_finite(finite: Sequence[bool], description: str) -> None:
 @torch.no_grad()
 def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                     progress: bool = True, description: str = "evaluating",
-                    autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """Acc_K/N, Acc5, Acc10, SRCC, PCC, wAcc_K/N, wAcc5 and wAcc10 (means over K, as Acc5 and Acc10) of
     ``model`` on a dataset of scored crops, and ``images``.
 
@@ -74,7 +81,7 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
 @torch.no_grad()
 def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                      progress: bool = True, description: str = "evaluating",
-                     autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+                     autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
     ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
     if len(dataset) == 0:

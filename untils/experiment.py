@@ -7,14 +7,14 @@ line saying what happened and how to go on.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +46,7 @@ class ExperimentLock:
         self.stream.close()
 
 
-def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
+def build_parser(description: str, config_cls: type, presets: dict[str, tuple[str, dict]] | None = None,
                  with_demo: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
     presets = presets or {}
@@ -104,8 +104,8 @@ def experiment_of_checkpoint(path: str, checkpoint: dict) -> str:
 
 
 def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Namespace,
-           presets: Optional[dict[str, tuple[str, dict]]] = None,
-           prepare: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> Trainer:
+           presets: dict[str, tuple[str, dict]] | None = None,
+           prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Trainer:
     """Start (or ``--resume``) an experiment and train it. A diverged loss, Ctrl-C (exit status 130)
     and a checkpoint that cannot be written (a full disk) end with one line saying how to go on.
 
@@ -167,7 +167,7 @@ class _StartFailed(Exception):
         self.error = error
 
 
-def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Optional[dict], args: argparse.Namespace,
+def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: dict | None, args: argparse.Namespace,
            rank: int, world: int, local_rank: int) -> Trainer:
     try:
         device = resolve_device(cfg.device, cfg.gpu_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Optional
 
 import numpy as np
 import torch
@@ -48,14 +47,14 @@ def resolve_device(name: str = "auto", gpu_id: int = 0) -> torch.device:
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a ``precision`` option (fp32, bf16, fp16); None for fp32 (no autocast)."""
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"precision={precision!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
     return AUTOCAST_DTYPES[precision]
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type; nothing when ``dtype`` is None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()

@@ -17,7 +17,8 @@ import shutil
 import sys
 import time
 import zlib
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,7 +72,7 @@ def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> lis
     return sorted(order[:max(1, round(val_fraction * len(order)))])
 
 
-def split_validation(full: Dataset, cfg) -> tuple[Dataset, Optional[list[str]]]:
+def split_validation(full: Dataset, cfg) -> tuple[Dataset, list[str] | None]:
     """(training set, held-out names): :func:`held_out_images` when selecting on validation
     (``cfg.selection == 'val'``), else the whole set and None."""
     if cfg.selection == "test":
@@ -106,7 +107,7 @@ class EpochSeededItems(Dataset):
             return self.dataset[index]
 
 
-def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None) -> dict:
+def sample_views(batch: dict, views: int, seeds: Sequence[int] | None = None) -> dict:
     """Keep ``views`` random valid crops per image (all of them if it has fewer; ``views`` 0: every crop).
 
     ``seeds`` (one per image) make the choice independent of batching; without them the global
@@ -215,7 +216,7 @@ class Trainer:
     lower_is_better: frozenset[str] = frozenset()
 
     def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: Dataset,
-                 val_names: Optional[list[str]], loss_fn: LossFunction, progress: bool = True) -> None:
+                 val_names: list[str] | None, loss_fn: LossFunction, progress: bool = True) -> None:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
