@@ -47,6 +47,8 @@ class CPCTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         if self.cfg.selection == "test":
             return self.evaluate_test()
+        if self.val_names is None:
+            raise ValueError("selection=val needs the held-out images (split_validation's val_names)")
         validation = CPCDataset(self.cfg, only_human_images=self.cfg.only_human,
                                 keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False)
         metrics = evaluate_scored(self.core, subset_of(validation, self.val_names), self.cfg.images_per_step,

@@ -26,8 +26,9 @@ import torch
 
 import config_GAICD
 from config_GAICD import PRESETS
-from cropping_dataset import GAICDataset, evaluation_dataset, heat_map_sources
+from cropping_dataset import CroppingDataset, GAICDataset, evaluation_dataset, heat_map_sources
 from cropping_model import CropOutput, build_crop_model, crop_training_loss
+from untils.batching import NamedSubset
 from untils.cli import run_script
 from untils.demo_data import build_demo_dataset
 from untils.evaluation import evaluate_scored
@@ -55,7 +56,7 @@ class GAICDTrainer(Trainer):
     def evaluate_split(self, split: str, names: list[str] | None) -> dict[str, float]:
         results: dict[str, float] = {}
         for prefix, only_human in (("human_", True), ("", False)):
-            dataset = evaluation_dataset(self.cfg, "GAICD", only_human, split)
+            dataset: CroppingDataset | NamedSubset = evaluation_dataset(self.cfg, "GAICD", only_human, split)
             if names is not None:
                 dataset = subset_of(dataset, names)
             if len(dataset) == 0:
@@ -87,7 +88,7 @@ def prepare_demo(demo_dir: str, progress: bool, given: dict[str, Any]) -> dict[s
     if not os.path.exists(os.path.join(data_root, "GAICD", "image_crop.json")):
         print(f"building the demo dataset in {data_root} ...", flush=True)
         build_demo_dataset(data_root, num_train=32, num_test=12)
-    options = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
+    options: dict[str, Any] = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
                "max_epoch": 3, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 16,
                "image_size": (192, 192),
                "exp_root": os.path.join(demo_dir, "experiments"), "display_freq": 10, "visualize_freq": 25,

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from untils.batching import evaluation_loader, gather_from_processes, shard_for_this_process
+from untils.batching import ResizedSizes, evaluation_loader, gather_from_processes, shard_for_this_process
 from untils.inference import move_batch, prepare_for_inference, run_model
 from untils.metrics import (
     ACC_N,
@@ -48,11 +48,13 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
                     progress: bool = True, description: str = "evaluating",
                     autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """Acc_K/N, Acc5, Acc10, SRCC, PCC, wAcc_K/N, wAcc5 and wAcc10 (means over K, as Acc5 and Acc10) of
-    ``model`` on a dataset of scored crops, and ``images``.
+    ``model`` on a dataset of scored crops (a :class:`~untils.batching.ResizedSizes` one), and ``images``.
 
     ``autocast_dtype`` and ``channels_last`` are :func:`untils.inference.run_model`'s
     (``channels_last`` converts the model's weights in place).
     """
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)
@@ -71,8 +73,8 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
     gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
     _refuse_non_finite([bool(np.isfinite(scores).all()) for scores in pr_scores], description)
     results = gaicd_metrics(gt_scores, pr_scores)
-    for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores)):
-        results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted)})
+    for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores), strict=True):
+        results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted, strict=True)})
         results[f"wacc{n}"] = sum(weighted) / len(weighted)
     results["images"] = len(gt_scores)
     return results
@@ -84,6 +86,8 @@ def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch:
                      autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
     ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)

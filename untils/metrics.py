@@ -40,14 +40,13 @@ four sides, the reported Disp) and counts recall at IoU >= 0.75. Arithmetic is f
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import numpy as np
 import torch
 
 from untils.boxes import box_iou
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 TOP_K = (1, 2, 3, 4)
 ACC_N = (5, 10)
@@ -71,7 +70,7 @@ def _image_score_pairs(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[Array
     if len(gt_scores) == 0:
         raise ValueError("no images to evaluate")
     pairs = []
-    for index, (gt_image, pr_image) in enumerate(zip(gt_scores, pr_scores)):
+    for index, (gt_image, pr_image) in enumerate(zip(gt_scores, pr_scores, strict=True)):
         gt, pred = _as_float64(gt_image).reshape(-1), _as_float64(pr_image).reshape(-1)
         if gt.shape != pred.shape:
             raise ValueError(f"image {index}: {gt.size} ground-truth scores but {pred.size} predictions")
@@ -152,7 +151,7 @@ def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
     ground_truth_rank = np.empty(gt.size, dtype=np.int64)
     ground_truth_rank[np.argsort(-gt, kind="stable")] = np.arange(gt.size)
     returned = ground_truth_rank[np.argsort(-pred, kind="stable")[:max(TOP_K)]]
-    accuracies = {}
+    accuracies: dict[int, list[float]] = {}
     for n, decay in WACC_DECAY.items():
         accuracies[n] = []
         for k in TOP_K:

@@ -70,10 +70,14 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """The python, numpy, torch (and CUDA) random states as tensors and plain data only, so that a
     checkpoint holding them loads with ``torch.load(weights_only=True)``."""
-    bit_generator, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = np.random.get_state()
+    if not isinstance(numpy_state, tuple):  # the legacy tuple, as the global MT19937 always gives
+        raise TypeError(f"numpy's global random state is a {type(numpy_state).__name__}, expected its legacy tuple")
+    bit_generator, key, position, has_gauss, cached_gaussian = numpy_state
     state = {"python": random.getstate(),
              "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)),
-                       "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+                       "position": int(position), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
