@@ -41,7 +41,7 @@ def _opt(help_text: str, default=None, **kwargs):
 
 def _derived(help_text: str) -> Any:
     """A field typed as what ``__post_init__`` makes of it: None (the default, also ``none`` on the
-    command line) is replaced there from the other options, before anything reads it."""
+    command line or in a saved config) is replaced there (a path under data_root, the free CPUs)."""
     return field(default=None, metadata={"help": help_text, "derived": True})
 
 
