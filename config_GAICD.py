@@ -3,14 +3,15 @@
 Importing this module has no side effects. Every field can be overridden from the
 command line of any script (``--max_epoch 2 --backbone mobilenetv2``); the data root
 also comes from ``--data-root`` or the ``HCIC_DATA_ROOT`` environment variable.
-Paths left as ``None`` are derived from ``data_root`` in the release's layout.
+Paths left as ``None`` are derived from ``data_root`` in the release's layout (so they are typed
+``str``: ``__post_init__`` fills them in).
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from untils.config import check_choice
 from untils.runtime import default_workers
@@ -27,8 +28,21 @@ def _default_data_root() -> str:
     return os.environ.get(DATA_ROOT_ENV, "./dataset")
 
 
+def _size_pair(values: Any) -> tuple[int, int]:
+    sizes = tuple(int(v) for v in values)
+    if len(sizes) != 2:
+        raise ValueError(f"config option image_size={sizes} must be two sizes >= 32")
+    return sizes[0], sizes[1]
+
+
 def _opt(help_text: str, default=None, **kwargs):
     return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
+def _derived(help_text: str) -> Any:
+    """A field typed as what ``__post_init__`` makes of it: None (the default, also ``none`` on the
+    command line or in a saved config) is replaced there (a path under data_root, the free CPUs)."""
+    return field(default=None, metadata={"help": help_text, "derived": True})
 
 
 @dataclass
@@ -38,29 +52,29 @@ class Config:
     # data
     data_root: str = field(default_factory=_default_data_root, metadata={
         "help": f"folder holding GAICD/, CPCDataset/, FCDB/, FLMS/ (env {DATA_ROOT_ENV})"})
-    predefined_pkl: Optional[str] = _opt("the 1,745 predefined anchors used on FCDB/FLMS")
-    CPC_path: Optional[str] = _opt("CPC folder")
-    CPC_image: Optional[str] = _opt("CPC images")
-    CPC_anno: Optional[str] = _opt("CPC image_crop.json")
-    CPC_human: Optional[str] = _opt("CPC human_bboxes.json")
-    FCDB_path: Optional[str] = _opt("FCDB folder")
-    FCDB_image: Optional[str] = _opt("FCDB images")
-    FCDB_anno: Optional[str] = _opt("FCDB image_crop.json")
-    FCDB_human: Optional[str] = _opt("FCDB human_bboxes.json")
-    FCDB_split: Optional[str] = _opt("FCDB data_split.json")
-    FLMS_path: Optional[str] = _opt("FLMS folder")
-    FLMS_image: Optional[str] = _opt("FLMS images")
-    FLMS_anno: Optional[str] = _opt("FLMS image_crop.json")
-    FLMS_human: Optional[str] = _opt("FLMS human_bboxes.json")
-    GAIC_path: Optional[str] = _opt("GAICD folder")
-    GAIC_image: Optional[str] = _opt("GAICD images (flat, or with train/ and test/ inside)")
-    GAIC_anno: Optional[str] = _opt("GAICD image_crop.json")
-    GAIC_human: Optional[str] = _opt("GAICD human_bboxes.json")
-    GAIC_split: Optional[str] = _opt("GAICD original_data_split.json")
-    GAIC_human_split: Optional[str] = _opt("GAICD human_data_split.json")
-    heat_map_dir: Optional[str] = _opt("pseudo heat maps, as written by generate_pseudo_heatmap.py")
-    CPC_heat_map: Optional[str] = _opt("CPC pseudo heat maps")
-    GAIC_heat_map: Optional[str] = _opt("GAICD pseudo heat maps")
+    predefined_pkl: str = _derived("the 1,745 predefined anchors used on FCDB/FLMS")
+    CPC_path: str = _derived("CPC folder")
+    CPC_image: str = _derived("CPC images")
+    CPC_anno: str = _derived("CPC image_crop.json")
+    CPC_human: str = _derived("CPC human_bboxes.json")
+    FCDB_path: str = _derived("FCDB folder")
+    FCDB_image: str = _derived("FCDB images")
+    FCDB_anno: str = _derived("FCDB image_crop.json")
+    FCDB_human: str = _derived("FCDB human_bboxes.json")
+    FCDB_split: str = _derived("FCDB data_split.json")
+    FLMS_path: str = _derived("FLMS folder")
+    FLMS_image: str = _derived("FLMS images")
+    FLMS_anno: str = _derived("FLMS image_crop.json")
+    FLMS_human: str = _derived("FLMS human_bboxes.json")
+    GAIC_path: str = _derived("GAICD folder")
+    GAIC_image: str = _derived("GAICD images (flat, or with train/ and test/ inside)")
+    GAIC_anno: str = _derived("GAICD image_crop.json")
+    GAIC_human: str = _derived("GAICD human_bboxes.json")
+    GAIC_split: str = _derived("GAICD original_data_split.json")
+    GAIC_human_split: str = _derived("GAICD human_data_split.json")
+    heat_map_dir: str = _derived("pseudo heat maps, as written by generate_pseudo_heatmap.py")
+    CPC_heat_map: str = _derived("CPC pseudo heat maps")
+    GAIC_heat_map: str = _derived("GAICD pseudo heat maps")
     skip_missing: bool = _opt("with a partial dataset, use the images that are there (how many were skipped is "
                               "printed) instead of stopping with the list of missing ones; test.py --table also "
                               "skips datasets that are not installed", False)
@@ -68,7 +82,7 @@ class Config:
     image_size: tuple[int, int] = _opt("shorter side when keeping the aspect ratio, else (width, height)",
                                        (256, 256))
     backbone: str = _opt(f"one of {', '.join(BACKBONES)}", "vgg16")
-    backbone_weight_path: Optional[str] = _opt(
+    backbone_weight_path: str | None = _opt(
         "local ImageNet weights for the backbone; None uses torchvision's weights API")
     pretrained: bool = _opt("start the backbone from ImageNet weights (false: random init)", True)
 
@@ -88,7 +102,7 @@ class Config:
                                     "sin")
     device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
-    num_workers: Optional[int] = _opt("DataLoader workers (default: one fewer than the CPUs free now, at most 4)")
+    num_workers: int = _derived("DataLoader workers (default: one fewer than the CPUs free now, at most 4)")
     seed: int = _opt("random seed", 0)
     deterministic: bool = _opt("bitwise-reproducible kernels (torch.use_deterministic_algorithms); slower", False)
     precision: str = _opt("forward pass in fp32, or under autocast in bf16 or fp16 (fp16 trains with a loss "
@@ -121,7 +135,7 @@ class Config:
     lr_scheduler: str = _opt("cosine (after warm-up), step, or constant (GAIC's release)", "cosine")
     warmup_epochs: int = _opt("linear warm-up epochs before the cosine schedule", 5)
     max_epoch: int = _opt("epochs", 80)
-    lr_decay_epoch: Optional[list[int]] = _opt("epochs where the step schedule decays (default: never)")
+    lr_decay_epoch: list[int] | None = _opt("epochs where the step schedule decays (default: never)")
     eval_freq: int = _opt("evaluate every N epochs", 1)
 
     images_per_step: int = _opt("images per forward pass (same resized size), in training and evaluation; "
@@ -137,17 +151,17 @@ class Config:
     lr_decay: float = _opt("step schedule decay factor", 0.1)
     weight_decay: float = _opt("Adam weight decay", 1e-4)
 
-    save_freq: Optional[int] = _opt("also keep epoch_N.pth every N epochs (default: never)")
+    save_freq: int | None = _opt("also keep epoch_N.pth every N epochs (default: never)")
     display_freq: int = _opt("log losses every N steps", 50)
     visualize_freq: int = _opt("log image panels every N steps", 50)
 
     exp_root: str = _opt("folder for experiments", "./experiments")
-    exp_name: Optional[str] = _opt("experiment name (default: derived from the options)")
+    exp_name: str | None = _opt("experiment name (default: derived from the options)")
 
     def __post_init__(self) -> None:
         if self.loss_type is None:
             self.loss_type = ["L1Loss", "RankLoss"]
-        self.image_size = tuple(int(v) for v in self.image_size)
+        self.image_size = _size_pair(self.image_size)
         if self.num_workers is None:
             self.num_workers = default_workers()
         root = self.data_root
@@ -215,7 +229,8 @@ class Config:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"config option weight_decay={self.weight_decay} must be >= 0")
         if self.batch_size % self.images_per_step:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}")
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of "
+                             f"images_per_step={self.images_per_step}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"config option val_fraction={self.val_fraction} must be between 0 and 1")
         if self.only_content_preserve and not self.use_content_preserve:
@@ -260,7 +275,8 @@ class Config:
 
 # Options only training reads: scripts that load a trained model do not offer them.
 TRAINING_OPTIONS = ("loss_type", "score_loss_over", "normalize_scores", "rank_loss_weighting", "seed", "deterministic",
-                    "only_human", "data_augmentation", "train_in_eval_mode", "visualize_partition_feature", "content_loss_weight",
+                    "only_human", "data_augmentation", "train_in_eval_mode", "visualize_partition_feature",
+                    "content_loss_weight",
                     "visualize_heat_map", "batch_size", "lr_scheduler", "warmup_epochs", "max_epoch", "lr_decay_epoch",
                     "eval_freq", "selection", "val_fraction", "checkpoint_steps", "view_per_image", "lr", "lr_decay",
                     "weight_decay", "save_freq", "display_freq", "visualize_freq", "exp_root", "exp_name")

@@ -25,16 +25,26 @@ import functools
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from untils.boxes import (FEATURE_STRIDE, HEAT_MAP_SIZE, NO_PERSON_BOX, clip_boxes, flip_boxes_horizontal, has_person, partition_masks,
-                          rescale_boxes, resized_size)
+from untils.boxes import (
+    FEATURE_STRIDE,
+    HEAT_MAP_SIZE,
+    NO_PERSON_BOX,
+    clip_boxes,
+    flip_boxes_horizontal,
+    has_person,
+    partition_masks,
+    rescale_boxes,
+    resized_size,
+)
 from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.dataset_errors import DatasetError, problems_error
 from untils.gaic_augmentation import photometric_distort
@@ -64,7 +74,7 @@ def load_json(path: str, what: str) -> Any:
         return dict(pairs)
 
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             return json.load(handle, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise DatasetError(f"{what} {path} is not valid JSON: {error}") from error
@@ -74,13 +84,17 @@ def unique_names(names: Sequence[str], where: str) -> list[str]:
     """``names`` as a list; a name listed twice is an error (it would leak into both sides of a split)."""
     names = list(names)
     seen: set[str] = set()
-    repeated = sorted({name for name in names if name in seen or seen.add(name)})
+    repeated: set[str] = set()
+    for name in names:
+        if name in seen:
+            repeated.add(name)
+        seen.add(name)
     if repeated:
-        raise DatasetError(f"{where} lists {len(repeated)} image(s) twice: {', '.join(repeated[:10])}")
+        raise DatasetError(f"{where} lists {len(repeated)} image(s) twice: {', '.join(sorted(repeated)[:10])}")
     return names
 
 
-def first_non_float32(values: np.ndarray) -> Optional[float]:
+def first_non_float32(values: np.ndarray) -> float | None:
     """The first value that is NaN or infinite once stored as float32, the dtype the model and metrics
     use (1e300 is finite in float64 but infinite in float32); None when every value is fine."""
     with np.errstate(over="ignore"):
@@ -164,7 +178,7 @@ def _names_from_split(path: str, key: str, what: str) -> list[str]:
     return unique_names(split[key], f"{what} {path} ('{key}')")
 
 
-def gaicd_image_names(cfg: "Config", split: str, only_human: bool) -> list[str]:
+def gaicd_image_names(cfg: Config, split: str, only_human: bool) -> list[str]:
     """GAICD image names of ``split`` (train/test/all), or its human-centric subset."""
     if split not in GAICD_SPLITS:
         raise ValueError(f"GAICD split must be one of {GAICD_SPLITS}, got {split!r}")
@@ -179,27 +193,27 @@ def gaicd_image_names(cfg: "Config", split: str, only_human: bool) -> list[str]:
     return _names_from_split(cfg.GAIC_split, split, "GAICD split file")
 
 
-def cpc_image_names(cfg: "Config", only_human: bool) -> list[str]:
+def cpc_image_names(cfg: Config, only_human: bool) -> list[str]:
     if only_human:
         return list(read_human_boxes(cfg.CPC_human))
     return list(load_json(cfg.CPC_anno, "CPC crop annotation file"))
 
 
-def fcdb_image_names(cfg: "Config", only_human: bool) -> list[str]:
+def fcdb_image_names(cfg: Config, only_human: bool) -> list[str]:
     """FCDB's 176 human-centric images, or its 319-image test split."""
     if only_human:
         return list(read_human_boxes(cfg.FCDB_human))
     return _names_from_split(cfg.FCDB_split, "test", "FCDB split file")
 
 
-def flms_image_names(cfg: "Config", only_human: bool) -> list[str]:
+def flms_image_names(cfg: Config, only_human: bool) -> list[str]:
     """FLMS's 39 human-centric images, or all 500."""
     if only_human:
         return list(read_human_boxes(cfg.FLMS_human))
     return list(load_json(cfg.FLMS_anno, "FLMS crop annotation file"))
 
 
-def gaicd_image_path(image_dir: str, name: str) -> Optional[str]:
+def gaicd_image_path(image_dir: str, name: str) -> str | None:
     """Where a GAICD image is: flat ``images/`` or the download's ``images/train|test/``."""
     for candidate in (os.path.join(image_dir, name), os.path.join(image_dir, "train", name),
                       os.path.join(image_dir, "test", name)):
@@ -212,7 +226,7 @@ def heat_map_path(heat_map_dir: str, name: str) -> str:
     return os.path.join(heat_map_dir, os.path.splitext(name)[0] + ".png")
 
 
-def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, bool, Optional[str]]:
+def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, bool, str | None]:
     """Validate boxes (N, 4) of a ``width`` x ``height`` image.
 
     Returns ``(boxes, clipped, problem)``: boxes at most ``CLIP_TOLERANCE`` of a side
@@ -247,35 +261,37 @@ class CroppingDataset(Dataset):
 
     title = "dataset"
 
-    def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
+    def __init__(self, cfg: Config, names: list[str], image_paths: list[str | None],
                  human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
         self.cfg = cfg
-        self.image_size = tuple(cfg.image_size)
+        self.image_size = (cfg.image_size[0], cfg.image_size[1])
         self.keep_aspect_ratio = keep_aspect_ratio
         self.names = list(names)
         self.image_paths: list[str] = []
-        self.original_sizes: list[tuple[int, int]] = []
-        self.human_boxes: list[Optional[np.ndarray]] = []
+        self._read_sizes: list[tuple[int, int] | None] = []  # None: unreadable, a problem _finish_checks reports
+        self.original_sizes: list[tuple[int, int]] = []  # set by _finish_checks, once every image was read
+        self.human_boxes: list[np.ndarray | None] = []
         self._problems: list[str] = []
         self._clipped_names: list[str] = []
+        self.color_jitter = transforms.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
         missing = []
-        for name, path in zip(list(self.names), image_paths):
+        for name, path in zip(list(self.names), image_paths, strict=True):
             if getattr(cfg, "skip_missing", False) and (path is None or not os.path.isfile(path)):
                 missing.append(name)
                 continue
             self.image_paths.append(path or "")
-            self.original_sizes.append(self._read_header(name, path))
+            self._read_sizes.append(self._read_header(name, path))
         if missing:
             self.names = [name for name in self.names if name not in set(missing)]
             print(f"{self.title}: {len(missing)} of {len(missing) + len(self.names)} images are not there and "
                   f"were skipped (--skip_missing); using {len(self.names)}", flush=True)
         self.skipped = len(missing)
-        for name, size in zip(self.names, self.original_sizes):
+        for name, size in zip(self.names, self._read_sizes, strict=True):
             box = human_boxes.get(name)
             self.human_boxes.append(None if box is None or size is None
                                     else self._checked(name, "person", box.reshape(1, 4), size))
 
-    def _read_header(self, name: str, path: Optional[str]) -> Optional[tuple[int, int]]:
+    def _read_header(self, name: str, path: str | None) -> tuple[int, int] | None:
         """The image's size, after decoding it once (JPEGs at 1/8 scale: fast, and truncation still shows)."""
         if path is None or not os.path.isfile(path):
             self._problems.append(f"missing image {path or name}")
@@ -305,6 +321,7 @@ class CroppingDataset(Dataset):
             if any(problem.startswith("missing image") for problem in self._problems):
                 error = DatasetError(f"{error}\n  (--skip-missing uses the images that are there)")
             raise error
+        self.original_sizes = [size for size in self._read_sizes if size is not None]  # all: no problems
         if self._clipped_names:
             warnings.warn(f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
                           f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
@@ -324,9 +341,9 @@ class CroppingDataset(Dataset):
         when the dataset was built."""
         path = self.image_paths[index]
         try:
-            with Image.open(path) as image:
-                image.load()  # decoded before the file closes (to_rgb8 returns an RGB image as it is)
-                image = to_rgb8(image)
+            with Image.open(path) as opened:
+                opened.load()  # decoded before the file closes (to_rgb8 returns an RGB image as it is)
+                image = to_rgb8(opened)
         except (OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{self.title}: cannot decode image {path}: {error}") from error
         if image.size != self.original_sizes[index]:
@@ -395,7 +412,7 @@ class CroppingDataset(Dataset):
 class ScoredCropDataset(CroppingDataset):
     """GAICD and CPC: scored candidate crops, pseudo heat maps, training augmentation."""
 
-    def __init__(self, cfg: "Config", names: list[str], image_paths: list[Optional[str]],
+    def __init__(self, cfg: Config, names: list[str], image_paths: list[str | None],
                  annotations: dict[str, CropAnnotation], human_boxes: dict[str, np.ndarray],
                  heat_map_dir: str, require_heat_maps: bool, keep_aspect_ratio: bool,
                  augment: bool) -> None:
@@ -405,15 +422,15 @@ class ScoredCropDataset(CroppingDataset):
         self.heat_map_dir = heat_map_dir
         self.crop_boxes: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
-        self.heat_map_paths: list[Optional[str]] = []
+        self.heat_map_paths: list[str | None] = []
         missing_annotations = []
-        for name, size in zip(self.names, self.original_sizes):
+        for name, size in zip(self.names, self._read_sizes, strict=True):
             entry = annotations.get(name)
             if entry is None:
                 missing_annotations.append(name)
-            self.crop_boxes.append(None if entry is None or size is None
-                                   else self._checked(name, "crop", entry.boxes, size))
-            self.scores.append(None if entry is None else entry.scores.astype(np.float32))
+            elif size is not None:  # else the image is a problem, and the dataset is never built
+                self.crop_boxes.append(self._checked(name, "crop", entry.boxes, size))
+                self.scores.append(entry.scores.astype(np.float32))
             path = heat_map_path(heat_map_dir, name)
             if os.path.isfile(path):
                 self.heat_map_paths.append(path)
@@ -424,7 +441,6 @@ class ScoredCropDataset(CroppingDataset):
                 if require_heat_maps:
                     self._problems.append(f"missing heat map {path} (run generate_pseudo_heatmap.py)")
         self._problems.extend(f"{name}: not in the crop annotation file" for name in missing_annotations)
-        self.color_jitter = transforms.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
         self._finish_checks()
 
     def _check_heat_map(self, path: str) -> None:
@@ -434,13 +450,13 @@ class ScoredCropDataset(CroppingDataset):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             self._problems.append(f"unreadable heat map {path}: {error} (run generate_pseudo_heatmap.py --overwrite)")
 
-    def _load_heat_map(self, index: int) -> Optional[Image.Image]:
+    def _load_heat_map(self, index: int) -> Image.Image | None:
         path = self.heat_map_paths[index]
         if path is None:
             return None
         try:
-            with Image.open(path) as heat_map:
-                heat_map = heat_map.convert("L")
+            with Image.open(path) as opened:
+                heat_map = opened.convert("L")
         except (OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{self.title}: cannot decode heat map {path}: {error}") from error
         return heat_map.resize((HEAT_MAP_SIZE, HEAT_MAP_SIZE), Image.Resampling.BICUBIC)
@@ -475,8 +491,9 @@ class GAICDataset(ScoredCropDataset):
     and optional otherwise.
     """
 
-    def __init__(self, cfg: "Config", split: str = "train", only_human_images: bool = False,
-                 keep_aspect_ratio: bool = True, augment: Optional[bool] = None, require_heat_maps: Optional[bool] = None) -> None:
+    def __init__(self, cfg: Config, split: str = "train", only_human_images: bool = False,
+                 keep_aspect_ratio: bool = True, augment: bool | None = None,
+                 require_heat_maps: bool | None = None) -> None:
         self.split = split
         self.title = f"GAICD {split} split" + (" (human-centric)" if only_human_images else "")
         names = gaicd_image_names(cfg, split, only_human_images)
@@ -499,8 +516,8 @@ class CPCDataset(ScoredCropDataset):
 
     title = "CPC"
 
-    def __init__(self, cfg: "Config", only_human_images: bool = False, keep_aspect_ratio: bool = False,
-                 augment: Optional[bool] = None, require_heat_maps: Optional[bool] = None) -> None:
+    def __init__(self, cfg: Config, only_human_images: bool = False, keep_aspect_ratio: bool = False,
+                 augment: bool | None = None, require_heat_maps: bool | None = None) -> None:
         if only_human_images:
             self.title = "CPC (human-centric)"
         names = cpc_image_names(cfg, only_human_images)
@@ -517,25 +534,24 @@ class CPCDataset(ScoredCropDataset):
 class AnchorEvalDataset(CroppingDataset):
     """FCDB and FLMS: ground-truth crops, scored against the predefined anchors."""
 
-    def __init__(self, cfg: "Config", names: list[str], image_dir: str, gt_crops: dict[str, np.ndarray],
+    def __init__(self, cfg: Config, names: list[str], image_dir: str, gt_crops: dict[str, np.ndarray],
                  human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"{self.title} image folder not found: {image_dir}")
         super().__init__(cfg, names, [os.path.join(image_dir, name) for name in names], human_boxes,
                          keep_aspect_ratio)
         self.anchors = load_predefined_anchors(cfg.predefined_pkl)
-        self.gt_crops: list[Optional[np.ndarray]] = []
+        self.gt_crops: list[np.ndarray] = []
         self._odd_ground_truth: list[str] = []
-        for name, size in zip(self.names, self.original_sizes):
+        for name, size in zip(self.names, self._read_sizes, strict=True):
             boxes = gt_crops.get(name)
             if boxes is None:
                 self._problems.append(f"{name}: not in the crop annotation file")
             elif first_non_float32(boxes) is not None:
                 self._problems.append(f"{name}: ground-truth crops must be finite float32 numbers, "
                                       f"got {boxes.tolist()}")
-            elif size is not None:
-                boxes = self._prepare_gt(name, boxes, size)
-            self.gt_crops.append(boxes)
+            elif size is not None:  # else the image is a problem, and the dataset is never built
+                self.gt_crops.append(self._prepare_gt(name, boxes, size))
         self._finish_checks()
         if self._odd_ground_truth:
             warnings.warn(f"{self.title}: {len(self._odd_ground_truth)} image(s) have ground-truth crops with "
@@ -565,7 +581,7 @@ class FCDBDataset(AnchorEvalDataset):
 
     title = "FCDB"
 
-    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
+    def __init__(self, cfg: Config, only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
         raw = load_json(cfg.FCDB_anno, "FCDB crop annotation file")
         gt_crops = {}
         for name, xywh in raw.items():
@@ -588,7 +604,7 @@ class FLMSDataset(AnchorEvalDataset):
 
     title = "FLMS"
 
-    def __init__(self, cfg: "Config", only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
+    def __init__(self, cfg: Config, only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
         raw = load_json(cfg.FLMS_anno, "FLMS crop annotation file")
         gt_crops = {}
         for name, boxes in raw.items():
@@ -621,7 +637,7 @@ PROTOCOLS = {
 SCORED_DATASETS = ("GAICD", "CPC")  # evaluated on scored crops; the others on ground-truth crops
 
 
-def evaluation_dataset(cfg: "Config", dataset: str, only_human: bool, split: str = "test") -> CroppingDataset:
+def evaluation_dataset(cfg: Config, dataset: str, only_human: bool, split: str = "test") -> CroppingDataset:
     """An evaluation set without augmentation: GAICD's ``split``, or FCDB's / FLMS's test images."""
     if dataset == "GAICD":
         return GAICDataset(cfg, split=split, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio,
@@ -633,7 +649,7 @@ def evaluation_dataset(cfg: "Config", dataset: str, only_human: bool, split: str
     raise ValueError(f"dataset={dataset!r}; expected GAICD, FCDB or FLMS")
 
 
-def heat_map_sources(dataset_name: str, cfg: "Config") -> HeatMapSources:
+def heat_map_sources(dataset_name: str, cfg: Config) -> HeatMapSources:
     """What the pseudo heat maps of GAICD or CPC are made from, read from ``cfg``'s paths; with
     ``cfg.skip_missing`` the images that are not there are left out instead of being an error."""
     if dataset_name not in SCORED_DATASETS:
@@ -648,6 +664,6 @@ def heat_map_sources(dataset_name: str, cfg: "Config") -> HeatMapSources:
                           score_statistics(annotations)[0], cfg.skip_missing)
 
 
-def _existing_file(folder: str, name: str) -> Optional[str]:
+def _existing_file(folder: str, name: str) -> str | None:
     path = os.path.join(folder, name)
     return path if os.path.isfile(path) else None

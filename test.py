@@ -19,7 +19,7 @@ import io
 import math
 import os
 import sys
-from typing import Optional
+from collections.abc import Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ TABLE_COLUMNS = [("GAICD-human", ("acc5", "acc10", "srcc", "wacc5", "wacc10")),
                  ("FLMS-human", ("iou", "disp")), ("FLMS", ("iou", "disp"))]
 
 
-def _installed(protocol: str, cfg) -> bool:
+def _installed(protocol: str, cfg: config_GAICD.Config) -> bool:
     """Whether the annotation file and image folder of a protocol's dataset are there."""
     name = PROTOCOLS[protocol][0]
     paths = {"GAICD": (cfg.GAIC_anno, cfg.GAIC_image), "FCDB": (cfg.FCDB_anno, cfg.FCDB_image),
@@ -50,8 +50,9 @@ def _installed(protocol: str, cfg) -> bool:
     return os.path.isfile(paths[0]) and os.path.isdir(paths[1])
 
 
-def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg, cpc_cfg, num_workers: int = 0,
-                      progress: bool = True, images_per_batch: Optional[int] = None) -> dict[str, float]:
+def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg: config_GAICD.Config,
+                      cpc_cfg: config_GAICD.Config, num_workers: int = 0, progress: bool = True,
+                      images_per_batch: int | None = None) -> dict[str, float]:
     """One protocol of :data:`cropping_dataset.PROTOCOLS`. GAICD is read with ``gaicd_cfg`` (the
     model's resizing), FCDB and FLMS with ``cpc_cfg``; precision and memory format come from
     ``gaicd_cfg``, and ``images_per_batch`` images of one resized size go through each forward
@@ -59,8 +60,9 @@ def evaluate_protocol(model: torch.nn.Module, protocol: str, gaicd_cfg, cpc_cfg,
     name, only_human = PROTOCOLS[protocol]
     data_cfg = gaicd_cfg if name in SCORED_DATASETS else cpc_cfg
     evaluate = evaluate_scored if name in SCORED_DATASETS else evaluate_anchors
-    return evaluate(model, evaluation_dataset(data_cfg, name, only_human), images_per_batch or gaicd_cfg.images_per_step,
-                    num_workers, progress, protocol, autocast_dtype(gaicd_cfg.precision), gaicd_cfg.channels_last)
+    return evaluate(model, evaluation_dataset(data_cfg, name, only_human),
+                    images_per_batch or gaicd_cfg.images_per_step, num_workers, progress, protocol,
+                    autocast_dtype(gaicd_cfg.precision), gaicd_cfg.channels_last)
 
 
 def table_paths(out_prefix: str) -> tuple[str, str]:
@@ -99,18 +101,22 @@ def write_table(rows: list[tuple[str, dict[str, dict[str, float]]]], out_prefix:
     return md_path, csv_path
 
 
-def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str], base, cpc_cfg,
-                        progress: bool, images_per_batch: Optional[int]) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str], base: config_GAICD.Config,
+                        cpc_cfg: config_CPC.Config, progress: bool,
+                        images_per_batch: int | None) -> dict[str, dict[str, float]]:
     """The metrics of one loaded checkpoint on ``protocols`` (printed as they come); scores that are
     NaN or infinite end the run with an error naming ``path``."""
+    model_cfg = model.cfg
+    if not isinstance(model_cfg, config_GAICD.Config):  # load_crop_model gives every model its config
+        raise TypeError(f"{path}: the loaded model has no config_GAICD.Config but {type(model_cfg).__name__}")
     # FCDB and FLMS as the CPC recipe reads them (fixed 256x256), in the model's own preprocessing
-    anchor_cfg = dataclasses.replace(cpc_cfg, image_preprocessing=model.cfg.image_preprocessing,
-                                     keep_aspect_ratio=model.cfg.image_preprocessing == "gaic")
+    anchor_cfg = dataclasses.replace(cpc_cfg, image_preprocessing=model_cfg.image_preprocessing,
+                                     keep_aspect_ratio=model_cfg.image_preprocessing == "gaic")
     results: dict[str, dict[str, float]] = {}
     for protocol in protocols:
         try:
             if protocol in POOLED:
-                parts = [results.get(part) or evaluate_protocol(model, part, model.cfg, anchor_cfg, base.num_workers,
+                parts = [results.get(part) or evaluate_protocol(model, part, model_cfg, anchor_cfg, base.num_workers,
                                                                 progress, images_per_batch)
                          for part in POOLED[protocol] if part in results or not base.skip_missing
                          or _installed(part, anchor_cfg)]
@@ -118,12 +124,12 @@ def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str],
                     print(f"{protocol}: skipped (not every dataset it pools is installed)")
                     continue
                 results[protocol] = pooled_anchor_metrics(parts)
-            elif base.skip_missing and not _installed(protocol, model.cfg if protocol.startswith("GAICD")
+            elif base.skip_missing and not _installed(protocol, model_cfg if protocol.startswith("GAICD")
                                                       else anchor_cfg):
                 print(f"{protocol}: skipped (its dataset is not installed)")
                 continue
             else:
-                results[protocol] = evaluate_protocol(model, protocol, model.cfg, anchor_cfg, base.num_workers,
+                results[protocol] = evaluate_protocol(model, protocol, model_cfg, anchor_cfg, base.num_workers,
                                                       progress, images_per_batch)
         except NonFiniteScores as error:
             raise NonFiniteScores(f"checkpoint {path}: {error}") from None
@@ -136,7 +142,7 @@ def evaluate_checkpoint(path: str, model: torch.nn.Module, protocols: list[str],
     return results
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="checkpoint to evaluate (ours or the official release's)")
     parser.add_argument("--dataset", nargs="+", choices=list(PROTOCOLS) + list(POOLED),

@@ -15,7 +15,7 @@ the end. Same engine as train_on_GAICD.py.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,6 +47,8 @@ class CPCTrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         if self.cfg.selection == "test":
             return self.evaluate_test()
+        if self.val_names is None:
+            raise ValueError("selection=val needs the held-out images (split_validation's val_names)")
         validation = CPCDataset(self.cfg, only_human_images=self.cfg.only_human,
                                 keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False)
         metrics = evaluate_scored(self.core, subset_of(validation, self.val_names), self.cfg.images_per_step,
@@ -81,7 +83,7 @@ def build_trainer(cfg: config_CPC.Config, exp_path: str, device: torch.device, p
     return CPCTrainer(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> CPCTrainer:
+def main(argv: Sequence[str] | None = None) -> CPCTrainer:
     args = build_parser(__doc__, config_CPC.Config, PRESETS).parse_args(argv)
     return launch(build_trainer, config_CPC.Config, args, PRESETS)
 

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 import config_GAICD
 from config_GAICD import PRESETS
-from cropping_dataset import GAICDataset, evaluation_dataset, heat_map_sources
+from cropping_dataset import CroppingDataset, GAICDataset, evaluation_dataset, heat_map_sources
 from cropping_model import CropOutput, build_crop_model, crop_training_loss
-from untils.demo_data import build_demo_dataset
+from untils.batching import NamedSubset
 from untils.cli import run_script
+from untils.demo_data import build_demo_dataset
 from untils.evaluation import evaluate_scored
 from untils.experiment import build_parser, launch
 from untils.pseudo_heatmaps import generate_heatmaps
@@ -51,10 +53,10 @@ class GAICDTrainer(Trainer):
     def evaluate_test(self) -> dict[str, float]:
         return self.evaluate_split("test", None)
 
-    def evaluate_split(self, split: str, names: Optional[list[str]]) -> dict[str, float]:
+    def evaluate_split(self, split: str, names: list[str] | None) -> dict[str, float]:
         results: dict[str, float] = {}
         for prefix, only_human in (("human_", True), ("", False)):
-            dataset = evaluation_dataset(self.cfg, "GAICD", only_human, split)
+            dataset: CroppingDataset | NamedSubset = evaluation_dataset(self.cfg, "GAICD", only_human, split)
             if names is not None:
                 dataset = subset_of(dataset, names)
             if len(dataset) == 0:
@@ -86,7 +88,7 @@ def prepare_demo(demo_dir: str, progress: bool, given: dict[str, Any]) -> dict[s
     if not os.path.exists(os.path.join(data_root, "GAICD", "image_crop.json")):
         print(f"building the demo dataset in {data_root} ...", flush=True)
         build_demo_dataset(data_root, num_train=32, num_test=12)
-    options = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
+    options: dict[str, Any] = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
                "max_epoch": 3, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 16,
                "image_size": (192, 192),
                "exp_root": os.path.join(demo_dir, "experiments"), "display_freq": 10, "visualize_freq": 25,
@@ -109,7 +111,7 @@ def print_next_steps(trainer: GAICDTrainer) -> None:
           f"--top-k 3 --visualize --out {os.path.join(os.path.dirname(cfg.exp_root), 'crops')}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> GAICDTrainer:
+def main(argv: Sequence[str] | None = None) -> GAICDTrainer:
     args = build_parser(__doc__, config_GAICD.Config, PRESETS, with_demo=True).parse_args(argv)
     prepare = functools.partial(prepare_demo, args.demo_dir, not args.no_progress) if args.demo else None
     trainer = launch(build_trainer, config_GAICD.Config, args, PRESETS, prepare)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from roi_align import RoIAlignAvg
 from rod_align import RoDAlignAvg
+from roi_align import RoIAlignAvg
 from tests.conftest import REPO_ROOT
 from tests.test_align_ops import random_case, use_backend
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax, rod_align
+from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from tests.test_align_compile import CropFeatures
 from tests.test_align_ops import random_case, use_backend
 

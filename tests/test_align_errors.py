@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax, rod_align
+from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from tests.test_align_ops import use_backend
 
 OPS = {"roi": roi_align, "rod": rod_align}
@@ -79,7 +79,8 @@ def test_bad_backend():
 @pytest.mark.parametrize("module", ALL_MODULES, ids=lambda m: m.__name__)
 def test_module_constructor_checks(module):
     pooled = module.__name__.endswith(("Avg", "Max"))
-    with pytest.raises(ValueError, match=f"{module.__name__}: aligned_height must be an integer >= {1 if pooled else 2}"):
+    minimum = 1 if pooled else 2
+    with pytest.raises(ValueError, match=f"{module.__name__}: aligned_height must be an integer >= {minimum}"):
         module(0 if pooled else 1, 3, 1.0)
     with pytest.raises(ValueError, match="aligned_width must be an integer"):
         module(3, 2.5, 1.0)

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import roi_align as roi_pkg
 import rod_align as rod_pkg
-from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
+import roi_align as roi_pkg
 from rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax, rod_align
+from roi_align import RoIAlign, RoIAlignAvg, RoIAlignMax, roi_align
 from tests.conftest import _in_ci, require_shared
 
 OPS = {"roi": roi_align, "rod": rod_align}
@@ -127,8 +127,12 @@ CASES = [
 
 def test_original_import_paths():
     """The GAIC / human-centric code imports the modules from these paths."""
-    from roi_align.modules.roi_align import RoIAlign as A, RoIAlignAvg as B, RoIAlignMax as C
-    from rod_align.modules.rod_align import RoDAlign as D, RoDAlignAvg as E, RoDAlignMax as G
+    from rod_align.modules.rod_align import RoDAlign as D
+    from rod_align.modules.rod_align import RoDAlignAvg as E
+    from rod_align.modules.rod_align import RoDAlignMax as G
+    from roi_align.modules.roi_align import RoIAlign as A
+    from roi_align.modules.roi_align import RoIAlignAvg as B
+    from roi_align.modules.roi_align import RoIAlignMax as C
 
     assert (A, B, C, D, E, G) == (RoIAlign, RoIAlignAvg, RoIAlignMax, RoDAlign, RoDAlignAvg, RoDAlignMax)
     layer = RoIAlignAvg(9, 9, 1 / 16)

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from untils.boxes import (box_area, box_iou, clip_boxes, crop_masks, flip_boxes_horizontal, has_person,
-                          partition_masks, rescale_boxes, resized_size)
+from untils.boxes import (
+    box_area,
+    box_iou,
+    clip_boxes,
+    crop_masks,
+    flip_boxes_horizontal,
+    has_person,
+    partition_masks,
+    rescale_boxes,
+    resized_size,
+)
 
 
 def random_boxes(rng: np.random.Generator, count: int, width: int, height: int) -> np.ndarray:
@@ -67,7 +76,7 @@ def test_rescale_boxes_matches_loop():
     boxes = random_boxes(rng, 200, 1024, 768)
     ratio_w, ratio_h = 0.3, 256 / 683
     out = rescale_boxes(boxes, ratio_w, ratio_h)
-    for box, got in zip(boxes, out):
+    for box, got in zip(boxes, out, strict=True):
         want = [math.floor(box[0] * ratio_w), math.floor(box[1] * ratio_h),
                 math.ceil(box[2] * ratio_w), math.ceil(box[3] * ratio_h)]
         assert got.tolist() == want
@@ -124,7 +133,7 @@ def test_crop_masks_match_loop_and_batch():
     boxes[5] = -1
     masks = crop_masks(torch.from_numpy(boxes), width, height, size=(48, 64))
     assert masks.shape == (40, 48, 64) and masks.dtype == torch.float32
-    for box, mask in zip(boxes, masks):
+    for box, mask in zip(boxes, masks, strict=True):
         np.testing.assert_array_equal(mask.numpy(), loop_crop_mask(box, width, height, 64, 48))
     assert masks[5].sum() == 0
     batched = crop_masks(torch.from_numpy(np.stack([boxes, boxes[::-1].copy()])), width, height, size=(48, 64))
@@ -155,7 +164,7 @@ def test_partition_masks_match_loop_batched():
     boxes[1] = [100, 50, 105, 53]  # truncates to zero width and height: no person cell, as the release
     masks = partition_masks(torch.from_numpy(boxes).unsqueeze(1), width, height)
     assert masks.shape == (25, 9, 16, 24)
-    for box, mask in zip(boxes, masks):
+    for box, mask in zip(boxes, masks, strict=True):
         np.testing.assert_array_equal(mask.numpy(), loop_partition_mask(box, width, height, 16))
     assert masks[0][8].sum() == 16 * 24 and masks[0].sum() == 16 * 24  # no person: channel 8 covers the map
     assert masks[1][4].sum() == 0

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from untils.candidates import (fixed_ratio_candidates, gaic_grid_candidates, load_predefined_anchors,
-                               parse_aspect_ratio, scale_anchors)
+from untils.candidates import (
+    fixed_ratio_candidates,
+    gaic_grid_candidates,
+    load_predefined_anchors,
+    parse_aspect_ratio,
+    scale_anchors,
+)
 
 
 def _brute_force_grid(width: int, height: int, low: float, high: float) -> set[tuple[int, ...]]:
@@ -19,10 +24,10 @@ def _brute_force_grid(width: int, height: int, low: float, high: float) -> set[t
     for i in range(4):
         for k in range(4):
             for j in range(8, 12):
-                for l in range(8, 12):
+                for m in range(8, 12):
                     x1, y1 = (i + 0.5) * width / 12, (k + 0.5) * height / 12
-                    x2, y2 = (j + 0.5) * width / 12, (l + 0.5) * height / 12
-                    if (j - i) * (l - k) * 2 >= 144 and low <= (x2 - x1) / (y2 - y1) <= high:
+                    x2, y2 = (j + 0.5) * width / 12, (m + 0.5) * height / 12
+                    if (j - i) * (m - k) * 2 >= 144 and low <= (x2 - x1) / (y2 - y1) <= high:
                         boxes.add(tuple(math.floor(v + 0.5) for v in (x1, y1, x2, y2)))
     return boxes
 
@@ -86,7 +91,7 @@ def test_fixed_ratio_boxes_have_the_ratio_and_fit(width, height, ratio):
         seen_widths.add(crop_w)
     # One size per scale, each the scale's share of the largest fitting box to within rounding.
     assert len(seen_widths) == len(scales)
-    for scale, crop_w in zip(scales, sorted(seen_widths, reverse=True)):
+    for scale, crop_w in zip(scales, sorted(seen_widths, reverse=True), strict=True):
         assert abs(crop_w - scale * largest_w) <= 1.0 + ratio
 
 

@@ -16,9 +16,18 @@ from torch.utils.data import DataLoader
 
 from config_CPC import Config as CPCConfig
 from config_GAICD import Config
-from cropping_dataset import (CPCDataset, DatasetError, FCDBDataset, FLMSDataset, GAICDataset, fcdb_image_names,
-                              flms_image_names, gaicd_image_names)
-from human_bboxes.download import CHECKSUMS, main as download_main, verify
+from cropping_dataset import (
+    CPCDataset,
+    DatasetError,
+    FCDBDataset,
+    FLMSDataset,
+    GAICDataset,
+    fcdb_image_names,
+    flms_image_names,
+    gaicd_image_names,
+)
+from human_bboxes.download import CHECKSUMS, verify
+from human_bboxes.download import main as download_main
 from tests.conftest import build_gaicd_sample, require_shared
 from untils.batching import SizeBucketBatchSampler, collate_crops
 from untils.boxes import crop_masks
@@ -127,7 +136,7 @@ def test_gaicd_item_contents(gaicd_cfg):
     # Boxes scaled with floor/ceil: checked against a plain loop over the annotation.
     annotation = json.loads(Path(gaicd_cfg.GAIC_anno).read_text())["265813.jpg"]
     ratio_w, ratio_h = other["image"].shape[2] / other["width"], other["image"].shape[1] / other["height"]
-    for box, got in zip(annotation["bbox"], other["crop_box"].tolist()):
+    for box, got in zip(annotation["bbox"], other["crop_box"].tolist(), strict=True):
         assert got == [math.floor(box[0] * ratio_w), math.floor(box[1] * ratio_h),
                        math.ceil(box[2] * ratio_w), math.ceil(box[3] * ratio_h)]
     assert other["score"].tolist() == pytest.approx(annotation["score"])
@@ -283,7 +292,7 @@ def test_cpc_items_fixed_size(cpc_cfg):
         item = dataset[index]
         width, height = CPC_IMAGES[name][0]
         assert item["image"].shape == (3, 256, 256) and (item["width"], item["height"]) == (width, height)
-        for box, got in zip(annotations[name]["bboxes"], item["crop_box"].tolist()):
+        for box, got in zip(annotations[name]["bboxes"], item["crop_box"].tolist(), strict=True):
             assert got == [math.floor(box[0] * 256 / width), math.floor(box[1] * 256 / height),
                            math.ceil(box[2] * 256 / width), math.ceil(box[3] * 256 / height)]
         assert item["has_human"] == (name != "b.jpg") and item["has_heat_map"]

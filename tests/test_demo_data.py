@@ -59,7 +59,8 @@ def test_layout_is_found_by_the_gaicd_config(demo):
 
 
 def test_splits_and_person_boxes(demo):
-    split, human_split, humans = demo["original_data_split.json"], demo["human_data_split.json"], demo["human_bboxes.json"]
+    split, human_split = demo["original_data_split.json"], demo["human_data_split.json"]
+    humans = demo["human_bboxes.json"]
     assert not set(split["train"]) & set(split["test"])
     for subset in ("train", "test"):
         assert human_split[subset] == [name for name in split[subset] if name in humans]

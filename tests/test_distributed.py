@@ -46,8 +46,9 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
     assert two["epoch"] == 1 and two["step"] == 3  # 6 images over 2 ranks: 3 batches of one image each
     # parameters only: under DDP, BatchNorm running statistics are rank 0's (vgg16 has none)
     for name, value in reference.items():
-        torch.testing.assert_close(two["model"][name], value.detach(), rtol=1e-6, atol=1e-7 if batch_size == 2 else 1e-5,
-                                   msg=lambda text: f"{name}: {text}")
+        torch.testing.assert_close(two["model"][name], value.detach(), rtol=1e-6,
+                                   atol=1e-7 if batch_size == 2 else 1e-5,
+                                   msg=lambda text, name=name: f"{name}: {text}")
     # only rank 0 wrote logs and checkpoints; the metrics were gathered from both ranks
     assert sorted(os.listdir(tmp_path / "two")) == ["run"]
     assert "test: " in result.stdout

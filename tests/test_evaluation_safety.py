@@ -150,5 +150,6 @@ def test_table_is_not_written_over_existing_files_without_overwrite(tmp_path):
     replaced = _run(options + ["--overwrite"])
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert Path(f"{out}.md").read_text().startswith("| model | GAICD-human acc5 |")
-    assert Path(f"{out}.csv").read_text().splitlines()[1] == "model.pth" + "," * 20  # 20 metric columns, every dataset skipped
+    # 20 metric columns, every dataset skipped
+    assert Path(f"{out}.csv").read_text().splitlines()[1] == "model.pth" + "," * 20
     assert sorted(os.listdir(out.parent)) == ["table.csv", "table.md"]  # no temporary file left

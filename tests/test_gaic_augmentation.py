@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from untils.gaic_augmentation import (PhotometricDraws, apply_photometric, draw_photometric,
-                                      photometric_distort, shift_hue)
+from untils.gaic_augmentation import (
+    PhotometricDraws,
+    apply_photometric,
+    draw_photometric,
+    photometric_distort,
+    shift_hue,
+)
 
 # Worked by hand: (200, 100, 50) is H 20 degrees, S 0.75, V 200.
 PIXEL = (200.0, 100.0, 50.0)

@@ -90,7 +90,8 @@ def test_a_failed_start_leaves_no_experiment_folder(tmp_path):
 
 
 def test_a_second_run_in_the_same_experiment_is_refused(six_image_demo, tmp_path):
-    first = train_on_GAICD.main(FAST + ["--data-root", six_image_demo, "--exp_root", str(tmp_path), "--exp_name", "run"])
+    first = train_on_GAICD.main(FAST + ["--data-root", six_image_demo, "--exp_root", str(tmp_path),
+                                        "--exp_name", "run"])
     checkpoint = Path(first.checkpoint_dir) / "last.pth"
     with open(Path(first.exp_path) / ".lock", "a") as holder:  # as a running training holds it
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)

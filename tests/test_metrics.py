@@ -10,9 +10,14 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from tests.conftest import require_shared
-from untils.metrics import (average_ranks, best_crop_in_original, compute_iou_and_disp,
-                            crop_metrics, gaicd_metrics, weighted_accuracy)
-
+from untils.metrics import (
+    average_ranks,
+    best_crop_in_original,
+    compute_iou_and_disp,
+    crop_metrics,
+    gaicd_metrics,
+    weighted_accuracy,
+)
 
 # ---------- GAICD ranking metrics ----------
 
@@ -38,7 +43,7 @@ def _reference_ranks(values: list[float]) -> list[float]:
 
 def _reference_pearson(a: list[float], b: list[float]) -> float:
     mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b, strict=True))
     return cov / math.sqrt(sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b))
 
 
@@ -82,15 +87,16 @@ def test_gaicd_metrics_match_brute_force_on_random_images():
     table = gaicd_metrics(gts, [torch.tensor(p) for p in preds])
     for n in (5, 10):
         for k in range(1, 5):
-            expected = sum(_reference_acc(g, p, k, n) for g, p in zip(gts, preds)) / len(gts)
+            expected = sum(_reference_acc(g, p, k, n) for g, p in zip(gts, preds, strict=True)) / len(gts)
             assert table[f"acc{k}_{n}"] == pytest.approx(expected, abs=1e-12)
         assert table[f"acc{n}"] == pytest.approx(sum(table[f"acc{k}_{n}"] for k in range(1, 5)) / 4)
-    srcc = [_reference_pearson(_reference_ranks(g), _reference_ranks(p)) for g, p in zip(gts, preds)]
-    pcc = [_reference_pearson(g, p) for g, p in zip(gts, preds)]
+    srcc = [_reference_pearson(_reference_ranks(g), _reference_ranks(p)) for g, p in zip(gts, preds, strict=True)]
+    pcc = [_reference_pearson(g, p) for g, p in zip(gts, preds, strict=True)]
     assert table["srcc"] == pytest.approx(sum(srcc) / len(srcc), abs=1e-12)
     assert table["pcc"] == pytest.approx(sum(pcc) / len(pcc), abs=1e-12)
-    assert table["srcc"] == pytest.approx(np.mean([spearmanr(g, p)[0] for g, p in zip(gts, preds)]), abs=1e-12)
-    assert table["pcc"] == pytest.approx(np.mean([pearsonr(g, p)[0] for g, p in zip(gts, preds)]), abs=1e-12)
+    pairs = list(zip(gts, preds, strict=True))
+    assert table["srcc"] == pytest.approx(np.mean([spearmanr(g, p)[0] for g, p in pairs]), abs=1e-12)
+    assert table["pcc"] == pytest.approx(np.mean([pearsonr(g, p)[0] for g, p in pairs]), abs=1e-12)
 
 
 def test_srcc_hand_computed_with_ties():
@@ -100,7 +106,7 @@ def test_srcc_hand_computed_with_ties():
     # Rank deviations from 5.5: gt -4.5..4.5; pred differs only at ranks 3.5, 5, 3.5 of crops 2, 3, 4.
     deviations_gt = [r - 5.5 for r in range(1, 11)]
     deviations_pred = [r - 5.5 for r in [1, 2, 3.5, 5, 3.5, 6, 7, 8, 9, 10]]
-    expected = sum(a * b for a, b in zip(deviations_gt, deviations_pred)) / math.sqrt(
+    expected = sum(a * b for a, b in zip(deviations_gt, deviations_pred, strict=True)) / math.sqrt(
         sum(a * a for a in deviations_gt) * sum(b * b for b in deviations_pred))
     assert expected == pytest.approx(80.5 / math.sqrt(82.5 * 82.0))
     assert gaicd_metrics([gt], [pred])["srcc"] == pytest.approx(expected, abs=1e-12)
@@ -114,7 +120,7 @@ def test_padding_by_nan_or_mask_is_ignored():
     padded_gt = np.full((2, 20), np.nan)
     padded_pred = np.zeros((2, 20))
     mask = np.zeros((2, 20), dtype=bool)
-    for row, (g, p) in enumerate(zip(gts, preds)):
+    for row, (g, p) in enumerate(zip(gts, preds, strict=True)):
         padded_gt[row, :g.size], padded_pred[row, :p.size], mask[row, :g.size] = g, p, True
     assert gaicd_metrics(padded_gt, padded_pred) == pytest.approx(expected)
     assert gaicd_metrics(np.nan_to_num(padded_gt, nan=-5.0), padded_pred, valid=mask) == pytest.approx(expected)

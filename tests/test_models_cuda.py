@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -245,7 +245,7 @@ def check_training(losses: torch.Tensor, gradient: torch.Tensor, device: str, re
     gradient_error = relative_rms(gradient, expected_gradient)
     record_property("loss_relative_errors", " ".join(f"{error:.2e}" for error in errors))
     record_property("first_gradient_relative_rms_error", f"{gradient_error:.2e}")
-    assert all(error < tolerance for error, tolerance in zip(errors, LOSS_TOLERANCES)), errors
+    assert all(error < tolerance for error, tolerance in zip(errors, LOSS_TOLERANCES, strict=True)), errors
     assert gradient_error < GRADIENT_RMS_TOLERANCE, f"gradient: {gradient_error:.2e}"
 
 

@@ -20,7 +20,7 @@ REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops
 
 def reference_heat_map(boxes, scores, width, height, score_mean, fix_edge_cases=False) -> np.ndarray:
     """The recipe written out crop by crop in float64; the release's 0 / 0 edge cases give all zeros."""
-    ranked = sorted(zip(scores, [list(map(int, box)) for box in boxes]), key=lambda pair: -pair[0])
+    ranked = sorted(zip(scores, [list(map(int, box)) for box in boxes], strict=True), key=lambda pair: -pair[0])
     if len(ranked) > 10 and (any(score > score_mean for score, _ in ranked) or not fix_edge_cases):
         ranked = [(score, box) for score, box in ranked if score > score_mean]
     if not ranked:
@@ -30,10 +30,10 @@ def reference_heat_map(boxes, scores, width, height, score_mean, fix_edge_cases=
         mask = np.zeros((height, width))
         mask[max(y1, 0):y2, max(x1, 0):x2] = 1.0
         masks.append(mask)
-    logits = [score + 2.0 * mask.sum() / (width * height) for (score, _), mask in zip(ranked, masks)]
+    logits = [score + 2.0 * mask.sum() / (width * height) for (score, _), mask in zip(ranked, masks, strict=True)]
     exps = [math.exp(logit - max(logits)) for logit in logits]
     heat = np.zeros((height, width))
-    for weight, mask in zip(exps, masks):
+    for weight, mask in zip(exps, masks, strict=True):
         heat += weight / sum(exps) * mask
     if heat.max() == heat.min():
         return np.full((height, width), 255 if fix_edge_cases else 0, np.uint8)

@@ -77,7 +77,7 @@ def test_cpc_training_selects_on_fcdb_and_flms(data_root, tmp_path):
     header = rows[0]
     for column in ("FCDB_human_iou", "FCDB_human_disp", "FLMS_human_iou", "FCDB_iou", "FLMS_disp"):
         assert column in header, column
-    values = dict(zip(header, rows[1]))
+    values = dict(zip(header, rows[1], strict=True))
     assert 0 <= float(values["FCDB_iou"]) <= 1 and 0 <= float(values["FLMS_disp"]) <= 1
     assert (Path(trainer.exp_path) / "checkpoints" / "best-FCDB_human_iou.pth").exists()
 
@@ -94,7 +94,8 @@ def test_cpc_training_with_validation_reports_fcdb_flms_once(data_root, tmp_path
 def test_cpc_training_under_torchrun_evaluates_and_reports_with_the_unwrapped_model(data_root, tmp_path):
     """Two processes (gloo): validation, FCDB/FLMS evaluation and the final report load and score the
     model itself, not its DistributedDataParallel wrapper."""
-    result = run_two_processes([str(REPO_ROOT / "train_on_CPC.py"), *FAST, "--batch_size", "4", "--data-root", str(data_root),
+    result = run_two_processes([str(REPO_ROOT / "train_on_CPC.py"), *FAST, "--batch_size", "4",
+                                "--data-root", str(data_root),
                                 "--selection", "val", "--val_fraction", "0.34", "--exp_root", str(tmp_path),
                                 "--exp_name", "cpc_ddp"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

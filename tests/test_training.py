@@ -107,7 +107,8 @@ def test_warmup_cosine_matches_the_release_formula():
 def test_sample_views_keeps_valid_crops_only():
     batch = {"crop_valid": torch.tensor([[True] * 6, [True, True, False, False, False, False]]),
              "crop_box": torch.arange(48, dtype=torch.float32).reshape(2, 6, 4),
-             "score": torch.tensor([[1.0, 2, 3, 4, 5, 6], [7, 8, float("nan"), float("nan"), float("nan"), float("nan")]])}
+             "score": torch.tensor([[1.0, 2, 3, 4, 5, 6],
+                                    [7, 8, float("nan"), float("nan"), float("nan"), float("nan")]])}
     torch.manual_seed(0)
     sampled = sample = sample_views(batch, 4)
     assert sample["crop_box"].shape == (2, 4, 4)
@@ -121,8 +122,8 @@ def test_table_from_checkpoints(data_root, tmp_path):
                                           "--exp_root", str(tmp_path), "--exp_name", "t"])
     checkpoint = os.path.join(trainer.exp_path, "checkpoints", "best-srcc.pth")
     out = tmp_path / "table"
-    evaluation.main(["--table", checkpoint, "--out", str(out), "--data-root", data_root, "--skip-missing", "--num_workers", "0",
-                     "--no-progress"])
+    evaluation.main(["--table", checkpoint, "--out", str(out), "--data-root", data_root, "--skip-missing",
+                     "--num_workers", "0", "--no-progress"])
     table = (tmp_path / "table.md").read_text()
     assert "GAICD-human acc5" in table and "best-srcc.pth" in table
     row = table.strip().splitlines()[-1].split("|")
@@ -179,7 +180,8 @@ def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_pat
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
     common = FAST + ["--data-root", data_root, "--max_epoch", "8", "--selection", "test", "--precision", "fp16",
-                     "--channels_last", "true", "--eval_freq", "100", "--lr_scheduler", "step"]  # lr independent of max_epoch
+                     "--channels_last", "true", "--eval_freq", "100",
+                     "--lr_scheduler", "step"]  # lr independent of max_epoch
     straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
     steps_taken = max(int(state["step"]) for state in straight.optimizer.state.values())
     assert 2 <= steps_taken < 8 and straight.scaler.get_scale() < 2.0 ** 16  # overflowing steps were skipped

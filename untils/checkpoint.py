@@ -234,8 +234,10 @@ def stored_options(checkpoint: dict, config_cls: type, source: str = "checkpoint
         raise CheckpointError(f"{source}: its saved config is a {type(stored).__name__}, not a dict")
     hints = typing.get_type_hints(config_cls)
     known = {field.name: hints[field.name] for field in dataclasses.fields(config_cls) if field.init}
+    # None in a derived field (typed as its derived value) means "derive it", as on the command line
+    derived = {field.name for field in dataclasses.fields(config_cls) if field.metadata.get("derived")}
     for name, value in stored.items():
-        if name in known and not _fits(value, known[name]):
+        if name in known and not (value is None and name in derived) and not _fits(value, known[name]):
             raise CheckpointError(f"{source}: its saved config option {name}={reprlib.repr(value)} is not of the "
                                   f"option's type ({_type_name(known[name])})")
     return {name: value for name, value in stored.items() if name in known}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def add_option_aliases(parser: argparse.ArgumentParser,
-                       renamed: Optional[Mapping[str, str]] = None) -> argparse.ArgumentParser:
+                       renamed: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """Accept ``--a_b`` for every ``--a-b`` option of ``parser`` (and its subcommands) and the reverse.
 
     ``renamed`` maps old option names to the options that replaced them (``{"--batch-size":
@@ -33,7 +34,7 @@ def add_option_aliases(parser: argparse.ArgumentParser,
     return parser
 
 
-def run_script(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main`` as the command line does: a bad file, value or option (ValueError,
     OSError, RuntimeError, LookupError) ends with one ``error:`` message and exit status 2, without a
     traceback unless ``--debug`` was given. Anything else is a bug and shows its traceback."""

@@ -44,8 +44,11 @@ def _none_or(convert):
     return parse
 
 
-def _argument_spec(annotation: Any) -> dict[str, Any]:
+def _argument_spec(annotation: Any, derived: bool = False) -> dict[str, Any]:
+    """argparse's settings for a field; ``none`` gives None to an Optional field and to a ``derived`` one
+    (typed as the value its ``__post_init__`` puts in place of None)."""
     inner, optional = _strip_optional(annotation)
+    optional = optional or derived
     origin = typing.get_origin(inner)
     if inner is bool:  # "--flag" alone means true, as in every script's own switches
         spec: dict[str, Any] = {"type": parse_bool, "metavar": "BOOL", "nargs": "?", "const": True}
@@ -74,7 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type,
     for field in dataclasses.fields(config_cls):
         if not field.init or field.name in exclude:
             continue
-        spec = _argument_spec(hints[field.name])
+        spec = _argument_spec(hints[field.name], derived=field.metadata.get("derived", False))
         default = field.default if field.default is not dataclasses.MISSING else "derived"
         help_text = field.metadata.get("help", "")
         flags = [f"--{field.name}"]

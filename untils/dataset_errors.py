@@ -1,7 +1,7 @@
 """The one error type for bad dataset files, and the helper that lists every problem in one error."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 MAX_LISTED_PROBLEMS = 20
 

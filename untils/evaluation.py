@@ -9,17 +9,24 @@ infinite are refused (:class:`NonFiniteScores`), never turned into NaN metrics.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from untils.batching import evaluation_loader, gather_from_processes, shard_for_this_process
+from untils.batching import ResizedSizes, evaluation_loader, gather_from_processes, shard_for_this_process
 from untils.inference import move_batch, prepare_for_inference, run_model
-from untils.metrics import (ACC_N, TOP_K, best_crop_in_original, compute_iou_and_disp, crop_metrics, gaicd_metrics,
-                            weighted_accuracy)
+from untils.metrics import (
+    ACC_N,
+    TOP_K,
+    best_crop_in_original,
+    compute_iou_and_disp,
+    crop_metrics,
+    gaicd_metrics,
+    weighted_accuracy,
+)
 
 _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
 
@@ -39,13 +46,15 @@ def _refuse_non_finite(finite: Sequence[bool], description: str) -> None:
 @torch.no_grad()
 def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                     progress: bool = True, description: str = "evaluating",
-                    autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """Acc_K/N, Acc5, Acc10, SRCC, PCC, wAcc_K/N, wAcc5 and wAcc10 (means over K, as Acc5 and Acc10) of
-    ``model`` on a dataset of scored crops, and ``images``.
+    ``model`` on a dataset of scored crops (a :class:`~untils.batching.ResizedSizes` one), and ``images``.
 
     ``autocast_dtype`` and ``channels_last`` are :func:`untils.inference.run_model`'s
     (``channels_last`` converts the model's weights in place).
     """
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)
@@ -64,8 +73,8 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
     gt_scores, pr_scores = gather_from_processes(gt_scores), gather_from_processes(pr_scores)
     _refuse_non_finite([bool(np.isfinite(scores).all()) for scores in pr_scores], description)
     results = gaicd_metrics(gt_scores, pr_scores)
-    for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores)):
-        results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted)})
+    for n, weighted in zip(ACC_N, weighted_accuracy(gt_scores, pr_scores), strict=True):
+        results.update({f"wacc{k}_{n}": value for k, value in zip(TOP_K, weighted, strict=True)})
         results[f"wacc{n}"] = sum(weighted) / len(weighted)
     results["images"] = len(gt_scores)
     return results
@@ -74,9 +83,11 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
 @torch.no_grad()
 def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
                      progress: bool = True, description: str = "evaluating",
-                     autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> dict[str, float]:
+                     autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
     ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)

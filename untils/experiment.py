@@ -7,14 +7,14 @@ line saying what happened and how to go on.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,7 +46,7 @@ class ExperimentLock:
         self.stream.close()
 
 
-def build_parser(description: str, config_cls: type, presets: Optional[dict[str, tuple[str, dict]]] = None,
+def build_parser(description: str, config_cls: type, presets: dict[str, tuple[str, dict]] | None = None,
                  with_demo: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
     presets = presets or {}
@@ -63,7 +63,8 @@ def build_parser(description: str, config_cls: type, presets: Optional[dict[str,
         parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
-    parser.add_argument("--resume", metavar="PATH", help="continue from a last.pth training checkpoint, in the experiment folder it is in "
+    parser.add_argument("--resume", metavar="PATH",
+                        help="continue from a last.pth training checkpoint, in the experiment folder it is in "
                              "(EXPERIMENT/checkpoints/last.pth beside EXPERIMENT/config.json; a last.pth "
                              "elsewhere is refused)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -75,7 +76,8 @@ def build_parser(description: str, config_cls: type, presets: Optional[dict[str,
     return add_option_aliases(parser)
 
 
-TrainerFactory = Callable[[Any, str, torch.device, bool], Trainer]
+TrainerT = TypeVar("TrainerT", bound=Trainer)
+TrainerFactory = Callable[[Any, str, torch.device, bool], TrainerT]  # (cfg, exp_path, device, progress)
 
 
 def experiment_of_checkpoint(path: str, checkpoint: dict) -> str:
@@ -86,6 +88,7 @@ def experiment_of_checkpoint(path: str, checkpoint: dict) -> str:
     checkpoint_dir = os.path.dirname(os.path.abspath(path))
     exp_path = os.path.dirname(checkpoint_dir)
     config_path = os.path.join(exp_path, "config.json")
+    problem: str | None
     if os.path.basename(checkpoint_dir) != "checkpoints" or not os.path.isfile(config_path):
         problem = "it is not in the checkpoints/ folder of an experiment folder with its config.json"
     else:
@@ -95,17 +98,17 @@ def experiment_of_checkpoint(path: str, checkpoint: dict) -> str:
         except (OSError, UnicodeDecodeError, ValueError):
             config = None
         run = checkpoint.get("config", {}).get("exp_name")
-        problem = None if isinstance(config, dict) and run is not None and config.get("exp_name") == run else (
-            f"{config_path} is not the config of the run that saved it")
+        same_run = isinstance(config, dict) and run is not None and config.get("exp_name") == run
+        problem = None if same_run else f"{config_path} is not the config of the run that saved it"
     if problem:
         raise SystemExit(f"error: --resume {path}: {problem}; resuming writes into the experiment folder, so it "
                          "continues only inside the one this project's training made (move the whole folder)")
     return exp_path
 
 
-def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Namespace,
-           presets: Optional[dict[str, tuple[str, dict]]] = None,
-           prepare: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None) -> Trainer:
+def launch(build_trainer: TrainerFactory[TrainerT], config_cls: type, args: argparse.Namespace,
+           presets: dict[str, tuple[str, dict]] | None = None,
+           prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainerT:
     """Start (or ``--resume``) an experiment and train it. A diverged loss, Ctrl-C (exit status 130)
     and a checkpoint that cannot be written (a full disk) end with one line saying how to go on.
 
@@ -127,16 +130,19 @@ def launch(build_trainer: TrainerFactory, config_cls: type, args: argparse.Names
             raise SystemExit(f"error: --{moved[0]} cannot change on --resume: the run continues in {exp_path}")
         cfg = build_config(config_cls, {**stored_options(checkpoint, config_cls, args.resume), **given}, args.resume)
     else:
-        options = dict(presets[args.preset][1]) if getattr(args, "preset", None) else {}
+        options = dict(presets[args.preset][1]) if presets and getattr(args, "preset", None) else {}
         options.update(given)
         if prepare is not None:
             options = prepare(options)
         cfg = config_cls(**options)
-        exp_path = cfg.create_experiment_dir() if rank == 0 else None
+        created = cfg.create_experiment_dir() if rank == 0 else None
         if world > 1:
-            shared = [exp_path]
+            shared = [created]
             dist.broadcast_object_list(shared, src=0)
-            exp_path = shared[0]
+            created = shared[0]
+        if not isinstance(created, str):
+            raise RuntimeError(f"rank {rank}: rank 0 did not share the experiment folder (got {created!r})")
+        exp_path = created
     lock = ExperimentLock(exp_path) if rank == 0 else None
     try:
         return _train(build_trainer, cfg, exp_path, checkpoint, args, rank, world, local_rank)
@@ -167,8 +173,8 @@ class _StartFailed(Exception):
         self.error = error
 
 
-def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Optional[dict], args: argparse.Namespace,
-           rank: int, world: int, local_rank: int) -> Trainer:
+def _train(build_trainer: TrainerFactory[TrainerT], cfg, exp_path: str, checkpoint: dict | None,
+           args: argparse.Namespace, rank: int, world: int, local_rank: int) -> TrainerT:
     try:
         device = resolve_device(cfg.device, cfg.gpu_id)
         if world > 1 and device.type == "cuda":
@@ -194,7 +200,7 @@ def _train(build_trainer: TrainerFactory, cfg, exp_path: str, checkpoint: Option
             shut_down_distributed(trainer, wait_for_other_ranks=False)  # another may be inside a collective
         if isinstance(error, TrainingDiverged):
             trainer.writer.close()
-            raise SystemExit(f"training stopped: {error}")
+            raise SystemExit(f"training stopped: {error}") from None
         if isinstance(error, KeyboardInterrupt):
             trainer.writer.close()
             raise _interrupted(rank, f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step}; "

@@ -39,14 +39,14 @@ four sides, the reported Disp) and counts recall at IoU >= 0.75. Arithmetic is f
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from untils.boxes import box_iou
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 TOP_K = (1, 2, 3, 4)
 ACC_N = (5, 10)
@@ -61,7 +61,7 @@ def _as_float64(values: ArrayLike) -> np.ndarray:
 
 
 def _image_score_pairs(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
-                       valid: Optional[Sequence[ArrayLike]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                       valid: Sequence[ArrayLike] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image (gt, pred) float64 vectors with padding removed, checked."""
     if len(gt_scores) != len(pr_scores):
         raise ValueError(f"got ground truth for {len(gt_scores)} images but predictions for {len(pr_scores)}")
@@ -70,7 +70,7 @@ def _image_score_pairs(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[Array
     if len(gt_scores) == 0:
         raise ValueError("no images to evaluate")
     pairs = []
-    for index, (gt_image, pr_image) in enumerate(zip(gt_scores, pr_scores)):
+    for index, (gt_image, pr_image) in enumerate(zip(gt_scores, pr_scores, strict=True)):
         gt, pred = _as_float64(gt_image).reshape(-1), _as_float64(pr_image).reshape(-1)
         if gt.shape != pred.shape:
             raise ValueError(f"image {index}: {gt.size} ground-truth scores but {pred.size} predictions")
@@ -130,7 +130,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gaicd_metrics(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
-                  valid: Optional[Sequence[ArrayLike]] = None) -> dict[str, float]:
+                  valid: Sequence[ArrayLike] | None = None) -> dict[str, float]:
     """The full GAICD table: acc1_5..acc4_5, acc1_10..acc4_10, acc5, acc10, srcc, pcc.
 
     ``gt_scores`` and ``pr_scores`` hold one score vector per image (see the module
@@ -151,7 +151,7 @@ def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
     ground_truth_rank = np.empty(gt.size, dtype=np.int64)
     ground_truth_rank[np.argsort(-gt, kind="stable")] = np.arange(gt.size)
     returned = ground_truth_rank[np.argsort(-pred, kind="stable")[:max(TOP_K)]]
-    accuracies = {}
+    accuracies: dict[int, list[float]] = {}
     for n, decay in WACC_DECAY.items():
         accuracies[n] = []
         for k in TOP_K:
@@ -162,7 +162,7 @@ def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
 
 
 def weighted_accuracy(gt_scores: Sequence[ArrayLike], pred_scores: Sequence[ArrayLike],
-                      valid: Optional[Sequence[ArrayLike]] = None) -> tuple[list[float], list[float]]:
+                      valid: Sequence[ArrayLike] | None = None) -> tuple[list[float], list[float]]:
     """``(wacc5, wacc10)``: wAcc_K/5 and wAcc_K/10 for K = 1..4, fractions averaged over images.
 
     Inputs as :func:`gaicd_metrics`; the definition is in the module docstring.

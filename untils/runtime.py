@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Optional
 
 import numpy as np
 import torch
@@ -48,14 +47,14 @@ def resolve_device(name: str = "auto", gpu_id: int = 0) -> torch.device:
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a ``precision`` option (fp32, bf16, fp16); None for fp32 (no autocast)."""
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"precision={precision!r}; expected one of {', '.join(AUTOCAST_DTYPES)}")
     return AUTOCAST_DTYPES[precision]
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type; nothing when ``dtype`` is None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()
@@ -71,10 +70,14 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """The python, numpy, torch (and CUDA) random states as tensors and plain data only, so that a
     checkpoint holding them loads with ``torch.load(weights_only=True)``."""
-    bit_generator, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = np.random.get_state()
+    if not isinstance(numpy_state, tuple):  # the legacy tuple, as the global MT19937 always gives
+        raise TypeError(f"numpy's global random state is a {type(numpy_state).__name__}, expected its legacy tuple")
+    bit_generator, key, position, has_gauss, cached_gaussian = numpy_state
     state = {"python": random.getstate(),
              "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)),
-                       "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+                       "position": int(position), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

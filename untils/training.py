@@ -17,7 +17,8 @@ import shutil
 import sys
 import time
 import zlib
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from untils.atomic import write_text_atomic
-from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops
+from untils.batching import NamedCrops, NamedSubset, ScoredCrops, SizeBucketBatchSampler, collate_crops
 from untils.checkpoint import config_to_dict, load_model_weights, save_atomic
 from untils.figures import heat_map_figure, partition_figure
 from untils.inference import move_batch, run_model
@@ -71,7 +72,7 @@ def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> lis
     return sorted(order[:max(1, round(val_fraction * len(order)))])
 
 
-def split_validation(full: Dataset, cfg) -> tuple[Dataset, Optional[list[str]]]:
+def split_validation(full: ScoredCrops, cfg) -> tuple[ScoredCrops, list[str] | None]:
     """(training set, held-out names): :func:`held_out_images` when selecting on validation
     (``cfg.selection == 'val'``), else the whole set and None."""
     if cfg.selection == "test":
@@ -84,7 +85,7 @@ def split_validation(full: Dataset, cfg) -> tuple[Dataset, Optional[list[str]]]:
     return NamedSubset(full, [i for i, name in enumerate(full.names) if name not in held]), val_names
 
 
-def subset_of(dataset: Dataset, names: Sequence[str]) -> NamedSubset:
+def subset_of(dataset: NamedCrops, names: Sequence[str]) -> NamedSubset:
     """The images of ``dataset`` named in ``names``, in the dataset's order."""
     wanted = set(names)
     return NamedSubset(dataset, [i for i, name in enumerate(dataset.names) if name in wanted])
@@ -94,19 +95,19 @@ class EpochSeededItems(Dataset):
     """Seeds torch's RNG from (seed, epoch, index) before each item, so augmentation does not depend
     on the order images are loaded in, on DataLoader workers, or on how many processes train."""
 
-    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+    def __init__(self, dataset: NamedCrops, seed: int, epoch: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, self.epoch, str(index)))
             return self.dataset[index]
 
 
-def sample_views(batch: dict, views: int, seeds: Optional[Sequence[int]] = None) -> dict:
+def sample_views(batch: dict, views: int, seeds: Sequence[int] | None = None) -> dict:
     """Keep ``views`` random valid crops per image (all of them if it has fewer; ``views`` 0: every crop).
 
     ``seeds`` (one per image) make the choice independent of batching; without them the global
@@ -214,8 +215,8 @@ class Trainer:
     selection_metrics: tuple[str, ...] = ()
     lower_is_better: frozenset[str] = frozenset()
 
-    def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: Dataset,
-                 val_names: Optional[list[str]], loss_fn: LossFunction, progress: bool = True) -> None:
+    def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: NamedCrops,
+                 val_names: list[str] | None, loss_fn: LossFunction, progress: bool = True) -> None:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
@@ -230,7 +231,7 @@ class Trainer:
         self.core = model.to(device)
         if cfg.channels_last:
             self.core.to(memory_format=torch.channels_last)
-        self.model = self.core
+        self.model: torch.nn.Module = self.core  # wrapped for DistributedDataParallel under torchrun
         self.loss_fn = loss_fn
         self.autocast_dtype = autocast_dtype(cfg.precision)
         # fp16 gradients can underflow; bf16 has fp32's exponent range and needs no scaling
@@ -238,8 +239,10 @@ class Trainer:
         if self.world > 1:
             # starts every process from rank 0's weights; every parameter takes part in every forward
             # (the partition-aware module runs on all images, also those without a person)
-            self.model = DistributedDataParallel(self.core, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = DistributedDataParallel(self.core,
+                                                 device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
         if cfg.lr_scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch))
@@ -275,7 +278,7 @@ class Trainer:
         sampler.set_epoch(epoch)
         return list(sampler)
 
-    def loader(self, batches: Sequence[Sequence[int]]) -> DataLoader:
+    def loader(self, batches: list[list[int]]) -> DataLoader:
         return DataLoader(EpochSeededItems(self.train_set, self.cfg.seed, self.epoch), batch_sampler=batches,
                           collate_fn=collate_crops, num_workers=self.cfg.num_workers,
                           pin_memory=self.device.type == "cuda")
@@ -337,8 +340,9 @@ class Trainer:
         if cfg.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         # gradients are averaged over processes once per optimiser step, not per accumulated batch
-        synchronise = steps_optimizer or self.world == 1
-        with (contextlib.nullcontext() if synchronise else self.model.no_sync()):
+        model = self.model
+        with (model.no_sync() if isinstance(model, DistributedDataParallel) and not steps_optimizer
+              else contextlib.nullcontext()):
             with autocast(self.device, self.autocast_dtype):
                 loss, parts, outputs = self.compute_loss(batch)
             self.unchecked.append((self.step, batch["name"], loss.detach()))
@@ -375,7 +379,7 @@ class Trainer:
             last = os.path.join(self.checkpoint_dir, "last.pth")
             kept = (f"the last good checkpoint is {last}" if os.path.isfile(last)
                     else "no training checkpoint was saved yet")
-            bad = [(step, names, value) for (step, names, _), value in zip(self.unchecked, losses.tolist())
+            bad = [(step, names, value) for (step, names, _), value in zip(self.unchecked, losses.tolist(), strict=True)
                    if not math.isfinite(value)]
             if not bad:
                 raise TrainingDiverged(f"the loss is not finite on another process, by step {self.step} of epoch "
