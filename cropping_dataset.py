@@ -51,6 +51,7 @@ from untils.gaic_augmentation import photometric_distort
 from untils.photos import to_rgb8
 from untils.preprocessing import gaic_resized_pixels, network_input, normalize_image, normalize_pixels
 from untils.pseudo_heatmaps import HeatMapSources
+from untils.safe_paths import resolve_inside
 from untils.torchvision_compat import transforms
 
 if TYPE_CHECKING:
@@ -215,15 +216,15 @@ def flms_image_names(cfg: Config, only_human: bool) -> list[str]:
 
 def gaicd_image_path(image_dir: str, name: str) -> str | None:
     """Where a GAICD image is: flat ``images/`` or the download's ``images/train|test/``."""
-    for candidate in (os.path.join(image_dir, name), os.path.join(image_dir, "train", name),
-                      os.path.join(image_dir, "test", name)):
+    for candidate in (resolve_inside(image_dir, name), resolve_inside(os.path.join(image_dir, "train"), name),
+                      resolve_inside(os.path.join(image_dir, "test"), name)):
         if os.path.isfile(candidate):
             return candidate
     return None
 
 
 def heat_map_path(heat_map_dir: str, name: str) -> str:
-    return os.path.join(heat_map_dir, os.path.splitext(name)[0] + ".png")
+    return resolve_inside(heat_map_dir, os.path.splitext(name)[0] + ".png")
 
 
 def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, bool, str | None]:
@@ -524,7 +525,7 @@ class CPCDataset(ScoredCropDataset):
         if not os.path.isdir(cfg.CPC_image):
             raise FileNotFoundError(f"CPC image folder not found: {cfg.CPC_image}")
         super().__init__(
-            cfg, names, [os.path.join(cfg.CPC_image, name) for name in names],
+            cfg, names, [resolve_inside(cfg.CPC_image, name) for name in names],
             read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), read_human_boxes(cfg.CPC_human),
             cfg.CPC_heat_map, cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
             keep_aspect_ratio,
@@ -538,7 +539,7 @@ class AnchorEvalDataset(CroppingDataset):
                  human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"{self.title} image folder not found: {image_dir}")
-        super().__init__(cfg, names, [os.path.join(image_dir, name) for name in names], human_boxes,
+        super().__init__(cfg, names, [resolve_inside(image_dir, name) for name in names], human_boxes,
                          keep_aspect_ratio)
         self.anchors = load_predefined_anchors(cfg.predefined_pkl)
         self.gt_crops: list[np.ndarray] = []
@@ -665,5 +666,5 @@ def heat_map_sources(dataset_name: str, cfg: Config) -> HeatMapSources:
 
 
 def _existing_file(folder: str, name: str) -> str | None:
-    path = os.path.join(folder, name)
+    path = resolve_inside(folder, name)
     return path if os.path.isfile(path) else None

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from untils.atomic import write_atomic
 from untils.dataset_errors import DatasetError, problems_error
+from untils.safe_paths import resolve_inside
 
 MEAN_FILTER_MIN_CROPS = 10  # above this many crops, only those scoring above the mean are kept
 AREA_WEIGHT = 2.0
@@ -182,9 +183,9 @@ def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, ima
             problems.append(f"missing image {name} (--skip-missing processes the images that are there)")
         else:
             stem = os.path.splitext(name)[0]
-            display = os.path.join(display_dir, stem + ".jpg") if name in sources.human_names else None
+            display = resolve_inside(display_dir, stem + ".jpg") if name in sources.human_names else None
             tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores, sources.score_mean,
-                                     os.path.join(mask_dir, stem + ".png"), display, fix_edge_cases))
+                                     resolve_inside(mask_dir, stem + ".png"), display, fix_edge_cases))
     if problems:
         raise problems_error(f"{dataset_name} heat maps", problems)
     if skipped:
