@@ -27,7 +27,8 @@ class UnknownPhotoError(LookupError):
 
 class PhotoStore:
     """Photos under ``root/photos/<id>/``: the uploaded bytes, the ranking JSON and the heat map.
-    At most ``max_photos`` are kept; storing one more removes the oldest."""
+    At most ``max_photos`` are kept; storing one more removes the oldest, but never one still being
+    ranked (stored, its ranking not saved yet)."""
 
     def __init__(self, root: str | os.PathLike, max_photos: int) -> None:
         if max_photos < 1:
@@ -36,6 +37,7 @@ class PhotoStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_photos = max_photos
         self._lock = threading.Lock()
+        self._in_progress: set[str] = set()
 
     def path(self, photo_id: str) -> Path:
         """The folder of a stored photo; :class:`UnknownPhotoError` for anything else."""
@@ -51,14 +53,19 @@ class PhotoStore:
         photo_id = secrets.token_hex(16)
         folder = self.folder / photo_id
         folder.mkdir()
+        with self._lock:
+            self._in_progress.add(photo_id)
+
         def write(tmp: str) -> None:
             Path(tmp).write_bytes(content)
 
         write_atomic(folder / PHOTO_FILE, write)
-        self._prune(keep=photo_id)
+        self._prune()
         return photo_id
 
     def remove(self, photo_id: str) -> None:
+        with self._lock:
+            self._in_progress.discard(photo_id)
         if PHOTO_ID.match(photo_id):
             shutil.rmtree(self.folder / photo_id, ignore_errors=True)
 
@@ -67,6 +74,8 @@ class PhotoStore:
 
     def save_ranking(self, photo_id: str, ranking: dict[str, Any]) -> None:
         write_json_atomic(self.path(photo_id) / RANKING_FILE, ranking)
+        with self._lock:
+            self._in_progress.discard(photo_id)
 
     def ranking(self, photo_id: str) -> dict[str, Any]:
         try:
@@ -78,16 +87,16 @@ class PhotoStore:
         path = self.path(photo_id) / HEAT_MAP_FILE
         return path if path.is_file() else None
 
-    def _prune(self, keep: str) -> None:
-        """Remove the oldest photos beyond the cap (never ``keep``, the one just stored)."""
+    def _prune(self) -> None:
+        """Remove the oldest photos beyond the cap, never one being ranked."""
         with self._lock:
             stored = []
             for entry in os.scandir(self.folder):
-                if entry.is_dir() and PHOTO_ID.match(entry.name) and entry.name != keep:
+                if entry.is_dir() and PHOTO_ID.match(entry.name) and entry.name not in self._in_progress:
                     try:
                         stored.append((entry.stat().st_mtime, entry.name))
                     except FileNotFoundError:  # removed meanwhile
                         continue
             stored.sort()
-            for _, name in stored[:max(0, len(stored) + 1 - self.max_photos)]:
+            for _, name in stored[:max(0, len(stored) + len(self._in_progress) - self.max_photos)]:
                 shutil.rmtree(self.folder / name, ignore_errors=True)

@@ -5,6 +5,7 @@ every bad request gets a 4xx ``{"error": "one sentence"}`` while the server keep
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import re
@@ -157,7 +158,7 @@ def parse_flag(name: str, text: str | None) -> bool:
         return False
     try:
         return parse_bool(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
         raise RequestError(400, f"{name} {text!r}: expected true or false") from None
 
 
@@ -245,22 +246,27 @@ class CropService:
     async def crop(self, content: bytes, filename: str | None, options: CropOptions) -> dict[str, Any]:
         name = safe_name(filename)
         photo_id, image = await run_in_threadpool(self.decode, content, name)
+        try:
+            ranking = await self._rank(image, options)
+            body = ranking_json(photo_id, name, ranking, options.top_k, self.worker.cropper.describe())
+            await run_in_threadpool(self.save, photo_id, body, ranking.heat_map)
+        except BaseException:  # a refused or failed request keeps nothing
+            self.store.remove(photo_id)
+            raise
+        return body
+
+    async def _rank(self, image: Image.Image, options: CropOptions) -> PhotoRanking:
         human_box = options.human_box
         if human_box is not None:
             try:
                 human_box = checked_person_box(human_box, image.width, image.height)
             except PhotoError as error:
-                self.store.remove(photo_id)
                 raise RequestError(400, f"human_box: {error}") from None
         job = CropJob(image, options.aspect_ratios, human_box, options.detect_human, options.keep_person)
         try:
-            ranking = await asyncio.wrap_future(self.worker.submit(job))
+            return await asyncio.wrap_future(self.worker.submit(job))
         except (PhotoError, ValueError) as error:
-            self.store.remove(photo_id)
-            raise RequestError(422, f"{name}: {error}") from None
-        body = ranking_json(photo_id, name, ranking, options.top_k, self.worker.cropper.describe())
-        await run_in_threadpool(self.save, photo_id, body, ranking.heat_map)
-        return body
+            raise RequestError(422, str(error)) from None
 
     def save(self, photo_id: str, body: dict[str, Any], heat_map: np.ndarray | None) -> None:
         if heat_map is not None:
