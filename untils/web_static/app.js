@@ -245,7 +245,7 @@ function drawOverlay(card, dragging = null) {
       svg.append(rect(crop.box, crop.rank === 1 ? "crop best" : "crop", colour));
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", crop.box[0] + 6 * scale);
-      label.setAttribute("y", crop.box[1] + 18 * scale);
+      label.setAttribute("y", crop.box[1] + (18 + 17 * (crop.rank - 1)) * scale);  // stacked: boxes often share a corner
       label.setAttribute("class", "label");
       label.setAttribute("style", `font-size:${13 * scale}px;stroke-width:${3 * scale}px`);
       label.textContent = `#${crop.rank} ${crop.score.toFixed(3)}`;
