@@ -77,7 +77,7 @@ setup(
     py_modules=MODULES,
     packages=["untils", "roi_align", "roi_align.modules", "rod_align", "rod_align.modules"],
     entry_points={"console_scripts": [f"{command}=untils.commands:main" for command in COMMANDS]},
-    package_data={"roi_align": CSRC_PATTERNS, "rod_align": CSRC_PATTERNS},
+    package_data={"roi_align": CSRC_PATTERNS, "rod_align": CSRC_PATTERNS, "untils": ["web_static/*"]},
     python_requires=">=3.10",
     ext_modules=[align_extension("roi_align", WITH_CUDA), align_extension("rod_align", WITH_CUDA)],
     cmdclass={"build_ext": BuildExtension},

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 SCRIPTS = frozenset({"train_on_GAICD", "train_on_CPC", "generate_pseudo_heatmap", "test", "crop", "pretrain_PIC",
-                     "prior_PIC", "finetune_PIC", "convert_PIC_data"})
+                     "prior_PIC", "finetune_PIC", "convert_PIC_data", "app"})
 LIBRARY = frozenset({"cropping_model", "pic_model", "cropping_dataset", "pic_dataset", "config_GAICD", "config_CPC",
                      "config_PIC"})
 BUILD_SCRIPT = "setup"

@@ -22,6 +22,7 @@ COMMANDS = {
     "hcic-pic-prior": "prior_PIC.py",
     "hcic-pic-finetune": "finetune_PIC.py",
     "hcic-pic-convert": "convert_PIC_data.py",
+    "hcic-app": "app.py",
 }
 
 
