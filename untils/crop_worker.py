@@ -17,10 +17,6 @@ from untils.cropper import Cropper, PersonInfo, PhotoFailure
 from untils.person_detection import PersonDetector, choose_main_person
 from untils.photos import Box, PhotoError, to_rgb8
 
-KEEP_PERSON_NOTE = "only candidates that hold the whole person box (1-pixel tolerance)"
-NO_CANDIDATE_KEEPS_PERSON = "no candidate holds the whole person box: every candidate is ranked"
-NO_PERSON_TO_KEEP = "keep_person asked, but there is no person: every candidate is ranked"
-
 
 @dataclass
 class RatioRanking:
@@ -44,45 +40,26 @@ class PhotoRanking:
     results: list[RatioRanking] = field(default_factory=list)
 
 
-def holds_person(box: Box, person: Sequence[float]) -> bool:
-    """Whether the crop ``box`` holds the whole ``person`` box (candidates are whole pixels: 1 px slack)."""
-    return box[0] <= person[0] + 1 and box[1] <= person[1] + 1 and box[2] >= person[2] - 1 and box[3] >= person[3] - 1
-
-
-def _kept(ranking: RatioRanking, person: Sequence[float] | None) -> RatioRanking:
-    if person is None:
-        return RatioRanking(ranking.aspect_ratio, ranking.boxes, ranking.scores, ranking.candidates, NO_PERSON_TO_KEEP)
-    keep = [i for i, box in enumerate(ranking.boxes) if holds_person(box, person)]
-    if not keep:
-        return RatioRanking(ranking.aspect_ratio, ranking.boxes, ranking.scores, ranking.candidates,
-                            NO_CANDIDATE_KEEPS_PERSON)
-    return RatioRanking(ranking.aspect_ratio, [ranking.boxes[i] for i in keep], [ranking.scores[i] for i in keep],
-                        ranking.candidates, KEEP_PERSON_NOTE)
-
-
 def rank_ratios(cropper: Cropper, images: Sequence[Image.Image], persons: Sequence[PersonInfo],
                 aspect_ratios: Sequence[str], keep_person: bool, batch_size: int) -> list[PhotoRanking | str]:
-    """Every photo ranked at every ratio, in input order; a failing photo is its error message.
-
-    One ``Cropper.rank_many`` pass per ratio, photos batched ``batch_size`` at a time; the person
-    each photo is scored with is ``persons[i]`` (given, detected or none) and is reported as such.
-    """
+    """Every photo ranked at every ratio in one pass (``Cropper.rank_many``: each photo decoded and run
+    through the backbone once), in input order; a failing photo is its error message. The person each
+    photo is scored with is ``persons[i]`` (given, detected or none) and is reported as such; with
+    ``keep_person`` a ratio keeps only candidates holding that whole box, or says none does."""
     rankings: list[PhotoRanking | str] = [
         PhotoRanking(image.width, image.height, person, None) for image, person in zip(images, persons, strict=True)]
     boxes = [person.box for person in persons]
-    for ratio in aspect_ratios:
-        candidates = cropper.candidates(ratio)
-        for result in cropper.rank_many(images, boxes, ratio, batch_size=batch_size, num_workers=0):
-            entry = rankings[result.index]
-            if isinstance(result, PhotoFailure):
-                rankings[result.index] = result.message
-                continue
-            if isinstance(entry, str):
-                continue
-            if entry.heat_map is None:
-                entry.heat_map = result.heat_map
-            ranking = RatioRanking(ratio, result.boxes, result.scores, candidates)
-            entry.results.append(_kept(ranking, entry.person.box) if keep_person else ranking)
+    for result in cropper.rank_many(images, boxes, tuple(aspect_ratios), keep_person=keep_person,
+                                    batch_size=batch_size, num_workers=0):
+        if isinstance(result, PhotoFailure):
+            rankings[result.index] = result.message
+            continue
+        entry = rankings[result.index]
+        if isinstance(entry, str):
+            continue
+        entry.heat_map = result.heat_map
+        entry.results = [RatioRanking(ratio.aspect_ratio, ratio.boxes, ratio.scores, ratio.candidates, ratio.note)
+                         for ratio in result.results]
     return rankings
 
 

@@ -31,7 +31,16 @@ from untils.candidates import parse_aspect_ratio
 from untils.config import parse_bool
 from untils.crop_worker import CropJob, CropWorker, PhotoRanking
 from untils.photo_store import PhotoStore, UnknownPhotoError
-from untils.photos import PhotoError, PhotoHeader, checked_person_box, open_upright, save_crop, save_format, to_rgb8
+from untils.photos import (
+    PhotoError,
+    PhotoHeader,
+    checked_person_box,
+    encode_crop,
+    open_upright,
+    save_format,
+    to_rgb8,
+    write_verified,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
 PAGE_RATIOS = ("free", "1:1", "4:5", "3:2", "16:9", "9:16")
@@ -294,7 +303,7 @@ class CropService:
         image_format, extension = save_format(header.format, "")
         path = self.store.path(photo_id) / f"crop-{index}-{rank}{extension}"
         if not path.is_file():
-            save_crop(image, tuple(ranked[rank - 1]["box"]), path, image_format)
+            write_verified(Path(path), encode_crop(image, tuple(ranked[rank - 1]["box"]), image_format))
         stem = Path(ranking["name"]).stem or "photo"
         return path, f"{stem}_{ratio_slug(ratio)}_crop{rank}{extension}"
 
