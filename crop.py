@@ -81,15 +81,15 @@ class Cropper(crop_library.Cropper):
                  detector: PersonDetector | None = None, allow_untrained: bool = False,
                  backbone: str = "vgg16", user: str | None = None, precision: str = "fp32",
                  channels_last: bool = False, trust_checkpoint: bool = False) -> None:
-        device = resolve_device(device)
+        target = resolve_device(device)
         if checkpoint is None:
             if not allow_untrained:
                 raise MissingCheckpointError(NO_CHECKPOINT_MESSAGE)
-            model = build_crop_model(Config(backbone=backbone, pretrained=False), "HCIC").to(device).eval()
+            model = build_crop_model(Config(backbone=backbone, pretrained=False), "HCIC").to(target).eval()
         else:
             content = read_checkpoint(checkpoint, trusted=trust_checkpoint)
             try:
-                model = load_crop_model(content, device)
+                model = load_crop_model(content, target)
             except CheckpointError as error:
                 raise CheckpointError(f"{checkpoint}: {error}") from None
         super().__init__(model, checkpoint=checkpoint, untrained=checkpoint is None, detector=detector, user=user,

@@ -48,7 +48,14 @@ from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import crop_score_loss
 from pic_dataset import PICData, PICImageDataset, config_path, load_pic_data, load_release_layout, rated_average
 from pic_model import PICModel, build_official_model
-from untils.batching import NamedSubset, SizeBucketBatchSampler, collate_crops, distributed, evaluation_loader
+from untils.batching import (
+    NamedSubset,
+    ScoredCrops,
+    SizeBucketBatchSampler,
+    collate_crops,
+    distributed,
+    evaluation_loader,
+)
 from untils.boxes import flip_boxes_horizontal, rescale_boxes
 from untils.checkpoint import config_to_dict, save_atomic
 from untils.cli import run_script
@@ -105,7 +112,7 @@ def best_crops_by_image(pic: PICData, count: int) -> BestCrops:
     return {name: (torch.tensor(labels[name]), np.concatenate(boxes[name])) for name in labels}
 
 
-def objective_dataset(cfg: config_PIC.Config, augment: bool) -> Dataset:
+def objective_dataset(cfg: config_PIC.Config, augment: bool) -> ScoredCrops:
     """GAICD's or CPC's scored crops for the objective branch (``objective_set`` GAICD/CPC)."""
     if cfg.objective_set == "GAICD":
         return GAICDataset(cfg, "train", cfg.only_human, cfg.keep_aspect_ratio, augment, require_heat_maps=False)
@@ -120,7 +127,7 @@ class PICPretrainer(Trainer):
     model: PICModel
 
     def __init__(self, cfg: config_PIC.Config, exp_path: str, device: torch.device, model: PICModel,
-                 train_set: Dataset, val_names: list[str], objective_val: NamedSubset, subjective: SubjectiveData,
+                 train_set: ScoredCrops, val_names: list[str], objective_val: NamedSubset, subjective: SubjectiveData,
                  loss_fn: LossFunction, progress: bool = True) -> None:
         super().__init__(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
         self.objective_val = objective_val
@@ -200,7 +207,7 @@ class PICPretrainer(Trainer):
                   f"{self.checkpoint_dir}/best-{name}.pth")
 
 
-def held_out_split(dataset: Dataset, cfg: config_PIC.Config) -> tuple[NamedSubset, list[str]]:
+def held_out_split(dataset: ScoredCrops, cfg: config_PIC.Config) -> tuple[NamedSubset, list[str]]:
     """:func:`untils.training.split_validation` as pre-training uses it: always with held-out images
     (config_PIC offers selection 'val' only), so the training images are a subset."""
     train, val_names = split_validation(dataset, cfg)
@@ -259,6 +266,10 @@ class RatedImageItems(Dataset):
         example = self.examples[index]
         return {"image": example.image[0], "crop_box": example.crop_box[0], "score": example.scores,
                 "name": example.name}
+
+    def resized_size_of(self, index: int) -> tuple[int, int]:
+        height, width = self.examples[index].image.shape[-2:]
+        return width, height
 
 
 def gaicd_training_split(cfg: config_PIC.Config) -> GAICDataset:

@@ -30,9 +30,16 @@ from untils import cropper as cropper_library
 from untils import photos
 from untils.boxes import rescale_boxes, resized_size
 from untils.inference import run_model
-from untils.person_detection import (Detection, DetectorError, FacePersonDetector, HogPersonDetector,
-                                     TorchvisionPersonDetector, hog_available, main_person,
-                                     non_max_suppression)
+from untils.person_detection import (
+    Detection,
+    DetectorError,
+    FacePersonDetector,
+    HogPersonDetector,
+    TorchvisionPersonDetector,
+    hog_available,
+    main_person,
+    non_max_suppression,
+)
 from untils.preprocessing import PhotoSpec, normalize_image
 
 ASTRONAUT_REGION = (130, 20, 390, 512)  # where she is in scikit-image's 512x512 astronaut (checked by eye)
@@ -83,7 +90,7 @@ def assert_inside(boxes, width: int, height: int) -> None:
 
 
 def assert_non_increasing(scores) -> None:
-    assert all(a >= b for a, b in zip(scores, scores[1:])), scores
+    assert all(a >= b for a, b in zip(scores[:-1], scores[1:], strict=True)), scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,7 +114,7 @@ def test_bf16_channels_last_scores_are_close_to_fp32(cropper, checkpoint, tmp_pa
     reference = cropper.rank(photo, human_box=person)
     fast = crop.Cropper(str(checkpoint), device="cpu", precision="bf16", channels_last=True)
     result = fast.rank(photo, human_box=person)
-    expected = dict(zip(reference.boxes, reference.scores))
+    expected = dict(zip(reference.boxes, reference.scores, strict=True))
     ours = torch.tensor([result.scores[i] for i in range(len(result.boxes))], dtype=torch.float64)
     wanted = torch.tensor([expected[box] for box in result.boxes], dtype=torch.float64)
     assert sorted(result.boxes) == sorted(reference.boxes)
@@ -213,7 +220,8 @@ def test_jpeg_outputs_match_json_in_sizes_count_and_order(checkpoint, tmp_path, 
             assert saved.format == "JPEG" and saved.size == (x2 - x1, y2 - y1) == (entry["width"], entry["height"])
             pixels = np.asarray(saved.convert("RGB"), dtype=np.int16)
         assert np.abs(pixels - original[y1:y2, x1:x2]).mean() < 3  # the right region, re-encoded at quality 95
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["297406.json"] + [c["file"] for c in report["results"][0]["crops"]]
+    crop_files = [c["file"] for c in report["results"][0]["crops"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["297406.json"] + crop_files
 
 
 def test_png_stays_png_lossless_with_detected_person_and_figure(checkpoint, tmp_path, astronaut_png, capsys):
@@ -293,7 +301,8 @@ def test_existing_outputs_need_overwrite(checkpoint, tmp_path, astronaut_png, ca
     assert (tmp_path / "astronaut.json").read_text() == "kept"
     code, err = run_tool(args + ["--overwrite"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "astronaut.json").read_text())["results"][0]["crops"][0]["file"] == "astronaut_any_crop1.png"
+    report = json.loads((tmp_path / "astronaut.json").read_text())
+    assert report["results"][0]["crops"][0]["file"] == "astronaut_any_crop1.png"
 
 
 def test_setup_errors_are_explained(checkpoint, tmp_path, astronaut_png, capsys):

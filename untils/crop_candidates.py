@@ -134,10 +134,10 @@ def photo_candidates(rule: str, size: tuple[int, int], resized: tuple[int, int],
         return candidates, rescale_boxes(torch.from_numpy(candidates), resized[0] / size[0], resized[1] / size[1])
     if rule == "gaic":  # the release's candidates on its input, mapped back
         ratio = release_ratio(aspect_ratio)
-        candidates = clip_boxes(gaic_release_candidates_in_original(*resized, *size, ratio), *size)
-        if len(candidates) == 0:
+        in_photo = clip_boxes(gaic_release_candidates_in_original(*resized, *size, ratio), *size)
+        if len(in_photo) == 0:
             raise PhotoError(f"GAIC's release makes no {ratio} candidate for a {resized[0]}x{resized[1]} input")
-        return candidates.numpy().astype(np.int64), gaic_release_candidates(*resized, ratio)
+        return in_photo.numpy().astype(np.int64), gaic_release_candidates(*resized, ratio)
     if aspect_ratio is None:
         boxes = gaic_grid_candidates(*size)
     else:

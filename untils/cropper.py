@@ -9,7 +9,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,6 +49,47 @@ from untils.runtime import autocast_dtype
 UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): these crops are meaningless"
 NO_PERSON_NOTE = "no person: scored with the model's no-person input (human box of -1s)"
 NO_USER_SCORE = "objective score (no --user: no user's preference added)"
+
+
+class ModelNames(Protocol):
+    """What a crop model's config names (every ``config_*.Config``): its kind and backbone."""
+
+    @property
+    def model_type(self) -> str: ...
+
+    @property
+    def backbone(self) -> str: ...
+
+
+@runtime_checkable
+class CropModel(Protocol):
+    """A crop-scoring model as the library reads it (every model of cropping_model.py and pic_model.py):
+    how it wants its photos and the config that names it."""
+
+    @property
+    def photo_spec(self) -> PhotoSpec: ...
+
+    @property
+    def cfg(self) -> ModelNames: ...
+
+
+@runtime_checkable
+class UserEmbeddingModel(Protocol):
+    """A personalized model that scores as one of the users it knows (``pic_model.PICModel``)."""
+
+    user_embeddings: dict[str, torch.Tensor]
+
+    def embedding_of(self, user: str) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class OfficialPICModel(Protocol):
+    """PIC's released model (``pic_model.PICOfficialModel``): its fixed positions and where its
+    checkpoint came from (``stage`` and the ``trained_user`` it was fine-tuned to; None: not recorded)."""
+
+    num_positions: int
+    stage: str | None
+    trained_user: str | None
 
 
 class NonFiniteScoresError(ValueError):
@@ -215,8 +256,9 @@ class PhotoDataset(Dataset):
         for index, (photo, human_box) in enumerate(zip(photos, human_boxes, strict=True)):
             try:
                 if isinstance(photo, (str, os.PathLike)):
-                    source: str | tuple[Image.Image, PhotoHeader] = os.fspath(photo)
-                    header = read_header(source, settings.max_pixels)
+                    path = os.fspath(photo)
+                    header = read_header(path, settings.max_pixels)
+                    source: str | tuple[Image.Image, PhotoHeader] = path
                 else:
                     source = as_upright_image(photo)
                     header = source[1]
@@ -240,12 +282,14 @@ class PhotoDataset(Dataset):
             return PersonInfo(None, "none")
         detections = choose_main_person(self.detector(np.asarray(rgb)), width, height)
         main = next((detection for detection in detections if detection.main), None)
-        box = None if main is None else tuple(float(v) for v in main.box)
-        return PersonInfo(box, "detected" if box else "none", detections, self.detector.name)
+        if main is None:
+            return PersonInfo(None, "none", detections, self.detector.name)
+        x1, y1, x2, y2 = main.box
+        return PersonInfo((float(x1), float(y1), float(x2), float(y2)), "detected", detections, self.detector.name)
 
     def __getitem__(self, position: int) -> dict[str, Any] | PhotoFailure:
         index, source, header, human_box = self.entries[position]
-        name = photo_name(source, index)
+        name = photo_name(source if isinstance(source, str) else source[0], index)
         try:
             image, decoded = source if not isinstance(source, str) else open_upright(source, self.settings.max_pixels)
             if (decoded.width, decoded.height) != (header.width, header.height):
@@ -321,16 +365,16 @@ def collate_photos(items: list) -> tuple[dict[str, Any] | None, list[PhotoFailur
 OFFICIAL_PIC_SCORE = "objective score + its position's offset from this photo's user logits (the release's score)"
 
 
-def official_pic_scoring(model: nn.Module, checkpoint: str, user: str | None) -> tuple[bool, str]:
+def official_pic_scoring(model: OfficialPICModel, checkpoint: str, user: str | None) -> tuple[bool, str]:
     """How an official PIC model scores: ``(with its position offsets, the JSON's scored_as)``.
     ``user`` must be the one its fine-tuned checkpoint records (``model.trained_user``, finetune_PIC.py):
     a prior (or the release's file) holds no per-user state, each photo's own user logits give its
     offsets; a pre-trained one (``model.stage``) scores by its objective score alone."""
-    stage, trained_for = getattr(model, "stage", None), getattr(model, "trained_user", None)
+    stage, trained_for = model.stage, model.trained_user
     what = {"finetuned": f"the official PIC model fine-tuned to user {trained_for}",
             "prior": "the official PIC prior model, which holds no per-user state",
             "pretrain": "an official PIC pre-trained model, whose position offsets are not trained"
-            }.get(stage, "a state_dict of PIC's release, which records no user")
+            }.get(stage or "", "a state_dict of PIC's release, which records no user")
     if user is not None and (stage != "finetuned" or user != trained_for):
         raise ValueError(f"--user {user}: {checkpoint} is {what}; crop for {user} with their fine-tuned checkpoint "
                          f"(users/{user}.pth of finetune_PIC.py)")
@@ -362,9 +406,11 @@ class Cropper:
     def __init__(self, model: nn.Module, *, checkpoint: str | None = None, untrained: bool = False,
                  detector: PersonDetector | None = None, user: str | None = None, precision: str = "fp32",
                  channels_last: bool = False) -> None:
+        if not isinstance(model, CropModel):
+            raise TypeError(f"{type(model).__name__} is not a crop model: it has no photo_spec and cfg")
         self.model = model
         self.device = next(model.parameters()).device
-        self.spec: PhotoSpec = model.photo_spec
+        self.spec = model.photo_spec
         self.cfg = model.cfg
         self.model_type = self.cfg.model_type
         self.precision = precision
@@ -377,8 +423,12 @@ class Cropper:
             warnings.warn(UNTRAINED_WARNING, stacklevel=2)
         self.user_image, self.scored_as = False, None
         if self.spec.takes_user_image:
+            if not isinstance(model, OfficialPICModel):
+                raise TypeError(f"{type(model).__name__} takes a user image but is not PIC's released model")
             self.user_image, self.scored_as = official_pic_scoring(model, str(checkpoint), user)
         elif self.spec.takes_user:
+            if not isinstance(model, UserEmbeddingModel):
+                raise TypeError(f"{type(model).__name__} takes a user but has no user embeddings")
             known = ", ".join(sorted(model.user_embeddings)) or "none"
             if user is not None:
                 try:

@@ -203,7 +203,8 @@ def checked_person_box(box: Sequence[float], width: int, height: int) -> tuple[f
     clipped = clip_boxes(values.reshape(1, 4), width, height)[0]
     if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
         raise PhotoError(f"person box {values.tolist()} lies outside the {width}x{height} photo")
-    return tuple(float(v) for v in clipped)
+    left, top, right, bottom = (float(v) for v in clipped)
+    return left, top, right, bottom
 
 
 def _refusing_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
@@ -541,8 +542,8 @@ def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_b
                   color="black", fontsize=9, va="top",
                   bbox={"facecolor": colour, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"})
     if person_box is not None:
-        x1, y1, x2, y2 = person_box
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white",
+        left, top, right, bottom = person_box
+        axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
                                  linestyle="--", linewidth=1.5))
     axes.set_xlim(0, image.width)
     axes.set_ylim(image.height, 0)
