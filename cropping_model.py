@@ -47,7 +47,7 @@ from untils.checkpoint import (CheckpointError, config_from_checkpoint, load_mod
                                release_state_dict)
 from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
                                check_crop_box, gaic_fc_layers, mask_padded_scores, release_scales, resize_to)
-from untils.preprocessing import GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
+from untils.preprocessing import CHANNEL_ORDERS, GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
 
 CONTENT_FEAT_DIM = 256
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
@@ -412,8 +412,18 @@ def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAI
     model = GAICOfficialModel(backbone, reduced_dim=reduce_weight.shape[0],
                               align_size=state["FC_layers.0.0.weight"].shape[-1],
                               dropout="FC_layers.3.weight" in state)
-    load_model_weights(model, {"model": state})
+    load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
+
+
+def with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``:
+    files saved by PyTorch 0.4.0 and earlier (GAIC's release) have none. The counter only steps
+    a cumulative running average, which these models never use, so scores are unchanged."""
+    counters = {name: buffer for name, buffer in model.state_dict().items()
+                if name.endswith(".num_batches_tracked") and name not in state
+                and name.replace(".num_batches_tracked", ".running_mean") in state}
+    return {**state, **counters}
 
 
 def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
@@ -441,15 +451,17 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
 def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
                                  overrides: Optional[dict] = None) -> PICOfficialModel:
     """PIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size, users,
-    positions and attention read from its keys), weights loaded strictly; CPU, eval mode.
-    ``model.cfg`` is a ``config_PIC.Config`` of the official variant, ``overrides`` winning.
+    positions, position head and attention read from its keys), weights loaded strictly; CPU, eval
+    mode. ``model.cfg`` is a ``config_PIC.Config`` of the official variant fed BGR photos (the
+    release's cv2 input), ``overrides`` winning.
 
     Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
     """
     state = release_state_dict(dict(state_dict))
-    cfg = config_from_checkpoint({"config": official_pic_options(state)}, config_PIC.Config, overrides)
+    options = {**official_pic_options(state), "channel_order": "bgr"}
+    cfg = config_from_checkpoint({"config": options}, config_PIC.Config, overrides)
     model = build_official_model(cfg)
-    load_model_weights(model, {"model": state})
+    load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
 
 
@@ -460,6 +472,9 @@ def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
     (:class:`pic_model.PICModel`, also checkpoints written before variants existed, with every
     user the checkpoint knows in ``user_embeddings``)."""
     if is_official_pic_state_dict(content.get("model", {})):
+        stored = content.get("config", {})
+        if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
+            content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
         model = build_official_model(config_from_checkpoint(content, config_PIC.Config,
                                                             {**(overrides or {}), "variant": "official"}))
         load_model_weights(model, content)
@@ -474,7 +489,8 @@ def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
 
 
 def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
-                    overrides: Optional[dict] = None, trusted: bool = False) -> nn.Module:
+                    overrides: Optional[dict] = None, trusted: bool = False,
+                    channel_order: Optional[str] = None) -> nn.Module:
     """Any crop model the project knows, with its weights, in eval mode on ``device``: the one
     loader of every checkpoint kind.
 
@@ -486,7 +502,22 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
     options, the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with
     ``overrides`` (e.g. data paths) winning.
     ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
+    ``channel_order`` (rgb or bgr) is the order the model's photos are given in (its ``photo_spec``):
+    None keeps its own (bgr for PIC's release files and official PIC checkpoints trained so, rgb
+    for every other model, the only order those take).
     """
+    if channel_order not in (None, *CHANNEL_ORDERS):
+        raise ValueError(f"channel order {channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
+    model = _load_any(source, overrides, trusted)
+    if isinstance(model, PICOfficialModel) and channel_order is not None:
+        model.cfg.channel_order = channel_order
+    elif channel_order == "bgr":
+        raise CheckpointError(f"channel order bgr: only official PIC models (PIC's release) take cv2's BGR order; "
+                              f"this {type(model).__name__} takes rgb")
+    return model.to(device).eval()
+
+
+def _load_any(source: Union[str, os.PathLike, dict], overrides: Optional[dict], trusted: bool) -> nn.Module:
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
@@ -497,18 +528,18 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
             "model_type": "GAIC-official", "backbone": model.backbone_name, "reduced_dim": model.DimRed.out_channels,
             "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
             "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
-        return model.to(device).eval()
+        return model
     if "model_type" not in content and is_official_pic_state_dict(content["model"]):
-        return official_pic_from_state_dict(content["model"], overrides).to(device).eval()
+        return official_pic_from_state_dict(content["model"], overrides)
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
-        return _pic_model(content, overrides).to(device).eval()
+        return _pic_model(content, overrides)
     if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
     cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type}, name)
     model = build_crop_model(cfg, model_type, loadweights=False)
     load_model_weights(model, content)
-    return model.to(device).eval()
+    return model
 
 
 def _flat_pair(pre_score: torch.Tensor, gt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

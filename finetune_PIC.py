@@ -173,8 +173,8 @@ def finetune_official(checkpoint: dict, args) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     rows = []
     for user in tqdm(users, desc="users", disable=args.no_progress):
-        support = rated_images(release.image_dir, by_user[user].train, cfg.bgr_order)
-        test = rated_images(release.image_dir, by_user[user].val, cfg.bgr_order)
+        support = rated_images(release.image_dir, by_user[user].train, cfg.channel_order == "bgr")
+        test = rated_images(release.image_dir, by_user[user].val, cfg.channel_order == "bgr")
         model = copy.deepcopy(prior)
         train_on_images(model, support, cfg.official_finetune_epochs, cfg.official_finetune_lr, 1.0, 0.8, generator)
         evaluations = {"generic": evaluate_images(prior, test, personal=False),

@@ -139,10 +139,10 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     history = []
     for user in tqdm(release.train_users, desc="prior users", disable=not progress):
         split = release.prior[user]
-        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.bgr_order),
+        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.channel_order == "bgr"),
                                  cfg.official_prior_epochs, cfg.official_prior_lr, 0.8, 1.0, generator)
         history.append({"user": user, "loss": losses[-1]})
-    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.bgr_order))
+    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.channel_order == "bgr"))
            for user, split in release.prior.items() if split.val}
     metrics = {name: float(np.mean([table[name] for table in val.values()])) for name in next(iter(val.values()))}
     path = os.path.join(exp_path, "checkpoints", "prior.pth")

@@ -6,7 +6,7 @@ Two families:
   the human-centric model and our GAIC baseline; module names follow the HCIC release
   (``feature3.0.<index>``), so its checkpoints load;
 * the layouts of GAIC's release (:class:`GAICBackbone`: its MobileNetV2 in the tonylins layout,
-  its ShuffleNetV2 x1.0, torchvision's VGG16) with the release's parameter names, so GAIC's and
+  its ShuffleNetV2 x1.0, torchvision's VGG16 and ResNet50) with the release's parameter names, so GAIC's and
   PIC's released checkpoints and ImageNet files load with ``strict=True``.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ _BACKBONES = {
 }
 # Channels of f3, f4 and f5 of GAIC's release layouts; their sum is DimRed's input and tells the
 # backbone of a checkpoint.
-BACKBONE_CHANNELS = {"mobilenetv2": (32, 96, 320), "shufflenetv2": (116, 232, 464), "vgg16": (512, 512, 512)}
+BACKBONE_CHANNELS = {"mobilenetv2": (32, 96, 320), "shufflenetv2": (116, 232, 464), "vgg16": (512, 512, 512),
+                     "resnet50": (512, 1024, 2048)}
 
 
 class BackboneWeightsError(RuntimeError):
@@ -248,6 +249,11 @@ class GAICBackbone(nn.Module):
             self.feature3 = nn.Sequential(net.conv1, net.maxpool, net.features[:4])
             self.feature4 = nn.Sequential(net.features[4:12])
             self.feature5 = nn.Sequential(net.features[12:])
+        elif name == "resnet50":
+            net = models.resnet50(weights=None)
+            self.feature3 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+            self.feature4 = nn.Sequential(net.layer3)
+            self.feature5 = nn.Sequential(net.layer4)
         else:
             net = models.vgg16(weights=None)
             self.feature = nn.Sequential(net.features[:-1])
