@@ -1,6 +1,7 @@
 """Fine-tune the PIC prior model to new users from a few of their rated images, and report.
 
-The checkpoint's variant decides. Official (the published recipe): for each user of
+The checkpoint's variant decides; a bare state_dict of PIC's release is an official prior. Official
+(the published recipe): for each user of
 ``PIC_release/finetune/<N>/train`` (N = `finetune_images`), the prior is reloaded and the whole
 network trained on that user's N images, `official_finetune_epochs` (10) epochs, batch 1, Adam at
 `official_finetune_lr` (1e-3), loss fidelity + 0.8 x smooth-L1, crops in their fixed order; the
@@ -14,7 +15,8 @@ Each user's images (default users: the test users of users.json) are split by
 `pic_dataset.split_user_images`: `user_test_fraction` of them are held out for the report,
 `finetune_images` (N) are fine-tuned on, and up to `finetune_val_images` of the rest choose the
 fine-tuning step. The held-out images are never used for anything but the report. On them, per user
-and averaged over users (x100: Acc_K/5, Acc_K/10, Acc5, Acc10, SRCC, PCC):
+and averaged over users (x100: Acc_K/5, Acc_K/10, wAcc_K/5, wAcc_K/10 for K = 1..4, their
+means Acc5, Acc10, wAcc5, wAcc10, SRCC, PCC):
 
   generic     the pre-trained objective branch (GAIC's scorer): no user information
   prior-mean  the prior model with the mean embedding of its training users: personalisation off
@@ -55,9 +57,11 @@ from untils.training import summary_writer
 
 MODELS = ("generic", "prior-mean", "prior", "finetuned")
 METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
-           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc5", "wacc10")
+           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc1_5", "wacc2_5", "wacc3_5", "wacc4_5", "wacc5",
+           "wacc1_10", "wacc2_10", "wacc3_10", "wacc4_10", "wacc10")
 METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10", "wacc5": "wAcc5", "wacc10": "wAcc10",
-                 **{f"acc{k}_{n}": f"Acc{k}/{n}" for k in range(1, 5) for n in (5, 10)}}
+                 **{f"{kind}{k}_{n}": f"{title}{k}/{n}" for kind, title in (("acc", "Acc"), ("wacc", "wAcc"))
+                    for k in range(1, 5) for n in (5, 10)}}
 
 
 @dataclass
@@ -154,8 +158,9 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
 
 def finetune_official(checkpoint: dict, args) -> dict:
     """The official fine-tuning (module docstring) of every user of ``finetune/<N>/``."""
-    if checkpoint.get("stage") != "prior":
-        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
+    if checkpoint.get("model_type") == "PIC" and checkpoint.get("stage") != "prior":
+        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py "
+                         "(or a state_dict of PIC's release)")
     prior = load_crop_model(checkpoint, overrides=given_config_options(args))
     cfg = prior.cfg
     seed_everything(cfg.seed)
@@ -197,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
-    if checkpoint.get("model_type") == "PIC" and is_official_pic_state_dict(checkpoint.get("model", {})):
+    if checkpoint.get("model_type") in ("PIC", None) and is_official_pic_state_dict(checkpoint.get("model", {})):
         return finetune_official(checkpoint, args)
     if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
             or checkpoint.get("stage") != "prior":

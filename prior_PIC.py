@@ -2,7 +2,8 @@
 
   python prior_PIC.py --checkpoint experiments/PIC_mobilenetv2/checkpoints/pretrain.pth --data-root DATA
 
-The checkpoint's variant decides. Official (the published recipe): every parameter is trained
+The checkpoint's variant decides; a bare state_dict of PIC's release is official. Official (the
+published recipe): every parameter is trained
 through the training users of ``PIC_release`` (``prior/<user>_train.csv``) in turn,
 `official_prior_epochs` (20) epochs per user, batch 1, Adam at `official_prior_lr` (1e-3), loss
 0.8 x fidelity + smooth-L1, each image's crops in their fixed order (one personal offset per
@@ -155,9 +156,11 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = config_PIC.script_parser(__doc__).parse_args(argv)
     content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if "model_type" not in content and is_official_pic_state_dict(content.get("model", {})):
+        return prior_official(content, given_config_options(args), not args.no_progress)  # a release file
     if content.get("model_type") != "PIC":
         raise SystemExit(f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
-                         "give a checkpoint of pretrain_PIC.py")
+                         "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release")
     if is_official_pic_state_dict(content.get("model", {})):
         return prior_official(content, given_config_options(args), not args.no_progress)
     model = load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False)

@@ -14,18 +14,22 @@ test_gaic_official.py).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import finetune_PIC
+import prior_PIC
 from cropping_model import load_crop_model
 from pic_model import PICOfficialModel, is_official_pic_state_dict
 from tests.conftest import require_shared
 from tests.test_align_ops import reference_align
 from tests.test_gaic_official import release_weights, shufflenet_official_name, shufflenetv2_imagenet_shapes
 from tests.test_gaic_official import vgg16_official_shapes
+from untils.checkpoint import read_checkpoint
 from untils.torchvision_compat import models
 
 HEAD_NAMES = ("FC_layers_1", "FC_layers_2", "FC_layers_3", "DimRed")
@@ -255,3 +259,24 @@ def test_channel_order_is_the_releases_unless_told(fixture):
     assert load_crop_model(state, channel_order="rgb").photo_spec.channel_order == "rgb"
     with pytest.raises(ValueError, match="channel order 'grb'"):
         load_crop_model(state, channel_order="grb")
+
+
+def test_scripts_take_bare_release_files(fixture, pic_release_root, tmp_path):
+    """prior_PIC.py and finetune_PIC.py start from the release's own files (BGR photos, as it
+    trained); fine-tuning reports wAcc_K/5 and wAcc_K/10 per K as the release prints them."""
+    common = ["--data-root", str(pic_release_root), "--exp_root", str(tmp_path), "--no-progress"]
+    prior_file, tuned_file = tmp_path / "prior_release.pth", tmp_path / "finetune_release.pth"
+    torch.save(release_weights(fixture["state_dict_shapes"], fixture["weight_seed"]), prior_file)
+    torch.save(release_state(fixture, "mobilenetv2", "conv1d", False), tuned_file)
+    prior = prior_PIC.main(["--checkpoint", str(prior_file), "--official_prior_epochs", "1"] + common)
+    saved = read_checkpoint(prior["checkpoint"])
+    assert saved["config"]["channel_order"] == "bgr" and saved["stage"] == "prior"
+    result = finetune_PIC.main(["--checkpoint", str(tuned_file), "--finetune_images", "2", "--users", "centred-01",
+                                "--official_finetune_epochs", "1", "--no-save-users"] + common)
+    for row in result["rows"]:
+        per_k = {n: [row[f"wacc{k}_{n}"] for k in range(1, 5)] for n in (5, 10)}
+        for n, values in per_k.items():
+            assert all(0 <= value <= 100 for value in values)
+            assert row[f"wacc{n}"] == pytest.approx(np.mean(values), abs=0.02)
+    lines = (Path(result["exp_path"]) / "results.md").read_text().splitlines()
+    assert all(f"wAcc{k}/{n}" in lines[4] for k in range(1, 5) for n in (5, 10))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from untils.batching import evaluation_loader
 from untils.boxes import flip_boxes_horizontal
 from untils.inference import move_batch
-from untils.metrics import gaicd_metrics, weighted_accuracy
+from untils.pic_recipe import user_metrics
 
 VIEWS = 2  # the image as it is, and mirrored
 
@@ -96,9 +96,7 @@ def user_scores(preference: Optional[nn.Module], embedding: Optional[torch.Tenso
 @torch.no_grad()
 def evaluate_user(preference: Optional[nn.Module], embedding: Optional[torch.Tensor],
                   examples: Sequence[UserImage]) -> dict[str, float]:
-    """GAICD metrics (Acc_K/N, SRCC, PCC) and mean wAcc_K/5, wAcc_K/10 of a user's images, scored as
-    :func:`user_scores` (view 0)."""
-    targets = [example.scores for example in examples]
+    """:func:`untils.pic_recipe.user_metrics` (Acc_K/N, wAcc_K/N per K and their means, SRCC, PCC) of
+    a user's images, scored as :func:`user_scores` (view 0)."""
     predictions = [user_scores(preference, embedding, example) for example in examples]
-    wacc5, wacc10 = weighted_accuracy(targets, predictions)
-    return {**gaicd_metrics(targets, predictions), "wacc5": float(np.mean(wacc5)), "wacc10": float(np.mean(wacc10))}
+    return user_metrics([example.scores for example in examples], predictions)

@@ -109,10 +109,15 @@ def evaluate_images(model: nn.Module, examples: Sequence[RatedImage], personal: 
     model.eval()
     predictions = [model(example.image, example.crop_box,
                          user_image=example.user_image if personal else None).score[0] for example in examples]
-    targets = [example.scores for example in examples]
+    return user_metrics([example.scores for example in examples], predictions)
+
+
+def user_metrics(targets: Sequence[torch.Tensor], predictions: Sequence[torch.Tensor]) -> dict[str, float]:
+    """GAICD's metrics of a user's images plus wAcc_K/5 and wAcc_K/10 per K = 1..4 (``wacc{K}_5``,
+    ``wacc{K}_10``, as the release prints them) and their means over K (``wacc5``, ``wacc10``)."""
     table = gaicd_metrics(targets, predictions)
     wacc5, wacc10 = weighted_accuracy(targets, predictions)
-    for k, (five, ten) in enumerate(zip(wacc5, wacc10), start=1):
+    for k, (five, ten) in enumerate(zip(wacc5, wacc10, strict=True), start=1):
         table[f"wacc{k}_5"], table[f"wacc{k}_10"] = five, ten
     table["wacc5"], table["wacc10"] = float(np.mean(wacc5)), float(np.mean(wacc10))
     return table
