@@ -31,7 +31,7 @@ smooth-L1 alone (the GAIC-official preset).
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,10 +43,25 @@ from pic_model import PICModel, PICOfficialModel, build_official_model, is_offic
 from roi_align import RoIAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
-from untils.checkpoint import (CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint,
-                               release_state_dict)
-from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
-                               check_crop_box, gaic_fc_layers, mask_padded_scores, release_scales, resize_to)
+from untils.checkpoint import (
+    CheckpointError,
+    config_from_checkpoint,
+    load_model_weights,
+    read_checkpoint,
+    release_state_dict,
+)
+from untils.crop_heads import (
+    ALIGN_SIZE,
+    CropAlignFeatures,
+    CropOutput,
+    GAICScorer,
+    boxes_with_batch_index,
+    check_crop_box,
+    gaic_fc_layers,
+    mask_padded_scores,
+    release_scales,
+    resize_to,
+)
 from untils.preprocessing import CHANNEL_ORDERS, GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
 
 CONTENT_FEAT_DIM = 256
@@ -218,7 +233,7 @@ class HumanCentricCroppingModel(nn.Module):
     feature uses their row and column factors (:func:`untils.boxes.crop_mask_factors`).
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         super().__init__()
         if cfg is None:
             from config_GAICD import cfg
@@ -260,7 +275,7 @@ class HumanCentricCroppingModel(nn.Module):
         return self.feat_ext(agg)
 
     def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
-                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply the partition-aware module to the images that contain a person, each on its own.
 
         Every image goes through the module (no data-dependent indexing); images without a person
@@ -276,9 +291,9 @@ class HumanCentricCroppingModel(nn.Module):
         return (torch.where(has_person, fused.to(red_feat.dtype), red_feat),
                 torch.where(has_person, p_mean.to(red_feat.dtype), 0.0))
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None,
-                partition_mask: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None,
+                partition_mask: torch.Tensor | None = None) -> CropOutput:
         batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
         check_crop_box(crop_box, batch)
         if human_box is None:
@@ -316,7 +331,7 @@ class GAICModel(GAICScorer):
     scores only.
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         if cfg is None:
             from config_GAICD import cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
@@ -327,8 +342,8 @@ class GAICModel(GAICScorer):
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None) -> CropOutput:
         return CropOutput(self.objective_scores(image, crop_box, crop_valid))
 
 
@@ -352,7 +367,7 @@ class GAICOfficialModel(nn.Module):
     """
 
     def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
-                 dropout: bool = True, backbone_weight_path: Optional[str] = None) -> None:
+                 dropout: bool = True, backbone_weight_path: str | None = None) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.Feat_ext = GAICBackbone(backbone, backbone_weight_path)
@@ -371,8 +386,8 @@ class GAICOfficialModel(nn.Module):
         """(B, reduced_dim, H/16, W/16): the three scales brought to f4's size, concatenated, reduced."""
         return self.DimRed(release_scales(*self.Feat_ext(image)))
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None) -> CropOutput:
         batch = image.shape[0]
         check_crop_box(crop_box, batch)
         rois = boxes_with_batch_index(crop_box.to(image.dtype))
@@ -426,7 +441,7 @@ def with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dic
     return {**state, **counters}
 
 
-def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
+def build_crop_model(cfg, model_type: str = "HCIC", loadweights: bool | None = None) -> nn.Module:
     """``HCIC`` (human-centric), ``GAIC`` (baseline), ``GAIC-official`` (GAIC's release) or ``PIC``
     (personalized, ``pic_model``) from a config."""
     if model_type == "HCIC":
@@ -449,7 +464,7 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
 
 
 def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
-                                 overrides: Optional[dict] = None) -> PICOfficialModel:
+                                 overrides: dict | None = None) -> PICOfficialModel:
     """PIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size, users,
     positions, position head and attention read from its keys), weights loaded strictly; CPU, eval
     mode. ``model.cfg`` is a ``config_PIC.Config`` of the official variant fed BGR photos (the
@@ -465,7 +480,7 @@ def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
     return model.eval()
 
 
-def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
+def _pic_model(content: dict, overrides: dict | None) -> nn.Module:
     """A PIC model from our checkpoint content (``model_type`` PIC); the weights' names pick the
     variant: the release's names (:class:`pic_model.PICOfficialModel`, which also records the
     checkpoint's ``stage`` and the ``trained_user`` it was fine-tuned to) or the embedding variant's
@@ -488,9 +503,9 @@ def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
     return model
 
 
-def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
-                    overrides: Optional[dict] = None, trusted: bool = False,
-                    channel_order: Optional[str] = None) -> nn.Module:
+def load_crop_model(source: str | os.PathLike | dict, device: str | torch.device = "cpu",
+                    overrides: dict | None = None, trusted: bool = False,
+                    channel_order: str | None = None) -> nn.Module:
     """Any crop model the project knows, with its weights, in eval mode on ``device``: the one
     loader of every checkpoint kind.
 
@@ -517,7 +532,7 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
     return model.to(device).eval()
 
 
-def _load_any(source: Union[str, os.PathLike, dict], overrides: Optional[dict], trusted: bool) -> nn.Module:
+def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted: bool) -> nn.Module:
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
@@ -593,7 +608,7 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
 
 
 def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
-                    crop_valid: Optional[torch.Tensor] = None, score_mean: float = MOS_MEAN,
+                    crop_valid: torch.Tensor | None = None, score_mean: float = MOS_MEAN,
                     rank_loss_weighting: str = "sign", over_batch: bool = False) -> torch.Tensor:
     """Sum of the chosen score losses over the valid crops: per image, averaged over images, or
     (``over_batch``, the HCIC release's CPC training) once over all the batch's crops together."""
@@ -601,7 +616,7 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
         pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
         crop_valid = None if crop_valid is None else crop_valid.unsqueeze(0)
     if crop_valid is None:  # every crop counts: no boolean indexing, which would wait for the device
-        groups = [(pred.reshape(-1), gt.reshape(-1))] if over_batch else list(zip(pred, gt))
+        groups = [(pred.reshape(-1), gt.reshape(-1))] if over_batch else list(zip(pred, gt, strict=True))
     elif over_batch:
         groups = [(pred[crop_valid], gt[crop_valid])]
     else:

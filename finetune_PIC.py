@@ -35,8 +35,8 @@ from __future__ import annotations
 import copy
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,8 +49,15 @@ from pic_model import PreferenceModule, is_official_pic_state_dict, prior_pull_l
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
-from untils.pic_features import (VIEWS, UserImage, embed_user, evaluate_user, extract_features, single_threaded,
-                                 user_scores)
+from untils.pic_features import (
+    VIEWS,
+    UserImage,
+    embed_user,
+    evaluate_user,
+    extract_features,
+    single_threaded,
+    user_scores,
+)
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.runtime import resolve_device, seed_everything
 from untils.training import summary_writer
@@ -103,7 +110,7 @@ def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], va
         views = torch.randint(VIEWS, (len(support),), generator=generator).tolist()
         losses = [crop_score_loss(user_scores(tuned_preference, embedding, example, view), example.scores,
                                   cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
-                  for example, view in zip(support, views)]
+                  for example, view in zip(support, views, strict=True)]
         loss = torch.stack(losses).mean() + cfg.finetune_reg * prior_pull_loss(tuned, anchors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,7 +203,7 @@ def finetune_official(checkpoint: dict, args) -> dict:
     return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = config_PIC.script_parser(__doc__)
     parser.add_argument("--users", nargs="+", metavar="ID", help="users to fine-tune to (default: the test users)")
     parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")

@@ -7,7 +7,7 @@ building blocks and the embedding variant's losses and data. README.md (PIC sect
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,8 +17,17 @@ from pic_dataset import PICData, PICImageDataset, best_crop_indices
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.boxes import FEATURE_STRIDE
 from untils.checkpoint import CheckpointError, release_state_dict
-from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
-                               check_crop_box, mask_padded_scores, release_scales, scatter_valid_scores)
+from untils.crop_heads import (
+    ALIGN_SIZE,
+    CropAlignFeatures,
+    CropOutput,
+    GAICScorer,
+    boxes_with_batch_index,
+    check_crop_box,
+    mask_padded_scores,
+    release_scales,
+    scatter_valid_scores,
+)
 from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.preprocessing import GAIC_SHORT_SIDE, PhotoSpec, spec_of_config
@@ -76,7 +85,7 @@ class PICOfficialModel(nn.Module):
 
     def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
                  num_users: int = RELEASE_NUM_USERS, num_positions: int = RELEASE_NUM_POSITIONS,
-                 attention: bool = False, backbone_weight_path: Optional[str] = None,
+                 attention: bool = False, backbone_weight_path: str | None = None,
                  position_head: str = "linear") -> None:
         super().__init__()
         self.backbone_name = backbone
@@ -100,8 +109,8 @@ class PICOfficialModel(nn.Module):
             raise ValueError(f"position_head {position_head!r}: expected one of {', '.join(POSITION_HEADS)}")
         self.position_head = position_head
         self.cfg = None
-        self.stage: Optional[str] = None
-        self.trained_user: Optional[str] = None
+        self.stage: str | None = None
+        self.trained_user: str | None = None
 
     @property
     def photo_spec(self) -> PhotoSpec:
@@ -132,8 +141,8 @@ class PICOfficialModel(nn.Module):
             return self.FC_layers_3(logits.unsqueeze(1)).squeeze(1)
         return self.FC_layers_3(logits)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None, user_image: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None, user_image: torch.Tensor | None = None) -> CropOutput:
         scores = self.objective_scores(image, crop_box)
         if user_image is not None:
             if crop_box.shape[1] != self.num_positions:
@@ -245,7 +254,7 @@ class PICModel(GAICScorer):
     subjective branch with.
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         cfg = config_PIC.cfg if cfg is None else cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
         super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
@@ -261,8 +270,8 @@ class PICModel(GAICScorer):
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg, uses_person=True, takes_user=True)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None, user: Optional[str] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None, user: str | None = None) -> CropOutput:
         """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops score ``-inf``.
 
         With a ``user``, ``human_box`` (B, 1, 4) feeds the crops' geometry; None means no person.
@@ -285,7 +294,7 @@ class PICModel(GAICScorer):
         return self.FC_layers(aligned).flatten(), torch.cat([subjective, geometry], dim=1)
 
     def crop_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
-                     crop_valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     crop_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(objective (K,), descriptions (K, F), image index (K,))`` of the valid crops of a batch.
 
         ``crop_box`` (B, N, 4) and ``human_box`` (B, 1, 4) are in input pixels.
@@ -313,7 +322,7 @@ class PICModel(GAICScorer):
         height, width = image.shape[-2:]
         return self._user_logits(self.reduced_features(image), rois, human_boxes, width, height)
 
-    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: Optional[torch.Tensor],
+    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: torch.Tensor | None,
                             best_rois: torch.Tensor, best_human: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass for both branches: objective scores (B, N) of the candidates, and
         :meth:`user_logits` of the users' best crops ``best_rois``."""
@@ -337,7 +346,7 @@ class PICModel(GAICScorer):
 
 def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior))
+    return sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior, strict=True))
 
 
 def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
@@ -360,7 +369,7 @@ def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageF
 # Building the release's model from a config or a state_dict (cropping_model.load_crop_model loads)
 # ----------------------------------------------------------------------------------------------
 
-def _position_head_of(names: set) -> Optional[str]:
+def _position_head_of(names: set) -> str | None:
     if "FC_layers_3.0.weight" in names:
         return "linear"
     return "conv1d" if "FC_layers_3.weight" in names else None
@@ -407,7 +416,7 @@ def official_pic_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
             "position_head": head, "attention": any(name.startswith("danet.") for name in state)}
 
 
-def build_official_model(cfg, backbone_weight_path: Optional[str] = None) -> PICOfficialModel:
+def build_official_model(cfg, backbone_weight_path: str | None = None) -> PICOfficialModel:
     """A fresh official model for ``cfg`` (``config_PIC.Config``), ImageNet weights when given."""
     model = PICOfficialModel(cfg.backbone, cfg.reduced_dim, cfg.align_size, cfg.num_users, cfg.num_positions,
                              cfg.attention, backbone_weight_path, cfg.position_head)

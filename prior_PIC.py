@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,11 +41,19 @@ from pic_model import PreferenceModule, is_official_pic_state_dict, user_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
-from untils.pic_features import (VIEWS, UserImage, embed_user, evaluate_user, extract_features, single_threaded,
-                                 user_scores)
+from untils.pic_features import (
+    VIEWS,
+    UserImage,
+    embed_user,
+    evaluate_user,
+    extract_features,
+    single_threaded,
+    user_scores,
+)
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.runtime import resolve_device, seed_everything
 from untils.training import held_out_images, summary_writer
+
 
 def mean_metrics(per_user: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([metrics[key] for metrics in per_user])) for key in per_user[0]}
@@ -54,7 +63,7 @@ def episode_loss(preference: PreferenceModule, query: UserImage, support: Sequen
                  generator: torch.Generator) -> torch.Tensor:
     """Score losses of the query's crops for the user embedded from ``support`` (random views)."""
     views = torch.randint(VIEWS, (len(support) + 1,), generator=generator).tolist()
-    embedding = preference.embed(torch.cat([example.evidence[view] for example, view in zip(support, views)]))
+    embedding = preference.embed(torch.cat([example.evidence[view] for example, view in zip(support, views, strict=False)]))
     predicted = user_scores(preference, embedding, query, views[-1])
     return crop_score_loss(predicted, query.scores, cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
 
@@ -77,7 +86,7 @@ def validate_prior(preference: PreferenceModule, train: dict[str, list[UserImage
 
 
 def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]], val: dict[str, list[UserImage]],
-                cfg, writer: Optional[Any] = None, progress: bool = True) -> list[dict[str, float]]:
+                cfg, writer: Any | None = None, progress: bool = True) -> list[dict[str, float]]:
     """Episodic training of ``preference``; leaves it at the epoch with the best validation SRCC.
 
     Returns one row per epoch (epoch, loss, validation metrics).
@@ -153,7 +162,7 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     return {"checkpoint": path, "exp_path": exp_path, "history": history, "best": metrics}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = config_PIC.script_parser(__doc__).parse_args(argv)
     content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     if "model_type" not in content and is_official_pic_state_dict(content.get("model", {})):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -18,8 +17,13 @@ import torch
 
 from config_GAICD import Config
 from cropping_dataset import GAICDataset
-from cropping_model import (BackboneWeightsError, GAICOfficialModel, is_official_gaic_state_dict, load_crop_model,
-                            official_gaic_from_state_dict)
+from cropping_model import (
+    BackboneWeightsError,
+    GAICOfficialModel,
+    is_official_gaic_state_dict,
+    load_crop_model,
+    official_gaic_from_state_dict,
+)
 from tests.conftest import build_gaicd_sample, require_shared
 from untils.candidates import gaic_release_candidates, gaic_release_candidates_in_original
 from untils.checkpoint import CheckpointError
@@ -233,7 +237,7 @@ def shufflenetv2_imagenet_shapes() -> dict[str, tuple[int, ...]]:
     return {**shapes, "classifier.0.weight": (1000, 1024), "classifier.0.bias": (1000,)}
 
 
-def shufflenet_official_name(imagenet_name: str) -> Optional[str]:
+def shufflenet_official_name(imagenet_name: str) -> str | None:
     """Where the release's ``shufflenetv2_base`` puts an ImageNet parameter (None: not used)."""
     if imagenet_name.startswith("conv1."):
         return "Feat_ext.feature3.0." + imagenet_name[len("conv1."):]
@@ -253,7 +257,7 @@ def vgg16_official_shapes() -> dict[str, tuple[int, ...]]:
     """The release's ``vgg_base`` (torchvision VGG16; ``feature`` holds conv1_1..conv5_3 a second time)."""
     convs = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
                      ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-                      (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))))
+                      (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)), strict=True))
     shapes = {}
     for index, (out, inp) in convs.items():
         stage = "feature3" if index < 23 else "feature4"
@@ -341,7 +345,8 @@ def test_crop_tool_gives_the_release_demo_crops(fixture, official_state, tmp_pat
     ranked by the release's scores."""
     from crop import Cropper
     torch.save(official_state, tmp_path / "gaic.pth")
-    result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(require_shared("GAICD-sample/images/test/297406.jpg"))
+    photo = require_shared("GAICD-sample/images/test/297406.jpg")
+    result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(photo)
     order = torch.argsort(fixture["expected_grid_scores"], descending=True, stable=True)
     yxyx = torch.as_tensor(np.asarray(fixture["grid_source_boxes_yxyx"], dtype=np.float64))
     expected_boxes = yxyx[order][:, [1, 0, 3, 2]]

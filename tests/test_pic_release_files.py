@@ -27,8 +27,12 @@ from cropping_model import load_crop_model
 from pic_model import PICOfficialModel, is_official_pic_state_dict
 from tests.conftest import require_shared
 from tests.test_align_ops import reference_align
-from tests.test_gaic_official import release_weights, shufflenet_official_name, shufflenetv2_imagenet_shapes
-from tests.test_gaic_official import vgg16_official_shapes
+from tests.test_gaic_official import (
+    release_weights,
+    shufflenet_official_name,
+    shufflenetv2_imagenet_shapes,
+    vgg16_official_shapes,
+)
 from untils.checkpoint import read_checkpoint
 from untils.torchvision_compat import models
 
@@ -140,7 +144,8 @@ def conv_bn_relu(x: torch.Tensor, state: dict, prefix: str, padding: int = 0) ->
     x = F.conv2d(x, state[f"{prefix}.0.weight"].double(), state[f"{prefix}.0.bias"].double(), padding=padding)
     mean, var = state[f"{prefix}.1.running_mean"].double(), state[f"{prefix}.1.running_var"].double()
     scale = state[f"{prefix}.1.weight"].double() / torch.sqrt(var + 1e-5)
-    return torch.relu((x - mean[:, None, None]) * scale[:, None, None] + state[f"{prefix}.1.bias"].double()[:, None, None])
+    shift = state[f"{prefix}.1.bias"].double()
+    return torch.relu((x - mean[:, None, None]) * scale[:, None, None] + shift[:, None, None])
 
 
 def fc_layers(x: torch.Tensor, state: dict, name: str) -> torch.Tensor:

@@ -11,7 +11,7 @@ Two families:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,7 @@ class BackboneWeightsError(RuntimeError):
     """ImageNet weights were asked for but cannot be loaded."""
 
 
-def _imagenet_model(name: str, weight_path: Optional[str]) -> nn.Module:
+def _imagenet_model(name: str, weight_path: str | None) -> nn.Module:
     constructor_name, weights_enum_name, _ = _BACKBONES[name]
     constructor = getattr(models, constructor_name)
     if weight_path is not None:
@@ -72,7 +72,7 @@ class Backbone(nn.Module):
         return f3, f4, f5
 
 
-def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str] = None) -> Backbone:
+def build_backbone(name: str, pretrained: bool = True, weight_path: str | None = None) -> Backbone:
     """Build ``name`` (vgg16, resnet50, mobilenetv2, shufflenetv2) cut into three scales.
 
     With ``pretrained`` the ImageNet weights come from ``weight_path`` or torchvision's weights
@@ -106,7 +106,7 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str
 # ----------------------------------------------------------------------------------------------
 
 def _conv_bn(inp: int, oup: int, kernel: int, stride: int = 1, groups: int = 1,
-             activation: Optional[type[nn.Module]] = None) -> list[nn.Module]:
+             activation: type[nn.Module] | None = None) -> list[nn.Module]:
     layers = [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]
     return layers + ([activation(inplace=True)] if activation is not None else [])
 
@@ -234,7 +234,7 @@ class GAICBackbone(nn.Module):
     therefore hold twice; it is registered here too and not used.
     """
 
-    def __init__(self, name: str, backbone_weight_path: Optional[str] = None) -> None:
+    def __init__(self, name: str, backbone_weight_path: str | None = None) -> None:
         super().__init__()
         if name not in BACKBONE_CHANNELS:
             raise ValueError(f"GAIC backbone {name!r}; expected one of {sorted(BACKBONE_CHANNELS)}")

@@ -6,10 +6,9 @@ are taken as they come (duck-typed), so this module needs nothing of the top lev
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -74,8 +73,8 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, i
         for index, name in enumerate(batch["name"]):
             rows = [view_index == index for _, _, view_index in per_view]
             cache[name] = ImageFeatures(
-                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows)]).cpu(),
-                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows)]).cpu())
+                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows, strict=True)]).cpu(),
+                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows, strict=True)]).cpu())
     return cache
 
 
@@ -85,7 +84,7 @@ def embed_user(preference: nn.Module, examples: Sequence[UserImage], view: int =
     return preference.embed(torch.cat([example.evidence[view] for example in examples]))
 
 
-def user_scores(preference: Optional[nn.Module], embedding: Optional[torch.Tensor], example: UserImage,
+def user_scores(preference: nn.Module | None, embedding: torch.Tensor | None, example: UserImage,
                 view: int = 0) -> torch.Tensor:
     """Scores of an image's crops: objective, plus the preference when an embedding is given."""
     if embedding is None:
@@ -94,7 +93,7 @@ def user_scores(preference: Optional[nn.Module], embedding: Optional[torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_user(preference: Optional[nn.Module], embedding: Optional[torch.Tensor],
+def evaluate_user(preference: nn.Module | None, embedding: torch.Tensor | None,
                   examples: Sequence[UserImage]) -> dict[str, float]:
     """:func:`untils.pic_recipe.user_metrics` (Acc_K/N, wAcc_K/N per K and their means, SRCC, PCC) of
     a user's images, scored as :func:`user_scores` (view 0)."""

@@ -13,7 +13,7 @@ import csv
 import json
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names
 
 def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
                           ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
-                          human_boxes: Optional[Mapping[str, Sequence[float]]] = None) -> None:
+                          human_boxes: Mapping[str, Sequence[float]] | None = None) -> None:
     """Write users.json, annotations/<user>.json (``ratings[user][image] = {"bbox", "score"}``) and,
     when given, human_bboxes.json into ``pic_dir``."""
     bad = [user for user in list(train_users) + list(test_users) if not USER_ID_PATTERN.match(user)]
@@ -68,7 +68,7 @@ def write_release_csv(path: str, ratings: Mapping[str, Mapping[str, list]]) -> N
         writer = csv.writer(stream)
         writer.writerow(RELEASE_CSV_HEADER)
         for name, entry in ratings.items():
-            for box, score in zip(entry["bbox"], entry["score"]):
+            for box, score in zip(entry["bbox"], entry["score"], strict=True):
                 writer.writerow([name, "[" + ",".join(map(_number_text, box)) + "]", _number_text(score)])
 
 

@@ -7,7 +7,6 @@ One module for the datasets, the crop tool and PIC alike, so the same photo give
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -32,7 +31,8 @@ class PhotoSpec:
 
     ``preprocessing``: :func:`network_input`'s rule (``hcic`` or ``gaic``), at ``image_size`` /
     ``keep_aspect_ratio`` (``untils.boxes.resized_size``), its channels in ``channel_order``
-    (``rgb``, or ``bgr``: cv2's order, which PIC's release trained on; gaic only); ``candidates``: the candidate rule of ``untils.crop_candidates``;
+    (``rgb``, or ``bgr``: cv2's order, which PIC's release trained on; gaic only); ``candidates``:
+    the candidate rule of ``untils.crop_candidates``;
     ``uses_person``: whether it reads ``human_box``; ``takes_user``: whether it is called with a
     ``user`` (one of its users' ids); ``takes_user_image``: whether it is called with a
     ``user_image`` (the whole photo, :func:`untils.pic_format.pic_user_image`).
@@ -102,7 +102,7 @@ def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str,
     return normalize_image(image.resize(size, Image.Resampling.LANCZOS))
 
 
-def photo_input(image: Image.Image, spec: PhotoSpec, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+def photo_input(image: Image.Image, spec: PhotoSpec, size: tuple[int, int] | None = None) -> torch.Tensor:
     """:func:`network_input` of an 8-bit RGB photo as ``spec`` says (``size``: its resized size, when known)."""
     size = spec.resized_size(*image.size) if size is None else size
     return network_input(image, size, spec.preprocessing, spec.channel_order == "bgr")
