@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -154,6 +155,7 @@ class ContentPreserveModule(nn.Module):
 
     def __init__(self, in_dim: int, inter_dim: int, out_dim: int, mode: str = "gcn") -> None:
         super().__init__()
+        self.relation_encoder: nn.Module
         if mode == "conv":
             self.relation_encoder = nn.Sequential(
                 nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1), nn.ReLU(True),
@@ -194,11 +196,11 @@ class ContentPreserveModule(nn.Module):
         kept channels-last (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK``
         at a time, and on the CPU ``CPU_FIRST_LAYER_CHUNK`` at a time through the cache.
         """
-        first, pool = self.content_feat_layer[0], self.content_feat_layer[1]
+        first, pool = cast(nn.Conv2d, self.content_feat_layer[0]), self.content_feat_layer[1]
         heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
         count = image_index.shape[0]
         if count == 0:
-            return heat_term.new_zeros(0, self.content_feat_layer[-1].out_features)
+            return heat_term.new_zeros(0, cast(nn.Linear, self.content_feat_layer[-1]).out_features)
         kernel = first.weight[:, 1].to(heat_term.dtype)  # (C, s, s)
         size, height, width = kernel.shape[-1], heat_term.shape[1], heat_term.shape[2]
         step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
@@ -396,7 +398,7 @@ class GAICOfficialModel(nn.Module):
         return CropOutput(mask_padded_scores(scores, crop_valid))
 
 
-def is_official_gaic_state_dict(state_dict: Mapping[str, object]) -> bool:
+def is_official_gaic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether ``state_dict`` is one of GAIC's release (also with DataParallel's ``module.`` prefix,
     and with the last conv at ``FC_layers.2`` or ``FC_layers.3``)."""
     if not isinstance(state_dict, Mapping) or not state_dict:
@@ -490,11 +492,11 @@ def _pic_model(content: dict, overrides: dict | None) -> nn.Module:
         stored = content.get("config", {})
         if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
             content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
-        model = build_official_model(config_from_checkpoint(content, config_PIC.Config,
-                                                            {**(overrides or {}), "variant": "official"}))
-        load_model_weights(model, content)
-        model.stage, model.trained_user = content.get("stage"), content.get("user")
-        return model
+        official = build_official_model(config_from_checkpoint(content, config_PIC.Config,
+                                                               {**(overrides or {}), "variant": "official"}))
+        load_model_weights(official, content)
+        official.stage, official.trained_user = content.get("stage"), content.get("user")
+        return official
     model = PICModel(config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
                      loadweights=False)
     load_model_weights(model, content)
@@ -538,12 +540,12 @@ def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted:
     if "model" not in content:
         content = {"model": content}
     if "model_type" not in content and is_official_gaic_state_dict(content["model"]):
-        model = official_gaic_from_state_dict(content["model"])
-        model.cfg = config_from_checkpoint({"config": {
-            "model_type": "GAIC-official", "backbone": model.backbone_name, "reduced_dim": model.DimRed.out_channels,
+        gaic = official_gaic_from_state_dict(content["model"])
+        gaic.cfg = config_from_checkpoint({"config": {
+            "model_type": "GAIC-official", "backbone": gaic.backbone_name, "reduced_dim": gaic.DimRed.out_channels,
             "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
             "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
-        return model
+        return gaic
     if "model_type" not in content and is_official_pic_state_dict(content["model"]):
         return official_pic_from_state_dict(content["model"], overrides)
     model_type = content.get("model_type", "HCIC")

@@ -37,6 +37,7 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -45,7 +46,14 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
-from pic_model import PreferenceModule, is_official_pic_state_dict, prior_pull_loss, user_images
+from pic_model import (
+    PICModel,
+    PICOfficialModel,
+    PreferenceModule,
+    is_official_pic_state_dict,
+    prior_pull_loss,
+    user_images,
+)
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
@@ -168,7 +176,7 @@ def finetune_official(checkpoint: dict, args) -> dict:
     if checkpoint.get("model_type") == "PIC" and checkpoint.get("stage") != "prior":
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py "
                          "(or a state_dict of PIC's release)")
-    prior = load_crop_model(checkpoint, overrides=given_config_options(args))
+    prior = cast(PICOfficialModel, load_crop_model(checkpoint, overrides=given_config_options(args)))
     cfg = prior.cfg
     seed_everything(cfg.seed)
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
@@ -214,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
             or checkpoint.get("stage") != "prior":
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
-    model = load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False)
+    model = cast(PICModel, load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False))
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)
     model.to(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -108,7 +109,7 @@ class PICOfficialModel(nn.Module):
         else:
             raise ValueError(f"position_head {position_head!r}: expected one of {', '.join(POSITION_HEADS)}")
         self.position_head = position_head
-        self.cfg = None
+        self.cfg: Any = None  # a config_PIC.Config, set by build_official_model and the loader
         self.stage: str | None = None
         self.trained_user: str | None = None
 
@@ -206,6 +207,9 @@ class PreferenceModule(nn.Module):
     rated images. The preference for a crop is the dot product of its taste features (an MLP of
     its description) with the weights the embedding selects, over sqrt(taste_dim).
     """
+
+    feature_mean: torch.Tensor  # buffers
+    feature_std: torch.Tensor
 
     def __init__(self, feature_dim: int, embed_dim: int = 16, taste_dim: int = 32, hidden: int = 64) -> None:
         super().__init__()
@@ -346,7 +350,8 @@ class PICModel(GAICScorer):
 
 def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior, strict=True))
+    return cast(torch.Tensor, sum(torch.mean((now - before.detach()) ** 2)
+                                  for now, before in zip(current, prior, strict=True)))
 
 
 def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
@@ -375,7 +380,7 @@ def _position_head_of(names: set) -> str | None:
     return "conv1d" if "FC_layers_3.weight" in names else None
 
 
-def is_official_pic_state_dict(state_dict: Mapping[str, object]) -> bool:
+def is_official_pic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether ``state_dict`` is one of the release's PIC models (also with DataParallel's
     ``module.`` prefix): ``Feat_ext.*``, ``DimRed.*``, ``FC_layers_1/2.*`` and ``FC_layers_3``, the
     Linear (``FC_layers_3.0.*``) or the Conv1d (``FC_layers_3.*``) one."""

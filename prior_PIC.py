@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout
-from pic_model import PreferenceModule, is_official_pic_state_dict, user_images
+from pic_model import PICModel, PICOfficialModel, PreferenceModule, is_official_pic_state_dict, user_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
@@ -63,7 +63,8 @@ def episode_loss(preference: PreferenceModule, query: UserImage, support: Sequen
                  generator: torch.Generator) -> torch.Tensor:
     """Score losses of the query's crops for the user embedded from ``support`` (random views)."""
     views = torch.randint(VIEWS, (len(support) + 1,), generator=generator).tolist()
-    embedding = preference.embed(torch.cat([example.evidence[view] for example, view in zip(support, views, strict=False)]))
+    evidence = [example.evidence[view] for example, view in zip(support, views, strict=False)]  # views[-1]: query
+    embedding = preference.embed(torch.cat(evidence))
     predicted = user_scores(preference, embedding, query, views[-1])
     return crop_score_loss(predicted, query.scores, cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
 
@@ -139,7 +140,7 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
 
 def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     """The official prior (module docstring): every parameter, through the training users in turn."""
-    model = load_crop_model(content, overrides=overrides)
+    model = cast(PICOfficialModel, load_crop_model(content, overrides=overrides))
     cfg = model.cfg
     seed_everything(cfg.seed)
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release")
     if is_official_pic_state_dict(content.get("model", {})):
         return prior_official(content, given_config_options(args), not args.no_progress)
-    model = load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False)
+    model = cast(PICModel, load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False))
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)
     model.to(device)

@@ -12,6 +12,7 @@ Two families:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -81,6 +82,7 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: str | None =
     """
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_BACKBONES)}")
+    net: Any  # torchvision's networks, whose parts are reached by name
     if pretrained:
         net = _imagenet_model(name, weight_path)
     else:
@@ -239,6 +241,7 @@ class GAICBackbone(nn.Module):
         if name not in BACKBONE_CHANNELS:
             raise ValueError(f"GAIC backbone {name!r}; expected one of {sorted(BACKBONE_CHANNELS)}")
         self.channels = BACKBONE_CHANNELS[name]
+        net: Any  # the ImageNet network the stages are cut from
         if name == "mobilenetv2":
             net = ReleaseMobileNetV2()
             self.feature3 = nn.Sequential(net.features[:7])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -52,7 +53,7 @@ class UserImage:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, images_per_batch: int = 1,
+def extract_features(model: Any, dataset: Dataset, device: torch.device, images_per_batch: int = 1,
                      num_workers: int = 0, progress: bool = True) -> dict[str, ImageFeatures]:
     """Objective scores and descriptions (``model.crop_outputs``) of every crop of ``dataset``'s images
     (``pic_dataset.PICImageDataset``), for both views."""
@@ -73,21 +74,23 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, i
         for index, name in enumerate(batch["name"]):
             rows = [view_index == index for _, _, view_index in per_view]
             cache[name] = ImageFeatures(
-                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows, strict=True)]).cpu(),
-                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows, strict=True)]).cpu())
+                objective=torch.stack([objective[keep] for (objective, _, _), keep
+                                       in zip(per_view, rows, strict=True)]).cpu(),
+                features=torch.stack([features[keep] for (_, features, _), keep
+                                      in zip(per_view, rows, strict=True)]).cpu())
     return cache
 
 
 
-def embed_user(preference: nn.Module, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
+def embed_user(preference: Any, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
     """A user's embedding from the evidence of ``examples`` (their best crops, as seen in ``view``)."""
     return preference.embed(torch.cat([example.evidence[view] for example in examples]))
 
 
-def user_scores(preference: nn.Module | None, embedding: torch.Tensor | None, example: UserImage,
+def user_scores(preference: Any, embedding: torch.Tensor | None, example: UserImage,
                 view: int = 0) -> torch.Tensor:
     """Scores of an image's crops: objective, plus the preference when an embedding is given."""
-    if embedding is None:
+    if embedding is None or preference is None:
         return example.objective[view]
     return example.objective[view] + preference(example.features[view], embedding)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,16 +50,16 @@ class RatedImage:
     scores: torch.Tensor     # (N,)
 
 
-def rated_images(image_dir: str, ratings: Mapping[str, object], bgr_order: bool = False) -> list[RatedImage]:
+def rated_images(image_dir: str, ratings: Mapping[str, Any], bgr_order: bool = False) -> list[RatedImage]:
     """The images of a user's file (``{name: annotation with .boxes and .scores}``, e.g.
     ``cropping_dataset.CropAnnotation``) as :class:`RatedImage` (crop boxes scaled as the release:
     x1/y1 floored, x2/y2 ceiled)."""
     examples = []
     for name, entry in ratings.items():
         with Image.open(os.path.join(image_dir, name)) as photo:
-            photo = photo.convert("RGB")
-            image, ratio_w, ratio_h = pic_crop_image(np.asarray(photo), bgr_order)
-            user_image = pic_user_image(photo)
+            rgb = photo.convert("RGB")
+            image, ratio_w, ratio_h = pic_crop_image(np.asarray(rgb), bgr_order)
+            user_image = pic_user_image(rgb)
         boxes = rescale_boxes(np.asarray(entry.boxes, dtype=np.float64), ratio_w, ratio_h)
         examples.append(RatedImage(name, image, torch.from_numpy(boxes).unsqueeze(0), user_image,
                                    torch.as_tensor(entry.scores, dtype=torch.float32)))
