@@ -21,11 +21,13 @@ from config_GAICD import Config as GAICDConfig
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, check_choice
 
-PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16")
+PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16", "resnet50")
 OBJECTIVE_SETS = ("PIC", "GAICD", "CPC")
 OFFICIAL_OBJECTIVE_SETS = ("GAICD", "PIC")  # the release pre-trains on GAICD; PIC: data without GAICD
 VARIANTS = ("official", "embedding")
 FINETUNE_SCOPES = ("embedding", "head")
+POSITION_HEADS = ("linear", "conv1d")  # pic_model.POSITION_HEADS
+CHANNEL_ORDERS = ("rgb", "bgr")
 _POSITIVE_INTS = ("reduced_dim", "batch_size", "max_epoch", "view_per_image", "eval_freq", "images_per_step",
                   "best_crops", "subjective_dim", "embed_dim", "taste_dim", "preference_hidden", "prior_epochs",
                   "prior_episodes_per_step", "support_images", "finetune_images", "finetune_val_images",
@@ -51,10 +53,13 @@ class Config(GAICDConfig):
     align_size: int = _opt("RoI/RoD align size (official variant)", 9)
     num_positions: int = _opt("official variant: candidate crops per image, in their fixed order, each with its "
                               "own personal offset (CPC's 24 views in the release)", 24)
-    attention: bool = _opt("official variant: DANet position + channel attention before DimRed in the "
-                           "subjective branch", False)
-    bgr_order: bool = _opt("official variant: feed the objective branch cv2's BGR channel order, as the release "
-                           "(only for checkpoints trained that way)", False)
+    attention: bool = _opt("official variant: DANet's dual attention (External-Attention-pytorch's DAModule) before "
+                           "DimRed in the subjective branch", False)
+    position_head: str = _opt("official variant: FC_layers_3, user logits -> position offsets: linear (the release's "
+                              "prior) or conv1d (its fine-tuning model: Conv1d(1, 1, 40, stride 39), 945 users -> 24)",
+                              "linear")
+    channel_order: str = _opt("official variant: channel order of the objective branch's photo, rgb or bgr (cv2's, "
+                              "as the release trained; its bare state_dicts default to bgr)", "rgb")
     official_crops_per_step: int = _opt("official pre-training: GAICD views scored per image (the release: 64)", 64)
     official_user_images_per_step: int = _opt("official pre-training: augmented 256x256 images classified by "
                                               "their user per step (the release: 4)", 4)
@@ -121,6 +126,8 @@ class Config(GAICDConfig):
         check_choice("objective_set", self.objective_set,
                      OFFICIAL_OBJECTIVE_SETS if self.variant == "official" else OBJECTIVE_SETS)
         check_choice("finetune_scope", self.finetune_scope, FINETUNE_SCOPES)
+        check_choice("position_head", self.position_head, POSITION_HEADS)
+        check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
         check_choice("selection", self.selection, ("val",))
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
         check_choice("lr_scheduler", self.lr_scheduler, ("cosine", "step"))

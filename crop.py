@@ -80,7 +80,8 @@ class Cropper(crop_library.Cropper):
     def __init__(self, checkpoint: str | None = None, device: str = "auto", *,
                  detector: PersonDetector | None = None, allow_untrained: bool = False,
                  backbone: str = "vgg16", user: str | None = None, precision: str = "fp32",
-                 channels_last: bool = False, trust_checkpoint: bool = False) -> None:
+                 channels_last: bool = False, trust_checkpoint: bool = False,
+                 channel_order: str | None = None) -> None:
         target = resolve_device(device)
         if checkpoint is None:
             if not allow_untrained:
@@ -89,7 +90,7 @@ class Cropper(crop_library.Cropper):
         else:
             content = read_checkpoint(checkpoint, trusted=trust_checkpoint)
             try:
-                model = load_crop_model(content, target)
+                model = load_crop_model(content, target, channel_order=channel_order)
             except CheckpointError as error:
                 raise CheckpointError(f"{checkpoint}: {error}") from None
         super().__init__(model, checkpoint=checkpoint, untrained=checkpoint is None, detector=detector, user=user,
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
                         "can run code; only for files you made yourself with an older version)")
+    parser.add_argument("--channel-order", choices=("rgb", "bgr"),
+                        help="channel order the model sees (default: the model's own: bgr for PIC's release files, "
+                        "whose release trained on cv2's BGR photos; rgb otherwise)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch",
                                                        "--workers": "--num-workers"})
@@ -263,7 +267,8 @@ def _run(args: argparse.Namespace) -> int:
                                               allow_download=not args.no_download) if args.detect_human else None)
             cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
                               backbone=args.untrained_backbone, user=args.user, precision=args.precision,
-                              channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint)
+                              channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint,
+                              channel_order=args.channel_order)
         for text, _ in ratios:
             cropper.candidates(text)  # a ratio its candidates cannot give fails here, not per photo
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device

@@ -31,7 +31,8 @@ smooth-L1 alone (the GAIC-official preset).
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -43,11 +44,26 @@ from pic_model import PICModel, PICOfficialModel, build_official_model, is_offic
 from roi_align import RoIAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
-from untils.checkpoint import (CheckpointError, config_from_checkpoint, load_model_weights, read_checkpoint,
-                               release_state_dict)
-from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
-                               check_crop_box, gaic_fc_layers, mask_padded_scores, release_scales, resize_to)
-from untils.preprocessing import GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
+from untils.checkpoint import (
+    CheckpointError,
+    config_from_checkpoint,
+    load_model_weights,
+    read_checkpoint,
+    release_state_dict,
+)
+from untils.crop_heads import (
+    ALIGN_SIZE,
+    CropAlignFeatures,
+    CropOutput,
+    GAICScorer,
+    boxes_with_batch_index,
+    check_crop_box,
+    gaic_fc_layers,
+    mask_padded_scores,
+    release_scales,
+    resize_to,
+)
+from untils.preprocessing import CHANNEL_ORDERS, GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
 
 CONTENT_FEAT_DIM = 256
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
@@ -139,6 +155,7 @@ class ContentPreserveModule(nn.Module):
 
     def __init__(self, in_dim: int, inter_dim: int, out_dim: int, mode: str = "gcn") -> None:
         super().__init__()
+        self.relation_encoder: nn.Module
         if mode == "conv":
             self.relation_encoder = nn.Sequential(
                 nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1), nn.ReLU(True),
@@ -179,11 +196,11 @@ class ContentPreserveModule(nn.Module):
         kept channels-last (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK``
         at a time, and on the CPU ``CPU_FIRST_LAYER_CHUNK`` at a time through the cache.
         """
-        first, pool = self.content_feat_layer[0], self.content_feat_layer[1]
+        first, pool = cast(nn.Conv2d, self.content_feat_layer[0]), self.content_feat_layer[1]
         heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
         count = image_index.shape[0]
         if count == 0:
-            return heat_term.new_zeros(0, self.content_feat_layer[-1].out_features)
+            return heat_term.new_zeros(0, cast(nn.Linear, self.content_feat_layer[-1]).out_features)
         kernel = first.weight[:, 1].to(heat_term.dtype)  # (C, s, s)
         size, height, width = kernel.shape[-1], heat_term.shape[1], heat_term.shape[2]
         step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
@@ -218,7 +235,7 @@ class HumanCentricCroppingModel(nn.Module):
     feature uses their row and column factors (:func:`untils.boxes.crop_mask_factors`).
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         super().__init__()
         if cfg is None:
             from config_GAICD import cfg
@@ -260,7 +277,7 @@ class HumanCentricCroppingModel(nn.Module):
         return self.feat_ext(agg)
 
     def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
-                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply the partition-aware module to the images that contain a person, each on its own.
 
         Every image goes through the module (no data-dependent indexing); images without a person
@@ -276,9 +293,9 @@ class HumanCentricCroppingModel(nn.Module):
         return (torch.where(has_person, fused.to(red_feat.dtype), red_feat),
                 torch.where(has_person, p_mean.to(red_feat.dtype), 0.0))
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None,
-                partition_mask: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None,
+                partition_mask: torch.Tensor | None = None) -> CropOutput:
         batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
         check_crop_box(crop_box, batch)
         if human_box is None:
@@ -316,7 +333,7 @@ class GAICModel(GAICScorer):
     scores only.
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         if cfg is None:
             from config_GAICD import cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
@@ -327,8 +344,8 @@ class GAICModel(GAICScorer):
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None) -> CropOutput:
         return CropOutput(self.objective_scores(image, crop_box, crop_valid))
 
 
@@ -352,7 +369,7 @@ class GAICOfficialModel(nn.Module):
     """
 
     def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
-                 dropout: bool = True, backbone_weight_path: Optional[str] = None) -> None:
+                 dropout: bool = True, backbone_weight_path: str | None = None) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.Feat_ext = GAICBackbone(backbone, backbone_weight_path)
@@ -371,8 +388,8 @@ class GAICOfficialModel(nn.Module):
         """(B, reduced_dim, H/16, W/16): the three scales brought to f4's size, concatenated, reduced."""
         return self.DimRed(release_scales(*self.Feat_ext(image)))
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None) -> CropOutput:
         batch = image.shape[0]
         check_crop_box(crop_box, batch)
         rois = boxes_with_batch_index(crop_box.to(image.dtype))
@@ -381,7 +398,7 @@ class GAICOfficialModel(nn.Module):
         return CropOutput(mask_padded_scores(scores, crop_valid))
 
 
-def is_official_gaic_state_dict(state_dict: Mapping[str, object]) -> bool:
+def is_official_gaic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether ``state_dict`` is one of GAIC's release (also with DataParallel's ``module.`` prefix,
     and with the last conv at ``FC_layers.2`` or ``FC_layers.3``)."""
     if not isinstance(state_dict, Mapping) or not state_dict:
@@ -412,11 +429,21 @@ def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAI
     model = GAICOfficialModel(backbone, reduced_dim=reduce_weight.shape[0],
                               align_size=state["FC_layers.0.0.weight"].shape[-1],
                               dropout="FC_layers.3.weight" in state)
-    load_model_weights(model, {"model": state})
+    load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
 
 
-def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] = None) -> nn.Module:
+def with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``:
+    files saved by PyTorch 0.4.0 and earlier (GAIC's release) have none. The counter only steps
+    a cumulative running average, which these models never use, so scores are unchanged."""
+    counters = {name: buffer for name, buffer in model.state_dict().items()
+                if name.endswith(".num_batches_tracked") and name not in state
+                and name.replace(".num_batches_tracked", ".running_mean") in state}
+    return {**state, **counters}
+
+
+def build_crop_model(cfg, model_type: str = "HCIC", loadweights: bool | None = None) -> nn.Module:
     """``HCIC`` (human-centric), ``GAIC`` (baseline), ``GAIC-official`` (GAIC's release) or ``PIC``
     (personalized, ``pic_model``) from a config."""
     if model_type == "HCIC":
@@ -439,32 +466,37 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: Optional[bool] 
 
 
 def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
-                                 overrides: Optional[dict] = None) -> PICOfficialModel:
+                                 overrides: dict | None = None) -> PICOfficialModel:
     """PIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size, users,
-    positions and attention read from its keys), weights loaded strictly; CPU, eval mode.
-    ``model.cfg`` is a ``config_PIC.Config`` of the official variant, ``overrides`` winning.
+    positions, position head and attention read from its keys), weights loaded strictly; CPU, eval
+    mode. ``model.cfg`` is a ``config_PIC.Config`` of the official variant fed BGR photos (the
+    release's cv2 input), ``overrides`` winning.
 
     Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
     """
     state = release_state_dict(dict(state_dict))
-    cfg = config_from_checkpoint({"config": official_pic_options(state)}, config_PIC.Config, overrides)
+    options = {**official_pic_options(state), "channel_order": "bgr"}
+    cfg = config_from_checkpoint({"config": options}, config_PIC.Config, overrides)
     model = build_official_model(cfg)
-    load_model_weights(model, {"model": state})
+    load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
 
 
-def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
+def _pic_model(content: dict, overrides: dict | None) -> nn.Module:
     """A PIC model from our checkpoint content (``model_type`` PIC); the weights' names pick the
     variant: the release's names (:class:`pic_model.PICOfficialModel`, which also records the
     checkpoint's ``stage`` and the ``trained_user`` it was fine-tuned to) or the embedding variant's
     (:class:`pic_model.PICModel`, also checkpoints written before variants existed, with every
     user the checkpoint knows in ``user_embeddings``)."""
     if is_official_pic_state_dict(content.get("model", {})):
-        model = build_official_model(config_from_checkpoint(content, config_PIC.Config,
-                                                            {**(overrides or {}), "variant": "official"}))
-        load_model_weights(model, content)
-        model.stage, model.trained_user = content.get("stage"), content.get("user")
-        return model
+        stored = content.get("config", {})
+        if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
+            content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
+        official = build_official_model(config_from_checkpoint(content, config_PIC.Config,
+                                                               {**(overrides or {}), "variant": "official"}))
+        load_model_weights(official, content)
+        official.stage, official.trained_user = content.get("stage"), content.get("user")
+        return official
     model = PICModel(config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
                      loadweights=False)
     load_model_weights(model, content)
@@ -473,8 +505,9 @@ def _pic_model(content: dict, overrides: Optional[dict]) -> nn.Module:
     return model
 
 
-def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, torch.device] = "cpu",
-                    overrides: Optional[dict] = None, trusted: bool = False) -> nn.Module:
+def load_crop_model(source: str | os.PathLike | dict, device: str | torch.device = "cpu",
+                    overrides: dict | None = None, trusted: bool = False,
+                    channel_order: str | None = None) -> nn.Module:
     """Any crop model the project knows, with its weights, in eval mode on ``device``: the one
     loader of every checkpoint kind.
 
@@ -486,29 +519,44 @@ def load_crop_model(source: Union[str, os.PathLike, dict], device: Union[str, to
     options, the defaults (for GAIC's release, its preprocessing) for a bare state_dict, with
     ``overrides`` (e.g. data paths) winning.
     ``trusted`` loads a file that needs more than plain tensors and data (unsafe: it may run code).
+    ``channel_order`` (rgb or bgr) is the order the model's photos are given in (its ``photo_spec``):
+    None keeps its own (bgr for PIC's release files and official PIC checkpoints trained so, rgb
+    for every other model, the only order those take).
     """
+    if channel_order not in (None, *CHANNEL_ORDERS):
+        raise ValueError(f"channel order {channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
+    model = _load_any(source, overrides, trusted)
+    if isinstance(model, PICOfficialModel) and channel_order is not None:
+        model.cfg.channel_order = channel_order
+    elif channel_order == "bgr":
+        raise CheckpointError(f"channel order bgr: only official PIC models (PIC's release) take cv2's BGR order; "
+                              f"this {type(model).__name__} takes rgb")
+    return model.to(device).eval()
+
+
+def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted: bool) -> nn.Module:
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
     content = read_checkpoint(name, trusted=trusted) if isinstance(source, (str, os.PathLike)) else source
     if "model" not in content:
         content = {"model": content}
     if "model_type" not in content and is_official_gaic_state_dict(content["model"]):
-        model = official_gaic_from_state_dict(content["model"])
-        model.cfg = config_from_checkpoint({"config": {
-            "model_type": "GAIC-official", "backbone": model.backbone_name, "reduced_dim": model.DimRed.out_channels,
+        gaic = official_gaic_from_state_dict(content["model"])
+        gaic.cfg = config_from_checkpoint({"config": {
+            "model_type": "GAIC-official", "backbone": gaic.backbone_name, "reduced_dim": gaic.DimRed.out_channels,
             "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
             "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
-        return model.to(device).eval()
+        return gaic
     if "model_type" not in content and is_official_pic_state_dict(content["model"]):
-        return official_pic_from_state_dict(content["model"], overrides).to(device).eval()
+        return official_pic_from_state_dict(content["model"], overrides)
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
-        return _pic_model(content, overrides).to(device).eval()
+        return _pic_model(content, overrides)
     if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
     cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type}, name)
     model = build_crop_model(cfg, model_type, loadweights=False)
     load_model_weights(model, content)
-    return model.to(device).eval()
+    return model
 
 
 def _flat_pair(pre_score: torch.Tensor, gt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -562,7 +610,7 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
 
 
 def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
-                    crop_valid: Optional[torch.Tensor] = None, score_mean: float = MOS_MEAN,
+                    crop_valid: torch.Tensor | None = None, score_mean: float = MOS_MEAN,
                     rank_loss_weighting: str = "sign", over_batch: bool = False) -> torch.Tensor:
     """Sum of the chosen score losses over the valid crops: per image, averaged over images, or
     (``over_batch``, the HCIC release's CPC training) once over all the batch's crops together."""
@@ -570,7 +618,7 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
         pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
         crop_valid = None if crop_valid is None else crop_valid.unsqueeze(0)
     if crop_valid is None:  # every crop counts: no boolean indexing, which would wait for the device
-        groups = [(pred.reshape(-1), gt.reshape(-1))] if over_batch else list(zip(pred, gt))
+        groups = [(pred.reshape(-1), gt.reshape(-1))] if over_batch else list(zip(pred, gt, strict=True))
     elif over_batch:
         groups = [(pred[crop_valid], gt[crop_valid])]
     else:

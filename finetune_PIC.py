@@ -1,6 +1,7 @@
 """Fine-tune the PIC prior model to new users from a few of their rated images, and report.
 
-The checkpoint's variant decides. Official (the published recipe): for each user of
+The checkpoint's variant decides; a bare state_dict of PIC's release is an official prior. Official
+(the published recipe): for each user of
 ``PIC_release/finetune/<N>/train`` (N = `finetune_images`), the prior is reloaded and the whole
 network trained on that user's N images, `official_finetune_epochs` (10) epochs, batch 1, Adam at
 `official_finetune_lr` (1e-3), loss fidelity + 0.8 x smooth-L1, crops in their fixed order; the
@@ -14,7 +15,8 @@ Each user's images (default users: the test users of users.json) are split by
 `pic_dataset.split_user_images`: `user_test_fraction` of them are held out for the report,
 `finetune_images` (N) are fine-tuned on, and up to `finetune_val_images` of the rest choose the
 fine-tuning step. The held-out images are never used for anything but the report. On them, per user
-and averaged over users (x100: Acc_K/5, Acc_K/10, Acc5, Acc10, SRCC, PCC):
+and averaged over users (x100: Acc_K/5, Acc_K/10, wAcc_K/5, wAcc_K/10 for K = 1..4, their
+means Acc5, Acc10, wAcc5, wAcc10, SRCC, PCC):
 
   generic     the pre-trained objective branch (GAIC's scorer): no user information
   prior-mean  the prior model with the mean embedding of its training users: personalisation off
@@ -33,8 +35,9 @@ from __future__ import annotations
 import copy
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -43,21 +46,37 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
-from pic_model import PreferenceModule, is_official_pic_state_dict, prior_pull_loss, user_images
+from pic_model import (
+    PICModel,
+    PICOfficialModel,
+    PreferenceModule,
+    is_official_pic_state_dict,
+    prior_pull_loss,
+    user_images,
+)
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
-from untils.pic_features import (VIEWS, UserImage, embed_user, evaluate_user, extract_features, single_threaded,
-                                 user_scores)
+from untils.pic_features import (
+    VIEWS,
+    UserImage,
+    embed_user,
+    evaluate_user,
+    extract_features,
+    single_threaded,
+    user_scores,
+)
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.runtime import resolve_device, seed_everything
 from untils.training import summary_writer
 
 MODELS = ("generic", "prior-mean", "prior", "finetuned")
 METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
-           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc5", "wacc10")
+           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc1_5", "wacc2_5", "wacc3_5", "wacc4_5", "wacc5",
+           "wacc1_10", "wacc2_10", "wacc3_10", "wacc4_10", "wacc10")
 METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10", "wacc5": "wAcc5", "wacc10": "wAcc10",
-                 **{f"acc{k}_{n}": f"Acc{k}/{n}" for k in range(1, 5) for n in (5, 10)}}
+                 **{f"{kind}{k}_{n}": f"{title}{k}/{n}" for kind, title in (("acc", "Acc"), ("wacc", "wAcc"))
+                    for k in range(1, 5) for n in (5, 10)}}
 
 
 @dataclass
@@ -99,7 +118,7 @@ def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], va
         views = torch.randint(VIEWS, (len(support),), generator=generator).tolist()
         losses = [crop_score_loss(user_scores(tuned_preference, embedding, example, view), example.scores,
                                   cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
-                  for example, view in zip(support, views)]
+                  for example, view in zip(support, views, strict=True)]
         loss = torch.stack(losses).mean() + cfg.finetune_reg * prior_pull_loss(tuned, anchors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,9 +173,10 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
 
 def finetune_official(checkpoint: dict, args) -> dict:
     """The official fine-tuning (module docstring) of every user of ``finetune/<N>/``."""
-    if checkpoint.get("stage") != "prior":
-        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
-    prior = load_crop_model(checkpoint, overrides=given_config_options(args))
+    if checkpoint.get("model_type") == "PIC" and checkpoint.get("stage") != "prior":
+        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py "
+                         "(or a state_dict of PIC's release)")
+    prior = cast(PICOfficialModel, load_crop_model(checkpoint, overrides=given_config_options(args)))
     cfg = prior.cfg
     seed_everything(cfg.seed)
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
@@ -173,8 +193,8 @@ def finetune_official(checkpoint: dict, args) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     rows = []
     for user in tqdm(users, desc="users", disable=args.no_progress):
-        support = rated_images(release.image_dir, by_user[user].train, cfg.bgr_order)
-        test = rated_images(release.image_dir, by_user[user].val, cfg.bgr_order)
+        support = rated_images(release.image_dir, by_user[user].train, cfg.channel_order == "bgr")
+        test = rated_images(release.image_dir, by_user[user].val, cfg.channel_order == "bgr")
         model = copy.deepcopy(prior)
         train_on_images(model, support, cfg.official_finetune_epochs, cfg.official_finetune_lr, 1.0, 0.8, generator)
         evaluations = {"generic": evaluate_images(prior, test, personal=False),
@@ -191,18 +211,18 @@ def finetune_official(checkpoint: dict, args) -> dict:
     return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = config_PIC.script_parser(__doc__)
     parser.add_argument("--users", nargs="+", metavar="ID", help="users to fine-tune to (default: the test users)")
     parser.add_argument("--no-save-users", action="store_true", help="do not write users/<user>.pth")
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
-    if checkpoint.get("model_type") == "PIC" and is_official_pic_state_dict(checkpoint.get("model", {})):
+    if checkpoint.get("model_type") in ("PIC", None) and is_official_pic_state_dict(checkpoint.get("model", {})):
         return finetune_official(checkpoint, args)
     if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
             or checkpoint.get("stage") != "prior":
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
-    model = load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False)
+    model = cast(PICModel, load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False))
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)
     model.to(device)

@@ -7,7 +7,8 @@ building blocks and the embedding variant's losses and data. README.md (PIC sect
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -17,8 +18,18 @@ from pic_dataset import PICData, PICImageDataset, best_crop_indices
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.boxes import FEATURE_STRIDE
 from untils.checkpoint import CheckpointError, release_state_dict
-from untils.crop_heads import (ALIGN_SIZE, CropAlignFeatures, CropOutput, GAICScorer, boxes_with_batch_index,
-                               check_crop_box, mask_padded_scores, release_scales, scatter_valid_scores)
+from untils.crop_heads import (
+    ALIGN_SIZE,
+    CropAlignFeatures,
+    CropOutput,
+    GAICScorer,
+    boxes_with_batch_index,
+    check_crop_box,
+    mask_padded_scores,
+    release_scales,
+    scatter_valid_scores,
+)
+from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.preprocessing import GAIC_SHORT_SIDE, PhotoSpec, spec_of_config
 
@@ -26,61 +37,13 @@ RELEASE_NUM_USERS = 945  # the release's training users and CPC's views per imag
 RELEASE_NUM_POSITIONS = 24
 GEOMETRY_DIM = 16  # crop_geometry's columns
 SUBJECTIVE_HIDDEN = 128
+POSITION_HEADS = ("linear", "conv1d")
+CONV1D_KERNEL, CONV1D_STRIDE = 40, 39  # the release's fine-tuning FC_layers_3: 945 logits -> 24 offsets
 
 
-# ----------------------------------------------------------------------------------------------
-# DANet's dual attention (the release's optional DAModule)
-# ----------------------------------------------------------------------------------------------
-
-class PositionAttention(nn.Module):
-    """DANet's position attention module (Fu et al., "Dual Attention Network for Scene
-    Segmentation", CVPR 2019, Sec. 3.2; github junfu1115/DANet): every position is the input plus
-    ``gamma`` times an attention-weighted sum of all positions' values, attention
-    ``softmax(query^T key)`` over positions, query and key 1x1 convs to C/8 channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        inner = max(channels // 8, 1)
-        self.query = nn.Conv2d(channels, inner, kernel_size=1)
-        self.key = nn.Conv2d(channels, inner, kernel_size=1)
-        self.value = nn.Conv2d(channels, channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))  # starts as the identity, as DANet
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        query = self.query(x).flatten(2).transpose(1, 2)             # (B, HW, C/8)
-        attention = torch.softmax(query @ self.key(x).flatten(2), -1)  # (B, HW, HW)
-        out = self.value(x).flatten(2) @ attention.transpose(1, 2)     # (B, C, HW)
-        return x + self.gamma * out.view(batch, channels, height, width)
-
-
-class ChannelAttention(nn.Module):
-    """DANet's channel attention module (same paper, Sec. 3.3): each channel is the input plus
-    ``beta`` times an attention-weighted sum of all channels, attention ``softmax(A A^T)`` over
-    channels (DANet's code subtracts the energy from its row maximum first, kept here)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.beta = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)                                            # (B, C, HW)
-        energy = flat @ flat.transpose(1, 2)                           # (B, C, C)
-        energy = energy.amax(dim=-1, keepdim=True).expand_as(energy) - energy
-        out = torch.softmax(energy, dim=-1) @ flat
-        return x + self.beta * out.view_as(x)
-
-
-class DualAttention(nn.Module):
-    """DANet's two attention modules side by side, their outputs summed (DANet's fusion)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.position = PositionAttention(channels)
-        self.channel = ChannelAttention()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.position(x) + self.channel(x)
+def conv1d_positions(num_users: int) -> int:
+    """Offsets the release's Conv1d position head gives from ``num_users`` logits."""
+    return (num_users - CONV1D_KERNEL) // CONV1D_STRIDE + 1 if num_users >= CONV1D_KERNEL else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +63,8 @@ def pic_fc_layers(in_dim: int, out_dim: int, align_size: int, pooled: bool) -> n
 
 
 class PICOfficialModel(nn.Module):
-    """The release's prior/fine-tuning model (``persionality_crop_model_multi_scale_shared``).
+    """The release's prior/fine-tuning model (``persionality_crop_model_multi_scale_shared`` and its
+    ``_attention`` twin, ``models/prior_model.py`` and ``models/finetune_model.py``).
 
     ``forward(image, crop_box, human_box=None, crop_valid=None, user_image=None)``: ``image``
     (B, 3, H, W) prepared by :func:`untils.pic_format.pic_crop_image`, ``crop_box`` (B, N, 4) in its
@@ -110,13 +74,20 @@ class PICOfficialModel(nn.Module):
     each crop gets its position's offset. Padded crops (``crop_valid`` False) score ``-inf``;
     ``human_box`` is accepted, like every crop model here, and not used.
 
+    ``position_head`` is how the user logits become the offsets, ``FC_layers_3``: ``linear``
+    (``Sequential(Linear(num_users, num_positions))``) or ``conv1d`` (``Conv1d(1, 1, 40, stride 39)``
+    sliding over the logits: 24 offsets from 945 users), the release using either in either class.
+    ``attention`` puts :class:`untils.dual_attention.DualAttention` (``danet``) before ``DimRed`` on
+    the subjective branch only.
+
     ``cfg`` (a ``config_PIC.Config``), ``stage`` and ``trained_user`` (the user a fine-tuned
     checkpoint was trained for) are set by :func:`build_official_model` and the loader.
     """
 
     def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
                  num_users: int = RELEASE_NUM_USERS, num_positions: int = RELEASE_NUM_POSITIONS,
-                 attention: bool = False, backbone_weight_path: Optional[str] = None) -> None:
+                 attention: bool = False, backbone_weight_path: str | None = None,
+                 position_head: str = "linear") -> None:
         super().__init__()
         self.backbone_name = backbone
         self.num_users, self.num_positions = num_users, num_positions
@@ -127,17 +98,27 @@ class PICOfficialModel(nn.Module):
         self.crop_align = CropAlignFeatures(align_size, 1.0 / FEATURE_STRIDE)
         self.FC_layers_1 = pic_fc_layers(2 * reduced_dim, 1, align_size, pooled=False)
         self.FC_layers_2 = pic_fc_layers(reduced_dim, num_users, align_size, pooled=True)
-        self.FC_layers_3 = nn.Sequential(nn.Linear(num_users, num_positions))
-        self.cfg = None
-        self.stage: Optional[str] = None
-        self.trained_user: Optional[str] = None
+        self.FC_layers_3: nn.Module
+        if position_head == "linear":
+            self.FC_layers_3 = nn.Sequential(nn.Linear(num_users, num_positions))
+        elif position_head == "conv1d":
+            if conv1d_positions(num_users) != num_positions:
+                raise ValueError(f"the Conv1d position head gives {conv1d_positions(num_users)} offsets from "
+                                 f"{num_users} users, not {num_positions}")
+            self.FC_layers_3 = nn.Conv1d(1, 1, kernel_size=CONV1D_KERNEL, stride=CONV1D_STRIDE)
+        else:
+            raise ValueError(f"position_head {position_head!r}: expected one of {', '.join(POSITION_HEADS)}")
+        self.position_head = position_head
+        self.cfg: Any = None  # a config_PIC.Config, set by build_official_model and the loader
+        self.stage: str | None = None
+        self.trained_user: str | None = None
 
     @property
     def photo_spec(self) -> PhotoSpec:
-        """GAIC's release input (channels as its checkpoint was trained), the fixed views, and the
-        whole photo for the subjective branch."""
+        """GAIC's release input (channels in the order its checkpoint was trained on), the fixed
+        views, and the whole photo for the subjective branch."""
         return PhotoSpec("gaic", (GAIC_SHORT_SIDE, GAIC_SHORT_SIDE), True, "pic", takes_user_image=True,
-                         bgr_order=bool(getattr(self.cfg, "bgr_order", False)))
+                         channel_order=getattr(self.cfg, "channel_order", "rgb"))
 
     def objective_scores(self, image: torch.Tensor, crop_box: torch.Tensor) -> torch.Tensor:
         """(B, N) generic scores of crops (B, N, 4)."""
@@ -156,10 +137,13 @@ class PICOfficialModel(nn.Module):
 
     def position_offsets(self, user_image: torch.Tensor) -> torch.Tensor:
         """(B, num_positions) personal offsets of the candidate positions."""
-        return self.FC_layers_3(self.user_logits(user_image))
+        logits = self.user_logits(user_image)
+        if self.position_head == "conv1d":  # one channel sliding over the logits, image by image
+            return self.FC_layers_3(logits.unsqueeze(1)).squeeze(1)
+        return self.FC_layers_3(logits)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None, user_image: Optional[torch.Tensor] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None, user_image: torch.Tensor | None = None) -> CropOutput:
         scores = self.objective_scores(image, crop_box)
         if user_image is not None:
             if crop_box.shape[1] != self.num_positions:
@@ -224,6 +208,9 @@ class PreferenceModule(nn.Module):
     its description) with the weights the embedding selects, over sqrt(taste_dim).
     """
 
+    feature_mean: torch.Tensor  # buffers
+    feature_std: torch.Tensor
+
     def __init__(self, feature_dim: int, embed_dim: int = 16, taste_dim: int = 32, hidden: int = 64) -> None:
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(feature_dim))
@@ -271,7 +258,7 @@ class PICModel(GAICScorer):
     subjective branch with.
     """
 
-    def __init__(self, cfg=None, loadweights: Optional[bool] = None) -> None:
+    def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         cfg = config_PIC.cfg if cfg is None else cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
         super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
@@ -287,8 +274,8 @@ class PICModel(GAICScorer):
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg, uses_person=True, takes_user=True)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: Optional[torch.Tensor] = None,
-                crop_valid: Optional[torch.Tensor] = None, user: Optional[str] = None) -> CropOutput:
+    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
+                crop_valid: torch.Tensor | None = None, user: str | None = None) -> CropOutput:
         """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops score ``-inf``.
 
         With a ``user``, ``human_box`` (B, 1, 4) feeds the crops' geometry; None means no person.
@@ -311,7 +298,7 @@ class PICModel(GAICScorer):
         return self.FC_layers(aligned).flatten(), torch.cat([subjective, geometry], dim=1)
 
     def crop_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
-                     crop_valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     crop_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(objective (K,), descriptions (K, F), image index (K,))`` of the valid crops of a batch.
 
         ``crop_box`` (B, N, 4) and ``human_box`` (B, 1, 4) are in input pixels.
@@ -339,7 +326,7 @@ class PICModel(GAICScorer):
         height, width = image.shape[-2:]
         return self._user_logits(self.reduced_features(image), rois, human_boxes, width, height)
 
-    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: Optional[torch.Tensor],
+    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: torch.Tensor | None,
                             best_rois: torch.Tensor, best_human: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass for both branches: objective scores (B, N) of the candidates, and
         :meth:`user_logits` of the users' best crops ``best_rois``."""
@@ -363,7 +350,8 @@ class PICModel(GAICScorer):
 
 def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior))
+    return cast(torch.Tensor, sum(torch.mean((now - before.detach()) ** 2)
+                                  for now, before in zip(current, prior, strict=True)))
 
 
 def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
@@ -386,42 +374,56 @@ def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageF
 # Building the release's model from a config or a state_dict (cropping_model.load_crop_model loads)
 # ----------------------------------------------------------------------------------------------
 
-def is_official_pic_state_dict(state_dict: Mapping[str, object]) -> bool:
+def _position_head_of(names: set) -> str | None:
+    if "FC_layers_3.0.weight" in names:
+        return "linear"
+    return "conv1d" if "FC_layers_3.weight" in names else None
+
+
+def is_official_pic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """Whether ``state_dict`` is one of the release's PIC models (also with DataParallel's
-    ``module.`` prefix): ``Feat_ext.*``, ``DimRed.*``, ``FC_layers_1/2.*`` and the Linear
-    ``FC_layers_3.0``."""
+    ``module.`` prefix): ``Feat_ext.*``, ``DimRed.*``, ``FC_layers_1/2.*`` and ``FC_layers_3``, the
+    Linear (``FC_layers_3.0.*``) or the Conv1d (``FC_layers_3.*``) one."""
     if not isinstance(state_dict, Mapping) or not state_dict:
         return False
     names = set(release_state_dict(dict(state_dict)))
-    return ({"DimRed.weight", "FC_layers_1.0.0.weight", "FC_layers_2.3.weight", "FC_layers_3.0.weight"} <= names
-            and any(name.startswith("Feat_ext.") for name in names))
+    return ({"DimRed.weight", "FC_layers_1.0.0.weight", "FC_layers_2.3.weight"} <= names
+            and _position_head_of(names) is not None and any(name.startswith("Feat_ext.") for name in names))
 
 
 def official_pic_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
     """The ``config_PIC`` options of the release's model that fits ``state_dict`` (backbone,
-    reduced_dim, align size, users, positions and attention read from its keys).
+    reduced_dim, align size, users, positions, position head and attention read from its keys).
 
     Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
     """
     if not is_official_pic_state_dict(state_dict):
         raise CheckpointError("not a state_dict of PIC's release (expected Feat_ext.*, DimRed.*, FC_layers_1.*, "
-                              "FC_layers_2.* and the Linear FC_layers_3.0; the release's Conv1d FC_layers_3 "
-                              "models are not supported)")
+                              "FC_layers_2.* and FC_layers_3, Linear or Conv1d)")
     state = release_state_dict(dict(state_dict))
     by_channels = {sum(channels): name for name, channels in BACKBONE_CHANNELS.items()}
     backbone = by_channels.get(state["DimRed.weight"].shape[1])
     if backbone is None:
         raise CheckpointError(f"PIC state_dict with DimRed over {state['DimRed.weight'].shape[1]} channels: its "
                               f"backbone is not supported (known: {sorted(by_channels.items())})")
-    positions, users = state["FC_layers_3.0.weight"].shape
+    users = state["FC_layers_2.3.weight"].shape[0]
+    head = _position_head_of(set(state))
+    if head == "linear":
+        positions = state["FC_layers_3.0.weight"].shape[0]
+    else:
+        positions = conv1d_positions(users)
+        if tuple(state["FC_layers_3.weight"].shape) != (1, 1, CONV1D_KERNEL) or positions < 1:
+            raise CheckpointError(f"PIC state_dict with FC_layers_3.weight of shape "
+                                  f"{tuple(state['FC_layers_3.weight'].shape)} over {users} users: expected the "
+                                  f"release's Conv1d (1, 1, {CONV1D_KERNEL}) over at least {CONV1D_KERNEL} users")
     return {"variant": "official", "backbone": backbone, "reduced_dim": state["DimRed.weight"].shape[0],
             "num_users": users, "num_positions": positions, "align_size": state["FC_layers_1.0.0.weight"].shape[-1],
-            "attention": any(name.startswith("danet.") for name in state)}
+            "position_head": head, "attention": any(name.startswith("danet.") for name in state)}
 
 
-def build_official_model(cfg, backbone_weight_path: Optional[str] = None) -> PICOfficialModel:
+def build_official_model(cfg, backbone_weight_path: str | None = None) -> PICOfficialModel:
     """A fresh official model for ``cfg`` (``config_PIC.Config``), ImageNet weights when given."""
     model = PICOfficialModel(cfg.backbone, cfg.reduced_dim, cfg.align_size, cfg.num_users, cfg.num_positions,
-                             cfg.attention, backbone_weight_path)
+                             cfg.attention, backbone_weight_path, cfg.position_head)
     model.cfg = cfg
     return model

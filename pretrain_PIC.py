@@ -334,7 +334,7 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
         sums = {"loss": 0.0, "objective_loss": 0.0, "user_loss": 0.0}
         for step, batch in enumerate(loader):
             batch = sample_views(batch, cfg.official_crops_per_step, [item_seed(cfg.seed, epoch, batch["name"][0])])
-            image = bgr_input(batch["image"]) if cfg.bgr_order else batch["image"]
+            image = bgr_input(batch["image"]) if cfg.channel_order == "bgr" else batch["image"]
             target = (batch["score"][0] - MOS_MEAN) / MOS_STD if on_gaicd else batch["score"][0]
             objective_loss = F.smooth_l1_loss(model.objective_scores(image, batch["crop_box"])[0], target)
             picks = [labelled[classes[(step * per_step + j) % len(classes)]] for j in range(per_step)]

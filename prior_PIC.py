@@ -2,7 +2,8 @@
 
   python prior_PIC.py --checkpoint experiments/PIC_mobilenetv2/checkpoints/pretrain.pth --data-root DATA
 
-The checkpoint's variant decides. Official (the published recipe): every parameter is trained
+The checkpoint's variant decides; a bare state_dict of PIC's release is official. Official (the
+published recipe): every parameter is trained
 through the training users of ``PIC_release`` (``prior/<user>_train.csv``) in turn,
 `official_prior_epochs` (20) epochs per user, batch 1, Adam at `official_prior_lr` (1e-3), loss
 0.8 x fidelity + smooth-L1, each image's crops in their fixed order (one personal offset per
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,15 +37,23 @@ from tqdm import tqdm
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, load_release_layout
-from pic_model import PreferenceModule, is_official_pic_state_dict, user_images
+from pic_model import PICModel, PICOfficialModel, PreferenceModule, is_official_pic_state_dict, user_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
-from untils.pic_features import (VIEWS, UserImage, embed_user, evaluate_user, extract_features, single_threaded,
-                                 user_scores)
+from untils.pic_features import (
+    VIEWS,
+    UserImage,
+    embed_user,
+    evaluate_user,
+    extract_features,
+    single_threaded,
+    user_scores,
+)
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.runtime import resolve_device, seed_everything
 from untils.training import held_out_images, summary_writer
+
 
 def mean_metrics(per_user: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([metrics[key] for metrics in per_user])) for key in per_user[0]}
@@ -53,7 +63,8 @@ def episode_loss(preference: PreferenceModule, query: UserImage, support: Sequen
                  generator: torch.Generator) -> torch.Tensor:
     """Score losses of the query's crops for the user embedded from ``support`` (random views)."""
     views = torch.randint(VIEWS, (len(support) + 1,), generator=generator).tolist()
-    embedding = preference.embed(torch.cat([example.evidence[view] for example, view in zip(support, views)]))
+    evidence = [example.evidence[view] for example, view in zip(support, views, strict=False)]  # views[-1]: query
+    embedding = preference.embed(torch.cat(evidence))
     predicted = user_scores(preference, embedding, query, views[-1])
     return crop_score_loss(predicted, query.scores, cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
 
@@ -76,7 +87,7 @@ def validate_prior(preference: PreferenceModule, train: dict[str, list[UserImage
 
 
 def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]], val: dict[str, list[UserImage]],
-                cfg, writer: Optional[Any] = None, progress: bool = True) -> list[dict[str, float]]:
+                cfg, writer: Any | None = None, progress: bool = True) -> list[dict[str, float]]:
     """Episodic training of ``preference``; leaves it at the epoch with the best validation SRCC.
 
     Returns one row per epoch (epoch, loss, validation metrics).
@@ -129,7 +140,7 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
 
 def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     """The official prior (module docstring): every parameter, through the training users in turn."""
-    model = load_crop_model(content, overrides=overrides)
+    model = cast(PICOfficialModel, load_crop_model(content, overrides=overrides))
     cfg = model.cfg
     seed_everything(cfg.seed)
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
@@ -139,10 +150,10 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     history = []
     for user in tqdm(release.train_users, desc="prior users", disable=not progress):
         split = release.prior[user]
-        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.bgr_order),
+        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.channel_order == "bgr"),
                                  cfg.official_prior_epochs, cfg.official_prior_lr, 0.8, 1.0, generator)
         history.append({"user": user, "loss": losses[-1]})
-    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.bgr_order))
+    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.channel_order == "bgr"))
            for user, split in release.prior.items() if split.val}
     metrics = {name: float(np.mean([table[name] for table in val.values()])) for name in next(iter(val.values()))}
     path = os.path.join(exp_path, "checkpoints", "prior.pth")
@@ -152,15 +163,17 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     return {"checkpoint": path, "exp_path": exp_path, "history": history, "best": metrics}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = config_PIC.script_parser(__doc__).parse_args(argv)
     content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    if "model_type" not in content and is_official_pic_state_dict(content.get("model", {})):
+        return prior_official(content, given_config_options(args), not args.no_progress)  # a release file
     if content.get("model_type") != "PIC":
         raise SystemExit(f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
-                         "give a checkpoint of pretrain_PIC.py")
+                         "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release")
     if is_official_pic_state_dict(content.get("model", {})):
         return prior_official(content, given_config_options(args), not args.no_progress)
-    model = load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False)
+    model = cast(PICModel, load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False))
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)
     model.to(device)

@@ -45,7 +45,7 @@ def test_users_with_opposite_tastes_rank_differently(tmp_path):
         assert report["model"]["model_type"] == "PIC" and report["model"]["user"] == user
         rankings[user] = [tuple(entry["box"]) for entry in report["results"][0]["ranked"]]
         scores = [entry["score"] for entry in report["results"][0]["ranked"]]
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
+        assert all(a >= b for a, b in zip(scores, scores[1:], strict=False))
     assert sorted(rankings["alice"]) == sorted(rankings["bob"])  # the same candidates...
     assert rankings["alice"] != rankings["bob"]  # ...ranked differently
 
@@ -86,15 +86,20 @@ def test_without_user_the_tool_says_how_it_scores(tmp_path, capsys):
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-def _official_checkpoint(path, stage, user=None, num_positions=24):
+def _official_checkpoint(path, stage, user=None, num_positions=24, position_head="linear"):
     """A small official model saved as prior_PIC.py ("prior"), finetune_PIC.py ("finetuned", with its
-    user) or pretrain_PIC.py ("pretrain") save it, or as the release does (stage None: a bare state_dict)."""
+    user) or pretrain_PIC.py ("pretrain") save it, or as the release does (stage None: a bare state_dict).
+    ``position_head`` conv1d: the release's fine-tuning model (945 users, 24 positions)."""
     torch.manual_seed(0)
-    cfg = Config(variant="official", backbone="mobilenetv2", pretrained=False, num_users=6,
-                 num_positions=num_positions)
+    users = 945 if position_head == "conv1d" else 6
+    cfg = Config(variant="official", backbone="mobilenetv2", pretrained=False, num_users=users,
+                 num_positions=num_positions, position_head=position_head)
     model = build_official_model(cfg).eval()
     with torch.no_grad():  # well apart offsets: a crop scored with another position's offset shows
-        model.FC_layers_3[0].bias.copy_(torch.linspace(-3, 3, num_positions))
+        if position_head == "linear":
+            model.FC_layers_3[0].bias.copy_(torch.linspace(-3, 3, num_positions))
+        else:
+            model.FC_layers_3.weight.mul_(30)
     content = {"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC", "stage": stage}
     if user is not None:
         content["user"] = user
@@ -107,15 +112,17 @@ def _photo(path):
     return path
 
 
-def _release_scores(model, rgb, personal):
+def _release_scores(model, rgb, personal, bgr=False):
     """The release's scores of the fixed views, in float64, inputs prepared here as its test code does:
-    cv2 bilinear resize (shorter side 256, sides multiples of 32) / 256, ImageNet mean/std; boxes
+    cv2 bilinear resize (shorter side 256, sides multiples of 32) / 256, ImageNet mean/std (on the
+    channels in cv2's BGR order with ``bgr``, as the release reads photos: its own files); boxes
     scaled with x1, y1 floored, x2, y2 ceiled; the whole photo at 256x256 (PIL bilinear) / 255;
     score = objective + FC_layers_3(user logits)[position]."""
     height, width = rgb.shape[:2]
     scale = 256 / min(width, height)
     resized_w, resized_h = round(width * scale / 32) * 32, round(height * scale / 32) * 32
-    pixels = (cv2.resize(rgb, (resized_w, resized_h)).astype(np.float64) / 256 - IMAGENET_MEAN) / IMAGENET_STD
+    channels = np.ascontiguousarray(rgb[..., ::-1]) if bgr else rgb
+    pixels = (cv2.resize(channels, (resized_w, resized_h)).astype(np.float64) / 256 - IMAGENET_MEAN) / IMAGENET_STD
     user = (np.asarray(Image.fromarray(rgb).resize((256, 256), Image.BILINEAR), dtype=np.float64) / 255
             - IMAGENET_MEAN) / IMAGENET_STD
     boxes = np.asarray(fixed_views(width, height), dtype=np.float64)
@@ -126,8 +133,13 @@ def _release_scores(model, rgb, personal):
         scores = model.objective_scores(torch.from_numpy(pixels.transpose(2, 0, 1)).unsqueeze(0),
                                         torch.from_numpy(boxes).unsqueeze(0))[0]
         if personal:
-            scores = scores + model.FC_layers_3(model.user_logits(
-                torch.from_numpy(user.transpose(2, 0, 1).copy()).unsqueeze(0)))[0]
+            logits = model.user_logits(torch.from_numpy(user.transpose(2, 0, 1).copy()).unsqueeze(0))[0]
+            if isinstance(model.FC_layers_3, torch.nn.Conv1d):  # the release's fine-tuning head
+                window = model.FC_layers_3.weight.flatten()
+                scores = scores + torch.stack([window @ logits[39 * p:39 * p + 40] for p in range(24)])
+                scores = scores + model.FC_layers_3.bias
+            else:
+                scores = scores + model.FC_layers_3(logits)
     return scores
 
 
@@ -162,7 +174,8 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
     views = fixed_views(480, 320)
     ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
     assert len(report["results"][0]["ranked"]) == len(ranked) == 24 and set(ranked) == {tuple(view) for view in views}
-    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), personal)
+    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), personal, bgr=stage is None)
+    assert report["model"]["channel_order"] == ("bgr" if stage is None else "rgb")
     written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)  # in fixed-view order
     assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
     scores = [entry["score"] for entry in report["results"][0]["ranked"]]
@@ -204,3 +217,30 @@ def test_cropper_api_refuses_a_ratio_for_an_official_checkpoint(tmp_path):
     assert cropper.candidates().startswith("PIC fixed views")
     with pytest.raises(ValueError, match="fixed views"):
         cropper.rank(_photo(tmp_path / "photo.png"), aspect_ratios="1:1")
+
+
+@pytest.mark.parametrize("order", [None, "rgb", "bgr"])
+def test_a_fine_tuned_release_file_crops_without_user(tmp_path, capsys, order):
+    """A bare state_dict of the release's fine-tuning model (Conv1d FC_layers_3) is one user's
+    model: crop.py ranks with its offsets, on BGR photos unless --channel-order says otherwise."""
+    model = _official_checkpoint(tmp_path / "model.pth", None, position_head="conv1d")
+    photo = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    options = ["--channel-order", order] if order else []
+    assert crop.main([str(photo), "--checkpoint", str(tmp_path / "model.pth"), "--out", str(out), "--workers", "0",
+                      "--top-k", "1"] + options) == 0
+    report = json.loads((out / "photo.json").read_text())
+    assert report["model"]["channel_order"] == (order or "bgr") and report["model"]["user"] is None
+    views = fixed_views(480, 320)
+    ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
+    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), True, bgr=order != "rgb")
+    written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)
+    assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_channel_order_bgr_is_refused_for_other_models(tmp_path, capsys):
+    checkpoint = _pic_checkpoint(tmp_path / "prior.pth", {"alice": torch.zeros(Config().embed_dim)})
+    photo = _photo(tmp_path / "photo.png")
+    assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
+                      "--channel-order", "bgr"]) == 2
+    assert "only official PIC models" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -18,8 +17,13 @@ import torch
 
 from config_GAICD import Config
 from cropping_dataset import GAICDataset
-from cropping_model import (BackboneWeightsError, GAICOfficialModel, is_official_gaic_state_dict, load_crop_model,
-                            official_gaic_from_state_dict)
+from cropping_model import (
+    BackboneWeightsError,
+    GAICOfficialModel,
+    is_official_gaic_state_dict,
+    load_crop_model,
+    official_gaic_from_state_dict,
+)
 from tests.conftest import build_gaicd_sample, require_shared
 from untils.candidates import gaic_release_candidates, gaic_release_candidates_in_original
 from untils.checkpoint import CheckpointError
@@ -63,6 +67,9 @@ def key_form(state: dict[str, torch.Tensor], form: str) -> dict[str, torch.Tenso
         return {f"module.{name}": value for name, value in state.items()}
     if form == "no_dropout":
         return {name.replace("FC_layers.3.", "FC_layers.2."): value for name, value in state.items()}
+    if form.startswith("no_counters"):  # saved by PyTorch 0.4.0 or earlier, as GAIC's release ran
+        kept = {name: value for name, value in state.items() if not name.endswith("num_batches_tracked")}
+        return key_form(kept, "module") if form.endswith("module") else kept
     return dict(state)
 
 
@@ -71,7 +78,7 @@ def test_parameter_names_and_shapes_match_the_release(fixture):
     assert ours == {name: tuple(shape) for name, shape in fixture["state_dict_shapes"].items()}
 
 
-@pytest.mark.parametrize("form", ["plain", "module", "no_dropout"])
+@pytest.mark.parametrize("form", ["plain", "module", "no_dropout", "no_counters", "no_counters_module"])
 def test_reproduces_the_official_scores(fixture, official_state, form, tmp_path):
     """Through the one loader, from a file as the release saved it (a bare state_dict)."""
     state = key_form(official_state, form)
@@ -230,7 +237,7 @@ def shufflenetv2_imagenet_shapes() -> dict[str, tuple[int, ...]]:
     return {**shapes, "classifier.0.weight": (1000, 1024), "classifier.0.bias": (1000,)}
 
 
-def shufflenet_official_name(imagenet_name: str) -> Optional[str]:
+def shufflenet_official_name(imagenet_name: str) -> str | None:
     """Where the release's ``shufflenetv2_base`` puts an ImageNet parameter (None: not used)."""
     if imagenet_name.startswith("conv1."):
         return "Feat_ext.feature3.0." + imagenet_name[len("conv1."):]
@@ -250,7 +257,7 @@ def vgg16_official_shapes() -> dict[str, tuple[int, ...]]:
     """The release's ``vgg_base`` (torchvision VGG16; ``feature`` holds conv1_1..conv5_3 a second time)."""
     convs = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
                      ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-                      (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))))
+                      (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)), strict=True))
     shapes = {}
     for index, (out, inp) in convs.items():
         stage = "feature3" if index < 23 else "feature4"
@@ -325,9 +332,9 @@ def test_what_is_not_an_official_gaic_state_dict(official_state):
     assert not is_official_gaic_state_dict(both)
     with pytest.raises(CheckpointError, match="not a state_dict of GAIC"):
         official_gaic_from_state_dict(both)
-    resnet = {**official_state, "DimRed.weight": torch.zeros(8, 3584, 1, 1)}
-    with pytest.raises(CheckpointError, match="3584"):
-        official_gaic_from_state_dict(resnet)
+    unknown = {**official_state, "DimRed.weight": torch.zeros(8, 1000, 1, 1)}
+    with pytest.raises(CheckpointError, match="1000"):
+        official_gaic_from_state_dict(unknown)
     incomplete = {k: v for k, v in official_state.items() if k != "Feat_ext.feature4.0.9.conv.1.bias"}
     with pytest.raises(CheckpointError, match="Feat_ext.feature4.0.9.conv.1.bias"):
         official_gaic_from_state_dict(incomplete)
@@ -338,7 +345,8 @@ def test_crop_tool_gives_the_release_demo_crops(fixture, official_state, tmp_pat
     ranked by the release's scores."""
     from crop import Cropper
     torch.save(official_state, tmp_path / "gaic.pth")
-    result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(require_shared("GAICD-sample/images/test/297406.jpg"))
+    photo = require_shared("GAICD-sample/images/test/297406.jpg")
+    result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(photo)
     order = torch.argsort(fixture["expected_grid_scores"], descending=True, stable=True)
     yxyx = torch.as_tensor(np.asarray(fixture["grid_source_boxes_yxyx"], dtype=np.float64))
     expected_boxes = yxyx[order][:, [1, 0, 3, 2]]

@@ -125,7 +125,8 @@ def test_checkpoint_round_trip_and_model_type(model, tmp_path):
 
 
 def test_config_rejects_what_pic_does_not_support():
-    for options, message in (({"backbone": "resnet50"}, "backbone"), ({"objective_set": "FCDB"}, "objective_set"),
+    for options, message in (({"backbone": "alexnet"}, "backbone"), ({"objective_set": "FCDB"}, "objective_set"),
+                             ({"position_head": "mlp"}, "position_head"), ({"channel_order": "grb"}, "channel_order"),
                              ({"selection": "test"}, "selection"), ({"finetune_scope": "all"}, "finetune_scope"),
                              ({"use_content_preserve": True}, "GAIC head"), ({"finetune_images": 0}, "finetune_images"),
                              ({"user_test_fraction": 1.0}, "user_test_fraction")):

@@ -6,12 +6,13 @@ Two families:
   the human-centric model and our GAIC baseline; module names follow the HCIC release
   (``feature3.0.<index>``), so its checkpoints load;
 * the layouts of GAIC's release (:class:`GAICBackbone`: its MobileNetV2 in the tonylins layout,
-  its ShuffleNetV2 x1.0, torchvision's VGG16) with the release's parameter names, so GAIC's and
+  its ShuffleNetV2 x1.0, torchvision's VGG16 and ResNet50) with the release's parameter names, so GAIC's and
   PIC's released checkpoints and ImageNet files load with ``strict=True``.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,14 +29,15 @@ _BACKBONES = {
 }
 # Channels of f3, f4 and f5 of GAIC's release layouts; their sum is DimRed's input and tells the
 # backbone of a checkpoint.
-BACKBONE_CHANNELS = {"mobilenetv2": (32, 96, 320), "shufflenetv2": (116, 232, 464), "vgg16": (512, 512, 512)}
+BACKBONE_CHANNELS = {"mobilenetv2": (32, 96, 320), "shufflenetv2": (116, 232, 464), "vgg16": (512, 512, 512),
+                     "resnet50": (512, 1024, 2048)}
 
 
 class BackboneWeightsError(RuntimeError):
     """ImageNet weights were asked for but cannot be loaded."""
 
 
-def _imagenet_model(name: str, weight_path: Optional[str]) -> nn.Module:
+def _imagenet_model(name: str, weight_path: str | None) -> nn.Module:
     constructor_name, weights_enum_name, _ = _BACKBONES[name]
     constructor = getattr(models, constructor_name)
     if weight_path is not None:
@@ -71,7 +73,7 @@ class Backbone(nn.Module):
         return f3, f4, f5
 
 
-def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str] = None) -> Backbone:
+def build_backbone(name: str, pretrained: bool = True, weight_path: str | None = None) -> Backbone:
     """Build ``name`` (vgg16, resnet50, mobilenetv2, shufflenetv2) cut into three scales.
 
     With ``pretrained`` the ImageNet weights come from ``weight_path`` or torchvision's weights
@@ -80,6 +82,7 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str
     """
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_BACKBONES)}")
+    net: Any  # torchvision's networks, whose parts are reached by name
     if pretrained:
         net = _imagenet_model(name, weight_path)
     else:
@@ -105,7 +108,7 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: Optional[str
 # ----------------------------------------------------------------------------------------------
 
 def _conv_bn(inp: int, oup: int, kernel: int, stride: int = 1, groups: int = 1,
-             activation: Optional[type[nn.Module]] = None) -> list[nn.Module]:
+             activation: type[nn.Module] | None = None) -> list[nn.Module]:
     layers = [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]
     return layers + ([activation(inplace=True)] if activation is not None else [])
 
@@ -233,11 +236,12 @@ class GAICBackbone(nn.Module):
     therefore hold twice; it is registered here too and not used.
     """
 
-    def __init__(self, name: str, backbone_weight_path: Optional[str] = None) -> None:
+    def __init__(self, name: str, backbone_weight_path: str | None = None) -> None:
         super().__init__()
         if name not in BACKBONE_CHANNELS:
             raise ValueError(f"GAIC backbone {name!r}; expected one of {sorted(BACKBONE_CHANNELS)}")
         self.channels = BACKBONE_CHANNELS[name]
+        net: Any  # the ImageNet network the stages are cut from
         if name == "mobilenetv2":
             net = ReleaseMobileNetV2()
             self.feature3 = nn.Sequential(net.features[:7])
@@ -248,6 +252,11 @@ class GAICBackbone(nn.Module):
             self.feature3 = nn.Sequential(net.conv1, net.maxpool, net.features[:4])
             self.feature4 = nn.Sequential(net.features[4:12])
             self.feature5 = nn.Sequential(net.features[12:])
+        elif name == "resnet50":
+            net = models.resnet50(weights=None)
+            self.feature3 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+            self.feature4 = nn.Sequential(net.layer3)
+            self.feature5 = nn.Sequential(net.layer4)
         else:
             net = models.vgg16(weights=None)
             self.feature = nn.Sequential(net.features[:-1])

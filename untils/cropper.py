@@ -452,6 +452,7 @@ class Cropper:
         entry = {"checkpoint": self.checkpoint, "model_type": self.model_type, "user": self.user,
                  "backbone": self.cfg.backbone,
                  "image_size": list(self.spec.image_size), "keep_aspect_ratio": self.spec.keep_aspect_ratio,
+                 "channel_order": self.spec.channel_order,
                  "untrained": self.untrained, "precision": self.precision, "channels_last": self.channels_last}
         if self.scored_as is not None:
             entry["scored_as"] = self.scored_as

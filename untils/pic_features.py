@@ -6,10 +6,10 @@ are taken as they come (duck-typed), so this module needs nothing of the top lev
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from untils.batching import evaluation_loader
 from untils.boxes import flip_boxes_horizontal
 from untils.inference import move_batch
-from untils.metrics import gaicd_metrics, weighted_accuracy
+from untils.pic_recipe import user_metrics
 
 VIEWS = 2  # the image as it is, and mirrored
 
@@ -53,7 +53,7 @@ class UserImage:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, images_per_batch: int = 1,
+def extract_features(model: Any, dataset: Dataset, device: torch.device, images_per_batch: int = 1,
                      num_workers: int = 0, progress: bool = True) -> dict[str, ImageFeatures]:
     """Objective scores and descriptions (``model.crop_outputs``) of every crop of ``dataset``'s images
     (``pic_dataset.PICImageDataset``), for both views."""
@@ -74,31 +74,31 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, i
         for index, name in enumerate(batch["name"]):
             rows = [view_index == index for _, _, view_index in per_view]
             cache[name] = ImageFeatures(
-                objective=torch.stack([objective[keep] for (objective, _, _), keep in zip(per_view, rows)]).cpu(),
-                features=torch.stack([features[keep] for (_, features, _), keep in zip(per_view, rows)]).cpu())
+                objective=torch.stack([objective[keep] for (objective, _, _), keep
+                                       in zip(per_view, rows, strict=True)]).cpu(),
+                features=torch.stack([features[keep] for (_, features, _), keep
+                                      in zip(per_view, rows, strict=True)]).cpu())
     return cache
 
 
 
-def embed_user(preference: nn.Module, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
+def embed_user(preference: Any, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
     """A user's embedding from the evidence of ``examples`` (their best crops, as seen in ``view``)."""
     return preference.embed(torch.cat([example.evidence[view] for example in examples]))
 
 
-def user_scores(preference: Optional[nn.Module], embedding: Optional[torch.Tensor], example: UserImage,
+def user_scores(preference: Any, embedding: torch.Tensor | None, example: UserImage,
                 view: int = 0) -> torch.Tensor:
     """Scores of an image's crops: objective, plus the preference when an embedding is given."""
-    if embedding is None:
+    if embedding is None or preference is None:
         return example.objective[view]
     return example.objective[view] + preference(example.features[view], embedding)
 
 
 @torch.no_grad()
-def evaluate_user(preference: Optional[nn.Module], embedding: Optional[torch.Tensor],
+def evaluate_user(preference: nn.Module | None, embedding: torch.Tensor | None,
                   examples: Sequence[UserImage]) -> dict[str, float]:
-    """GAICD metrics (Acc_K/N, SRCC, PCC) and mean wAcc_K/5, wAcc_K/10 of a user's images, scored as
-    :func:`user_scores` (view 0)."""
-    targets = [example.scores for example in examples]
+    """:func:`untils.pic_recipe.user_metrics` (Acc_K/N, wAcc_K/N per K and their means, SRCC, PCC) of
+    a user's images, scored as :func:`user_scores` (view 0)."""
     predictions = [user_scores(preference, embedding, example) for example in examples]
-    wacc5, wacc10 = weighted_accuracy(targets, predictions)
-    return {**gaicd_metrics(targets, predictions), "wacc5": float(np.mean(wacc5)), "wacc10": float(np.mean(wacc10))}
+    return user_metrics([example.scores for example in examples], predictions)

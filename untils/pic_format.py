@@ -67,7 +67,7 @@ def write_release_csv(path: str, ratings: Mapping[str, Mapping[str, list]]) -> N
         writer = csv.writer(stream)
         writer.writerow(RELEASE_CSV_HEADER)
         for name, entry in ratings.items():
-            for box, score in zip(entry["bbox"], entry["score"]):
+            for box, score in zip(entry["bbox"], entry["score"], strict=True):
                 writer.writerow([name, "[" + ",".join(map(_number_text, box)) + "]", _number_text(score)])
 
 
@@ -100,5 +100,5 @@ def pic_user_image(photo: Image.Image) -> torch.Tensor:
     """The official model's subjective-branch input (1, 3, 256, 256): the whole photo resized to
     256x256 (PIL bilinear, as torchvision's ``Resize`` on a PIL image), [0, 1], ImageNet mean/std.
     No random augmentation: the release's test-time jitter is a training transform."""
-    resized = photo.convert("RGB").resize((USER_IMAGE_SIZE, USER_IMAGE_SIZE), Image.BILINEAR)
+    resized = photo.convert("RGB").resize((USER_IMAGE_SIZE, USER_IMAGE_SIZE), Image.Resampling.BILINEAR)
     return normalize_pixels(np.asarray(resized, dtype=np.float32) / 255.0).unsqueeze(0)

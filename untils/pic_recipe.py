@@ -6,8 +6,9 @@ called like it), so this module needs nothing of the top level.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,16 +50,16 @@ class RatedImage:
     scores: torch.Tensor     # (N,)
 
 
-def rated_images(image_dir: str, ratings: Mapping[str, object], bgr_order: bool = False) -> list[RatedImage]:
+def rated_images(image_dir: str, ratings: Mapping[str, Any], bgr_order: bool = False) -> list[RatedImage]:
     """The images of a user's file (``{name: annotation with .boxes and .scores}``, e.g.
     ``cropping_dataset.CropAnnotation``) as :class:`RatedImage` (crop boxes scaled as the release:
     x1/y1 floored, x2/y2 ceiled)."""
     examples = []
     for name, entry in ratings.items():
         with Image.open(os.path.join(image_dir, name)) as photo:
-            photo = photo.convert("RGB")
-            image, ratio_w, ratio_h = pic_crop_image(np.asarray(photo), bgr_order)
-            user_image = pic_user_image(photo)
+            rgb = photo.convert("RGB")
+            image, ratio_w, ratio_h = pic_crop_image(np.asarray(rgb), bgr_order)
+            user_image = pic_user_image(rgb)
         boxes = rescale_boxes(np.asarray(entry.boxes, dtype=np.float64), ratio_w, ratio_h)
         examples.append(RatedImage(name, image, torch.from_numpy(boxes).unsqueeze(0), user_image,
                                    torch.as_tensor(entry.scores, dtype=torch.float32)))
@@ -109,10 +110,15 @@ def evaluate_images(model: nn.Module, examples: Sequence[RatedImage], personal: 
     model.eval()
     predictions = [model(example.image, example.crop_box,
                          user_image=example.user_image if personal else None).score[0] for example in examples]
-    targets = [example.scores for example in examples]
+    return user_metrics([example.scores for example in examples], predictions)
+
+
+def user_metrics(targets: Sequence[torch.Tensor], predictions: Sequence[torch.Tensor]) -> dict[str, float]:
+    """GAICD's metrics of a user's images plus wAcc_K/5 and wAcc_K/10 per K = 1..4 (``wacc{K}_5``,
+    ``wacc{K}_10``, as the release prints them) and their means over K (``wacc5``, ``wacc10``)."""
     table = gaicd_metrics(targets, predictions)
     wacc5, wacc10 = weighted_accuracy(targets, predictions)
-    for k, (five, ten) in enumerate(zip(wacc5, wacc10), start=1):
+    for k, (five, ten) in enumerate(zip(wacc5, wacc10, strict=True), start=1):
         table[f"wacc{k}_5"], table[f"wacc{k}_10"] = five, ten
     table["wacc5"], table["wacc10"] = float(np.mean(wacc5)), float(np.mean(wacc10))
     return table

@@ -7,7 +7,6 @@ One module for the datasets, the crop tool and PIC alike, so the same photo give
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -23,6 +22,7 @@ GAIC_SHORT_SIDE = 256
 GAIC_PIXEL_DIVISOR = 256.0  # GAIC's release divides uint8 pixels by 256, not 255
 PREPROCESSINGS = ("hcic", "gaic")
 CANDIDATE_RULES = ("hcic", "gaic", "pic")
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class PhotoSpec:
     """The input a crop model wants, declared by the model (its ``photo_spec``).
 
     ``preprocessing``: :func:`network_input`'s rule (``hcic`` or ``gaic``), at ``image_size`` /
-    ``keep_aspect_ratio`` (``untils.boxes.resized_size``), channels in BGR order when
-    ``bgr_order``; ``candidates``: the candidate rule of ``untils.crop_candidates``;
+    ``keep_aspect_ratio`` (``untils.boxes.resized_size``), its channels in ``channel_order``
+    (``rgb``, or ``bgr``: cv2's order, which PIC's release trained on; gaic only); ``candidates``:
+    the candidate rule of ``untils.crop_candidates``;
     ``uses_person``: whether it reads ``human_box``; ``takes_user``: whether it is called with a
     ``user`` (one of its users' ids); ``takes_user_image``: whether it is called with a
     ``user_image`` (the whole photo, :func:`untils.pic_format.pic_user_image`).
@@ -44,13 +45,16 @@ class PhotoSpec:
     uses_person: bool = False
     takes_user: bool = False
     takes_user_image: bool = False
-    bgr_order: bool = False
+    channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
         if self.preprocessing not in PREPROCESSINGS:
             raise ValueError(f"preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSINGS)}")
         if self.candidates not in CANDIDATE_RULES:
             raise ValueError(f"candidate rule {self.candidates!r}: expected one of {', '.join(CANDIDATE_RULES)}")
+        if self.channel_order not in CHANNEL_ORDERS or (self.channel_order == "bgr" and self.preprocessing != "gaic"):
+            raise ValueError(f"channel order {self.channel_order!r} with {self.preprocessing} preprocessing: expected "
+                             "rgb, or bgr with gaic")
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The network input size ``(w, h)`` of a ``width`` x ``height`` photo."""
@@ -98,10 +102,10 @@ def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str,
     return normalize_image(image.resize(size, Image.Resampling.LANCZOS))
 
 
-def photo_input(image: Image.Image, spec: PhotoSpec, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+def photo_input(image: Image.Image, spec: PhotoSpec, size: tuple[int, int] | None = None) -> torch.Tensor:
     """:func:`network_input` of an 8-bit RGB photo as ``spec`` says (``size``: its resized size, when known)."""
     size = spec.resized_size(*image.size) if size is None else size
-    return network_input(image, size, spec.preprocessing, spec.bgr_order)
+    return network_input(image, size, spec.preprocessing, spec.channel_order == "bgr")
 
 
 def gaic_preprocess(rgb: np.ndarray) -> tuple[torch.Tensor, float, float]:
