@@ -11,8 +11,8 @@ import torch
 
 import config_PIC
 import finetune_PIC
-import prior_PIC
 import pretrain_PIC
+import prior_PIC
 from benchmarks.bench_pic import QUICK, run_benchmark
 from cropping_model import load_crop_model
 from pic_dataset import PICUserDataset, load_pic_data
@@ -76,7 +76,8 @@ def test_user_checkpoint_scores_the_held_out_images_as_reported(quick_run):
         valid = batch["crop_valid"]
         truth += [batch["score"][i][valid[i]] for i in range(len(scores))]
         predicted += [scores[i][valid[i]] for i in range(len(scores))]
-    reported = next(row for row in result["rows"]["embedding"][5] if row["user"] == user and row["model"] == "finetuned")
+    reported = next(row for row in result["rows"]["embedding"][5]
+                    if row["user"] == user and row["model"] == "finetuned")
     assert 100 * gaicd_metrics(truth, predicted)["srcc"] == pytest.approx(reported["srcc"], abs=0.05)
     prior = load_crop_model(str(out / "experiments" / "prior" / "checkpoints" / "prior.pth"))
     trained_user = sorted(prior.user_embeddings)[0]
@@ -88,7 +89,8 @@ def test_pretraining_with_gaicd_as_the_objective(tmp_path):
     build_demo_dataset(tmp_path, num_train=6, num_test=2, long_side=96)
     build_pic_benchmark(tmp_path, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=4,
                         images_per_train_user=4, long_side=96)
-    trainer = pretrain_PIC.main(["--data-root", str(tmp_path), "--variant", "embedding", "--objective_set", "GAICD", "--pretrained", "false",
+    trainer = pretrain_PIC.main(["--data-root", str(tmp_path), "--variant", "embedding", "--objective_set", "GAICD",
+                                 "--pretrained", "false",
                                  "--image_size", "64", "64", "--keep_aspect_ratio", "false", "--max_epoch", "1",
                                  "--warmup_epochs", "0", "--images_per_step", "2", "--batch_size", "2",
                                  "--view_per_image", "8", "--num_workers", "0", "--device", "cpu", "--exp_root",

@@ -10,8 +10,8 @@ import config_PIC
 from cropping_model import build_crop_model, load_crop_model
 from finetune_PIC import finetune_user
 from pic_model import GEOMETRY_DIM, PICModel, PreferenceModule, crop_geometry
-from untils.pic_features import VIEWS, UserImage
 from untils.checkpoint import CheckpointError, config_to_dict
+from untils.pic_features import VIEWS, UserImage
 
 
 def tiny_cfg(**overrides) -> config_PIC.Config:

@@ -6,14 +6,14 @@ The ops come from the ``roi_align`` and ``rod_align`` packages; nothing else of 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from roi_align import RoIAlignAvg
 from rod_align import RoDAlignAvg
+from roi_align import RoIAlignAvg
 from untils.backbones import build_backbone
 from untils.boxes import FEATURE_STRIDE
 
@@ -24,8 +24,8 @@ class CropOutput(NamedTuple):
     """What every crop model returns: ``score`` (B, N), padded crops ``-inf``; the human-centric
     model's ``heat_map`` (B, 1, 64, 64) and ``partition_feat`` (B, P, H/16, W/16), None elsewhere."""
     score: torch.Tensor
-    heat_map: Optional[torch.Tensor] = None
-    partition_feat: Optional[torch.Tensor] = None
+    heat_map: torch.Tensor | None = None
+    partition_feat: torch.Tensor | None = None
 
 
 def resize_to(feature: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class CropAlignFeatures(nn.Module):
         return torch.cat([roi_feat, self.RoDAlign(feature_map, rois)], dim=1)
 
 
-def mask_padded_scores(scores: torch.Tensor, crop_valid: Optional[torch.Tensor]) -> torch.Tensor:
+def mask_padded_scores(scores: torch.Tensor, crop_valid: torch.Tensor | None) -> torch.Tensor:
     """Scores (B, N) with the padded crops of a batch (``crop_valid`` False) at ``-inf``.
 
     Padded crops are scored like the others and discarded here: no data-dependent shapes, hence
@@ -84,7 +84,7 @@ def mask_padded_scores(scores: torch.Tensor, crop_valid: Optional[torch.Tensor])
     return scores if crop_valid is None else scores.masked_fill(~crop_valid, float("-inf"))
 
 
-def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: Optional[torch.Tensor],
+def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: torch.Tensor | None,
                          batch: int, count: int) -> torch.Tensor:
     """Place the scores of valid crops in a (B, N) tensor; padded crops get ``-inf``."""
     if crop_valid is None:
@@ -97,8 +97,8 @@ def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: Optional[torch.
 def gaic_fc_layers(in_dim: int, align_size: int, dropout: bool) -> nn.Sequential:
     """GAIC's scoring head over aligned crop features (the release's ``fc_layers``): conv -> 768,
     ReLU; 1x1 -> 128, ReLU; [dropout]; 1x1 -> 1. Our baseline has no dropout."""
-    layers = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
-              nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True))]
+    layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
+                               nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True))]
     if dropout:
         layers.append(nn.Dropout(p=0.5))
     return nn.Sequential(*layers, nn.Conv2d(128, 1, kernel_size=1))
@@ -125,7 +125,7 @@ class GAICScorer(nn.Module):
     """
 
     def __init__(self, backbone: str, reduced_dim: int, use_rod: bool, pretrained: bool,
-                 backbone_weight_path: Optional[str] = None) -> None:
+                 backbone_weight_path: str | None = None) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained, backbone_weight_path)
         self.DimRed = nn.Conv2d(sum(self.backbone.channels), reduced_dim, kernel_size=1)
@@ -138,7 +138,7 @@ class GAICScorer(nn.Module):
         return self.DimRed(torch.cat([resize_to(f3, f4), f4, 0.5 * resize_to(f5, f4)], dim=1))
 
     def objective_scores(self, image: torch.Tensor, crop_box: torch.Tensor,
-                         crop_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         crop_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops ``-inf``."""
         rois = boxes_with_batch_index(crop_box)
         scores = self.FC_layers(self.crop_align(self.reduced_features(image), rois)).reshape(crop_box.shape[:2])

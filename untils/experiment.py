@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from untils.atomic import write_json_atomic, write_text_atomic
+from untils.atomic import write_json_atomic
 from untils.checkpoint import build_config, config_to_dict, read_checkpoint, stored_options
 from untils.cli import add_debug_option, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
