@@ -11,6 +11,7 @@ or the JSON. The page's JSON API (/api/health, /api/crop, /api/photos/ID/crops/R
 described in README.md ("The web page"). Uploads are kept in --data-dir, at most --max-photos of
 them (the oldest are removed). Every option also takes underscores (--data_dir).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,48 +56,93 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="trained model: ours (train_on_GAICD.py) or an official release's")
-    model.add_argument("--demo", action="store_true",
-                       help="use the demo model of train_on_GAICD.py --demo (trained first when absent; "
-                       "no network needed: the person detector then never downloads)")
-    parser.add_argument("--demo-dir", default="demo_runs", help="where the demo's data and model are "
-                        "(train_on_GAICD.py --demo-dir; default demo_runs)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to serve on (default 127.0.0.1, this machine only; 0.0.0.0 serves every "
-                        "network the machine is on, with no login)")
+    model.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the demo model of train_on_GAICD.py --demo (trained first when absent; "
+        "no network needed: the person detector then never downloads)",
+    )
+    parser.add_argument(
+        "--demo-dir",
+        default="demo_runs",
+        help="where the demo's data and model are (train_on_GAICD.py --demo-dir; default demo_runs)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to serve on (default 127.0.0.1, this machine only; 0.0.0.0 serves every "
+        "network the machine is on, with no login)",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--data-dir", default="app_data", help="folder for uploads and their crops (default app_data)")
-    parser.add_argument("--max-photos", type=int, default=200,
-                        help="photos kept in --data-dir; the oldest are removed beyond it (default 200)")
+    parser.add_argument(
+        "--max-photos",
+        type=int,
+        default=200,
+        help="photos kept in --data-dir; the oldest are removed beyond it (default 200)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload in MB (default 50)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"photos with more pixels are refused (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"photos with more pixels are refused (default {DEFAULT_MAX_PIXELS:,})",
+    )
     parser.add_argument("--user", metavar="ID", help="score as this user of a personalized checkpoint (crop.py --user)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--max-batch", type=int, default=8,
-                        help="most waiting requests the model thread takes from the queue at once (default 8)")
-    parser.add_argument("--photos-per-batch", type=int, default=1,
-                        help="photos per forward pass among those requests (default 1: a photo then gets the same "
-                        "scores whoever else is waiting; more threads split a batched pass differently, which "
-                        "moves scores in their last bits)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="most waiting requests the model thread takes from the queue at once (default 8)",
+    )
+    parser.add_argument(
+        "--photos-per-batch",
+        type=int,
+        default=1,
+        help="photos per forward pass among those requests (default 1: a photo then gets the same "
+        "scores whoever else is waiting; more threads split a batched pass differently, which "
+        "moves scores in their last bits)",
+    )
     parser.add_argument("--no-detector", action="store_true", help="serve without person detection")
-    parser.add_argument("--detector-weights", metavar="PATH", help="a torchvision detection model's state_dict file "
-                        "(default: torchvision's COCO weights, from torch's hub cache or downloaded once)")
-    parser.add_argument("--detector-arch", default=DEFAULT_TORCHVISION_ARCH, choices=TORCHVISION_ARCHS,
-                        help="the torchvision person detector (default %(default)s)")
-    parser.add_argument("--no-download", action="store_true", help="never download detector weights; without "
-                        "them in torch's hub cache, detect with the offline HOG/face detectors")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load a checkpoint that holds more than tensors and plain data (UNSAFE)")
+    parser.add_argument(
+        "--detector-weights",
+        metavar="PATH",
+        help="a torchvision detection model's state_dict file "
+        "(default: torchvision's COCO weights, from torch's hub cache or downloaded once)",
+    )
+    parser.add_argument(
+        "--detector-arch",
+        default=DEFAULT_TORCHVISION_ARCH,
+        choices=TORCHVISION_ARCHS,
+        help="the torchvision person detector (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download detector weights; without "
+        "them in torch's hub cache, detect with the offline HOG/face detectors",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint that holds more than tensors and plain data (UNSAFE)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return add_option_aliases(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not (0 < args.port < 65536) or args.max_upload_mb <= 0 or min(args.max_pixels, args.max_photos,
-                                                                       args.photos_per_batch, args.max_batch) < 1:
-        raise ValueError("--port must be 1-65535, --max-upload-mb positive, and --max-pixels, --max-photos, "
-                         "--photos-per-batch, --max-batch at least 1")
+    if (
+        not (0 < args.port < 65536)
+        or args.max_upload_mb <= 0
+        or min(args.max_pixels, args.max_photos, args.photos_per_batch, args.max_batch) < 1
+    ):
+        raise ValueError(
+            "--port must be 1-65535, --max-upload-mb positive, and --max-pixels, --max-photos, "
+            "--photos-per-batch, --max-batch at least 1"
+        )
     import uvicorn  # the server stack is needed only once the options are good
 
     from untils.webapp import ServerLimits, create_app
@@ -106,21 +152,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        cropper = Cropper(load_crop_model(checkpoint, device, trusted=args.trust_checkpoint), checkpoint=checkpoint,
-                          user=args.user)
-        detector = None if args.no_detector else build_person_detector(
-            args.detector_weights, args.detector_arch, allow_download=not (args.no_download or args.demo))
+        cropper = Cropper(
+            load_crop_model(checkpoint, device, trusted=args.trust_checkpoint), checkpoint=checkpoint, user=args.user
+        )
+        detector = (
+            None
+            if args.no_detector
+            else build_person_detector(
+                args.detector_weights, args.detector_arch, allow_download=not (args.no_download or args.demo)
+            )
+        )
     for warning in caught:
         print(f"note: {warning.message}", file=sys.stderr)
     worker = CropWorker(cropper, detector, max_jobs=args.max_batch, photos_per_batch=args.photos_per_batch)
     store = PhotoStore(args.data_dir, args.max_photos)
     limits = ServerLimits(int(args.max_upload_mb * 2**20), args.max_pixels)
     if args.host not in LOOPBACK:
-        print(f"WARNING: serving on {args.host}: anyone who can reach this machine can use the page (no login)",
-              file=sys.stderr)
+        print(
+            f"WARNING: serving on {args.host}: anyone who can reach this machine can use the page (no login)",
+            file=sys.stderr,
+        )
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {checkpoint} on http://{host}:{args.port}/ (uploads in {args.data_dir}/; Ctrl+C stops)",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {checkpoint} on http://{host}:{args.port}/ (uploads in {args.data_dir}/; Ctrl+C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(create_app(worker, store, limits), host=args.host, port=args.port, log_level="warning")
     worker.close()
     return 0

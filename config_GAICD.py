@@ -6,6 +6,7 @@ also comes from ``--data-root`` or the ``HCIC_DATA_ROOT`` environment variable.
 Paths left as ``None`` are derived from ``data_root`` in the release's layout (so they are typed
 ``str``: ``__post_init__`` fills them in).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,10 @@ class Config:
     TRAINING_SET: ClassVar[str] = "GAICD"  # the dataset the experiment names start with
 
     # data
-    data_root: str = field(default_factory=_default_data_root, metadata={
-        "help": f"folder holding GAICD/, CPCDataset/, FCDB/, FLMS/ (env {DATA_ROOT_ENV})"})
+    data_root: str = field(
+        default_factory=_default_data_root,
+        metadata={"help": f"folder holding GAICD/, CPCDataset/, FCDB/, FLMS/ (env {DATA_ROOT_ENV})"},
+    )
     predefined_pkl: str = _derived("the 1,745 predefined anchors used on FCDB/FLMS")
     CPC_path: str = _derived("CPC folder")
     CPC_image: str = _derived("CPC images")
@@ -75,46 +78,69 @@ class Config:
     heat_map_dir: str = _derived("pseudo heat maps, as written by generate_pseudo_heatmap.py")
     CPC_heat_map: str = _derived("CPC pseudo heat maps")
     GAIC_heat_map: str = _derived("GAICD pseudo heat maps")
-    skip_missing: bool = _opt("with a partial dataset, use the images that are there (how many were skipped is "
-                              "printed) instead of stopping with the list of missing ones; test.py --table also "
-                              "skips datasets that are not installed", False)
+    skip_missing: bool = _opt(
+        "with a partial dataset, use the images that are there (how many were skipped is "
+        "printed) instead of stopping with the list of missing ones; test.py --table also "
+        "skips datasets that are not installed",
+        False,
+    )
 
-    image_size: tuple[int, int] = _opt("shorter side when keeping the aspect ratio, else (width, height)",
-                                       (256, 256))
+    image_size: tuple[int, int] = _opt("shorter side when keeping the aspect ratio, else (width, height)", (256, 256))
     backbone: str = _opt(f"one of {', '.join(BACKBONES)}", "vgg16")
     backbone_weight_path: str | None = _opt(
-        "local ImageNet weights for the backbone; None uses torchvision's weights API")
+        "local ImageNet weights for the backbone; None uses torchvision's weights API"
+    )
     pretrained: bool = _opt("start the backbone from ImageNet weights (false: random init)", True)
 
-    model_type: str = _opt("HCIC (human-centric), GAIC (the baseline, our backbones) or GAIC-official (GAIC's "
-                           "released architecture and parameter names)", "HCIC")
-    image_preprocessing: str = _opt("hcic: PIL Lanczos resize, pixels / 255 (the HCIC release); gaic: cv2 bilinear "
-                                    "resize, pixels / 256 (GAIC's release, what its published models expect)", "hcic")
+    model_type: str = _opt(
+        "HCIC (human-centric), GAIC (the baseline, our backbones) or GAIC-official (GAIC's "
+        "released architecture and parameter names)",
+        "HCIC",
+    )
+    image_preprocessing: str = _opt(
+        "hcic: PIL Lanczos resize, pixels / 255 (the HCIC release); gaic: cv2 bilinear "
+        "resize, pixels / 256 (GAIC's release, what its published models expect)",
+        "hcic",
+    )
 
     # training
     loss_type: list[str] = _opt(f"any of {', '.join(LOSS_TYPES)} (default: L1Loss RankLoss)")
-    score_loss_over: str = _opt("image: score losses per image, averaged over the batch's images; batch: once over "
-                                "all the batch's crops together (the HCIC release's CPC training)", "image")
-    normalize_scores: bool = _opt(f"train on (score - {MOS_MEAN}) / {MOS_STD}, as GAIC's release (ranking metrics do "
-                                  "not change)", False)
-    rank_loss_weighting: str = _opt("RankLoss pair weight: sin of the score difference (the HCIC release, used for "
-                                    "the paper's numbers) or its sign (the gradient of a hinge on the pair order)",
-                                    "sin")
+    score_loss_over: str = _opt(
+        "image: score losses per image, averaged over the batch's images; batch: once over "
+        "all the batch's crops together (the HCIC release's CPC training)",
+        "image",
+    )
+    normalize_scores: bool = _opt(
+        f"train on (score - {MOS_MEAN}) / {MOS_STD}, as GAIC's release (ranking metrics do not change)", False
+    )
+    rank_loss_weighting: str = _opt(
+        "RankLoss pair weight: sin of the score difference (the HCIC release, used for "
+        "the paper's numbers) or its sign (the gradient of a hinge on the pair order)",
+        "sin",
+    )
     device: str = _opt("cpu, cuda, cuda:N or auto", "auto")
     gpu_id: int = _opt("GPU index used when device is auto or cuda", 0)
     num_workers: int = _derived("DataLoader workers (default: one fewer than the CPUs free now, at most 4)")
     seed: int = _opt("random seed", 0)
     deterministic: bool = _opt("bitwise-reproducible kernels (torch.use_deterministic_algorithms); slower", False)
-    precision: str = _opt("forward pass in fp32, or under autocast in bf16 or fp16 (fp16 trains with a loss "
-                          "scaler); bf16 is fast on Ampere or newer GPUs and on CPUs with AVX512-BF16 or AMX",
-                          "fp32")
-    channels_last: bool = _opt("run the model channels-last (faster convolutions on GPUs, and on CPUs with "
-                               "oneDNN); scores are the same up to rounding", False)
+    precision: str = _opt(
+        "forward pass in fp32, or under autocast in bf16 or fp16 (fp16 trains with a loss "
+        "scaler); bf16 is fast on Ampere or newer GPUs and on CPUs with AVX512-BF16 or AMX",
+        "fp32",
+    )
+    channels_last: bool = _opt(
+        "run the model channels-last (faster convolutions on GPUs, and on CPUs with "
+        "oneDNN); scores are the same up to rounding",
+        False,
+    )
     only_human: bool = _opt("train on the human-centric images only", False)
     data_augmentation: bool = _opt("flip and colour jitter while training", True)
-    train_in_eval_mode: bool = _opt("train with the whole model in eval mode: BatchNorm statistics stay as loaded "
-                                    "and dropout is off (GAIC's release calls net.eval() once before training, "
-                                    "since its batches hold one image; set by --preset GAIC-official)", False)
+    train_in_eval_mode: bool = _opt(
+        "train with the whole model in eval mode: BatchNorm statistics stay as loaded "
+        "and dropout is off (GAIC's release calls net.eval() once before training, "
+        "since its batches hold one image; set by --preset GAIC-official)",
+        False,
+    )
     keep_aspect_ratio: bool = _opt("resize the shorter side to image_size[0] (else a fixed size)", True)
 
     use_partition_aware: bool = _opt("partition-aware feature", True)
@@ -138,14 +164,21 @@ class Config:
     lr_decay_epoch: list[int] | None = _opt("epochs where the step schedule decays (default: never)")
     eval_freq: int = _opt("evaluate every N epochs", 1)
 
-    images_per_step: int = _opt("images per forward pass (same resized size), in training and evaluation; "
-                                "gradients accumulate to batch_size", 1)
-    selection: str = _opt("choose best checkpoints on 'test' (the release's protocol, used for the paper's "
-                          "numbers) or on 'val' (carved from train, the test split reported once: use it for new "
-                          "research)", "test")
+    images_per_step: int = _opt(
+        "images per forward pass (same resized size), in training and evaluation; gradients accumulate to batch_size", 1
+    )
+    selection: str = _opt(
+        "choose best checkpoints on 'test' (the release's protocol, used for the paper's "
+        "numbers) or on 'val' (carved from train, the test split reported once: use it for new "
+        "research)",
+        "test",
+    )
     val_fraction: float = _opt("share of the training images held out for validation when selection=val", 0.1)
-    checkpoint_steps: int = _opt("also save last.pth inside an epoch, at the first optimiser step N or more steps "
-                                 "after the last save (0: at epoch ends only)", 0)
+    checkpoint_steps: int = _opt(
+        "also save last.pth inside an epoch, at the first optimiser step N or more steps "
+        "after the last save (0: at epoch ends only)",
+        0,
+    )
     view_per_image: int = _opt("candidate crops sampled per image per step (0: every crop)", 64)
     lr: float = _opt("learning rate", 1e-4)
     lr_decay: float = _opt("step schedule decay factor", 0.1)
@@ -199,8 +232,9 @@ class Config:
         check_choice("model_type", self.model_type, MODEL_TYPES)
         check_choice("image_preprocessing", self.image_preprocessing, ("hcic", "gaic"))
         if self.model_type == "GAIC-official" and self.backbone not in ("mobilenetv2", "shufflenetv2", "vgg16"):
-            raise ValueError(f"config option backbone={self.backbone!r}: GAIC-official has mobilenetv2, shufflenetv2 "
-                             "or vgg16")
+            raise ValueError(
+                f"config option backbone={self.backbone!r}: GAIC-official has mobilenetv2, shufflenetv2 or vgg16"
+            )
         check_choice("rank_loss_weighting", self.rank_loss_weighting, ("sign", "sin"))
         check_choice("selection", self.selection, ("val", "test"))
         check_choice("score_loss_over", self.score_loss_over, ("image", "batch"))
@@ -212,8 +246,15 @@ class Config:
             check_choice("loss_type", loss, LOSS_TYPES)
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"config option image_size={self.image_size} must be two sizes >= 32")
-        for name in ("reduced_dim", "batch_size", "max_epoch", "eval_freq", "images_per_step", "display_freq",
-                     "visualize_freq"):
+        for name in (
+            "reduced_dim",
+            "batch_size",
+            "max_epoch",
+            "eval_freq",
+            "images_per_step",
+            "display_freq",
+            "visualize_freq",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name}={getattr(self, name)} must be >= 1")
         for name in ("warmup_epochs", "checkpoint_steps", "num_workers", "gpu_id", "view_per_image"):
@@ -229,8 +270,9 @@ class Config:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"config option weight_decay={self.weight_decay} must be >= 0")
         if self.batch_size % self.images_per_step:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of "
-                             f"images_per_step={self.images_per_step}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of images_per_step={self.images_per_step}"
+            )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"config option val_fraction={self.val_fraction} must be between 0 and 1")
         if self.only_content_preserve and not self.use_content_preserve:
@@ -274,20 +316,50 @@ class Config:
 
 
 # Options only training reads: scripts that load a trained model do not offer them.
-TRAINING_OPTIONS = ("loss_type", "score_loss_over", "normalize_scores", "rank_loss_weighting", "seed", "deterministic",
-                    "only_human", "data_augmentation", "train_in_eval_mode", "visualize_partition_feature",
-                    "content_loss_weight",
-                    "visualize_heat_map", "batch_size", "lr_scheduler", "warmup_epochs", "max_epoch", "lr_decay_epoch",
-                    "eval_freq", "selection", "val_fraction", "checkpoint_steps", "view_per_image", "lr", "lr_decay",
-                    "weight_decay", "save_freq", "display_freq", "visualize_freq", "exp_root", "exp_name")
+TRAINING_OPTIONS = (
+    "loss_type",
+    "score_loss_over",
+    "normalize_scores",
+    "rank_loss_weighting",
+    "seed",
+    "deterministic",
+    "only_human",
+    "data_augmentation",
+    "train_in_eval_mode",
+    "visualize_partition_feature",
+    "content_loss_weight",
+    "visualize_heat_map",
+    "batch_size",
+    "lr_scheduler",
+    "warmup_epochs",
+    "max_epoch",
+    "lr_decay_epoch",
+    "eval_freq",
+    "selection",
+    "val_fraction",
+    "checkpoint_steps",
+    "view_per_image",
+    "lr",
+    "lr_decay",
+    "weight_decay",
+    "save_freq",
+    "display_freq",
+    "visualize_freq",
+    "exp_root",
+    "exp_name",
+)
 
 # The paper's ablation rows: --preset NAME of the training scripts sets these options.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("the paper's model: partition-aware (9 parts, with person) + content-preserving (gcn)", {}),
-    "GAIC": ("GAIC baseline: multi-scale features, RoI+RoD, three-layer conv head",
-             {"model_type": "GAIC", "use_partition_aware": False, "use_content_preserve": False}),
-    "baseline": ("our model without partition-aware and content-preserving features",
-                 {"use_partition_aware": False, "use_content_preserve": False}),
+    "GAIC": (
+        "GAIC baseline: multi-scale features, RoI+RoD, three-layer conv head",
+        {"model_type": "GAIC", "use_partition_aware": False, "use_content_preserve": False},
+    ),
+    "baseline": (
+        "our model without partition-aware and content-preserving features",
+        {"use_partition_aware": False, "use_content_preserve": False},
+    ),
     "PA": ("+ partition-aware only", {"use_content_preserve": False}),
     "CP": ("+ content-preserving only", {"use_partition_aware": False}),
     "PA-0part": ("partition type 0: the nine features averaged", {"partition_aware_type": 0}),
@@ -303,15 +375,27 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "loss-WL1-Rank": ("score loss: score-weighted smooth-L1 + rank", {"loss_type": ["WeightedL1Loss", "RankLoss"]}),
     "loss-L1-LVR": ("score loss: smooth-L1 + listwise view ranking", {"loss_type": ["L1Loss", "LVRLoss"]}),
     "loss-LVR": ("score loss: listwise view ranking only", {"loss_type": ["LVRLoss"]}),
-    "GAIC-official": ("GAIC's release recipe: its model (mobilenetv2, reduced_dim 8), cv2 preprocessing and "
-                      "photometric augmentation, smooth-L1 on (MOS - 2.95) / 0.8, Adam without weight decay at a "
-                      "constant lr 1e-4, 80 epochs of 64 views, the whole model in eval mode as its net.eval() "
-                      "(BatchNorm statistics frozen, no dropout; needs --backbone_weight_path: its ImageNet file)",
-                      {"model_type": "GAIC-official", "backbone": "mobilenetv2", "reduced_dim": 8,
-                       "image_preprocessing": "gaic", "loss_type": ["L1Loss"], "normalize_scores": True,
-                       "weight_decay": 0.0, "lr_scheduler": "constant", "use_partition_aware": False,
-                       "use_content_preserve": False, "keep_aspect_ratio": True, "image_size": (256, 256),
-                       "train_in_eval_mode": True}),
+    "GAIC-official": (
+        "GAIC's release recipe: its model (mobilenetv2, reduced_dim 8), cv2 preprocessing and "
+        "photometric augmentation, smooth-L1 on (MOS - 2.95) / 0.8, Adam without weight decay at a "
+        "constant lr 1e-4, 80 epochs of 64 views, the whole model in eval mode as its net.eval() "
+        "(BatchNorm statistics frozen, no dropout; needs --backbone_weight_path: its ImageNet file)",
+        {
+            "model_type": "GAIC-official",
+            "backbone": "mobilenetv2",
+            "reduced_dim": 8,
+            "image_preprocessing": "gaic",
+            "loss_type": ["L1Loss"],
+            "normalize_scores": True,
+            "weight_decay": 0.0,
+            "lr_scheduler": "constant",
+            "use_partition_aware": False,
+            "use_content_preserve": False,
+            "keep_aspect_ratio": True,
+            "image_size": (256, 256),
+            "train_in_eval_mode": True,
+        },
+    ),
 }
 
 cfg = Config()

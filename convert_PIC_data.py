@@ -8,6 +8,7 @@ Each subcommand checks its whole input first, with the loaders' own checks, and 
 in one error; it then writes a complete new folder or nothing, and replaces an existing one only
 with ``--overwrite``. Whatever it leaves out is listed on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ def report_left_out(count_text: str, names: Sequence[str]) -> None:
 # ratings: a CSV of per-annotator ratings -> our layout
 # ----------------------------------------------------------------------------------------------
 
+
 def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded (train, test) split of user ids; at least one of each when there are two or more users."""
     if not 0 <= test_fraction < 1:
@@ -103,17 +105,28 @@ def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[
             if problem:
                 problems.append(f"line {line}: {problem}")
     for user, user_rows in rows.items():
+
         def where(at: str, user: str = user) -> str:
             return f"{at}: annotator {user}"
-        check_rated_rows(RATINGS_CSV, {name: found for name, found in user_rows.items()
-                                       if image_dir is None or sizes[name] is not None},
-                         sizes, where, problems)
+
+        check_rated_rows(
+            RATINGS_CSV,
+            {name: found for name, found in user_rows.items() if image_dir is None or sizes[name] is not None},
+            sizes,
+            where,
+            problems,
+        )
     if problems:
         raise problems_error(f"ratings CSV {path}", problems)
     if not rows:
         raise DatasetError(f"ratings CSV {path} has no rows")
-    return {user: {name: {"bbox": [box for _, box, _ in found], "score": [score for _, _, score in found]}
-                   for name, found in user_rows.items()} for user, user_rows in rows.items()}
+    return {
+        user: {
+            name: {"bbox": [box for _, box, _ in found], "score": [score for _, _, score in found]}
+            for name, found in user_rows.items()
+        }
+        for user, user_rows in rows.items()
+    }
 
 
 def read_person_boxes(path: str, sizes: dict[str, tuple[int, int] | None]) -> dict[str, list[float]]:
@@ -130,9 +143,15 @@ def read_person_boxes(path: str, sizes: dict[str, tuple[int, int] | None]) -> di
     return {name: box.tolist() for name, box in boxes.items()}
 
 
-def convert_ratings_csv(csv_path: str, out_root: str, image_dir: str | None = None,
-                        human_boxes: str | None = None, test_fraction: float = 0.2, seed: int = 0,
-                        overwrite: bool = False) -> dict[str, Any]:
+def convert_ratings_csv(
+    csv_path: str,
+    out_root: str,
+    image_dir: str | None = None,
+    human_boxes: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write ``<out_root>/PIC`` from a ratings CSV; returns ``{"path", "train", "test"}``.
 
     Users are split into train/test with ``split_users(test_fraction, seed)``. With ``image_dir`` the
@@ -151,8 +170,11 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: str | None = No
             entry["bbox"] = [entry["bbox"][i] for i in order]
             entry["score"] = [entry["score"][i] for i in order]
     if image_dir is None:
-        print(f"note: no --images: the boxes of {csv_path} were not checked against the photos; put them in "
-              f"{os.path.join(pic_dir, 'images')} (the PIC scripts check them as they load)", file=sys.stderr)
+        print(
+            f"note: no --images: the boxes of {csv_path} were not checked against the photos; put them in "
+            f"{os.path.join(pic_dir, 'images')} (the PIC scripts check them as they load)",
+            file=sys.stderr,
+        )
 
     def write(folder: str) -> None:
         write_pic_annotations(folder, train, test, ratings, boxes)
@@ -168,6 +190,7 @@ def convert_ratings_csv(csv_path: str, out_root: str, image_dir: str | None = No
 # to-release and from-release: our layout <-> the release's CSV layout
 # ----------------------------------------------------------------------------------------------
 
+
 def _as_json_entry(annotation: Any) -> dict[str, list]:
     return {"bbox": annotation.boxes.tolist(), "score": annotation.scores.tolist()}
 
@@ -178,13 +201,24 @@ def _release_rows(data: PICData, user: str, names: Sequence[str]) -> dict[str, d
 
 def fractional_boxes(data: PICData) -> list[str]:
     """The crops the release cannot read: it parses each box corner with ``int()``."""
-    return [f"user {user}, image {name}: crop box {index} {box.tolist()}"
-            for user in data.users for name, entry in data.annotations[user].items()
-            for index, box in enumerate(entry.boxes) if not np.array_equal(box, np.round(box))]
+    return [
+        f"user {user}, image {name}: crop box {index} {box.tolist()}"
+        for user in data.users
+        for name, entry in data.annotations[user].items()
+        for index, box in enumerate(entry.boxes)
+        if not np.array_equal(box, np.round(box))
+    ]
 
 
-def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5, 10, 20), val_fraction: float = 0.2,
-                         test_fraction: float = 0.5, seed: int = 0, overwrite: bool = False) -> str:
+def write_release_layout(
+    data: PICData,
+    out_dir: str,
+    shots: Sequence[int] = (5, 10, 20),
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> str:
     """Write ``data`` (our layout) in the release's layout under ``out_dir``; returns ``out_dir``.
 
     Training users: ``prior/<user>_train.csv`` and ``_val.csv`` (``held_out_images(val_fraction,
@@ -196,21 +230,32 @@ def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5,
     """
     fractional = fractional_boxes(data)
     if fractional:
-        raise problems_error(f"PIC folder {data.root}: the release reads box corners as whole pixels (int()), "
-                             "round these boxes first", fractional)
-    splits = {n: {user: split_user_images(user, data.images_of(user), n, 0, test_fraction, seed,
-                                          options=("--shots", "--test-fraction"))
-                  for user in data.test_users} for n in shots}
+        raise problems_error(
+            f"PIC folder {data.root}: the release reads box corners as whole pixels (int()), round these boxes first",
+            fractional,
+        )
+    splits = {
+        n: {
+            user: split_user_images(
+                user, data.images_of(user), n, 0, test_fraction, seed, options=("--shots", "--test-fraction")
+            )
+            for user in data.test_users
+        }
+        for n in shots
+    }
     problems: list[str] = []
     our_pretrain_dir = os.path.join(data.root, PRETRAIN_FOLDER)
     our_pretrain = read_pretrain_folder(our_pretrain_dir, problems)
     if problems:
         raise problems_error(f"PIC folder {data.root}", problems)
-    in_files = {user: {name for by_user in splits.values() for name in by_user[user].support + by_user[user].test}
-                for user in data.test_users}
-    report_left_out("test users' images are in no file of the release's layout (beyond the largest N, kept for "
-                    "validation)", [f"{user}/{name}" for user in data.test_users for name in data.images_of(user)
-                                    if name not in in_files[user]])
+    in_files = {
+        user: {name for by_user in splits.values() for name in by_user[user].support + by_user[user].test}
+        for user in data.test_users
+    }
+    report_left_out(
+        "test users' images are in no file of the release's layout (beyond the largest N, kept for validation)",
+        [f"{user}/{name}" for user in data.test_users for name in data.images_of(user) if name not in in_files[user]],
+    )
     if data.human_boxes:
         report_left_out("person boxes are not carried (the release's layout has none)", sorted(data.human_boxes))
 
@@ -219,25 +264,36 @@ def write_release_layout(data: PICData, out_dir: str, shots: Sequence[int] = (5,
         copy_named_files(names, data.image_dir, os.path.join(folder, RELEASE_IMAGE_FOLDER))
         pretrain_dir = os.path.join(folder, RELEASE_PRETRAIN_FOLDER)
         if our_pretrain:
-            copy_named_files([os.path.relpath(path, our_pretrain_dir) for paths in our_pretrain.values()
-                              for path in paths], our_pretrain_dir, pretrain_dir)
+            copy_named_files(
+                [os.path.relpath(path, our_pretrain_dir) for paths in our_pretrain.values() for path in paths],
+                our_pretrain_dir,
+                pretrain_dir,
+            )
         prior_dir = os.path.join(folder, RELEASE_PRIOR_FOLDER)
         for user in data.train_users:
             held_out = set(held_out_images(data.images_of(user), val_fraction, seed))
             train = [name for name in data.images_of(user) if name not in held_out]
             write_release_csv(os.path.join(prior_dir, f"{user}_train.csv"), _release_rows(data, user, train))
-            write_release_csv(os.path.join(prior_dir, f"{user}_val.csv"),
-                              _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]))
+            write_release_csv(
+                os.path.join(prior_dir, f"{user}_val.csv"),
+                _release_rows(data, user, [n for n in data.images_of(user) if n in held_out]),
+            )
             if not our_pretrain:
-                copy_named_files(train, data.image_dir, os.path.join(pretrain_dir, user),
-                                 target_name=lambda name: name.replace("/", "_"))
+                copy_named_files(
+                    train,
+                    data.image_dir,
+                    os.path.join(pretrain_dir, user),
+                    target_name=lambda name: name.replace("/", "_"),
+                )
         for n, by_user in splits.items():
             shots_dir = os.path.join(folder, RELEASE_FINETUNE_FOLDER, str(n))
             for user, split in by_user.items():
-                write_release_csv(os.path.join(shots_dir, "train", f"{user}_train.csv"),
-                                  _release_rows(data, user, split.support))
-                write_release_csv(os.path.join(shots_dir, "val", f"{user}_val.csv"),
-                                  _release_rows(data, user, split.test))
+                write_release_csv(
+                    os.path.join(shots_dir, "train", f"{user}_train.csv"), _release_rows(data, user, split.support)
+                )
+                write_release_csv(
+                    os.path.join(shots_dir, "val", f"{user}_val.csv"), _release_rows(data, user, split.test)
+                )
 
     write_folder_atomic(out_dir, overwrite, write)
     return out_dir
@@ -264,10 +320,16 @@ def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False
     for user, ratings_files in files.items():
         ratings[user] = {}
         for name, crops in merged_crops(ratings_files).items():
-            problems += [f"user {user}, image {name}: crop {box} has different scores in the release's files "
-                         f"({sorted(set(scores))})" for box, scores in crops.values() if len(set(scores)) > 1]
-            ratings[user][name] = {"bbox": [box for box, _ in crops.values()],
-                                   "score": [scores[0] for _, scores in crops.values()]}
+            problems += [
+                f"user {user}, image {name}: crop {box} has different scores in the release's files "
+                f"({sorted(set(scores))})"
+                for box, scores in crops.values()
+                if len(set(scores)) > 1
+            ]
+            ratings[user][name] = {
+                "bbox": [box for box, _ in crops.values()],
+                "score": [scores[0] for _, scores in crops.values()],
+            }
     if problems:
         raise problems_error(f"release-layout PIC folder {release.root}", problems)
     names = sorted({name for user_ratings in ratings.values() for name in user_ratings})
@@ -275,10 +337,15 @@ def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False
     pretrain = [os.path.relpath(path, pretrain_dir) for paths in release.pretrain.values() for path in paths]
     report_left_out(f"files in {release.root} name no user's CSV and are not converted", release.ignored)
     named = set(names)
-    report_left_out(f"photos in {release.image_dir} are named by no CSV and are not copied",
-                    sorted(os.path.relpath(os.path.join(folder, entry), release.image_dir)
-                           for folder, _, entries in os.walk(release.image_dir) for entry in entries
-                           if os.path.relpath(os.path.join(folder, entry), release.image_dir) not in named))
+    report_left_out(
+        f"photos in {release.image_dir} are named by no CSV and are not copied",
+        sorted(
+            os.path.relpath(os.path.join(folder, entry), release.image_dir)
+            for folder, _, entries in os.walk(release.image_dir)
+            for entry in entries
+            if os.path.relpath(os.path.join(folder, entry), release.image_dir) not in named
+        ),
+    )
 
     def write(folder: str) -> None:
         copy_named_files(names, release.image_dir, os.path.join(folder, "images"))
@@ -296,79 +363,136 @@ def release_to_json(release: ReleaseData, out_root: str, overwrite: bool = False
 
 EXAMPLES = {
     "ratings": "  # per-annotator ratings (CSV columns annotator,image,x1,y1,x2,y2,score) -> ./dataset/PIC\n"
-               "  python convert_PIC_data.py ratings ratings.csv --out ./dataset --images ./photos\n",
+    "  python convert_PIC_data.py ratings ratings.csv --out ./dataset --images ./photos\n",
     "from-release": "  # the release's CSV layout -> ./dataset/PIC\n"
-                    "  python convert_PIC_data.py from-release ./PIC_release --out ./dataset\n",
+    "  python convert_PIC_data.py from-release ./PIC_release --out ./dataset\n",
     "to-release": "  # ./dataset/PIC -> ./dataset/PIC_release, with 5-, 10- and 20-shot fine-tuning splits\n"
-                  "  python convert_PIC_data.py to-release ./dataset --shots 5 10 20\n",
+    "  python convert_PIC_data.py to-release ./dataset --shots 5 10 20\n",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, epilog="examples:\n" + "".join(EXAMPLES.values()),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="examples:\n" + "".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     add_debug_option(common)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=summary, description=description,
-                                   epilog="example:\n" + EXAMPLES[name],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=description,
+            epilog="example:\n" + EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
-    ratings = add_command("ratings", "a ratings CSV -> DATA_ROOT/PIC", """\
+    ratings = add_command(
+        "ratings",
+        "a ratings CSV -> DATA_ROOT/PIC",
+        """\
 Per-annotator crop ratings -> our layout in DATA_ROOT/PIC. The CSV has the header
 annotator,image,x1,y1,x2,y2,score (extra columns ignored), UTF-8, one row per rated crop, boxes in
 pixels of the original image, checked as the PIC scripts check them (at least 10 distinct crops of
 an image per annotator; with --images, inside the photo). Image names are plain paths inside
 --images. Annotators become users, split into training and test users; each image's crops are
-written best first.""")
+written best first.""",
+    )
     ratings.add_argument("csv", help="the ratings CSV")
     ratings.add_argument("--out", required=True, metavar="DATA_ROOT", help="data root to write PIC/ into")
-    ratings.add_argument("--images", metavar="DIR",
-                         help="folder of the rated images, copied into PIC/images (default: copy them yourself)")
-    ratings.add_argument("--human-boxes", metavar="JSON", help="a human_bboxes.json ({image: [x1, y1, x2, y2]}) "
-                         "to copy")
-    ratings.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
-                         help="share of the annotators held out as test users (default: 0.2)")
-    ratings.add_argument("--seed", type=int, default=0, metavar="N",
-                         help="seed of the train/test split of users (default: 0)")
+    ratings.add_argument(
+        "--images",
+        metavar="DIR",
+        help="folder of the rated images, copied into PIC/images (default: copy them yourself)",
+    )
+    ratings.add_argument(
+        "--human-boxes", metavar="JSON", help="a human_bboxes.json ({image: [x1, y1, x2, y2]}) to copy"
+    )
+    ratings.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="share of the annotators held out as test users (default: 0.2)",
+    )
+    ratings.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the train/test split of users (default: 0)"
+    )
 
-    from_release = add_command("from-release", "the release's CSV layout -> DATA_ROOT/PIC", """\
+    from_release = add_command(
+        "from-release",
+        "the release's CSV layout -> DATA_ROOT/PIC",
+        """\
 A folder in the release's layout (prior/<user>_train.csv and _val.csv,
 finetune/<N>/train/<user>_train.csv and val/<user>_val.csv, images/, pretrain/<user>/) -> our
 layout in DATA_ROOT/PIC. The prior's users become training users, the fine-tuning users test users;
 each user's files are merged into one set (our layout keeps no splits); pretrain/ is copied to
-PIC/pretrain/.""")
+PIC/pretrain/.""",
+    )
     from_release.add_argument("release", metavar="RELEASE_DIR", help="the folder in the release's layout")
     from_release.add_argument("--out", required=True, metavar="DATA_ROOT", help="data root to write PIC/ into")
-    from_release.add_argument("--positions", type=int, metavar="N",
-                              help="require exactly N crops per image, as the official model's fixed views "
-                                   "(default: any number, at least 10)")
+    from_release.add_argument(
+        "--positions",
+        type=int,
+        metavar="N",
+        help="require exactly N crops per image, as the official model's fixed views "
+        "(default: any number, at least 10)",
+    )
 
-    to_release = add_command("to-release", "DATA_ROOT/PIC -> the release's CSV layout", """\
+    to_release = add_command(
+        "to-release",
+        "DATA_ROOT/PIC -> the release's CSV layout",
+        """\
 Our layout in DATA_ROOT/PIC -> the release's layout. Training users: prior/<user>_train.csv and
 _val.csv (--val-fraction of their images held out, as pre-training and the prior hold them out);
 pretrain/ is PIC/pretrain/ when there is one, else each training user's _train.csv images. Boxes
 must be whole pixels (the release reads them with int()). Test users: finetune/<N>/train/<user>_train.csv = N images to
 fine-tune on, finetune/<N>/val/<user>_val.csv = the held-out test images: the same for every N,
 and the same images finetune_PIC.py's embedding variant reports on. A test user's other images
-(beyond the largest N; at least one, kept for validation) are in no file.""")
+(beyond the largest N; at least one, kept for validation) are in no file.""",
+    )
     to_release.add_argument("data_root", metavar="DATA_ROOT", help="data root holding PIC/")
-    to_release.add_argument("--out", metavar="RELEASE_DIR",
-                            help="folder to write (default: DATA_ROOT/PIC_release, where the official variant reads)")
-    to_release.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20], metavar="N",
-                            help="the fine-tuning set sizes N (default: 5 10 20)")
-    to_release.add_argument("--val-fraction", type=float, default=config_PIC.Config.val_fraction, metavar="F",
-                            help="share of a training user's images in _val.csv (default: the config's "
-                                 f"val_fraction, {config_PIC.Config.val_fraction})")
-    to_release.add_argument("--test-fraction", type=float, default=config_PIC.Config.user_test_fraction,
-                            metavar="F",
-                            help="share of a test user's images held out for testing (default: the config's "
-                                 f"user_test_fraction, {config_PIC.Config.user_test_fraction})")
-    to_release.add_argument("--seed", type=int, default=config_PIC.Config.seed, metavar="N",
-                            help=f"seed of the splits (default: the config's seed, {config_PIC.Config.seed})")
+    to_release.add_argument(
+        "--out",
+        metavar="RELEASE_DIR",
+        help="folder to write (default: DATA_ROOT/PIC_release, where the official variant reads)",
+    )
+    to_release.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=[5, 10, 20],
+        metavar="N",
+        help="the fine-tuning set sizes N (default: 5 10 20)",
+    )
+    to_release.add_argument(
+        "--val-fraction",
+        type=float,
+        default=config_PIC.Config.val_fraction,
+        metavar="F",
+        help="share of a training user's images in _val.csv (default: the config's "
+        f"val_fraction, {config_PIC.Config.val_fraction})",
+    )
+    to_release.add_argument(
+        "--test-fraction",
+        type=float,
+        default=config_PIC.Config.user_test_fraction,
+        metavar="F",
+        help="share of a test user's images held out for testing (default: the config's "
+        f"user_test_fraction, {config_PIC.Config.user_test_fraction})",
+    )
+    to_release.add_argument(
+        "--seed",
+        type=int,
+        default=config_PIC.Config.seed,
+        metavar="N",
+        help=f"seed of the splits (default: the config's seed, {config_PIC.Config.seed})",
+    )
     return add_option_aliases(parser)
 
 
@@ -376,8 +500,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ratings":
-        summary = convert_ratings_csv(args.csv, args.out, args.images, args.human_boxes, args.test_fraction,
-                                      args.seed, args.overwrite)
+        summary = convert_ratings_csv(
+            args.csv, args.out, args.images, args.human_boxes, args.test_fraction, args.seed, args.overwrite
+        )
         print(f"wrote {summary['path']}: {len(summary['train'])} training users, {len(summary['test'])} test users")
         return summary
     if args.command == "from-release":
@@ -385,8 +510,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"--positions must be >= 1, got {args.positions}")
         release = load_release_layout(args.release, args.positions, "--positions")
         path = release_to_json(release, args.out, args.overwrite)
-        print(f"wrote {path}: {len(release.train_users)} training users, "
-              f"{len({user for by_user in release.finetune.values() for user in by_user})} fine-tuning users")
+        print(
+            f"wrote {path}: {len(release.train_users)} training users, "
+            f"{len({user for by_user in release.finetune.values() for user in by_user})} fine-tuning users"
+        )
         return {"path": path}
     if min(args.shots) < 1:
         parser.error(f"--shots must be >= 1, got {args.shots}")
@@ -396,10 +523,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = config_PIC.Config(data_root=args.data_root)
     data = load_pic_data(cfg)
     out_dir = args.out or config_path(cfg.PIC_release, "PIC_release")
-    write_release_layout(data, out_dir, sorted(set(args.shots)), args.val_fraction, args.test_fraction, args.seed,
-                         args.overwrite)
-    print(f"wrote {out_dir}: {len(data.train_users)} training users, {len(data.test_users)} test users with "
-          f"{', '.join(map(str, sorted(set(args.shots))))}-shot splits")
+    write_release_layout(
+        data, out_dir, sorted(set(args.shots)), args.val_fraction, args.test_fraction, args.seed, args.overwrite
+    )
+    print(
+        f"wrote {out_dir}: {len(data.train_users)} training users, {len(data.test_users)} test users with "
+        f"{', '.join(map(str, sorted(set(args.shots))))}-shot splits"
+    )
     return {"path": out_dir}
 
 

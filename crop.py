@@ -1,6 +1,7 @@
 """crop.py: crop your own photos with any checkpoint ``cropping_model.load_crop_model`` knows; the
 command line over the crop library (``untils.cropper``). README.md ("Crop your own photos") is its manual.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,8 @@ NO_CHECKPOINT_MESSAGE = (
     "    python train_on_GAICD.py --demo (generated data, on the CPU; writes\n"
     "    demo_runs/experiments/demo/checkpoints/best-srcc.pth);\n"
     "  * or use the official release's checkpoint (a bare state_dict): our loader, as test.py's, accepts it.\n"
-    "To try the tool without one, add --allow-untrained: a random-weight model whose crops mean nothing.")
+    "To try the tool without one, add --allow-untrained: a random-weight model whose crops mean nothing."
+)
 
 
 class MissingCheckpointError(RuntimeError):
@@ -77,11 +79,20 @@ class Cropper(crop_library.Cropper):
     more than tensors and plain data (unsafe). The other options are the library Cropper's.
     """
 
-    def __init__(self, checkpoint: str | None = None, device: str = "auto", *,
-                 detector: PersonDetector | None = None, allow_untrained: bool = False,
-                 backbone: str = "vgg16", user: str | None = None, precision: str = "fp32",
-                 channels_last: bool = False, trust_checkpoint: bool = False,
-                 channel_order: str | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        device: str = "auto",
+        *,
+        detector: PersonDetector | None = None,
+        allow_untrained: bool = False,
+        backbone: str = "vgg16",
+        user: str | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        trust_checkpoint: bool = False,
+        channel_order: str | None = None,
+    ) -> None:
         target = resolve_device(device)
         if checkpoint is None:
             if not allow_untrained:
@@ -93,13 +104,21 @@ class Cropper(crop_library.Cropper):
                 model = load_crop_model(content, target, channel_order=channel_order)
             except CheckpointError as error:
                 raise CheckpointError(f"{checkpoint}: {error}") from None
-        super().__init__(model, checkpoint=checkpoint, untrained=checkpoint is None, detector=detector, user=user,
-                         precision=precision, channels_last=channels_last)
+        super().__init__(
+            model,
+            checkpoint=checkpoint,
+            untrained=checkpoint is None,
+            detector=detector,
+            user=user,
+            precision=precision,
+            channels_last=channels_last,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
+
 
 def _aspect_argument(text: str) -> str:
     try:
@@ -124,68 +143,127 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", nargs="+", metavar="PHOTO_OR_FOLDER", help="photos, or folders of photos")
     parser.add_argument("--checkpoint", help="trained model: ours (train_on_GAICD.py) or the official release's")
-    parser.add_argument("--user", metavar="ID", help="score crops the way this user likes: needs a personalized "
-                        "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth, the only "
-                        "choice for the official variant)")
-    parser.add_argument("--aspect-ratio", nargs="+", default=["any"], type=_aspect_argument, metavar="RATIO",
-                        help="one or more of: any (the GAIC grid), W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; "
-                        "all ranked from one pass over each photo, reported in that order; an official PIC "
-                        "checkpoint takes only any (its fixed views)")
+    parser.add_argument(
+        "--user",
+        metavar="ID",
+        help="score crops the way this user likes: needs a personalized "
+        "checkpoint (prior_PIC.py: its training users; finetune_PIC.py: users/ID.pth, the only "
+        "choice for the official variant)",
+    )
+    parser.add_argument(
+        "--aspect-ratio",
+        nargs="+",
+        default=["any"],
+        type=_aspect_argument,
+        metavar="RATIO",
+        help="one or more of: any (the GAIC grid), W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; "
+        "all ranked from one pass over each photo, reported in that order; an official PIC "
+        "checkpoint takes only any (its fixed views)",
+    )
     parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo and ratio (default 3)")
-    parser.add_argument("--keep-person", action="store_true",
-                        help="rank only crops that contain the person's whole box (and every detected face); a "
-                        "ratio where none does says so in the JSON instead of cutting the person")
-    parser.add_argument("--xmp", action="store_true",
-                        help="also write NAME.xmp: the first ratio's best crop as Camera Raw crop settings "
-                        "(Lightroom, darktable), the original photo untouched")
+    parser.add_argument(
+        "--keep-person",
+        action="store_true",
+        help="rank only crops that contain the person's whole box (and every detected face); a "
+        "ratio where none does says so in the JSON instead of cutting the person",
+    )
+    parser.add_argument(
+        "--xmp",
+        action="store_true",
+        help="also write NAME.xmp: the first ratio's best crop as Camera Raw crop settings "
+        "(Lightroom, darktable), the original photo untouched",
+    )
     parser.add_argument("--no-pixels", action="store_true", help="write only the JSON (and --xmp sidecars), no crops")
-    parser.add_argument("--shard", metavar="I/N",
-                        help="crop only share I (0 to N-1) of the sorted photos, for N processes or machines; "
-                        "under torchrun RANK/WORLD_SIZE give it (and LOCAL_RANK the GPU)")
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="crop only share I (0 to N-1) of the sorted photos, for N processes or machines; "
+        "under torchrun RANK/WORLD_SIZE give it (and LOCAL_RANK the GPU)",
+    )
     person = parser.add_mutually_exclusive_group()
-    person.add_argument("--human-box", type=_box_argument, metavar="X1,Y1,X2,Y2",
-                        help="the person, in pixels of the upright photo (for every photo given)")
+    person.add_argument(
+        "--human-box",
+        type=_box_argument,
+        metavar="X1,Y1,X2,Y2",
+        help="the person, in pixels of the upright photo (for every photo given)",
+    )
     person.add_argument("--human-boxes", metavar="JSON", help="a JSON file {file name or stem: [x1, y1, x2, y2]}")
     person.add_argument("--detect-human", action="store_true", help="find the person (see above)")
-    parser.add_argument("--detector-weights", metavar="PATH",
-                        help="with --detect-human: a torchvision detection model's state_dict file, used offline "
-                        "(default: torchvision's COCO weights for --detector-arch, downloaded once into torch's hub "
-                        "cache)")
-    parser.add_argument("--detector-arch", default=DEFAULT_TORCHVISION_ARCH, choices=TORCHVISION_ARCHS,
-                        help="the torchvision person detector (default %(default)s)")
-    parser.add_argument("--no-download", action="store_true",
-                        help="with --detect-human: never download detector weights; without them in torch's hub "
-                        "cache, use the offline HOG/face detectors")
+    parser.add_argument(
+        "--detector-weights",
+        metavar="PATH",
+        help="with --detect-human: a torchvision detection model's state_dict file, used offline "
+        "(default: torchvision's COCO weights for --detector-arch, downloaded once into torch's hub "
+        "cache)",
+    )
+    parser.add_argument(
+        "--detector-arch",
+        default=DEFAULT_TORCHVISION_ARCH,
+        choices=TORCHVISION_ARCHS,
+        help="the torchvision person detector (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="with --detect-human: never download detector weights; without them in torch's hub "
+        "cache, use the offline HOG/face detectors",
+    )
     parser.add_argument("--out", default="crops", help="output folder (default crops/)")
     parser.add_argument("--visualize", action="store_true", help="also write NAME_visualization.png")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--photos-per-batch", type=int, default=4, help="photos scored together (default 4)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="forward pass in fp32 (default), or autocast to bf16/fp16: faster on GPUs and on "
-                        "CPUs with AVX512-BF16/AMX; the ranking can change where scores are within rounding")
-    parser.add_argument("--channels-last", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                        help="channels-last convolutions (faster on GPUs and with oneDNN on CPUs); "
-                        "alone or with true/false")
-    parser.add_argument("--num-workers", type=int, default=default_workers(limit=2),
-                        help="DataLoader workers decoding photos (0: in this process; default: the free CPUs "
-                        "but one, at most 2)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="forward pass in fp32 (default), or autocast to bf16/fp16: faster on GPUs and on "
+        "CPUs with AVX512-BF16/AMX; the ranking can change where scores are within rounding",
+    )
+    parser.add_argument(
+        "--channels-last",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="channels-last convolutions (faster on GPUs and with oneDNN on CPUs); alone or with true/false",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_workers(limit=2),
+        help="DataLoader workers decoding photos (0: in this process; default: the free CPUs but one, at most 2)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="photos with more pixels are refused undecoded, like unreadable ones (default "
-                        f"{DEFAULT_MAX_PIXELS:,}, Pillow's decompression-bomb limit)")
-    parser.add_argument("--allow-untrained", action="store_true",
-                        help="without --checkpoint, use a random-weight model (its crops mean nothing)")
-    parser.add_argument("--untrained-backbone", default="vgg16", choices=BACKBONES,
-                        help="backbone of the --allow-untrained model")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
-                        "can run code; only for files you made yourself with an older version)")
-    parser.add_argument("--channel-order", choices=("rgb", "bgr"),
-                        help="channel order the model sees (default: the model's own: bgr for PIC's release files, "
-                        "whose release trained on cv2's BGR photos; rgb otherwise)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="photos with more pixels are refused undecoded, like unreadable ones (default "
+        f"{DEFAULT_MAX_PIXELS:,}, Pillow's decompression-bomb limit)",
+    )
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="without --checkpoint, use a random-weight model (its crops mean nothing)",
+    )
+    parser.add_argument(
+        "--untrained-backbone", default="vgg16", choices=BACKBONES, help="backbone of the --allow-untrained model"
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint that holds more than tensors and plain data (UNSAFE: such a file "
+        "can run code; only for files you made yourself with an older version)",
+    )
+    parser.add_argument(
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        help="channel order the model sees (default: the model's own: bgr for PIC's release files, "
+        "whose release trained on cv2's BGR photos; rgb otherwise)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    return add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch",
-                                                       "--workers": "--num-workers"})
+    return add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch", "--workers": "--num-workers"})
 
 
 def shard_of(text: str | None, environ: Mapping[str, str]) -> tuple[int, int]:
@@ -211,7 +289,7 @@ def shard_of(text: str | None, environ: Mapping[str, str]) -> tuple[int, int]:
 
 def shard_photos(photos: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
     """Shard I of N of the photos sorted by path: every I-th of N, so N shards cover them once."""
-    return sorted(photos, key=str)[shard[0]::shard[1]]
+    return sorted(photos, key=str)[shard[0] :: shard[1]]
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -263,12 +341,23 @@ def _run(args: argparse.Namespace) -> int:
         file_boxes = read_human_boxes_file(args.human_boxes) if args.human_boxes else None
         with warnings.catch_warnings(record=True) as caught:  # said below, as notes
             warnings.simplefilter("default")
-            detector = (build_person_detector(args.detector_weights, args.detector_arch,
-                                              allow_download=not args.no_download) if args.detect_human else None)
-            cropper = Cropper(args.checkpoint, args.device, detector=detector, allow_untrained=args.allow_untrained,
-                              backbone=args.untrained_backbone, user=args.user, precision=args.precision,
-                              channels_last=args.channels_last, trust_checkpoint=args.trust_checkpoint,
-                              channel_order=args.channel_order)
+            detector = (
+                build_person_detector(args.detector_weights, args.detector_arch, allow_download=not args.no_download)
+                if args.detect_human
+                else None
+            )
+            cropper = Cropper(
+                args.checkpoint,
+                args.device,
+                detector=detector,
+                allow_untrained=args.allow_untrained,
+                backbone=args.untrained_backbone,
+                user=args.user,
+                precision=args.precision,
+                channels_last=args.channels_last,
+                trust_checkpoint=args.trust_checkpoint,
+                channel_order=args.channel_order,
+            )
         for text, _ in ratios:
             cropper.candidates(text)  # a ratio its candidates cannot give fails here, not per photo
     except (ValueError, RuntimeError) as error:  # bad file, checkpoint (CheckpointError), detector, device
@@ -292,40 +381,70 @@ def _run(args: argparse.Namespace) -> int:
         return _error(str(error))
 
 
-def _crop(args: argparse.Namespace, cropper: Cropper, photos: list[Path], inputs: list[Path], failures: list[str],
-          file_boxes: dict | None, ratios: list[tuple[str, float | None]], shard: tuple[int, int]) -> int:
+def _crop(
+    args: argparse.Namespace,
+    cropper: Cropper,
+    photos: list[Path],
+    inputs: list[Path],
+    failures: list[str],
+    file_boxes: dict | None,
+    ratios: list[tuple[str, float | None]],
+    shard: tuple[int, int],
+) -> int:
     out_dir = Path(args.out)
     tags = [ratio_tag(text) for text, _ in ratios]
-    plan = plan_outputs(photos, out_dir, tags, args.top_k, args.visualize, args.overwrite, args.max_pixels,
-                        pixels=not args.no_pixels, xmp=args.xmp, inputs=inputs)
+    plan = plan_outputs(
+        photos,
+        out_dir,
+        tags,
+        args.top_k,
+        args.visualize,
+        args.overwrite,
+        args.max_pixels,
+        pixels=not args.no_pixels,
+        xmp=args.xmp,
+        inputs=inputs,
+    )
     failures, todo = failures + plan.failures, list(plan.todo)
-    boxes = [file_boxes.get(p.name, file_boxes.get(p.stem)) if file_boxes is not None else args.human_box
-             for p in todo]
+    boxes = [file_boxes.get(p.name, file_boxes.get(p.stem)) if file_boxes is not None else args.human_box for p in todo]
     for message in plan.skipped:
         print(f"skipped {message}", file=sys.stderr)
     source = "file" if file_boxes is not None else "given"
     if file_boxes is not None:
         missing = [p.name for p, box in zip(todo, boxes, strict=True) if box is None]
         if missing:
-            print(f"{args.human_boxes} has no box for {len(missing)} photo(s) ({', '.join(missing[:5])}): "
-                  "cropped without a person", file=sys.stderr)
+            print(
+                f"{args.human_boxes} has no box for {len(missing)} photo(s) ({', '.join(missing[:5])}): "
+                "cropped without a person",
+                file=sys.stderr,
+            )
 
     cropped = 0
     with tqdm(total=len(todo), unit="photo", desc="cropping", file=sys.stderr) as progress:
-        for result in cropper.rank_many([str(p) for p in todo], boxes, [text for text, _ in ratios],
-                                        keep_person=args.keep_person, human_source=source,
-                                        batch_size=args.photos_per_batch, num_workers=args.num_workers,
-                                        max_pixels=args.max_pixels):
+        for result in cropper.rank_many(
+            [str(p) for p in todo],
+            boxes,
+            [text for text, _ in ratios],
+            keep_person=args.keep_person,
+            human_source=source,
+            batch_size=args.photos_per_batch,
+            num_workers=args.num_workers,
+            max_pixels=args.max_pixels,
+        ):
             photo = todo[result.index]
             progress.update(1)
             try:
                 if isinstance(result, PhotoFailure):
                     raise PhotoError(result.message)
-                write_outputs(result, photo, plan.todo[photo], cropper, args.top_k, args.max_pixels,
-                              plan.stale.get(photo, []))
+                write_outputs(
+                    result, photo, plan.todo[photo], cropper, args.top_k, args.max_pixels, plan.stale.get(photo, [])
+                )
             except (OSError, PhotoError) as error:
-                message = (str(error) if isinstance(error, (PhotoError, OutputWriteError))
-                           else f"could not write its outputs ({error})")
+                message = (
+                    str(error)
+                    if isinstance(error, (PhotoError, OutputWriteError))
+                    else f"could not write its outputs ({error})"
+                )
                 failures.append(f"{photo}: {message}")
                 progress.write(f"failed {photo}: {message}", file=sys.stderr)
                 continue
@@ -334,8 +453,11 @@ def _crop(args: argparse.Namespace, cropper: Cropper, photos: list[Path], inputs
                 found = "no person found" if result.person.box is None else f"person at {list(result.person.box)}"
                 progress.write(f"{photo.name}: {found}", file=sys.stderr)
     who = f"shard {shard[0]}/{shard[1]} (pid {os.getpid()}): " if shard[1] > 1 else ""
-    print(f"{who}{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
-          f"{len(failures)} failed", file=sys.stderr)
+    print(
+        f"{who}{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
+        f"{len(failures)} failed",
+        file=sys.stderr,
+    )
     for failure in failures:
         print(f"  failed: {failure}", file=sys.stderr)
     return 1 if failures else 0

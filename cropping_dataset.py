@@ -19,6 +19,7 @@ on them is the same loop as on GAICD: score every crop, pick the best.
 Everything a dataset needs is checked at construction, and every missing file or bad
 annotation is reported in one error.
 """
+
 from __future__ import annotations
 
 import functools
@@ -106,6 +107,7 @@ def first_non_float32(values: np.ndarray) -> float | None:
 @dataclass
 class CropAnnotation:
     """Candidate crops (N, 4) in original pixels (float64) and their scores (N,)."""
+
     boxes: np.ndarray
     scores: np.ndarray
 
@@ -188,9 +190,11 @@ def gaicd_image_names(cfg: Config, split: str, only_human: bool) -> list[str]:
             return list(read_human_boxes(cfg.GAIC_human))
         return _names_from_split(cfg.GAIC_human_split, split, "GAICD human-centric split file")
     if split == "all":
-        return unique_names(_names_from_split(cfg.GAIC_split, "test", "GAICD split file")
-                            + _names_from_split(cfg.GAIC_split, "train", "GAICD split file"),
-                            f"GAICD split file {cfg.GAIC_split} (train and test together)")
+        return unique_names(
+            _names_from_split(cfg.GAIC_split, "test", "GAICD split file")
+            + _names_from_split(cfg.GAIC_split, "train", "GAICD split file"),
+            f"GAICD split file {cfg.GAIC_split} (train and test together)",
+        )
     return _names_from_split(cfg.GAIC_split, split, "GAICD split file")
 
 
@@ -216,8 +220,11 @@ def flms_image_names(cfg: Config, only_human: bool) -> list[str]:
 
 def gaicd_image_path(image_dir: str, name: str) -> str | None:
     """Where a GAICD image is: flat ``images/`` or the download's ``images/train|test/``."""
-    for candidate in (resolve_inside(image_dir, name), resolve_inside(os.path.join(image_dir, "train"), name),
-                      resolve_inside(os.path.join(image_dir, "test"), name)):
+    for candidate in (
+        resolve_inside(image_dir, name),
+        resolve_inside(os.path.join(image_dir, "train"), name),
+        resolve_inside(os.path.join(image_dir, "test"), name),
+    ):
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -242,8 +249,14 @@ def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndar
     far = (x1 < -slack_w) | (y1 < -slack_h) | (x2 > width + slack_w) | (y2 > height + slack_h)
     if far.any():
         index = int(np.argmax(far))
-        return boxes, False, (f"box {index} {boxes[index].tolist()} lies more than {CLIP_TOLERANCE:.0%} "
-                              f"outside the {width}x{height} image")
+        return (
+            boxes,
+            False,
+            (
+                f"box {index} {boxes[index].tolist()} lies more than {CLIP_TOLERANCE:.0%} "
+                f"outside the {width}x{height} image"
+            ),
+        )
     outside = (x1 < 0) | (y1 < 0) | (x2 > width) | (y2 > height)
     if outside.any():
         return clip_boxes(boxes, width, height), True, None
@@ -262,8 +275,14 @@ class CroppingDataset(Dataset):
 
     title = "dataset"
 
-    def __init__(self, cfg: Config, names: list[str], image_paths: list[str | None],
-                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        names: list[str],
+        image_paths: list[str | None],
+        human_boxes: dict[str, np.ndarray],
+        keep_aspect_ratio: bool,
+    ) -> None:
         self.cfg = cfg
         self.image_size = (cfg.image_size[0], cfg.image_size[1])
         self.keep_aspect_ratio = keep_aspect_ratio
@@ -284,13 +303,17 @@ class CroppingDataset(Dataset):
             self._read_sizes.append(self._read_header(name, path))
         if missing:
             self.names = [name for name in self.names if name not in set(missing)]
-            print(f"{self.title}: {len(missing)} of {len(missing) + len(self.names)} images are not there and "
-                  f"were skipped (--skip_missing); using {len(self.names)}", flush=True)
+            print(
+                f"{self.title}: {len(missing)} of {len(missing) + len(self.names)} images are not there and "
+                f"were skipped (--skip_missing); using {len(self.names)}",
+                flush=True,
+            )
         self.skipped = len(missing)
         for name, size in zip(self.names, self._read_sizes, strict=True):
             box = human_boxes.get(name)
-            self.human_boxes.append(None if box is None or size is None
-                                    else self._checked(name, "person", box.reshape(1, 4), size))
+            self.human_boxes.append(
+                None if box is None or size is None else self._checked(name, "person", box.reshape(1, 4), size)
+            )
 
     def _read_header(self, name: str, path: str | None) -> tuple[int, int] | None:
         """The image's size, after decoding it once (JPEGs at 1/8 scale: fast, and truncation still shows)."""
@@ -324,11 +347,15 @@ class CroppingDataset(Dataset):
             raise error
         self.original_sizes = [size for size in self._read_sizes if size is not None]  # all: no problems
         if self._clipped_names:
-            warnings.warn(f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
-                          f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
-                          f"(first: {self._clipped_names[0]})", stacklevel=3)
-        self.resized_sizes = [resized_size(w, h, self.image_size, self.keep_aspect_ratio)
-                              for w, h in self.original_sizes]
+            warnings.warn(
+                f"{self.title}: boxes of {len(self._clipped_names)} image(s) ran up to "
+                f"{CLIP_TOLERANCE:.0%} outside the image and were clipped "
+                f"(first: {self._clipped_names[0]})",
+                stacklevel=3,
+            )
+        self.resized_sizes = [
+            resized_size(w, h, self.image_size, self.keep_aspect_ratio) for w, h in self.original_sizes
+        ]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -348,9 +375,11 @@ class CroppingDataset(Dataset):
         except (OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{self.title}: cannot decode image {path}: {error}") from error
         if image.size != self.original_sizes[index]:
-            raise DatasetError(f"{self.title}: image {path} is {image.size[0]}x{image.size[1]} now, "
-                               f"{self.original_sizes[index][0]}x{self.original_sizes[index][1]} when the "
-                               "dataset was built")
+            raise DatasetError(
+                f"{self.title}: image {path} is {image.size[0]}x{image.size[1]} now, "
+                f"{self.original_sizes[index][0]}x{self.original_sizes[index][1]} when the "
+                "dataset was built"
+            )
         return image
 
     def _image_tensor(self, index: int, flipped: bool = False, augment: bool = False) -> torch.Tensor:
@@ -390,8 +419,9 @@ class CroppingDataset(Dataset):
         (width, height), (resized_w, resized_h) = self.original_sizes[index], self.resized_sizes[index]
         return resized_w / width, resized_h / height
 
-    def _common_item(self, index: int, image: torch.Tensor, crop_box: np.ndarray | torch.Tensor,
-                     human_box: np.ndarray, flipped: bool) -> dict[str, Any]:
+    def _common_item(
+        self, index: int, image: torch.Tensor, crop_box: np.ndarray | torch.Tensor, human_box: np.ndarray, flipped: bool
+    ) -> dict[str, Any]:
         resized_w, resized_h = self.resized_sizes[index]
         width, height = self.original_sizes[index]
         crop_tensor = torch.as_tensor(crop_box, dtype=torch.float32)
@@ -413,10 +443,18 @@ class CroppingDataset(Dataset):
 class ScoredCropDataset(CroppingDataset):
     """GAICD and CPC: scored candidate crops, pseudo heat maps, training augmentation."""
 
-    def __init__(self, cfg: Config, names: list[str], image_paths: list[str | None],
-                 annotations: dict[str, CropAnnotation], human_boxes: dict[str, np.ndarray],
-                 heat_map_dir: str, require_heat_maps: bool, keep_aspect_ratio: bool,
-                 augment: bool) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        names: list[str],
+        image_paths: list[str | None],
+        annotations: dict[str, CropAnnotation],
+        human_boxes: dict[str, np.ndarray],
+        heat_map_dir: str,
+        require_heat_maps: bool,
+        keep_aspect_ratio: bool,
+        augment: bool,
+    ) -> None:
         super().__init__(cfg, names, image_paths, human_boxes, keep_aspect_ratio)
         self.score_mean, self.score_std = score_statistics(annotations)
         self.augment = augment
@@ -492,20 +530,31 @@ class GAICDataset(ScoredCropDataset):
     and optional otherwise.
     """
 
-    def __init__(self, cfg: Config, split: str = "train", only_human_images: bool = False,
-                 keep_aspect_ratio: bool = True, augment: bool | None = None,
-                 require_heat_maps: bool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        split: str = "train",
+        only_human_images: bool = False,
+        keep_aspect_ratio: bool = True,
+        augment: bool | None = None,
+        require_heat_maps: bool | None = None,
+    ) -> None:
         self.split = split
         self.title = f"GAICD {split} split" + (" (human-centric)" if only_human_images else "")
         names = gaicd_image_names(cfg, split, only_human_images)
         if not os.path.isdir(cfg.GAIC_image):
             raise FileNotFoundError(f"GAICD image folder not found: {cfg.GAIC_image}")
         super().__init__(
-            cfg, names, [gaicd_image_path(cfg.GAIC_image, name) for name in names],
-            read_crop_annotations(cfg.GAIC_anno, "bbox", "score"), read_human_boxes(cfg.GAIC_human),
+            cfg,
+            names,
+            [gaicd_image_path(cfg.GAIC_image, name) for name in names],
+            read_crop_annotations(cfg.GAIC_anno, "bbox", "score"),
+            read_human_boxes(cfg.GAIC_human),
             cfg.GAIC_heat_map,
             split == "train" and cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
-            keep_aspect_ratio, cfg.data_augmentation and split == "train" if augment is None else augment)
+            keep_aspect_ratio,
+            cfg.data_augmentation and split == "train" if augment is None else augment,
+        )
 
 
 class CPCDataset(ScoredCropDataset):
@@ -517,30 +566,49 @@ class CPCDataset(ScoredCropDataset):
 
     title = "CPC"
 
-    def __init__(self, cfg: Config, only_human_images: bool = False, keep_aspect_ratio: bool = False,
-                 augment: bool | None = None, require_heat_maps: bool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        only_human_images: bool = False,
+        keep_aspect_ratio: bool = False,
+        augment: bool | None = None,
+        require_heat_maps: bool | None = None,
+    ) -> None:
         if only_human_images:
             self.title = "CPC (human-centric)"
         names = cpc_image_names(cfg, only_human_images)
         if not os.path.isdir(cfg.CPC_image):
             raise FileNotFoundError(f"CPC image folder not found: {cfg.CPC_image}")
         super().__init__(
-            cfg, names, [resolve_inside(cfg.CPC_image, name) for name in names],
-            read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"), read_human_boxes(cfg.CPC_human),
-            cfg.CPC_heat_map, cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
+            cfg,
+            names,
+            [resolve_inside(cfg.CPC_image, name) for name in names],
+            read_crop_annotations(cfg.CPC_anno, "bboxes", "scores"),
+            read_human_boxes(cfg.CPC_human),
+            cfg.CPC_heat_map,
+            cfg.use_content_preserve if require_heat_maps is None else require_heat_maps,
             keep_aspect_ratio,
-            cfg.data_augmentation if augment is None else augment)
+            cfg.data_augmentation if augment is None else augment,
+        )
 
 
 class AnchorEvalDataset(CroppingDataset):
     """FCDB and FLMS: ground-truth crops, scored against the predefined anchors."""
 
-    def __init__(self, cfg: Config, names: list[str], image_dir: str, gt_crops: dict[str, np.ndarray],
-                 human_boxes: dict[str, np.ndarray], keep_aspect_ratio: bool) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        names: list[str],
+        image_dir: str,
+        gt_crops: dict[str, np.ndarray],
+        human_boxes: dict[str, np.ndarray],
+        keep_aspect_ratio: bool,
+    ) -> None:
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"{self.title} image folder not found: {image_dir}")
-        super().__init__(cfg, names, [resolve_inside(image_dir, name) for name in names], human_boxes,
-                         keep_aspect_ratio)
+        super().__init__(
+            cfg, names, [resolve_inside(image_dir, name) for name in names], human_boxes, keep_aspect_ratio
+        )
         self.anchors = load_predefined_anchors(cfg.predefined_pkl)
         self.gt_crops: list[np.ndarray] = []
         self._odd_ground_truth: list[str] = []
@@ -549,22 +617,32 @@ class AnchorEvalDataset(CroppingDataset):
             if boxes is None:
                 self._problems.append(f"{name}: not in the crop annotation file")
             elif first_non_float32(boxes) is not None:
-                self._problems.append(f"{name}: ground-truth crops must be finite float32 numbers, "
-                                      f"got {boxes.tolist()}")
+                self._problems.append(
+                    f"{name}: ground-truth crops must be finite float32 numbers, got {boxes.tolist()}"
+                )
             elif size is not None:  # else the image is a problem, and the dataset is never built
                 self.gt_crops.append(self._prepare_gt(name, boxes, size))
         self._finish_checks()
         if self._odd_ground_truth:
-            warnings.warn(f"{self.title}: {len(self._odd_ground_truth)} image(s) have ground-truth crops with "
-                          "x2 <= x1, y2 <= y1 or outside the image; kept and scored as annotated, as the release "
-                          f"does: {'; '.join(self._odd_ground_truth[:5])}", stacklevel=2)
+            warnings.warn(
+                f"{self.title}: {len(self._odd_ground_truth)} image(s) have ground-truth crops with "
+                "x2 <= x1, y2 <= y1 or outside the image; kept and scored as annotated, as the release "
+                f"does: {'; '.join(self._odd_ground_truth[:5])}",
+                stacklevel=2,
+            )
 
     def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The ground truth as annotated: the release scores every official box as it is, also ones
         running outside the image or with x2 < x1 (they get IoU 0); such images are named in a warning."""
         width, height = size
-        odd = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 0] < 0) | (boxes[:, 1] < 0)
-               | (boxes[:, 2] > width) | (boxes[:, 3] > height))
+        odd = (
+            (boxes[:, 2] <= boxes[:, 0])
+            | (boxes[:, 3] <= boxes[:, 1])
+            | (boxes[:, 0] < 0)
+            | (boxes[:, 1] < 0)
+            | (boxes[:, 2] > width)
+            | (boxes[:, 3] > height)
+        )
         if odd.any():
             self._odd_ground_truth.append(f"{name} {boxes[odd].tolist()}")
         return boxes
@@ -589,11 +667,18 @@ class FCDBDataset(AnchorEvalDataset):
             try:
                 x, y, w, h = np.asarray(xywh, dtype=np.float64).reshape(4)
             except (TypeError, ValueError) as error:
-                raise DatasetError(f"FCDB crop annotation file {cfg.FCDB_anno}: {name} must be [x, y, w, h], "
-                                   f"got {xywh!r}") from error
+                raise DatasetError(
+                    f"FCDB crop annotation file {cfg.FCDB_anno}: {name} must be [x, y, w, h], got {xywh!r}"
+                ) from error
             gt_crops[name] = np.array([[x, y, x + w, y + h]])
-        super().__init__(cfg, fcdb_image_names(cfg, only_human_images), cfg.FCDB_image, gt_crops,
-                         read_human_boxes(cfg.FCDB_human), keep_aspect_ratio)
+        super().__init__(
+            cfg,
+            fcdb_image_names(cfg, only_human_images),
+            cfg.FCDB_image,
+            gt_crops,
+            read_human_boxes(cfg.FCDB_human),
+            keep_aspect_ratio,
+        )
 
 
 class FLMSDataset(AnchorEvalDataset):
@@ -612,17 +697,27 @@ class FLMSDataset(AnchorEvalDataset):
             try:
                 gt_crops[name] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             except (TypeError, ValueError) as error:
-                raise DatasetError(f"FLMS crop annotation file {cfg.FLMS_anno}: {name} must be a list of "
-                                   f"[x1, y1, x2, y2], got {boxes!r}") from error
-        super().__init__(cfg, flms_image_names(cfg, only_human_images), cfg.FLMS_image, gt_crops,
-                         read_human_boxes(cfg.FLMS_human), keep_aspect_ratio)
+                raise DatasetError(
+                    f"FLMS crop annotation file {cfg.FLMS_anno}: {name} must be a list of "
+                    f"[x1, y1, x2, y2], got {boxes!r}"
+                ) from error
+        super().__init__(
+            cfg,
+            flms_image_names(cfg, only_human_images),
+            cfg.FLMS_image,
+            gt_crops,
+            read_human_boxes(cfg.FLMS_human),
+            keep_aspect_ratio,
+        )
 
     def _prepare_gt(self, name: str, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         width, height = size
         inside = boxes[(boxes[:, 2] <= width) & (boxes[:, 3] <= height)]
         if not 1 <= len(inside) <= FLMS_MAX_CROPS:
-            self._problems.append(f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
-                                 f"expected 1 to {FLMS_MAX_CROPS}")
+            self._problems.append(
+                f"{name}: {len(inside)} ground-truth crops inside the {width}x{height} image, "
+                f"expected 1 to {FLMS_MAX_CROPS}"
+            )
             return inside
         inside = super()._prepare_gt(name, inside, size)
         padding = np.full((FLMS_MAX_CROPS - len(inside), 4), -1.0)
@@ -631,9 +726,12 @@ class FLMSDataset(AnchorEvalDataset):
 
 # The evaluation protocols of the paper's tables: (dataset, human-centric images only).
 PROTOCOLS = {
-    "GAICD-human": ("GAICD", True), "GAICD": ("GAICD", False),
-    "FCDB-human": ("FCDB", True), "FCDB": ("FCDB", False),
-    "FLMS-human": ("FLMS", True), "FLMS": ("FLMS", False),
+    "GAICD-human": ("GAICD", True),
+    "GAICD": ("GAICD", False),
+    "FCDB-human": ("FCDB", True),
+    "FCDB": ("FCDB", False),
+    "FLMS-human": ("FLMS", True),
+    "FLMS": ("FLMS", False),
 }
 SCORED_DATASETS = ("GAICD", "CPC")  # evaluated on scored crops; the others on ground-truth crops
 
@@ -641,8 +739,9 @@ SCORED_DATASETS = ("GAICD", "CPC")  # evaluated on scored crops; the others on g
 def evaluation_dataset(cfg: Config, dataset: str, only_human: bool, split: str = "test") -> CroppingDataset:
     """An evaluation set without augmentation: GAICD's ``split``, or FCDB's / FLMS's test images."""
     if dataset == "GAICD":
-        return GAICDataset(cfg, split=split, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio,
-                           augment=False)
+        return GAICDataset(
+            cfg, split=split, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio, augment=False
+        )
     if dataset == "FCDB":
         return FCDBDataset(cfg, only_human_images=only_human, keep_aspect_ratio=cfg.keep_aspect_ratio)
     if dataset == "FLMS":
@@ -661,8 +760,13 @@ def heat_map_sources(dataset_name: str, cfg: Config) -> HeatMapSources:
     else:
         annotations = read_crop_annotations(cfg.CPC_anno, "bboxes", "scores")
         human_file, image_path = cfg.CPC_human, functools.partial(_existing_file, cfg.CPC_image)
-    return HeatMapSources(annotations, frozenset(read_human_boxes(human_file)), image_path,
-                          score_statistics(annotations)[0], cfg.skip_missing)
+    return HeatMapSources(
+        annotations,
+        frozenset(read_human_boxes(human_file)),
+        image_path,
+        score_statistics(annotations)[0],
+        cfg.skip_missing,
+    )
 
 
 def _existing_file(folder: str, name: str) -> str | None:

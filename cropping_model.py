@@ -28,6 +28,7 @@ smooth-L1 alone (the GAIC-official preset).
 (:func:`official_gaic_from_state_dict` picks from the keys). Its input photos are prepared by
 :func:`untils.preprocessing.gaic_preprocess`.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,6 +78,7 @@ CPU_FIRST_LAYER_CHUNK = 8
 # Human-centric model
 # ----------------------------------------------------------------------------------------------
 
+
 class PartitionAwareModule(nn.Module):
     """Partition-aware feature: the 3x3 regions around the person's box get their own conv.
 
@@ -104,8 +106,9 @@ class PartitionAwareModule(nn.Module):
         """Channels of the partition map it returns."""
         return 9 if self.partition in (0, 9) else self.partition
 
-    def forward(self, x: torch.Tensor, human_rois: torch.Tensor,
-                partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, human_rois: torch.Tensor, partition_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B,C,H,W), human_rois (B,5), partition_mask (B,9,H,W) -> (x + fused, partition map)."""
         if self.concat_with_human:
             human = self.RoIConv(self.RoIAlign(x, human_rois))  # (B, C/2, 1, 1)
@@ -158,35 +161,46 @@ class ContentPreserveModule(nn.Module):
         self.relation_encoder: nn.Module
         if mode == "conv":
             self.relation_encoder = nn.Sequential(
-                nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1), nn.ReLU(True),
-                nn.Conv2d(in_dim, inter_dim, kernel_size=1))
+                nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1),
+                nn.ReLU(True),
+                nn.Conv2d(in_dim, inter_dim, kernel_size=1),
+            )
         elif mode == "gcn":
             self.relation_encoder = GraphReasoningModule(in_dim, in_dim, inter_dim)
         else:
             raise ValueError(f"content_preserve_type={mode!r}; expected 'gcn' or 'conv'")
         self.preserve_predict = nn.Sequential(
             nn.Upsample(size=(HEAT_MAP_SIZE, HEAT_MAP_SIZE), mode="bilinear", align_corners=True),
-            nn.Conv2d(inter_dim, inter_dim, kernel_size=3, padding=1), nn.ReLU(True),
-            nn.Conv2d(inter_dim, 1, kernel_size=1), nn.Sigmoid())
+            nn.Conv2d(inter_dim, inter_dim, kernel_size=3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(inter_dim, 1, kernel_size=1),
+            nn.Sigmoid(),
+        )
         # No non-linearity between these layers, as in the release (parameter indices match it).
         self.content_feat_layer = nn.Sequential(
-            nn.Conv2d(2, 64, kernel_size=5), nn.MaxPool2d(kernel_size=2),
-            nn.Conv2d(64, 32, kernel_size=5), nn.MaxPool2d(kernel_size=2),
-            nn.Flatten(1), nn.Linear(32 * 13 * 13, out_dim))
+            nn.Conv2d(2, 64, kernel_size=5),
+            nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(64, 32, kernel_size=5),
+            nn.MaxPool2d(kernel_size=2),
+            nn.Flatten(1),
+            nn.Linear(32 * 13 * 13, out_dim),
+        )
 
     def predict_heat_map(self, feat_map: torch.Tensor) -> torch.Tensor:
         return self.preserve_predict(self.relation_encoder(feat_map))
 
-    def crop_features_reference(self, heat_map: torch.Tensor, masks: torch.Tensor,
-                                image_index: torch.Tensor) -> torch.Tensor:
+    def crop_features_reference(
+        self, heat_map: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
         """The plain formulation (the release's): ``content_feat_layer`` on [its image's heat map, its
         crop mask] for each crop; ``masks`` (K, 64, 64), ``image_index`` (K,). :meth:`crop_features`
         computes the same for box masks, faster."""
         inputs = torch.cat([heat_map.index_select(0, image_index), masks.unsqueeze(1).to(heat_map.dtype)], dim=1)
         return self.content_feat_layer(inputs)
 
-    def crop_features(self, heat_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
-                      image_index: torch.Tensor) -> torch.Tensor:
+    def crop_features(
+        self, heat_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
         """Content feature (K, out_dim) of crops whose masks are ``outer(rows[k], columns[k])``.
 
         Equal to :meth:`crop_features_reference`. The first convolution is linear, so it splits into a
@@ -215,7 +229,7 @@ class ContentPreserveModule(nn.Module):
             pooled = []
             for begin in range(0, crops, step):
                 end = min(begin + step, crops)
-                maps = heat_term.index_select(0, image_index[start + begin:start + end])  # (k, h, w, C), fresh
+                maps = heat_term.index_select(0, image_index[start + begin : start + end])  # (k, h, w, C), fresh
                 rows_of_crops = slice(begin * height, end * height)
                 maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
                 pooled.append(pool(maps.permute(0, 3, 1, 2)))
@@ -248,10 +262,16 @@ class HumanCentricCroppingModel(nn.Module):
         self.f4_layer = nn.Conv2d(c4, 256, kernel_size=1)
         self.f5_layer = nn.Conv2d(c5, 256, kernel_size=1)
         self.feat_ext = nn.Conv2d(256, reduce_dim, kernel_size=1)
-        self.partition_aware = (PartitionAwareModule(reduce_dim, cfg.partition_aware_type, cfg.concat_with_human)
-                                if cfg.use_partition_aware else None)
-        self.content_preserve = (ContentPreserveModule(reduce_dim, 8, CONTENT_FEAT_DIM, cfg.content_preserve_type)
-                                 if cfg.use_content_preserve else None)
+        self.partition_aware = (
+            PartitionAwareModule(reduce_dim, cfg.partition_aware_type, cfg.concat_with_human)
+            if cfg.use_partition_aware
+            else None
+        )
+        self.content_preserve = (
+            ContentPreserveModule(reduce_dim, 8, CONTENT_FEAT_DIM, cfg.content_preserve_type)
+            if cfg.use_content_preserve
+            else None
+        )
         self.only_content = bool(cfg.use_content_preserve and cfg.only_content_preserve)
         self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
         align_dim = reduce_dim * (2 if cfg.use_rod_feature else 1)
@@ -261,8 +281,11 @@ class HumanCentricCroppingModel(nn.Module):
             head_dim = CONTENT_FEAT_DIM
         else:
             self.roi_feat_layer = nn.Sequential(
-                nn.Conv2d(align_dim, fc1_dim, kernel_size=ALIGN_SIZE), nn.ReLU(True), nn.Flatten(1),
-                nn.Linear(fc1_dim, fc2_dim, bias=False))
+                nn.Conv2d(align_dim, fc1_dim, kernel_size=ALIGN_SIZE),
+                nn.ReLU(True),
+                nn.Flatten(1),
+                nn.Linear(fc1_dim, fc2_dim, bias=False),
+            )
             head_dim = fc2_dim + (CONTENT_FEAT_DIM if self.content_preserve is not None else 0)
         self.fc_layer = nn.Linear(head_dim, 1)
 
@@ -276,8 +299,9 @@ class HumanCentricCroppingModel(nn.Module):
         agg = self.f3_layer(resize_to(f3, f4)) + self.f4_layer(f4) + self.f5_layer(resize_to(f5, f4))
         return self.feat_ext(agg)
 
-    def partition_features(self, red_feat: torch.Tensor, human_box: torch.Tensor,
-                           partition_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def partition_features(
+        self, red_feat: torch.Tensor, human_box: torch.Tensor, partition_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply the partition-aware module to the images that contain a person, each on its own.
 
         Every image goes through the module (no data-dependent indexing); images without a person
@@ -290,12 +314,19 @@ class HumanCentricCroppingModel(nn.Module):
         human_xyxy = human_box.reshape(batch, -1)[:, -4:]
         image_index = torch.arange(batch, device=red_feat.device, dtype=human_xyxy.dtype).unsqueeze(1)
         fused, p_mean = self.partition_aware(red_feat, torch.cat([image_index, human_xyxy], dim=1), partition_mask)
-        return (torch.where(has_person, fused.to(red_feat.dtype), red_feat),
-                torch.where(has_person, p_mean.to(red_feat.dtype), 0.0))
+        return (
+            torch.where(has_person, fused.to(red_feat.dtype), red_feat),
+            torch.where(has_person, p_mean.to(red_feat.dtype), 0.0),
+        )
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
-                crop_valid: torch.Tensor | None = None,
-                partition_mask: torch.Tensor | None = None) -> CropOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor | None = None,
+        crop_valid: torch.Tensor | None = None,
+        partition_mask: torch.Tensor | None = None,
+    ) -> CropOutput:
         batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
         check_crop_box(crop_box, batch)
         if human_box is None:
@@ -324,6 +355,7 @@ class HumanCentricCroppingModel(nn.Module):
 # GAIC baseline
 # ----------------------------------------------------------------------------------------------
 
+
 class GAICModel(GAICScorer):
     """GAIC's multi-scale shared-feature model (Zeng et al.) on our backbones
     (:class:`untils.crop_heads.GAICScorer`).
@@ -344,14 +376,20 @@ class GAICModel(GAICScorer):
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
-                crop_valid: torch.Tensor | None = None) -> CropOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor | None = None,
+        crop_valid: torch.Tensor | None = None,
+    ) -> CropOutput:
         return CropOutput(self.objective_scores(image, crop_box, crop_valid))
 
 
 # ----------------------------------------------------------------------------------------------
 # GAIC's released model
 # ----------------------------------------------------------------------------------------------
+
 
 class GAICOfficialModel(nn.Module):
     """GAIC's ``crop_model_multi_scale_shared`` with the release's parameter names.
@@ -368,8 +406,14 @@ class GAICOfficialModel(nn.Module):
     supplies every weight). Heads use PyTorch's default init, as the release's training does.
     """
 
-    def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
-                 dropout: bool = True, backbone_weight_path: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str = "mobilenetv2",
+        reduced_dim: int = 8,
+        align_size: int = 9,
+        dropout: bool = True,
+        backbone_weight_path: str | None = None,
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.Feat_ext = GAICBackbone(backbone, backbone_weight_path)
@@ -388,8 +432,13 @@ class GAICOfficialModel(nn.Module):
         """(B, reduced_dim, H/16, W/16): the three scales brought to f4's size, concatenated, reduced."""
         return self.DimRed(release_scales(*self.Feat_ext(image)))
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
-                crop_valid: torch.Tensor | None = None) -> CropOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor | None = None,
+        crop_valid: torch.Tensor | None = None,
+    ) -> CropOutput:
         batch = image.shape[0]
         check_crop_box(crop_box, batch)
         rois = boxes_with_batch_index(crop_box.to(image.dtype))
@@ -404,9 +453,12 @@ def is_official_gaic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     if not isinstance(state_dict, Mapping) or not state_dict:
         return False
     names = set(release_state_dict(dict(state_dict)))
-    return ("DimRed.weight" in names and "FC_layers.0.0.weight" in names
-            and any(name.startswith("Feat_ext.") for name in names)
-            and ("FC_layers.2.weight" in names) != ("FC_layers.3.weight" in names))
+    return (
+        "DimRed.weight" in names
+        and "FC_layers.0.0.weight" in names
+        and any(name.startswith("Feat_ext.") for name in names)
+        and ("FC_layers.2.weight" in names) != ("FC_layers.3.weight" in names)
+    )
 
 
 def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAICOfficialModel:
@@ -416,19 +468,26 @@ def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAI
     Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
     """
     if not is_official_gaic_state_dict(state_dict):
-        raise CheckpointError("not a state_dict of GAIC's release (expected Feat_ext.*, DimRed.* and FC_layers.* "
-                              "with the last conv at FC_layers.2 or FC_layers.3)")
+        raise CheckpointError(
+            "not a state_dict of GAIC's release (expected Feat_ext.*, DimRed.* and FC_layers.* "
+            "with the last conv at FC_layers.2 or FC_layers.3)"
+        )
     state = release_state_dict(dict(state_dict))
     reduce_weight = state["DimRed.weight"]
     by_channels = {sum(channels): name for name, channels in BACKBONE_CHANNELS.items()}
     backbone = by_channels.get(reduce_weight.shape[1])
     if backbone is None:
         known = ", ".join(f"{channels} ({name})" for channels, name in sorted(by_channels.items()))
-        raise CheckpointError(f"GAIC state_dict with DimRed over {reduce_weight.shape[1]} channels: its backbone is "
-                              f"not supported (known: {known})")
-    model = GAICOfficialModel(backbone, reduced_dim=reduce_weight.shape[0],
-                              align_size=state["FC_layers.0.0.weight"].shape[-1],
-                              dropout="FC_layers.3.weight" in state)
+        raise CheckpointError(
+            f"GAIC state_dict with DimRed over {reduce_weight.shape[1]} channels: its backbone is "
+            f"not supported (known: {known})"
+        )
+    model = GAICOfficialModel(
+        backbone,
+        reduced_dim=reduce_weight.shape[0],
+        align_size=state["FC_layers.0.0.weight"].shape[-1],
+        dropout="FC_layers.3.weight" in state,
+    )
     load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
 
@@ -437,9 +496,13 @@ def with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dic
     """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``:
     files saved by PyTorch 0.4.0 and earlier (GAIC's release) have none. The counter only steps
     a cumulative running average, which these models never use, so scores are unchanged."""
-    counters = {name: buffer for name, buffer in model.state_dict().items()
-                if name.endswith(".num_batches_tracked") and name not in state
-                and name.replace(".num_batches_tracked", ".running_mean") in state}
+    counters = {
+        name: buffer
+        for name, buffer in model.state_dict().items()
+        if name.endswith(".num_batches_tracked")
+        and name not in state
+        and name.replace(".num_batches_tracked", ".running_mean") in state
+    }
     return {**state, **counters}
 
 
@@ -453,11 +516,14 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: bool | None = N
     if model_type == "GAIC-official":
         pretrained = cfg.pretrained if loadweights is None else loadweights
         if pretrained and not cfg.backbone_weight_path:
-            raise BackboneWeightsError("GAIC-official takes its ImageNet weights from the release's file: pass "
-                                       "--backbone_weight_path (e.g. mobilenetv2_1.0-0c6065bc.pth), or --pretrained "
-                                       "false")
-        model = GAICOfficialModel(cfg.backbone, cfg.reduced_dim,
-                                  backbone_weight_path=cfg.backbone_weight_path if pretrained else None)
+            raise BackboneWeightsError(
+                "GAIC-official takes its ImageNet weights from the release's file: pass "
+                "--backbone_weight_path (e.g. mobilenetv2_1.0-0c6065bc.pth), or --pretrained "
+                "false"
+            )
+        model = GAICOfficialModel(
+            cfg.backbone, cfg.reduced_dim, backbone_weight_path=cfg.backbone_weight_path if pretrained else None
+        )
         model.cfg = cfg
         return model
     if model_type == "PIC":
@@ -465,8 +531,9 @@ def build_crop_model(cfg, model_type: str = "HCIC", loadweights: bool | None = N
     raise ValueError(f"model_type={model_type!r}; expected 'HCIC', 'GAIC', 'GAIC-official' or 'PIC'")
 
 
-def official_pic_from_state_dict(state_dict: Mapping[str, torch.Tensor],
-                                 overrides: dict | None = None) -> PICOfficialModel:
+def official_pic_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], overrides: dict | None = None
+) -> PICOfficialModel:
     """PIC's released model built to fit ``state_dict`` (backbone, reduced_dim, align size, users,
     positions, position head and attention read from its keys), weights loaded strictly; CPU, eval
     mode. ``model.cfg`` is a ``config_PIC.Config`` of the official variant fed BGR photos (the
@@ -492,22 +559,31 @@ def _pic_model(content: dict, overrides: dict | None) -> nn.Module:
         stored = content.get("config", {})
         if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
             content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
-        official = build_official_model(config_from_checkpoint(content, config_PIC.Config,
-                                                               {**(overrides or {}), "variant": "official"}))
+        official = build_official_model(
+            config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "official"})
+        )
         load_model_weights(official, content)
         official.stage, official.trained_user = content.get("stage"), content.get("user")
         return official
-    model = PICModel(config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
-                     loadweights=False)
+    model = PICModel(
+        config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
+        loadweights=False,
+    )
     load_model_weights(model, content)
-    model.user_embeddings = {user: torch.as_tensor(vector, dtype=torch.float32)
-                             for user, vector in content.get("user_embeddings", {}).items()}
+    model.user_embeddings = {
+        user: torch.as_tensor(vector, dtype=torch.float32)
+        for user, vector in content.get("user_embeddings", {}).items()
+    }
     return model
 
 
-def load_crop_model(source: str | os.PathLike | dict, device: str | torch.device = "cpu",
-                    overrides: dict | None = None, trusted: bool = False,
-                    channel_order: str | None = None) -> nn.Module:
+def load_crop_model(
+    source: str | os.PathLike | dict,
+    device: str | torch.device = "cpu",
+    overrides: dict | None = None,
+    trusted: bool = False,
+    channel_order: str | None = None,
+) -> nn.Module:
     """Any crop model the project knows, with its weights, in eval mode on ``device``: the one
     loader of every checkpoint kind.
 
@@ -529,8 +605,10 @@ def load_crop_model(source: str | os.PathLike | dict, device: str | torch.device
     if isinstance(model, PICOfficialModel) and channel_order is not None:
         model.cfg.channel_order = channel_order
     elif channel_order == "bgr":
-        raise CheckpointError(f"channel order bgr: only official PIC models (PIC's release) take cv2's BGR order; "
-                              f"this {type(model).__name__} takes rgb")
+        raise CheckpointError(
+            f"channel order bgr: only official PIC models (PIC's release) take cv2's BGR order; "
+            f"this {type(model).__name__} takes rgb"
+        )
     return model.to(device).eval()
 
 
@@ -541,10 +619,22 @@ def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted:
         content = {"model": content}
     if "model_type" not in content and is_official_gaic_state_dict(content["model"]):
         gaic = official_gaic_from_state_dict(content["model"])
-        gaic.cfg = config_from_checkpoint({"config": {
-            "model_type": "GAIC-official", "backbone": gaic.backbone_name, "reduced_dim": gaic.DimRed.out_channels,
-            "image_preprocessing": "gaic", "keep_aspect_ratio": True, "image_size": (256, 256),
-            "use_partition_aware": False, "use_content_preserve": False}}, Config, overrides)
+        gaic.cfg = config_from_checkpoint(
+            {
+                "config": {
+                    "model_type": "GAIC-official",
+                    "backbone": gaic.backbone_name,
+                    "reduced_dim": gaic.DimRed.out_channels,
+                    "image_preprocessing": "gaic",
+                    "keep_aspect_ratio": True,
+                    "image_size": (256, 256),
+                    "use_partition_aware": False,
+                    "use_content_preserve": False,
+                }
+            },
+            Config,
+            overrides,
+        )
         return gaic
     if "model_type" not in content and is_official_pic_state_dict(content["model"]):
         return official_pic_from_state_dict(content["model"], overrides)
@@ -572,8 +662,9 @@ def score_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) -> to
     return F.smooth_l1_loss(pre, gt, reduction="mean")
 
 
-def score_weighted_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tensor,
-                                   score_mean: float = MOS_MEAN) -> torch.Tensor:
+def score_weighted_regression_loss(
+    pre_score: torch.Tensor, gt_score: torch.Tensor, score_mean: float = MOS_MEAN
+) -> torch.Tensor:
     """Smooth-L1 regression weighted by exp(max(score - mean, 0)): good crops count more."""
     pre, gt = _flat_pair(pre_score, gt_score)
     weight = torch.exp((gt - score_mean).clamp(min=0, max=100))
@@ -609,9 +700,15 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
     return -(torch.log_softmax(pre, dim=-1) * target).sum()
 
 
-def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[str],
-                    crop_valid: torch.Tensor | None = None, score_mean: float = MOS_MEAN,
-                    rank_loss_weighting: str = "sign", over_batch: bool = False) -> torch.Tensor:
+def crop_score_loss(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    loss_types: Sequence[str],
+    crop_valid: torch.Tensor | None = None,
+    score_mean: float = MOS_MEAN,
+    rank_loss_weighting: str = "sign",
+    over_batch: bool = False,
+) -> torch.Tensor:
     """Sum of the chosen score losses over the valid crops: per image, averaged over images, or
     (``over_batch``, the HCIC release's CPC training) once over all the batch's crops together."""
     if pred.dim() == 1:
@@ -638,8 +735,10 @@ def crop_score_loss(pred: torch.Tensor, gt: torch.Tensor, loss_types: Sequence[s
                 raise ValueError(f"unknown score loss {loss_type!r}")
     return total / len(groups)
 
-def crop_training_loss(output: CropOutput, batch: dict, cfg,
-                       score_mean: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+
+def crop_training_loss(
+    output: CropOutput, batch: dict, cfg, score_mean: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss of the cropping recipes and its parts (detached, on the device: reading them
     back is left to the logging): the score losses of ``cfg.loss_type``
     (in fp32, over each image's valid crops) plus ``cfg.content_loss_weight`` x L1 between the
@@ -647,9 +746,15 @@ def crop_training_loss(output: CropOutput, batch: dict, cfg,
     target = (batch["score"] - MOS_MEAN) / MOS_STD if cfg.normalize_scores else batch["score"]
     # with every crop valid (one image per step) no mask: indexing by one would wait for the device
     crop_valid = None if batch.get("all_crops_valid") else batch["crop_valid"]
-    score_loss = crop_score_loss(output.score.float(), target, cfg.loss_type, crop_valid,
-                                 score_mean=score_mean, rank_loss_weighting=cfg.rank_loss_weighting,
-                                 over_batch=cfg.score_loss_over == "batch")
+    score_loss = crop_score_loss(
+        output.score.float(),
+        target,
+        cfg.loss_type,
+        crop_valid,
+        score_mean=score_mean,
+        rank_loss_weighting=cfg.rank_loss_weighting,
+        over_batch=cfg.score_loss_over == "batch",
+    )
     loss = score_loss
     parts = {"score_loss": score_loss.detach()}
     heat_map = output.heat_map

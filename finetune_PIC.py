@@ -30,6 +30,7 @@ the preference head (taste MLP and user weights). The backbone and both branches
 Writes results.csv (a row per user and model), results.md (means over users, then per user) and
 users/<user>.pth, which `cropping_model.load_crop_model` loads to crop for that user (`crop.py --user`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,17 +72,50 @@ from untils.runtime import resolve_device, seed_everything
 from untils.training import summary_writer
 
 MODELS = ("generic", "prior-mean", "prior", "finetuned")
-METRICS = ("srcc", "pcc", "acc1_5", "acc2_5", "acc3_5", "acc4_5", "acc5",
-           "acc1_10", "acc2_10", "acc3_10", "acc4_10", "acc10", "wacc1_5", "wacc2_5", "wacc3_5", "wacc4_5", "wacc5",
-           "wacc1_10", "wacc2_10", "wacc3_10", "wacc4_10", "wacc10")
-METRIC_TITLES = {"srcc": "SRCC", "pcc": "PCC", "acc5": "Acc5", "acc10": "Acc10", "wacc5": "wAcc5", "wacc10": "wAcc10",
-                 **{f"{kind}{k}_{n}": f"{title}{k}/{n}" for kind, title in (("acc", "Acc"), ("wacc", "wAcc"))
-                    for k in range(1, 5) for n in (5, 10)}}
+METRICS = (
+    "srcc",
+    "pcc",
+    "acc1_5",
+    "acc2_5",
+    "acc3_5",
+    "acc4_5",
+    "acc5",
+    "acc1_10",
+    "acc2_10",
+    "acc3_10",
+    "acc4_10",
+    "acc10",
+    "wacc1_5",
+    "wacc2_5",
+    "wacc3_5",
+    "wacc4_5",
+    "wacc5",
+    "wacc1_10",
+    "wacc2_10",
+    "wacc3_10",
+    "wacc4_10",
+    "wacc10",
+)
+METRIC_TITLES = {
+    "srcc": "SRCC",
+    "pcc": "PCC",
+    "acc5": "Acc5",
+    "acc10": "Acc10",
+    "wacc5": "wAcc5",
+    "wacc10": "wAcc10",
+    **{
+        f"{kind}{k}_{n}": f"{title}{k}/{n}"
+        for kind, title in (("acc", "Acc"), ("wacc", "wAcc"))
+        for k in range(1, 5)
+        for n in (5, 10)
+    },
+}
 
 
 @dataclass
 class FinetuneResult:
     """A fine-tuned user: their embedding and preference module, the chosen step and its validation SRCC."""
+
     embedding: torch.Tensor
     preference: PreferenceModule
     step: int
@@ -94,8 +128,13 @@ def _srcc(preference: PreferenceModule, embedding: torch.Tensor, examples: Seque
     return -float("inf") if np.isnan(value) else value
 
 
-def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], val: Sequence[UserImage], cfg,
-                  generator: torch.Generator) -> FinetuneResult:
+def finetune_user(
+    preference: PreferenceModule,
+    support: Sequence[UserImage],
+    val: Sequence[UserImage],
+    cfg,
+    generator: torch.Generator,
+) -> FinetuneResult:
     """Fine-tune a copy of ``preference`` and a user embedding (started from the support images'
     evidence) on ``support``; keep the step with the best SRCC on ``val``. ``preference`` itself
     is left as it was."""
@@ -116,9 +155,15 @@ def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], va
     history = [{"step": 0, "loss": float("nan"), "val_srcc": best_srcc}]
     for step in range(1, cfg.finetune_steps + 1):
         views = torch.randint(VIEWS, (len(support),), generator=generator).tolist()
-        losses = [crop_score_loss(user_scores(tuned_preference, embedding, example, view), example.scores,
-                                  cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
-                  for example, view in zip(support, views, strict=True)]
+        losses = [
+            crop_score_loss(
+                user_scores(tuned_preference, embedding, example, view),
+                example.scores,
+                cfg.loss_type,
+                rank_loss_weighting=cfg.rank_loss_weighting,
+            )
+            for example, view in zip(support, views, strict=True)
+        ]
         loss = torch.stack(losses).mean() + cfg.finetune_reg * prior_pull_loss(tuned, anchors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,14 +180,22 @@ def finetune_user(preference: PreferenceModule, support: Sequence[UserImage], va
 
 
 def result_row(user: str, model: str, metrics: dict[str, float], images: int, **extra) -> dict:
-    return {"user": user, "model": model, "images": images, **extra,
-            **{name: round(100 * metrics[name], 2) for name in METRICS}}
+    return {
+        "user": user,
+        "model": model,
+        "images": images,
+        **extra,
+        **{name: round(100 * metrics[name], 2) for name in METRICS},
+    }
 
 
 def summarise(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """Mean over users of each metric, per model (the rows' values are already x100)."""
-    return {model: {name: float(np.mean([row[name] for row in rows if row["model"] == model])) for name in METRICS}
-            for model in MODELS if any(row["model"] == model for row in rows)}
+    return {
+        model: {name: float(np.mean([row[name] for row in rows if row["model"] == model])) for name in METRICS}
+        for model in MODELS
+        if any(row["model"] == model for row in rows)
+    }
 
 
 def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str, str]:
@@ -155,13 +208,25 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
         writer.writerows(rows)
     summary = summarise(rows)
     users = list(dict.fromkeys(row["user"] for row in rows))
-    lines = [f"# {title}", "", f"Mean over {len(users)} users, held-out images (x100).", "",
-             "| model | " + " | ".join(METRIC_TITLES[name] for name in METRICS) + " |",
-             "|---|" + "---:|" * len(METRICS)]
-    lines += [f"| {model} | " + " | ".join(f"{values[name]:.1f}" for name in METRICS) + " |"
-              for model, values in summary.items()]
-    lines += ["", "Per user: SRCC / Acc1/5 (x100).", "",
-              "| user | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
+    lines = [
+        f"# {title}",
+        "",
+        f"Mean over {len(users)} users, held-out images (x100).",
+        "",
+        "| model | " + " | ".join(METRIC_TITLES[name] for name in METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    lines += [
+        f"| {model} | " + " | ".join(f"{values[name]:.1f}" for name in METRICS) + " |"
+        for model, values in summary.items()
+    ]
+    lines += [
+        "",
+        "Per user: SRCC / Acc1/5 (x100).",
+        "",
+        "| user | " + " | ".join(summary) + " |",
+        "|---|" + "---:|" * len(summary),
+    ]
     by_key = {(row["user"], row["model"]): row for row in rows}
     for user in users:
         cells = [f"{by_key[(user, model)]['srcc']:.1f} / {by_key[(user, model)]['acc1_5']:.0f}" for model in summary]
@@ -174,15 +239,19 @@ def write_results(rows: Sequence[dict], exp_path: str, title: str) -> tuple[str,
 def finetune_official(checkpoint: dict, args) -> dict:
     """The official fine-tuning (module docstring) of every user of ``finetune/<N>/``."""
     if checkpoint.get("model_type") == "PIC" and checkpoint.get("stage") != "prior":
-        raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py "
-                         "(or a state_dict of PIC's release)")
+        raise SystemExit(
+            f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py "
+            "(or a state_dict of PIC's release)"
+        )
     prior = cast(PICOfficialModel, load_crop_model(checkpoint, overrides=given_config_options(args)))
     cfg = prior.cfg
     seed_everything(cfg.seed)
     release = load_release_layout(cfg.PIC_release, cfg.num_positions)
     if cfg.finetune_images not in release.finetune:
-        raise SystemExit(f"{cfg.PIC_release}/finetune has no {cfg.finetune_images}/ split (it has "
-                         f"{sorted(release.finetune) or 'none'}); pass --finetune_images with one of them")
+        raise SystemExit(
+            f"{cfg.PIC_release}/finetune has no {cfg.finetune_images}/ split (it has "
+            f"{sorted(release.finetune) or 'none'}); pass --finetune_images with one of them"
+        )
     by_user = release.finetune[cfg.finetune_images]
     users = args.users or sorted(by_user)
     unknown = [user for user in users if user not in by_user]
@@ -197,15 +266,27 @@ def finetune_official(checkpoint: dict, args) -> dict:
         test = rated_images(release.image_dir, by_user[user].val, cfg.channel_order == "bgr")
         model = copy.deepcopy(prior)
         train_on_images(model, support, cfg.official_finetune_epochs, cfg.official_finetune_lr, 1.0, 0.8, generator)
-        evaluations = {"generic": evaluate_images(prior, test, personal=False),
-                       "prior": evaluate_images(prior, test), "finetuned": evaluate_images(model, test)}
-        rows += [result_row(user, name, metrics, len(test), shots=cfg.finetune_images)
-                 for name, metrics in evaluations.items()]
+        evaluations = {
+            "generic": evaluate_images(prior, test, personal=False),
+            "prior": evaluate_images(prior, test),
+            "finetuned": evaluate_images(model, test),
+        }
+        rows += [
+            result_row(user, name, metrics, len(test), shots=cfg.finetune_images)
+            for name, metrics in evaluations.items()
+        ]
         if not args.no_save_users:
-            save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
-                         "stage": "finetuned", "user": user,
-                         "finetune": {"support": list(by_user[user].train), "test": list(by_user[user].val)}},
-                        os.path.join(exp_path, "users", f"{user}.pth"))
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "config": config_to_dict(cfg),
+                    "model_type": "PIC",
+                    "stage": "finetuned",
+                    "user": user,
+                    "finetune": {"support": list(by_user[user].train), "test": list(by_user[user].val)},
+                },
+                os.path.join(exp_path, "users", f"{user}.pth"),
+            )
     csv_path, md_path = write_results(rows, exp_path, f"PIC (official), {cfg.finetune_images} images per user")
     print(f"results: {csv_path}, {md_path}", flush=True)
     return {"rows": rows, "summary": summarise(rows), "exp_path": exp_path}
@@ -219,8 +300,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     checkpoint = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     if checkpoint.get("model_type") in ("PIC", None) and is_official_pic_state_dict(checkpoint.get("model", {})):
         return finetune_official(checkpoint, args)
-    if checkpoint.get("model_type") != "PIC" or not checkpoint.get("user_embeddings") \
-            or checkpoint.get("stage") != "prior":
+    if (
+        checkpoint.get("model_type") != "PIC"
+        or not checkpoint.get("user_embeddings")
+        or checkpoint.get("stage") != "prior"
+    ):
         raise SystemExit(f"{args.checkpoint} is not a prior model; give the prior.pth written by prior_PIC.py")
     model = cast(PICModel, load_crop_model(checkpoint, overrides=given_config_options(args)).requires_grad_(False))
     cfg = model.cfg
@@ -234,16 +318,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     users = args.users or data.test_users
     unknown = [user for user in users if user not in data.annotations]
     if unknown or not users:
-        raise SystemExit(f"unknown users {unknown} (users.json lists {', '.join(data.users)})" if unknown
-                         else f"{cfg.PIC_users} lists no test users; name users with --users")
-    splits = {user: split_user_images(user, data.images_of(user), cfg.finetune_images, cfg.finetune_val_images,
-                                      cfg.user_test_fraction, cfg.seed) for user in users}
+        raise SystemExit(
+            f"unknown users {unknown} (users.json lists {', '.join(data.users)})"
+            if unknown
+            else f"{cfg.PIC_users} lists no test users; name users with --users"
+        )
+    splits = {
+        user: split_user_images(
+            user, data.images_of(user), cfg.finetune_images, cfg.finetune_val_images, cfg.user_test_fraction, cfg.seed
+        )
+        for user in users
+    }
     dataset = PICImageDataset(cfg, data, users, augment=False)
     cache = extract_features(model, dataset, device, cfg.images_per_step, cfg.num_workers, not args.no_progress)
     model = model.cpu()
     preference = model.preference
-    prior_users = {user: torch.as_tensor(vector, dtype=torch.float32)
-                   for user, vector in checkpoint["user_embeddings"].items()}
+    prior_users = {
+        user: torch.as_tensor(vector, dtype=torch.float32) for user, vector in checkpoint["user_embeddings"].items()
+    }
     mean_embedding = torch.stack(list(prior_users.values())).mean(dim=0)
     generator = torch.Generator().manual_seed(cfg.seed)
     writer = summary_writer(os.path.join(exp_path, "logs"))
@@ -251,33 +343,59 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with single_threaded():
         for user in tqdm(users, desc="users", disable=args.no_progress):
             split = splits[user]
-            support, val, test = (user_images(data, dataset, cache, user, names, preference, cfg.best_crops)
-                                  for names in (split.support, split.val, split.test))
+            support, val, test = (
+                user_images(data, dataset, cache, user, names, preference, cfg.best_crops)
+                for names in (split.support, split.val, split.test)
+            )
             with torch.no_grad():
                 prior_embedding = embed_user(preference, support)
             result = finetune_user(preference, support, val, cfg, generator)
             for entry in result.history[1:]:
                 writer.add_scalar(f"{user}/val_srcc", entry["val_srcc"], entry["step"])
-            evaluations = {"generic": evaluate_user(None, None, test),
-                           "prior-mean": evaluate_user(preference, mean_embedding, test),
-                           "prior": evaluate_user(preference, prior_embedding, test),
-                           "finetuned": evaluate_user(result.preference, result.embedding, test)}
-            rows += [result_row(user, name, metrics, len(test), shots=cfg.finetune_images,
-                                step=result.step if name == "finetuned" else "")
-                     for name, metrics in evaluations.items()]
+            evaluations = {
+                "generic": evaluate_user(None, None, test),
+                "prior-mean": evaluate_user(preference, mean_embedding, test),
+                "prior": evaluate_user(preference, prior_embedding, test),
+                "finetuned": evaluate_user(result.preference, result.embedding, test),
+            }
+            rows += [
+                result_row(
+                    user,
+                    name,
+                    metrics,
+                    len(test),
+                    shots=cfg.finetune_images,
+                    step=result.step if name == "finetuned" else "",
+                )
+                for name, metrics in evaluations.items()
+            ]
             if not args.no_save_users:
                 state = model.state_dict()
                 state.update({f"preference.{key}": value for key, value in result.preference.state_dict().items()})
                 embeddings = dict(prior_users) if cfg.finetune_scope == "embedding" else {}
                 embeddings[user] = result.embedding
-                save_atomic({"model": state, "config": config_to_dict(cfg), "model_type": "PIC", "stage": "finetuned",
-                             "user": user, "user_embeddings": {u: e.tolist() for u, e in embeddings.items()},
-                             "finetune": {"step": result.step, "val_srcc": result.val_srcc, "support": split.support,
-                                          "val": split.val, "test": split.test}},
-                            os.path.join(exp_path, "users", f"{user}.pth"))
+                save_atomic(
+                    {
+                        "model": state,
+                        "config": config_to_dict(cfg),
+                        "model_type": "PIC",
+                        "stage": "finetuned",
+                        "user": user,
+                        "user_embeddings": {u: e.tolist() for u, e in embeddings.items()},
+                        "finetune": {
+                            "step": result.step,
+                            "val_srcc": result.val_srcc,
+                            "support": split.support,
+                            "val": split.val,
+                            "test": split.test,
+                        },
+                    },
+                    os.path.join(exp_path, "users", f"{user}.pth"),
+                )
     writer.close()
-    csv_path, md_path = write_results(rows, exp_path, f"PIC, {cfg.finetune_images} images per user "
-                                                      f"(fine-tuning scope: {cfg.finetune_scope})")
+    csv_path, md_path = write_results(
+        rows, exp_path, f"PIC, {cfg.finetune_images} images per user (fine-tuning scope: {cfg.finetune_scope})"
+    )
     for model_name, values in summarise(rows).items():
         shown = ", ".join(f"{METRIC_TITLES[key]}={values[key]:.1f}" for key in ("srcc", "acc1_5", "acc5", "acc10"))
         print(f"{model_name:10s} {shown}")

@@ -14,6 +14,7 @@ least ``MIN_CROPS`` distinct crops inside the image (:func:`check_rated_crops`);
 plain paths inside ``images/`` (``untils.safe_paths``). The release's CSV layout is
 :class:`ReleaseData`; the README describes both.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -64,6 +65,7 @@ BOX_KEY_DECIMALS = 3  # crops of the same image are the same crop when equal to 
 @dataclass(frozen=True)
 class UserSplit:
     """A test user's images: ``support`` to fine-tune on, ``val`` to pick the step, ``test`` to report."""
+
     support: list[str]
     val: list[str]
     test: list[str]
@@ -72,6 +74,7 @@ class UserSplit:
 @dataclass
 class PICData:
     """The checked contents of a PIC folder; boxes in original pixels, clipped to the image."""
+
     root: str
     image_dir: str
     train_users: list[str]
@@ -102,8 +105,9 @@ def box_key(box: Iterable[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
 
-def union_crops(data: PICData, users: Sequence[str], names: Sequence[str] | None = None
-                ) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
+def union_crops(
+    data: PICData, users: Sequence[str], names: Sequence[str] | None = None
+) -> tuple[dict[str, CropAnnotation], dict[tuple[str, str], np.ndarray]]:
     """Every crop the ``users`` rated on each image, with their mean score.
 
     Returns ``(annotations, crop_index)``: ``annotations[name]`` holds the union of the users'
@@ -133,15 +137,22 @@ def union_crops(data: PICData, users: Sequence[str], names: Sequence[str] | None
                 image_totals[row][1] += 1
                 index.append(row)
             crop_index[(user, name)] = np.asarray(index, dtype=np.int64)
-    annotations = {name: CropAnnotation(np.stack(boxes[name]),
-                                        np.array([total / count for total, count in totals[name]]))
-                   for name in boxes}
+    annotations = {
+        name: CropAnnotation(np.stack(boxes[name]), np.array([total / count for total, count in totals[name]]))
+        for name in boxes
+    }
     return annotations, crop_index
 
 
-def split_user_images(user: str, names: Sequence[str], shots: int, val_images: int, test_fraction: float,
-                      seed: int, options: tuple[str, str] = ("--finetune_images", "--user_test_fraction")
-                      ) -> UserSplit:
+def split_user_images(
+    user: str,
+    names: Sequence[str],
+    shots: int,
+    val_images: int,
+    test_fraction: float,
+    seed: int,
+    options: tuple[str, str] = ("--finetune_images", "--user_test_fraction"),
+) -> UserSplit:
     """A test user's images: ``test_fraction`` held out for the report, then ``shots`` to fine-tune on,
     then up to ``val_images`` for model selection. ``options``: the caller's options that set
     ``shots`` and ``test_fraction``, named when the user has too few images.
@@ -153,10 +164,12 @@ def split_user_images(user: str, names: Sequence[str], shots: int, val_images: i
     test_count = max(1, round(test_fraction * len(order)))
     test, pool = order[:test_count], order[test_count:]
     if len(pool) < shots + 1:
-        raise ValueError(f"PIC user {user!r} has {len(order)} images: {test_count} are held out for testing, "
-                         f"leaving {len(pool)}, but {shots} fine-tuning images and at least one validation "
-                         f"image are needed (lower {options[0]} or {options[1]})")
-    return UserSplit(support=pool[:shots], val=pool[shots:shots + val_images], test=test)
+        raise ValueError(
+            f"PIC user {user!r} has {len(order)} images: {test_count} are held out for testing, "
+            f"leaving {len(pool)}, but {shots} fine-tuning images and at least one validation "
+            f"image are needed (lower {options[0]} or {options[1]})"
+        )
+    return UserSplit(support=pool[:shots], val=pool[shots : shots + val_images], test=test)
 
 
 def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
@@ -168,15 +181,18 @@ def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
 # Checking and loading
 # ----------------------------------------------------------------------------------------------
 
+
 class CropProblem(NamedTuple):
     """What is wrong with a user's crops of one image: ``crops`` (positions in the image's list;
     empty: the image as a whole) and ``text``, which names no position so callers can name rows."""
+
     crops: tuple[int, ...]
     text: str
 
 
-def check_rated_crops(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None
-                      ) -> tuple[np.ndarray, bool, list[CropProblem]]:
+def check_rated_crops(
+    boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None
+) -> tuple[np.ndarray, bool, list[CropProblem]]:
     """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
     converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
     each box valid for the ``size`` (width, height) image by ``cropping_dataset.check_boxes``
@@ -248,16 +264,18 @@ def read_pretrain_folder(folder: str, problems: list[str]) -> dict[str, list[str
                 pretrain[user].append(os.path.join(user_dir, name))
     return pretrain
 
+
 def _read_users(path: str, problems: list[str]) -> tuple[list[str], list[str]]:
     raw = load_json(path, "PIC users file")
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), list) for k in ("train", "test")):
-        raise DatasetError(f"PIC users file {path} must hold {{\"train\": [user ids], \"test\": [user ids]}}")
+        raise DatasetError(f'PIC users file {path} must hold {{"train": [user ids], "test": [user ids]}}')
     seen: dict[str, str] = {}
     for part in ("train", "test"):
         for user in raw[part]:
             if not isinstance(user, str) or not USER_ID_PATTERN.match(user):
-                problems.append(f"{path}: user id {user!r} in '{part}' must be letters, digits, '_', '-' or '.' "
-                                "(not first)")
+                problems.append(
+                    f"{path}: user id {user!r} in '{part}' must be letters, digits, '_', '-' or '.' (not first)"
+                )
             elif user in seen:
                 problems.append(f"{path}: user {user!r} is listed twice ('{seen[user]}' and '{part}')")
             else:
@@ -290,8 +308,9 @@ def load_pic_data(cfg: Config) -> PICData:
     users_file, annotation_dir = config_path(cfg.PIC_users, "PIC_users"), config_path(cfg.PIC_anno, "PIC_anno")
     human_file = config_path(cfg.PIC_human, "PIC_human")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"PIC folder not found: {root} (expected users.json, annotations/, "
-                                "images/; see pic_dataset.py)")
+        raise FileNotFoundError(
+            f"PIC folder not found: {root} (expected users.json, annotations/, images/; see pic_dataset.py)"
+        )
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"PIC image folder not found: {image_dir}")
     problems: list[str] = []
@@ -334,34 +353,55 @@ def load_pic_data(cfg: Config) -> PICData:
     if problems:
         raise problems_error(f"PIC dataset {root}", problems)
     if clipped:
-        warnings.warn(f"PIC dataset: crops of {len(clipped)} rated image(s) ran up to 2% outside the image and "
-                      f"were clipped (first: {clipped[0]})", stacklevel=2)
-    return PICData(root=root, image_dir=image_dir, train_users=train_users, test_users=test_users,
-                   annotations=annotations, human_boxes=human_boxes,
-                   image_sizes={name: size for name, size in sizes.items() if size is not None})
+        warnings.warn(
+            f"PIC dataset: crops of {len(clipped)} rated image(s) ran up to 2% outside the image and "
+            f"were clipped (first: {clipped[0]})",
+            stacklevel=2,
+        )
+    return PICData(
+        root=root,
+        image_dir=image_dir,
+        train_users=train_users,
+        test_users=test_users,
+        annotations=annotations,
+        human_boxes=human_boxes,
+        image_sizes={name: size for name, size in sizes.items() if size is not None},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Datasets
 # ----------------------------------------------------------------------------------------------
 
+
 class PICUserDataset(ScoredCropDataset):
     """One user's rated images (all, or ``names``): ``cropping_dataset`` items plus ``user``."""
 
-    def __init__(self, cfg: Config, data: PICData, user: str, names: Sequence[str] | None = None,
-                 augment: bool = False) -> None:
+    def __init__(
+        self, cfg: Config, data: PICData, user: str, names: Sequence[str] | None = None, augment: bool = False
+    ) -> None:
         rated = data.annotations.get(user)
         if rated is None:
             raise KeyError(f"unknown PIC user {user!r}; users: {', '.join(data.users)}")
         names = list(rated) if names is None else list(names)
         unrated = [name for name in names if name not in rated]
         if unrated:
-            raise DatasetError(f"PIC user {user} has not rated {len(unrated)} of the images asked for "
-                               f"(first: {unrated[0]})")
+            raise DatasetError(
+                f"PIC user {user} has not rated {len(unrated)} of the images asked for (first: {unrated[0]})"
+            )
         self.user = user
         self.title = f"PIC user {user}"
-        super().__init__(cfg, names, [data.image_path(name) for name in names], rated, data.human_boxes,
-                         os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio, augment)
+        super().__init__(
+            cfg,
+            names,
+            [data.image_path(name) for name in names],
+            rated,
+            data.human_boxes,
+            os.path.join(data.root, HEAT_MAP_FOLDER),
+            False,
+            cfg.keep_aspect_ratio,
+            augment,
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = super().__getitem__(index)
@@ -372,12 +412,17 @@ class PICUserDataset(ScoredCropDataset):
 class PICDataset(ConcatDataset):
     """(user, image) pairs of several users; ``names`` optionally limits each user's images."""
 
-    def __init__(self, cfg: Config, data: PICData, users: Sequence[str],
-                 names: Mapping[str, Sequence[str]] | None = None, augment: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        data: PICData,
+        users: Sequence[str],
+        names: Mapping[str, Sequence[str]] | None = None,
+        augment: bool = False,
+    ) -> None:
         if not users:
             raise ValueError("PICDataset needs at least one user")
-        parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment)
-                 for user in users]
+        parts = [PICUserDataset(cfg, data, user, None if names is None else names[user], augment) for user in users]
         super().__init__(parts)
         self.parts = parts  # ConcatDataset.datasets, known to be PICUserDataset
         self.names = [name for part in parts for name in part.names]
@@ -397,18 +442,34 @@ class PICImageDataset(ScoredCropDataset):
 
     title = "PIC images"
 
-    def __init__(self, cfg: Config, data: PICData, users: Sequence[str], names: Sequence[str] | None = None,
-                 augment: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        data: PICData,
+        users: Sequence[str],
+        names: Sequence[str] | None = None,
+        augment: bool = False,
+    ) -> None:
         annotations, self.crop_index = union_crops(data, users, names)
         image_names = list(annotations) if names is None else [name for name in names if name in annotations]
         missing = sorted(set(names or ()) - set(annotations))
         if missing:
-            raise DatasetError(f"PIC images: {len(missing)} image(s) asked for are rated by none of the "
-                               f"{len(users)} users (first: {missing[0]})")
+            raise DatasetError(
+                f"PIC images: {len(missing)} image(s) asked for are rated by none of the "
+                f"{len(users)} users (first: {missing[0]})"
+            )
         self.users = list(users)
-        super().__init__(cfg, image_names, [data.image_path(name) for name in image_names], annotations,
-                         data.human_boxes, os.path.join(data.root, HEAT_MAP_FOLDER), False, cfg.keep_aspect_ratio,
-                         augment)
+        super().__init__(
+            cfg,
+            image_names,
+            [data.image_path(name) for name in image_names],
+            annotations,
+            data.human_boxes,
+            os.path.join(data.root, HEAT_MAP_FOLDER),
+            False,
+            cfg.keep_aspect_ratio,
+            augment,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,6 +482,7 @@ UserRatings = dict[str, CropAnnotation]  # image name -> crops (in file order) a
 @dataclass
 class RatedSplit:
     """One user's two files: ``train`` (fit on) and ``val`` (the release evaluates on it)."""
+
     train: UserRatings
     val: UserRatings
 
@@ -439,6 +501,7 @@ class ReleaseData:
     belongs to a position in that order). Splits are honoured as given. ``ignored``: the files in
     prior/ and finetune/ that name no user's CSV.
     """
+
     root: str
     image_dir: str
     prior: dict[str, RatedSplit]
@@ -458,6 +521,7 @@ class CropCsvLayout(NamedTuple):
     """A CSV of rated crops, one row per crop: the columns it must have, which one names the image,
     which hold the box (four numbers, or one "[x1,y1,x2,y2]" text as the release's), and how an
     error names a row."""
+
     columns: tuple[str, ...]
     image_column: str
     box_columns: tuple[str, ...]
@@ -469,7 +533,7 @@ RELEASE_CSV = CropCsvLayout(RELEASE_CSV_HEADER, "name", ("bbox",), 'bbox "[x1,y1
 
 
 def rows_text(layout: CropCsvLayout, lines: Sequence[int]) -> str:
-    """"row 4" or "rows 4, 9" (the layout's word for a row)."""
+    """ "row 4" or "rows 4, 9" (the layout's word for a row)."""
     return f"{layout.row_word}{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
 
 
@@ -492,12 +556,14 @@ def read_csv_text(path: str) -> str:
         return data[start:].decode("utf-8")
     except UnicodeDecodeError as error:
         offset = start + error.start
-        raise DatasetError(f"{path} is not UTF-8 text: byte {offset} is 0x{data[offset]:02x}; save the CSV as "
-                           "UTF-8") from None
+        raise DatasetError(
+            f"{path} is not UTF-8 text: byte {offset} is 0x{data[offset]:02x}; save the CSV as UTF-8"
+        ) from None
 
 
-def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str],
-                   problems: list[str]) -> Iterator[tuple[int, Mapping[str, str], str, list[float], float]]:
+def read_crop_rows(
+    path: str, layout: CropCsvLayout, where: Callable[[str], str], problems: list[str]
+) -> Iterator[tuple[int, Mapping[str, str], str, list[float], float]]:
     """``(line, row, image, box, score)`` of each row of a CSV of rated crops with a readable, finite
     box and score and a plain image name (``untils.safe_paths.check_name``). Every other row, and
     a header without ``layout.columns``, is appended to ``problems`` as ``where("row 4"): ...``."""
@@ -506,8 +572,10 @@ def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str]
     try:
         missing = [column for column in layout.columns if column not in (reader.fieldnames or [])]
         if missing:
-            problems.append(f"{where(rows_text(layout, [1]))}: the header lacks column(s) {missing}; expected "
-                            f"{','.join(layout.columns)}")
+            problems.append(
+                f"{where(rows_text(layout, [1]))}: the header lacks column(s) {missing}; expected "
+                f"{','.join(layout.columns)}"
+            )
             return
         for line, row in enumerate(reader, start=2):
             at = where(rows_text(layout, [line]))
@@ -515,8 +583,10 @@ def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str]
             try:
                 box, score = _parse_box(row, layout.box_columns), float(row["score"])
             except (TypeError, ValueError):
-                problems.append(f"{at}: {layout.box_text} and score must be numbers, got "
-                                f"{[row[column] for column in layout.box_columns + ('score',)]}")
+                problems.append(
+                    f"{at}: {layout.box_text} and score must be numbers, got "
+                    f"{[row[column] for column in layout.box_columns + ('score',)]}"
+                )
                 continue
             if not image:
                 problems.append(f"{at}: empty image name")
@@ -533,9 +603,13 @@ def read_crop_rows(path: str, layout: CropCsvLayout, where: Callable[[str], str]
         raise DatasetError(f"{path}, {rows_text(layout, [reader.line_num])}: not a readable CSV ({error})") from None
 
 
-def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[int, list[float], float]]],
-                     sizes: Mapping[str, tuple[int, int] | None], where: Callable[[str], str],
-                     problems: list[str]) -> tuple[UserRatings, bool]:
+def check_rated_rows(
+    layout: CropCsvLayout,
+    rows: Mapping[str, Sequence[tuple[int, list[float], float]]],
+    sizes: Mapping[str, tuple[int, int] | None],
+    where: Callable[[str], str],
+    problems: list[str],
+) -> tuple[UserRatings, bool]:
     """One user's CSV rows ``{image: [(line, box, score), ...]}`` through :func:`check_rated_crops`
     (``sizes[image]`` None: not at hand); every problem is appended naming its rows. Returns the
     checked ``{image: crops}`` (boxes clipped as the loader clips them) and whether any was clipped."""
@@ -543,18 +617,28 @@ def check_rated_rows(layout: CropCsvLayout, rows: Mapping[str, Sequence[tuple[in
     for name, image_rows in rows.items():
         lines = [line for line, _, _ in image_rows]
         scores = np.asarray([score for _, _, score in image_rows])
-        boxes, was_clipped, crop_problems = check_rated_crops(np.asarray([box for _, box, _ in image_rows]), scores,
-                                                              sizes.get(name))
-        problems += [f"{where(rows_text(layout, [lines[i] for i in problem.crops] or lines[:1]))}: image {name}: "
-                     f"{problem.text}" for problem in crop_problems]
+        boxes, was_clipped, crop_problems = check_rated_crops(
+            np.asarray([box for _, box, _ in image_rows]), scores, sizes.get(name)
+        )
+        problems += [
+            f"{where(rows_text(layout, [lines[i] for i in problem.crops] or lines[:1]))}: image {name}: {problem.text}"
+            for problem in crop_problems
+        ]
         ratings[name], clipped = CropAnnotation(boxes, scores), clipped or was_clipped
     return ratings, clipped
 
 
-def _read_release_csv(path: str, user: str, image_dir: str,
-                      sizes: dict[str, tuple[tuple[int, int] | None, str | None]], positions: int | None,
-                      positions_option: str, problems: list[str]) -> UserRatings:
+def _read_release_csv(
+    path: str,
+    user: str,
+    image_dir: str,
+    sizes: dict[str, tuple[tuple[int, int] | None, str | None]],
+    positions: int | None,
+    positions_option: str,
+    problems: list[str],
+) -> UserRatings:
     """One user's CSV; every problem is appended to ``problems`` naming the user, file and row."""
+
     def where(rows: str) -> str:
         return f"user {user}, {path}, {rows}"
 
@@ -571,9 +655,11 @@ def _read_release_csv(path: str, user: str, image_dir: str,
     ratings, _ = check_rated_rows(RELEASE_CSV, rows, {name: sizes[name][0] for name in rows}, where, problems)
     for name, image_rows in rows.items():
         if positions is not None and len(image_rows) != positions:
-            problems.append(f"{where(rows_text(RELEASE_CSV, [image_rows[0][0]]))}: image {name} has "
-                            f"{len(image_rows)} crops; the official model scores exactly {positions} "
-                            f"({positions_option}), one per fixed position")
+            problems.append(
+                f"{where(rows_text(RELEASE_CSV, [image_rows[0][0]]))}: image {name} has "
+                f"{len(image_rows)} crops; the official model scores exactly {positions} "
+                f"({positions_option}), one per fixed position"
+            )
     if not rows and len(problems) == before:
         problems.append(f"{where(rows_text(RELEASE_CSV, [1]))}: no crops")
     return ratings
@@ -587,14 +673,15 @@ def _release_users(folders: Mapping[str, Sequence[str]], ignored: list[str]) -> 
         for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             suffix = next((suffix for suffix in suffixes if entry.endswith(suffix) and len(entry) > len(suffix)), None)
             if suffix is not None:
-                users.add(entry[:-len(suffix)])
+                users.add(entry[: -len(suffix)])
             elif not os.path.isdir(os.path.join(folder, entry)):
                 ignored.append(os.path.join(folder, entry))
     return sorted(users)
 
 
-def load_release_layout(root: str, positions: int | None = None,
-                        positions_option: str = "--num_positions") -> ReleaseData:
+def load_release_layout(
+    root: str, positions: int | None = None, positions_option: str = "--num_positions"
+) -> ReleaseData:
     """Read and check a folder in the release's layout (:class:`ReleaseData`); every problem
     (naming the user, the file and the row) is listed in one ``DatasetError``. ``positions``:
     the number of crops each image must have (the official model's fixed candidate count), set by
@@ -617,9 +704,10 @@ def load_release_layout(root: str, positions: int | None = None,
         return RatedSplit(*pair)
 
     prior_dir = os.path.join(root, RELEASE_PRIOR_FOLDER)
-    prior = {user: read_pair(os.path.join(prior_dir, f"{user}_train.csv"), os.path.join(prior_dir, f"{user}_val.csv"),
-                             user)
-             for user in _release_users({prior_dir: ("_train.csv", "_val.csv")}, ignored)}
+    prior = {
+        user: read_pair(os.path.join(prior_dir, f"{user}_train.csv"), os.path.join(prior_dir, f"{user}_val.csv"), user)
+        for user in _release_users({prior_dir: ("_train.csv", "_val.csv")}, ignored)
+    }
     finetune: dict[int, dict[str, RatedSplit]] = {}
     finetune_dir = os.path.join(root, RELEASE_FINETUNE_FOLDER)
     for entry in sorted(os.listdir(finetune_dir)) if os.path.isdir(finetune_dir) else []:
@@ -627,10 +715,12 @@ def load_release_layout(root: str, positions: int | None = None,
             problems.append(f"{os.path.join(finetune_dir, entry)}: expected folders named by N (5, 10, 20)")
             continue
         train_dir, val_dir = (os.path.join(finetune_dir, entry, part) for part in ("train", "val"))
-        finetune[int(entry)] = {user: read_pair(os.path.join(train_dir, f"{user}_train.csv"),
-                                                os.path.join(val_dir, f"{user}_val.csv"), user)
-                                for user in _release_users({train_dir: ("_train.csv",), val_dir: ("_val.csv",)},
-                                                           ignored)}
+        finetune[int(entry)] = {
+            user: read_pair(
+                os.path.join(train_dir, f"{user}_train.csv"), os.path.join(val_dir, f"{user}_val.csv"), user
+            )
+            for user in _release_users({train_dir: ("_train.csv",), val_dir: ("_val.csv",)}, ignored)
+        }
     pretrain = read_pretrain_folder(os.path.join(root, RELEASE_PRETRAIN_FOLDER), problems)
     if not prior:
         problems.append(f"{prior_dir}: no <user>_train.csv of training users")
@@ -654,6 +744,10 @@ def merged_crops(files: Sequence[UserRatings]) -> dict[str, dict[tuple[float, ..
 def rated_average(files: Sequence[UserRatings]) -> UserRatings:
     """Each image's crops (in order of first appearance) with the mean of the scores the files give
     them: the objective target of the official pre-training (the training users' average)."""
-    return {name: CropAnnotation(np.asarray([box for box, _ in crops.values()]),
-                                 np.asarray([np.mean(scores) for _, scores in crops.values()]))
-            for name, crops in merged_crops(files).items()}
+    return {
+        name: CropAnnotation(
+            np.asarray([box for box, _ in crops.values()]),
+            np.asarray([np.mean(scores) for _, scores in crops.values()]),
+        )
+        for name, crops in merged_crops(files).items()
+    }

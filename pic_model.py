@@ -4,6 +4,7 @@ building blocks and the embedding variant's losses and data. README.md (PIC sect
 ``cropping_model.load_crop_model`` loads their checkpoints; the release's recipe is
 ``untils.pic_recipe``, the embedding variant's feature cache ``untils.pic_features``.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,13 +51,17 @@ def conv1d_positions(num_users: int) -> int:
 # The official model
 # ----------------------------------------------------------------------------------------------
 
+
 def pic_fc_layers(in_dim: int, out_dim: int, align_size: int, pooled: bool) -> nn.Sequential:
     """The release's ``fc_layers_1`` (``pooled=False``, one score per crop) and ``fc_layers_2``
     (``pooled=True``, ``out_dim`` user logits averaged over positions): conv align x align -> 768,
     BatchNorm, ReLU; 1x1 -> 128, BatchNorm, ReLU; dropout 0.5; 1x1 -> out_dim."""
-    layers = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.BatchNorm2d(768), nn.ReLU(inplace=True)),
-              nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True)),
-              nn.Dropout(p=0.5), nn.Conv2d(128, out_dim, kernel_size=1)]
+    layers = [
+        nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.BatchNorm2d(768), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.BatchNorm2d(128), nn.ReLU(inplace=True)),
+        nn.Dropout(p=0.5),
+        nn.Conv2d(128, out_dim, kernel_size=1),
+    ]
     if pooled:
         layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
     return nn.Sequential(*layers)
@@ -84,10 +89,17 @@ class PICOfficialModel(nn.Module):
     checkpoint was trained for) are set by :func:`build_official_model` and the loader.
     """
 
-    def __init__(self, backbone: str = "mobilenetv2", reduced_dim: int = 8, align_size: int = 9,
-                 num_users: int = RELEASE_NUM_USERS, num_positions: int = RELEASE_NUM_POSITIONS,
-                 attention: bool = False, backbone_weight_path: str | None = None,
-                 position_head: str = "linear") -> None:
+    def __init__(
+        self,
+        backbone: str = "mobilenetv2",
+        reduced_dim: int = 8,
+        align_size: int = 9,
+        num_users: int = RELEASE_NUM_USERS,
+        num_positions: int = RELEASE_NUM_POSITIONS,
+        attention: bool = False,
+        backbone_weight_path: str | None = None,
+        position_head: str = "linear",
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.num_users, self.num_positions = num_users, num_positions
@@ -103,8 +115,10 @@ class PICOfficialModel(nn.Module):
             self.FC_layers_3 = nn.Sequential(nn.Linear(num_users, num_positions))
         elif position_head == "conv1d":
             if conv1d_positions(num_users) != num_positions:
-                raise ValueError(f"the Conv1d position head gives {conv1d_positions(num_users)} offsets from "
-                                 f"{num_users} users, not {num_positions}")
+                raise ValueError(
+                    f"the Conv1d position head gives {conv1d_positions(num_users)} offsets from "
+                    f"{num_users} users, not {num_positions}"
+                )
             self.FC_layers_3 = nn.Conv1d(1, 1, kernel_size=CONV1D_KERNEL, stride=CONV1D_STRIDE)
         else:
             raise ValueError(f"position_head {position_head!r}: expected one of {', '.join(POSITION_HEADS)}")
@@ -117,8 +131,14 @@ class PICOfficialModel(nn.Module):
     def photo_spec(self) -> PhotoSpec:
         """GAIC's release input (channels in the order its checkpoint was trained on), the fixed
         views, and the whole photo for the subjective branch."""
-        return PhotoSpec("gaic", (GAIC_SHORT_SIDE, GAIC_SHORT_SIDE), True, "pic", takes_user_image=True,
-                         channel_order=getattr(self.cfg, "channel_order", "rgb"))
+        return PhotoSpec(
+            "gaic",
+            (GAIC_SHORT_SIDE, GAIC_SHORT_SIDE),
+            True,
+            "pic",
+            takes_user_image=True,
+            channel_order=getattr(self.cfg, "channel_order", "rgb"),
+        )
 
     def objective_scores(self, image: torch.Tensor, crop_box: torch.Tensor) -> torch.Tensor:
         """(B, N) generic scores of crops (B, N, 4)."""
@@ -142,13 +162,21 @@ class PICOfficialModel(nn.Module):
             return self.FC_layers_3(logits.unsqueeze(1)).squeeze(1)
         return self.FC_layers_3(logits)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
-                crop_valid: torch.Tensor | None = None, user_image: torch.Tensor | None = None) -> CropOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor | None = None,
+        crop_valid: torch.Tensor | None = None,
+        user_image: torch.Tensor | None = None,
+    ) -> CropOutput:
         scores = self.objective_scores(image, crop_box)
         if user_image is not None:
             if crop_box.shape[1] != self.num_positions:
-                raise ValueError(f"{crop_box.shape[1]} crops per image: the personal offsets need exactly "
-                                 f"{self.num_positions} candidates in their fixed order")
+                raise ValueError(
+                    f"{crop_box.shape[1]} crops per image: the personal offsets need exactly "
+                    f"{self.num_positions} candidates in their fixed order"
+                )
             scores = scores + self.position_offsets(user_image)
         return CropOutput(mask_padded_scores(scores, crop_valid))
 
@@ -156,6 +184,7 @@ class PICOfficialModel(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The embedding variant (this project's extension): its model
 # ----------------------------------------------------------------------------------------------
+
 
 def crop_geometry(crop_box: torch.Tensor, human_box: torch.Tensor, width: float, height: float) -> torch.Tensor:
     """Geometry of crops (..., 4) in a ``width`` x ``height`` image -> (..., GEOMETRY_DIM).
@@ -173,12 +202,29 @@ def crop_geometry(crop_box: torch.Tensor, human_box: torch.Tensor, width: float,
     crop_w, crop_h = (x2 - x1).clamp(min=1e-6), (y2 - y1).clamp(min=1e-6)
     present = ((px1 >= 0) & (px2 > px1) & (py2 > py1)).to(crop.dtype)
     person_w, person_h = (px2 - px1).clamp(min=1e-6), (py2 - py1).clamp(min=1e-6)
-    overlap = ((torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp(min=0)
-               * (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp(min=0))
-    columns = [x1 / width, y1 / height, x2 / width, y2 / height, crop_w / width, crop_h / height,
-               crop_w * crop_h / (width * height), torch.log(crop_w / crop_h), present]
-    person_columns = [((px1 + px2) / 2 - x1) / crop_w, ((py1 + py2) / 2 - y1) / crop_h, (py1 - y1) / crop_h,
-                      (y2 - py2) / crop_h, person_h / crop_h, person_w / crop_w, overlap / (person_w * person_h)]
+    overlap = (torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp(min=0) * (
+        torch.minimum(y2, py2) - torch.maximum(y1, py1)
+    ).clamp(min=0)
+    columns = [
+        x1 / width,
+        y1 / height,
+        x2 / width,
+        y2 / height,
+        crop_w / width,
+        crop_h / height,
+        crop_w * crop_h / (width * height),
+        torch.log(crop_w / crop_h),
+        present,
+    ]
+    person_columns = [
+        ((px1 + px2) / 2 - x1) / crop_w,
+        ((py1 + py2) / 2 - y1) / crop_h,
+        (py1 - y1) / crop_h,
+        (y2 - py2) / crop_h,
+        person_h / crop_h,
+        person_w / crop_w,
+        overlap / (person_w * person_h),
+    ]
     columns += [column * present for column in person_columns]
     return torch.stack(columns, dim=-1)
 
@@ -188,8 +234,9 @@ class SubjectiveBranch(nn.Module):
 
     def __init__(self, align_dim: int, out_dim: int, align_size: int = ALIGN_SIZE) -> None:
         super().__init__()
-        self.content = nn.Sequential(nn.Conv2d(align_dim, SUBJECTIVE_HIDDEN, kernel_size=align_size),
-                                     nn.ReLU(inplace=True), nn.Flatten(1))
+        self.content = nn.Sequential(
+            nn.Conv2d(align_dim, SUBJECTIVE_HIDDEN, kernel_size=align_size), nn.ReLU(inplace=True), nn.Flatten(1)
+        )
         self.fuse = nn.Sequential(nn.Linear(SUBJECTIVE_HIDDEN + GEOMETRY_DIM, out_dim), nn.ReLU(inplace=True))
 
     def forward(self, aligned: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
@@ -215,8 +262,9 @@ class PreferenceModule(nn.Module):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(feature_dim))
         self.register_buffer("feature_std", torch.ones(feature_dim))
-        self.evidence_encoder = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True),
-                                              nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.evidence_encoder = nn.Sequential(
+            nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)
+        )
         self.embedding_head = nn.Linear(hidden, embed_dim)
         self.taste = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, taste_dim))
         self.user_weights = nn.Linear(embed_dim, taste_dim)
@@ -266,16 +314,23 @@ class PICModel(GAICScorer):
         align_dim = cfg.reduced_dim * (2 if cfg.use_rod_feature else 1)
         self.subjective_branch = SubjectiveBranch(align_dim, cfg.subjective_dim)
         self.user_classifier = nn.Linear(cfg.subjective_dim, cfg.num_users) if cfg.num_users else None
-        self.preference = PreferenceModule(cfg.subjective_dim + GEOMETRY_DIM, cfg.embed_dim, cfg.taste_dim,
-                                           cfg.preference_hidden)
+        self.preference = PreferenceModule(
+            cfg.subjective_dim + GEOMETRY_DIM, cfg.embed_dim, cfg.taste_dim, cfg.preference_hidden
+        )
         self.user_embeddings: dict[str, torch.Tensor] = {}
 
     @property
     def photo_spec(self) -> PhotoSpec:
         return spec_of_config(self.cfg, uses_person=True, takes_user=True)
 
-    def forward(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor | None = None,
-                crop_valid: torch.Tensor | None = None, user: str | None = None) -> CropOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor | None = None,
+        crop_valid: torch.Tensor | None = None,
+        user: str | None = None,
+    ) -> CropOutput:
         """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops score ``-inf``.
 
         With a ``user``, ``human_box`` (B, 1, 4) feeds the crops' geometry; None means no person.
@@ -289,16 +344,22 @@ class PICModel(GAICScorer):
         preference = self.preference(features, embedding.to(features))
         return CropOutput(scatter_valid_scores(objective + preference, crop_valid, *crop_box.shape[:2]))
 
-    def describe_crops(self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor,
-                       width: float, height: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def describe_crops(
+        self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor, width: float, height: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective scores (K,) and descriptions (K, subjective_dim + GEOMETRY_DIM) of rois (K, 5)."""
         aligned = self.crop_align(feature_map, rois)
         geometry = crop_geometry(rois[:, 1:], human_boxes, width, height)
         subjective = self.subjective_branch(aligned, geometry)
         return self.FC_layers(aligned).flatten(), torch.cat([subjective, geometry], dim=1)
 
-    def crop_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, human_box: torch.Tensor,
-                     crop_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def crop_outputs(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        human_box: torch.Tensor,
+        crop_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(objective (K,), descriptions (K, F), image index (K,))`` of the valid crops of a batch.
 
         ``crop_box`` (B, N, 4) and ``human_box`` (B, 1, 4) are in input pixels.
@@ -313,8 +374,9 @@ class PICModel(GAICScorer):
         objective, features = self.describe_crops(self.reduced_features(image), rois, human, width, height)
         return objective, features, rois[:, 0].long()
 
-    def _user_logits(self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor,
-                     width: float, height: float) -> torch.Tensor:
+    def _user_logits(
+        self, feature_map: torch.Tensor, rois: torch.Tensor, human_boxes: torch.Tensor, width: float, height: float
+    ) -> torch.Tensor:
         if self.user_classifier is None:
             raise ValueError("this PIC model has no user classifier (built with num_users=0)")
         geometry = crop_geometry(rois[:, 1:], human_boxes, width, height)
@@ -326,8 +388,14 @@ class PICModel(GAICScorer):
         height, width = image.shape[-2:]
         return self._user_logits(self.reduced_features(image), rois, human_boxes, width, height)
 
-    def pretraining_outputs(self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: torch.Tensor | None,
-                            best_rois: torch.Tensor, best_human: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pretraining_outputs(
+        self,
+        image: torch.Tensor,
+        crop_box: torch.Tensor,
+        crop_valid: torch.Tensor | None,
+        best_rois: torch.Tensor,
+        best_human: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass for both branches: objective scores (B, N) of the candidates, and
         :meth:`user_logits` of the users' best crops ``best_rois``."""
         batch, count = crop_box.shape[:2]
@@ -350,12 +418,20 @@ class PICModel(GAICScorer):
 
 def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return cast(torch.Tensor, sum(torch.mean((now - before.detach()) ** 2)
-                                  for now, before in zip(current, prior, strict=True)))
+    return cast(
+        torch.Tensor, sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior, strict=True))
+    )
 
 
-def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageFeatures], user: str,
-                names: Sequence[str], preference: PreferenceModule, best_crops: int) -> list[UserImage]:
+def user_images(
+    data: PICData,
+    dataset: PICImageDataset,
+    cache: dict[str, ImageFeatures],
+    user: str,
+    names: Sequence[str],
+    preference: PreferenceModule,
+    best_crops: int,
+) -> list[UserImage]:
     """The ``names`` a user rated, ready for episodes and evaluation (evidence uses ``preference``'s
     feature statistics, which must be set first)."""
     examples = []
@@ -374,6 +450,7 @@ def user_images(data: PICData, dataset: PICImageDataset, cache: dict[str, ImageF
 # Building the release's model from a config or a state_dict (cropping_model.load_crop_model loads)
 # ----------------------------------------------------------------------------------------------
 
+
 def _position_head_of(names: set) -> str | None:
     if "FC_layers_3.0.weight" in names:
         return "linear"
@@ -387,8 +464,11 @@ def is_official_pic_state_dict(state_dict: Mapping[str, Any]) -> bool:
     if not isinstance(state_dict, Mapping) or not state_dict:
         return False
     names = set(release_state_dict(dict(state_dict)))
-    return ({"DimRed.weight", "FC_layers_1.0.0.weight", "FC_layers_2.3.weight"} <= names
-            and _position_head_of(names) is not None and any(name.startswith("Feat_ext.") for name in names))
+    return (
+        {"DimRed.weight", "FC_layers_1.0.0.weight", "FC_layers_2.3.weight"} <= names
+        and _position_head_of(names) is not None
+        and any(name.startswith("Feat_ext.") for name in names)
+    )
 
 
 def official_pic_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
@@ -398,14 +478,18 @@ def official_pic_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
     Raises :class:`untils.checkpoint.CheckpointError` naming what does not fit.
     """
     if not is_official_pic_state_dict(state_dict):
-        raise CheckpointError("not a state_dict of PIC's release (expected Feat_ext.*, DimRed.*, FC_layers_1.*, "
-                              "FC_layers_2.* and FC_layers_3, Linear or Conv1d)")
+        raise CheckpointError(
+            "not a state_dict of PIC's release (expected Feat_ext.*, DimRed.*, FC_layers_1.*, "
+            "FC_layers_2.* and FC_layers_3, Linear or Conv1d)"
+        )
     state = release_state_dict(dict(state_dict))
     by_channels = {sum(channels): name for name, channels in BACKBONE_CHANNELS.items()}
     backbone = by_channels.get(state["DimRed.weight"].shape[1])
     if backbone is None:
-        raise CheckpointError(f"PIC state_dict with DimRed over {state['DimRed.weight'].shape[1]} channels: its "
-                              f"backbone is not supported (known: {sorted(by_channels.items())})")
+        raise CheckpointError(
+            f"PIC state_dict with DimRed over {state['DimRed.weight'].shape[1]} channels: its "
+            f"backbone is not supported (known: {sorted(by_channels.items())})"
+        )
     users = state["FC_layers_2.3.weight"].shape[0]
     head = _position_head_of(set(state))
     if head == "linear":
@@ -413,17 +497,34 @@ def official_pic_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
     else:
         positions = conv1d_positions(users)
         if tuple(state["FC_layers_3.weight"].shape) != (1, 1, CONV1D_KERNEL) or positions < 1:
-            raise CheckpointError(f"PIC state_dict with FC_layers_3.weight of shape "
-                                  f"{tuple(state['FC_layers_3.weight'].shape)} over {users} users: expected the "
-                                  f"release's Conv1d (1, 1, {CONV1D_KERNEL}) over at least {CONV1D_KERNEL} users")
-    return {"variant": "official", "backbone": backbone, "reduced_dim": state["DimRed.weight"].shape[0],
-            "num_users": users, "num_positions": positions, "align_size": state["FC_layers_1.0.0.weight"].shape[-1],
-            "position_head": head, "attention": any(name.startswith("danet.") for name in state)}
+            raise CheckpointError(
+                f"PIC state_dict with FC_layers_3.weight of shape "
+                f"{tuple(state['FC_layers_3.weight'].shape)} over {users} users: expected the "
+                f"release's Conv1d (1, 1, {CONV1D_KERNEL}) over at least {CONV1D_KERNEL} users"
+            )
+    return {
+        "variant": "official",
+        "backbone": backbone,
+        "reduced_dim": state["DimRed.weight"].shape[0],
+        "num_users": users,
+        "num_positions": positions,
+        "align_size": state["FC_layers_1.0.0.weight"].shape[-1],
+        "position_head": head,
+        "attention": any(name.startswith("danet.") for name in state),
+    }
 
 
 def build_official_model(cfg, backbone_weight_path: str | None = None) -> PICOfficialModel:
     """A fresh official model for ``cfg`` (``config_PIC.Config``), ImageNet weights when given."""
-    model = PICOfficialModel(cfg.backbone, cfg.reduced_dim, cfg.align_size, cfg.num_users, cfg.num_positions,
-                             cfg.attention, backbone_weight_path, cfg.position_head)
+    model = PICOfficialModel(
+        cfg.backbone,
+        cfg.reduced_dim,
+        cfg.align_size,
+        cfg.num_users,
+        cfg.num_positions,
+        cfg.attention,
+        backbone_weight_path,
+        cfg.position_head,
+    )
     model.cfg = cfg
     return model

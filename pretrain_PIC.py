@@ -29,6 +29,7 @@ the objective branch and the user-classification accuracy on held-out images (`v
 best-<metric>.pth keeps the best epoch of each. prior_PIC.py continues from best-srcc.pth. Test
 users are never seen here.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,6 +85,7 @@ BestCrops = dict[str, tuple[torch.Tensor, np.ndarray]]
 class PretrainingOutput:
     """What a pre-training step's loss reads: objective scores (B, N) of the candidate crops, and
     user logits (M, num_users) of the training users' best crops with their users (M,)."""
+
     score: torch.Tensor
     user_logits: torch.Tensor
     user_labels: torch.Tensor
@@ -94,6 +96,7 @@ class SubjectiveData:
     """The PIC images the subjective branch learns from: the training and held-out images, and for
     each image the classifier labels (M,) and boxes (M, 4, original pixels) of the training users'
     best crops."""
+
     train: NamedSubset
     val: NamedSubset
     val_names: list[str]
@@ -126,9 +129,19 @@ class PICPretrainer(Trainer):
     # one process only (build_trainer), so the engine's model is the PIC model itself, never wrapped
     model: PICModel
 
-    def __init__(self, cfg: config_PIC.Config, exp_path: str, device: torch.device, model: PICModel,
-                 train_set: ScoredCrops, val_names: list[str], objective_val: NamedSubset, subjective: SubjectiveData,
-                 loss_fn: LossFunction, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: config_PIC.Config,
+        exp_path: str,
+        device: torch.device,
+        model: PICModel,
+        train_set: ScoredCrops,
+        val_names: list[str],
+        objective_val: NamedSubset,
+        subjective: SubjectiveData,
+        loss_fn: LossFunction,
+        progress: bool = True,
+    ) -> None:
         super().__init__(cfg, exp_path, device, model, train_set, val_names, loss_fn, progress)
         self.objective_val = objective_val
         self.subjective = subjective
@@ -140,11 +153,13 @@ class PICPretrainer(Trainer):
         """Endless shuffled batches of training PIC images (objective_set GAICD/CPC)."""
         epoch = 0
         while True:
-            sampler = SizeBucketBatchSampler(self.subjective.train, self.cfg.images_per_step, shuffle=True,
-                                             seed=self.cfg.seed + 1)
+            sampler = SizeBucketBatchSampler(
+                self.subjective.train, self.cfg.images_per_step, shuffle=True, seed=self.cfg.seed + 1
+            )
             sampler.set_epoch(epoch)
-            yield from DataLoader(self.subjective.train, batch_sampler=sampler, collate_fn=collate_crops,
-                                  num_workers=self.cfg.num_workers)
+            yield from DataLoader(
+                self.subjective.train, batch_sampler=sampler, collate_fn=collate_crops, num_workers=self.cfg.num_workers
+            )
             epoch += 1
 
     def best_crop_rois(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,8 +185,9 @@ class PICPretrainer(Trainer):
         (the batch's own with objective_set PIC, else the next batch of PIC images)."""
         if self.subjective_batches is None:
             rois, humans, labels = self.best_crop_rois(batch)
-            score, logits = self.model.pretraining_outputs(batch["image"], batch["crop_box"], batch["crop_valid"],
-                                                           rois, humans)
+            score, logits = self.model.pretraining_outputs(
+                batch["image"], batch["crop_box"], batch["crop_valid"], rois, humans
+            )
         else:
             score = self.model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"]).score
             pic_batch = move_batch(next(self.subjective_batches), self.device)
@@ -193,9 +209,16 @@ class PICPretrainer(Trainer):
         return hits / max(total, 1)
 
     def evaluate(self) -> dict[str, float]:
-        objective = evaluate_scored(self.core, self.objective_val, self.cfg.images_per_step,
-                                    self.cfg.num_workers, self.progress, "objective validation",
-                                    self.autocast_dtype, self.cfg.channels_last)
+        objective = evaluate_scored(
+            self.core,
+            self.objective_val,
+            self.cfg.images_per_step,
+            self.cfg.num_workers,
+            self.progress,
+            "objective validation",
+            self.autocast_dtype,
+            self.cfg.channels_last,
+        )
         results = {key: objective[key] for key in ("srcc", "acc5", "acc10", "pcc")}
         results["user_acc"] = self.user_accuracy()
         return results
@@ -203,8 +226,9 @@ class PICPretrainer(Trainer):
     def report_test(self) -> None:
         """Pre-training has no test split: test users are evaluated by finetune_PIC.py."""
         for name, best in self.best.items():
-            print(f"best val {name} = {best['value']:.4f} at epoch {best['epoch']}: "
-                  f"{self.checkpoint_dir}/best-{name}.pth")
+            print(
+                f"best val {name} = {best['value']:.4f} at epoch {best['epoch']}: {self.checkpoint_dir}/best-{name}.pth"
+            )
 
 
 def held_out_split(dataset: ScoredCrops, cfg: config_PIC.Config) -> tuple[NamedSubset, list[str]]:
@@ -219,8 +243,10 @@ def held_out_split(dataset: ScoredCrops, cfg: config_PIC.Config) -> tuple[NamedS
 def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, progress: bool) -> PICPretrainer:
     """The PIC data, the model (its user classifier sized by the training users), the datasets and the trainer."""
     if distributed():
-        raise SystemExit("pretrain_PIC.py trains in one process: the subjective branch's passes are not "
-                         "wrapped for DistributedDataParallel; run it without torchrun")
+        raise SystemExit(
+            "pretrain_PIC.py trains in one process: the subjective branch's passes are not "
+            "wrapped for DistributedDataParallel; run it without torchrun"
+        )
     pic = load_pic_data(cfg)
     if cfg.num_users not in (0, len(pic.train_users)):
         raise ValueError(f"num_users={cfg.num_users}, but {cfg.PIC_users} lists {len(pic.train_users)} training users")
@@ -228,10 +254,15 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
     model = PICModel(cfg)  # config_PIC's only model_type
     # one held-out rule (untils.training.held_out_images) for the PIC images and the objective set
     subjective_train, subjective_val_names = held_out_split(
-        PICImageDataset(cfg, pic, pic.train_users, augment=cfg.data_augmentation), cfg)
+        PICImageDataset(cfg, pic, pic.train_users, augment=cfg.data_augmentation), cfg
+    )
     pic_images = PICImageDataset(cfg, pic, pic.train_users, augment=False)
-    subjective = SubjectiveData(subjective_train, subset_of(pic_images, subjective_val_names), subjective_val_names,
-                                best_crops_by_image(pic, cfg.best_crops))
+    subjective = SubjectiveData(
+        subjective_train,
+        subset_of(pic_images, subjective_val_names),
+        subjective_val_names,
+        best_crops_by_image(pic, cfg.best_crops),
+    )
     if cfg.objective_set == "PIC":
         train_set, val_names = subjective_train, subjective_val_names
         objective_val = subjective.val
@@ -241,14 +272,21 @@ def build_trainer(cfg: config_PIC.Config, exp_path: str, device: torch.device, p
 
     def loss_fn(output: PretrainingOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # the objective scores' loss_type losses + subjective_loss_weight x which user chose each best crop
-        objective_loss = crop_score_loss(output.score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
-                                         score_mean=train_set.score_mean, rank_loss_weighting=cfg.rank_loss_weighting)
+        objective_loss = crop_score_loss(
+            output.score.float(),
+            batch["score"],
+            cfg.loss_type,
+            batch["crop_valid"],
+            score_mean=train_set.score_mean,
+            rank_loss_weighting=cfg.rank_loss_weighting,
+        )
         subjective_loss = F.cross_entropy(output.user_logits.float(), output.user_labels)
         loss = objective_loss + cfg.subjective_loss_weight * subjective_loss
         return loss, {"objective_loss": objective_loss, "subjective_loss": subjective_loss, "total_loss": loss}
 
-    return PICPretrainer(cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, loss_fn,
-                         progress)
+    return PICPretrainer(
+        cfg, exp_path, device, model, train_set, val_names, objective_val, subjective, loss_fn, progress
+    )
 
 
 class RatedImageItems(Dataset):
@@ -264,8 +302,12 @@ class RatedImageItems(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
-        return {"image": example.image[0], "crop_box": example.crop_box[0], "score": example.scores,
-                "name": example.name}
+        return {
+            "image": example.image[0],
+            "crop_box": example.crop_box[0],
+            "score": example.scores,
+            "name": example.name,
+        }
 
     def resized_size_of(self, index: int) -> tuple[int, int]:
         height, width = self.examples[index].image.shape[-2:]
@@ -275,19 +317,26 @@ class RatedImageItems(Dataset):
 def gaicd_training_split(cfg: config_PIC.Config) -> GAICDataset:
     """GAICD's training split as the release's pre-training reads it: GAIC's preprocessing (shorter
     side 256, cv2, / 256) and augmentation (``data_augmentation``); one error when GAICD is missing."""
-    needed = [cfg.GAIC_image, cfg.GAIC_anno, cfg.GAIC_human,
-              cfg.GAIC_human_split if cfg.only_human else cfg.GAIC_split]
+    needed = [cfg.GAIC_image, cfg.GAIC_anno, cfg.GAIC_human, cfg.GAIC_human_split if cfg.only_human else cfg.GAIC_split]
     missing = [path for path in needed if not os.path.exists(path)]
     if missing:
         more = f" (and {len(missing) - 1} more of GAICD's files)" if len(missing) > 1 else ""
         raise FileNotFoundError(
             f"the official pre-training trains its objective branch on GAICD's training split, as the release, "
             f"but {missing[0]} is missing{more}; GAICD is looked for in {cfg.GAIC_path} (--data-root, --GAIC_path); "
-            "--objective_set PIC trains it on the training users' mean scores instead")
-    gaic_input = replace(cfg, image_preprocessing="gaic", image_size=(GAIC_SHORT_SIDE, GAIC_SHORT_SIDE),
-                         keep_aspect_ratio=True)
-    return GAICDataset(gaic_input, "train", cfg.only_human, keep_aspect_ratio=True, augment=cfg.data_augmentation,
-                       require_heat_maps=False)
+            "--objective_set PIC trains it on the training users' mean scores instead"
+        )
+    gaic_input = replace(
+        cfg, image_preprocessing="gaic", image_size=(GAIC_SHORT_SIDE, GAIC_SHORT_SIDE), keep_aspect_ratio=True
+    )
+    return GAICDataset(
+        gaic_input,
+        "train",
+        cfg.only_human,
+        keep_aspect_ratio=True,
+        augment=cfg.data_augmentation,
+        require_heat_maps=False,
+    )
 
 
 def bgr_input(image: torch.Tensor) -> torch.Tensor:
@@ -329,8 +378,12 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
     for epoch in tqdm(range(cfg.max_epoch), desc="pre-training", disable=not progress):
         order = torch.randperm(len(objective), generator=generator).tolist()
         classes = torch.randperm(len(labelled), generator=generator).tolist()
-        loader = DataLoader(EpochSeededItems(objective, cfg.seed, epoch), batch_sampler=[[index] for index in order],
-                            collate_fn=collate_crops, num_workers=cfg.num_workers if on_gaicd else 0)
+        loader = DataLoader(
+            EpochSeededItems(objective, cfg.seed, epoch),
+            batch_sampler=[[index] for index in order],
+            collate_fn=collate_crops,
+            num_workers=cfg.num_workers if on_gaicd else 0,
+        )
         sums = {"loss": 0.0, "objective_loss": 0.0, "user_loss": 0.0}
         for step, batch in enumerate(loader):
             batch = sample_views(batch, cfg.official_crops_per_step, [item_seed(cfg.seed, epoch, batch["name"][0])])
@@ -338,8 +391,9 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
             target = (batch["score"][0] - MOS_MEAN) / MOS_STD if on_gaicd else batch["score"][0]
             objective_loss = F.smooth_l1_loss(model.objective_scores(image, batch["crop_box"])[0], target)
             picks = [labelled[classes[(step * per_step + j) % len(classes)]] for j in range(per_step)]
-            logits = model.user_logits(torch.cat([augmented_user_image(user_images[path], generator)
-                                                  for path, _ in picks]))
+            logits = model.user_logits(
+                torch.cat([augmented_user_image(user_images[path], generator) for path, _ in picks])
+            )
             user_loss = F.cross_entropy(logits, torch.tensor([label for _, label in picks]))
             loss = objective_loss + user_loss
             optimiser.zero_grad()
@@ -349,10 +403,22 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
                 sums[key] += value.item()
         history.append({"epoch": epoch, **{key: total / len(order) for key, total in sums.items()}})
     path = os.path.join(exp_path, "checkpoints", "pretrain.pth")
-    save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
-                 "stage": "pretrain", "users": users, "history": history}, path)
-    print(f"official pre-training ({len(users)} users, {len(objective)} {cfg.objective_set} objective images) "
-          f"saved to {path}", flush=True)
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "model_type": "PIC",
+            "stage": "pretrain",
+            "users": users,
+            "history": history,
+        },
+        path,
+    )
+    print(
+        f"official pre-training ({len(users)} users, {len(objective)} {cfg.objective_set} objective images) "
+        f"saved to {path}",
+        flush=True,
+    )
     return {"checkpoint": path, "exp_path": exp_path, "history": history}
 
 

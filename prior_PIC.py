@@ -23,6 +23,7 @@ of SRCC/Acc5 on held-out images (the `val_fraction` rule pre-training used), eac
 from `support_images` of their other images; the best epoch is saved as prior.pth with every
 training user's embedding (from all their images), ready for finetune_PIC.py and the crop tool.
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,8 +60,9 @@ def mean_metrics(per_user: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([metrics[key] for metrics in per_user])) for key in per_user[0]}
 
 
-def episode_loss(preference: PreferenceModule, query: UserImage, support: Sequence[UserImage], cfg,
-                 generator: torch.Generator) -> torch.Tensor:
+def episode_loss(
+    preference: PreferenceModule, query: UserImage, support: Sequence[UserImage], cfg, generator: torch.Generator
+) -> torch.Tensor:
     """Score losses of the query's crops for the user embedded from ``support`` (random views)."""
     views = torch.randint(VIEWS, (len(support) + 1,), generator=generator).tolist()
     evidence = [example.evidence[view] for example, view in zip(support, views, strict=False)]  # views[-1]: query
@@ -69,8 +71,13 @@ def episode_loss(preference: PreferenceModule, query: UserImage, support: Sequen
     return crop_score_loss(predicted, query.scores, cfg.loss_type, rank_loss_weighting=cfg.rank_loss_weighting)
 
 
-def validate_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
-                   val: dict[str, list[UserImage]], support_images: int, seed: int) -> dict[str, float]:
+def validate_prior(
+    preference: PreferenceModule,
+    train: dict[str, list[UserImage]],
+    val: dict[str, list[UserImage]],
+    support_images: int,
+    seed: int,
+) -> dict[str, float]:
     """Mean over users of the metrics of their held-out images, each user embedded from
     ``support_images`` of their training images (the same ones every epoch)."""
     per_user = []
@@ -86,14 +93,21 @@ def validate_prior(preference: PreferenceModule, train: dict[str, list[UserImage
     return mean_metrics(per_user)
 
 
-def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]], val: dict[str, list[UserImage]],
-                cfg, writer: Any | None = None, progress: bool = True) -> list[dict[str, float]]:
+def train_prior(
+    preference: PreferenceModule,
+    train: dict[str, list[UserImage]],
+    val: dict[str, list[UserImage]],
+    cfg,
+    writer: Any | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
     """Episodic training of ``preference``; leaves it at the epoch with the best validation SRCC.
 
     Returns one row per epoch (epoch, loss, validation metrics).
     """
-    episodes = [(user, index) for user, examples in train.items() if len(examples) > 1
-                for index in range(len(examples))]
+    episodes = [
+        (user, index) for user, examples in train.items() if len(examples) > 1 for index in range(len(examples))
+    ]
     if not episodes:
         raise ValueError("prior training needs training users with at least two training images each")
     optimizer = torch.optim.Adam(preference.parameters(), lr=cfg.prior_lr, weight_decay=cfg.weight_decay)
@@ -105,14 +119,18 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
         order = torch.randperm(len(episodes), generator=generator).tolist()
         total = 0.0
         starts = range(0, len(order), cfg.prior_episodes_per_step)
-        for start in tqdm(starts, desc=f"prior epoch {epoch + 1}/{cfg.prior_epochs}", disable=not progress,
-                          leave=False):
+        for start in tqdm(
+            starts, desc=f"prior epoch {epoch + 1}/{cfg.prior_epochs}", disable=not progress, leave=False
+        ):
             losses = []
-            for user, index in (episodes[i] for i in order[start:start + cfg.prior_episodes_per_step]):
+            for user, index in (episodes[i] for i in order[start : start + cfg.prior_episodes_per_step]):
                 others = [i for i in range(len(train[user])) if i != index]
-                picked = torch.randperm(len(others), generator=generator)[:cfg.support_images].tolist()
-                losses.append(episode_loss(preference, train[user][index], [train[user][others[i]] for i in picked],
-                                           cfg, generator))
+                picked = torch.randperm(len(others), generator=generator)[: cfg.support_images].tolist()
+                losses.append(
+                    episode_loss(
+                        preference, train[user][index], [train[user][others[i]] for i in picked], cfg, generator
+                    )
+                )
             loss = torch.stack(losses).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,15 +138,21 @@ def train_prior(preference: PreferenceModule, train: dict[str, list[UserImage]],
             total += loss.item() * len(losses)
         preference.eval()
         metrics = validate_prior(preference, train, val, cfg.support_images, cfg.seed)
-        row = {"epoch": epoch, "loss": total / len(episodes),
-               **{f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")}}
+        row = {
+            "epoch": epoch,
+            "loss": total / len(episodes),
+            **{f"val_{key}": metrics[key] for key in ("srcc", "acc5", "acc10", "pcc")},
+        }
         history.append(row)
         if writer is not None:
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(f"prior/{key}", value, epoch)
-        print(f"prior epoch {epoch + 1}/{cfg.prior_epochs}: loss={row['loss']:.4f} | val: "
-              + ", ".join(f"{k[4:]}={row[k]:.3f}" for k in row if k.startswith("val_")), flush=True)
+        print(
+            f"prior epoch {epoch + 1}/{cfg.prior_epochs}: loss={row['loss']:.4f} | val: "
+            + ", ".join(f"{k[4:]}={row[k]:.3f}" for k in row if k.startswith("val_")),
+            flush=True,
+        )
         if metrics["srcc"] > best_srcc:  # NaN (constant scores) never wins
             best_srcc = metrics["srcc"]
             best_state = {k: v.detach().clone() for k, v in preference.state_dict().items()}
@@ -150,15 +174,34 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
     history = []
     for user in tqdm(release.train_users, desc="prior users", disable=not progress):
         split = release.prior[user]
-        losses = train_on_images(model, rated_images(release.image_dir, split.train, cfg.channel_order == "bgr"),
-                                 cfg.official_prior_epochs, cfg.official_prior_lr, 0.8, 1.0, generator)
+        losses = train_on_images(
+            model,
+            rated_images(release.image_dir, split.train, cfg.channel_order == "bgr"),
+            cfg.official_prior_epochs,
+            cfg.official_prior_lr,
+            0.8,
+            1.0,
+            generator,
+        )
         history.append({"user": user, "loss": losses[-1]})
-    val = {user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.channel_order == "bgr"))
-           for user, split in release.prior.items() if split.val}
+    val = {
+        user: evaluate_images(model, rated_images(release.image_dir, split.val, cfg.channel_order == "bgr"))
+        for user, split in release.prior.items()
+        if split.val
+    }
     metrics = {name: float(np.mean([table[name] for table in val.values()])) for name in next(iter(val.values()))}
     path = os.path.join(exp_path, "checkpoints", "prior.pth")
-    save_atomic({"model": model.state_dict(), "config": config_to_dict(cfg), "model_type": "PIC", "stage": "prior",
-                 "metrics": metrics, "history": history}, path)
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "model_type": "PIC",
+            "stage": "prior",
+            "metrics": metrics,
+            "history": history,
+        },
+        path,
+    )
     print(f"official prior model (val srcc={metrics['srcc']:.4f} over {len(val)} users) saved to {path}", flush=True)
     return {"checkpoint": path, "exp_path": exp_path, "history": history, "best": metrics}
 
@@ -169,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "model_type" not in content and is_official_pic_state_dict(content.get("model", {})):
         return prior_official(content, given_config_options(args), not args.no_progress)  # a release file
     if content.get("model_type") != "PIC":
-        raise SystemExit(f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
-                         "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release")
+        raise SystemExit(
+            f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
+            "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release"
+        )
     if is_official_pic_state_dict(content.get("model", {})):
         return prior_official(content, given_config_options(args), not args.no_progress)
     model = cast(PICModel, load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False))
@@ -186,16 +231,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache = extract_features(model, dataset, device, cfg.images_per_step, cfg.num_workers, not args.no_progress)
     preference = model.preference.cpu()
     preference.requires_grad_(True)
-    preference.set_feature_statistics(torch.cat([entry.features.reshape(-1, entry.features.shape[-1])
-                                                 for entry in cache.values()]))
+    preference.set_feature_statistics(
+        torch.cat([entry.features.reshape(-1, entry.features.shape[-1]) for entry in cache.values()])
+    )
     held_out = set(held_out_images(dataset.names, cfg.val_fraction, cfg.seed))
     train, val = {}, {}
     for user in data.train_users:
         names = data.images_of(user)
-        train[user] = user_images(data, dataset, cache, user, [n for n in names if n not in held_out], preference,
-                                  cfg.best_crops)
-        val[user] = user_images(data, dataset, cache, user, [n for n in names if n in held_out], preference,
-                                cfg.best_crops)
+        train[user] = user_images(
+            data, dataset, cache, user, [n for n in names if n not in held_out], preference, cfg.best_crops
+        )
+        val[user] = user_images(
+            data, dataset, cache, user, [n for n in names if n in held_out], preference, cfg.best_crops
+        )
     writer = summary_writer(os.path.join(exp_path, "logs"))
     with single_threaded():
         history = train_prior(preference, train, val, cfg, writer, not args.no_progress)
@@ -204,9 +252,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         embeddings = {user: embed_user(preference, train[user] + val[user]) for user in data.train_users}
     best = max(history, key=lambda row: -float("inf") if np.isnan(row["val_srcc"]) else row["val_srcc"])
     path = os.path.join(exp_path, "checkpoints", "prior.pth")
-    save_atomic({"model": model.cpu().state_dict(), "config": config_to_dict(cfg), "model_type": "PIC",
-                 "stage": "prior", "epoch": best["epoch"], "metrics": best,
-                 "user_embeddings": {user: vector.tolist() for user, vector in embeddings.items()}}, path)
+    save_atomic(
+        {
+            "model": model.cpu().state_dict(),
+            "config": config_to_dict(cfg),
+            "model_type": "PIC",
+            "stage": "prior",
+            "epoch": best["epoch"],
+            "metrics": best,
+            "user_embeddings": {user: vector.tolist() for user, vector in embeddings.items()},
+        },
+        path,
+    )
     with open(os.path.join(exp_path, "prior_results.csv"), "w", newline="") as stream:
         writer_csv = csv.DictWriter(stream, fieldnames=list(history[0]))
         writer_csv.writeheader()

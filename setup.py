@@ -5,6 +5,7 @@ CPU kernels always; CUDA kernels too when the installed torch has CUDA, a toolki
 Build against the installed torch:
 ``pip install --no-build-isolation -e .`` or ``python setup.py build_ext --inplace``.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,7 @@ WITH_CUDA = build_cuda()
 
 # The top-level modules (library and scripts, as the releases lay them out) are installed as they are;
 # untils/commands.py runs the scripts as the hcic-* commands.
-MODULES = sorted(os.path.splitext(name)[0] for name in os.listdir(ROOT)
-                 if name.endswith(".py") and name != "setup.py")
+MODULES = sorted(os.path.splitext(name)[0] for name in os.listdir(ROOT) if name.endswith(".py") and name != "setup.py")
 
 setup(
     name="human-centric-cropping",

@@ -13,6 +13,7 @@ test`, the release's protocol) the best epochs are picked on those test sets; `-
 picks them on CPC images held out from training (SRCC, Acc5, Acc10) and reports FCDB/FLMS once at
 the end. Same engine as train_on_GAICD.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,9 @@ from untils.training import Trainer, split_validation, subset_of
 
 TEST_PROTOCOLS = (("FCDB", True), ("FLMS", True), ("FCDB", False), ("FLMS", False))
 # human_*: FCDB's and FLMS's human-centric images pooled, the paper's column (and the release's selection)
-TEST_METRICS = ("human_iou", "human_disp") + tuple(f"{name}{'_human' if human else ''}_{metric}"
-                                                   for name, human in TEST_PROTOCOLS for metric in ("iou", "disp"))
+TEST_METRICS = ("human_iou", "human_disp") + tuple(
+    f"{name}{'_human' if human else ''}_{metric}" for name, human in TEST_PROTOCOLS for metric in ("iou", "disp")
+)
 VAL_METRICS = ("srcc", "acc5", "acc10")
 
 
@@ -49,11 +51,19 @@ class CPCTrainer(Trainer):
             return self.evaluate_test()
         if self.val_names is None:
             raise ValueError("selection=val needs the held-out images (split_validation's val_names)")
-        validation = CPCDataset(self.cfg, only_human_images=self.cfg.only_human,
-                                keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False)
-        metrics = evaluate_scored(self.core, subset_of(validation, self.val_names), self.cfg.images_per_step,
-                                  self.cfg.num_workers, self.progress, "CPC validation", self.autocast_dtype,
-                                  self.cfg.channels_last)
+        validation = CPCDataset(
+            self.cfg, only_human_images=self.cfg.only_human, keep_aspect_ratio=self.cfg.keep_aspect_ratio, augment=False
+        )
+        metrics = evaluate_scored(
+            self.core,
+            subset_of(validation, self.val_names),
+            self.cfg.images_per_step,
+            self.cfg.num_workers,
+            self.progress,
+            "CPC validation",
+            self.autocast_dtype,
+            self.cfg.channels_last,
+        )
         return {key: metrics[key] for key in ("srcc", "acc5", "acc10", "pcc", "wacc5", "wacc10")}
 
     def evaluate_test(self) -> dict[str, float]:
@@ -61,9 +71,16 @@ class CPCTrainer(Trainer):
         results, human = {}, []
         for dataset, only_human in TEST_PROTOCOLS:
             name = f"{dataset}{'_human' if only_human else ''}"
-            metrics = evaluate_anchors(self.core, evaluation_dataset(self.cfg, dataset, only_human),
-                                       self.cfg.images_per_step, self.cfg.num_workers, self.progress, name,
-                                       self.autocast_dtype, self.cfg.channels_last)
+            metrics = evaluate_anchors(
+                self.core,
+                evaluation_dataset(self.cfg, dataset, only_human),
+                self.cfg.images_per_step,
+                self.cfg.num_workers,
+                self.progress,
+                name,
+                self.autocast_dtype,
+                self.cfg.channels_last,
+            )
             results.update({f"{name}_{key}": metrics[key] for key in ("iou", "disp", "recall")})
             if only_human:
                 human.append(metrics)

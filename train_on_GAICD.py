@@ -15,6 +15,7 @@ the paper) did; `--selection val` picks them on images held out from train and r
 split once. `--preset GAIC-official` trains as GAIC's release: the whole model in eval mode
 (`train_in_eval_mode`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,9 +62,16 @@ class GAICDTrainer(Trainer):
                 dataset = subset_of(dataset, names)
             if len(dataset) == 0:
                 continue  # e.g. a small validation split without a person
-            metrics = evaluate_scored(self.core, dataset, self.cfg.images_per_step, self.cfg.num_workers,
-                                      self.progress, f"GAICD {split}{' human' if only_human else ''}",
-                                      self.autocast_dtype, self.cfg.channels_last)
+            metrics = evaluate_scored(
+                self.core,
+                dataset,
+                self.cfg.images_per_step,
+                self.cfg.num_workers,
+                self.progress,
+                f"GAICD {split}{' human' if only_human else ''}",
+                self.autocast_dtype,
+                self.cfg.channels_last,
+            )
             for key in ("srcc", "acc5", "acc10", "pcc", "wacc5", "wacc10"):
                 results[prefix + key] = metrics[key]
         return results
@@ -88,12 +96,25 @@ def prepare_demo(demo_dir: str, progress: bool, given: dict[str, Any]) -> dict[s
     if not os.path.exists(os.path.join(data_root, "GAICD", "image_crop.json")):
         print(f"building the demo dataset in {data_root} ...", flush=True)
         build_demo_dataset(data_root, num_train=32, num_test=12)
-    options: dict[str, Any] = {"data_root": data_root, "backbone": "mobilenetv2", "pretrained": False, "device": "cpu",
-               "max_epoch": 3, "warmup_epochs": 1, "num_workers": 0, "lr": 3e-4, "view_per_image": 16,
-               "image_size": (192, 192),
-               "exp_root": os.path.join(demo_dir, "experiments"), "display_freq": 10, "visualize_freq": 25,
-               "selection": "test", "exp_name": "demo", "visualize_heat_map": True,
-               "visualize_partition_feature": True}
+    options: dict[str, Any] = {
+        "data_root": data_root,
+        "backbone": "mobilenetv2",
+        "pretrained": False,
+        "device": "cpu",
+        "max_epoch": 3,
+        "warmup_epochs": 1,
+        "num_workers": 0,
+        "lr": 3e-4,
+        "view_per_image": 16,
+        "image_size": (192, 192),
+        "exp_root": os.path.join(demo_dir, "experiments"),
+        "display_freq": 10,
+        "visualize_freq": 25,
+        "selection": "test",
+        "exp_name": "demo",
+        "visualize_heat_map": True,
+        "visualize_partition_feature": True,
+    }
     options.update(given)
     cfg = config_GAICD.Config(**options)
     print("generating pseudo heat maps ...", flush=True)
@@ -106,9 +127,11 @@ def print_next_steps(trainer: GAICDTrainer) -> None:
     cfg = trainer.cfg
     checkpoint = os.path.join(trainer.checkpoint_dir, "best-srcc.pth")
     photo = os.path.join(cfg.GAIC_image, "test", evaluation_dataset(cfg, "GAICD", True).names[0])
-    print(f"\ndemo model: {checkpoint}\ncrop a photo with it (the person box from the demo's annotations):\n"
-          f"  python crop.py {photo} --checkpoint {checkpoint} --human-boxes {cfg.GAIC_human} "
-          f"--top-k 3 --visualize --out {os.path.join(os.path.dirname(cfg.exp_root), 'crops')}")
+    print(
+        f"\ndemo model: {checkpoint}\ncrop a photo with it (the person box from the demo's annotations):\n"
+        f"  python crop.py {photo} --checkpoint {checkpoint} --human-boxes {cfg.GAIC_human} "
+        f"--top-k 3 --visualize --out {os.path.join(os.path.dirname(cfg.exp_root), 'crops')}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> GAICDTrainer:

@@ -20,6 +20,7 @@ traffic (stated in the output) and as a share of the device's measured memory ba
 device-to-device copy of 1 GiB, bytes read and written). ``--json PATH`` also writes every number
 as JSON (for ``benchmarks/gpu_check.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ OPS = ("roi", "rod", "both")
 PASSES = ("forward", "forward+backward")
 
 
-def random_crops(count: int, batch_size: int, image_height: float, image_width: float,
-                 generator: torch.Generator) -> torch.Tensor:
+def random_crops(
+    count: int, batch_size: int, image_height: float, image_width: float, generator: torch.Generator
+) -> torch.Tensor:
     u = torch.rand(count, 4, generator=generator)
     x1, y1 = u[:, 0] * image_width / 3, u[:, 1] * image_height / 3
     x2 = image_width * (2 + u[:, 2]) / 3
@@ -76,10 +78,12 @@ def make_step(op: str, backward: bool, backend: str, features: torch.Tensor, roi
     if op in ("rod", "both"):
         modules.append(RoDAlignAvg(ALIGNED_SIZE, ALIGNED_SIZE, SPATIAL_SCALE, backend=backend))
     if not backward:
+
         def forward() -> None:
             with torch.no_grad():
                 for module in modules:
                     module(features, rois)
+
         return forward
 
     leaf = features.detach().requires_grad_(True)
@@ -90,6 +94,7 @@ def make_step(op: str, backward: bool, backend: str, features: torch.Tensor, roi
         outputs = [module(leaf, rois) for module in modules]
         torch.autograd.backward(outputs, grads)
         leaf.grad = None
+
     return forward_backward
 
 
@@ -98,8 +103,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(step: Callable[[], None], device: torch.device, warmup: int, repeats: int | None, rounds: int,
-            min_time: float) -> tuple[float, int]:
+def time_ms(
+    step: Callable[[], None], device: torch.device, warmup: int, repeats: int | None, rounds: int, min_time: float
+) -> tuple[float, int]:
     """Median over rounds of the mean milliseconds per call, and the calls per round."""
     for _ in range(warmup):
         step()
@@ -160,12 +166,15 @@ def copy_bandwidth(device: torch.device, rounds: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES),
-                        help="shapes to time (default: all)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="calls per round (default: enough to fill --min-time)")
-    parser.add_argument("--min-time", type=float, default=0.25,
-                        help="seconds per round when --repeats is not given (default: 0.25)")
+    parser.add_argument(
+        "--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES), help="shapes to time (default: all)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="calls per round (default: enough to fill --min-time)"
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=0.25, help="seconds per round when --repeats is not given (default: 0.25)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -180,13 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    hardware = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    )
     print(f"# bench_align on {device} ({hardware}), torch {torch.__version__}, {date.today()}")
     print(f"# {' '.join(sys.argv)}")
     calls = args.repeats or f"as many calls as fill {args.min_time} s (shown as n)"
-    print(f"# RoIAlignAvg/RoDAlignAvg({ALIGNED_SIZE}, {ALIGNED_SIZE}, 1/16), float32; "
-          f"median of {args.rounds} rounds of {calls}")
+    print(
+        f"# RoIAlignAvg/RoDAlignAvg({ALIGNED_SIZE}, {ALIGNED_SIZE}, 1/16), float32; "
+        f"median of {args.rounds} rounds of {calls}"
+    )
     print()
     print("| shape | op | pass | compiled (ms) | fallback (ms) | speed-up |")
     print("|---|---|---|---:|---:|---:|")
@@ -197,19 +211,29 @@ def main(argv: list[str] | None = None) -> None:
             for pass_name in PASSES:
                 backward = pass_name == "forward+backward"
                 timing = (args.warmup, args.repeats, args.rounds, args.min_time)
-                compiled, compiled_calls = time_ms(make_step(op, backward, "compiled", features, rois), device,
-                                                   *timing)
-                fallback, fallback_calls = time_ms(make_step(op, backward, "python", features, rois), device,
-                                                   *timing)
-                print(f"| {shape} | {op} | {pass_name} | {compiled:.3f} (n={compiled_calls}) "
-                      f"| {fallback:.3f} (n={fallback_calls}) | {fallback / compiled:.1f}x |", flush=True)
-                rows.append({"shape": shape, "op": op, "pass": pass_name, "compiled_ms": compiled,
-                             "fallback_ms": fallback})
+                compiled, compiled_calls = time_ms(make_step(op, backward, "compiled", features, rois), device, *timing)
+                fallback, fallback_calls = time_ms(make_step(op, backward, "python", features, rois), device, *timing)
+                print(
+                    f"| {shape} | {op} | {pass_name} | {compiled:.3f} (n={compiled_calls}) "
+                    f"| {fallback:.3f} (n={fallback_calls}) | {fallback / compiled:.1f}x |",
+                    flush=True,
+                )
+                rows.append(
+                    {"shape": shape, "op": op, "pass": pass_name, "compiled_ms": compiled, "fallback_ms": fallback}
+                )
                 if device.type == "cuda" and shape == "large" and backward:
-                    bandwidths.append({"op": op, "compulsory_bytes": compulsory_bytes(shape, op),
-                                       "compiled_ms": compiled})
-    results = {"date": str(date.today()), "device": str(device), "hardware": hardware, "torch": torch.__version__,
-               "command": sys.argv, "rows": rows, "bandwidth": bandwidths}
+                    bandwidths.append(
+                        {"op": op, "compulsory_bytes": compulsory_bytes(shape, op), "compiled_ms": compiled}
+                    )
+    results = {
+        "date": str(date.today()),
+        "device": str(device),
+        "hardware": hardware,
+        "torch": torch.__version__,
+        "command": sys.argv,
+        "rows": rows,
+        "bandwidth": bandwidths,
+    }
     if bandwidths:
         results["copy_bytes_per_s"] = copy_bandwidth(device, args.rounds)
         print()
@@ -219,9 +243,11 @@ def main(argv: list[str] | None = None) -> None:
         for entry in bandwidths:
             achieved = entry["compulsory_bytes"] / (entry["compiled_ms"] / 1e3)
             entry["share_of_copy"] = achieved / results["copy_bytes_per_s"]
-            print(f"large {entry['op']} forward+backward: {entry['compulsory_bytes'] / 1e6:.1f} MB compulsory traffic "
-                  f"in {entry['compiled_ms']:.3f} ms = {achieved / 1e9:.1f} GB/s (compiled), "
-                  f"{entry['share_of_copy']:.0%} of the copy's")
+            print(
+                f"large {entry['op']} forward+backward: {entry['compulsory_bytes'] / 1e6:.1f} MB compulsory traffic "
+                f"in {entry['compiled_ms']:.3f} ms = {achieved / 1e9:.1f} GB/s (compiled), "
+                f"{entry['share_of_copy']:.0%} of the copy's"
+            )
     if args.json:
         write_json_atomic(args.json, results, indent=1)
 

@@ -14,6 +14,7 @@ photos); then ``python app.py`` serves the same checkpoint (no person detector) 
 The server's start is not timed; crop.main builds its model inside its timed run (about 0.1 s for
 mobilenetv2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,21 @@ def free_port() -> int:
 
 def start_server(checkpoint: Path, data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--port",
-                                str(port), "--data-dir", str(data_dir), "--no-detector"],
-                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--no-detector",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -80,8 +93,12 @@ def start_server(checkpoint: Path, data_dir: Path, log: Path) -> tuple[subproces
 
 def post(client: httpx.Client, url: str, photo: Path) -> float:
     start = time.perf_counter()
-    response = client.post(f"{url}/api/crop", files={"photo": (photo.name, photo.read_bytes(), "image/jpeg")},
-                           data={"aspect_ratio": "free", "top_k": "3"}, timeout=600)
+    response = client.post(
+        f"{url}/api/crop",
+        files={"photo": (photo.name, photo.read_bytes(), "image/jpeg")},
+        data={"aspect_ratio": "free", "top_k": "3"},
+        timeout=600,
+    )
     if response.status_code != 200:
         raise RuntimeError(f"{photo.name}: {response.status_code} {response.text}")
     return time.perf_counter() - start
@@ -133,8 +150,19 @@ def main(argv: list[str] | None = None) -> None:
         folder = make_folder(Path(tmp) / "photos", args.photos, width, height, args.seed)
         checkpoint = tiny_checkpoint(Path(tmp) / "model.pth", args.backbone)
         start = time.perf_counter()
-        code = crop.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(Path(tmp) / "out"),
-                          "--top-k", "3", "--device", "cpu"])
+        code = crop.main(
+            [
+                str(folder),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(Path(tmp) / "out"),
+                "--top-k",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
         crop_rate = args.photos / (time.perf_counter() - start)
         if code != 0:
             raise RuntimeError(f"crop.main exited with {code}")
@@ -148,10 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    print(f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
-          f"used, torch {torch.__version__} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
-    print(f"{args.photos} generated {width}x{height} JPEGs, random-weight HCIC {args.backbone}, free ratio, top 3, "
-          "no person detection\n")
+    print(
+        f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
+        f"used, torch {torch.__version__} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{args.photos} generated {width}x{height} JPEGs, random-weight HCIC {args.backbone}, free ratio, top 3, "
+        "no person detection\n"
+    )
     print("| measure | value |")
     print("|---|---|")
     print(f"| crop.py folder throughput (photos/s) | {crop_rate:.2f} |")

@@ -19,6 +19,7 @@ alone, then with all the ratios in one run (one pass over each photo), and print
 photos (resized to 352x256, 90 GAIC candidates each), best of 3: the backbone, and the
 content feature every candidate gets from its 64x64 mask on the heat map (the factorised path).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,7 @@ def generated_photo(rng: np.random.Generator, width: int, height: int) -> Image.
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     corners = rng.uniform(30, 225, size=(4, 3)).astype(np.float32)
     u, v = (xs / width)[..., None], (ys / height)[..., None]
-    pixels = (corners[0] * (1 - u) * (1 - v) + corners[1] * u * (1 - v)
-              + corners[2] * (1 - u) * v + corners[3] * u * v)
+    pixels = corners[0] * (1 - u) * (1 - v) + corners[1] * u * (1 - v) + corners[2] * (1 - u) * v + corners[3] * u * v
     for _ in range(rng.integers(3, 8)):
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         rx, ry = rng.uniform(30, width / 4), rng.uniform(30, height / 4)
@@ -74,28 +74,51 @@ def make_folder(folder: Path, count: int, width: int, height: int, seed: int) ->
 def align_backends() -> str:
     def backend(kernels) -> str:
         return "compiled" if kernels.available else "pure-PyTorch fallback"
+
     return f"roi_align {backend(roi_align.KERNELS)}, rod_align {backend(rod_align.KERNELS)}"
 
 
-def time_backbone(backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace,
-                  ratios: tuple[str, ...] = ("any",)) -> dict:
+def time_backbone(
+    backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace, ratios: tuple[str, ...] = ("any",)
+) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
         crop.Cropper(None, args.device, allow_untrained=True, backbone=backbone)
         build_s = time.perf_counter() - start
     photos = len(list(folder.iterdir()))
-    command = [str(folder), "--allow-untrained", "--untrained-backbone", backbone, "--out", str(out_dir),
-               "--top-k", "3", "--photos-per-batch", str(args.photos_per_batch), "--num-workers", str(args.num_workers),
-               "--device", args.device, "--overwrite", "--aspect-ratio", *ratios] + (
-                   ["--detect-human"] if args.detect_human else [])
+    command = [
+        str(folder),
+        "--allow-untrained",
+        "--untrained-backbone",
+        backbone,
+        "--out",
+        str(out_dir),
+        "--top-k",
+        "3",
+        "--photos-per-batch",
+        str(args.photos_per_batch),
+        "--num-workers",
+        str(args.num_workers),
+        "--device",
+        args.device,
+        "--overwrite",
+        "--aspect-ratio",
+        *ratios,
+    ] + (["--detect-human"] if args.detect_human else [])
     start = time.perf_counter()
     code = crop.main(command)
     total_s = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"crop.main exited with {code} for {backbone}")
-    return {"backbone": backbone, "ratios": " ".join(ratios), "photos": photos, "total_s": total_s, "build_s": build_s,
-            "photos_per_s": photos / total_s}
+    return {
+        "backbone": backbone,
+        "ratios": " ".join(ratios),
+        "photos": photos,
+        "total_s": total_s,
+        "build_s": build_s,
+        "photos_per_s": photos / total_s,
+    }
 
 
 def best_of(repeats: int, run) -> float:
@@ -122,8 +145,12 @@ def model_breakdown(backbone: str, photos: int, width: int, height: int, device:
         image_index = torch.arange(photos, device=cropper.device).repeat_interleave(boxes.shape[1])
         backbone_s = best_of(3, lambda: model.backbone(image))
         content_s = best_of(3, lambda: model.content_preserve.crop_features(heat_map, rows, columns, image_index))
-    return {"backbone": backbone, "crops": boxes.shape[1], "backbone_s": backbone_s / photos,
-            "content_s": content_s / photos}
+    return {
+        "backbone": backbone,
+        "crops": boxes.shape[1],
+        "backbone_s": backbone_s / photos,
+        "content_s": content_s / photos,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,16 +164,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-human", action="store_true", help="also run the offline person detector")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare-ratios", nargs="+", metavar="RATIO",
-                        help="time the first ratio alone, then all of them in one run (see above)")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="time the backbone and the per-crop content features instead (see above)")
+    parser.add_argument(
+        "--compare-ratios",
+        nargs="+",
+        metavar="RATIO",
+        help="time the first ratio alone, then all of them in one run (see above)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time the backbone and the per-crop content features instead (see above)",
+    )
     add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch", "--workers": "--num-workers"})
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     if args.breakdown:
-        print(f"{date.today()} | {os.cpu_count()} CPU cores, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), device {args.device} | load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{date.today()} | {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), device {args.device} | load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"seconds per photo, batch of {args.photos_per_batch}, best of 3\n")
         print("| backbone | crops per photo | backbone (s/photo) | per-crop content features (s/photo) |")
         print("|---|---|---|---|")
@@ -163,25 +199,34 @@ def main(argv: list[str] | None = None) -> None:
             folder = make_folder(Path(tmp) / f"photos{count}", count, width, height, args.seed)
             if args.compare_ratios:
                 one = time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}-1", args, (args.compare_ratios[0],))
-                every = time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}-n", args,
-                                      tuple(args.compare_ratios))
+                every = time_backbone(
+                    backbone, folder, Path(tmp) / f"out-{backbone}-n", args, tuple(args.compare_ratios)
+                )
                 every["versus_one"] = every["total_s"] / one["total_s"]
                 rows += [one, every]
             else:
                 rows.append(time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}", args))
-    print(f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
-          f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
-    print(f"{width}x{height} JPEGs, top-3 crops per ratio + JSON written, {args.photos_per_batch} photos per batch, "
-          f"{args.num_workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
-          "random-weight models\n")
-    print("| backbone | aspect ratios | photos | total (s) | photos/s | s/photo | model construction (s) | "
-          "time / one ratio |")
+    print(
+        f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
+        f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{width}x{height} JPEGs, top-3 crops per ratio + JSON written, {args.photos_per_batch} photos per batch, "
+        f"{args.num_workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
+        "random-weight models\n"
+    )
+    print(
+        "| backbone | aspect ratios | photos | total (s) | photos/s | s/photo | model construction (s) | "
+        "time / one ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         versus = f"{row['versus_one']:.2f}x" if "versus_one" in row else ""
-        print(f"| {row['backbone']} | {row['ratios']} | {row['photos']} | {row['total_s']:.1f} | "
-              f"{row['photos_per_s']:.2f} | {row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} | {versus} |")
+        print(
+            f"| {row['backbone']} | {row['ratios']} | {row['photos']} | {row['total_s']:.1f} | "
+            f"{row['photos_per_s']:.2f} | {row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} | {versus} |"
+        )
 
 
 if __name__ == "__main__":

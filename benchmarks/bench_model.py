@@ -37,6 +37,7 @@ Timing: ``--warmup`` calls first, then ``--repeats`` timed calls (CPU wall clock
 medians are reported. The machine's load average is printed before and after: on a shared
 machine, repeat the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -151,14 +152,25 @@ def precision(setting: Setting):
 
 
 @torch.no_grad()
-def inference_rates(model: HumanCentricCroppingModel, setting: Setting, batch_sizes: list[int], height: int,
-                    width: int, repeats: int, warmup: int) -> dict[int, float]:
+def inference_rates(
+    model: HumanCentricCroppingModel,
+    setting: Setting,
+    batch_sizes: list[int],
+    height: int,
+    width: int,
+    repeats: int,
+    warmup: int,
+) -> dict[int, float]:
     """Median images/s of ``run_model`` for each batch size."""
     rates = {}
     for size in batch_sizes:
         batch = make_batch(size, height, width, setting.device)
-        seconds = time_calls(functools.partial(run_model, model, batch, setting.autocast_dtype, setting.channels_last),
-                             setting.device, repeats, warmup)
+        seconds = time_calls(
+            functools.partial(run_model, model, batch, setting.autocast_dtype, setting.channels_last),
+            setting.device,
+            repeats,
+            warmup,
+        )
         rates[size] = size / statistics.median(seconds)
     return rates
 
@@ -193,32 +205,47 @@ def seconds_of(spans: list) -> list[float]:
 
 
 @torch.no_grad()
-def time_split(model: HumanCentricCroppingModel, setting: Setting, height: int, width: int, repeats: int,
-               warmup: int) -> dict[str, float]:
+def time_split(
+    model: HumanCentricCroppingModel, setting: Setting, height: int, width: int, repeats: int, warmup: int
+) -> dict[str, float]:
     """Median shares of the backbone and of the content crop features in whole batch-1 forwards.
 
     Both parts are timed inside the same calls as the whole, so the shares of one call add up.
     """
     batch = make_batch(1, height, width, setting.device)
     backbone, content = [], []
-    with timing_calls_of(model.backbone, "forward", setting.device, backbone), \
-            timing_calls_of(model.content_preserve, "crop_features", setting.device, content):
-        total = time_calls(lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
-                           setting.device, repeats, warmup)
+    with (
+        timing_calls_of(model.backbone, "forward", setting.device, backbone),
+        timing_calls_of(model.content_preserve, "crop_features", setting.device, content),
+    ):
+        total = time_calls(
+            lambda: run_model(model, batch, setting.autocast_dtype, setting.channels_last),
+            setting.device,
+            repeats,
+            warmup,
+        )
     # one backbone and one content-feature call per forward: a mismatch would pair parts of different calls
     calls = list(zip(seconds_of(backbone)[warmup:], seconds_of(content)[warmup:], total, strict=True))
-    return {"backbone": statistics.median(b / t for b, _, t in calls),
-            "content": statistics.median(c / t for _, c, t in calls),
-            "rest": statistics.median((t - b - c) / t for b, c, t in calls)}
+    return {
+        "backbone": statistics.median(b / t for b, _, t in calls),
+        "content": statistics.median(c / t for _, c, t in calls),
+        "rest": statistics.median((t - b - c) / t for b, c, t in calls),
+    }
 
 
-def training_step(model: HumanCentricCroppingModel, optimizer: torch.optim.Optimizer, batch: dict,
-                  setting: Setting, scaler: torch.amp.GradScaler) -> None:
+def training_step(
+    model: HumanCentricCroppingModel,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    setting: Setting,
+    scaler: torch.amp.GradScaler,
+) -> None:
     """Forward, the training loss, backward and an Adam step on one batch."""
     cfg = model.cfg
     score, heat_map, _ = run_model(model, batch, setting.autocast_dtype, setting.channels_last)
-    loss = crop_score_loss(score.float(), batch["score"], cfg.loss_type, batch["crop_valid"],
-                           rank_loss_weighting=cfg.rank_loss_weighting)
+    loss = crop_score_loss(
+        score.float(), batch["score"], cfg.loss_type, batch["crop_valid"], rank_loss_weighting=cfg.rank_loss_weighting
+    )
     loss = loss + cfg.content_loss_weight * F.l1_loss(heat_map.float(), batch["heat_map"])
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -226,8 +253,9 @@ def training_step(model: HumanCentricCroppingModel, optimizer: torch.optim.Optim
     scaler.update()
 
 
-def training_stats(backbone: str, setting: Setting, views: int, height: int, width: int, repeats: int,
-                   warmup: int) -> dict[str, float]:
+def training_stats(
+    backbone: str, setting: Setting, views: int, height: int, width: int, repeats: int, warmup: int
+) -> dict[str, float]:
     """Median seconds of a training step, peak memory and the memory of the built model (bytes)."""
     if setting.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setting.device)
@@ -239,8 +267,9 @@ def training_stats(backbone: str, setting: Setting, views: int, height: int, wid
     batch["score"] = (1 + 4 * torch.rand(1, views, generator=generator)).to(setting.device)
     batch["heat_map"] = torch.rand(1, 1, 64, 64, generator=generator).to(setting.device)
     built = resident_bytes(setting.device)
-    seconds = time_calls(lambda: training_step(model, optimizer, batch, setting, scaler), setting.device,
-                         repeats, warmup)
+    seconds = time_calls(
+        lambda: training_step(model, optimizer, batch, setting, scaler), setting.device, repeats, warmup
+    )
     return {"step": statistics.median(seconds), "peak": resident_bytes(setting.device), "built": built}
 
 
@@ -272,8 +301,18 @@ def measured_training_stats(backbone: str, setting: Setting, args: argparse.Name
     if setting.device.type == "cuda":
         return training_stats(backbone, setting, args.views, args.height, args.width, args.repeats, args.warmup)
     dtype = str(setting.dtype).replace("torch.", "")
-    arguments = (backbone, str(setting.device), dtype, setting.channels_last, args.threads, args.views,
-                 args.height, args.width, args.repeats, args.warmup)
+    arguments = (
+        backbone,
+        str(setting.device),
+        dtype,
+        setting.channels_last,
+        args.threads,
+        args.views,
+        args.height,
+        args.width,
+        args.repeats,
+        args.warmup,
+    )
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_training_stats_in_fresh_process, (arguments,))
 
@@ -285,8 +324,10 @@ def counted_flops(backbone: str, height: int, width: int) -> dict[str, float]:
     batch = make_batch(1, height, width, cpu.device)
     counts = {}
     with torch.no_grad():
-        for name, call in (("backbone", lambda: model.backbone(batch["image"])),
-                           ("model", lambda: run_model(model, batch))):
+        for name, call in (
+            ("backbone", lambda: model.backbone(batch["image"])),
+            ("model", lambda: run_model(model, batch)),
+        ):
             counter = FlopCounterMode(display=False)
             with counter:
                 call()
@@ -310,7 +351,7 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, repeats: int) ->
         seconds = time_calls(lambda: a @ b, device, repeats, warmup=2)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    return 2.0 * size ** 3 / min(seconds)
+    return 2.0 * size**3 / min(seconds)
 
 
 @torch.no_grad()
@@ -334,8 +375,9 @@ def content_feature_paths(backbone: str, height: int, width: int, repeats: int, 
 
 
 @torch.no_grad()
-def compile_comparison(backbone: str, device: torch.device, height: int, width: int, repeats: int,
-                       warmup: int, backend: str = "inductor") -> dict[str, float]:
+def compile_comparison(
+    backbone: str, device: torch.device, height: int, width: int, repeats: int, warmup: int, backend: str = "inductor"
+) -> dict[str, float]:
     """Batch-1 images/s eager and compiled with ``backend`` (fp32, contiguous), and the compile time."""
     setting = Setting(device, torch.float32, False)
     model = build_model(backbone, setting).eval()
@@ -377,11 +419,20 @@ class InMemoryGAICD(Dataset):
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(index)
         width, height = self.size
-        return {"image": torch.randn(3, height, width, generator=generator), "crop_box": self.crop_box,
-                "human_box": self.human_box, "has_human": True, "partition_mask": self.partition_mask,
-                "width": width, "height": height, "name": self.names[index], "flipped": False,
-                "score": 1 + 4 * torch.rand(len(self.crop_box), generator=generator),
-                "heat_map": torch.rand(1, HEAT_MAP_SIZE, HEAT_MAP_SIZE, generator=generator), "has_heat_map": True}
+        return {
+            "image": torch.randn(3, height, width, generator=generator),
+            "crop_box": self.crop_box,
+            "human_box": self.human_box,
+            "has_human": True,
+            "partition_mask": self.partition_mask,
+            "width": width,
+            "height": height,
+            "name": self.names[index],
+            "flipped": False,
+            "score": 1 + 4 * torch.rand(len(self.crop_box), generator=generator),
+            "heat_map": torch.rand(1, HEAT_MAP_SIZE, HEAT_MAP_SIZE, generator=generator),
+            "has_heat_map": True,
+        }
 
 
 def timed_epoch(trainer, images: int, height: int, width: int) -> float:
@@ -405,8 +456,11 @@ def synchronising_lines(trainer, height: int, width: int) -> dict[str, int]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     root = Path(__file__).resolve().parent.parent
-    lines = collections.Counter(f"{os.path.relpath(warning.filename, root)}:{warning.lineno}" for warning in caught
-                                if "synchronizing CUDA operation" in str(warning.message))
+    lines = collections.Counter(
+        f"{os.path.relpath(warning.filename, root)}:{warning.lineno}"
+        for warning in caught
+        if "synchronizing CUDA operation" in str(warning.message)
+    )
     return dict(lines.most_common())
 
 
@@ -418,9 +472,16 @@ def training_epoch(backbone: str, setting: Setting, args: argparse.Namespace) ->
 
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[setting.dtype]
     with tempfile.TemporaryDirectory() as exp_path:
-        cfg = Config(backbone=backbone, pretrained=False, device=str(setting.device), precision=precision,
-                     channels_last=setting.channels_last, num_workers=args.epoch_workers,
-                     view_per_image=args.views, exp_root=exp_path)
+        cfg = Config(
+            backbone=backbone,
+            pretrained=False,
+            device=str(setting.device),
+            precision=precision,
+            channels_last=setting.channels_last,
+            num_workers=args.epoch_workers,
+            view_per_image=args.views,
+            exp_root=exp_path,
+        )
         torch.manual_seed(0)
         model = HumanCentricCroppingModel(cfg, loadweights=False)
         train_set = InMemoryGAICD(args.epoch_warmup, args.height, args.width)
@@ -437,9 +498,15 @@ def training_epoch(backbone: str, setting: Setting, args: argparse.Namespace) ->
         peak_memory = resident_bytes(setting.device)
         syncs = synchronising_lines(trainer, args.height, args.width) if setting.device.type == "cuda" else None
         trainer.writer.close()
-    return {"images": images, "seconds": seconds, "warmup_images": args.epoch_warmup,
-            "warmup_seconds": warmup_seconds, "gaicd_epoch_seconds": seconds * GAICD_TRAIN_IMAGES / images,
-            "peak_memory_mb": peak_memory / 2**20, "syncs_per_step": syncs}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "warmup_images": args.epoch_warmup,
+        "warmup_seconds": warmup_seconds,
+        "gaicd_epoch_seconds": seconds * GAICD_TRAIN_IMAGES / images,
+        "peak_memory_mb": peak_memory / 2**20,
+        "syncs_per_step": syncs,
+    }
 
 
 def machine_description(device: torch.device) -> str:
@@ -463,23 +530,38 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, list[Setting]]:
         raise SystemExit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
     formats = args.formats or (["channels-last"] if device.type == "cuda" else ["contiguous", "channels-last"])
-    settings = [Setting(device, DTYPES[dtype], memory_format == "channels-last")
-                for dtype in dtypes for memory_format in formats]
+    settings = [
+        Setting(device, DTYPES[dtype], memory_format == "channels-last")
+        for dtype in dtypes
+        for memory_format in formats
+    ]
     return device, settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES),
-                        help="float32, or autocast to bfloat16/float16 (default: float32 on the CPU, "
-                             "float32 and bfloat16 on CUDA)")
-    parser.add_argument("--formats", nargs="+", choices=["contiguous", "channels-last"],
-                        help="memory formats (default: both on the CPU, channels-last on CUDA)")
-    parser.add_argument("--backbones", nargs="+", default=["vgg16", "mobilenetv2"],
-                        choices=["vgg16", "mobilenetv2", "resnet50", "shufflenetv2"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16],
-                        help="images per forward pass to try")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=list(DTYPES),
+        help="float32, or autocast to bfloat16/float16 (default: float32 on the CPU, float32 and bfloat16 on CUDA)",
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=["contiguous", "channels-last"],
+        help="memory formats (default: both on the CPU, channels-last on CUDA)",
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["vgg16", "mobilenetv2"],
+        choices=["vgg16", "mobilenetv2", "resnet50", "shufflenetv2"],
+    )
+    parser.add_argument(
+        "--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="images per forward pass to try"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -488,16 +570,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=352)
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
-    parser.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager"],
-                        help="torch.compile backend of the comparison (aot_eager: a quick check of the capture)")
-    parser.add_argument("--only", choices=["compile", "epoch"],
-                        help="run one section alone: the torch.compile comparison, or the training epoch")
-    parser.add_argument("--epoch-images", type=int, default=GAICD_TRAIN_IMAGES,
-                        help=f"images of the timed training epoch (default: GAICD's {GAICD_TRAIN_IMAGES})")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        choices=["inductor", "aot_eager"],
+        help="torch.compile backend of the comparison (aot_eager: a quick check of the capture)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["compile", "epoch"],
+        help="run one section alone: the torch.compile comparison, or the training epoch",
+    )
+    parser.add_argument(
+        "--epoch-images",
+        type=int,
+        default=GAICD_TRAIN_IMAGES,
+        help=f"images of the timed training epoch (default: GAICD's {GAICD_TRAIN_IMAGES})",
+    )
     parser.add_argument("--epoch-warmup", type=int, default=8, help="images of each of the two warm-up epochs")
     parser.add_argument("--epoch-workers", type=int, default=4, help="DataLoader workers of the training epoch")
-    parser.add_argument("--epoch-budget-s", type=float, default=None,
-                        help="time fewer images when the warm-up predicts a longer epoch, and extrapolate")
+    parser.add_argument(
+        "--epoch-budget-s",
+        type=float,
+        default=None,
+        help="time fewer images when the warm-up predicts a longer epoch, and extrapolate",
+    )
     parser.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
     for name in ("repeats", "threads", "views", "height", "width", "epoch_images", "epoch_warmup"):
@@ -516,8 +613,10 @@ def inference_sections(args: argparse.Namespace, settings: list[Setting]) -> dic
     """Inference rates, time split and training step per setting; the physical limit; the content
     features' two formulations. Prints their tables; returns their rows."""
     batch_sizes = sorted(set([1] + args.batch_sizes))
-    print("\n| backbone | setting | batch 1 (images/s) | best batch | best (images/s) | backbone | "
-          "content features | rest | train step (s) | epoch of 1,036 (s) | train peak memory (MB) |")
+    print(
+        "\n| backbone | setting | batch 1 (images/s) | best batch | best (images/s) | backbone | "
+        "content features | rest | train step (s) | epoch of 1,036 (s) | train peak memory (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     flops, rows, measured = {}, [], []
     for backbone in args.backbones:
@@ -528,9 +627,16 @@ def inference_sections(args: argparse.Namespace, settings: list[Setting]) -> dic
             shares = time_split(model, setting, args.height, args.width, args.repeats, args.warmup)
             del model
             best = max(rates, key=rates.get)
-            row = {"backbone": backbone, "setting": setting.label, "dtype": str(setting.dtype).replace("torch.", ""),
-                   "channels_last": setting.channels_last, "best_batch": best, "best_images_per_s": rates[best],
-                   "images_per_s": {str(size): rate for size, rate in rates.items()}, "shares": shares}
+            row = {
+                "backbone": backbone,
+                "setting": setting.label,
+                "dtype": str(setting.dtype).replace("torch.", ""),
+                "channels_last": setting.channels_last,
+                "best_batch": best,
+                "best_images_per_s": rates[best],
+                "images_per_s": {str(size): rate for size, rate in rates.items()},
+                "shares": shares,
+            }
             train = "| - | - | - |"
             if not args.no_train:
                 stats = measured_training_stats(backbone, setting, args)
@@ -539,15 +645,22 @@ def inference_sections(args: argparse.Namespace, settings: list[Setting]) -> dic
                     memory += f" (RSS; +{(stats['peak'] - stats['built']) / 2**20:.0f} over the built model)"
                 train = f"| {stats['step']:.3f} | {GAICD_TRAIN_IMAGES * stats['step']:.0f} | {memory} |"
                 row.update(train_step_s=stats["step"], train_peak_mb=stats["peak"] / 2**20)
-            print(f"| {backbone} | {setting.label} | {rates[1]:.2f} | {best} | {rates[best]:.2f} | "
-                  f"{shares['backbone']:.0%} | {shares['content']:.0%} | {shares['rest']:.0%} {train}", flush=True)
+            print(
+                f"| {backbone} | {setting.label} | {rates[1]:.2f} | {best} | {rates[best]:.2f} | "
+                f"{shares['backbone']:.0%} | {shares['content']:.0%} | {shares['rest']:.0%} {train}",
+                flush=True,
+            )
             rows.append(row)
             measured.append((backbone, setting, rates[best]))
 
-    print("\nPhysical limit: FLOPs per image over the measured matmul throughput (bound: backbone only; "
-          "model bound: the whole forward with its 90 crops).\n")
-    print("| backbone | setting | backbone GFLOP/image | model GFLOP/image | matmul TFLOP/s | "
-          "bound (images/s) | model bound (images/s) | best measured (images/s) | share of the bound |")
+    print(
+        "\nPhysical limit: FLOPs per image over the measured matmul throughput (bound: backbone only; "
+        "model bound: the whole forward with its 90 crops).\n"
+    )
+    print(
+        "| backbone | setting | backbone GFLOP/image | model GFLOP/image | matmul TFLOP/s | "
+        "bound (images/s) | model bound (images/s) | best measured (images/s) | share of the bound |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     throughput: dict[tuple[str, torch.dtype], float] = {}
     limits = []
@@ -556,24 +669,38 @@ def inference_sections(args: argparse.Namespace, settings: list[Setting]) -> dic
         if key not in throughput:
             throughput[key] = matmul_throughput(setting.device, setting.dtype, args.repeats)
         bound = throughput[key] / flops[backbone]["backbone"]
-        print(f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
-              f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
-              f"{throughput[key] / flops[backbone]['model']:.1f} | {best_rate:.2f} | {best_rate / bound:.0%} |")
-        limits.append({"backbone": backbone, "setting": setting.label,
-                       "backbone_gflop": flops[backbone]["backbone"] / 1e9,
-                       "model_gflop": flops[backbone]["model"] / 1e9, "matmul_tflops": throughput[key] / 1e12,
-                       "bound_images_per_s": bound, "best_images_per_s": best_rate,
-                       "share_of_bound": best_rate / bound})
+        print(
+            f"| {backbone} | {setting.label} | {flops[backbone]['backbone'] / 1e9:.1f} | "
+            f"{flops[backbone]['model'] / 1e9:.1f} | {throughput[key] / 1e12:.3f} | {bound:.1f} | "
+            f"{throughput[key] / flops[backbone]['model']:.1f} | {best_rate:.2f} | {best_rate / bound:.0%} |"
+        )
+        limits.append(
+            {
+                "backbone": backbone,
+                "setting": setting.label,
+                "backbone_gflop": flops[backbone]["backbone"] / 1e9,
+                "model_gflop": flops[backbone]["model"] / 1e9,
+                "matmul_tflops": throughput[key] / 1e12,
+                "bound_images_per_s": bound,
+                "best_images_per_s": best_rate,
+                "share_of_bound": best_rate / bound,
+            }
+        )
 
-    print("\nContent features of one image's 90 crops on the CPU, fp32 (ms): the release's formulation "
-          "(both channels through every layer) and the factored box masks (the model's path).\n")
+    print(
+        "\nContent features of one image's 90 crops on the CPU, fp32 (ms): the release's formulation "
+        "(both channels through every layer) and the factored box masks (the model's path).\n"
+    )
     print("| backbone | release's formulation | box masks | speed-up |")
     print("|---|---|---|---|")
     content = []
     for backbone in args.backbones:
         paths = content_feature_paths(backbone, args.height, args.width, args.repeats, args.warmup)
-        print(f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['boxes'] * 1e3:.1f} | "
-              f"{paths['release'] / paths['boxes']:.1f}x |", flush=True)
+        print(
+            f"| {backbone} | {paths['release'] * 1e3:.1f} | {paths['boxes'] * 1e3:.1f} | "
+            f"{paths['release'] / paths['boxes']:.1f}x |",
+            flush=True,
+        )
         content.append({"backbone": backbone, "release_ms": paths["release"] * 1e3, "boxes_ms": paths["boxes"] * 1e3})
     return {"inference": rows, "limits": limits, "content": content}
 
@@ -584,19 +711,24 @@ def compile_section(args: argparse.Namespace, device: torch.device) -> list[dict
     print("|---|---|---|---|")
     rows = []
     for backbone in args.backbones:
-        result = compile_comparison(backbone, device, args.height, args.width, args.repeats, args.warmup,
-                                    args.compile_backend)
-        print(f"| {backbone} | {result['eager']:.2f} | {result['compiled']:.2f} | "
-              f"{result['compile_seconds']:.0f} |", flush=True)
+        result = compile_comparison(
+            backbone, device, args.height, args.width, args.repeats, args.warmup, args.compile_backend
+        )
+        print(
+            f"| {backbone} | {result['eager']:.2f} | {result['compiled']:.2f} | {result['compile_seconds']:.0f} |",
+            flush=True,
+        )
         rows.append({"backbone": backbone, "backend": args.compile_backend, **result})
     return rows
 
 
 def epoch_section(args: argparse.Namespace, settings: list[Setting]) -> list[dict]:
     budget = "" if args.epoch_budget_s is None else f", at most about {args.epoch_budget_s:.0f} s timed per setting"
-    print(f"\nOne training epoch through GAICDTrainer.train_epoch: batch 1, {args.views} views, "
-          f"DataLoader workers: {args.epoch_workers}, in-memory {args.width}x{args.height} images; after two "
-          f"{args.epoch_warmup}-image warm-up epochs{budget}.\n")
+    print(
+        f"\nOne training epoch through GAICDTrainer.train_epoch: batch 1, {args.views} views, "
+        f"DataLoader workers: {args.epoch_workers}, in-memory {args.width}x{args.height} images; after two "
+        f"{args.epoch_warmup}-image warm-up epochs{budget}.\n"
+    )
     print("| backbone | setting | images timed | seconds | GAICD epoch, 1,036 images (s) | peak memory (MB) |")
     print("|---|---|---|---|---|---|")
     rows, sync_notes = [], []
@@ -605,18 +737,29 @@ def epoch_section(args: argparse.Namespace, settings: list[Setting]) -> list[dic
             result = training_epoch(backbone, setting, args)
             if result["syncs_per_step"] is not None:
                 sites = ", ".join(f"{line} x{count}" for line, count in result["syncs_per_step"].items())
-                sync_notes.append(f"- {backbone}, {setting.label}: {sum(result['syncs_per_step'].values())} "
-                                  f"({sites or 'none'})")
+                sync_notes.append(
+                    f"- {backbone}, {setting.label}: {sum(result['syncs_per_step'].values())} ({sites or 'none'})"
+                )
             extrapolated = " (extrapolated)" if result["images"] != GAICD_TRAIN_IMAGES else ""
             memory = "RSS " if setting.device.type == "cpu" else ""
-            print(f"| {backbone} | {setting.label} | {result['images']} | {result['seconds']:.2f} | "
-                  f"{result['gaicd_epoch_seconds']:.1f}{extrapolated} | {memory}{result['peak_memory_mb']:.0f} |",
-                  flush=True)
-            rows.append({"backbone": backbone, "setting": setting.label,
-                         "dtype": str(setting.dtype).replace("torch.", ""), **result})
+            print(
+                f"| {backbone} | {setting.label} | {result['images']} | {result['seconds']:.2f} | "
+                f"{result['gaicd_epoch_seconds']:.1f}{extrapolated} | {memory}{result['peak_memory_mb']:.0f} |",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "setting": setting.label,
+                    "dtype": str(setting.dtype).replace("torch.", ""),
+                    **result,
+                }
+            )
     if sync_notes:
-        print("\nHost-device synchronisations in one training step (torch.cuda.set_sync_debug_mode), by the "
-              "line that caused them:\n")
+        print(
+            "\nHost-device synchronisations in one training step (torch.cuda.set_sync_debug_mode), by the "
+            "line that caused them:\n"
+        )
         print("\n".join(sync_notes))
     return rows
 
@@ -627,12 +770,19 @@ def main(argv: list[str] | None = None) -> None:
     device, settings = resolve(args)
     align = "compiled kernels" if roi_align.KERNELS.available and rod_align.KERNELS.available else "Python fallback"
     machine = machine_description(device)
-    print(f"# bench_model: {date.today()}, {machine}, torch {torch.__version__}, "
-          f"mkldnn {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}, "
-          f"align ops: {align}, input {args.width}x{args.height}, random-init weights")
+    print(
+        f"# bench_model: {date.today()}, {machine}, torch {torch.__version__}, "
+        f"mkldnn {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}, "
+        f"align ops: {align}, input {args.width}x{args.height}, random-init weights"
+    )
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    results: dict = {"date": str(date.today()), "machine": machine, "torch": torch.__version__, "align_ops": align,
-                     "command": sys.argv}
+    results: dict = {
+        "date": str(date.today()),
+        "machine": machine,
+        "torch": torch.__version__,
+        "align_ops": align,
+        "command": sys.argv,
+    }
     if args.only is None:
         results.update(inference_sections(args, settings))
     if args.only == "compile" or (args.only is None and not args.no_compile):

@@ -24,6 +24,7 @@ fine-tuned model, next to how far the group's taste is from the training users' 
 (departure: 1 - SRCC of noise-free scores on the test images). Writes <out>/pic_benchmark.md and
 .csv; each seed's data and experiments stay in <out>/seed-<k>/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,14 @@ from untils.pic_synthetic import (  # noqa: E402
 
 VARIANTS = ("official", "embedding")
 # (variant, model of finetune_PIC's rows) -> column title
-MODEL_TITLES = {("official", "generic"): "official generic", ("official", "prior"): "official prior",
-                ("official", "finetuned"): "official fine-tuned", ("embedding", "generic"): "embedding generic",
-                ("embedding", "prior"): "embedding prior", ("embedding", "finetuned"): "embedding fine-tuned"}
+MODEL_TITLES = {
+    ("official", "generic"): "official generic",
+    ("official", "prior"): "official prior",
+    ("official", "finetuned"): "official fine-tuned",
+    ("embedding", "generic"): "embedding generic",
+    ("embedding", "prior"): "embedding prior",
+    ("embedding", "finetuned"): "embedding fine-tuned",
+}
 METRICS = {"srcc": "SRCC", "acc1_5": "Acc1/5"}
 
 
@@ -69,10 +75,10 @@ class BenchmarkSettings:
     train_users_per_group: int = 2
     test_users_per_group: int = 1
     train_images: int = 32
-    test_images: int = 44          # N = 20 needs 42: half are held out for the report, 20 + 1 left
+    test_images: int = 44  # N = 20 needs 42: half are held out for the report, 20 + 1 left
     images_per_train_user: int = 16
-    long_side: int = 256           # the official objective branch resizes the shorter side to 256 anyway
-    image_size: int = 128          # the embedding variant's input
+    long_side: int = 256  # the official objective branch resizes the shorter side to 256 anyway
+    image_size: int = 128  # the embedding variant's input
     pretrain_epochs: int = 16
     prior_epochs: int = 40
     official_pretrain_epochs: int = 10
@@ -83,41 +89,136 @@ class BenchmarkSettings:
     variants: tuple[str, ...] = VARIANTS
 
 
-QUICK = BenchmarkSettings(groups=("thirds", "tight", "bright", "second_object"), train_users_per_group=2,
-                          test_users_per_group=1, train_images=16, test_images=24, images_per_train_user=10,
-                          long_side=160, image_size=128, pretrain_epochs=4, prior_epochs=40,
-                          official_pretrain_epochs=1, official_prior_epochs=1, official_finetune_epochs=1,
-                          shots=(5,), seeds=(0,))
+QUICK = BenchmarkSettings(
+    groups=("thirds", "tight", "bright", "second_object"),
+    train_users_per_group=2,
+    test_users_per_group=1,
+    train_images=16,
+    test_images=24,
+    images_per_train_user=10,
+    long_side=160,
+    image_size=128,
+    pretrain_epochs=4,
+    prior_epochs=40,
+    official_pretrain_epochs=1,
+    official_prior_epochs=1,
+    official_finetune_epochs=1,
+    shots=(5,),
+    seeds=(0,),
+)
 
 
 def run_official(common: Sequence[str], settings: BenchmarkSettings) -> dict[int, list[dict]]:
     """The official variant's three stages on ``<data_root>/PIC_release``; rows per N."""
-    pretrained = pretrain_PIC.main([*common, "--variant", "official", "--exp_name", "official-pretrain",
-                                    "--objective_set", "PIC", "--pretrained", "false",
-                                    "--max_epoch", str(settings.official_pretrain_epochs), "--lr", "1e-3"])
-    prior = prior_PIC.main([*common, "--no-progress", "--checkpoint", pretrained["checkpoint"], "--exp_name",
-                            "official-prior", "--official_prior_epochs", str(settings.official_prior_epochs)])
-    return {shots: finetune_PIC.main([*common, "--no-progress", "--no-save-users", "--checkpoint",
-                                      prior["checkpoint"], "--exp_name", f"official-finetune-{shots}",
-                                      "--finetune_images", str(shots), "--official_finetune_epochs",
-                                      str(settings.official_finetune_epochs)])["rows"]
-            for shots in settings.shots}
+    pretrained = pretrain_PIC.main(
+        [
+            *common,
+            "--variant",
+            "official",
+            "--exp_name",
+            "official-pretrain",
+            "--objective_set",
+            "PIC",
+            "--pretrained",
+            "false",
+            "--max_epoch",
+            str(settings.official_pretrain_epochs),
+            "--lr",
+            "1e-3",
+        ]
+    )
+    prior = prior_PIC.main(
+        [
+            *common,
+            "--no-progress",
+            "--checkpoint",
+            pretrained["checkpoint"],
+            "--exp_name",
+            "official-prior",
+            "--official_prior_epochs",
+            str(settings.official_prior_epochs),
+        ]
+    )
+    return {
+        shots: finetune_PIC.main(
+            [
+                *common,
+                "--no-progress",
+                "--no-save-users",
+                "--checkpoint",
+                prior["checkpoint"],
+                "--exp_name",
+                f"official-finetune-{shots}",
+                "--finetune_images",
+                str(shots),
+                "--official_finetune_epochs",
+                str(settings.official_finetune_epochs),
+            ]
+        )["rows"]
+        for shots in settings.shots
+    }
 
 
 def run_embedding(common: Sequence[str], settings: BenchmarkSettings, progress: bool) -> dict[int, list[dict]]:
     """The embedding variant's three stages on ``<data_root>/PIC``; rows per N."""
     quiet = [] if progress else ["--no-progress"]
     size = str(settings.image_size)
-    trainer = pretrain_PIC.main([*common, *quiet, "--variant", "embedding", "--exp_name", "pretrain",
-                                 "--pretrained", "false", "--image_size", size, size, "--keep_aspect_ratio", "false",
-                                 "--images_per_step", "8", "--batch_size", "8", "--max_epoch",
-                                 str(settings.pretrain_epochs), "--warmup_epochs", "1", "--view_per_image", "32",
-                                 "--lr", "1e-3"])
-    prior = prior_PIC.main([*common, *quiet, "--checkpoint", os.path.join(trainer.checkpoint_dir, "best-srcc.pth"),
-                            "--exp_name", "prior", "--prior_epochs", str(settings.prior_epochs)])
-    return {shots: finetune_PIC.main([*common, *quiet, "--checkpoint", prior["checkpoint"], "--exp_name",
-                                      f"finetune-{shots}", "--finetune_images", str(shots)])["rows"]
-            for shots in settings.shots}
+    trainer = pretrain_PIC.main(
+        [
+            *common,
+            *quiet,
+            "--variant",
+            "embedding",
+            "--exp_name",
+            "pretrain",
+            "--pretrained",
+            "false",
+            "--image_size",
+            size,
+            size,
+            "--keep_aspect_ratio",
+            "false",
+            "--images_per_step",
+            "8",
+            "--batch_size",
+            "8",
+            "--max_epoch",
+            str(settings.pretrain_epochs),
+            "--warmup_epochs",
+            "1",
+            "--view_per_image",
+            "32",
+            "--lr",
+            "1e-3",
+        ]
+    )
+    prior = prior_PIC.main(
+        [
+            *common,
+            *quiet,
+            "--checkpoint",
+            os.path.join(trainer.checkpoint_dir, "best-srcc.pth"),
+            "--exp_name",
+            "prior",
+            "--prior_epochs",
+            str(settings.prior_epochs),
+        ]
+    )
+    return {
+        shots: finetune_PIC.main(
+            [
+                *common,
+                *quiet,
+                "--checkpoint",
+                prior["checkpoint"],
+                "--exp_name",
+                f"finetune-{shots}",
+                "--finetune_images",
+                str(shots),
+            ]
+        )["rows"]
+        for shots in settings.shots
+    }
 
 
 def run_seed(out_dir: str, settings: BenchmarkSettings, seed: int, progress: bool = False) -> dict:
@@ -125,14 +226,39 @@ def run_seed(out_dir: str, settings: BenchmarkSettings, seed: int, progress: boo
     ``out_dir/experiments``; returns ``{"rows": {variant: {N: rows}}, "departure", "groups"}``."""
     data_root = os.path.join(out_dir, "data")
     os.makedirs(data_root)
-    benchmark = build_pic_benchmark(data_root, settings.train_users_per_group, settings.test_users_per_group,
-                                    settings.train_images, settings.test_images, settings.images_per_train_user,
-                                    settings.long_side, seed, candidates="fixed", groups=settings.groups)
+    benchmark = build_pic_benchmark(
+        data_root,
+        settings.train_users_per_group,
+        settings.test_users_per_group,
+        settings.train_images,
+        settings.test_images,
+        settings.images_per_train_user,
+        settings.long_side,
+        seed,
+        candidates="fixed",
+        groups=settings.groups,
+    )
     defaults = config_PIC.Config(data_root=data_root)
-    write_release_layout(load_pic_data(defaults), defaults.PIC_release, settings.shots, defaults.val_fraction,
-                         defaults.user_test_fraction, seed)
-    common = ["--data-root", data_root, "--exp_root", os.path.join(out_dir, "experiments"), "--device", "cpu",
-              "--num_workers", "0", "--seed", str(seed)]
+    write_release_layout(
+        load_pic_data(defaults),
+        defaults.PIC_release,
+        settings.shots,
+        defaults.val_fraction,
+        defaults.user_test_fraction,
+        seed,
+    )
+    common = [
+        "--data-root",
+        data_root,
+        "--exp_root",
+        os.path.join(out_dir, "experiments"),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--seed",
+        str(seed),
+    ]
     rows = {}
     if "official" in settings.variants:
         rows["official"] = run_official(common, settings)
@@ -148,8 +274,7 @@ def test_user_departure(benchmark: dict, shots: int, seed: int) -> dict[str, flo
     data = load_pic_data(config_PIC.Config(data_root=os.path.dirname(benchmark["path"])))
     departure = {}
     for user in benchmark["test"]:
-        test = split_user_images(user, data.images_of(user), shots, 1, config_PIC.Config.user_test_fraction,
-                                 seed).test
+        test = split_user_images(user, data.images_of(user), shots, 1, config_PIC.Config.user_test_fraction, seed).test
         contents = read_image_contents(benchmark["path"], test)
         images = {}
         for name in test:
@@ -159,8 +284,9 @@ def test_user_departure(benchmark: dict, shots: int, seed: int) -> dict[str, flo
     return departure
 
 
-def run_benchmark(out_dir: str, settings: BenchmarkSettings = BenchmarkSettings(), progress: bool = False,
-                  overwrite: bool = False) -> dict:
+def run_benchmark(
+    out_dir: str, settings: BenchmarkSettings = BenchmarkSettings(), progress: bool = False, overwrite: bool = False
+) -> dict:
     """Every seed of ``settings`` under ``out_dir/seed-<k>``; returns ``{"seeds": {seed: run_seed's
     result}, "table", "seconds", "settings"}``."""
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -172,8 +298,12 @@ def run_benchmark(out_dir: str, settings: BenchmarkSettings = BenchmarkSettings(
     for seed in settings.seeds:
         seeds[seed] = run_seed(os.path.join(out_dir, f"seed-{seed}"), settings, seed, progress)
         print(f"seed {seed} done after {(time.time() - start) / 60:.1f} min", flush=True)
-    return {"seeds": seeds, "table": group_table(seeds, settings), "seconds": time.time() - start,
-            "settings": asdict(settings)}
+    return {
+        "seeds": seeds,
+        "table": group_table(seeds, settings),
+        "seconds": time.time() - start,
+        "settings": asdict(settings),
+    }
 
 
 def _group_means(result: dict, group: str, shots: int) -> dict[str, float]:
@@ -212,8 +342,7 @@ def format_table(table: Sequence[dict], metric: str) -> str:
     header = ["group", "test users / seed", "N", "departure", *titles]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for entry in table:
-        cells = [entry["group"], str(entry["users"]), str(entry["N"]),
-                 f"{entry['departure mean']:.1f}"]
+        cells = [entry["group"], str(entry["users"]), str(entry["N"]), f"{entry['departure mean']:.1f}"]
         cells += [f"{entry[f'{title} {metric} mean']:.1f} ± {entry[f'{title} {metric} std']:.1f}" for title in titles]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -229,8 +358,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two
     settings = QUICK if args.quick else BenchmarkSettings()
     result = run_benchmark(args.out, settings, args.progress, args.overwrite)
-    text = "\n\n".join(f"{METRICS[metric]} (x100), mean ± std over {len(settings.seeds)} seeds:\n\n"
-                       + format_table(result["table"], metric) for metric in METRICS)
+    text = "\n\n".join(
+        f"{METRICS[metric]} (x100), mean ± std over {len(settings.seeds)} seeds:\n\n"
+        + format_table(result["table"], metric)
+        for metric in METRICS
+    )
     with open(os.path.join(args.out, "pic_benchmark.md"), "w") as stream:
         stream.write(text + "\n")
     with open(os.path.join(args.out, "pic_benchmark.csv"), "w", newline="") as stream:

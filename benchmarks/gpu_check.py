@@ -29,6 +29,7 @@ the build, the kernel check or the tests ran out of time or were not run for lac
 benchmark that runs out of time leaves its targets "not measured" without failing the run); 2 on
 bad arguments, or without CUDA and without ``--cpu-dry-run`` (then nothing is written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,6 +112,7 @@ class CommandResult:
 @dataclass
 class Run:
     """Everything the report shows, filled in as the stages go."""
+
     mode: str
     command: str
     budget_s: float
@@ -130,18 +132,29 @@ class Run:
 
 # ----- child processes --------------------------------------------------------------------------
 
+
 def run_command(command: list[str], timeout_s: float, log_path: Path, env: dict | None = None) -> CommandResult:
     """Run ``command`` from the repository root, output to ``log_path``; past ``timeout_s`` it and
     every process of its session are stopped (SIGTERM, then SIGKILL)."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                   **(env or {})}
+    environment = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
     begin = time.monotonic()
     with open(log_path, "w") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             returncode: int | None = process.wait(timeout=timeout_s)
         except BaseException:  # the budget, or this script being stopped: the children go too
@@ -185,6 +198,7 @@ def fenced(text: str) -> list[str]:
 
 # ----- stage 1: build ---------------------------------------------------------------------------
 
+
 def find_cuda_home(torch_cuda_home: str | None) -> str | None:
     """$CUDA_HOME or $CUDA_PATH, torch's own answer, or the folder above the nvcc on PATH."""
     for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), torch_cuda_home):
@@ -205,6 +219,7 @@ def last_line_of(command: list[str]) -> str:
 
 # ----- stage 2: tests ---------------------------------------------------------------------------
 
+
 def junit_rows(path: Path) -> list[dict]:
     """One dict per test case of a pytest JUnit XML file: id, status, seconds, message, properties."""
     rows = []
@@ -217,12 +232,20 @@ def junit_rows(path: Path) -> list[dict]:
                 break
         properties = {prop.get("name"): prop.get("value") for prop in case.iter("property")}
         module = case.get("classname", "").rsplit(".", 1)[-1]
-        rows.append({"id": f"{module}::{case.get('name')}", "status": status, "seconds": float(case.get("time", 0)),
-                     "message": message, "properties": properties})
+        rows.append(
+            {
+                "id": f"{module}::{case.get('name')}",
+                "status": status,
+                "seconds": float(case.get("time", 0)),
+                "message": message,
+                "properties": properties,
+            }
+        )
     return rows
 
 
 # ----- the issue's targets ----------------------------------------------------------------------
+
 
 def target_rows(results: dict[str, dict], dry_run: bool) -> list[tuple[str, str, str, str]]:
     """(target, goal, measured, verdict) for each of issue 14's targets that the benchmarks measure."""
@@ -236,58 +259,123 @@ def target_rows(results: dict[str, dict], dry_run: bool) -> list[tuple[str, str,
 
     both = next((entry for entry in align.get("bandwidth", []) if entry["op"] == "both"), None)
     share = both and both.get("share_of_copy")
-    rows.append(("RoI+RoD large shape, forward+backward", ">= 50% of a 1 GiB device copy's bandwidth",
-                 "-" if share is None else f"{share:.0%} ({both['compulsory_bytes'] / 1e6:.0f} MB compulsory)",
-                 verdict(share, lambda value: value >= 0.5)))
+    rows.append(
+        (
+            "RoI+RoD large shape, forward+backward",
+            ">= 50% of a 1 GiB device copy's bandwidth",
+            "-" if share is None else f"{share:.0%} ({both['compulsory_bytes'] / 1e6:.0f} MB compulsory)",
+            verdict(share, lambda value: value >= 0.5),
+        )
+    )
     for backbone, goal in (("vgg16", 3000.0), ("mobilenetv2", 5000.0)):
-        row = next((row for row in model.get("inference", []) if row["backbone"] == backbone
-                    and row["dtype"] == "bfloat16" and row["channels_last"]), None)
+        row = next(
+            (
+                row
+                for row in model.get("inference", [])
+                if row["backbone"] == backbone and row["dtype"] == "bfloat16" and row["channels_last"]
+            ),
+            None,
+        )
         rate = row and row["best_images_per_s"]
-        rows.append((f"{backbone} bf16 channels-last inference, 90 crops per 256x352 image", f">= {goal:,.0f} images/s",
-                     "-" if rate is None else f"{rate:,.0f} images/s (batch {row['best_batch']})",
-                     verdict(rate, lambda value, goal=goal: value >= goal)))
-    rates = {row["backbone"]: row["best_images_per_s"] for row in model.get("inference", [])
-             if row["dtype"] == "bfloat16"}
-    rows.append(("against GAIC's own model: 125-200 images/s on a GTX 1080 Ti (its paper)", "for comparison",
-                 ", ".join(f"{name} {rate / 200:.1f}-{rate / 125:.1f}x" for name, rate in rates.items()) or "-",
-                 "n/a (CPU dry run)" if dry_run else "for comparison"))
-    limit = next((row for row in model.get("limits", []) if row["backbone"] == "vgg16"
-                  and "bfloat16 channels-last" in row["setting"]), None)
+        rows.append(
+            (
+                f"{backbone} bf16 channels-last inference, 90 crops per 256x352 image",
+                f">= {goal:,.0f} images/s",
+                "-" if rate is None else f"{rate:,.0f} images/s (batch {row['best_batch']})",
+                verdict(rate, lambda value, goal=goal: value >= goal),
+            )
+        )
+    rates = {
+        row["backbone"]: row["best_images_per_s"] for row in model.get("inference", []) if row["dtype"] == "bfloat16"
+    }
+    rows.append(
+        (
+            "against GAIC's own model: 125-200 images/s on a GTX 1080 Ti (its paper)",
+            "for comparison",
+            ", ".join(f"{name} {rate / 200:.1f}-{rate / 125:.1f}x" for name, rate in rates.items()) or "-",
+            "n/a (CPU dry run)" if dry_run else "for comparison",
+        )
+    )
+    limit = next(
+        (
+            row
+            for row in model.get("limits", [])
+            if row["backbone"] == "vgg16" and "bfloat16 channels-last" in row["setting"]
+        ),
+        None,
+    )
     share = limit and limit["share_of_bound"]
-    rows.append(("vgg16 bf16: backbone FLOPs at the measured bf16 matmul throughput", ">= 25%",
-                 "-" if share is None else f"{share:.0%} of {limit['matmul_tflops']:.0f} TFLOP/s "
-                 f"({limit['backbone_gflop']:.1f} GFLOP/image)", verdict(share, lambda value: value >= 0.25)))
+    rows.append(
+        (
+            "vgg16 bf16: backbone FLOPs at the measured bf16 matmul throughput",
+            ">= 25%",
+            "-"
+            if share is None
+            else f"{share:.0%} of {limit['matmul_tflops']:.0f} TFLOP/s ({limit['backbone_gflop']:.1f} GFLOP/image)",
+            verdict(share, lambda value: value >= 0.25),
+        )
+    )
     for row in epoch.get("epoch", []) or [None]:
         label = "" if row is None else f", {row['backbone']}, {row['setting']}"
         seconds = row and row["gaicd_epoch_seconds"]
-        measured = "-" if row is None else (
-            f"{seconds:.1f} s ({row['images']} images timed{'' if row['images'] == 1036 else ', extrapolated'}), "
-            f"peak memory {row['peak_memory_mb']:,.0f} MB")
-        rows.append((f"GAICD epoch, batch 1, 64 views (vgg16: the paper's recipe){label}", "<= 15 s", measured,
-                     verdict(seconds, lambda value: value <= 15)))
+        measured = (
+            "-"
+            if row is None
+            else (
+                f"{seconds:.1f} s ({row['images']} images timed{'' if row['images'] == 1036 else ', extrapolated'}), "
+                f"peak memory {row['peak_memory_mb']:,.0f} MB"
+            )
+        )
+        rows.append(
+            (
+                f"GAICD epoch, batch 1, 64 views (vgg16: the paper's recipe){label}",
+                "<= 15 s",
+                measured,
+                verdict(seconds, lambda value: value <= 15),
+            )
+        )
         syncs = None if row is None else row.get("syncs_per_step")
         count = None if syncs is None else sum(syncs.values())
         sites = "-" if syncs is None else ", ".join(f"{line} x{number}" for line, number in syncs.items()) or "none"
-        rows.append((f"host-device synchronisations per training step{label}", "0 (.item() only when logging)",
-                     sites if count is None else f"{count}: {sites}", verdict(count, lambda value: value == 0)))
+        rows.append(
+            (
+                f"host-device synchronisations per training step{label}",
+                "0 (.item() only when logging)",
+                sites if count is None else f"{count}: {sites}",
+                verdict(count, lambda value: value == 0),
+            )
+        )
     return rows
 
 
 # ----- the report -------------------------------------------------------------------------------
 
+
 def render(run: Run) -> str:
     elapsed = time.monotonic() - run.started
     status = "running" if not run.finished else ("FAIL" if run.failed else "PASS")
-    lines = ["# GPU check report", "",
-             f"- mode: {run.mode}", f"- command: `{run.command}`", f"- started: {run.started_utc}",
-             f"- result: **{status}** after {elapsed:.0f} s of a {run.budget_s:.0f} s budget", ""]
+    lines = [
+        "# GPU check report",
+        "",
+        f"- mode: {run.mode}",
+        f"- command: `{run.command}`",
+        f"- started: {run.started_utc}",
+        f"- result: **{status}** after {elapsed:.0f} s of a {run.budget_s:.0f} s budget",
+        "",
+    ]
     if run.mode != "CUDA":
         lines += ["**A CPU dry run: tiny sizes on the CPU. None of its numbers is a GPU number.**", ""]
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in run.environment.items()]
-    lines += ["", "## Stages", "", "A stage's budget is the sum of its commands' caps; every command also stops "
-              "when the run's budget is spent.", "",
-              "| stage | budget (s) | took (s) | result |", "|---|---:|---:|---|"]
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "A stage's budget is the sum of its commands' caps; every command also stops when the run's budget is spent.",
+        "",
+        "| stage | budget (s) | took (s) | result |",
+        "|---|---:|---:|---|",
+    ]
     for stage in STAGES:
         checks = [check for check in run.checks if check.stage == stage]
         worst = next((state for state in (*FAILING, "pass", "skip") if any(c.status == state for c in checks)), "-")
@@ -320,8 +408,9 @@ class GPUCheck:
     def write_report(self) -> None:
         write_text_atomic(str(self.args.report), render(self.run))
 
-    def step(self, stage: str, name: str, command: list[str], cap_s: float, env: dict | None = None,
-             required: bool = True) -> CommandResult | None:
+    def step(
+        self, stage: str, name: str, command: list[str], cap_s: float, env: dict | None = None, required: bool = True
+    ) -> CommandResult | None:
         """Run one command of a stage within its cap and what is left of the budget; record a check."""
         self.run.stage_budgets[stage] = self.run.stage_budgets.get(stage, 0) + cap_s
         timeout = min(cap_s, self.deadline - time.monotonic())
@@ -334,8 +423,14 @@ class GPUCheck:
         if result.returncode is None:
             check = Check(stage, name, "timeout", result.seconds, f"stopped after {timeout:.0f} s", required)
         else:
-            check = Check(stage, name, "pass" if result.returncode == 0 else "fail", result.seconds,
-                          "" if result.returncode == 0 else f"exit status {result.returncode}", required)
+            check = Check(
+                stage,
+                name,
+                "pass" if result.returncode == 0 else "fail",
+                result.seconds,
+                "" if result.returncode == 0 else f"exit status {result.returncode}",
+                required,
+            )
         self.run.checks.append(check)
         if check.status != "pass":
             self.run.sections[stage] += [f"### {name}: {check.status}", "", *fenced(tail(result.output)), ""]
@@ -348,19 +443,26 @@ class GPUCheck:
         info = {}
         if result is not None and result.returncode == 0:
             # the probe's JSON line; warnings may share its output
-            info = json.loads(next((line for line in reversed(result.output.splitlines()) if line.startswith("{")),
-                                   "{}"))
+            info = json.loads(
+                next((line for line in reversed(result.output.splitlines()) if line.startswith("{")), "{}")
+            )
         if not self.dry_run and info and not info["cuda_available"]:
             raise UsageError(f"torch {info['torch']} sees no CUDA device here: run with --cpu-dry-run")
         cuda_home = find_cuda_home(info.get("cuda_home"))
         nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else "nvcc"
         if not self.dry_run:
-            self.build_env = {"FORCE_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 1),
-                              **({"TORCH_CUDA_ARCH_LIST": info["capability"]} if info.get("capability") else {}),
-                              **({"CUDA_HOME": cuda_home} if cuda_home else {})}
-        device = (f"{info['device']} (compute capability {info['capability']}, {info['memory_gib']} GiB, "
-                  f"{info['multiprocessors']} multiprocessors; {info['device_count']} visible)"
-                  if info.get("device") else "none (CPU)")
+            self.build_env = {
+                "FORCE_CUDA": "1",
+                "MAX_JOBS": str(os.cpu_count() or 1),
+                **({"TORCH_CUDA_ARCH_LIST": info["capability"]} if info.get("capability") else {}),
+                **({"CUDA_HOME": cuda_home} if cuda_home else {}),
+            }
+        device = (
+            f"{info['device']} (compute capability {info['capability']}, {info['memory_gib']} GiB, "
+            f"{info['multiprocessors']} multiprocessors; {info['device_count']} visible)"
+            if info.get("device")
+            else "none (CPU)"
+        )
         self.run.environment = {
             "device": device,
             "torch": f"{info.get('torch', '?')} (CUDA {info.get('torch_cuda')}, cuDNN {info.get('cudnn')})",
@@ -378,8 +480,15 @@ class GPUCheck:
         # -j 2: both extensions at once (each one's sources already compile in parallel under ninja)
         command = [sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"]
         if self.dry_run:
-            self.run.checks.append(Check(stage, "build the kernels in place", "skip", 0.0,
-                                         f"dry run; a CUDA machine runs FORCE_CUDA=1 {shlex.join(command[1:])}"))
+            self.run.checks.append(
+                Check(
+                    stage,
+                    "build the kernels in place",
+                    "skip",
+                    0.0,
+                    f"dry run; a CUDA machine runs FORCE_CUDA=1 {shlex.join(command[1:])}",
+                )
+            )
         else:
             env_text = " ".join(f"{key}={value}" for key, value in self.build_env.items())
             self.run.sections[stage] += [f"Build command: `{env_text} {shlex.join(command)}`", ""]
@@ -391,8 +500,20 @@ class GPUCheck:
     def tests(self) -> None:
         stage = STAGES[1]
         junit = self.work_dir / "tests.xml"
-        command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=",
-                   f"--junitxml={junit}", *TEST_FILES, "-m", "not cuda" if self.dry_run else "cuda"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            f"--junitxml={junit}",
+            *TEST_FILES,
+            "-m",
+            "not cuda" if self.dry_run else "cuda",
+        ]
         result = self.step(stage, "pytest " + " ".join(TEST_FILES), command, 170 if not self.dry_run else 150)
         if result is None or not junit.exists():
             return
@@ -400,8 +521,9 @@ class GPUCheck:
         self.run.sections[stage] += ["| test | result | seconds | measured |", "|---|---|---:|---|"]
         for row in rows:
             measured = ", ".join(f"{key} {value}" for key, value in row["properties"].items()) or row["message"]
-            self.run.sections[stage].append(f"| {row['id']} | {row['status']} | {row['seconds']:.1f} | "
-                                            f"{measured.replace('|', '/')} |")
+            self.run.sections[stage].append(
+                f"| {row['id']} | {row['status']} | {row['seconds']:.1f} | {measured.replace('|', '/')} |"
+            )
             if row["status"] == "fail":
                 self.run.checks.append(Check(stage, row["id"], "fail", row["seconds"], row["message"]))
         counts = {state: sum(row["status"] == state for row in rows) for state in ("pass", "fail", "skip")}
@@ -414,36 +536,107 @@ class GPUCheck:
         command = [sys.executable, f"benchmarks/{script}", *arguments, "--json", str(output)]
         result = self.step(stage, f"{script} {' '.join(arguments)}", command, cap_s, required=False)
         if result is not None and result.returncode == 0:
-            self.run.sections[stage] += [f"### {name}", "", f"`{shlex.join(command[1:-2])}`", "",
-                                         *result.output.splitlines()[1:], ""]
+            self.run.sections[stage] += [
+                f"### {name}",
+                "",
+                f"`{shlex.join(command[1:-2])}`",
+                "",
+                *result.output.splitlines()[1:],
+                "",
+            ]
         if output.exists():
             self.run.bench_results[name] = json.loads(output.read_text())
         self.write_report()
 
     def benchmarks(self) -> None:
         if self.dry_run:
-            tiny = ["--device", "cpu", "--backbones", "mobilenetv2", "--dtypes", "float32", "--formats", "contiguous",
-                    "--height", "64", "--width", "96", "--views", "8", "--repeats", "1", "--warmup", "0"]
-            self.benchmark("align", "bench_align.py", ["--device", "cpu", "--shapes", "gaicd", "--rounds", "1",
-                                                       "--warmup", "1", "--min-time", "0.005"], 40)
+            tiny = [
+                "--device",
+                "cpu",
+                "--backbones",
+                "mobilenetv2",
+                "--dtypes",
+                "float32",
+                "--formats",
+                "contiguous",
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--views",
+                "8",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+            ]
+            self.benchmark(
+                "align",
+                "bench_align.py",
+                ["--device", "cpu", "--shapes", "gaicd", "--rounds", "1", "--warmup", "1", "--min-time", "0.005"],
+                40,
+            )
             self.benchmark("model", "bench_model.py", [*tiny, "--batch-sizes", "2", "--no-compile"], 60)
-            self.benchmark("epoch", "bench_model.py", [*tiny, "--only", "epoch", "--epoch-images", "2",
-                                                       "--epoch-warmup", "1", "--epoch-workers", "1"], 40)
-            self.benchmark("compile", "bench_model.py", [*tiny, "--only", "compile", "--compile-backend", "aot_eager"],
-                           40)
+            self.benchmark(
+                "epoch",
+                "bench_model.py",
+                [*tiny, "--only", "epoch", "--epoch-images", "2", "--epoch-warmup", "1", "--epoch-workers", "1"],
+                40,
+            )
+            self.benchmark(
+                "compile", "bench_model.py", [*tiny, "--only", "compile", "--compile-backend", "aot_eager"], 40
+            )
             return
         self.benchmark("align", "bench_align.py", ["--device", "cuda"], 75)
-        self.benchmark("model", "bench_model.py", [
-            "--device", "cuda", "--backbones", "vgg16", "mobilenetv2", "--dtypes", "float32", "bfloat16",
-            "--formats", "channels-last", "--batch-sizes", "1", "8", "32", "128", "--no-compile"], 120)
+        self.benchmark(
+            "model",
+            "bench_model.py",
+            [
+                "--device",
+                "cuda",
+                "--backbones",
+                "vgg16",
+                "mobilenetv2",
+                "--dtypes",
+                "float32",
+                "bfloat16",
+                "--formats",
+                "channels-last",
+                "--batch-sizes",
+                "1",
+                "8",
+                "32",
+                "128",
+                "--no-compile",
+            ],
+            120,
+        )
         epoch_cap = 100
         per_setting = max(5.0, (min(epoch_cap, self.deadline - time.monotonic()) - 40) / 2)
-        self.benchmark("epoch", "bench_model.py", [
-            "--device", "cuda", "--backbones", "vgg16", "--dtypes", "float32", "bfloat16", "--formats", "channels-last",
-            "--only", "epoch", "--epoch-budget-s", f"{per_setting:.0f}"], epoch_cap)
+        self.benchmark(
+            "epoch",
+            "bench_model.py",
+            [
+                "--device",
+                "cuda",
+                "--backbones",
+                "vgg16",
+                "--dtypes",
+                "float32",
+                "bfloat16",
+                "--formats",
+                "channels-last",
+                "--only",
+                "epoch",
+                "--epoch-budget-s",
+                f"{per_setting:.0f}",
+            ],
+            epoch_cap,
+        )
         # vgg16 only: its eval graph at this size is the one tests/test_models_cuda.py compiled already
-        self.benchmark("compile", "bench_model.py", ["--device", "cuda", "--backbones", "vgg16", "--only", "compile"],
-                       60)
+        self.benchmark(
+            "compile", "bench_model.py", ["--device", "cuda", "--backbones", "vgg16", "--only", "compile"], 60
+        )
 
     def execute(self) -> None:
         """Stages 1-3 (after :meth:`environment`), then the final report, also when one is interrupted."""

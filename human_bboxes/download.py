@@ -7,6 +7,7 @@ The files come from bcmi/Human-Centric-Image-Cropping at a pinned commit, so the
 checksums below (of those exact files) never go stale. Then copy or link each
 ``<dataset>/`` file next to that dataset's images (see README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ def download(folder: str, timeout_s: float = 60.0) -> None:
             continue
         handle, temp_path = tempfile.mkstemp(prefix=".download.", dir=os.path.dirname(target))
         try:
-            with (os.fdopen(handle, "wb") as out,
-                  urllib.request.urlopen(RAW_URL + relative, timeout=timeout_s) as response):
+            with (
+                os.fdopen(handle, "wb") as out,
+                urllib.request.urlopen(RAW_URL + relative, timeout=timeout_s) as response,
+            ):
                 out.write(response.read())
             actual = sha256_of(temp_path)
             if actual != expected:
@@ -79,9 +82,12 @@ def download(folder: str, timeout_s: float = 60.0) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(
-        "Download the human-box annotation files of the ECCV 2022 release (bcmi/Human-Centric-Image-Cropping "
-        f"at {RELEASE_COMMIT[:12]}) and verify their SHA-256 checksums."))
+    parser = argparse.ArgumentParser(
+        description=(
+            "Download the human-box annotation files of the ECCV 2022 release (bcmi/Human-Centric-Image-Cropping "
+            f"at {RELEASE_COMMIT[:12]}) and verify their SHA-256 checksums."
+        )
+    )
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--out", metavar="DIR", help="download into DIR (files already correct are kept)")
     action.add_argument("--verify-only", metavar="DIR", help="only check the files already in DIR")

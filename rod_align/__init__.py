@@ -2,6 +2,7 @@
 
 Shares its machinery with ``roi_align`` (``roi_align.align_core``).
 """
+
 from .modules.rod_align import RoDAlign, RoDAlignAvg, RoDAlignMax
 from .ops import KERNELS, rod_align
 

@@ -2,6 +2,7 @@
 
 Only where RoDAlign samples lives here; the rest is ``roi_align.align_core``, shared with RoIAlign.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,11 @@ MAP_SPAN_MARGIN = 1.001
 
 
 def rod_align_positions(
-    rois: Tensor, feature_size: tuple[int, int], aligned_height: int, aligned_width: int, spatial_scale: float,
+    rois: Tensor,
+    feature_size: tuple[int, int],
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sample positions ``h`` (1, ah, 1), ``w`` (1, 1, aw) and ``keep`` (K, ah, aw): False inside the RoI.

@@ -4,6 +4,7 @@ An op is an ``AlignOp`` built from where it samples (its ``positions``); this mo
 rest: input checks, the compiled kernels with their fake and autograd registrations, the
 pure-PyTorch fallback, and the module base class.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -183,9 +184,7 @@ def register_fake_and_autograd(name: str) -> None:
         (rois,) = ctx.saved_tensors
         grad_grad_output = None
         if ctx.needs_input_grad[0]:
-            grad_grad_output = forward_op(
-                grad_grad_features, rois, *ctx.aligned_size, ctx.spatial_scale, ctx.avg_pool
-            )
+            grad_grad_output = forward_op(grad_grad_features, rois, *ctx.aligned_size, ctx.spatial_scale, ctx.avg_pool)
         return grad_grad_output, None, None, None, None, None, None
 
     torch.library.register_fake(forward_qualname, forward_fake)

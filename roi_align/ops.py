@@ -2,6 +2,7 @@
 
 Only where RoIAlign samples lives here; the rest is ``roi_align.align_core``, shared with RoDAlign.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,11 @@ from .align_core import AlignOp, Backend
 
 
 def roi_align_positions(
-    rois: Tensor, feature_size: tuple[int, int], aligned_height: int, aligned_width: int, spatial_scale: float,
+    rois: Tensor,
+    feature_size: tuple[int, int],
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sample positions ``h`` (K, ah, 1) and ``w`` (K, 1, aw) in ``dtype`` arithmetic, every sample kept.

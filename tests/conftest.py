@@ -3,6 +3,7 @@
 Tests that need the shared data skip on a developer's machine without it, and fail under CI
 (``CI=true``), where a missing folder means a broken checkout, not a choice.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -84,8 +85,9 @@ def build_gaicd_sample(root: Path, flat: bool = False) -> Path:
     (gaicd / "image_crop.json").write_text(json.dumps({n: crops[n] for n in names}))
     (gaicd / "human_bboxes.json").write_text(json.dumps({n: humans[n] for n in names if n in humans}))
     (gaicd / "original_data_split.json").write_text(json.dumps(SAMPLE_IMAGES))
-    (gaicd / "human_data_split.json").write_text(json.dumps(
-        {split: [n for n in group if n in humans] for split, group in SAMPLE_IMAGES.items()}))
+    (gaicd / "human_data_split.json").write_text(
+        json.dumps({split: [n for n in group if n in humans] for split, group in SAMPLE_IMAGES.items()})
+    )
     return root
 
 
@@ -97,6 +99,7 @@ def six_image_demo(tmp_path_factory) -> str:
     from cropping_dataset import heat_map_sources
     from untils.demo_data import build_demo_dataset
     from untils.pseudo_heatmaps import generate_heatmaps
+
     root = tmp_path_factory.mktemp("six_image_demo")
     build_demo_dataset(root, num_train=6, num_test=2, seed=3, long_side=256)
     cfg = Config(data_root=str(root))
@@ -112,9 +115,18 @@ def pic_release_root(tmp_path_factory) -> Path:
     from convert_PIC_data import write_release_layout
     from pic_dataset import load_pic_data
     from untils.pic_synthetic import build_pic_benchmark
+
     root = tmp_path_factory.mktemp("pic_release")
-    build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=6, test_images=8,
-                        images_per_train_user=5, long_side=64, candidates="fixed")
+    build_pic_benchmark(
+        root,
+        train_users_per_group=1,
+        test_users_per_group=1,
+        train_images=6,
+        test_images=8,
+        images_per_train_user=5,
+        long_side=64,
+        candidates="fixed",
+    )
     data = load_pic_data(config_PIC.Config(data_root=str(root)))
     write_release_layout(data, str(root / "PIC_release"), shots=(2,), val_fraction=0.2, test_fraction=0.5)
     return root
@@ -170,8 +182,9 @@ def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subproce
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *arguments]
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=stdout, stderr=stderr, text=True,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=environment, stdout=stdout, stderr=stderr, text=True, start_new_session=True
+        )
         try:
             process.wait(timeout=timeout)
             timed_out = False
@@ -191,8 +204,10 @@ def run_two_processes(arguments: list[str], cwd, timeout: int = 300) -> subproce
         stderr.seek(0)
         result = subprocess.CompletedProcess(command, process.returncode, stdout.read(), stderr.read())
     if timed_out:
-        pytest.fail(f"torchrun did not finish in {timeout} s; each rank's stack:\n{result.stdout[-3000:]}\n"
-                    f"{result.stderr[-12000:]}")
+        pytest.fail(
+            f"torchrun did not finish in {timeout} s; each rank's stack:\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-12000:]}"
+        )
     return result
 
 

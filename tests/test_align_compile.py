@@ -1,5 +1,6 @@
 """The registered ops as PyTorch operators: opcheck (schema, fake impls, autograd
 registration, AOT dispatch), torch.compile, and the fallback when the kernels are missing."""
+
 from __future__ import annotations
 
 import subprocess
@@ -112,7 +113,6 @@ def test_fallback_when_kernels_missing():
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

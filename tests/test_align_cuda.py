@@ -1,5 +1,6 @@
 """CUDA kernels of RoIAlign / RoDAlign against the CPU kernels (themselves checked against
 the scalar reference and the original outputs in test_align_ops.py). Skipped without CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -86,15 +87,19 @@ def test_fallback_on_cuda_matches_kernel(op):
         torch.testing.assert_close(
             OPS[op](features, rois, 5, 4, 0.25, avg_pool=avg_pool, backend="python"),
             OPS[op](features, rois, 5, 4, 0.25, avg_pool=avg_pool, backend="compiled"),
-            atol=1e-12, rtol=0,
+            atol=1e-12,
+            rtol=0,
         )
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_gradcheck_on_cuda(module):
     features = torch.randn(2, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
-    rois = torch.tensor([[0, 1.1, 0.7, 11.3, 9.2], [1, -4.4, 2.3, 8.8, 20.5], [1, 5.5, 4.1, 2.2, 1.3]],
-                        dtype=torch.float64, device="cuda")
+    rois = torch.tensor(
+        [[0, 1.1, 0.7, 11.3, 9.2], [1, -4.4, 2.3, 8.8, 20.5], [1, 5.5, 4.1, 2.2, 1.3]],
+        dtype=torch.float64,
+        device="cuda",
+    )
     layer = module(3, 4, 1 / 3, backend="compiled")
     assert torch.autograd.gradcheck(lambda x: layer(x, rois), (features,), nondet_tol=1e-12)
 
@@ -105,11 +110,11 @@ def test_opcheck_on_cuda(name, avg_pool):
     namespace = getattr(torch.ops, f"{name}_align")
     features, rois = cuda_case(6, torch.float32)
     features = features.cuda().requires_grad_(True)
-    torch.library.opcheck(getattr(namespace, f"{name}_align").default,
-                          (features, rois.cuda(), 3, 4, 0.25, avg_pool))
+    torch.library.opcheck(getattr(namespace, f"{name}_align").default, (features, rois.cuda(), 3, 4, 0.25, avg_pool))
     grad = torch.randn(40, 5, 3, 4, device="cuda", requires_grad=True)
-    torch.library.opcheck(getattr(namespace, f"{name}_align_backward").default,
-                          (grad, rois.cuda(), 0.25, 3, 13, 17, avg_pool))
+    torch.library.opcheck(
+        getattr(namespace, f"{name}_align_backward").default, (grad, rois.cuda(), 0.25, 3, 13, 17, avg_pool)
+    )
 
 
 def test_layouts_and_empty_on_cuda():
@@ -118,10 +123,10 @@ def test_layouts_and_empty_on_cuda():
     for op in OPS.values():
         expected = op(features, rois, 4, 4, 0.25, backend="compiled")
         channels_last = features.contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(op(channels_last, rois, 4, 4, 0.25, backend="compiled"), expected,
-                                   atol=0, rtol=0)
-        torch.testing.assert_close(op(features, rois.t().contiguous().t(), 4, 4, 0.25, backend="compiled"),
-                                   expected, atol=0, rtol=0)
+        torch.testing.assert_close(op(channels_last, rois, 4, 4, 0.25, backend="compiled"), expected, atol=0, rtol=0)
+        torch.testing.assert_close(
+            op(features, rois.t().contiguous().t(), 4, 4, 0.25, backend="compiled"), expected, atol=0, rtol=0
+        )
         x = features.clone().requires_grad_(True)
         empty = op(x, rois[:0], 4, 4, 0.25, backend="compiled")
         assert empty.shape == (0, 5, 4, 4) and empty.is_cuda

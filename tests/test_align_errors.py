@@ -1,5 +1,6 @@
 """Bad input to RoIAlign / RoDAlign: a clear error naming the argument, on both backends,
 for the modules and for the registered ops called directly."""
+
 from __future__ import annotations
 
 import math

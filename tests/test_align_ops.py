@@ -5,6 +5,7 @@ The reference below is written from the maths (one loop iteration per output cel
 scalars in the chosen precision), not from the code under test; it is itself checked
 against the official fixtures.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,13 @@ def backend(request) -> str:
 
 
 def reference_align(
-    op: str, features: torch.Tensor, rois: torch.Tensor, aligned_height: int, aligned_width: int,
-    spatial_scale: float, precision: type = np.float64,
+    op: str,
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    precision: type = np.float64,
 ) -> torch.Tensor:
     """Scalar loop over output cells; positions in ``precision`` (np.float32 reproduces the
     original kernels' float32 arithmetic step by step), interpolation in float64."""
@@ -77,16 +83,19 @@ def reference_align(
                             continue
                     top, left = min(math.floor(h), height - 2), min(math.floor(w), width - 2)
                     dh, dw = float(h - precision(top)), float(w - precision(left))
-                    patch = values[int(index), :, top:top + 2, left:left + 2]
+                    patch = values[int(index), :, top : top + 2, left : left + 2]
                     out[k, :, ph, pw] = (
-                        patch[:, 0, 0] * (1 - dh) * (1 - dw) + patch[:, 0, 1] * (1 - dh) * dw
-                        + patch[:, 1, 0] * dh * (1 - dw) + patch[:, 1, 1] * dh * dw
+                        patch[:, 0, 0] * (1 - dh) * (1 - dw)
+                        + patch[:, 0, 1] * (1 - dh) * dw
+                        + patch[:, 1, 0] * dh * (1 - dw)
+                        + patch[:, 1, 1] * dh * dw
                     )
     return torch.from_numpy(out)
 
 
-def random_rois(generator: torch.Generator, count: int, batch_size: int, image_height: float,
-                image_width: float) -> torch.Tensor:
+def random_rois(
+    generator: torch.Generator, count: int, batch_size: int, image_height: float, image_width: float
+) -> torch.Tensor:
     """RoIs in image pixels cycling through: inside, partly outside, fully outside, degenerate."""
     rows = []
     for i in range(count):
@@ -108,8 +117,16 @@ def random_rois(generator: torch.Generator, count: int, batch_size: int, image_h
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def random_case(seed: int, batch_size: int, channels: int, height: int, width: int, count: int,
-                spatial_scale: float, dtype: torch.dtype = torch.float64):
+def random_case(
+    seed: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+    count: int,
+    spatial_scale: float,
+    dtype: torch.dtype = torch.float64,
+):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch_size, channels, height, width, generator=generator, dtype=torch.float64)
     rois = random_rois(generator, count, batch_size, height / spatial_scale, width / spatial_scale)
@@ -141,6 +158,7 @@ def test_original_import_paths():
 
 # ---------- the original kernels' outputs ----------
 
+
 def load_fixtures() -> list[dict]:
     return torch.load(require_shared("official_fixtures/align_forward_cases.pt"), weights_only=True)
 
@@ -148,8 +166,14 @@ def load_fixtures() -> list[dict]:
 @pytest.mark.parametrize("op", ["roi", "rod"])
 def test_matches_original_kernels(op, backend):
     for number, case in enumerate(load_fixtures()):
-        result = OPS[op](case["features"], case["rois"], case["aligned_height"], case["aligned_width"],
-                         case["spatial_scale"], backend=backend)
+        result = OPS[op](
+            case["features"],
+            case["rois"],
+            case["aligned_height"],
+            case["aligned_width"],
+            case["spatial_scale"],
+            backend=backend,
+        )
         expected = case[f"{op}_align"]
         assert result.dtype == torch.float32 and result.shape == expected.shape
         torch.testing.assert_close(result, expected, atol=1e-5, rtol=0, msg=f"fixture case {number}")
@@ -159,10 +183,18 @@ def test_reference_matches_original_kernels():
     """The scalar reference in float32 reproduces the original, so it can judge other cases."""
     for number, case in enumerate(load_fixtures()[::3]):
         for op in ("roi", "rod"):
-            expected = reference_align(op, case["features"], case["rois"], case["aligned_height"],
-                                       case["aligned_width"], case["spatial_scale"], np.float32)
-            torch.testing.assert_close(expected, case[f"{op}_align"].double(), atol=1e-5, rtol=0,
-                                       msg=f"fixture case {3 * number}, {op}")
+            expected = reference_align(
+                op,
+                case["features"],
+                case["rois"],
+                case["aligned_height"],
+                case["aligned_width"],
+                case["spatial_scale"],
+                np.float32,
+            )
+            torch.testing.assert_close(
+                expected, case[f"{op}_align"].double(), atol=1e-5, rtol=0, msg=f"fixture case {3 * number}, {op}"
+            )
 
 
 def test_reference_hand_computed():
@@ -185,17 +217,25 @@ def test_boundary_rules(backend):
     rois = torch.tensor([[0, 0, 0, 0, 3.0], [0, 0, 0, 0, 2.5], [0, 0, -1e-9, 0, 3.0]], dtype=torch.float64)
     # roi_w = 1: w in {0, 1}. Row 0: h in {0, 4}, and h = 4 = H is outside. Row 1: h in {0, 3.5},
     # extrapolated from rows 2-3 with ratio 1.5: 9 + 1.5 * 4 and 10 + 1.5 * 4. Row 2 starts above the map.
-    expected = torch.tensor([[[1.0, 2.0], [0.0, 0.0]], [[1.0, 2.0], [15.0, 16.0]], [[0.0, 0.0], [0.0, 0.0]]],
-                            dtype=torch.float64).unsqueeze(1)
+    expected = torch.tensor(
+        [[[1.0, 2.0], [0.0, 0.0]], [[1.0, 2.0], [15.0, 16.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64
+    ).unsqueeze(1)
     torch.testing.assert_close(roi_align(features, rois, 2, 2, 1.0, backend=backend), expected, atol=1e-12, rtol=0)
     # RoD grid: h, w in {0, 4 - 1.001}. Degenerate RoIs exactly on a grid point cut out that point.
     last = (4 - 1.001) / (2 - 1)
-    rod = rod_align(features, torch.tensor([[0, 0, 0, 0, 0], [0, last, last, last, last]], dtype=torch.float64),
-                    2, 2, 1.0, backend=backend)
+    rod = rod_align(
+        features,
+        torch.tensor([[0, 0, 0, 0, 0], [0, last, last, last, last]], dtype=torch.float64),
+        2,
+        2,
+        1.0,
+        backend=backend,
+    )
     assert torch.equal(rod[:, 0] == 0, torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]]))
 
 
 # ---------- forward against the reference ----------
+
 
 @pytest.mark.parametrize("op", ["roi", "rod"])
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"seed{case[0]}")
@@ -305,6 +345,7 @@ def test_rois_dtype_independent_of_features(op, backend):
 
 # ---------- empty, NaN and infinite RoIs ----------
 
+
 @pytest.mark.parametrize("op", ["roi", "rod"])
 def test_no_rois(op, backend):
     features = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -315,16 +356,19 @@ def test_no_rois(op, backend):
     assert torch.equal(features.grad, torch.zeros_like(features))
 
 
-NON_FINITE_ROIS = torch.tensor([
-    [0, math.nan, 1.0, 5.0, 6.0],
-    [0, 1.0, 1.0, math.nan, 6.0],
-    [1, math.nan, math.nan, math.nan, math.nan],
-    [1, -math.inf, -math.inf, math.inf, math.inf],
-    [0, 2.0, 1.0, math.inf, 4.0],
-    [0, 2.0, 1.0, -math.inf, 4.0],
-    [1, math.inf, 1.0, math.inf, 3.0],
-    [0, -3e38, 0.0, 3e38, 5.0],
-], dtype=torch.float64)
+NON_FINITE_ROIS = torch.tensor(
+    [
+        [0, math.nan, 1.0, 5.0, 6.0],
+        [0, 1.0, 1.0, math.nan, 6.0],
+        [1, math.nan, math.nan, math.nan, math.nan],
+        [1, -math.inf, -math.inf, math.inf, math.inf],
+        [0, 2.0, 1.0, math.inf, 4.0],
+        [0, 2.0, 1.0, -math.inf, 4.0],
+        [1, math.inf, 1.0, math.inf, 3.0],
+        [0, -3e38, 0.0, 3e38, 5.0],
+    ],
+    dtype=torch.float64,
+)
 
 
 @pytest.mark.parametrize("op", ["roi", "rod"])
@@ -353,6 +397,7 @@ def test_non_finite_rois(op, dtype, backend):
 
 # ---------- Avg / Max are the plain op + pooling ----------
 
+
 @pytest.mark.parametrize("op", ["roi", "rod"])
 def test_pooled_modules_equal_plain_op_then_pooling(op, backend):
     plain_module, avg_module, max_module = MODULES[op]
@@ -380,6 +425,7 @@ def test_avg_pool_allows_size_one(backend):
 
 # ---------- gradients ----------
 
+
 @pytest.mark.parametrize("op", ["roi", "rod"])
 @pytest.mark.parametrize("variant", [0, 1, 2], ids=["plain", "avg", "max"])
 def test_gradcheck_modules(op, variant, backend):
@@ -387,8 +433,9 @@ def test_gradcheck_modules(op, variant, backend):
     # RoD cut-out are not differentiable.
     generator = torch.Generator().manual_seed(variant)
     features = torch.randn(2, 2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
-    rois = torch.tensor([[0, 1.1, 0.7, 11.3, 9.2], [1, -4.4, 2.3, 8.8, 20.5], [1, 5.5, 4.1, 2.2, 1.3]],
-                        dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 1.1, 0.7, 11.3, 9.2], [1, -4.4, 2.3, 8.8, 20.5], [1, 5.5, 4.1, 2.2, 1.3]], dtype=torch.float64
+    )
     module = MODULES[op][variant](3, 4, 1 / 3, backend=backend)
     assert torch.autograd.gradcheck(lambda x: module(x, rois), (features,))
 
@@ -458,25 +505,29 @@ coordinate = st.floats(min_value=-80, max_value=120, allow_nan=False, width=32)
     width=st.integers(2, 9),
     aligned=st.tuples(st.integers(2, 5), st.integers(2, 5)),
     scale=st.sampled_from([1.0, 0.5, 0.25, 1 / 16]),
-    boxes=st.lists(st.tuples(st.integers(0, 2), coordinate, coordinate, coordinate, coordinate),
-                   min_size=0, max_size=6),
+    boxes=st.lists(
+        st.tuples(st.integers(0, 2), coordinate, coordinate, coordinate, coordinate), min_size=0, max_size=6
+    ),
     op=st.sampled_from(["roi", "rod"]),
 )
 def test_property_matches_reference(batch_size, channels, height, width, aligned, scale, boxes, op):
     generator = torch.Generator().manual_seed(height * 31 + width)
     features = torch.randn(batch_size, channels, height, width, generator=generator, dtype=torch.float64)
-    rois = torch.tensor([[b % batch_size, x1, y1, x2, y2] for b, x1, y1, x2, y2 in boxes],
-                        dtype=torch.float64).view(-1, 5)
+    rois = torch.tensor([[b % batch_size, x1, y1, x2, y2] for b, x1, y1, x2, y2 in boxes], dtype=torch.float64).view(
+        -1, 5
+    )
     expected = reference_align(op, features, rois, *aligned, scale)
     backends = ["python"] + (["compiled"] if roi_pkg.KERNELS.available else [])
     for name in backends:
-        torch.testing.assert_close(OPS[op](features, rois, *aligned, scale, backend=name), expected,
-                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(OPS[op](features, rois, *aligned, scale, backend=name), expected, atol=1e-12, rtol=0)
 
 
 @settings(max_examples=20, deadline=None)
 @given(
-    x1=coordinate, y1=coordinate, x2=coordinate, y2=coordinate,
+    x1=coordinate,
+    y1=coordinate,
+    x2=coordinate,
+    y2=coordinate,
     scale=st.sampled_from([1.0, 0.5, 1 / 16]),
     aligned=st.tuples(st.integers(2, 6), st.integers(2, 6)),
 )

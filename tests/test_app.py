@@ -1,6 +1,7 @@
 """The web server (app.py) through HTTP against the real server process: a tiny random-weight HCIC
 checkpoint, a free loopback port, a temporary data folder. Answers are checked against the crop
 library run in this process on the same photo, and against the photo's own pixels."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -44,9 +45,22 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"server-{self.port}.log"
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--port", str(self.port),
-             "--data-dir", str(data_dir), "--no-download", *extra],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), cwd=REPO_ROOT)
+            [
+                sys.executable,
+                str(REPO_ROOT / "app.py"),
+                "--checkpoint",
+                str(checkpoint),
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                "--no-download",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+            cwd=REPO_ROOT,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -75,8 +89,16 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory) -> Iterator[Server]:
-    running = Server(checkpoint, tmp_path_factory.mktemp("app") / "data", "--max-pixels", str(MAX_PIXELS),
-                     "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-photos", str(MAX_PHOTOS))
+    running = Server(
+        checkpoint,
+        tmp_path_factory.mktemp("app") / "data",
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+        "--max-photos",
+        str(MAX_PHOTOS),
+    )
     yield running
     running.stop()
 
@@ -94,8 +116,9 @@ def astronaut() -> Image.Image:
 
 
 def post_crop(server: Server, content: bytes, name: str = "astronaut.png", **fields: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/api/crop", files={"photo": (name, content, "application/octet-stream")},
-                      data=fields, timeout=300)
+    return httpx.post(
+        f"{server.url}/api/crop", files={"photo": (name, content, "application/octet-stream")}, data=fields, timeout=300
+    )
 
 
 def assert_error(response: httpx.Response, status: int, *words: str) -> None:
@@ -122,6 +145,7 @@ def test_health_names_the_model(server, checkpoint):
 def library_scores(checkpoint: Path, image: Image.Image, box, ratio: str) -> dict[tuple, float]:
     """Every candidate's score from the crop library in this process, as the reference."""
     import crop
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cropper = crop.Cropper(str(checkpoint), device="cpu")
@@ -176,11 +200,19 @@ def test_crops_come_at_full_resolution_from_the_photo(server, astronaut):
     assert archive.status_code == 200
     with zipfile.ZipFile(io.BytesIO(archive.content)) as opened:
         names = sorted(opened.namelist())
-        assert names == sorted(["astronaut_4x5_crop1.png", "astronaut_4x5_crop2.png", "astronaut_free_crop1.png",
-                                "astronaut_free_crop2.png"])
+        assert names == sorted(
+            [
+                "astronaut_4x5_crop1.png",
+                "astronaut_4x5_crop2.png",
+                "astronaut_free_crop1.png",
+                "astronaut_free_crop2.png",
+            ]
+        )
         first = answer["results"][0]["crops"][0]["box"]
         with opened.open("astronaut_4x5_crop1.png") as member:
-            np.testing.assert_array_equal(np.asarray(Image.open(member)), pixels[first[1]:first[3], first[0]:first[2]])
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(member)), pixels[first[1] : first[3], first[0] : first[2]]
+            )
 
 
 def test_a_given_person_box_and_exif_orientation(server, astronaut):
@@ -189,8 +221,9 @@ def test_a_given_person_box_and_exif_orientation(server, astronaut):
     exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
     sideways = astronaut.resize((600, 400))
     sideways.save(buffer, format="JPEG", exif=exif.tobytes())
-    answer = post_crop(server, buffer.getvalue(), "phone.jpg", human_box="50, 100, 300, 500", keep_person="true",
-                       aspect_ratio="9:16").json()
+    answer = post_crop(
+        server, buffer.getvalue(), "phone.jpg", human_box="50, 100, 300, 500", keep_person="true", aspect_ratio="9:16"
+    ).json()
     assert (answer["width"], answer["height"]) == (400, 600)  # the upright photo
     assert answer["person"] == {"box": [50.0, 100.0, 300.0, 500.0], "source": "given"}
     (entry,) = answer["results"]
@@ -226,8 +259,14 @@ def test_bad_input_gets_a_4xx_sentence_and_the_server_goes_on(server, astronaut)
 
 def comparable(answer: dict) -> tuple:
     """An answer without what differs between uploads (their id, in the crops' addresses)."""
-    results = [(entry["aspect_ratio"], entry["ranked"], [{key: value for key, value in crop.items() if key != "url"}
-                                                         for crop in entry["crops"]]) for entry in answer["results"]]
+    results = [
+        (
+            entry["aspect_ratio"],
+            entry["ranked"],
+            [{key: value for key, value in crop.items() if key != "url"} for crop in entry["crops"]],
+        )
+        for entry in answer["results"]
+    ]
     return answer["width"], answer["height"], answer["person"], results
 
 
@@ -265,7 +304,20 @@ def test_the_page_and_its_assets_are_served_locally(server):
 def test_help_and_a_missing_checkpoint_fail_cleanly(tmp_path):
     usage = subprocess.run([sys.executable, str(REPO_ROOT / "app.py"), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "--data-dir" in usage.stdout and "127.0.0.1" in usage.stdout
-    missing = subprocess.run([sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(tmp_path / "no.pth"),
-                              "--port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--no-detector"],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "app.py"),
+            "--checkpoint",
+            str(tmp_path / "no.pth"),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-detector",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "no.pth" in missing.stderr

@@ -1,6 +1,7 @@
 """The cropping page in a real headless browser: Playwright driving the system's Chromium
 (/usr/bin/chromium) against the real server process. Skips only outside CI (CI unset) when no
 browser or Playwright is installed; fails under CI=true."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,16 @@ from tests.test_app import Server
 from tests.test_crop import save_checkpoint
 
 CHROMIUM = os.environ.get("HCIC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 120_000
 
 
@@ -40,13 +49,19 @@ def page(tmp_path_factory) -> Iterator:
             pytest.fail(f"the browser tests must run under CI: {missing}")
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
+
     checkpoint = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hcic.pth", "HCIC")
     server = Server(checkpoint, tmp_path_factory.mktemp("browser-app") / "data")
     try:
         with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
             context = playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, accept_downloads=True,
-                viewport={"width": 1400, "height": 1000})
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                accept_downloads=True,
+                viewport={"width": 1400, "height": 1000},
+            )
             context.set_default_timeout(TIMEOUT_MS)
             opened = context.new_page()
             opened.goto(server.url + "/")
@@ -65,22 +80,28 @@ def astronaut_file(tmp_path_factory) -> Path:
 
 def crop_boxes(page) -> list[list[float]]:
     """The crop rectangles drawn on the first card's photo, in photo pixels."""
-    return page.eval_on_selector_all(".card .overlay rect.crop", "shapes => shapes.map(s => "
-                                     "['x', 'y', 'width', 'height'].map(a => Number(s.getAttribute(a))))")
+    return page.eval_on_selector_all(
+        ".card .overlay rect.crop",
+        "shapes => shapes.map(s => ['x', 'y', 'width', 'height'].map(a => Number(s.getAttribute(a))))",
+    )
 
 
 def wait_for_answer(page, status_words: str) -> None:
-    page.wait_for_function("words => { const s = document.querySelector('.card .status');"
-                           " return s && s.textContent.includes(words) && !s.closest('.card').ariaBusy; }",
-                           arg=status_words)
+    page.wait_for_function(
+        "words => { const s = document.querySelector('.card .status');"
+        " return s && s.textContent.includes(words) && !s.closest('.card').ariaBusy; }",
+        arg=status_words,
+    )
 
 
 def test_upload_change_ratio_draw_download_and_errors(page, astronaut_file, tmp_path):
     # upload: the ranked crops appear on the photo and as thumbnails with scores
     page.set_input_files("#file-input", str(astronaut_file))
     wait_for_answer(page, "640×640")
-    page.wait_for_function("document.querySelectorAll('.card .thumbs img').length === 3 && "
-                           "[...document.querySelectorAll('.card .thumbs img')].every(i => i.naturalWidth > 0)")
+    page.wait_for_function(
+        "document.querySelectorAll('.card .thumbs img').length === 3 && "
+        "[...document.querySelectorAll('.card .thumbs img')].every(i => i.naturalWidth > 0)"
+    )
     assert len(crop_boxes(page)) == 3
     assert "score" in page.inner_text(".card .thumbs li")
     assert page.inner_text(".card .ratio-tabs") == "free"
@@ -92,8 +113,9 @@ def test_upload_change_ratio_draw_download_and_errors(page, astronaut_file, tmp_
     page.keyboard.press("Space")
     page.focus('input[name="ratio"][value="free"]')
     page.keyboard.press("Space")
-    page.wait_for_function("document.querySelector('.card .ratio-tabs').textContent === '1:1' && "
-                           "!document.querySelector('.card').ariaBusy")
+    page.wait_for_function(
+        "document.querySelector('.card .ratio-tabs').textContent === '1:1' && !document.querySelector('.card').ariaBusy"
+    )
     for _, _, width, height in crop_boxes(page):
         assert abs(width - height) <= 1
 
@@ -109,8 +131,9 @@ def test_upload_change_ratio_draw_download_and_errors(page, astronaut_file, tmp_
     page.mouse.move(overlay["x"] + end[0] * scale, overlay["y"] + end[1] * scale, steps=4)
     page.mouse.up()
     wait_for_answer(page, "person given")
-    drawn = page.eval_on_selector(".card .overlay rect.person", "s => ['x', 'y', 'width', 'height']"
-                                  ".map(a => Number(s.getAttribute(a)))")
+    drawn = page.eval_on_selector(
+        ".card .overlay rect.person", "s => ['x', 'y', 'width', 'height'].map(a => Number(s.getAttribute(a)))"
+    )
     assert drawn == pytest.approx([start[0], start[1], end[0] - start[0], end[1] - start[1]], abs=3)
     typed = page.input_value(".card .box-input")
     assert [float(v) for v in typed.split(",")] == pytest.approx([*start, *end], abs=3)
@@ -136,4 +159,3 @@ def test_upload_change_ratio_draw_download_and_errors(page, astronaut_file, tmp_
     message = page.inner_text(".card .status.error")
     assert "notes.txt" in message and "not an image" in message
     assert page.get_attribute(".card .status.error", "role") == "alert"
-

@@ -1,4 +1,5 @@
 """untils/boxes.py against hand-computed cases and plain-loop references."""
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,12 @@ def test_rescale_boxes_matches_loop():
     ratio_w, ratio_h = 0.3, 256 / 683
     out = rescale_boxes(boxes, ratio_w, ratio_h)
     for box, got in zip(boxes, out, strict=True):
-        want = [math.floor(box[0] * ratio_w), math.floor(box[1] * ratio_h),
-                math.ceil(box[2] * ratio_w), math.ceil(box[3] * ratio_h)]
+        want = [
+            math.floor(box[0] * ratio_w),
+            math.floor(box[1] * ratio_h),
+            math.ceil(box[2] * ratio_w),
+            math.ceil(box[3] * ratio_h),
+        ]
         assert got.tolist() == want
 
 
@@ -112,8 +117,9 @@ def test_box_iou_matches_loop():
     assert got.dtype == torch.float64 and got.shape == (30, 20)
     for i, box_a in enumerate(a):
         for j, box_b in enumerate(b):
-            inter = (max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
-                     * max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1])))
+            inter = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])) * max(
+                0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1])
+            )
             area_a = max(0.0, box_a[2] - box_a[0]) * max(0.0, box_a[3] - box_a[1])
             area_b = max(0.0, box_b[2] - box_b[0]) * max(0.0, box_b[3] - box_b[1])
             union = area_a + area_b - inter
@@ -178,13 +184,16 @@ def test_has_person_per_image():
         has_person(torch.zeros(2, 4))
 
 
-@pytest.mark.parametrize("width,height,expected", [
-    (1024, 744, (352, 256)),   # 1024 * 256 / 744 = 352.3 -> 11.01 * 32
-    (1024, 683, (384, 256)),   # 383.8 -> 12 * 32
-    (400, 256, (384, 256)),    # 12.5 rounds half to even: 12 * 32
-    (432, 256, (448, 256)),    # 13.5 rounds half to even: 14 * 32
-    (683, 1024, (256, 384)),
-])
+@pytest.mark.parametrize(
+    "width,height,expected",
+    [
+        (1024, 744, (352, 256)),  # 1024 * 256 / 744 = 352.3 -> 11.01 * 32
+        (1024, 683, (384, 256)),  # 383.8 -> 12 * 32
+        (400, 256, (384, 256)),  # 12.5 rounds half to even: 12 * 32
+        (432, 256, (448, 256)),  # 13.5 rounds half to even: 14 * 32
+        (683, 1024, (256, 384)),
+    ],
+)
 def test_resized_size_keep_aspect(width, height, expected):
     assert resized_size(width, height, (256, 256), True) == expected
 

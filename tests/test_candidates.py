@@ -1,4 +1,5 @@
 """Candidate generators checked by brute force and against the real GAICD annotations."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ def _as_set(boxes: torch.Tensor) -> set[tuple[int, ...]]:
     return {tuple(int(v) for v in row) for row in boxes.tolist()}
 
 
-@pytest.mark.parametrize("width, height", [(1024, 683), (1024, 939), (1024, 744), (683, 1024), (512, 512),
-                                           (450, 300)])
+@pytest.mark.parametrize("width, height", [(1024, 683), (1024, 939), (1024, 744), (683, 1024), (512, 512), (450, 300)])
 def test_grid_matches_brute_force(width, height):
     boxes = gaic_grid_candidates(width, height)
     assert boxes.dtype == torch.float32 and boxes.shape[1] == 4
@@ -54,7 +54,7 @@ def test_grid_counts_for_gaicd_shapes_and_the_paper_range():
     assert len(gaic_grid_candidates(1024, 683)) == 87
     assert len(gaic_grid_candidates(1024, 683, aspect_range=(0.5, 2.0))) == 83
     square = gaic_grid_candidates(600, 600, min_area_ratio=0.0, aspect_range=(0.01, 100))
-    assert len(square) == 4 ** 4
+    assert len(square) == 4**4
 
 
 def test_grid_reproduces_the_annotated_crops_of_the_sample_images():
@@ -74,8 +74,10 @@ def test_grid_rejects_bad_arguments():
         gaic_grid_candidates(100, 100, aspect_range=(2.0, 0.5))
 
 
-@pytest.mark.parametrize("width, height, ratio", [(640, 480, 16 / 9), (480, 640, 1.0), (500, 333, 4 / 3),
-                                                  (300, 700, 9 / 16), (1000, 100, 0.5)])
+@pytest.mark.parametrize(
+    "width, height, ratio",
+    [(640, 480, 16 / 9), (480, 640, 1.0), (500, 333, 4 / 3), (300, 700, 9 / 16), (1000, 100, 0.5)],
+)
 def test_fixed_ratio_boxes_have_the_ratio_and_fit(width, height, ratio):
     scales = (1.0, 0.75, 0.5)
     boxes = fixed_ratio_candidates(width, height, ratio, scales=scales, steps=4)
@@ -113,8 +115,10 @@ def test_fixed_ratio_rejects_bad_arguments():
         fixed_ratio_candidates(100, 100, 1.0, steps=0)
 
 
-@pytest.mark.parametrize("text, expected", [("16:9", 16 / 9), ("1:1", 1.0), (" 4:3 ", 4 / 3), ("1.5", 1.5),
-                                            ("any", None), ("ANY", None), ("free", None)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("16:9", 16 / 9), ("1:1", 1.0), (" 4:3 ", 4 / 3), ("1.5", 1.5), ("any", None), ("ANY", None), ("free", None)],
+)
 def test_parse_aspect_ratio(text, expected):
     assert parse_aspect_ratio(text) == expected
 

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, official bare state_dicts (and their old key names), clear errors,
 RNG state that loads as plain data."""
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,7 @@ def test_save_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
         with open(target, "wb") as stream:
             stream.write(b"partial")
         raise OSError("disk full")
+
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_atomic({"a": torch.zeros(2)}, str(path))
@@ -50,8 +52,10 @@ def test_save_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
 
 def test_official_bare_state_dict_with_old_names_loads(tmp_path):
     source = _model()
-    state = {name.replace("partition_aware.group_conv", "partition_aware.p_conv"): value
-             for name, value in source.state_dict().items()}
+    state = {
+        name.replace("partition_aware.group_conv", "partition_aware.p_conv"): value
+        for name, value in source.state_dict().items()
+    }
     path = tmp_path / "official.pth"
     torch.save(state, path)
     model = load_crop_model(str(path), "cpu", {"backbone": "mobilenetv2"})
@@ -63,8 +67,9 @@ def test_official_bare_state_dict_with_old_names_loads(tmp_path):
 def test_mismatched_checkpoint_names_the_parameters(tmp_path):
     path = tmp_path / "other.pth"
     torch.save(_model(partition_aware_type=2).state_dict(), path)
-    with pytest.raises(CheckpointError,
-                       match=r"shape differs: partition_aware\.group_conv\.bias, partition_aware\.group_conv\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"shape differs: partition_aware\.group_conv\.bias, partition_aware\.group_conv\.weight"
+    ):
         load_model_weights(_model(), str(path))
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(str(tmp_path / "missing.pth"))
@@ -77,8 +82,11 @@ def test_release_state_dict_forms_load_weights_only(tmp_path):
     """DataParallel ``module.`` names, ``{"state_dict": ...}`` (.pth.tar) and the legacy file format."""
     source = _model()
     state = OrderedDict((f"module.{name}", value) for name, value in source.state_dict().items())
-    forms = {"parallel.pth": (state, True), "release.pth.tar": ({"state_dict": state, "epoch": 7}, True),
-             "legacy.pth": (state, False)}
+    forms = {
+        "parallel.pth": (state, True),
+        "release.pth.tar": ({"state_dict": state, "epoch": 7}, True),
+        "legacy.pth": (state, False),
+    }
     for name, (content, zip_format) in forms.items():
         torch.save(content, tmp_path / name, _use_new_zipfile_serialization=zip_format)
         target = _model()
@@ -108,8 +116,13 @@ def test_older_numpy_rng_state_is_refused_unless_trusted(tmp_path):
     """Our older checkpoints stored numpy's own state tuple (an ndarray): refused, then loaded on trust."""
     seed_everything(7)
     path = tmp_path / "old.pth"
-    torch.save({"model": {"w": torch.ones(1)}, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                                       "torch": torch.get_rng_state()}}, path)
+    torch.save(
+        {
+            "model": {"w": torch.ones(1)},
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        },
+        path,
+    )
     expected = _draws()
     with pytest.raises(CheckpointError, match=r"holds objects other than tensors.*numpy.*--trust-checkpoint"):
         read_checkpoint(str(path))
@@ -128,13 +141,14 @@ def _deflated_copy(source, target):
 
 def test_zip_that_inflates_absurdly_is_refused_before_reading(tmp_path, monkeypatch):
     zeros = tmp_path / "zeros.pth"
-    torch.save({"model": {"w": torch.zeros(16 * 2 ** 20)}}, zeros)  # 64 MiB of zeros
+    torch.save({"model": {"w": torch.zeros(16 * 2**20)}}, zeros)  # 64 MiB of zeros
     bomb = tmp_path / "bomb.pth"
     _deflated_copy(zeros, bomb)
-    assert os.path.getsize(bomb) < 2 ** 20  # the crafted file is small on disk
+    assert os.path.getsize(bomb) < 2**20  # the crafted file is small on disk
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("torch.load was reached")
+
     monkeypatch.setattr(torch, "load", must_not_run)
     with pytest.raises(CheckpointError, match=r"bomb\.pth.*inflate") as refused:
         read_checkpoint(str(bomb))
@@ -177,8 +191,9 @@ def test_errors_never_advise_loading_unsafely(tmp_path):
     with zipfile.ZipFile(tmp_path / "plain.pth") as original, zipfile.ZipFile(pickled, "w") as changed:
         for entry in original.infolist():
             data = original.read(entry.filename)
-            changed.writestr(entry.filename, pickle.dumps({"w": 1}, protocol=4) if entry.filename.endswith(
-                "data.pkl") else data)
+            changed.writestr(
+                entry.filename, pickle.dumps({"w": 1}, protocol=4) if entry.filename.endswith("data.pkl") else data
+            )
     numpy_weights = tmp_path / "numpy.pth"
     torch.save({"features.0.0.weight": np.zeros(2)}, numpy_weights)
     errors = []
@@ -204,19 +219,28 @@ def test_backbone_weight_file_of_other_content_gets_one_line(tmp_path):
 
 
 # ----- a saved config with bad fields -----------------------------------------------------------------
-@pytest.mark.parametrize("field, value, expected", [
-    ("reduced_dim", "32", r"reduced_dim='32' is not of the option's type \(int\)"),
-    ("image_size", 256, r"image_size=256 is not of the option's type \(tuple\[int, int\]\)"),
-    ("loss_type", ["L1Loss", 3], r"loss_type=\['L1Loss', 3\]"),
-    ("use_partition_aware", 1, r"use_partition_aware=1 is not of the option's type \(bool\)"),
-    ("backbone", "alexnet", r"config option backbone='alexnet' is not one of"),
-    ("partition_aware_type", 5, r"config option partition_aware_type=5 is not one of"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("reduced_dim", "32", r"reduced_dim='32' is not of the option's type \(int\)"),
+        ("image_size", 256, r"image_size=256 is not of the option's type \(tuple\[int, int\]\)"),
+        ("loss_type", ["L1Loss", 3], r"loss_type=\['L1Loss', 3\]"),
+        ("use_partition_aware", 1, r"use_partition_aware=1 is not of the option's type \(bool\)"),
+        ("backbone", "alexnet", r"config option backbone='alexnet' is not one of"),
+        ("partition_aware_type", 5, r"config option partition_aware_type=5 is not one of"),
+    ],
+)
 def test_saved_config_with_a_bad_option_names_the_file_and_option(field, value, expected, tmp_path):
     cfg = Config(backbone="mobilenetv2", pretrained=False)
     path = tmp_path / "odd-config.pth"
-    save_atomic({"model": build_crop_model(cfg).state_dict(), "config": {**config_to_dict(cfg), field: value},
-                 "model_type": "HCIC"}, str(path))
+    save_atomic(
+        {
+            "model": build_crop_model(cfg).state_dict(),
+            "config": {**config_to_dict(cfg), field: value},
+            "model_type": "HCIC",
+        },
+        str(path),
+    )
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: .*{expected}") as refused:
         load_crop_model(str(path))
     assert "\n" not in str(refused.value)

@@ -4,6 +4,7 @@ Crops are checked against references that do not go through the tool: the photo'
 requested ratio, GAICD's own candidate set, the model scoring one crop on its own, pixels cut
 with numpy, and hand-made detection cases.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,6 +98,7 @@ def assert_non_increasing(scores) -> None:
 # Candidates, ranking and scores (Python API)
 # ----------------------------------------------------------------------------------------------
 
+
 def test_free_ratio_ranks_exactly_the_gaicd_candidates(cropper):
     photo = require_shared(SAMPLE)
     annotated = json.loads(require_shared("human_bboxes/GAICD/image_crop.json").read_text())["297406.jpg"]["bbox"]
@@ -120,8 +122,21 @@ def test_bf16_channels_last_scores_are_close_to_fp32(cropper, checkpoint, tmp_pa
     assert sorted(result.boxes) == sorted(reference.boxes)
     torch.testing.assert_close(ours, wanted, atol=0.02 * wanted.abs().max().item(), rtol=0)
     assert not torch.equal(ours, wanted)  # bf16 really ran
-    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", tmp_path, "--human-box", "142,488,252,676",
-                          "--precision", "bf16", "--channels-last"], capsys)
+    code, err = run_tool(
+        [
+            photo,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path,
+            "--human-box",
+            "142,488,252,676",
+            "--precision",
+            "bf16",
+            "--channels-last",
+        ],
+        capsys,
+    )
     assert code == 0, err
     model = json.loads((tmp_path / "297406.json").read_text())["model"]
     assert model["precision"] == "bf16" and model["channels_last"] is True
@@ -179,8 +194,15 @@ def test_gaic_checkpoint_has_no_heat_map_and_draws(tmp_path, astronaut_png):
     (result,) = gaic.rank_many([astronaut_png], keep_image=True)
     assert result.heat_map is None and result.image.size == (512, 512)
     assert_non_increasing(result.scores)
-    photos.draw_crops(result.image, result.top(3), result.person.box, result.heat_map, tmp_path / "figure.png",
-                      ["GAIC: no heat map"], warning=False)
+    photos.draw_crops(
+        result.image,
+        result.top(3),
+        result.person.box,
+        result.heat_map,
+        tmp_path / "figure.png",
+        ["GAIC: no heat map"],
+        warning=False,
+    )
     with Image.open(tmp_path / "figure.png") as figure:
         assert figure.format == "PNG" and min(figure.size) > 300
 
@@ -202,11 +224,13 @@ def test_bad_inputs_give_clear_errors(cropper):
 # The command line
 # ----------------------------------------------------------------------------------------------
 
+
 def test_jpeg_outputs_match_json_in_sizes_count_and_order(checkpoint, tmp_path, capsys):
     photo = require_shared(SAMPLE)
     boxes_file = require_shared("human_bboxes/GAICD/human_bboxes.json")
-    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 3,
-                          "--human-boxes", boxes_file], capsys)
+    code, err = run_tool(
+        [photo, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 3, "--human-boxes", boxes_file], capsys
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "297406.json").read_text())
     assert report["person"]["box"] == [142, 488, 252, 676] and report["person"]["source"] == "file"
@@ -225,8 +249,22 @@ def test_jpeg_outputs_match_json_in_sizes_count_and_order(checkpoint, tmp_path, 
 
 
 def test_png_stays_png_lossless_with_detected_person_and_figure(checkpoint, tmp_path, astronaut_png, capsys):
-    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 2,
-                          "--aspect-ratio", "1:1", "--detect-human", "--visualize"], capsys)
+    code, err = run_tool(
+        [
+            astronaut_png,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path,
+            "--top-k",
+            2,
+            "--aspect-ratio",
+            "1:1",
+            "--detect-human",
+            "--visualize",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "astronaut.json").read_text())
     person = report["person"]
@@ -245,8 +283,7 @@ def test_png_stays_png_lossless_with_detected_person_and_figure(checkpoint, tmp_
 
 def test_no_person_found_uses_the_no_person_input(checkpoint, tmp_path, capsys):
     photo = require_shared(NO_PERSON_SAMPLE)
-    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 1, "--detect-human"],
-                         capsys)
+    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", tmp_path, "--top-k", 1, "--detect-human"], capsys)
     assert code == 0, err
     person = json.loads((tmp_path / "211958.json").read_text())["person"]
     assert person["box"] is None and person["source"] == "none" and person["detections"] == []
@@ -262,8 +299,9 @@ def test_exif_orientation_is_applied(checkpoint, tmp_path, capsys):
     exif[photos.EXIF_ORIENTATION_TAG] = 6  # shown rotated 90 degrees clockwise
     Image.fromarray(stored).save(tmp_path / "turned.jpg", quality=100, exif=exif)
     upright = np.rot90(np.asarray(Image.open(tmp_path / "turned.jpg").convert("RGB")), k=-1).astype(np.int16)
-    code, err = run_tool([tmp_path / "turned.jpg", "--checkpoint", checkpoint, "--out", tmp_path / "out",
-                          "--top-k", 1], capsys)
+    code, err = run_tool(
+        [tmp_path / "turned.jpg", "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "turned.json").read_text())
     assert (report["width"], report["height"], report["exif_orientation"]) == (512, 384, 6)
@@ -283,8 +321,9 @@ def test_corrupt_files_are_skipped_and_the_run_fails(checkpoint, tmp_path, capsy
     whole = (folder / "good.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 3])  # valid header, data cut off
     (folder / "notes.txt").write_text("not a photo")
-    code = crop.main([str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
-                      "--top-k", "1", "--workers", "1"])  # one DataLoader worker: failures cross processes
+    code = crop.main(
+        [str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--top-k", "1", "--workers", "1"]
+    )  # one DataLoader worker: failures cross processes
     err = capsys.readouterr().err
     assert code == 1
     assert "garbage.jpg" in err and "truncated.jpg" in err and "2 failed" in err
@@ -312,15 +351,21 @@ def test_setup_errors_are_explained(checkpoint, tmp_path, astronaut_png, capsys)
     assert code == 2 and "missing.pth" in err and "does not exist" in err
     bad_boxes = tmp_path / "boxes.json"
     bad_boxes.write_text(json.dumps({"astronaut.png": [1, 2, 3]}))
-    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path, "--human-boxes", bad_boxes],
-                         capsys)
+    code, err = run_tool(
+        [astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path, "--human-boxes", bad_boxes], capsys
+    )
     assert code == 2 and "boxes.json" in err and "astronaut.png" in err
     assert not list(tmp_path.glob("astronaut*"))
 
 
-@pytest.mark.parametrize("option, value, expected", [("--aspect-ratio", "4:0", "aspect ratio '4:0'"),
-                                                     ("--aspect-ratio", "wide", "aspect ratio 'wide'"),
-                                                     ("--human-box", "1,2,3", "four numbers")])
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--aspect-ratio", "4:0", "aspect ratio '4:0'"),
+        ("--aspect-ratio", "wide", "aspect ratio 'wide'"),
+        ("--human-box", "1,2,3", "four numbers"),
+    ],
+)
 def test_bad_option_values_are_rejected(checkpoint, astronaut_png, capsys, option, value, expected):
     with pytest.raises(SystemExit) as exit_info:
         crop.main([str(astronaut_png), "--checkpoint", str(checkpoint), option, value])
@@ -328,8 +373,9 @@ def test_bad_option_values_are_rejected(checkpoint, astronaut_png, capsys, optio
 
 
 def test_help_runs_as_a_script():
-    completed = subprocess.run([sys.executable, "crop.py", "--help"], cwd=REPO_ROOT, capture_output=True,
-                               text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "crop.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0
     assert "--aspect-ratio" in completed.stdout and "--detect-human" in completed.stdout
 
@@ -337,6 +383,7 @@ def test_help_runs_as_a_script():
 # ----------------------------------------------------------------------------------------------
 # Person detection
 # ----------------------------------------------------------------------------------------------
+
 
 def test_face_detector_finds_the_astronaut():
     detections = FacePersonDetector()(data.astronaut())
@@ -379,6 +426,7 @@ def test_non_max_suppression_hand_case_and_brute_force():
 def test_main_person_prefers_large_and_central():
     def detection(box):
         return Detection(box, None, "test")
+
     small_centre, large_corner, large_centre = (45, 45, 55, 55), (0, 0, 40, 40), (30, 30, 70, 70)
     assert main_person([detection(small_centre), detection(large_corner), detection(large_centre)], 100, 100) == 2
     # area share 0.16 * centrality (1 - 28.3/70.7) = 0.096 beats 0.01 * 1
@@ -388,15 +436,28 @@ def test_main_person_prefers_large_and_central():
 
 def test_torchvision_detector_runs_or_explains_why_not(tmp_path, astronaut_png, checkpoint, capsys):
     from untils.torchvision_compat import models
+
     weights = tmp_path / "detector.pth"
-    torch.save(models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None).state_dict(),
-               weights)
+    torch.save(
+        models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None).state_dict(), weights
+    )
     try:
         detector = TorchvisionPersonDetector(str(weights))
     except DetectorError as error:
         assert "cannot run on this installation" in str(error) and "--human-box" in str(error)
-        code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path, "--detect-human",
-                              "--detector-weights", weights], capsys)
+        code, err = run_tool(
+            [
+                astronaut_png,
+                "--checkpoint",
+                checkpoint,
+                "--out",
+                tmp_path,
+                "--detect-human",
+                "--detector-weights",
+                weights,
+            ],
+            capsys,
+        )
         assert code == 2 and "cannot run on this installation" in err
     else:
         assert all(isinstance(d, Detection) for d in detector(data.astronaut()))
@@ -411,14 +472,16 @@ def test_torchvision_detector_runs_or_explains_why_not(tmp_path, astronaut_png, 
 # Hostile and careless inputs (issues 15 and 16)
 # ----------------------------------------------------------------------------------------------
 
+
 def test_16_bit_photo_scores_as_its_8_bit_version_and_keeps_its_pixels(cropper, checkpoint, tmp_path, capsys):
     grey = np.asarray(Image.fromarray(data.astronaut()).convert("L"))
     Image.fromarray(grey).save(tmp_path / "eight.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # the same picture in 16 bits
     eight, sixteen = cropper.rank(tmp_path / "eight.png"), cropper.rank(tmp_path / "sixteen.png")
     assert sixteen.boxes == eight.boxes and sixteen.scores == eight.scores
-    code, err = run_tool([tmp_path / "sixteen.png", "--checkpoint", checkpoint, "--out", tmp_path / "out",
-                          "--top-k", 1], capsys)
+    code, err = run_tool(
+        [tmp_path / "sixteen.png", "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys
+    )
     assert code == 0, err
     x1, y1, x2, y2 = json.loads((tmp_path / "out" / "sixteen.json").read_text())["results"][0]["crops"][0]["box"]
     with Image.open(tmp_path / "out" / "sixteen_any_crop1.png") as saved:
@@ -435,20 +498,24 @@ def test_too_large_photos_are_reported_and_the_folder_goes_on(checkpoint, tmp_pa
     assert code == 1 and "Traceback" not in err
     assert "bomb.png: too large: 20000x10000" in err and "1 photo(s) cropped" in err and "1 failed" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.json", "good_any_crop1.png"]
-    code, err = run_tool([folder / "good.png", "--checkpoint", checkpoint, "--out", tmp_path / "low",
-                          "--max-pixels", 256 * 256 - 1], capsys)
+    code, err = run_tool(
+        [folder / "good.png", "--checkpoint", checkpoint, "--out", tmp_path / "low", "--max-pixels", 256 * 256 - 1],
+        capsys,
+    )
     assert code == 1 and "good.png: too large: 256x256 = 65,536 pixels" in err
 
 
 def test_workers_send_only_what_scoring_needs(checkpoint, tmp_path, monkeypatch, capsys):
     width, height = 2400, 1800
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
-        tmp_path / "big.png")
+        tmp_path / "big.png"
+    )
     sent, collate_photos = [], cropper_library.collate_photos
 
     def measured_collate(items):  # the real collate, recording the size of what crossed from the workers
         sent.append(len(pickle.dumps(items)))
         return collate_photos(items)
+
     monkeypatch.setattr(cropper_library, "collate_photos", measured_collate)
     code, err = run_tool([tmp_path / "big.png", "--checkpoint", checkpoint, "--out", tmp_path / "out"], capsys)
     assert code == 0, err
@@ -482,8 +549,13 @@ def test_out_in_the_input_folder_does_not_crop_its_own_outputs(checkpoint, tmp_p
     code, err = run_tool(args, capsys)
     assert code == 0, err
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["photo.json", "photo.png", "photo_any_crop1.png", "photo_any_crop2.png",
-                       "photo_any_visualization.png"]
+    assert written == [
+        "photo.json",
+        "photo.png",
+        "photo_any_crop1.png",
+        "photo_any_crop2.png",
+        "photo_any_visualization.png",
+    ]
     code, err = run_tool(args + ["--overwrite"], capsys)
     assert code == 0 and "1 photo(s) cropped" in err and "4 file(s) this tool wrote" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == written
@@ -494,19 +566,22 @@ def test_out_naming_a_file_is_one_error_line(checkpoint, tmp_path, astronaut_png
     code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "taken"], capsys)
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        f"error: --out {tmp_path / 'taken'}: is an existing file, not a folder"]
+        f"error: --out {tmp_path / 'taken'}: is an existing file, not a folder"
+    ]
     assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_an_unexpected_error_is_one_line_unless_debug(checkpoint, tmp_path, astronaut_png, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise KeyError("something unforeseen")
+
     monkeypatch.setattr(crop, "plan_outputs", broken)
     args = [astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path]
     code, err = run_tool(args, capsys)
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        "error: KeyError: 'something unforeseen' (--debug shows where)"]
+        "error: KeyError: 'something unforeseen' (--debug shows where)"
+    ]
     with pytest.raises(KeyError, match="something unforeseen"):
         run_tool(args + ["--debug"], capsys)
 
@@ -531,8 +606,9 @@ def test_heic_is_named_an_unsupported_format(checkpoint, tmp_path, capsys):
 def test_outputs_follow_the_users_umask(checkpoint, tmp_path, astronaut_png, capsys):
     old = os.umask(0o022)
     try:
-        code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 2,
-                              "--visualize"], capsys)
+        code, err = run_tool(
+            [astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 2, "--visualize"], capsys
+        )
     finally:
         os.umask(old)
     assert code == 0, err
@@ -541,15 +617,44 @@ def test_outputs_follow_the_users_umask(checkpoint, tmp_path, astronaut_png, cap
 
 
 def test_options_take_both_spellings_and_boolean_values(checkpoint, tmp_path, astronaut_png, capsys):
-    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "a", "--top_k", 1,
-                          "--photos_per_batch", 2, "--aspect_ratio", "1:1", "--channels-last", "false",
-                          "--num_workers", 0], capsys)
+    code, err = run_tool(
+        [
+            astronaut_png,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path / "a",
+            "--top_k",
+            1,
+            "--photos_per_batch",
+            2,
+            "--aspect_ratio",
+            "1:1",
+            "--channels-last",
+            "false",
+            "--num_workers",
+            0,
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "a" / "astronaut.json").read_text())
     assert report["model"]["channels_last"] is False and len(report["results"][0]["crops"]) == 1
     assert report["results"][0]["aspect_ratio"] == "1:1"
-    code, err = run_tool([astronaut_png, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--batch-size", 2,
-                          "--channels_last", "true"], capsys)
+    code, err = run_tool(
+        [
+            astronaut_png,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path / "b",
+            "--batch-size",
+            2,
+            "--channels_last",
+            "true",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "b" / "astronaut.json").read_text())["model"]["channels_last"] is True
     listed = {option for action in crop.build_parser()._actions for option in action.option_strings}  # --help's

@@ -5,6 +5,7 @@ References are independent of the tool: exact ratios from the boxes, containment
 box, the stored-frame crop worked out from pixels that encode their own stored position (turned
 upright by Pillow), and the set of photos each shard wrote.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def small_person_photo(path: Path, left: int, orientation: int = 1) -> None:
     """The astronaut shrunk into a wide grey frame (room around her for every ratio)."""
     canvas = np.full((576, 1024, 3), 120, dtype=np.uint8)
     person = np.asarray(Image.fromarray(data.astronaut()).resize((224, 224)))
-    canvas[176:400, left:left + 224] = person
+    canvas[176:400, left : left + 224] = person
     exif = Image.Exif()
     exif[photos.EXIF_ORIENTATION_TAG] = orientation
     Image.fromarray(canvas).save(path, quality=95, exif=exif)
@@ -44,7 +45,7 @@ def small_person_photo(path: Path, left: int, orientation: int = 1) -> None:
 def crop_fields(xmp: Path) -> dict[str, str]:
     description = ElementTree.parse(xmp).getroot().find(".//{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description")
     assert description is not None
-    return {key[len(CRS):]: value for key, value in description.attrib.items() if key.startswith(CRS)}
+    return {key[len(CRS) :]: value for key, value in description.attrib.items() if key.startswith(CRS)}
 
 
 def test_done_when_three_ratios_kept_person_xmp_and_two_shards(checkpoint, tmp_path, capsys):
@@ -52,8 +53,22 @@ def test_done_when_three_ratios_kept_person_xmp_and_two_shards(checkpoint, tmp_p
     folder.mkdir()
     for index, left in enumerate((300, 420, 560)):
         small_person_photo(folder / f"shot{index}.jpg", left)
-    args = ["--checkpoint", checkpoint, "--aspect-ratio", "any", "1:1", "16:9", "--top-k", 2, "--keep-person",
-            "--detect-human", "--no-download", "--xmp", "--workers", 0]
+    args = [
+        "--checkpoint",
+        checkpoint,
+        "--aspect-ratio",
+        "any",
+        "1:1",
+        "16:9",
+        "--top-k",
+        2,
+        "--keep-person",
+        "--detect-human",
+        "--no-download",
+        "--xmp",
+        "--workers",
+        0,
+    ]
     for shard in ("0/2", "1/2"):
         code = crop.main([str(a) for a in [folder, "--out", tmp_path / "out", "--shard", shard] + args])
         err = capsys.readouterr().err
@@ -81,7 +96,8 @@ def test_done_when_three_ratios_kept_person_xmp_and_two_shards(checkpoint, tmp_p
         fields = crop_fields(out / report["xmp"])
         expected = [best[0] / 1024, best[1] / 576, best[2] / 1024, best[3] / 576]
         assert [float(fields[k]) for k in ("CropLeft", "CropTop", "CropRight", "CropBottom")] == pytest.approx(
-            expected, abs=1e-5)
+            expected, abs=1e-5
+        )
         assert fields["HasCrop"] == "True" and float(fields["CropAngle"]) == 0
 
 
@@ -100,16 +116,33 @@ def stored_box_from_pixels(stored_size: tuple[int, int], orientation: int, box) 
         turned.append(np.asarray(ImageOps.exif_transpose(code)))
     x1, y1, x2, y2 = box
     region_x, region_y = turned[0][y1:y2, x1:x2], turned[1][y1:y2, x1:x2]
-    return (region_x.min() / width, region_y.min() / height, (region_x.max() + 1) / width,
-            (region_y.max() + 1) / height)
+    return (
+        region_x.min() / width,
+        region_y.min() / height,
+        (region_x.max() + 1) / width,
+        (region_y.max() + 1) / height,
+    )
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_xmp_crop_is_in_the_stored_frame_and_exiftool_reads_it(checkpoint, tmp_path, capsys, orientation):
     small_person_photo(tmp_path / "turned.jpg", 400, orientation)
     out = tmp_path / "out"
-    code = crop.main([str(tmp_path / "turned.jpg"), "--checkpoint", str(checkpoint), "--out", str(out),
-                      "--aspect-ratio", "4:5", "--xmp", "--no-pixels", "--workers", "0"])
+    code = crop.main(
+        [
+            str(tmp_path / "turned.jpg"),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--aspect-ratio",
+            "4:5",
+            "--xmp",
+            "--no-pixels",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "turned.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["turned.json", "turned.xmp"]  # --no-pixels: no crop
@@ -123,10 +156,18 @@ def test_xmp_crop_is_in_the_stored_frame_and_exiftool_reads_it(checkpoint, tmp_p
     exiftool = shutil.which("exiftool")
     if exiftool is None:
         pytest.skip("exiftool (libimage-exiftool-perl) is not installed")
-    read = json.loads(subprocess.run([exiftool, "-j", "-n", "-XMP-crs:all", str(out / "turned.xmp")],
-                                     capture_output=True, text=True, check=True, timeout=60).stdout)[0]
-    assert [read["CropLeft"], read["CropTop"], read["CropRight"], read["CropBottom"]] == pytest.approx(expected,
-                                                                                                      abs=1e-5)
+    read = json.loads(
+        subprocess.run(
+            [exiftool, "-j", "-n", "-XMP-crs:all", str(out / "turned.xmp")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )[0]
+    assert [read["CropLeft"], read["CropTop"], read["CropRight"], read["CropBottom"]] == pytest.approx(
+        expected, abs=1e-5
+    )
     assert read["HasCrop"] in (True, "True", 1) and read["CropAngle"] == 0
 
 
@@ -139,12 +180,15 @@ def test_library_returns_every_ratio_in_order_from_one_pass(checkpoint, tmp_path
     def counted(*args, **kwargs):
         calls.append(args[1].shape[1])
         return forward(*args, **kwargs)
+
     cropper.model.forward = counted  # type: ignore[method-assign]
     result = cropper.rank(tmp_path / "p.jpg", aspect_ratios=["16:9", "any", "1:1"])
     assert len(calls) == 1  # one pass of the model for all three ratios
     assert [r.aspect_ratio for r in result.results] == ["16:9", "any", "1:1"]
-    alone = {text: crop.Cropper(str(checkpoint), device="cpu").rank(tmp_path / "p.jpg", aspect_ratios=text)
-             for text in ("16:9", "any")}
+    alone = {
+        text: crop.Cropper(str(checkpoint), device="cpu").rank(tmp_path / "p.jpg", aspect_ratios=text)
+        for text in ("16:9", "any")
+    }
     for entry in result.results[:2]:
         reference = alone[entry.aspect_ratio].results[0]
         assert entry.boxes == reference.boxes

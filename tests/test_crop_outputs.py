@@ -1,5 +1,6 @@
 """crop.py's outputs are safe (issue 22): inputs never replaced, one run per output folder, sets
 complete or absent, files checked whole, stale outputs removed, broken models and inputs refused."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,7 @@ def test_an_input_is_never_an_output(checkpoint, tmp_path, capsys):
     small_photo(tmp_path / "a.png")
     users_own = small_photo(tmp_path / "a_any_crop1.png")  # the user's photo, named like an output of a.png
     before = users_own.read_bytes()
-    code, err = run_tool([tmp_path, "--checkpoint", checkpoint, "--out", tmp_path, "--overwrite", "--top-k", 1],
-                         capsys)
+    code, err = run_tool([tmp_path, "--checkpoint", checkpoint, "--out", tmp_path, "--overwrite", "--top-k", 1], capsys)
     assert code == 1 and "a_any_crop1.png would replace an input photo" in err
     assert users_own.read_bytes() == before
 
@@ -76,9 +76,27 @@ def test_a_full_disk_leaves_no_partial_file_and_names_it(checkpoint, tmp_path):
     def small_file_limit() -> None:  # files over 20 kB cannot be written: like a full disk
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-    completed = subprocess.run([sys.executable, "crop.py", str(photo), "--checkpoint", str(checkpoint), "--out",
-                                str(out), "--top-k", "1", "--workers", "0"], cwd=REPO_ROOT, capture_output=True,
-                               text=True, timeout=300, preexec_fn=small_file_limit)
+
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "crop.py",
+            str(photo),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--top-k",
+            "1",
+            "--workers",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_file_limit,
+    )
     assert completed.returncode == 1
     failed = [line for line in completed.stderr.splitlines() if line.startswith("failed")]
     assert len(failed) == 1 and "could not write a_any_crop1.png" in failed[0]
@@ -88,8 +106,9 @@ def test_a_full_disk_leaves_no_partial_file_and_names_it(checkpoint, tmp_path):
 def test_overwrite_with_a_smaller_top_k_removes_stale_crops(checkpoint, tmp_path, capsys):
     photo = small_photo(tmp_path / "a.png")
     out = tmp_path / "out"
-    code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", out, "--top-k", 3, "--aspect-ratio", "any",
-                          "1:1"], capsys)
+    code, err = run_tool(
+        [photo, "--checkpoint", checkpoint, "--out", out, "--top-k", 3, "--aspect-ratio", "any", "1:1"], capsys
+    )
     assert code == 0, err
     (out / "b_any_crop1.png").write_text("another photo's crop")
     code, err = run_tool([photo, "--checkpoint", checkpoint, "--out", out, "--top-k", 1, "--overwrite"], capsys)
@@ -110,11 +129,13 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
 
 def test_a_48_bit_png_keeps_16_bits_per_channel(checkpoint, tmp_path, capsys):
     import cv2
+
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 65536, size=(200, 300, 3), dtype=np.uint16)
     assert cv2.imwrite(str(tmp_path / "deep.png"), rgb[..., ::-1])  # OpenCV writes BGR
-    code, err = run_tool([tmp_path / "deep.png", "--checkpoint", checkpoint, "--out", tmp_path / "out",
-                          "--top-k", 1], capsys)
+    code, err = run_tool(
+        [tmp_path / "deep.png", "--checkpoint", checkpoint, "--out", tmp_path / "out", "--top-k", 1], capsys
+    )
     assert code == 0, err
     x1, y1, x2, y2 = json.loads((tmp_path / "out" / "deep.json").read_text())["results"][0]["crops"][0]["box"]
     saved = cv2.imread(str(tmp_path / "out" / "deep_any_crop1.png"), cv2.IMREAD_UNCHANGED)
@@ -133,6 +154,16 @@ def test_broken_symlinks_are_reported(checkpoint, tmp_path, capsys):
 def test_duplicate_keys_in_human_boxes_are_refused(checkpoint, tmp_path, capsys):
     boxes = tmp_path / "boxes.json"
     boxes.write_text('{"a.png": [1, 2, 30, 40], "a.png": [5, 6, 70, 80]}')
-    code, err = run_tool([small_photo(tmp_path / "a.png"), "--checkpoint", checkpoint, "--out", tmp_path / "out",
-                          "--human-boxes", boxes], capsys)
+    code, err = run_tool(
+        [
+            small_photo(tmp_path / "a.png"),
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            tmp_path / "out",
+            "--human-boxes",
+            boxes,
+        ],
+        capsys,
+    )
     assert code == 2 and "'a.png' appears twice" in err and "boxes.json" in err

@@ -1,4 +1,5 @@
 """crop.py --user: crops the way one user of a personalized (PIC) checkpoint likes, for both variants."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,15 @@ def _pic_checkpoint(path, embeddings):
     torch.manual_seed(0)
     cfg = Config(backbone="mobilenetv2", pretrained=False, image_size=(128, 128), keep_aspect_ratio=False)
     model = PICModel(cfg, loadweights=False)
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "model_type": "PIC",
-                "user_embeddings": embeddings}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": dataclasses.asdict(cfg),
+            "model_type": "PIC",
+            "user_embeddings": embeddings,
+        },
+        path,
+    )
     return path
 
 
@@ -39,8 +47,26 @@ def test_users_with_opposite_tastes_rank_differently(tmp_path):
     rankings = {}
     for user in ("alice", "bob"):
         out = tmp_path / user
-        assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--user", user, "--out", str(out),
-                          "--workers", "0", "--top-k", "1", "--human-box", "130,20,390,512"]) == 0
+        assert (
+            crop.main(
+                [
+                    str(photo),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--user",
+                    user,
+                    "--out",
+                    str(out),
+                    "--workers",
+                    "0",
+                    "--top-k",
+                    "1",
+                    "--human-box",
+                    "130,20,390,512",
+                ]
+            )
+            == 0
+        )
         report = json.loads((out / "astronaut.json").read_text())
         assert report["model"]["model_type"] == "PIC" and report["model"]["user"] == user
         rankings[user] = [tuple(entry["box"]) for entry in report["results"][0]["ranked"]]
@@ -58,8 +84,9 @@ def test_user_errors_are_clear(tmp_path, capsys):
     assert "known users: alice" in capsys.readouterr().err
     plain = tmp_path / "plain.pth"
     cfg = GAICDConfig(backbone="mobilenetv2", pretrained=False)
-    torch.save({"model": build_crop_model(cfg).state_dict(), "config": dataclasses.asdict(cfg),
-                "model_type": "HCIC"}, plain)
+    torch.save(
+        {"model": build_crop_model(cfg).state_dict(), "config": dataclasses.asdict(cfg), "model_type": "HCIC"}, plain
+    )
     assert crop.main([str(photo), "--checkpoint", str(plain), "--user", "alice", "--out", str(tmp_path)]) == 2
     assert "not a personalized (PIC) checkpoint" in capsys.readouterr().err
 
@@ -69,8 +96,22 @@ def test_without_user_the_tool_says_how_it_scores(tmp_path, capsys):
     checkpoint = _pic_checkpoint(tmp_path / "prior.pth", {"bob": torch.ones(dim), "alice": -torch.ones(dim)})
     photo = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()[::4, ::4]).save(photo)
-    assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--workers", "0",
-                      "--top-k", "1"]) == 0
+    assert (
+        crop.main(
+            [
+                str(photo),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "0",
+                "--top-k",
+                "1",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "without --user" in notes[0] and "objective score" in notes[0]
@@ -92,8 +133,14 @@ def _official_checkpoint(path, stage, user=None, num_positions=24, position_head
     ``position_head`` conv1d: the release's fine-tuning model (945 users, 24 positions)."""
     torch.manual_seed(0)
     users = 945 if position_head == "conv1d" else 6
-    cfg = Config(variant="official", backbone="mobilenetv2", pretrained=False, num_users=users,
-                 num_positions=num_positions, position_head=position_head)
+    cfg = Config(
+        variant="official",
+        backbone="mobilenetv2",
+        pretrained=False,
+        num_users=users,
+        num_positions=num_positions,
+        position_head=position_head,
+    )
     model = build_official_model(cfg).eval()
     with torch.no_grad():  # well apart offsets: a crop scored with another position's offset shows
         if position_head == "linear":
@@ -123,20 +170,22 @@ def _release_scores(model, rgb, personal, bgr=False):
     resized_w, resized_h = round(width * scale / 32) * 32, round(height * scale / 32) * 32
     channels = np.ascontiguousarray(rgb[..., ::-1]) if bgr else rgb
     pixels = (cv2.resize(channels, (resized_w, resized_h)).astype(np.float64) / 256 - IMAGENET_MEAN) / IMAGENET_STD
-    user = (np.asarray(Image.fromarray(rgb).resize((256, 256), Image.BILINEAR), dtype=np.float64) / 255
-            - IMAGENET_MEAN) / IMAGENET_STD
+    user = (
+        np.asarray(Image.fromarray(rgb).resize((256, 256), Image.BILINEAR), dtype=np.float64) / 255 - IMAGENET_MEAN
+    ) / IMAGENET_STD
     boxes = np.asarray(fixed_views(width, height), dtype=np.float64)
     boxes = boxes * [resized_w / width, resized_h / height, resized_w / width, resized_h / height]
     boxes = np.concatenate([np.floor(boxes[:, :2]), np.ceil(boxes[:, 2:])], axis=1)
     model = model.double()
     with torch.no_grad():
-        scores = model.objective_scores(torch.from_numpy(pixels.transpose(2, 0, 1)).unsqueeze(0),
-                                        torch.from_numpy(boxes).unsqueeze(0))[0]
+        scores = model.objective_scores(
+            torch.from_numpy(pixels.transpose(2, 0, 1)).unsqueeze(0), torch.from_numpy(boxes).unsqueeze(0)
+        )[0]
         if personal:
             logits = model.user_logits(torch.from_numpy(user.transpose(2, 0, 1).copy()).unsqueeze(0))[0]
             if isinstance(model.FC_layers_3, torch.nn.Conv1d):  # the release's fine-tuning head
                 window = model.FC_layers_3.weight.flatten()
-                scores = scores + torch.stack([window @ logits[39 * p:39 * p + 40] for p in range(24)])
+                scores = scores + torch.stack([window @ logits[39 * p : 39 * p + 40] for p in range(24)])
                 scores = scores + model.FC_layers_3.bias
             else:
                 scores = scores + model.FC_layers_3(logits)
@@ -150,14 +199,31 @@ def test_fixed_views_are_the_hand_computed_ones():
     assert views[5] == [24, 12, 480, 316]
 
 
-@pytest.mark.parametrize("stage, user, personal", [("prior", None, True), ("finetuned", "alice", True),
-                                                   (None, None, True), ("pretrain", None, False)])
+@pytest.mark.parametrize(
+    "stage, user, personal",
+    [("prior", None, True), ("finetuned", "alice", True), (None, None, True), ("pretrain", None, False)],
+)
 def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, capsys, stage, user, personal):
     model = _official_checkpoint(tmp_path / "model.pth", stage, user)
     photo = _photo(tmp_path / "photo.png")
     out = tmp_path / "out"
-    assert crop.main([str(photo), "--checkpoint", str(tmp_path / "model.pth"), "--out", str(out), "--workers", "0",
-                      "--top-k", "2"] + (["--user", user] if user else [])) == 0
+    assert (
+        crop.main(
+            [
+                str(photo),
+                "--checkpoint",
+                str(tmp_path / "model.pth"),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--top-k",
+                "2",
+            ]
+            + (["--user", user] if user else [])
+        )
+        == 0
+    )
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     report = json.loads((out / "photo.json").read_text())
     assert report["results"][0]["candidates"].startswith("PIC fixed views: the 24 crops")
@@ -185,13 +251,16 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
     assert Image.open(out / best["file"]).size == (best["width"], best["height"])
 
 
-@pytest.mark.parametrize("stage, user, options, expected", [
-    ("finetuned", "alice", ["--user", "bob"], "is the official PIC model fine-tuned to user alice"),
-    ("prior", None, ["--user", "alice"], "is the official PIC prior model, which holds no per-user state"),
-    (None, None, ["--user", "alice"], "a state_dict of PIC's release, which records no user"),
-    ("prior", None, ["--aspect-ratio", "4:3"], "crops only among its 24 fixed views"),
-    ("finetuned", "alice", ["--user", "alice", "--aspect-ratio", "1:1"], "crops only among its 24 fixed views"),
-])
+@pytest.mark.parametrize(
+    "stage, user, options, expected",
+    [
+        ("finetuned", "alice", ["--user", "bob"], "is the official PIC model fine-tuned to user alice"),
+        ("prior", None, ["--user", "alice"], "is the official PIC prior model, which holds no per-user state"),
+        (None, None, ["--user", "alice"], "a state_dict of PIC's release, which records no user"),
+        ("prior", None, ["--aspect-ratio", "4:3"], "crops only among its 24 fixed views"),
+        ("finetuned", "alice", ["--user", "alice", "--aspect-ratio", "1:1"], "crops only among its 24 fixed views"),
+    ],
+)
 def test_official_checkpoints_refuse_what_they_cannot_do(tmp_path, capsys, stage, user, options, expected):
     _official_checkpoint(tmp_path / "model.pth", stage, user)
     photo = _photo(tmp_path / "photo.png")
@@ -227,8 +296,23 @@ def test_a_fine_tuned_release_file_crops_without_user(tmp_path, capsys, order):
     photo = _photo(tmp_path / "photo.png")
     out = tmp_path / "out"
     options = ["--channel-order", order] if order else []
-    assert crop.main([str(photo), "--checkpoint", str(tmp_path / "model.pth"), "--out", str(out), "--workers", "0",
-                      "--top-k", "1"] + options) == 0
+    assert (
+        crop.main(
+            [
+                str(photo),
+                "--checkpoint",
+                str(tmp_path / "model.pth"),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--top-k",
+                "1",
+            ]
+            + options
+        )
+        == 0
+    )
     report = json.loads((out / "photo.json").read_text())
     assert report["model"]["channel_order"] == (order or "bgr") and report["model"]["user"] is None
     views = fixed_views(480, 320)
@@ -241,6 +325,10 @@ def test_a_fine_tuned_release_file_crops_without_user(tmp_path, capsys, order):
 def test_channel_order_bgr_is_refused_for_other_models(tmp_path, capsys):
     checkpoint = _pic_checkpoint(tmp_path / "prior.pth", {"alice": torch.zeros(Config().embed_dim)})
     photo = _photo(tmp_path / "photo.png")
-    assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
-                      "--channel-order", "bgr"]) == 2
+    assert (
+        crop.main(
+            [str(photo), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--channel-order", "bgr"]
+        )
+        == 2
+    )
     assert "only official PIC models" in capsys.readouterr().err

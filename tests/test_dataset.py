@@ -1,5 +1,6 @@
 """cropping_dataset.py on tiny datasets built in tmp dirs in each release layout,
 and human_bboxes/download.py's checksum verification (no network)."""
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,13 @@ def cpc_cfg(tmp_path) -> CPCConfig:
         boxes = [rectangle, [0, 0, size[0], size[1]], [5, 5, size[0] // 2, size[1] // 2]][: 3 - index % 2]
         annotations[name] = {"bboxes": boxes, "scores": [4.0 - i for i in range(len(boxes))]}
     write_json(Path(cfg.CPC_anno), annotations)
-    write_json(Path(cfg.CPC_human), {"a.jpg": {"bbox": CPC_IMAGES["a.jpg"][1], "weight": 320, "height": 240},
-                                     "c.jpg": {"bbox": CPC_IMAGES["c.jpg"][1], "weight": 300, "height": 200}})
+    write_json(
+        Path(cfg.CPC_human),
+        {
+            "a.jpg": {"bbox": CPC_IMAGES["a.jpg"][1], "weight": 320, "height": 240},
+            "c.jpg": {"bbox": CPC_IMAGES["c.jpg"][1], "weight": 300, "height": 200},
+        },
+    )
     return cfg
 
 
@@ -137,8 +143,12 @@ def test_gaicd_item_contents(gaicd_cfg):
     annotation = json.loads(Path(gaicd_cfg.GAIC_anno).read_text())["265813.jpg"]
     ratio_w, ratio_h = other["image"].shape[2] / other["width"], other["image"].shape[1] / other["height"]
     for box, got in zip(annotation["bbox"], other["crop_box"].tolist(), strict=True):
-        assert got == [math.floor(box[0] * ratio_w), math.floor(box[1] * ratio_h),
-                       math.ceil(box[2] * ratio_w), math.ceil(box[3] * ratio_h)]
+        assert got == [
+            math.floor(box[0] * ratio_w),
+            math.floor(box[1] * ratio_h),
+            math.ceil(box[2] * ratio_w),
+            math.ceil(box[3] * ratio_h),
+        ]
     assert other["score"].tolist() == pytest.approx(annotation["score"])
 
 
@@ -186,13 +196,16 @@ def test_gaicd_train_split_requires_heat_maps(gaicd_cfg):
 
 def test_gaicd_human_subsets_of_the_real_split_files():
     shared = require_shared("human_bboxes")
-    cfg = Config(data_root="unused", GAIC_split=str(shared / "GAICD" / "original_data_split.json"),
-                 GAIC_human_split=str(shared / "GAICD" / "human_data_split.json"),
-                 GAIC_human=str(shared / "GAICD" / "human_bboxes.json"),
-                 FCDB_human=str(shared / "FCDB" / "human_bboxes.json"),
-                 FCDB_split=str(shared / "FCDB" / "data_split.json"),
-                 FLMS_human=str(shared / "FLMS" / "human_bboxes.json"),
-                 FLMS_anno=str(shared / "FLMS" / "image_crop.json"))
+    cfg = Config(
+        data_root="unused",
+        GAIC_split=str(shared / "GAICD" / "original_data_split.json"),
+        GAIC_human_split=str(shared / "GAICD" / "human_data_split.json"),
+        GAIC_human=str(shared / "GAICD" / "human_bboxes.json"),
+        FCDB_human=str(shared / "FCDB" / "human_bboxes.json"),
+        FCDB_split=str(shared / "FCDB" / "data_split.json"),
+        FLMS_human=str(shared / "FLMS" / "human_bboxes.json"),
+        FLMS_anno=str(shared / "FLMS" / "image_crop.json"),
+    )
     assert len(gaicd_image_names(cfg, "train", only_human=True)) == 289
     assert len(gaicd_image_names(cfg, "test", only_human=True)) == 50
     assert len(gaicd_image_names(cfg, "all", only_human=True)) == 339
@@ -293,8 +306,12 @@ def test_cpc_items_fixed_size(cpc_cfg):
         width, height = CPC_IMAGES[name][0]
         assert item["image"].shape == (3, 256, 256) and (item["width"], item["height"]) == (width, height)
         for box, got in zip(annotations[name]["bboxes"], item["crop_box"].tolist(), strict=True):
-            assert got == [math.floor(box[0] * 256 / width), math.floor(box[1] * 256 / height),
-                           math.ceil(box[2] * 256 / width), math.ceil(box[3] * 256 / height)]
+            assert got == [
+                math.floor(box[0] * 256 / width),
+                math.floor(box[1] * 256 / height),
+                math.ceil(box[2] * 256 / width),
+                math.ceil(box[3] * 256 / height),
+            ]
         assert item["has_human"] == (name != "b.jpg") and item["has_heat_map"]
     assert len(CPCDataset(cpc_cfg, only_human_images=True)) == 2
 
@@ -307,7 +324,7 @@ def colour_fraction(image: torch.Tensor, box: list[float]) -> float:
     """
     pixels = image.numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
     x1, y1, x2, y2 = (int(v) for v in box)
-    region = pixels[y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+    region = pixels[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
     return float(((region.max(axis=-1) - region.min(axis=-1)) > 0.1).mean())
 
 
@@ -324,8 +341,12 @@ def test_augmentation_flips_image_boxes_heat_map_and_partition_together(cpc_cfg)
         assert colour_fraction(item["image"], person) > 0.9
         if item["flipped"]:
             assert colour_fraction(item["image"], plain["human_box"][0].tolist()) < 0.1
-            assert person == [256 - plain["human_box"][0, 2].item(), plain["human_box"][0, 1].item(),
-                              256 - plain["human_box"][0, 0].item(), plain["human_box"][0, 3].item()]
+            assert person == [
+                256 - plain["human_box"][0, 2].item(),
+                plain["human_box"][0, 1].item(),
+                256 - plain["human_box"][0, 0].item(),
+                plain["human_box"][0, 3].item(),
+            ]
             assert torch.equal(item["partition_mask"], plain_partition(person))
             assert item["heat_map"][0, :, 32:].mean() > 0.95 and item["heat_map"][0, :, :32].mean() < 0.05
         else:
@@ -341,7 +362,7 @@ def plain_partition(box: list[float]) -> torch.Tensor:
     masks = torch.zeros(9, 16, 16)
     for i in range(3):
         for j in range(3):
-            masks[i * 3 + j, rows[i]:rows[i + 1], columns[j]:columns[j + 1]] = 1
+            masks[i * 3 + j, rows[i] : rows[i + 1], columns[j] : columns[j + 1]] = 1
     return masks
 
 
@@ -474,8 +495,9 @@ def test_bucket_sampler_distributed_ranks_split_the_batches():
 
 def test_dataloader_with_sampler_and_collate(gaicd_cfg):
     dataset = GAICDataset(gaicd_cfg, split="all", augment=False)
-    loader = DataLoader(dataset, batch_sampler=SizeBucketBatchSampler(dataset, batch_size=2, shuffle=False),
-                        collate_fn=collate_crops)
+    loader = DataLoader(
+        dataset, batch_sampler=SizeBucketBatchSampler(dataset, batch_size=2, shuffle=False), collate_fn=collate_crops
+    )
     shapes = sorted(tuple(batch["image"].shape) for batch in loader)
     assert shapes == [(1, 3, 256, 288), (1, 3, 256, 352), (1, 3, 256, 384)]
 
@@ -511,8 +533,7 @@ def test_a_16_bit_photo_gives_the_input_of_its_8_bit_version(tmp_path):
         root = build_gaicd_sample(tmp_path / f"bits{bits}")
         path = root / "GAICD" / "images" / "test" / "297406.jpg"
         grey = np.asarray(Image.open(path).convert("L"))
-        image = (Image.fromarray(grey) if bits == 8
-                 else Image.fromarray(grey.astype(np.uint16) * 257).convert("I;16"))
+        image = Image.fromarray(grey) if bits == 8 else Image.fromarray(grey.astype(np.uint16) * 257).convert("I;16")
         image.save(path, format="PNG")  # read by content: the name keeps its .jpg
         dataset = GAICDataset(Config(data_root=str(root)), split="test", augment=False)
         inputs.append(dataset[dataset.names.index("297406.jpg")]["image"])

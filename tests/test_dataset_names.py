@@ -1,5 +1,6 @@
 """Names read from a dataset's files are kept inside their folders (issue 22): a heat map is never
 written, and an image never read, outside the folder the configuration names."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,19 @@ def test_heat_map_generation_writes_nothing_outside_for_a_hostile_name(tmp_path)
     split["train"].append(hostile)
     (gaicd / "original_data_split.json").write_text(json.dumps(split))
     before = sorted(p.name for p in tmp_path.iterdir())
-    run = subprocess.run([sys.executable, str(REPO_ROOT / "generate_pseudo_heatmap.py"), "--data-root", str(root),
-                          "--out", str(tmp_path / "out" / "maps")],
-                         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "generate_pseudo_heatmap.py"),
+            "--data-root",
+            str(root),
+            "--out",
+            str(tmp_path / "out" / "maps"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert run.returncode != 0 and "victim.jpg" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no victim.png beside the data

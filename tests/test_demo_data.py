@@ -1,4 +1,5 @@
 """The generated demo dataset: GAICD's layout and formats, determinism, and the scoring rule."""
+
 from __future__ import annotations
 
 import json
@@ -120,16 +121,19 @@ def test_rule_with_a_person_hand_computed():
     person = [100, 20, 140, 180]  # centre x = 120 in a 300 x 200 image
     # Whole image: person kept; centre at 0.4 of the width, 1/15 from the third line -> placement 0.6;
     # gap 20 / 200 = 0.1 -> headroom exp(-(0.02 / 0.12)^2); size 1.
-    headroom = math.exp(-(0.02 / 0.12) ** 2)
+    headroom = math.exp(-((0.02 / 0.12) ** 2))
     assert composition_score([0, 0, 300, 200], person, 300, 200) == pytest.approx(
-        1 + 4 * (0.5 + 0.25 * 0.6 + 0.15 * headroom + 0.1))
+        1 + 4 * (0.5 + 0.25 * 0.6 + 0.15 * headroom + 0.1)
+    )
     # Cut through the person's middle: half kept (0.5 * 0.25), centre on the crop's edge -> placement 0,
     # same headroom, 40% of the image -> size 0.
     assert composition_score([0, 0, 120, 200], person, 300, 200) == pytest.approx(
-        1 + 4 * (0.5 * 0.25 + 0.15 * headroom))
+        1 + 4 * (0.5 * 0.25 + 0.15 * headroom)
+    )
     # A crop that keeps the person beats one that cuts it, all else similar.
-    assert composition_score([40, 0, 240, 200], person, 300, 200) > composition_score([130, 0, 300, 200], person,
-                                                                                      300, 200)
+    assert composition_score([40, 0, 240, 200], person, 300, 200) > composition_score(
+        [130, 0, 300, 200], person, 300, 200
+    )
 
 
 def test_rule_rejects_empty_boxes():

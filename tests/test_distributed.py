@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo) trains to the same weights as one process at the same global batch."""
+
 from __future__ import annotations
 
 import functools
@@ -12,10 +13,32 @@ from config_GAICD import PRESETS, Config
 from tests.conftest import REPO_ROOT, process_alive, run_two_processes
 from untils.training import Trainer
 
-COMMON = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-          "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "8",
-          "--max_epoch", "1", "--warmup_epochs", "0", "--lr", "1e-3",
-          "--selection", "test", "--deterministic", "true", "--no-progress"]
+COMMON = [
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "128",
+    "128",
+    "--keep_aspect_ratio",
+    "false",
+    "--view_per_image",
+    "8",
+    "--max_epoch",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--lr",
+    "1e-3",
+    "--selection",
+    "test",
+    "--deterministic",
+    "true",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize("backbone, batch_size", [("mobilenetv2", 2), ("vgg16", 4)])
@@ -37,8 +60,10 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
         single = train_on_GAICD.main(options + ["--exp_root", str(tmp_path / "one"), "--exp_name", "run"])
     finally:
         torch.set_num_threads(threads)
-    result = run_two_processes([str(REPO_ROOT / "train_on_GAICD.py"), *options, "--exp_root", str(tmp_path / "two"),
-                                "--exp_name", "run"], cwd=tmp_path)
+    result = run_two_processes(
+        [str(REPO_ROOT / "train_on_GAICD.py"), *options, "--exp_root", str(tmp_path / "two"), "--exp_name", "run"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
     two = torch.load(tmp_path / "two" / "run" / "checkpoints" / "last.pth", weights_only=True)
@@ -46,9 +71,13 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
     assert two["epoch"] == 1 and two["step"] == 3  # 6 images over 2 ranks: 3 batches of one image each
     # parameters only: under DDP, BatchNorm running statistics are rank 0's (vgg16 has none)
     for name, value in reference.items():
-        torch.testing.assert_close(two["model"][name], value.detach(), rtol=1e-6,
-                                   atol=1e-7 if batch_size == 2 else 1e-5,
-                                   msg=lambda text, name=name: f"{name}: {text}")
+        torch.testing.assert_close(
+            two["model"][name],
+            value.detach(),
+            rtol=1e-6,
+            atol=1e-7 if batch_size == 2 else 1e-5,
+            msg=lambda text, name=name: f"{name}: {text}",
+        )
     # only rank 0 wrote logs and checkpoints; the metrics were gathered from both ranks
     assert sorted(os.listdir(tmp_path / "two")) == ["run"]
     assert "test: " in result.stdout
@@ -57,9 +86,25 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
 def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(six_image_demo, tmp_path):
     """A NaN loss on both ranks ends the run (the error path tears the process group down without a
     barrier) with the training's own message, not a hang."""
-    result = run_two_processes([str(REPO_ROOT / "train_on_GAICD.py"), *COMMON, "--data-root", six_image_demo,
-                                "--backbone", "mobilenetv2", "--batch_size", "2", "--content_loss_weight", "nan",
-                                "--exp_root", str(tmp_path / "runs"), "--exp_name", "nan"], cwd=tmp_path)
+    result = run_two_processes(
+        [
+            str(REPO_ROOT / "train_on_GAICD.py"),
+            *COMMON,
+            "--data-root",
+            six_image_demo,
+            "--backbone",
+            "mobilenetv2",
+            "--batch_size",
+            "2",
+            "--content_loss_weight",
+            "nan",
+            "--exp_root",
+            str(tmp_path / "runs"),
+            "--exp_name",
+            "nan",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert result.stderr.count("training stopped: loss is nan") == 2, result.stderr[-3000:]
 
@@ -71,6 +116,7 @@ def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path
     person (the partition-aware module runs and is then deselected) and for one with a person."""
     from cropping_model import build_crop_model, crop_training_loss
     from untils.boxes import partition_masks
+
     _, options = PRESETS[preset]
     cfg = Config(**{"backbone": "mobilenetv2", "pretrained": False, "exp_root": str(tmp_path), **options})
     torch.manual_seed(0)
@@ -80,10 +126,15 @@ def test_every_parameter_gets_a_gradient_from_the_training_loss(preset, tmp_path
     trainer.loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=3.0)
     for human in ([-1.0, -1.0, -1.0, -1.0], [20.0, 10.0, 60.0, 90.0]):
         human_box = torch.tensor([[human]])
-        batch = {"image": torch.randn(1, 3, 96, 128), "human_box": human_box,
-                 "crop_box": torch.tensor([[[0.0, 0.0, 96.0, 80.0], [16.0, 8.0, 128.0, 96.0], [8.0, 8.0, 72.0, 72.0]]]),
-                 "crop_valid": torch.ones(1, 3, dtype=torch.bool), "score": torch.tensor([[2.0, 3.5, 4.0]]),
-                 "heat_map": torch.rand(1, 1, 64, 64), "partition_mask": partition_masks(human_box, 128, 96)}
+        batch = {
+            "image": torch.randn(1, 3, 96, 128),
+            "human_box": human_box,
+            "crop_box": torch.tensor([[[0.0, 0.0, 96.0, 80.0], [16.0, 8.0, 128.0, 96.0], [8.0, 8.0, 72.0, 72.0]]]),
+            "crop_valid": torch.ones(1, 3, dtype=torch.bool),
+            "score": torch.tensor([[2.0, 3.5, 4.0]]),
+            "heat_map": torch.rand(1, 1, 64, 64),
+            "partition_mask": partition_masks(human_box, 128, 96),
+        }
         model.zero_grad(set_to_none=True)
         loss, _, _ = trainer.compute_loss(batch)
         loss.backward()

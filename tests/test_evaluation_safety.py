@@ -4,6 +4,7 @@ and no table written over one the user has.
 The scripts run as subprocesses, as a user starts them; each failure must be one ``error:`` line
 naming the file (or checkpoint) and the value, with exit status 2 and no traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # about 3.4e38: larger values are
 
 
 def _run(arguments: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "test.py"), *arguments, "--no-progress"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "test.py"), *arguments, "--no-progress"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _error_line(result: subprocess.CompletedProcess) -> str:
@@ -60,13 +67,22 @@ def _checkpoint(folder: Path, name: str = "model.pth", poisoned: bool = False) -
 def test_scores_beyond_float32_are_refused_with_the_value(bad_value, tmp_path):
     path = tmp_path / "image_crop.json"
     boxes = [[0, 0, 10, 10]] * 3
-    path.write_text(json.dumps({"a.jpg": {"bbox": boxes, "score": [1.0, 2.0, 3.0]},
-                                "b.jpg": {"bbox": boxes, "score": [1.0, bad_value, 3.0]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "a.jpg": {"bbox": boxes, "score": [1.0, 2.0, 3.0]},
+                "b.jpg": {"bbox": boxes, "score": [1.0, bad_value, 3.0]},
+            }
+        )
+    )
     with pytest.raises(DatasetError) as refused:
         read_crop_annotations(str(path), "bbox", "score")
     message = str(refused.value)
-    assert str(path) in message and f"b.jpg: boxes and scores must be finite float32 numbers, found {bad_value}" \
-        in message and "a.jpg" not in message
+    assert (
+        str(path) in message
+        and f"b.jpg: boxes and scores must be finite float32 numbers, found {bad_value}" in message
+        and "a.jpg" not in message
+    )
 
 
 def test_largest_float32_score_and_boxes_are_accepted(tmp_path):
@@ -96,8 +112,18 @@ def test_score_of_1e300_stops_test_py_naming_file_and_value(six_image_demo, tmp_
     annotations[name]["score"][0] = 1e300
     path = tmp_path / "image_crop.json"
     path.write_text(json.dumps(annotations))
-    result = _run(["--checkpoint", str(_checkpoint(tmp_path)), "--dataset", "GAICD", "--data-root", six_image_demo,
-                   "--GAIC_anno", str(path)])
+    result = _run(
+        [
+            "--checkpoint",
+            str(_checkpoint(tmp_path)),
+            "--dataset",
+            "GAICD",
+            "--data-root",
+            six_image_demo,
+            "--GAIC_anno",
+            str(path),
+        ]
+    )
     assert str(path) in _error_line(result)
     assert f"{name}: boxes and scores must be finite float32 numbers, found 1e+300" in result.stderr
     assert "nan" not in result.stdout
@@ -123,8 +149,18 @@ def test_nan_scores_stop_the_anchor_evaluation_naming_the_checkpoint(tmp_path):
     (fcdb / "human_bboxes.json").write_text(json.dumps({"photo.png": [10, 10, 30, 40]}))
     (fcdb / "data_split.json").write_text(json.dumps({"train": [], "test": ["photo.png"], "human": ["photo.png"]}))
     checkpoint = _checkpoint(tmp_path, "poisoned.pth", poisoned=True)
-    result = _run(["--checkpoint", str(checkpoint), "--dataset", "FCDB", "--data-root", str(tmp_path / "data"),
-                   "--predefined_pkl", str(require_shared("pdefined_anchors.pkl"))])
+    result = _run(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "FCDB",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--predefined_pkl",
+            str(require_shared("pdefined_anchors.pkl")),
+        ]
+    )
     line = _error_line(result)
     assert line.startswith(f"error: checkpoint {checkpoint}: the model gave NaN or infinite scores on 1 of 1 images")
     assert "iou=" not in result.stdout
@@ -137,8 +173,7 @@ def test_table_is_not_written_over_existing_files_without_overwrite(tmp_path):
     out = tmp_path / "results" / "table"
     out.parent.mkdir()
     Path(f"{out}.md").write_text("the user's own notes\n")
-    options = ["--table", str(checkpoint), "--out", str(out), "--data-root", str(tmp_path / "empty"),
-               "--skip_missing"]
+    options = ["--table", str(checkpoint), "--out", str(out), "--data-root", str(tmp_path / "empty"), "--skip_missing"]
     line = _error_line(_run(options))
     assert f"{out}.md already exists" in line and "--overwrite" in line
     assert Path(f"{out}.md").read_text() == "the user's own notes\n" and not Path(f"{out}.csv").exists()

@@ -1,6 +1,7 @@
 """How a training run starts and ends (untils/experiment.py): --resume continues only inside the
 experiment folder its checkpoint came from; Ctrl-C and a full disk end with one line and leave every
 file whole."""
+
 from __future__ import annotations
 
 import errno
@@ -15,23 +16,46 @@ import train_on_GAICD
 from untils.cli import run_script
 from untils.training import Trainer
 
-FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-        "--image_size", "96", "96", "--keep_aspect_ratio", "false", "--view_per_image", "8", "--warmup_epochs", "0",
-        "--no-progress", "--selection", "test"]
+FAST = [
+    "--backbone",
+    "mobilenetv2",
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "96",
+    "96",
+    "--keep_aspect_ratio",
+    "false",
+    "--view_per_image",
+    "8",
+    "--warmup_epochs",
+    "0",
+    "--no-progress",
+    "--selection",
+    "test",
+]
 
 
 def _files(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) and the SHA-256 of its bytes."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def one_epoch(six_image_demo, tmp_path_factory) -> Path:
     """An experiment trained one epoch: its last.pth (tests copy it, never write next to it)."""
     root = tmp_path_factory.mktemp("experiments")
-    trainer = train_on_GAICD.main(FAST + ["--data-root", six_image_demo, "--max_epoch", "1",
-                                          "--exp_root", str(root), "--exp_name", "run"])
+    trainer = train_on_GAICD.main(
+        FAST + ["--data-root", six_image_demo, "--max_epoch", "1", "--exp_root", str(root), "--exp_name", "run"]
+    )
     return Path(trainer.checkpoint_dir) / "last.pth"
 
 
@@ -56,8 +80,9 @@ def test_resume_outside_its_experiment_is_refused_and_writes_nothing(one_epoch, 
 def test_a_whole_experiment_folder_moved_elsewhere_resumes(one_epoch, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(one_epoch.parent.parent, moved)
-    resumed = train_on_GAICD.main(["--resume", str(moved / "checkpoints" / "last.pth"), "--max_epoch", "2",
-                                   "--no-progress"])
+    resumed = train_on_GAICD.main(
+        ["--resume", str(moved / "checkpoints" / "last.pth"), "--max_epoch", "2", "--no-progress"]
+    )
     assert resumed.epoch == 2 and Path(resumed.exp_path) == moved
     assert torch.load(moved / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 2
 
@@ -79,6 +104,7 @@ def _interrupt_at(step: int):
         if trainer.step == step:
             raise KeyboardInterrupt
         return original(trainer, batch)
+
     return compute_loss
 
 
@@ -101,12 +127,16 @@ def test_ctrl_c_ends_with_one_line_giving_the_resume_command(six_image_demo, tmp
     assert resumed.epoch == 2
 
 
-def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(six_image_demo, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
+    six_image_demo, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(Trainer, "compute_loss", _interrupt_at(2))
     with pytest.raises(SystemExit) as stopped:
-        run_script(train_on_GAICD.main, FAST + ["--data-root", six_image_demo, "--max_epoch", "1",
-                                                "--exp_root", str(tmp_path), "--exp_name", "run"])
+        run_script(
+            train_on_GAICD.main,
+            FAST
+            + ["--data-root", six_image_demo, "--max_epoch", "1", "--exp_root", str(tmp_path), "--exp_name", "run"],
+        )
     assert stopped.value.code == 130
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "nothing to resume" in lines[0], lines
@@ -121,7 +151,8 @@ FULL_DISK = {
 
 @pytest.mark.parametrize("error", sorted(FULL_DISK))
 def test_full_disk_while_saving_a_checkpoint_ends_with_one_line_and_keeps_the_last_one(
-        six_image_demo, tmp_path, monkeypatch, error):
+    six_image_demo, tmp_path, monkeypatch, error
+):
     """The second epoch's last.pth cannot be written: training stops with one line naming it; the
     first epoch's last.pth is byte for byte as it was and no partial file is left."""
     original_save = torch.save
@@ -148,8 +179,9 @@ def test_full_disk_while_saving_a_checkpoint_ends_with_one_line_and_keeps_the_la
     monkeypatch.setattr(torch, "save", filling_save)
     monkeypatch.setattr(Trainer, "train_epoch", epoch_recording_files)
     with pytest.raises(SystemExit) as stopped:
-        train_on_GAICD.main(FAST + ["--data-root", six_image_demo, "--max_epoch", "2", "--exp_root", str(tmp_path),
-                                    "--exp_name", "run"])
+        train_on_GAICD.main(
+            FAST + ["--data-root", six_image_demo, "--max_epoch", "2", "--exp_root", str(tmp_path), "--exp_name", "run"]
+        )
     message = str(stopped.value.code)
     last = checkpoints / "last.pth"
     assert message.startswith(f"error: could not write {last} (") and "\n" not in message, message

@@ -1,4 +1,5 @@
 """Training figures: drawn on the photo, and a flat target map is not overlaid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,6 +32,7 @@ def test_heat_map_figure_overlays_only_a_map_with_contrast():
 
     def saturation(pixels: np.ndarray) -> float:
         return float((pixels.max(axis=2).astype(int) - pixels.min(axis=2)).mean())
+
     assert saturation(flat_target[panel]) < 5 < saturation(with_target[panel])
 
 

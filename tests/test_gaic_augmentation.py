@@ -1,5 +1,6 @@
 """GAIC's photometric distortion: each step on hand-computed pixels with its draws forced, the colours
 against a float64 colorsys reference, the RGB result against the release's BGR path, and the draws."""
+
 from __future__ import annotations
 
 import colorsys
@@ -26,8 +27,9 @@ def _image(*pixels) -> np.ndarray:
 
 
 def _only(**draws) -> PhotometricDraws:
-    fields = dict(brightness_delta=None, contrast_first=False, contrast_factor=None,
-                  saturation_factor=None, hue_shift=None)
+    fields = dict(
+        brightness_delta=None, contrast_first=False, contrast_factor=None, saturation_factor=None, hue_shift=None
+    )
     fields.update(draws)
     return PhotometricDraws(**fields)
 
@@ -51,10 +53,16 @@ def _colorsys_reference(image: np.ndarray, draws: PhotometricDraws) -> np.ndarra
 
 def test_brightness_adds_the_offset_without_clipping():
     image = _image(PIXEL, (250.0, 240.0, 10.0), (10.0, 40.0, 5.0))
-    np.testing.assert_allclose(apply_photometric(image, _only(brightness_delta=20.0)),
-                               _image((220, 120, 70), (270, 260, 30), (30, 60, 25)), atol=1e-3)
-    np.testing.assert_allclose(apply_photometric(image, _only(brightness_delta=-30.0)),
-                               _image((170, 70, 20), (220, 210, -20), (-20, 10, -25)), atol=1e-3)
+    np.testing.assert_allclose(
+        apply_photometric(image, _only(brightness_delta=20.0)),
+        _image((220, 120, 70), (270, 260, 30), (30, 60, 25)),
+        atol=1e-3,
+    )
+    np.testing.assert_allclose(
+        apply_photometric(image, _only(brightness_delta=-30.0)),
+        _image((170, 70, 20), (220, 210, -20), (-20, 10, -25)),
+        atol=1e-3,
+    )
 
 
 @pytest.mark.parametrize("contrast_first", [True, False])
@@ -67,25 +75,28 @@ def test_contrast_multiplies_every_value_without_clipping(contrast_first):
 def test_saturation_scales_s_unclipped():
     image = _image(PIXEL)
     # S 0.375: min = V (1 - S) = 125, G = V (1 - S (1 - 20/60)) = 150
-    np.testing.assert_allclose(apply_photometric(image, _only(saturation_factor=0.5)),
-                               _image((200, 150, 125)), atol=1e-3)
+    np.testing.assert_allclose(
+        apply_photometric(image, _only(saturation_factor=0.5)), _image((200, 150, 125)), atol=1e-3
+    )
     # S 1.125 (above 1, kept): min = -25, G = 50
-    np.testing.assert_allclose(apply_photometric(image, _only(saturation_factor=1.5)),
-                               _image((200, 50, -25)), atol=1e-3)
+    np.testing.assert_allclose(
+        apply_photometric(image, _only(saturation_factor=1.5)), _image((200, 50, -25)), atol=1e-3
+    )
 
 
 def test_hue_shift_rotates_the_colour():
     # H 30: G = V (1 - S (1 - 30/60)) = 125
-    np.testing.assert_allclose(apply_photometric(_image(PIXEL), _only(hue_shift=10.0)),
-                               _image((200, 125, 50)), atol=1e-3)
+    np.testing.assert_allclose(
+        apply_photometric(_image(PIXEL), _only(hue_shift=10.0)), _image((200, 125, 50)), atol=1e-3
+    )
     # (200, 50, 75) is H 350; + 15 wraps to H 5: G = 200 (1 - 0.75 (1 - 5/60)) = 62.5
-    np.testing.assert_allclose(apply_photometric(_image((200.0, 50.0, 75.0)), _only(hue_shift=15.0)),
-                               _image((200, 62.5, 50)), atol=1e-3)
+    np.testing.assert_allclose(
+        apply_photometric(_image((200.0, 50.0, 75.0)), _only(hue_shift=15.0)), _image((200, 62.5, 50)), atol=1e-3
+    )
 
 
 def test_hue_wraps_once_past_360_and_below_0_as_the_release():
-    hsv = _image((350.0, 0.5, 100.0), (5.0, 0.5, 100.0), (180.0, 0.5, 100.0), (345.0, 0.5, 100.0),
-                 (3.0, 0.5, 100.0))
+    hsv = _image((350.0, 0.5, 100.0), (5.0, 0.5, 100.0), (180.0, 0.5, 100.0), (345.0, 0.5, 100.0), (3.0, 0.5, 100.0))
     shift_hue(hsv, 15.0)
     np.testing.assert_allclose(hsv[0, :, 0], [5.0, 20.0, 195.0, 360.0, 18.0])  # exactly 360 stays
     shift_hue(hsv, -18.0)
@@ -103,9 +114,13 @@ def test_no_step_drawn_keeps_the_channels_in_place():
 def test_all_steps_together_match_colorsys_in_float64(seed):
     rng = np.random.default_rng(seed)
     image = rng.uniform(40, 235, (4, 5, 3)).astype(np.float32)
-    draws = PhotometricDraws(brightness_delta=rng.uniform(-32, 32), contrast_first=bool(seed % 2),
-                             contrast_factor=rng.uniform(0.5, 1.5), saturation_factor=rng.uniform(0.5, 1.5),
-                             hue_shift=rng.uniform(-18, 18))
+    draws = PhotometricDraws(
+        brightness_delta=rng.uniform(-32, 32),
+        contrast_first=bool(seed % 2),
+        contrast_factor=rng.uniform(0.5, 1.5),
+        saturation_factor=rng.uniform(0.5, 1.5),
+        hue_shift=rng.uniform(-18, 18),
+    )
     got = apply_photometric(image, draws)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, _colorsys_reference(image, draws), rtol=1e-4, atol=2e-3)
@@ -172,8 +187,12 @@ def test_draws_have_the_release_probabilities_and_ranges():
     generator = torch.Generator().manual_seed(0)
     runs = [draw_photometric(generator) for _ in range(4000)]
     assert 0.46 < np.mean([run.contrast_first for run in runs]) < 0.54
-    for field, (low, high) in {"brightness_delta": (-32, 32), "contrast_factor": (0.5, 1.5),
-                               "saturation_factor": (0.5, 1.5), "hue_shift": (-18, 18)}.items():
+    for field, (low, high) in {
+        "brightness_delta": (-32, 32),
+        "contrast_factor": (0.5, 1.5),
+        "saturation_factor": (0.5, 1.5),
+        "hue_shift": (-18, 18),
+    }.items():
         values = [getattr(run, field) for run in runs if getattr(run, field) is not None]
         assert 0.46 < len(values) / len(runs) < 0.54, field
         assert low <= min(values) < low + 0.02 * (high - low) and high - 0.02 * (high - low) < max(values) < high
@@ -191,8 +210,10 @@ def test_the_seed_decides_everything_and_nothing_is_clipped():
     np.testing.assert_array_equal(image, before)  # the input is left as it was
 
 
-@pytest.mark.parametrize("image", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32),
-                                   np.zeros((4, 4, 4), np.float32), [[0.0, 0.0, 0.0]]])
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32), np.zeros((4, 4, 4), np.float32), [[0.0, 0.0, 0.0]]],
+)
 def test_refuses_what_is_not_a_float32_rgb_image(image):
     with pytest.raises(ValueError, match="float32 RGB image"):
         photometric_distort(image, torch.Generator())

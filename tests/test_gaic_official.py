@@ -5,6 +5,7 @@ The reference is ``official_fixtures/gaic_forward_fixture.pt``: the release's
 of the fixture's README. Backbone layouts of the other variants and of the ImageNet weight files
 are written out here from the release's class definitions, independently of ``untils.backbones``.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,6 +150,7 @@ def test_preprocess_size_rule_hand_computed():
 
 # ---------- candidates ----------
 
+
 def test_grid_candidates_match_the_release(fixture):
     height, width = fixture["image"].shape[-2:]
     assert torch.equal(gaic_release_candidates(width, height), fixture["grid_rois"][:, 1:])
@@ -162,16 +164,17 @@ def test_ratio_candidates_hand_computed():
     assert gaic_release_candidates(200, 180, "1:1").tolist() == expected
     # The release's rounding to the original (Python's round, half to even): x 1.5, y 1.5.
     assert gaic_release_candidates_in_original(200, 180, 300, 270, "1:1").tolist() == [
-        [0, 0, 250, 250], [18, 0, 268, 250], [36, 0, 286, 250]]
+        [0, 0, 250, 250],
+        [18, 0, 268, 250],
+        [36, 0, 286, 250],
+    ]
     # 16:9 on 300x160: 14 to 17 steps (smallest first); per size x1 outer, y1 inner: 5x4 + 4x3 + 3x2 + 2x1.
     boxes = gaic_release_candidates(300, 160, "16:9").tolist()
     assert len(boxes) == 40
-    assert boxes[:5] == [[0, 0, 223, 125], [0, 9, 223, 134], [0, 18, 223, 143], [0, 27, 223, 152],
-                         [16, 0, 239, 125]]
+    assert boxes[:5] == [[0, 0, 223, 125], [0, 9, 223, 134], [0, 18, 223, 143], [0, 27, 223, 152], [16, 0, 239, 125]]
     assert boxes[-2:] == [[0, 0, 271, 152], [16, 0, 287, 152]]
     # 4:3 on 240x200: 14 steps (224x168) only; x1 in 0 (240-224 = 16 excludes 16), y1 in 0, 12, 24.
-    assert gaic_release_candidates(240, 200, "4:3").tolist() == [[0, 0, 223, 167], [0, 12, 223, 179],
-                                                                   [0, 24, 223, 191]]
+    assert gaic_release_candidates(240, 200, "4:3").tolist() == [[0, 0, 223, 167], [0, 12, 223, 179], [0, 24, 223, 191]]
     assert gaic_release_candidates(100, 100, "1:1").shape == (0, 4)
     with pytest.raises(ValueError, match="3:2"):
         gaic_release_candidates(352, 256, "3:2")
@@ -198,6 +201,7 @@ def test_ratio_candidates_match_brute_force(ratio, step, size):
 
 # ---------- ImageNet weight files and the other backbones, in the release's layouts ----------
 
+
 def _batch_norm(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
     shapes = {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
     return {**shapes, f"{prefix}.num_batches_tracked": ()}
@@ -223,15 +227,25 @@ def shufflenetv2_imagenet_shapes() -> dict[str, tuple[int, ...]]:
         for index in range(repeats):
             prefix = f"features.{unit}"
             if index == 0:  # stride 2: both branches see the whole input
-                shapes.update({f"{prefix}.banch1.0.weight": (channels, 1, 3, 3),
-                               **_batch_norm(f"{prefix}.banch1.1", channels),
-                               f"{prefix}.banch1.2.weight": (half, channels, 1, 1),
-                               **_batch_norm(f"{prefix}.banch1.3", half)})
+                shapes.update(
+                    {
+                        f"{prefix}.banch1.0.weight": (channels, 1, 3, 3),
+                        **_batch_norm(f"{prefix}.banch1.1", channels),
+                        f"{prefix}.banch1.2.weight": (half, channels, 1, 1),
+                        **_batch_norm(f"{prefix}.banch1.3", half),
+                    }
+                )
             branch_in = channels if index == 0 else half
-            shapes.update({f"{prefix}.banch2.0.weight": (half, branch_in, 1, 1),
-                           **_batch_norm(f"{prefix}.banch2.1", half),
-                           f"{prefix}.banch2.3.weight": (half, 1, 3, 3), **_batch_norm(f"{prefix}.banch2.4", half),
-                           f"{prefix}.banch2.5.weight": (half, half, 1, 1), **_batch_norm(f"{prefix}.banch2.6", half)})
+            shapes.update(
+                {
+                    f"{prefix}.banch2.0.weight": (half, branch_in, 1, 1),
+                    **_batch_norm(f"{prefix}.banch2.1", half),
+                    f"{prefix}.banch2.3.weight": (half, 1, 3, 3),
+                    **_batch_norm(f"{prefix}.banch2.4", half),
+                    f"{prefix}.banch2.5.weight": (half, half, 1, 1),
+                    **_batch_norm(f"{prefix}.banch2.6", half),
+                }
+            )
             unit, channels = unit + 1, out
     shapes.update({"conv_last.0.weight": (1024, 464, 1, 1), **_batch_norm("conv_last.1", 1024)})
     return {**shapes, "classifier.0.weight": (1000, 1024), "classifier.0.bias": (1000,)}
@@ -240,11 +254,11 @@ def shufflenetv2_imagenet_shapes() -> dict[str, tuple[int, ...]]:
 def shufflenet_official_name(imagenet_name: str) -> str | None:
     """Where the release's ``shufflenetv2_base`` puts an ImageNet parameter (None: not used)."""
     if imagenet_name.startswith("conv1."):
-        return "Feat_ext.feature3.0." + imagenet_name[len("conv1."):]
+        return "Feat_ext.feature3.0." + imagenet_name[len("conv1.") :]
     if imagenet_name.startswith("features."):
         unit = int(imagenet_name.split(".")[1])
         stage = "feature3.2" if unit < 4 else "feature4.0" if unit < 12 else "feature5.0"
-        return f"Feat_ext.{stage}.{imagenet_name[len('features.'):]}"
+        return f"Feat_ext.{stage}.{imagenet_name[len('features.') :]}"
     return None
 
 
@@ -255,9 +269,27 @@ def name_in_file(official_name: str, imagenet: dict) -> str:
 
 def vgg16_official_shapes() -> dict[str, tuple[int, ...]]:
     """The release's ``vgg_base`` (torchvision VGG16; ``feature`` holds conv1_1..conv5_3 a second time)."""
-    convs = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
-                     ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-                      (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)), strict=True))
+    convs = dict(
+        zip(
+            (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+            (
+                (64, 3),
+                (64, 64),
+                (128, 64),
+                (128, 128),
+                (256, 128),
+                (256, 256),
+                (256, 256),
+                (512, 256),
+                (512, 512),
+                (512, 512),
+                (512, 512),
+                (512, 512),
+                (512, 512),
+            ),
+            strict=True,
+        )
+    )
     shapes = {}
     for index, (out, inp) in convs.items():
         stage = "feature3" if index < 23 else "feature4"
@@ -267,9 +299,16 @@ def vgg16_official_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def head_shapes(in_channels: int) -> dict[str, tuple[int, ...]]:
-    return {"DimRed.weight": (8, in_channels, 1, 1), "DimRed.bias": (8,), "FC_layers.0.0.weight": (768, 16, 9, 9),
-            "FC_layers.0.0.bias": (768,), "FC_layers.1.0.weight": (128, 768, 1, 1), "FC_layers.1.0.bias": (128,),
-            "FC_layers.3.weight": (1, 128, 1, 1), "FC_layers.3.bias": (1,)}
+    return {
+        "DimRed.weight": (8, in_channels, 1, 1),
+        "DimRed.bias": (8,),
+        "FC_layers.0.0.weight": (768, 16, 9, 9),
+        "FC_layers.0.0.bias": (768,),
+        "FC_layers.1.0.weight": (128, 768, 1, 1),
+        "FC_layers.1.0.bias": (128,),
+        "FC_layers.3.weight": (1, 128, 1, 1),
+        "FC_layers.3.bias": (1,),
+    }
 
 
 def test_mobilenetv2_imagenet_file_loads_into_the_backbone(fixture, tmp_path):
@@ -344,6 +383,7 @@ def test_crop_tool_gives_the_release_demo_crops(fixture, official_state, tmp_pat
     """crop.py (its Cropper) on a GAIC release checkpoint: the release's candidates in the photo's pixels,
     ranked by the release's scores."""
     from crop import Cropper
+
     torch.save(official_state, tmp_path / "gaic.pth")
     photo = require_shared("GAICD-sample/images/test/297406.jpg")
     result = Cropper(str(tmp_path / "gaic.pth"), device="cpu").rank(photo)
@@ -357,10 +397,22 @@ def test_crop_tool_gives_the_release_demo_crops(fixture, official_state, tmp_pat
 
 def test_test_py_evaluates_a_release_checkpoint(official_state, tmp_path, capsys):
     import test as evaluation
+
     torch.save(official_state, tmp_path / "gaic.pth")
     root = build_gaicd_sample(tmp_path / "data")
-    evaluation.main(["--checkpoint", str(tmp_path / "gaic.pth"), "--dataset", "GAICD", "--data-root", str(root),
-                     "--num_workers", "0", "--no-progress"])
+    evaluation.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "gaic.pth"),
+            "--dataset",
+            "GAICD",
+            "--data-root",
+            str(root),
+            "--num_workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "GAICD: acc1_5=" in printed and "srcc=" in printed
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py: its CPU dry run end to end, its budget, its child processes, and the
 parts of its report computed from results (checked against hand-written inputs)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,7 +24,7 @@ def markdown_table(report: str, heading: str) -> list[list[str]]:
     lines = report.split(f"\n{heading}\n", 1)[1].splitlines()
     start = next(index for index, line in enumerate(lines) if line.startswith("|"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
@@ -32,8 +33,9 @@ def markdown_table(report: str, heading: str) -> list[list[str]]:
 
 def run_script(*arguments: str, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
     begin = time.monotonic()
-    done = subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
     return done, time.monotonic() - begin
 
 
@@ -71,8 +73,12 @@ def test_cpu_dry_run_writes_a_complete_report(tmp_path):
     targets = markdown_table(report, "## Targets of issue 14")
     assert len(targets) == 7 and all(row[3] == "n/a (CPU dry run)" for row in targets)
     benchmark_text = report.split("\n## 3. benchmarks\n", 1)[1]
-    for table_header in ("| shape | op | pass |", "| backbone | setting | batch 1 (images/s) |",
-                         "| backbone | setting | images timed |", "| backbone | eager (images/s) | aot_eager"):
+    for table_header in (
+        "| shape | op | pass |",
+        "| backbone | setting | batch 1 (images/s) |",
+        "| backbone | setting | images timed |",
+        "| backbone | eager (images/s) | aot_eager",
+    ):
         assert table_header in benchmark_text, table_header
 
 
@@ -106,9 +112,11 @@ def test_a_stopped_command_takes_its_children_along(tmp_path):
 def test_bad_arguments_write_nothing(tmp_path):
     existing = tmp_path / "report.md"
     existing.write_text("kept")
-    for arguments in (["--report", str(existing), "--cpu-dry-run"],
-                      ["--report", str(tmp_path / "missing" / "report.md"), "--cpu-dry-run"],
-                      ["--report", str(tmp_path / "new.md"), "--cpu-dry-run", "--budget-s", "1"]):
+    for arguments in (
+        ["--report", str(existing), "--cpu-dry-run"],
+        ["--report", str(tmp_path / "missing" / "report.md"), "--cpu-dry-run"],
+        ["--report", str(tmp_path / "new.md"), "--cpu-dry-run", "--budget-s", "1"],
+    ):
         with pytest.raises(SystemExit) as stopped:
             gpu_check.parse_args(arguments)
         assert stopped.value.code == 2
@@ -123,7 +131,8 @@ def test_cuda_mode_without_cuda_is_refused(tmp_path, capsys):
 
 def test_junit_rows_hand_written(tmp_path):
     path = tmp_path / "junit.xml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         <?xml version="1.0" encoding="utf-8"?>
         <testsuites><testsuite name="pytest" tests="3">
           <testcase classname="tests.test_models_cuda" name="test_a[cuda]" time="1.25">
@@ -136,36 +145,101 @@ def test_junit_rows_hand_written(tmp_path):
             <skipped type="pytest.skip" message="needs a CUDA device">skipped</skipped>
           </testcase>
         </testsuite></testsuites>
-        """))
+        """)
+    )
     assert gpu_check.junit_rows(path) == [
-        {"id": "test_models_cuda::test_a[cuda]", "status": "pass", "seconds": 1.25, "message": "",
-         "properties": {"score_max_relative_error": "2.00e-06"}},
-        {"id": "test_align_cuda::test_b", "status": "fail", "seconds": 0.5,
-         "message": "AssertionError: score: 3.1e-02", "properties": {}},
-        {"id": "test_align_cuda::test_c", "status": "skip", "seconds": 0.0, "message": "needs a CUDA device",
-         "properties": {}},
+        {
+            "id": "test_models_cuda::test_a[cuda]",
+            "status": "pass",
+            "seconds": 1.25,
+            "message": "",
+            "properties": {"score_max_relative_error": "2.00e-06"},
+        },
+        {
+            "id": "test_align_cuda::test_b",
+            "status": "fail",
+            "seconds": 0.5,
+            "message": "AssertionError: score: 3.1e-02",
+            "properties": {},
+        },
+        {
+            "id": "test_align_cuda::test_c",
+            "status": "skip",
+            "seconds": 0.0,
+            "message": "needs a CUDA device",
+            "properties": {},
+        },
     ]
 
 
 def test_targets_hand_computed():
     results = {
-        "align": {"bandwidth": [{"op": "roi", "compulsory_bytes": 1e6, "share_of_copy": 0.2},
-                                {"op": "both", "compulsory_bytes": 2.5e8, "share_of_copy": 0.55}]},
-        "model": {"inference": [{"backbone": "vgg16", "dtype": "bfloat16", "channels_last": True,
-                                 "best_images_per_s": 2999.0, "best_batch": 32},
-                                {"backbone": "vgg16", "dtype": "float32", "channels_last": True,
-                                 "best_images_per_s": 9000.0, "best_batch": 64}],
-                  "limits": [{"backbone": "vgg16", "setting": "cuda bfloat16 channels-last", "share_of_bound": 0.25,
-                              "matmul_tflops": 700.0, "backbone_gflop": 55.1}]},
-        "epoch": {"epoch": [{"backbone": "vgg16", "setting": "cuda float32 channels-last", "images": 1036,
-                             "gaicd_epoch_seconds": 15.5, "peak_memory_mb": 3000.0,
-                             "syncs_per_step": {"cropping_model.py:598": 3, "a.py:1": 1}},
-                            {"backbone": "vgg16", "setting": "cuda bfloat16 channels-last", "images": 500,
-                             "gaicd_epoch_seconds": 9.0, "peak_memory_mb": 2000.0, "syncs_per_step": {}}]},
+        "align": {
+            "bandwidth": [
+                {"op": "roi", "compulsory_bytes": 1e6, "share_of_copy": 0.2},
+                {"op": "both", "compulsory_bytes": 2.5e8, "share_of_copy": 0.55},
+            ]
+        },
+        "model": {
+            "inference": [
+                {
+                    "backbone": "vgg16",
+                    "dtype": "bfloat16",
+                    "channels_last": True,
+                    "best_images_per_s": 2999.0,
+                    "best_batch": 32,
+                },
+                {
+                    "backbone": "vgg16",
+                    "dtype": "float32",
+                    "channels_last": True,
+                    "best_images_per_s": 9000.0,
+                    "best_batch": 64,
+                },
+            ],
+            "limits": [
+                {
+                    "backbone": "vgg16",
+                    "setting": "cuda bfloat16 channels-last",
+                    "share_of_bound": 0.25,
+                    "matmul_tflops": 700.0,
+                    "backbone_gflop": 55.1,
+                }
+            ],
+        },
+        "epoch": {
+            "epoch": [
+                {
+                    "backbone": "vgg16",
+                    "setting": "cuda float32 channels-last",
+                    "images": 1036,
+                    "gaicd_epoch_seconds": 15.5,
+                    "peak_memory_mb": 3000.0,
+                    "syncs_per_step": {"cropping_model.py:598": 3, "a.py:1": 1},
+                },
+                {
+                    "backbone": "vgg16",
+                    "setting": "cuda bfloat16 channels-last",
+                    "images": 500,
+                    "gaicd_epoch_seconds": 9.0,
+                    "peak_memory_mb": 2000.0,
+                    "syncs_per_step": {},
+                },
+            ]
+        },
     }
     rows = gpu_check.target_rows(results, dry_run=False)
-    assert [row[3] for row in rows] == ["met", "NOT met", "not measured", "for comparison", "met",
-                                        "NOT met", "NOT met", "met", "met"]
+    assert [row[3] for row in rows] == [
+        "met",
+        "NOT met",
+        "not measured",
+        "for comparison",
+        "met",
+        "NOT met",
+        "NOT met",
+        "met",
+        "met",
+    ]
     assert rows[0][2] == "55% (250 MB compulsory)"
     assert rows[1][2] == "2,999 images/s (batch 32)"
     assert rows[3][2] == "vgg16 15.0-24.0x"  # 2,999 / 200 and 2,999 / 125

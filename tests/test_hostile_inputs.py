@@ -4,6 +4,7 @@ Each crafted file's payload would create a marker file. Every entry point must r
 with an error naming it, exit non-zero, and leave no marker. The command-line tools run as
 subprocesses, as a user would start them.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ def _evil_checkpoint(folder: Path, file_format: str) -> tuple[Path, Path]:
     """A checkpoint that looks like ours (weights, config) and carries the payload; and its marker."""
     marker = folder / f"ran-{file_format}"
     path = folder / f"evil-{file_format}.pth"
-    content = {"model": {"weight": torch.zeros(2)}, "config": {"backbone": "mobilenetv2"}, "model_type": "HCIC",
-               "optimizer": {}, "extra": _Payload(marker)}
+    content = {
+        "model": {"weight": torch.zeros(2)},
+        "config": {"backbone": "mobilenetv2"},
+        "model_type": "HCIC",
+        "optimizer": {},
+        "extra": _Payload(marker),
+    }
     torch.save(content, path, _use_new_zipfile_serialization=FORMATS[file_format])
     return path, marker
 
@@ -56,8 +62,14 @@ def _evil_anchors(folder: Path) -> tuple[Path, Path]:
 
 
 def _run(arguments: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _assert_refused(result: subprocess.CompletedProcess, path: Path, marker: Path) -> None:
@@ -77,13 +89,27 @@ def photo(tmp_path) -> Path:
 # ----- checkpoints through the command-line tools -----------------------------------------------------
 CHECKPOINT_COMMANDS = {
     "crop": lambda evil, photo, out: ["crop.py", str(photo), "--checkpoint", str(evil), "--out", str(out)],
-    "crop-detector": lambda evil, photo, out: ["crop.py", str(photo), "--allow-untrained", "--detect-human",
-                                               "--detector-weights", str(evil), "--out", str(out)],
+    "crop-detector": lambda evil, photo, out: [
+        "crop.py",
+        str(photo),
+        "--allow-untrained",
+        "--detect-human",
+        "--detector-weights",
+        str(evil),
+        "--out",
+        str(out),
+    ],
     "test": lambda evil, photo, out: ["test.py", "--checkpoint", str(evil), "--no-progress"],
     "train-resume": lambda evil, photo, out: ["train_on_GAICD.py", "--resume", str(evil), "--no-progress"],
     "train_on_CPC-resume": lambda evil, photo, out: ["train_on_CPC.py", "--resume", str(evil), "--no-progress"],
-    "pretrain_PIC-resume": lambda evil, photo, out: ["pretrain_PIC.py", "--variant", "embedding", "--resume", str(evil),
-                                                              "--no-progress"],
+    "pretrain_PIC-resume": lambda evil, photo, out: [
+        "pretrain_PIC.py",
+        "--variant",
+        "embedding",
+        "--resume",
+        str(evil),
+        "--no-progress",
+    ],
     "prior_PIC": lambda evil, photo, out: ["prior_PIC.py", "--checkpoint", str(evil), "--no-progress"],
     "finetune_PIC": lambda evil, photo, out: ["finetune_PIC.py", "--checkpoint", str(evil), "--no-progress"],
 }
@@ -91,8 +117,10 @@ CHECKPOINT_COMMANDS = {
 LEGACY_FORMAT_TOOLS = ("crop", "test", "train-resume", "prior_PIC", "finetune_PIC")
 
 
-@pytest.mark.parametrize("entry_point, file_format", [(tool, "zip") for tool in CHECKPOINT_COMMANDS]
-                         + [(tool, "legacy") for tool in LEGACY_FORMAT_TOOLS])
+@pytest.mark.parametrize(
+    "entry_point, file_format",
+    [(tool, "zip") for tool in CHECKPOINT_COMMANDS] + [(tool, "legacy") for tool in LEGACY_FORMAT_TOOLS],
+)
 def test_malicious_checkpoint_is_refused_by_every_tool(entry_point, file_format, tmp_path, photo):
     evil, marker = _evil_checkpoint(tmp_path, file_format)
     out = tmp_path / "out"
@@ -128,9 +156,14 @@ def test_own_checkpoint_loads_without_trust(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": {"backbone": "vgg16",
-             "image_size": [256, 256], "loss_type": ("L1", "rank"), "exp_name": None}, "model_type": "GAIC",
-             "epoch": 3, "metrics": {"srcc": 0.5}}
+    saved = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": {"backbone": "vgg16", "image_size": [256, 256], "loss_type": ("L1", "rank"), "exp_name": None},
+        "model_type": "GAIC",
+        "epoch": 3,
+        "metrics": {"srcc": 0.5},
+    }
     path = tmp_path / "ours.pth"
     save_atomic(saved, str(path))
     content = read_checkpoint(str(path))
@@ -159,14 +192,17 @@ def test_malicious_anchors_file_is_refused_by_the_loader(tmp_path):
     assert str(evil) in str(refused.value) and "posix.system" in str(refused.value)
 
 
-@pytest.mark.parametrize("content, expected", [
-    ({"anchors": [[0.0, 0.0, 1.0, 1.0]]}, "not a pickled list"),
-    ([["0.1", "0.1", "0.9", "0.9"]] * NUM_PREDEFINED_ANCHORS, "not a pickled list"),  # numbers as text
-    ([[0.0, 0.0, 1.0, 1.0]] * (NUM_PREDEFINED_ANCHORS - 1) + [[0.0, 0.0, float("nan"), 1.0]], "finite"),
-    ([[0.0, 0.0, 1.0, 1.0]] * (NUM_PREDEFINED_ANCHORS - 1) + [[0.0, 0.0, float("inf"), 1.0]], "finite"),
-    ([[0.0, 0.0, 1.0, 1.5]] * NUM_PREDEFINED_ANCHORS, r"\[0, 1\]"),
-    ([[0.0, 0.0, 1.0]] * NUM_PREDEFINED_ANCHORS, "shape"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ({"anchors": [[0.0, 0.0, 1.0, 1.0]]}, "not a pickled list"),
+        ([["0.1", "0.1", "0.9", "0.9"]] * NUM_PREDEFINED_ANCHORS, "not a pickled list"),  # numbers as text
+        ([[0.0, 0.0, 1.0, 1.0]] * (NUM_PREDEFINED_ANCHORS - 1) + [[0.0, 0.0, float("nan"), 1.0]], "finite"),
+        ([[0.0, 0.0, 1.0, 1.0]] * (NUM_PREDEFINED_ANCHORS - 1) + [[0.0, 0.0, float("inf"), 1.0]], "finite"),
+        ([[0.0, 0.0, 1.0, 1.5]] * NUM_PREDEFINED_ANCHORS, r"\[0, 1\]"),
+        ([[0.0, 0.0, 1.0]] * NUM_PREDEFINED_ANCHORS, "shape"),
+    ],
+)
 def test_anchors_file_with_other_content_is_refused(content, expected, tmp_path):
     path = tmp_path / "anchors.pkl"
     path.write_bytes(pickle.dumps(content))
@@ -183,8 +219,10 @@ def test_malicious_anchors_file_is_refused_by_the_fcdb_evaluation(tmp_path, phot
 
     cfg = Config(backbone="mobilenetv2", pretrained=False)
     checkpoint = tmp_path / "model.pth"
-    save_atomic({"model": build_crop_model(cfg).state_dict(), "config": config_to_dict(cfg), "model_type": "HCIC"},
-                str(checkpoint))
+    save_atomic(
+        {"model": build_crop_model(cfg).state_dict(), "config": config_to_dict(cfg), "model_type": "HCIC"},
+        str(checkpoint),
+    )
     fcdb = tmp_path / "data" / "FCDB"
     (fcdb / "data").mkdir(parents=True)
     photo.rename(fcdb / "data" / photo.name)
@@ -192,8 +230,20 @@ def test_malicious_anchors_file_is_refused_by_the_fcdb_evaluation(tmp_path, phot
     (fcdb / "human_bboxes.json").write_text(json.dumps({photo.name: [10, 10, 30, 40]}))
     (fcdb / "data_split.json").write_text(json.dumps({"train": [], "test": [photo.name], "human": [photo.name]}))
     evil, marker = _evil_anchors(tmp_path)
-    result = _run(["test.py", "--checkpoint", str(checkpoint), "--dataset", "FCDB", "--data_root",
-                   str(tmp_path / "data"), "--predefined_pkl", str(evil), "--no-progress"])
+    result = _run(
+        [
+            "test.py",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "FCDB",
+            "--data_root",
+            str(tmp_path / "data"),
+            "--predefined_pkl",
+            str(evil),
+            "--no-progress",
+        ]
+    )
     _assert_refused(result, evil, marker)
     assert "posix.system" in result.stderr
 
@@ -208,7 +258,7 @@ def _bad_checkpoint(folder: Path, kind: str) -> Path:
         path.write_bytes(pickle.dumps({"model": {"w": [0.0]}}, protocol=4))
     elif kind == "inflating":
         plain = folder / "zeros.pth"
-        torch.save({"model": {"w": torch.zeros(16 * 2 ** 20)}}, plain)
+        torch.save({"model": {"w": torch.zeros(16 * 2**20)}}, plain)
         with zipfile.ZipFile(plain) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as packed:
             for entry in original.infolist():
                 packed.writestr(entry.filename, original.read(entry.filename))
@@ -223,10 +273,15 @@ def _bad_checkpoint(folder: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, expected", [("directory", "is a directory"),
-                                            ("raw-pickle", "not a PyTorch checkpoint (zip) file"),
-                                            ("inflating", "inflate"),
-                                            ("bad-config", "reduced_dim='32'")])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("directory", "is a directory"),
+        ("raw-pickle", "not a PyTorch checkpoint (zip) file"),
+        ("inflating", "inflate"),
+        ("bad-config", "reduced_dim='32'"),
+    ],
+)
 def test_bad_checkpoint_gets_one_error_line_from_test_py(kind, expected, tmp_path):
     path = _bad_checkpoint(tmp_path, kind)
     result = _run(["test.py", "--checkpoint", str(path), "--no-progress"])
@@ -237,10 +292,13 @@ def test_bad_checkpoint_gets_one_error_line_from_test_py(kind, expected, tmp_pat
 
 
 # ----- person boxes in messages: plain numbers ---------------------------------------------------------
-@pytest.mark.parametrize("box, expected", [
-    ((10, 10, 5, 20), "person box [10.0, 10.0, 5.0, 20.0] must have x2 > x1 and y2 > y1"),
-    (np.array([200.5, 200, 300, 300]), "person box [200.5, 200.0, 300.0, 300.0] lies outside the 100x80 photo"),
-])
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ((10, 10, 5, 20), "person box [10.0, 10.0, 5.0, 20.0] must have x2 > x1 and y2 > y1"),
+        (np.array([200.5, 200, 300, 300]), "person box [200.5, 200.0, 300.0, 300.0] lies outside the 100x80 photo"),
+    ],
+)
 def test_bad_person_box_is_printed_as_plain_numbers(box, expected):
     """numpy 2 writes the numbers of list(array) as np.float64(10.0)."""
     from untils.photos import PhotoError, checked_person_box
@@ -254,10 +312,17 @@ def test_resumed_checkpoint_with_a_bad_saved_option_gets_one_error_line(tmp_path
     path = tmp_path / "run" / "checkpoints" / "last.pth"  # inside an experiment folder: resume may continue there
     path.parent.mkdir(parents=True)
     (tmp_path / "run" / "config.json").write_text('{"exp_name": "run"}')
-    save_atomic({"model": {"w": torch.zeros(1)}, "optimizer": {},
-                 "config": {"backbone": "mobilenetv2", "loss_type": "L1Loss", "exp_name": "run"}}, str(path))
+    save_atomic(
+        {
+            "model": {"w": torch.zeros(1)},
+            "optimizer": {},
+            "config": {"backbone": "mobilenetv2", "loss_type": "L1Loss", "exp_name": "run"},
+        },
+        str(path),
+    )
     result = _run(["train_on_GAICD.py", "--resume", str(path), "--no-progress"])
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 2, result.stderr[-3000:]
-    assert lines[0] == (f"error: {path}: its saved config option loss_type='L1Loss' is not of the option's type "
-                        "(list[str])")
+    assert lines[0] == (
+        f"error: {path}: its saved config option loss_type='L1Loss' is not of the option's type (list[str])"
+    )

@@ -1,5 +1,6 @@
 """Careless and hostile input to the datasets and the training scripts: NaN annotations, duplicate
 names, concurrent runs, failed starts, bad option values, a diverged first epoch."""
+
 from __future__ import annotations
 
 import fcntl
@@ -19,9 +20,28 @@ from tests.conftest import REPO_ROOT, build_gaicd_sample
 from untils.atomic import write_text_atomic
 from untils.pseudo_heatmaps import generate_heatmaps
 
-FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-        "--image_size", "96", "96", "--keep_aspect_ratio", "false", "--view_per_image", "8", "--max_epoch", "1",
-        "--warmup_epochs", "0", "--no-progress"]
+FAST = [
+    "--backbone",
+    "mobilenetv2",
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "96",
+    "96",
+    "--keep_aspect_ratio",
+    "false",
+    "--view_per_image",
+    "8",
+    "--max_epoch",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -35,20 +55,24 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(content))
 
 
-@pytest.mark.parametrize("field, index, value", [("bbox", (3, 1), float("nan")), ("score", (5,), float("inf")),
-                                                  ("score", (0,), float("nan"))])
+@pytest.mark.parametrize(
+    "field, index, value",
+    [("bbox", (3, 1), float("nan")), ("score", (5,), float("inf")), ("score", (0,), float("nan"))],
+)
 def test_non_finite_crop_annotations_are_refused_before_anything_is_written(sample_root, field, index, value):
     def poison(content):
         target = content["297406.jpg"][field]
         for step in index[:-1]:
             target = target[step]
         target[index[-1]] = value
+
     _edit_json(sample_root / "GAICD" / "image_crop.json", poison)
     cfg = Config(data_root=str(sample_root))
     with pytest.raises(DatasetError, match=r"297406\.jpg: boxes and scores must be finite"):
         generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     assert not (Path(cfg.heat_map_dir) / "GAICD" / "mask").exists() or not any(
-        (Path(cfg.heat_map_dir) / "GAICD" / "mask").iterdir())
+        (Path(cfg.heat_map_dir) / "GAICD" / "mask").iterdir()
+    )
     with pytest.raises(DatasetError, match=r"297406\.jpg"):
         GAICDataset(cfg, split="test", augment=False)
 
@@ -73,9 +97,18 @@ def test_a_json_key_given_twice_is_refused(sample_root):
         GAICDataset(Config(data_root=str(sample_root)), split="test", augment=False)
 
 
-@pytest.mark.parametrize("option, value", [("--display_freq", "0"), ("--visualize_freq", "0"),
-                                           ("--warmup_epochs", "-3"), ("--checkpoint_steps", "-1"),
-                                           ("--save_freq", "-1"), ("--lr", "0"), ("--view_per_image", "-2")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--display_freq", "0"),
+        ("--visualize_freq", "0"),
+        ("--warmup_epochs", "-3"),
+        ("--checkpoint_steps", "-1"),
+        ("--save_freq", "-1"),
+        ("--lr", "0"),
+        ("--view_per_image", "-2"),
+    ],
+)
 def test_numeric_options_are_validated_before_anything_is_made(tmp_path, option, value):
     with pytest.raises(ValueError, match=option.lstrip("-")):
         train_on_GAICD.main(FAST + ["--data-root", str(tmp_path), "--exp_root", str(tmp_path / "exp"), option, value])
@@ -84,14 +117,16 @@ def test_numeric_options_are_validated_before_anything_is_made(tmp_path, option,
 
 def test_a_failed_start_leaves_no_experiment_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
-        train_on_GAICD.main(FAST + ["--data-root", str(tmp_path / "nowhere"), "--exp_root", str(tmp_path / "exp"),
-                                    "--exp_name", "run"])
+        train_on_GAICD.main(
+            FAST + ["--data-root", str(tmp_path / "nowhere"), "--exp_root", str(tmp_path / "exp"), "--exp_name", "run"]
+        )
     assert not (tmp_path / "exp" / "run").exists()
 
 
 def test_a_second_run_in_the_same_experiment_is_refused(six_image_demo, tmp_path):
-    first = train_on_GAICD.main(FAST + ["--data-root", six_image_demo, "--exp_root", str(tmp_path),
-                                        "--exp_name", "run"])
+    first = train_on_GAICD.main(
+        FAST + ["--data-root", six_image_demo, "--exp_root", str(tmp_path), "--exp_name", "run"]
+    )
     checkpoint = Path(first.checkpoint_dir) / "last.pth"
     with open(Path(first.exp_path) / ".lock", "a") as holder:  # as a running training holds it
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,6 +145,7 @@ def test_atomic_writes_from_many_threads_never_collide(tmp_path):
                 write_text_atomic(str(target), f"{index},{repeat}\n")
         except OSError as error:
             errors.append(error)
+
     threads = [threading.Thread(target=write, args=(index,)) for index in range(8)]
     for thread in threads:
         thread.start()
@@ -125,22 +161,59 @@ def test_divergence_before_any_checkpoint_says_so(six_image_demo, tmp_path, dive
 
 
 def test_command_line_errors_are_one_line_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train_on_GAICD.py"), *FAST,
-                             "--data-root", str(tmp_path / "nowhere"), "--exp_root", str(tmp_path / "exp")],
-                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train_on_GAICD.py"),
+            *FAST,
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--exp_root",
+            str(tmp_path / "exp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: GAICD split file not found") and "Traceback" not in result.stderr
-    debug = subprocess.run([sys.executable, str(REPO_ROOT / "test.py"), "--checkpoint", str(tmp_path / "none.pth"),
-                            "--debug"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    debug = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "test.py"), "--checkpoint", str(tmp_path / "none.pth"), "--debug"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_gaic_official_preset_trains_an_epoch(six_image_demo, tmp_path):
     """GAIC's release recipe end to end: its model, preprocessing and photometric augmentation."""
-    trainer = train_on_GAICD.main(["--preset", "GAIC-official", "--pretrained", "false", "--device", "cpu",
-                                   "--num_workers", "0", "--max_epoch", "1", "--view_per_image", "8", "--no-progress",
-                                   "--data-root", six_image_demo, "--exp_root", str(tmp_path), "--exp_name", "gaic"])
+    trainer = train_on_GAICD.main(
+        [
+            "--preset",
+            "GAIC-official",
+            "--pretrained",
+            "false",
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--max_epoch",
+            "1",
+            "--view_per_image",
+            "8",
+            "--no-progress",
+            "--data-root",
+            six_image_demo,
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "gaic",
+        ]
+    )
     assert trainer.cfg.model_type == "GAIC-official" and trainer.cfg.image_preprocessing == "gaic"
     assert type(trainer.core).__name__ == "GAICOfficialModel" and trainer.history
     assert trainer.train_set.augment

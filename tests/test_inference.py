@@ -1,5 +1,6 @@
 """Inference speed-ups give the scores of the plain computation: box-mask content features, batching,
 channels-last, bf16 autocast (close), torch.compile."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def original_content_features(layer: torch.nn.Sequential, heat_map: torch.Tensor, masks: torch.Tensor,
-                              image_index: torch.Tensor) -> torch.Tensor:
+def original_content_features(
+    layer: torch.nn.Sequential, heat_map: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor
+) -> torch.Tensor:
     """The release's formulation: every crop's [heat map, mask] pair through all five layers."""
     pairs = torch.stack([heat_map[image_index, 0], masks], dim=1)
     x = F.max_pool2d(F.conv2d(pairs, layer[0].weight, layer[0].bias), 2)
@@ -49,18 +51,29 @@ def awkward_boxes(width: int, height: int, count: int, seed: int) -> torch.Tenso
     generator = torch.Generator().manual_seed(seed)
     corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height])
     random = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1).floor()
-    special = torch.tensor([[0, 0, width, height], [0, 10, 30, height], [width - 20, 0, width, 40],
-                            [10, 5, 13, height - 5], [40, 30, 41, 31], [-1, -1, -1, -1]], dtype=torch.float32)
+    special = torch.tensor(
+        [
+            [0, 0, width, height],
+            [0, 10, 30, height],
+            [width - 20, 0, width, 40],
+            [10, 5, 13, height - 5],
+            [40, 30, 41, 31],
+            [-1, -1, -1, -1],
+        ],
+        dtype=torch.float32,
+    )
     return torch.cat([random, special])
 
 
 def small_model(backbone: str = "mobilenetv2", **overrides) -> cm.HumanCentricCroppingModel:
     torch.manual_seed(0)
-    return cm.HumanCentricCroppingModel(Config(pretrained=False, backbone=backbone, **overrides),
-                                        loadweights=False).eval()
+    return cm.HumanCentricCroppingModel(
+        Config(pretrained=False, backbone=backbone, **overrides), loadweights=False
+    ).eval()
 
 
 # ----- the content feature from box masks is the original computation -----------------------
+
 
 def test_box_masks_factor_the_rasterised_masks():
     width, height = 120, 90
@@ -102,8 +115,9 @@ def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
     module = cm.ContentPreserveModule(32, 8, 256).double()
     edges = [0, 1, 2, 3, 4, 5, 6, 9, 30, 31, 33, 56, 58, 59, 60, 61, 62, 63, 64]
     spans = [(low, high) for low in edges for high in edges if high > low]
-    boxes = torch.tensor([(x0, y0, x1, y1) for (y0, y1), (x0, x1) in zip(spans, reversed(spans), strict=True)],
-                         dtype=torch.float32)
+    boxes = torch.tensor(
+        [(x0, y0, x1, y1) for (y0, y1), (x0, x1) in zip(spans, reversed(spans), strict=True)], dtype=torch.float32
+    )
     masks = crop_masks(boxes, 64, 64)
     assert {int(m.amax(-1).sum()) for m in masks} >= {1, 2, 3, 4, 5, 64}  # thin rows and whole height
     heat_map = torch.rand(1, 1, 64, 64, dtype=torch.float64)
@@ -123,9 +137,12 @@ def test_content_feature_gradients_equal_the_original_formulation_in_float64():
     heat_map = torch.rand(2, 1, 64, 64, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(len(boxes), 256, dtype=torch.float64)
     gradients = []
-    for compute in (lambda: module.crop_features(heat_map, *crop_mask_factors(boxes, width, height), image_index),
-                    lambda: original_content_features(module.content_feat_layer, heat_map,
-                                                      crop_masks(boxes, width, height).double(), image_index)):
+    for compute in (
+        lambda: module.crop_features(heat_map, *crop_mask_factors(boxes, width, height), image_index),
+        lambda: original_content_features(
+            module.content_feat_layer, heat_map, crop_masks(boxes, width, height).double(), image_index
+        ),
+    ):
         module.zero_grad()
         heat_map.grad = None
         (compute() * weights).sum().backward()
@@ -153,9 +170,13 @@ def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64(monk
     with torch.no_grad():
         ours, heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
         # the plain formulation on the rasterised masks of the same boxes
-        monkeypatch.setattr(module, "crop_features", lambda heat_map, rows, columns, index:
-                            module.crop_features_reference(
-                                heat_map, crop_masks(boxes.reshape(-1, 4), width, height).double(), index))
+        monkeypatch.setattr(
+            module,
+            "crop_features",
+            lambda heat_map, rows, columns, index: module.crop_features_reference(
+                heat_map, crop_masks(boxes.reshape(-1, 4), width, height).double(), index
+            ),
+        )
         expected, expected_heat, _ = model(image, boxes, human, crop_valid=valid, partition_mask=partition)
     torch.testing.assert_close(heat, expected_heat, rtol=0, atol=0)
     assert torch.isneginf(ours[~valid]).all()
@@ -163,6 +184,7 @@ def test_model_without_masks_scores_as_with_the_rasterised_masks_in_float64(monk
 
 
 # ----- batching several images gives each image's own scores --------------------------------
+
 
 class Float64(torch.nn.Module):
     """Runs a float64 copy of a crop model on float32 batches (``module``, as DistributedDataParallel)."""
@@ -174,6 +196,7 @@ class Float64(torch.nn.Module):
     def forward(self, *args, **kwargs):
         def widen(value):
             return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+
         return self.module(*[widen(a) for a in args], **{k: widen(v) for k, v in kwargs.items()})
 
 
@@ -184,16 +207,17 @@ class ScoredImages(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(seed)
         self.items = []
         for index, ((width, height), count) in enumerate(zip(sizes, crop_counts, strict=True)):
-            human = (torch.tensor([[10.0, 5.0, 50.0, height - 5.0]]) if index % 2
-                     else torch.full((1, 4), -1.0))
-            self.items.append({
-                "image": torch.randn(3, height, width, generator=generator),
-                "crop_box": gaic_grid_candidates(width, height)[:count],
-                "human_box": human,
-                "partition_mask": partition_masks(human, width, height),
-                "score": 1 + 4 * torch.rand(count, generator=generator),
-                "name": f"image{index}.jpg",
-            })
+            human = torch.tensor([[10.0, 5.0, 50.0, height - 5.0]]) if index % 2 else torch.full((1, 4), -1.0)
+            self.items.append(
+                {
+                    "image": torch.randn(3, height, width, generator=generator),
+                    "crop_box": gaic_grid_candidates(width, height)[:count],
+                    "human_box": human,
+                    "partition_mask": partition_masks(human, width, height),
+                    "score": 1 + 4 * torch.rand(count, generator=generator),
+                    "name": f"image{index}.jpg",
+                }
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -205,8 +229,9 @@ class ScoredImages(torch.utils.data.Dataset):
         return tuple(self.items[index]["image"].shape[:0:-1])
 
 
-MIXED = ScoredImages(sizes=[(128, 96), (96, 128), (128, 96), (128, 96), (96, 128), (128, 96)],
-                     crop_counts=[14, 10, 11, 14, 12, 10])
+MIXED = ScoredImages(
+    sizes=[(128, 96), (96, 128), (128, 96), (128, 96), (96, 128), (128, 96)], crop_counts=[14, 10, 11, 14, 12, 10]
+)
 
 
 def test_batched_scores_equal_single_image_scores():
@@ -215,11 +240,13 @@ def test_batched_scores_equal_single_image_scores():
     seen = []
     with torch.no_grad():
         for batch in loader:
-            assert len({tuple(MIXED.resized_size_of(i)) for i in range(len(MIXED))
-                        if MIXED[i]["name"] in batch["name"]}) == 1
+            assert (
+                len({tuple(MIXED.resized_size_of(i)) for i in range(len(MIXED)) if MIXED[i]["name"] in batch["name"]})
+                == 1
+            )
             scores = run_model(model, batch).score
             for row, name in enumerate(batch["name"]):
-                index = int(name[len("image"):-len(".jpg")])
+                index = int(name[len("image") : -len(".jpg")])
                 alone = collate_crops([MIXED[index]])
                 expected = run_model(model, alone).score
                 count = len(MIXED[index]["crop_box"])
@@ -259,8 +286,14 @@ def flms_root(tmp_path_factory):
 
 def test_evaluate_on_flms_in_batches_equals_one_image_at_a_time(flms_root):
     """1,745 anchors per image: a light GAIC model keeps float64 affordable (the batching is the point)."""
-    cfg = config_CPC.Config(data_root=str(flms_root), image_size=(64, 64), keep_aspect_ratio=True,
-                            backbone="mobilenetv2", pretrained=False, reduced_dim=4)
+    cfg = config_CPC.Config(
+        data_root=str(flms_root),
+        image_size=(64, 64),
+        keep_aspect_ratio=True,
+        backbone="mobilenetv2",
+        pretrained=False,
+        reduced_dim=4,
+    )
     torch.manual_seed(0)
     model = Float64(cm.GAICModel(cfg, loadweights=False))
     dataset = evaluation_dataset(cfg, "FLMS", only_human=True)
@@ -271,6 +304,7 @@ def test_evaluate_on_flms_in_batches_equals_one_image_at_a_time(flms_root):
 
 
 # ----- memory format, reduced precision, compilation -----------------------------------------
+
 
 def _one_image_batch(width: int = 128, height: int = 96, crops: int = 20) -> dict:
     batch = collate_crops([ScoredImages([(width, height)], [crops], seed=7)[0]])

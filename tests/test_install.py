@@ -1,4 +1,5 @@
 """After the README's install, the project works outside its folder: modules import, commands run."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,13 @@ def _command(name: str) -> str:
 
 
 def test_the_python_api_imports_outside_the_repository(tmp_path):
-    result = subprocess.run([sys.executable, "-c", "from crop import Cropper; import cropping_model, untils.training"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", "from crop import Cropper; import cropping_model, untils.training"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -35,7 +41,12 @@ def test_every_command_shows_its_help(command, tmp_path):
 
 
 def test_a_command_ends_on_one_error_line(tmp_path):
-    result = subprocess.run([_command("hcic-test"), "--checkpoint", str(tmp_path / "missing.pth")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [_command("hcic-test"), "--checkpoint", str(tmp_path / "missing.pth")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: checkpoint")
     assert "Traceback" not in result.stderr

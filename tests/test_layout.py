@@ -1,6 +1,7 @@
 """The project's layout rules, read from the source by an AST walk (imports inside functions count):
 only the allowed top-level modules, no import circle, ``untils`` imports nothing of the top level,
 no script imports another script, no import of another package's private module."""
+
 from __future__ import annotations
 
 import ast
@@ -10,10 +11,23 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = frozenset({"train_on_GAICD", "train_on_CPC", "generate_pseudo_heatmap", "test", "crop", "pretrain_PIC",
-                     "prior_PIC", "finetune_PIC", "convert_PIC_data", "app"})
-LIBRARY = frozenset({"cropping_model", "pic_model", "cropping_dataset", "pic_dataset", "config_GAICD", "config_CPC",
-                     "config_PIC"})
+SCRIPTS = frozenset(
+    {
+        "train_on_GAICD",
+        "train_on_CPC",
+        "generate_pseudo_heatmap",
+        "test",
+        "crop",
+        "pretrain_PIC",
+        "prior_PIC",
+        "finetune_PIC",
+        "convert_PIC_data",
+        "app",
+    }
+)
+LIBRARY = frozenset(
+    {"cropping_model", "pic_model", "cropping_dataset", "pic_dataset", "config_GAICD", "config_CPC", "config_PIC"}
+)
 BUILD_SCRIPT = "setup"
 # The op packages import nothing of the project but each other: untils may build on them.
 OP_PACKAGES = frozenset({"roi_align", "rod_align"})
@@ -45,7 +59,7 @@ def imported_names(path: Path, module: str, is_package: bool) -> tuple[set[str],
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -68,8 +82,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
         targets = set()
         for name in set().union(*imported_names(path, module, path.name == "__init__.py")):
             parts = name.split(".")
-            known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules),
-                         None)
+            known = next(
+                (".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), None
+            )
             if known is not None and known != module:
                 targets.add(known)
         graph[module] = targets
@@ -85,7 +100,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str]:
         state[node], _ = 1, path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 circle = visit(target)
                 if circle:
@@ -105,8 +120,10 @@ def layout_problems(root: Path) -> list[str]:
     """Every broken layout rule in the project at ``root``, one line each."""
     modules = project_files(root)
     top_level = {name for name, path in modules.items() if "." not in name and path.parent == root}
-    problems = [f"{name}.py: a top-level module beyond the allowed ones"
-                for name in sorted(top_level - SCRIPTS - LIBRARY - {BUILD_SCRIPT})]
+    problems = [
+        f"{name}.py: a top-level module beyond the allowed ones"
+        for name in sorted(top_level - SCRIPTS - LIBRARY - {BUILD_SCRIPT})
+    ]
     circle = find_circle(import_graph(root))
     if circle:
         problems.append("import circle: " + " -> ".join(circle))
@@ -114,14 +131,19 @@ def layout_problems(root: Path) -> list[str]:
         imported_modules, members = imported_names(path, module, path.name == "__init__.py")
         heads = {name.split(".")[0] for name in imported_modules}
         if module.split(".")[0] == "untils":
-            problems += [f"{module}: untils imports the top-level {head}"
-                         for head in sorted(heads & top_level - {"untils"} - OP_PACKAGES)]
+            problems += [
+                f"{module}: untils imports the top-level {head}"
+                for head in sorted(heads & top_level - {"untils"} - OP_PACKAGES)
+            ]
         if module in SCRIPTS:
             problems += [f"{module}: a script imports the script {head}" for head in sorted(heads & SCRIPTS - {module})]
         private_modules = {name for name in imported_modules if is_private(name)}
         private_modules |= {name for name in members if name in modules and is_private(name)}
-        problems += [f"{module}: imports {name}, a private module of {name.split('.')[0]}"
-                     for name in sorted(private_modules) if name.split(".")[0] != module.split(".")[0]]
+        problems += [
+            f"{module}: imports {name}, a private module of {name.split('.')[0]}"
+            for name in sorted(private_modules)
+            if name.split(".")[0] != module.split(".")[0]
+        ]
     return problems
 
 
@@ -129,17 +151,30 @@ def test_the_project_keeps_its_layout():
     assert layout_problems(REPO_ROOT) == []
 
 
-@pytest.mark.parametrize("files, expected", [
-    ({"cropping_model.py": "import pic_model\n", "pic_model.py": "def load():\n    import cropping_model\n"},
-     "import circle: cropping_model -> pic_model -> cropping_model"),
-    ({"untils/__init__.py": "", "untils/helper.py": "from cropping_model import CropOutput\n"},
-     "untils.helper: untils imports the top-level cropping_model"),
-    ({"crop.py": "def main():\n    from test import evaluate\n"}, "crop: a script imports the script test"),
-    ({"untils/__init__.py": "", "roi_align/__init__.py": "", "roi_align/_core.py": "",
-      "untils/ops.py": "from roi_align._core import kernel\n"},
-     "untils.ops: imports roi_align._core, a private module of roi_align"),
-    ({"helpers.py": ""}, "helpers.py: a top-level module beyond the allowed ones"),
-])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (
+            {"cropping_model.py": "import pic_model\n", "pic_model.py": "def load():\n    import cropping_model\n"},
+            "import circle: cropping_model -> pic_model -> cropping_model",
+        ),
+        (
+            {"untils/__init__.py": "", "untils/helper.py": "from cropping_model import CropOutput\n"},
+            "untils.helper: untils imports the top-level cropping_model",
+        ),
+        ({"crop.py": "def main():\n    from test import evaluate\n"}, "crop: a script imports the script test"),
+        (
+            {
+                "untils/__init__.py": "",
+                "roi_align/__init__.py": "",
+                "roi_align/_core.py": "",
+                "untils/ops.py": "from roi_align._core import kernel\n",
+            },
+            "untils.ops: imports roi_align._core, a private module of roi_align",
+        ),
+        ({"helpers.py": ""}, "helpers.py: a top-level module beyond the allowed ones"),
+    ],
+)
 def test_each_rule_catches_its_break(tmp_path, files, expected):
     for name, text in {"cropping_model.py": "", "pic_model.py": "", "crop.py": "", "test.py": "", **files}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

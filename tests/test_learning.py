@@ -3,6 +3,7 @@
 This catches broken gradients anywhere from the RoI/RoD ops to the losses: the crops' scores follow
 a composition rule relative to the person (untils/demo_data.py) that only a working model learns.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,9 +22,21 @@ from untils.runtime import seed_everything
 def test_short_training_learns_the_composition_rule(tmp_path):
     start = time.time()
     build_demo_dataset(tmp_path / "data", num_train=24, num_test=10, seed=1)
-    cfg = Config(data_root=str(tmp_path / "data"), backbone="mobilenetv2", pretrained=False, device="cpu",
-                 image_size=(128, 128), max_epoch=3, warmup_epochs=1, lr=3e-4, view_per_image=16,
-                 num_workers=0, selection="test", exp_root=str(tmp_path / "exp"), seed=0)
+    cfg = Config(
+        data_root=str(tmp_path / "data"),
+        backbone="mobilenetv2",
+        pretrained=False,
+        device="cpu",
+        image_size=(128, 128),
+        max_epoch=3,
+        warmup_epochs=1,
+        lr=3e-4,
+        view_per_image=16,
+        num_workers=0,
+        selection="test",
+        exp_root=str(tmp_path / "exp"),
+        seed=0,
+    )
     generate_heatmaps("GAICD", heat_map_sources("GAICD", cfg), cfg.heat_map_dir, workers=0)
     seed_everything(cfg.seed)
     trainer = build_trainer(cfg, cfg.create_experiment_dir(), torch.device("cpu"), progress=False)

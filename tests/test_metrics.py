@@ -1,4 +1,5 @@
 """Metrics against hand-computed cases and independent brute-force references."""
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ from untils.metrics import (
 )
 
 # ---------- GAICD ranking metrics ----------
+
 
 def _reference_acc(gt: list[float], pred: list[float], k: int, n: int) -> float:
     """Acc_K/N by definition: take the best prediction K times (first listed on ties);
@@ -107,7 +109,8 @@ def test_srcc_hand_computed_with_ties():
     deviations_gt = [r - 5.5 for r in range(1, 11)]
     deviations_pred = [r - 5.5 for r in [1, 2, 3.5, 5, 3.5, 6, 7, 8, 9, 10]]
     expected = sum(a * b for a, b in zip(deviations_gt, deviations_pred, strict=True)) / math.sqrt(
-        sum(a * a for a in deviations_gt) * sum(b * b for b in deviations_pred))
+        sum(a * a for a in deviations_gt) * sum(b * b for b in deviations_pred)
+    )
     assert expected == pytest.approx(80.5 / math.sqrt(82.5 * 82.0))
     assert gaicd_metrics([gt], [pred])["srcc"] == pytest.approx(expected, abs=1e-12)
 
@@ -121,7 +124,7 @@ def test_padding_by_nan_or_mask_is_ignored():
     padded_pred = np.zeros((2, 20))
     mask = np.zeros((2, 20), dtype=bool)
     for row, (g, p) in enumerate(zip(gts, preds, strict=True)):
-        padded_gt[row, :g.size], padded_pred[row, :p.size], mask[row, :g.size] = g, p, True
+        padded_gt[row, : g.size], padded_pred[row, : p.size], mask[row, : g.size] = g, p, True
     assert gaicd_metrics(padded_gt, padded_pred) == pytest.approx(expected)
     assert gaicd_metrics(np.nan_to_num(padded_gt, nan=-5.0), padded_pred, valid=mask) == pytest.approx(expected)
 
@@ -131,18 +134,22 @@ def test_constant_prediction_has_no_correlation():
     assert math.isnan(table["srcc"]) and math.isnan(table["pcc"])
 
 
-@pytest.mark.parametrize("gt, pred, message", [
-    ([list(range(9))], [list(range(9))], "at least 10"),
-    ([list(range(10))], [list(range(11))], "image 0"),
-    ([list(range(10))], [], "predictions for 0"),
-    ([list(range(10))], [[float("nan")] * 10], "finite"),
-])
+@pytest.mark.parametrize(
+    "gt, pred, message",
+    [
+        ([list(range(9))], [list(range(9))], "at least 10"),
+        ([list(range(10))], [list(range(11))], "image 0"),
+        ([list(range(10))], [], "predictions for 0"),
+        ([list(range(10))], [[float("nan")] * 10], "finite"),
+    ],
+)
 def test_gaicd_bad_input_is_named(gt, pred, message):
     with pytest.raises(ValueError, match=message):
         gaicd_metrics(gt, pred)
 
 
 # ---------- wAcc ----------
+
 
 def test_weighted_accuracy_reproduces_the_release_cases():
     """``wacc_cases``: the values PIC's ``finetune_pic.py`` ``test()`` computes for 40 images."""
@@ -165,8 +172,9 @@ def test_weighted_accuracy_hand_computed():
     e = math.exp
     # K = 3: sorted ranks 0, 2, 7 at positions 0, 1, 2 -> e^0 + e^(-0.2 * 1) (+ e^(-0.1 * 5) for N = 10).
     assert wacc5 == pytest.approx([1.0, 1 / 2, (1 + e(-0.2)) / 3, (1 + e(-0.2)) / 4])
-    assert wacc10 == pytest.approx([1.0, (1 + e(-0.6)) / 2, (1 + e(-0.1) + e(-0.5)) / 3,
-                                    (1 + e(-0.1) + e(-0.5) + e(-0.6)) / 4])
+    assert wacc10 == pytest.approx(
+        [1.0, (1 + e(-0.6)) / 2, (1 + e(-0.1) + e(-0.5)) / 3, (1 + e(-0.1) + e(-0.5) + e(-0.6)) / 4]
+    )
     perfect = weighted_accuracy([gt, gt[::-1]], [gt, gt[::-1]])
     assert perfect == ([1.0] * 4, [1.0] * 4)
 
@@ -183,6 +191,7 @@ def test_weighted_accuracy_ground_truth_ties_go_by_listing_order():
 
 
 # ---------- FCDB / FLMS ----------
+
 
 def _pixel_iou(a: list[int], b: list[int]) -> float:
     """IoU of integer boxes by counting the unit pixels [x, x+1) x [y, y+1) each covers."""
@@ -219,8 +228,10 @@ def test_iou_and_disp_match_pixel_counting_and_ignore_padding():
             gt.append([x1, y1, x2, y2])
         pred, gt = gt[0], gt[1:]
         ious = [_pixel_iou(box, pred) for box in gt]
-        disps = [(abs(b[0] - pred[0]) + abs(b[2] - pred[2])) / width
-                 + (abs(b[1] - pred[1]) + abs(b[3] - pred[3])) / height for b in gt]
+        disps = [
+            (abs(b[0] - pred[0]) + abs(b[2] - pred[2])) / width + (abs(b[1] - pred[1]) + abs(b[3] - pred[3])) / height
+            for b in gt
+        ]
         best_iou = max(ious)
         smallest_disp = disps.index(min(disps))
         chosen = smallest_disp if math.isclose(ious[smallest_disp], best_iou) else ious.index(best_iou)
@@ -252,8 +263,12 @@ def test_crop_metrics_hand_computed():
 def test_best_crop_in_original_hand_computed():
     boxes = np.array([[0, 0, 256, 256], [25.6, 0, 128, 256], [10, 10, 20, 20]], dtype=np.float32)
     assert best_crop_in_original(boxes, [0.1, 0.9, 0.9], (256, 256), (1000, 750)) == [100, 0, 500, 750]
-    assert best_crop_in_original(torch.from_numpy(boxes), torch.tensor([0.1, 0.2, 0.3]), (256, 256),
-                                 (1000, 750)) == [39, 29, 78, 58]  # 39.06, 29.3, 78.1, 58.6 truncated
+    assert best_crop_in_original(torch.from_numpy(boxes), torch.tensor([0.1, 0.2, 0.3]), (256, 256), (1000, 750)) == [
+        39,
+        29,
+        78,
+        58,
+    ]  # 39.06, 29.3, 78.1, 58.6 truncated
     with pytest.raises(ValueError, match="3 candidate boxes"):
         best_crop_in_original(boxes, [1.0, 2.0], (256, 256), (1000, 750))
 
@@ -268,6 +283,5 @@ def test_best_crop_in_original_reproduces_the_release_on_the_real_anchors():
         scores = np.zeros(len(fractions))
         scores[index] = 1.0
         # The release: int(float32 fraction * original size), float32 arithmetic.
-        expected = [int(fractions[index][c] * np.float32(size))
-                    for c, size in enumerate((original_w, original_h) * 2)]
+        expected = [int(fractions[index][c] * np.float32(size)) for c, size in enumerate((original_w, original_h) * 2)]
         assert best_crop_in_original(resized, scores, (resized_w, resized_h), (original_w, original_h)) == expected

@@ -1,4 +1,5 @@
 """The human-centric model against the official release's outputs, and every switch of the config."""
+
 from __future__ import annotations
 
 import math
@@ -90,13 +91,15 @@ def test_padded_crops_are_never_scored(fixture, official_model):
     valid[0, 8:] = False
     crop_box[0, 8:] = -1
     with torch.no_grad():
-        score = official_model(fixture["im"], crop_box, fixture["human_box"], crop_valid=valid,
-                               partition_mask=fixture["partition_mask"]).score
+        score = official_model(
+            fixture["im"], crop_box, fixture["human_box"], crop_valid=valid, partition_mask=fixture["partition_mask"]
+        ).score
     assert torch.isneginf(score[0, 8:]).all()
     torch.testing.assert_close(score[0, :8], fixture["expected_with_human"]["score"][0, :8], rtol=1e-4, atol=1e-5)
 
 
 # ----- every switch changes the model as its name says ---------------------------------------
+
 
 def _inputs(batch=2, height=64, width=96, crops=5, seed=0):
     generator = torch.Generator().manual_seed(seed)
@@ -158,9 +161,9 @@ def test_partition_types_fuse_as_documented():
         out, _ = module(x, torch.zeros(1, 5), partition)
         conv = torch.relu(module.group_conv(x))
         if part_type == 9:
-            expected = sum(conv[:, 32 * k:32 * (k + 1)] * partition[:, k:k + 1] for k in range(9))
+            expected = sum(conv[:, 32 * k : 32 * (k + 1)] * partition[:, k : k + 1] for k in range(9))
         elif part_type == 0:
-            expected = sum(conv[:, 32 * k:32 * (k + 1)] for k in range(9)) / 9
+            expected = sum(conv[:, 32 * k : 32 * (k + 1)] for k in range(9)) / 9
         elif part_type == 1:
             expected = conv * partition[:, 4:5]
         else:
@@ -209,9 +212,15 @@ def test_graph_reasoning_matches_a_loop():
     torch.testing.assert_close(module(feat)[0], out)
 
 
-@pytest.mark.parametrize("backbone,channels", [("vgg16", (512, 512, 512)), ("resnet50", (512, 1024, 2048)),
-                                               ("mobilenetv2", (32, 96, 320)),
-                                               ("shufflenetv2", (116, 232, 464))])
+@pytest.mark.parametrize(
+    "backbone,channels",
+    [
+        ("vgg16", (512, 512, 512)),
+        ("resnet50", (512, 1024, 2048)),
+        ("mobilenetv2", (32, 96, 320)),
+        ("shufflenetv2", (116, 232, 464)),
+    ],
+)
 def test_backbones_give_three_scales(backbone, channels):
     net = cm.build_backbone(backbone, pretrained=False).eval()
     with torch.no_grad():
@@ -236,6 +245,7 @@ def test_gaic_baseline_scores_and_padding():
 
 def test_local_backbone_weights_load(tmp_path):
     from untils.torchvision_compat import models
+
     torch.manual_seed(3)
     reference = models.mobilenet_v2(weights=None)
     path = tmp_path / "mobilenet.pth"
@@ -254,12 +264,14 @@ def test_missing_imagenet_weights_explain_the_fix(monkeypatch, tmp_path):
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(cm.BackboneWeightsError, match="--backbone_weight_path"):
         cm.build_backbone("mobilenetv2", pretrained=True)
 
 
 # ----- losses, against hand-computed cases ---------------------------------------------------
+
 
 def test_smooth_l1_and_weighted_regression():
     pred, gt = torch.tensor([1.0, 2.0]), torch.tensor([1.5, 4.0])

@@ -8,6 +8,7 @@ test is the CPU in float32. The reference is always the CPU in float64, computed
 the device under test. fp32 on CUDA is compared with TF32 off (cuDNN convolutions use TF32 by
 default, 10-bit mantissas); :func:`test_default_tf32_within_bf16_bound` covers PyTorch's default.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,11 @@ TRAINING_STEPS = len(LOSS_TOLERANCES)
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
 ]
 CUDA_ONLY = [DEVICES[1]]
 
@@ -94,7 +98,7 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def make_batch(size: Size, seed: int = 0) -> dict[str, torch.Tensor]:
     """One random image with its GAIC-grid crops, a person, crop scores and a target heat map."""
     generator = torch.Generator().manual_seed(seed)
-    boxes = gaic_grid_candidates(size.width, size.height)[::size.crop_stride]
+    boxes = gaic_grid_candidates(size.width, size.height)[:: size.crop_stride]
     human = torch.tensor([[[0.3 * size.width, 0.2 * size.height, 0.6 * size.width, 0.9 * size.height]]])
     return {
         "image": torch.randn(1, 3, size.height, size.width, generator=generator),
@@ -108,8 +112,9 @@ def make_batch(size: Size, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def placed(batch: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
-            for key, value in batch.items()}
+    return {
+        key: value.to(device, dtype) if value.is_floating_point() else value.to(device) for key, value in batch.items()
+    }
 
 
 def hcic_model() -> torch.nn.Module:
@@ -121,6 +126,7 @@ def hcic_model() -> torch.nn.Module:
 
 def gaic_official_model() -> torch.nn.Module:
     from tests.test_gaic_official import release_weights
+
     model = cm.GAICOfficialModel()
     shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     return cm.official_gaic_from_state_dict(release_weights(shapes, GAIC_WEIGHT_SEED))
@@ -135,8 +141,14 @@ def reference_model(name: str) -> torch.nn.Module:
     return MODELS[name]()
 
 
-def outputs(model: torch.nn.Module, batch: dict, device: str, dtype: torch.dtype = torch.float32,
-            autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, torch.Tensor]:
+def outputs(
+    model: torch.nn.Module,
+    batch: dict,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, torch.Tensor]:
     """The model's non-None outputs on ``device`` (a copy of ``model`` in ``dtype``), by name."""
     model = copy.deepcopy(model).to(device, dtype)
     if channels_last:
@@ -173,8 +185,13 @@ def test_bf16_autocast_close_to_float64(device, record_property):
     so no bf16 bound could tell a bug from the weights there; its fp32 test holds to 1e-4."""
     expected = float64_outputs("hcic", BF16_SIZES[device])
     # channels-last: the layout that bf16 inference runs in (bench_model.py, crop.py on GPUs)
-    actual = outputs(reference_model("hcic"), make_batch(BF16_SIZES[device]), device, autocast_dtype=torch.bfloat16,
-                     channels_last=True)
+    actual = outputs(
+        reference_model("hcic"),
+        make_batch(BF16_SIZES[device]),
+        device,
+        autocast_dtype=torch.bfloat16,
+        channels_last=True,
+    )
     for key in expected:
         error = relative_rms(actual[key].float(), expected[key])
         record_property(f"{key}_relative_rms_error", f"{error:.2e}")
@@ -197,8 +214,12 @@ def test_hcic_reproduces_the_official_forward_on_cuda(device):
     fixture = torch.load(require_shared("official_fixtures/hcic_forward_fixture.pt"), weights_only=True)
     model = copy.deepcopy(reference_model("hcic")).to(device)
     with ieee_fp32(), torch.no_grad():
-        output = model(fixture["im"].to(device), fixture["crop_box"].to(device), fixture["human_box"].to(device),
-                       partition_mask=fixture["partition_mask"].to(device))
+        output = model(
+            fixture["im"].to(device),
+            fixture["crop_box"].to(device),
+            fixture["human_box"].to(device),
+            partition_mask=fixture["partition_mask"].to(device),
+        )
     for name, expected in fixture["expected_with_human"].items():
         assert relative_error(getattr(output, name), expected) < FP32_TOLERANCE, name
 
@@ -207,14 +228,15 @@ def training_batch(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The batch of ``device``'s size with ``views`` of its crops, as a training step samples them."""
     size = SIZES[device]
     batch = make_batch(size)
-    views = torch.randperm(batch["crop_box"].shape[1], generator=torch.Generator().manual_seed(1))[:size.views]
+    views = torch.randperm(batch["crop_box"].shape[1], generator=torch.Generator().manual_seed(1))[: size.views]
     for key in ("crop_box", "score", "crop_valid"):
         batch[key] = batch[key][:, views]
     return placed(batch, device, dtype)
 
 
-def train_steps(model: torch.nn.Module, parameters: list[torch.nn.Parameter], batch: dict
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def train_steps(
+    model: torch.nn.Module, parameters: list[torch.nn.Parameter], batch: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TRAINING_STEPS steps of the paper's recipe (the training loss of the crops' scores and the
     heat map, Adam with its lr and weight decay) on ``model`` (eager or compiled), whose weights are
     ``parameters``. Returns each step's loss and the first step's gradient (one flat vector)."""

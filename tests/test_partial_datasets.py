@@ -1,4 +1,5 @@
 """A GAICD folder holding 3 of its 1,236 photos: --skip-missing evaluates and processes what is there."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,10 +32,25 @@ def test_without_the_option_the_error_says_it_exists(partial_root):
 def test_evaluation_uses_the_photos_that_are_there(partial_root, tmp_path, capsys):
     torch.manual_seed(0)
     model = build_crop_model(Config(backbone="mobilenetv2", pretrained=False))
-    torch.save({"model": model.state_dict(), "model_type": "HCIC", "config": {"backbone": "mobilenetv2"}},
-               tmp_path / "model.pth")
-    evaluation.main(["--checkpoint", str(tmp_path / "model.pth"), "--dataset", "GAICD", "GAICD-human",
-                     "--data-root", str(partial_root), "--skip-missing", "--num_workers", "0", "--no-progress"])
+    torch.save(
+        {"model": model.state_dict(), "model_type": "HCIC", "config": {"backbone": "mobilenetv2"}},
+        tmp_path / "model.pth",
+    )
+    evaluation.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "model.pth"),
+            "--dataset",
+            "GAICD",
+            "GAICD-human",
+            "--data-root",
+            str(partial_root),
+            "--skip-missing",
+            "--num_workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "198 of 200 images are not there and were skipped" in printed
     assert "49 of 50 images are not there and were skipped" in printed  # the human-centric test split
@@ -42,7 +58,8 @@ def test_evaluation_uses_the_photos_that_are_there(partial_root, tmp_path, capsy
 
 
 def test_heat_maps_for_the_photos_that_are_there(partial_root, capsys):
-    paths = generate_pseudo_heatmap.main(["--data-root", str(partial_root), "--skip-missing", "--num-workers", "0",
-                                          "--no-progress"])
+    paths = generate_pseudo_heatmap.main(
+        ["--data-root", str(partial_root), "--skip-missing", "--num-workers", "0", "--no-progress"]
+    )
     assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["211958.png", "265813.png", "297406.png"]
     assert "1233 of 1236 images are not there and were skipped" in capsys.readouterr().out

@@ -4,6 +4,7 @@ Expected results are worked out by hand in the comments (prominence, IoU, score 
 torchvision paths use real model files and torch's real hub cache code, with only the network
 (and, where said, the presence of torchvision's compiled ops) simulated.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,8 @@ def test_handrail_beside_a_confident_man_does_not_win():
     chosen = choose_main_person([handrail, man], WIDTH, HEIGHT)
     assert [d.to_json() for d in chosen] == [
         {"box": list(HANDRAIL_BOX), "score": 0.68, "detector": "hog", "main": False, "also_found_by": []},
-        {"box": list(MAN_BOX), "score": 0.98, "detector": "hog", "main": True, "also_found_by": []}]
+        {"box": list(MAN_BOX), "score": 0.98, "detector": "hog", "main": True, "also_found_by": []},
+    ]
     assert str(CONFIDENT_FRACTION) in MAIN_PERSON_RULE and "without a score" in MAIN_PERSON_RULE
 
 
@@ -84,6 +86,7 @@ def test_scores_are_compared_only_within_a_detector():
 # Duplicates
 # ----------------------------------------------------------------------------------------------
 
+
 def test_duplicates_merge_across_and_within_detectors():
     man = Detection((100, 100, 200, 400), 0.9, "hog")
     # IoU with the man: (95 * 290) / (30000 + 30000 - 27550) = 0.849 > 0.5
@@ -100,7 +103,8 @@ def test_duplicates_merge_across_and_within_detectors():
     assert [(d.box, d.detector, d.also_found_by) for d in merged] == [
         ((100, 100, 200, 400), "hog", ("face",)),
         ((620, 300, 700, 480), "hog", ()),
-        ((600, 50, 780, 500), "face", ())]
+        ((600, 50, 780, 500), "face", ()),
+    ]
     assert merge_duplicates([]) == []
 
 
@@ -113,13 +117,15 @@ def test_face_below_the_middle_of_a_box_is_another_person():
 
 def test_offline_detector_lists_one_box_per_person():
     from skimage import data
+
     detections = OfflinePersonDetector()(data.astronaut())
     assert detections and merge_duplicates(detections) == detections
     boxes = np.array([d.box for d in detections], dtype=float)
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
-            inter = np.prod(np.clip(np.minimum(boxes[i, 2:], boxes[j, 2:]) - np.maximum(boxes[i, :2], boxes[j, :2]),
-                                    0, None))
+            inter = np.prod(
+                np.clip(np.minimum(boxes[i, 2:], boxes[j, 2:]) - np.maximum(boxes[i, :2], boxes[j, :2]), 0, None)
+            )
             union = np.prod(boxes[i, 2:] - boxes[i, :2]) + np.prod(boxes[j, 2:] - boxes[j, :2]) - inter
             assert inter / union <= person_detection.DUPLICATE_IOU
 
@@ -127,6 +133,7 @@ def test_offline_detector_lists_one_box_per_person():
 # ----------------------------------------------------------------------------------------------
 # Where the detector comes from
 # ----------------------------------------------------------------------------------------------
+
 
 def _fallback_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, DetectorFallbackWarning)]
@@ -149,8 +156,12 @@ def empty_hub(monkeypatch, tmp_path):
 def test_torchvision_compiled_ops_load_in_the_pinned_install():
     """The pinned torch/torchvision pair: the default detector's operators run here (issue 20)."""
     from untils.torchvision_compat import torchvision
-    kept = torchvision.ops.nms(torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
-                               torch.tensor([0.9, 0.8, 0.7]), 0.5)
+
+    kept = torchvision.ops.nms(
+        torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+        torch.tensor([0.9, 0.8, 0.7]),
+        0.5,
+    )
     assert kept.tolist() == [0, 2]  # IoU of the first two: 81 / 100 = 0.81 > 0.5; the third overlaps neither
     assert torchvision_ops_problem("cpu") is None
 
@@ -282,16 +293,35 @@ def test_crop_tool_detects_with_the_default_detector_from_a_weights_file(tmp_pat
     torch.manual_seed(0)
     cfg = Config(backbone="mobilenetv2", pretrained=False)
     checkpoint = tmp_path / "tiny-hcic.pth"
-    torch.save({"model": build_crop_model(cfg, "HCIC").state_dict(), "config": dataclasses.asdict(cfg),
-                "model_type": "HCIC"}, checkpoint)
+    torch.save(
+        {"model": build_crop_model(cfg, "HCIC").state_dict(), "config": dataclasses.asdict(cfg), "model_type": "HCIC"},
+        checkpoint,
+    )
     weights = tmp_path / "detector.pth"
     torch.save(_torchvision_format_state(), weights)
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, os.path.join(root, "crop.py"), str(tmp_path / "astronaut.png"),
-                          "--checkpoint", str(checkpoint), "--out", str(tmp_path / "crops"), "--detect-human",
-                          "--detector-weights", str(weights), "--top-k", "1", "--workers", "0"],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "crop.py"),
+            str(tmp_path / "astronaut.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "crops"),
+            "--detect-human",
+            "--detector-weights",
+            str(weights),
+            "--top-k",
+            "1",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     assert "DetectorFallbackWarning" not in run.stderr and "offline" not in run.stderr
     result = json.loads((tmp_path / "crops" / "astronaut.json").read_text())

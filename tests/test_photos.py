@@ -4,6 +4,7 @@ and options in both spellings.
 References are independent of the code under test: the 8-bit picture a 16-bit copy was made from,
 float64 rounding of every 16-bit value, file modes computed from the umask, hand-made PNG headers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,17 @@ HEIC_BYTES = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG declaring ``width`` x ``height`` 8-bit grey pixels with one row of data: cheap to write,
     a decompression bomb to anything that decodes it."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -49,11 +56,16 @@ def rgb_of(grey: np.ndarray) -> np.ndarray:
 # 16-bit pixels
 # ----------------------------------------------------------------------------------------------
 
+
 def test_16_bit_and_float_modes_give_back_the_8_bit_picture(tmp_path):
     grey = grey_astronaut()
     wide = grey.astype(np.uint16) * 257  # 0..255 -> 0..65535, as 16-bit exports of 8-bit pictures are
-    images = {"I;16": Image.fromarray(wide), "I;16B": Image.fromarray(wide.astype(">u2")),
-              "I": Image.fromarray(wide.astype(np.int32)), "F": Image.fromarray(grey.astype(np.float32) / 255)}
+    images = {
+        "I;16": Image.fromarray(wide),
+        "I;16B": Image.fromarray(wide.astype(">u2")),
+        "I": Image.fromarray(wide.astype(np.int32)),
+        "F": Image.fromarray(grey.astype(np.float32) / 255),
+    }
     Image.fromarray(wide).save(tmp_path / "wide.png")
     Image.fromarray(wide).save(tmp_path / "wide.tif")
     for suffix in ("png", "tif"):
@@ -89,6 +101,7 @@ def test_other_modes_go_through_pillow():
 # ----------------------------------------------------------------------------------------------
 # Pixel limit, formats, EXIF
 # ----------------------------------------------------------------------------------------------
+
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
     bomb = png_header_only(tmp_path / "bomb.png", 20000, 10000)  # 200 M pixels > Pillow's 179 M
@@ -136,12 +149,15 @@ def test_formats_pillow_cannot_open_are_named(tmp_path):
 # Listing folders
 # ----------------------------------------------------------------------------------------------
 
+
 def test_listing_names_unsupported_files_and_leaves_out_the_tools_outputs(tmp_path):
     small = Image.fromarray(data.astronaut()[::8, ::8])
     for name in ("a.png", "a_any_crop1.png", "a_any_visualization.png", "b_any_crop1.png"):
         small.save(tmp_path / name)
-    report = {"photo": str(tmp_path / "a.png"), "results": [{"crops": [{"rank": 1, "file": "a_any_crop1.png"}],
-                                                             "figure": "a_any_visualization.png"}]}
+    report = {
+        "photo": str(tmp_path / "a.png"),
+        "results": [{"crops": [{"rank": 1, "file": "a_any_crop1.png"}], "figure": "a_any_visualization.png"}],
+    }
     (tmp_path / "a.json").write_text(json.dumps(report))
     (tmp_path / "notes.txt").write_text("not a photo")
     (tmp_path / ".hidden.png").write_bytes(b"")
@@ -165,6 +181,7 @@ def test_listing_reports_heic_as_unsupported(tmp_path):
 # Writing
 # ----------------------------------------------------------------------------------------------
 
+
 def test_atomic_writes_follow_the_umask_and_leave_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out.json"
     for mask in (0o022, 0o077, 0o002):
@@ -180,6 +197,7 @@ def test_atomic_writes_follow_the_umask_and_leave_nothing_behind_on_failure(tmp_
     def fail(tmp: str) -> None:
         Path(tmp).write_text("half")
         raise OSError("disk full")
+
     with pytest.raises(OSError, match="disk full"):
         photos.write_atomic(target, fail)
     assert target.read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
@@ -216,6 +234,7 @@ def test_save_format_keeps_what_pillow_writes():
 # Options in both spellings
 # ----------------------------------------------------------------------------------------------
 
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tool")
     parser.add_argument("--top-k", type=int, default=3)
@@ -225,9 +244,14 @@ def _parser() -> argparse.ArgumentParser:
     return add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch"})
 
 
-@pytest.mark.parametrize("argv", [["--top_k", "5", "--data-root", "d", "--batch-size", "2"],
-                                  ["--top-k=5", "--data_root=d", "--batch_size", "2"],
-                                  ["--top_k=5", "--data-root", "d", "--photos_per_batch", "2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--top_k", "5", "--data-root", "d", "--batch-size", "2"],
+        ["--top-k=5", "--data_root=d", "--batch_size", "2"],
+        ["--top_k=5", "--data-root", "d", "--photos_per_batch", "2"],
+    ],
+)
 def test_every_option_takes_both_spellings(argv):
     args = _parser().parse_args(argv)
     assert (args.top_k, args.data_root, args.photos_per_batch) == (5, "d", 2)

@@ -1,6 +1,7 @@
 """convert_PIC_data.py against hostile and malformed input: names that would lead outside their
 folder (untils.safe_paths), the loader's crop rule, encodings, left-out entries, the release's
 pretrain/ folder and integer boxes. Every fixture is written here with the csv and json modules."""
+
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,9 @@ def write_release(root: Path, prior_names: dict[str, list[str]], pretrain: dict[
                 writer = csv.writer(stream)
                 writer.writerow(["name", "bbox", "score"])
                 for name in part_names:
-                    writer.writerows([name, "[" + ",".join(map(str, box)) + "]", 12 - i]
-                                     for i, box in enumerate(crops()))
+                    writer.writerows(
+                        [name, "[" + ",".join(map(str, box)) + "]", 12 - i] for i, box in enumerate(crops())
+                    )
                     if ".." not in name and not name.startswith("/"):
                         photo(release / "images" / name)
     for user, names in (pretrain or {}).items():
@@ -105,8 +107,10 @@ def rated(names: list[str], boxes: list[list[float]] | None = None) -> dict[str,
 # The rule itself
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "a//b.jpg", "a/./b.jpg", "a/",
-                                  "", "a\0.jpg", "..", "."])
+
+@pytest.mark.parametrize(
+    "name", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "a//b.jpg", "a/./b.jpg", "a/", "", "a\0.jpg", "..", "."]
+)
 def test_names_that_are_not_plain_relative_paths_are_refused(name):
     with pytest.raises(UnsafeNameError):
         check_name(name)
@@ -131,6 +135,7 @@ def test_plain_names_resolve_inside_and_links_out_are_refused(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Item B: no name from the data writes (or reads) outside its folder
 # ----------------------------------------------------------------------------------------------
+
 
 def test_a_dotdot_name_through_a_linked_folder_does_not_replace_a_project_file(tmp_path, capsys):
     """The reported attack: ``s`` is a link in the photo folder, the CSV names ``s/../../../../untils/__init__.py``."""
@@ -221,11 +226,15 @@ def test_to_release_refuses_a_dotdot_name_and_writes_nothing(tmp_path, capsys):
 # Item C: the converter refuses what the loader refuses, and reports what it leaves out
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad_box, expected", [
-    ([50, 10, 40, 80], "x2 <= x1 or y2 <= y1"),                            # inverted
-    ([-30, 0, 100, 80], "lies more than 2% outside the 120x90 image"),     # negative
-    ([0, 0, 200, 80], "lies more than 2% outside the 120x90 image"),       # beyond the right side
-])
+
+@pytest.mark.parametrize(
+    "bad_box, expected",
+    [
+        ([50, 10, 40, 80], "x2 <= x1 or y2 <= y1"),  # inverted
+        ([-30, 0, 100, 80], "lies more than 2% outside the 120x90 image"),  # negative
+        ([0, 0, 200, 80], "lies more than 2% outside the 120x90 image"),  # beyond the right side
+    ],
+)
 def test_ratings_refuses_boxes_the_loader_refuses(bad_box, expected, tmp_path, capsys):
     photos = tmp_path / "photos"
     photo(photos / "a.jpg")
@@ -257,8 +266,9 @@ def test_duplicates_are_refused_naming_them(tmp_path, capsys):
     assert_refused(status, out, err, "lines 5, 14: annotator ann: image a.jpg: the same crop [3.0, 3.0, 117.0, 84.0]")
     human = tmp_path / "human.json"
     human.write_text('{"a.jpg": [1, 2, 3, 4], "a.jpg": [5, 6, 7, 8]}')
-    status, out, err = run(["ratings", write_ratings(tmp_path / "ok.csv", rows), "--out", tmp_path / "out",
-                            "--human-boxes", human], capsys)
+    status, out, err = run(
+        ["ratings", write_ratings(tmp_path / "ok.csv", rows), "--out", tmp_path / "out", "--human-boxes", human], capsys
+    )
     assert_refused(status, out, err, str(human), "gives 1 key(s) twice: a.jpg")
     ours = write_ours(tmp_path / "ours", {"ann": rated(["a.jpg"])}, ["ann"], [])
     annotations = ours / "PIC" / "annotations" / "ann.json"
@@ -268,8 +278,9 @@ def test_duplicates_are_refused_naming_them(tmp_path, capsys):
 
 
 def test_a_csv_with_a_byte_order_mark_is_read(tmp_path, capsys):
-    csv_path = write_ratings(tmp_path / "ratings.csv", rows_for("ann", "a.jpg") + rows_for("bob", "a.jpg"),
-                             encoding="utf-8-sig")
+    csv_path = write_ratings(
+        tmp_path / "ratings.csv", rows_for("ann", "a.jpg") + rows_for("bob", "a.jpg"), encoding="utf-8-sig"
+    )
     assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")
     status, out, err = run(["ratings", csv_path, "--out", tmp_path / "out"], capsys)
     assert status == 0, err
@@ -324,9 +335,13 @@ def test_a_val_file_without_its_train_file_is_reported(tmp_path, capsys):
 # Item D: pretrain/ kept both ways, integer boxes, the converter's own option names
 # ----------------------------------------------------------------------------------------------
 
+
 def test_pretrain_is_kept_from_and_back_to_the_release(tmp_path, capsys):
-    release = write_release(tmp_path, {"ann": ["a.jpg", "b.jpg"], "bob": ["a.jpg", "b.jpg"]},
-                            pretrain={"ann": ["p1.jpg", "p2.jpg"], "zed": ["q.jpg"]})
+    release = write_release(
+        tmp_path,
+        {"ann": ["a.jpg", "b.jpg"], "bob": ["a.jpg", "b.jpg"]},
+        pretrain={"ann": ["p1.jpg", "p2.jpg"], "zed": ["q.jpg"]},
+    )
     status, out, err = run(["from-release", release, "--out", tmp_path / "ours"], capsys)
     assert status == 0, err
     ours_pretrain = tmp_path / "ours" / "PIC" / "pretrain"
@@ -334,12 +349,16 @@ def test_pretrain_is_kept_from_and_back_to_the_release(tmp_path, capsys):
         assert (ours_pretrain / user / name).read_bytes() == (release / "pretrain" / user / name).read_bytes()
     status, out, err = run(["to-release", tmp_path / "ours", "--out", tmp_path / "again", "--shots", "1"], capsys)
     assert status == 0, err
-    files = {(user, name) for user in os.listdir(tmp_path / "again" / "pretrain")
-             for name in os.listdir(tmp_path / "again" / "pretrain" / user)}
+    files = {
+        (user, name)
+        for user in os.listdir(tmp_path / "again" / "pretrain")
+        for name in os.listdir(tmp_path / "again" / "pretrain" / user)
+    }
     assert files == {("ann", "p1.jpg"), ("ann", "p2.jpg"), ("zed", "q.jpg")}
     for user, name in files:
-        assert (tmp_path / "again" / "pretrain" / user / name).read_bytes() == \
-            (release / "pretrain" / user / name).read_bytes()
+        assert (tmp_path / "again" / "pretrain" / user / name).read_bytes() == (
+            release / "pretrain" / user / name
+        ).read_bytes()
 
 
 def test_to_release_writes_boxes_the_releases_int_parse_reads(tmp_path, capsys):
@@ -362,8 +381,7 @@ def test_to_release_refuses_a_fractional_box_naming_it(tmp_path, capsys):
 
 
 def test_errors_name_only_the_converters_own_options(tmp_path, capsys):
-    ours = write_ours(tmp_path / "ours", {"ann": rated(["a.jpg"]), "cyd": rated(["x.jpg", "y.jpg"])}, ["ann"],
-                      ["cyd"])
+    ours = write_ours(tmp_path / "ours", {"ann": rated(["a.jpg"]), "cyd": rated(["x.jpg", "y.jpg"])}, ["ann"], ["cyd"])
     status, out, err = run(["to-release", ours, "--shots", "5"], capsys)
     assert_refused(status, out, err, "--shots", "--test-fraction")
     assert "--finetune_images" not in err and "--user_test_fraction" not in err

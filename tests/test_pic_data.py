@@ -1,5 +1,6 @@
 """PIC per-user data: loader and its checks, union of crops, splits, datasets, the converters and their
 command line (convert_PIC_data.py)."""
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,9 @@ def grid_crops(width: int, height: int, count: int = 12) -> list[list[int]]:
     return [[i, i, width - 2 * i, height - i] for i in range(count)]
 
 
-def write_folder(root: Path, ratings: dict, train: list, test: list, human: dict | None = None,
-                 sizes: dict = SIZES) -> config_PIC.Config:
+def write_folder(
+    root: Path, ratings: dict, train: list, test: list, human: dict | None = None, sizes: dict = SIZES
+) -> config_PIC.Config:
     pic = root / "PIC"
     (pic / "images").mkdir(parents=True, exist_ok=True)
     (pic / "annotations").mkdir(exist_ok=True)
@@ -54,9 +56,11 @@ def rating(name: str, scores: list[float] | None = None) -> dict:
 
 @pytest.fixture
 def small(tmp_path: Path) -> config_PIC.Config:
-    ratings = {"ann": {"a.jpg": rating("a.jpg"), "b.jpg": rating("b.jpg")},
-               "bob": {"a.jpg": rating("a.jpg", [float(i % 5) for i in range(12)]), "c.jpg": rating("c.jpg")},
-               "cyd": {"b.jpg": rating("b.jpg"), "c.jpg": rating("c.jpg")}}
+    ratings = {
+        "ann": {"a.jpg": rating("a.jpg"), "b.jpg": rating("b.jpg")},
+        "bob": {"a.jpg": rating("a.jpg", [float(i % 5) for i in range(12)]), "c.jpg": rating("c.jpg")},
+        "cyd": {"b.jpg": rating("b.jpg"), "c.jpg": rating("c.jpg")},
+    }
     return write_folder(tmp_path, ratings, ["ann", "bob"], ["cyd"], {"a.jpg": [50, 10, 90, 100]})
 
 
@@ -76,16 +80,26 @@ def test_every_problem_is_reported_at_once_naming_user_and_image(tmp_path):
     outside["bbox"][3] = [0, 0, 300, 160]
     duplicated = rating("c.jpg")
     duplicated["bbox"][5] = duplicated["bbox"][4]
-    ratings = {"ann": {"a.jpg": few, "b.jpg": outside}, "bob": {"missing.jpg": rating("a.jpg"), "c.jpg": duplicated},
-               "eve": {"a.jpg": {"bbox": [[0, 0, 10, 10]]}}}
+    ratings = {
+        "ann": {"a.jpg": few, "b.jpg": outside},
+        "bob": {"missing.jpg": rating("a.jpg"), "c.jpg": duplicated},
+        "eve": {"a.jpg": {"bbox": [[0, 0, 10, 10]]}},
+    }
     cfg = write_folder(tmp_path, ratings, ["ann", "bob", "bad id!", "eve"], ["ann", "nofile"])
     with pytest.raises(DatasetError) as error:
         load_pic_data(cfg)
     message = str(error.value)
-    for expected in ("user ann, image a.jpg: 4 crops, at least 10", "user ann, image b.jpg: crop box 3",
-                     "user bob, image missing.jpg: image", "missing.jpg is missing or unreadable",
-                     "user bob, image c.jpg: crop boxes 4, 5: the same crop", "'bad id!'",
-                     "user 'ann' is listed twice", "user nofile", "user eve"):
+    for expected in (
+        "user ann, image a.jpg: 4 crops, at least 10",
+        "user ann, image b.jpg: crop box 3",
+        "user bob, image missing.jpg: image",
+        "missing.jpg is missing or unreadable",
+        "user bob, image c.jpg: crop boxes 4, 5: the same crop",
+        "'bad id!'",
+        "user 'ann' is listed twice",
+        "user nofile",
+        "user eve",
+    ):
         assert expected in message, expected
 
 
@@ -179,25 +193,41 @@ def test_converter_round_trip(tmp_path):
     for user in ("A1X", "B_2", "c-3", "d.4"):
         for name in ("a.jpg", "c.jpg"):
             for x1, y1, x2, y2 in grid_crops(*SIZES[name]):
-                rows.append({"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                             "score": int(rng.integers(0, 5))})
+                rows.append(
+                    {
+                        "annotator": user,
+                        "image": name,
+                        "x1": x1,
+                        "y1": y1,
+                        "x2": x2,
+                        "y2": y2,
+                        "score": int(rng.integers(0, 5)),
+                    }
+                )
     source = tmp_path / "photos"
     source.mkdir()
     for name in ("a.jpg", "c.jpg"):
         Image.new("RGB", SIZES[name], (1, 2, 3)).save(source / name)
     write_csv(tmp_path / "ratings.csv", rows)
-    summary = convert_ratings_csv(str(tmp_path / "ratings.csv"), str(tmp_path / "out"), image_dir=str(source),
-                                  test_fraction=0.25, seed=4)
+    summary = convert_ratings_csv(
+        str(tmp_path / "ratings.csv"), str(tmp_path / "out"), image_dir=str(source), test_fraction=0.25, seed=4
+    )
     assert len(summary["test"]) == 1 and len(summary["train"]) == 3
     data = load_pic_data(config_PIC.Config(data_root=str(tmp_path / "out"), pretrained=False))
-    back = {(user, name, *map(float, box), float(score))
-            for user in data.users for name, entry in data.annotations[user].items()
-            for box, score in zip(entry.boxes, entry.scores, strict=True)}
-    original = {(r["annotator"], r["image"], float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"]),
-                 float(r["score"])) for r in rows}
+    back = {
+        (user, name, *map(float, box), float(score))
+        for user in data.users
+        for name, entry in data.annotations[user].items()
+        for box, score in zip(entry.boxes, entry.scores, strict=True)
+    }
+    original = {
+        (r["annotator"], r["image"], float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"]), float(r["score"]))
+        for r in rows
+    }
     assert back == original
-    again = convert_ratings_csv(str(tmp_path / "ratings.csv"), str(tmp_path / "out"), test_fraction=0.25, seed=4,
-                                overwrite=True)
+    again = convert_ratings_csv(
+        str(tmp_path / "ratings.csv"), str(tmp_path / "out"), test_fraction=0.25, seed=4, overwrite=True
+    )
     assert again["test"] == summary["test"]
     with pytest.raises(FileExistsError):
         convert_ratings_csv(str(tmp_path / "ratings.csv"), str(tmp_path / "out"))
@@ -212,8 +242,10 @@ def test_converter_reports_bad_rows_with_line_numbers(tmp_path):
     message = str(error.value)
     assert "line 3: x1, y1, x2, y2 and score must be numbers" in message
     assert "line 4: annotator 'a b'" in message
-    assert "lines 2, 5: annotator ann: image a.jpg: the same crop [0.0, 0.0, 10.0, 10.0] is listed more than once" \
+    assert (
+        "lines 2, 5: annotator ann: image a.jpg: the same crop [0.0, 0.0, 10.0, 10.0] is listed more than once"
         in message
+    )
     write_csv(tmp_path / "columns.csv", [{"annotator": "ann", "image": "a.jpg"}], columns=("annotator", "image"))
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['x1'"):
         convert_ratings_csv(str(tmp_path / "columns.csv"), str(tmp_path / "out"))
@@ -240,8 +272,11 @@ def precise_ratings(seed: int) -> dict:
         return {"bbox": boxes, "score": [float(v) for v in rng.uniform(1, 5, len(boxes))]}
 
     names = sorted(MANY)
-    return {"ann": {n: entry(n) for n in names[:4]}, "bob": {n: entry(n) for n in names[2:]},
-            "cyd": {n: entry(n) for n in names}}
+    return {
+        "ann": {n: entry(n) for n in names[:4]},
+        "bob": {n: entry(n) for n in names[2:]},
+        "cyd": {n: entry(n) for n in names},
+    }
 
 
 def read_release_csv(path: Path) -> dict:
@@ -264,17 +299,42 @@ def run_command(argv: list, capsys) -> tuple[int, str, str]:
 
 def test_ratings_command_writes_our_layout(tmp_path):
     rng = np.random.default_rng(1)
-    rows = [{"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-             "score": round(float(rng.uniform(0, 5)), 6)}
-            for user in ("A1X", "B_2", "c-3", "d.4") for name in ("a.jpg", "c.jpg")
-            for x1, y1, x2, y2 in grid_crops(*SIZES[name])]
+    rows = [
+        {
+            "annotator": user,
+            "image": name,
+            "x1": x1,
+            "y1": y1,
+            "x2": x2,
+            "y2": y2,
+            "score": round(float(rng.uniform(0, 5)), 6),
+        }
+        for user in ("A1X", "B_2", "c-3", "d.4")
+        for name in ("a.jpg", "c.jpg")
+        for x1, y1, x2, y2 in grid_crops(*SIZES[name])
+    ]
     write_csv(tmp_path / "ratings.csv", rows)
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "c.jpg"):
         Image.new("RGB", SIZES[name], (1, 2, 3)).save(tmp_path / "photos" / name)
-    result = subprocess.run([sys.executable, "convert_PIC_data.py", "ratings", str(tmp_path / "ratings.csv"),
-                             "--out", str(tmp_path / "out"), "--images", str(tmp_path / "photos"),
-                             "--test-fraction", "0.25"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "convert_PIC_data.py",
+            "ratings",
+            str(tmp_path / "ratings.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--images",
+            str(tmp_path / "photos"),
+            "--test-fraction",
+            "0.25",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     pic = tmp_path / "out" / "PIC"
     assert result.stdout.strip() == f"wrote {pic}: 3 training users, 1 test users"
@@ -294,8 +354,24 @@ def test_to_release_and_back_keeps_the_ratings(tmp_path, capsys):
     source = precise_ratings(0)
     write_folder(tmp_path / "ours", source, ["ann", "bob"], ["cyd"], sizes=MANY)
     release = tmp_path / "release"
-    status, out, err = run_command(["to-release", tmp_path / "ours", "--out", release, "--shots", "2", "1",
-                                    "--val-fraction", "0.25", "--test-fraction", "0.5", "--seed", "3"], capsys)
+    status, out, err = run_command(
+        [
+            "to-release",
+            tmp_path / "ours",
+            "--out",
+            release,
+            "--shots",
+            "2",
+            "1",
+            "--val-fraction",
+            "0.25",
+            "--test-fraction",
+            "0.5",
+            "--seed",
+            "3",
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert out.strip() == f"wrote {release}: 2 training users, 1 test users with 1, 2-shot splits"
     assert sorted(os.listdir(release / "images")) == sorted(MANY)
@@ -311,8 +387,7 @@ def test_to_release_and_back_keeps_the_ratings(tmp_path, capsys):
     assert not support[2].keys() & test[2].keys()
     assert all(entry == source["cyd"][name] for n in (1, 2) for name, entry in {**support[n], **test[n]}.items())
 
-    status, out, err = run_command(["from-release", release, "--out", tmp_path / "back", "--positions", "12"],
-                                   capsys)
+    status, out, err = run_command(["from-release", release, "--out", tmp_path / "back", "--positions", "12"], capsys)
     assert status == 0, err
     back = tmp_path / "back" / "PIC"
     assert out.strip() == f"wrote {back}: 2 training users, 1 fine-tuning users"
@@ -333,8 +408,9 @@ def broken_ratings_csv(root: Path) -> list:
 
 def broken_release(root: Path) -> list:
     write_folder(root / "ours", precise_ratings(1), ["ann", "bob"], ["cyd"], sizes=MANY)
-    write_release_layout(load_pic_data(config_PIC.Config(data_root=str(root / "ours"))), str(root / "release"),
-                         shots=(1,))
+    write_release_layout(
+        load_pic_data(config_PIC.Config(data_root=str(root / "ours"))), str(root / "release"), shots=(1,)
+    )
     path = root / "release" / "prior" / "bob_train.csv"
     with open(path, newline="") as stream:
         rows = list(csv.reader(stream))
@@ -344,12 +420,15 @@ def broken_release(root: Path) -> list:
     return ["from-release", root / "release", "--out", root / "out"], path, root / "out"
 
 
-@pytest.mark.parametrize("case", [
-    lambda root: (["ratings", root / "none.csv", "--out", root / "out"], root / "none.csv", root / "out"),
-    broken_ratings_csv,
-    broken_release,
-    lambda root: (["to-release", root / "empty", "--out", root / "out"], root / "empty" / "PIC", root / "out"),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda root: (["ratings", root / "none.csv", "--out", root / "out"], root / "none.csv", root / "out"),
+        broken_ratings_csv,
+        broken_release,
+        lambda root: (["to-release", root / "empty", "--out", root / "out"], root / "empty" / "PIC", root / "out"),
+    ],
+)
 def test_bad_input_ends_in_one_error_naming_the_file_and_writes_nothing(case, tmp_path, capsys):
     argv, named, out = case(tmp_path)
     capsys.readouterr()  # the notes of preparing the case
@@ -364,25 +443,31 @@ def test_bad_input_ends_in_one_error_naming_the_file_and_writes_nothing(case, tm
 def test_broken_release_row_is_reported_with_its_row(tmp_path, capsys):
     argv, path, _ = broken_release(tmp_path)
     _, _, err = run_command(argv, capsys)
-    assert f"user bob, {path}, row 2: bbox \"[x1,y1,x2,y2]\" and score must be numbers" in err
+    assert f'user bob, {path}, row 2: bbox "[x1,y1,x2,y2]" and score must be numbers' in err
 
 
 @pytest.mark.parametrize("command", ["ratings", "from-release", "to-release"])
 def test_existing_output_is_replaced_only_with_overwrite(command, tmp_path, capsys):
     source = precise_ratings(2)
     write_folder(tmp_path / "ours", source, ["ann", "bob"], ["cyd"], sizes=MANY)
-    rows = [{"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
-            for user, rated in source.items() for name, entry in rated.items()
-            for (x1, y1, x2, y2), score in zip(entry["bbox"], entry["score"], strict=True)]
+    rows = [
+        {"annotator": user, "image": name, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": score}
+        for user, rated in source.items()
+        for name, entry in rated.items()
+        for (x1, y1, x2, y2), score in zip(entry["bbox"], entry["score"], strict=True)
+    ]
     write_csv(tmp_path / "ratings.csv", rows)
-    write_release_layout(load_pic_data(config_PIC.Config(data_root=str(tmp_path / "ours"))),
-                         str(tmp_path / "release"), shots=(1,))
-    argv, existing = {"ratings": (["ratings", tmp_path / "ratings.csv", "--out", tmp_path / "out"],
-                                  tmp_path / "out" / "PIC"),
-                      "from-release": (["from-release", tmp_path / "release", "--out", tmp_path / "out"],
-                                       tmp_path / "out" / "PIC"),
-                      "to-release": (["to-release", tmp_path / "ours", "--out", tmp_path / "out" / "release",
-                                      "--shots", "1"], tmp_path / "out" / "release")}[command]
+    write_release_layout(
+        load_pic_data(config_PIC.Config(data_root=str(tmp_path / "ours"))), str(tmp_path / "release"), shots=(1,)
+    )
+    argv, existing = {
+        "ratings": (["ratings", tmp_path / "ratings.csv", "--out", tmp_path / "out"], tmp_path / "out" / "PIC"),
+        "from-release": (["from-release", tmp_path / "release", "--out", tmp_path / "out"], tmp_path / "out" / "PIC"),
+        "to-release": (
+            ["to-release", tmp_path / "ours", "--out", tmp_path / "out" / "release", "--shots", "1"],
+            tmp_path / "out" / "release",
+        ),
+    }[command]
     existing.mkdir(parents=True)
     (existing / "mine.txt").write_text("keep me")
     status, _, err = run_command(argv, capsys)

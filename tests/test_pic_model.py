@@ -1,4 +1,5 @@
 """PIC model: crop geometry, preference module, scoring API, checkpoints, and what fine-tuning may change."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,18 @@ from untils.pic_features import VIEWS, UserImage
 
 
 def tiny_cfg(**overrides) -> config_PIC.Config:
-    options = dict(pretrained=False, num_users=3, reduced_dim=8, subjective_dim=6, embed_dim=4, taste_dim=5,
-                   preference_hidden=7, finetune_steps=6, finetune_eval_every=2, finetune_lr=0.1)
+    options = dict(
+        pretrained=False,
+        num_users=3,
+        reduced_dim=8,
+        subjective_dim=6,
+        embed_dim=4,
+        taste_dim=5,
+        preference_hidden=7,
+        finetune_steps=6,
+        finetune_eval_every=2,
+        finetune_lr=0.1,
+    )
     return config_PIC.Config(**{**options, **overrides})
 
 
@@ -27,18 +38,38 @@ def model() -> PICModel:
 
 
 def batch_of_two() -> dict:
-    crops = torch.tensor([[[0.0, 0, 96, 64], [16, 8, 80, 64], [0, 0, 64, 48]],
-                          [[8.0, 0, 96, 56], [0, 0, 70, 64], [-1, -1, -1, -1]]])
-    return {"image": torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)), "crop_box": crops,
-            "human_box": torch.tensor([[[30.0, 10, 50, 64]], [[-1.0, -1, -1, -1]]]),
-            "crop_valid": torch.tensor([[True, True, True], [True, True, False]])}
+    crops = torch.tensor(
+        [[[0.0, 0, 96, 64], [16, 8, 80, 64], [0, 0, 64, 48]], [[8.0, 0, 96, 56], [0, 0, 70, 64], [-1, -1, -1, -1]]]
+    )
+    return {
+        "image": torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)),
+        "crop_box": crops,
+        "human_box": torch.tensor([[[30.0, 10, 50, 64]], [[-1.0, -1, -1, -1]]]),
+        "crop_valid": torch.tensor([[True, True, True], [True, True, False]]),
+    }
 
 
 def test_crop_geometry_hand_computed():
     # a 300x200 image, crop [60, 20, 300, 200] (240x180), person [120, 50, 180, 200] (60x150)
     got = crop_geometry(torch.tensor([60.0, 20, 300, 200]), torch.tensor([120.0, 50, 180, 200]), 300, 200)
-    expected = [60 / 300, 20 / 200, 1.0, 1.0, 240 / 300, 180 / 200, 240 * 180 / 60000, math.log(240 / 180), 1.0,
-                (150 - 60) / 240, (125 - 20) / 180, 30 / 180, 0.0, 150 / 180, 60 / 240, 1.0]
+    expected = [
+        60 / 300,
+        20 / 200,
+        1.0,
+        1.0,
+        240 / 300,
+        180 / 200,
+        240 * 180 / 60000,
+        math.log(240 / 180),
+        1.0,
+        (150 - 60) / 240,
+        (125 - 20) / 180,
+        30 / 180,
+        0.0,
+        150 / 180,
+        60 / 240,
+        1.0,
+    ]
     assert got.shape == (GEOMETRY_DIM,)
     torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-6)
     # half the person cut off on the right; and no person at all
@@ -78,8 +109,9 @@ def test_generic_scores_are_the_objective_branch_and_user_scores_add_the_prefere
     batch = batch_of_two()
     with torch.no_grad():
         generic = model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"]).score
-        objective, features, index = model.crop_outputs(batch["image"], batch["crop_box"], batch["human_box"],
-                                                        batch["crop_valid"])
+        objective, features, index = model.crop_outputs(
+            batch["image"], batch["crop_box"], batch["human_box"], batch["crop_valid"]
+        )
     assert generic.shape == (2, 3) and generic[1, 2] == float("-inf")
     torch.testing.assert_close(objective, generic[batch["crop_valid"]])
     assert features.shape == (5, 6 + GEOMETRY_DIM) and index.tolist() == [0, 0, 0, 1, 1]
@@ -102,8 +134,9 @@ def test_pretraining_outputs_share_one_backbone_pass(model):
     humans = torch.tensor([[30.0, 10, 50, 64], [-1.0, -1, -1, -1]])
     with torch.no_grad():
         score, logits = model.pretraining_outputs(batch["image"], batch["crop_box"], batch["crop_valid"], rois, humans)
-        torch.testing.assert_close(score, model(batch["image"], batch["crop_box"],
-                                                crop_valid=batch["crop_valid"]).score)
+        torch.testing.assert_close(
+            score, model(batch["image"], batch["crop_box"], crop_valid=batch["crop_valid"]).score
+        )
         torch.testing.assert_close(logits, model.user_logits(batch["image"], rois, humans))
     assert logits.shape == (2, 3)
     with pytest.raises(ValueError, match="no user classifier"):
@@ -112,8 +145,12 @@ def test_pretraining_outputs_share_one_backbone_pass(model):
 
 def test_checkpoint_round_trip_and_model_type(model, tmp_path):
     assert isinstance(build_crop_model(tiny_cfg(), "PIC"), PICModel)
-    checkpoint = {"model": model.state_dict(), "config": config_to_dict(model.cfg), "model_type": "PIC",
-                  "user_embeddings": {"ann": [0.5, -1.0, 2.0, 0.0]}}
+    checkpoint = {
+        "model": model.state_dict(),
+        "config": config_to_dict(model.cfg),
+        "model_type": "PIC",
+        "user_embeddings": {"ann": [0.5, -1.0, 2.0, 0.0]},
+    }
     torch.save(checkpoint, tmp_path / "user.pth")
     loaded = load_crop_model(str(tmp_path / "user.pth"))
     assert list(loaded.user_embeddings) == ["ann"]
@@ -125,11 +162,17 @@ def test_checkpoint_round_trip_and_model_type(model, tmp_path):
 
 
 def test_config_rejects_what_pic_does_not_support():
-    for options, message in (({"backbone": "alexnet"}, "backbone"), ({"objective_set": "FCDB"}, "objective_set"),
-                             ({"position_head": "mlp"}, "position_head"), ({"channel_order": "grb"}, "channel_order"),
-                             ({"selection": "test"}, "selection"), ({"finetune_scope": "all"}, "finetune_scope"),
-                             ({"use_content_preserve": True}, "GAIC head"), ({"finetune_images": 0}, "finetune_images"),
-                             ({"user_test_fraction": 1.0}, "user_test_fraction")):
+    for options, message in (
+        ({"backbone": "alexnet"}, "backbone"),
+        ({"objective_set": "FCDB"}, "objective_set"),
+        ({"position_head": "mlp"}, "position_head"),
+        ({"channel_order": "grb"}, "channel_order"),
+        ({"selection": "test"}, "selection"),
+        ({"finetune_scope": "all"}, "finetune_scope"),
+        ({"use_content_preserve": True}, "GAIC head"),
+        ({"finetune_images": 0}, "finetune_images"),
+        ({"user_test_fraction": 1.0}, "user_test_fraction"),
+    ):
         with pytest.raises(ValueError, match=message):
             config_PIC.Config(pretrained=False, **options)
     cfg = config_PIC.Config(data_root="/data", pretrained=False)
@@ -138,9 +181,13 @@ def test_config_rejects_what_pic_does_not_support():
 
 def user_image(generator: torch.Generator, crops: int = 12, features: int = 10) -> UserImage:
     feats = torch.randn(VIEWS, crops, features, generator=generator)
-    return UserImage("x.jpg", torch.randn(VIEWS, crops, generator=generator), feats,
-                     torch.rand(crops, generator=generator) * 4 + 1,
-                     torch.randn(VIEWS, 3, 2 * features, generator=generator))
+    return UserImage(
+        "x.jpg",
+        torch.randn(VIEWS, crops, generator=generator),
+        feats,
+        torch.rand(crops, generator=generator) * 4 + 1,
+        torch.randn(VIEWS, 3, 2 * features, generator=generator),
+    )
 
 
 @pytest.mark.parametrize("scope", ["embedding", "head"])
@@ -173,6 +220,7 @@ def test_other_backbones_give_the_same_outputs(backbone):
     model = PICModel(tiny_cfg(backbone=backbone)).eval()
     batch = batch_of_two()
     with torch.no_grad():
-        objective, features, index = model.crop_outputs(batch["image"], batch["crop_box"], batch["human_box"],
-                                                        batch["crop_valid"])
+        objective, features, index = model.crop_outputs(
+            batch["image"], batch["crop_box"], batch["human_box"], batch["crop_valid"]
+        )
     assert objective.shape == (5,) and features.shape == (5, 6 + GEOMETRY_DIM) and torch.isfinite(features).all()

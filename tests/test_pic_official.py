@@ -4,6 +4,7 @@ The reference is ``official_fixtures/pic_forward_fixture.pt``: the release's pri
 (``persionality_crop_model_multi_scale_shared``) run on a real GAICD photo with weights regenerated
 by the rule of the fixture's README (``release_weights``, written out in test_gaic_official.py).
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,7 +50,8 @@ def test_parameter_names_and_shapes_match_the_release(fixture):
     state = PICOfficialModel().state_dict()
     assert len(state) == 342
     assert {name: tuple(value.shape) for name, value in state.items()} == {
-        name: tuple(shape) for name, shape in fixture["state_dict_shapes"].items()}
+        name: tuple(shape) for name, shape in fixture["state_dict_shapes"].items()
+    }
     assert {name: str(value.dtype) for name, value in state.items()} == fixture["state_dict_dtypes"]
 
 
@@ -95,8 +97,13 @@ def test_batches_padding_and_the_fixed_candidate_count(fixture, official_state):
     crop_box = torch.stack([boxes, torch.cat([boxes[:10], torch.zeros(14, 4)])])
     crop_valid = torch.arange(24).unsqueeze(0) < torch.tensor([[24], [10]])
     with torch.no_grad():
-        scores = model(fixture["gaic_image"].repeat(2, 1, 1, 1), crop_box, None, crop_valid,
-                       user_image=fixture["per_image"].repeat(2, 1, 1, 1)).score
+        scores = model(
+            fixture["gaic_image"].repeat(2, 1, 1, 1),
+            crop_box,
+            None,
+            crop_valid,
+            user_image=fixture["per_image"].repeat(2, 1, 1, 1),
+        ).score
     torch.testing.assert_close(scores[0], fixture["expected_scores"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(scores[1, :10], fixture["expected_scores"][:10], rtol=1e-4, atol=1e-4)
     assert torch.isneginf(scores[1, 10:]).all()
@@ -135,6 +142,7 @@ def test_fidelity_rank_loss_hand_computed_pair():
 # ----------------------------------------------------------------------------------------------
 # The release's CSV layout, and the three official stages trained end to end on it
 # ----------------------------------------------------------------------------------------------
+
 
 def read_rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as stream:
@@ -186,12 +194,24 @@ def test_three_official_stages_train_end_to_end(pic_release_root, tmp_path):
     pretrained = pretrain_PIC.main(common + ["--pretrained", "false", "--max_epoch", "1", "--objective_set", "PIC"])
     content = read_checkpoint(pretrained["checkpoint"])
     assert content["config"]["variant"] == "official" and content["users"] == sorted(
-        ["centred-00", "headroom-00", "thirds-00", "tight-00"])
-    prior = prior_PIC.main(["--checkpoint", pretrained["checkpoint"], "--official_prior_epochs", "1",
-                            "--no-progress"] + common[:4])
+        ["centred-00", "headroom-00", "thirds-00", "tight-00"]
+    )
+    prior = prior_PIC.main(
+        ["--checkpoint", pretrained["checkpoint"], "--official_prior_epochs", "1", "--no-progress"] + common[:4]
+    )
     assert np.isfinite(prior["best"]["srcc"])
-    result = finetune_PIC.main(["--checkpoint", prior["checkpoint"], "--finetune_images", "2",
-                                "--official_finetune_epochs", "1", "--no-progress"] + common[:4])
+    result = finetune_PIC.main(
+        [
+            "--checkpoint",
+            prior["checkpoint"],
+            "--finetune_images",
+            "2",
+            "--official_finetune_epochs",
+            "1",
+            "--no-progress",
+        ]
+        + common[:4]
+    )
     assert {row["model"] for row in result["rows"]} == {"generic", "prior", "finetuned"}
     assert {row["user"] for row in result["rows"]} == {"centred-01", "headroom-01", "thirds-01", "tight-01"}
     user_file = Path(result["exp_path"]) / "users" / "centred-01.pth"

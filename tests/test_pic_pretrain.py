@@ -6,6 +6,7 @@ GAICD-layout tree (``untils.demo_data``) in a folder of its own, so that the use
 GAICD. Its scores are mapped into [1, 2]: normalised as GAIC's release does they are all below -1,
 raw they are all above 0, so the sign of what the objective branch learnt tells which it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,19 @@ from untils.pic_format import pic_crop_image
 RELEASE_MOS_MEAN, RELEASE_MOS_STD = 2.95, 0.8
 VIEWS = 64
 EPOCHS = 2
-FAST = ["--pretrained", "false", "--lr", "3e-3", "--official_user_images_per_step", "2", "--num_workers", "0",
-        "--seed", "0", "--no-progress"]
+FAST = [
+    "--pretrained",
+    "false",
+    "--lr",
+    "3e-3",
+    "--official_user_images_per_step",
+    "2",
+    "--num_workers",
+    "0",
+    "--seed",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +66,11 @@ def gaicd_train_images(gaicd: Path) -> dict[str, tuple[np.ndarray, np.ndarray, n
     for name in names:
         with Image.open(gaicd / "images" / "train" / name) as photo:
             rgb = np.asarray(photo.convert("RGB"))
-        images[name] = (rgb, np.asarray(crops[name]["bbox"], dtype=np.float64),
-                        np.asarray(crops[name]["score"], dtype=np.float64))
+        images[name] = (
+            rgb,
+            np.asarray(crops[name]["bbox"], dtype=np.float64),
+            np.asarray(crops[name]["score"], dtype=np.float64),
+        )
     return images
 
 
@@ -74,9 +89,16 @@ def objective_predictions(checkpoint: str, images: dict) -> list[tuple[torch.Ten
 
 def smooth_l1(pairs: list[tuple[torch.Tensor, np.ndarray]], normalise: bool) -> float:
     """Mean smooth-L1 (float64) against the raw scores, or against them normalised as GAIC's release."""
-    return float(np.mean([torch.nn.functional.smooth_l1_loss(predicted, torch.from_numpy(
-        (scores - RELEASE_MOS_MEAN) / RELEASE_MOS_STD if normalise else scores)).item()
-        for predicted, scores in pairs]))
+    return float(
+        np.mean(
+            [
+                torch.nn.functional.smooth_l1_loss(
+                    predicted, torch.from_numpy((scores - RELEASE_MOS_MEAN) / RELEASE_MOS_STD if normalise else scores)
+                ).item()
+                for predicted, scores in pairs
+            ]
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +114,19 @@ def gaicd_run(pic_release_root, gaicd_root, tmp_path_factory) -> dict:
     exp_root = tmp_path_factory.mktemp("gaicd_runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PICOfficialModel, "objective_scores", recording)
-        result = pretrain_PIC.main(["--data-root", str(pic_release_root), "--GAIC_path", str(gaicd_root),
-                                    "--exp_root", str(exp_root), "--max_epoch", str(EPOCHS)] + FAST)
+        result = pretrain_PIC.main(
+            [
+                "--data-root",
+                str(pic_release_root),
+                "--GAIC_path",
+                str(gaicd_root),
+                "--exp_root",
+                str(exp_root),
+                "--max_epoch",
+                str(EPOCHS),
+            ]
+            + FAST
+        )
     return {**result, "views": views}
 
 
@@ -109,7 +142,8 @@ def test_objective_set_follows_the_variant():
 def test_gaicd_pretraining_learns_the_normalised_gaicd_scores(gaicd_run, gaicd_root):
     content = read_checkpoint(gaicd_run["checkpoint"])
     assert content["config"]["objective_set"] == "GAICD" and content["users"] == sorted(
-        ["centred-00", "headroom-00", "thirds-00", "tight-00"])
+        ["centred-00", "headroom-00", "thirds-00", "tight-00"]
+    )
     history = gaicd_run["history"]
     assert [entry["epoch"] for entry in history] == list(range(EPOCHS))
     assert history[-1]["objective_loss"] < 0.7 * history[0]["objective_loss"]
@@ -123,8 +157,19 @@ def test_gaicd_pretraining_learns_the_normalised_gaicd_scores(gaicd_run, gaicd_r
 
 
 def test_users_objective_set_trains_without_gaicd(pic_release_root, gaicd_root, tmp_path):
-    result = pretrain_PIC.main(["--data-root", str(pic_release_root), "--objective_set", "PIC", "--max_epoch", "1",
-                                "--exp_root", str(tmp_path)] + FAST)
+    result = pretrain_PIC.main(
+        [
+            "--data-root",
+            str(pic_release_root),
+            "--objective_set",
+            "PIC",
+            "--max_epoch",
+            "1",
+            "--exp_root",
+            str(tmp_path),
+        ]
+        + FAST
+    )
     content = read_checkpoint(result["checkpoint"])
     assert content["config"]["objective_set"] == "PIC" and len(result["history"]) == 1
     assert all(np.isfinite(entry["loss"]) for entry in result["history"])

@@ -11,6 +11,7 @@ map or as the Conv1d(1, 1, 40, stride 39) window sums. MobileNetV2's and Shuffle
 features come from the model (checked against the release's outputs in test_pic_official.py and
 test_gaic_official.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def fixture() -> dict:
 
 def head_shapes(fixture, in_channels: int, head: str) -> dict[str, tuple[int, ...]]:
     """``DimRed`` over ``in_channels`` and the fixture's heads; ``FC_layers_3`` as ``head`` makes it."""
-    shapes = {name: tuple(shape) for name, shape in fixture["state_dict_shapes"].items()
-              if name.startswith(HEAD_NAMES[:2])}
+    shapes = {
+        name: tuple(shape) for name, shape in fixture["state_dict_shapes"].items() if name.startswith(HEAD_NAMES[:2])
+    }
     shapes.update({"DimRed.weight": (8, in_channels, 1, 1), "DimRed.bias": (8,)})
     if head == "linear":  # nn.Sequential(nn.Linear(945, 24))
         return {**shapes, "FC_layers_3.0.weight": (24, 945), "FC_layers_3.0.bias": (24,)}
@@ -73,8 +75,14 @@ def attention_shapes(channels: int, height: int = 16, width: int = 16) -> dict[s
 
 def resnet50_official_names() -> dict[str, str]:
     """The release's ``resnet50_base`` name of every torchvision ResNet50 entry it holds."""
-    places = {"conv1": "feature3.0", "bn1": "feature3.1", "layer1": "feature3.4", "layer2": "feature3.5",
-              "layer3": "feature4.0", "layer4": "feature5.0"}
+    places = {
+        "conv1": "feature3.0",
+        "bn1": "feature3.1",
+        "layer1": "feature3.4",
+        "layer2": "feature3.5",
+        "layer3": "feature4.0",
+        "layer4": "feature5.0",
+    }
     names = {}
     for name in models.resnet50(weights=None).state_dict():
         module, rest = name.split(".", 1)
@@ -87,8 +95,11 @@ def backbone_shapes(fixture, backbone: str) -> dict[str, tuple[int, ...]]:
     if backbone == "mobilenetv2":
         return {n: tuple(s) for n, s in fixture["state_dict_shapes"].items() if n.startswith("Feat_ext.")}
     if backbone == "shufflenetv2":
-        return {shufflenet_official_name(n): s for n, s in shufflenetv2_imagenet_shapes().items()
-                if shufflenet_official_name(n)}
+        return {
+            shufflenet_official_name(n): s
+            for n, s in shufflenetv2_imagenet_shapes().items()
+            if shufflenet_official_name(n)
+        }
     if backbone == "vgg16":
         return vgg16_official_shapes()
     state = models.resnet50(weights=None).state_dict()
@@ -110,13 +121,15 @@ def release_state(fixture, backbone: str, head: str, attention: bool, seed: int 
 
 # ---------- the float64 reference ----------
 
+
 def reference_features(model: PICOfficialModel, state: dict, backbone: str, image: torch.Tensor) -> torch.Tensor:
     """``cat(down2(f3), f4, 0.5 * up2(f5))`` of the release, float64."""
     x = image.double()
     if backbone == "resnet50":
         net = models.resnet50(weights=None)
-        net.load_state_dict({name: state[official] for name, official in resnet50_official_names().items()},
-                            strict=False)
+        net.load_state_dict(
+            {name: state[official] for name, official in resnet50_official_names().items()}, strict=False
+        )
         net = net.double().eval()
         f3 = net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))
         f4 = net.layer3(f3)
@@ -156,30 +169,48 @@ def fc_layers(x: torch.Tensor, state: dict, name: str) -> torch.Tensor:
 
 def reference_attention(x: torch.Tensor, state: dict) -> torch.Tensor:
     """``DAModule.forward`` in eval mode: position branch + channel branch, no residual."""
+
     def weight(name):
         return state[f"danet.{name}"].double()
 
     batch, channels, height, width = x.shape
     out = torch.zeros_like(x)
     for b in range(batch):
-        y = F.conv2d(x[b:b + 1], weight("position_attention_module.cnn.weight"),
-                     weight("position_attention_module.cnn.bias"), padding=1)[0].reshape(channels, -1).T  # (HW, C)
-        q, k, v = (y @ weight(f"position_attention_module.pa.{n}.weight").T
-                   + weight(f"position_attention_module.pa.{n}.bias") for n in ("fc_q", "fc_k", "fc_v"))
+        y = (
+            F.conv2d(
+                x[b : b + 1],
+                weight("position_attention_module.cnn.weight"),
+                weight("position_attention_module.cnn.bias"),
+                padding=1,
+            )[0]
+            .reshape(channels, -1)
+            .T
+        )  # (HW, C)
+        q, k, v = (
+            y @ weight(f"position_attention_module.pa.{n}.weight").T + weight(f"position_attention_module.pa.{n}.bias")
+            for n in ("fc_q", "fc_k", "fc_v")
+        )
         attended = torch.softmax(q @ k.T / math.sqrt(channels), dim=-1) @ v
-        position = (attended @ weight("position_attention_module.pa.fc_o.weight").T
-                    + weight("position_attention_module.pa.fc_o.bias"))  # (HW, C)
-        z = F.conv2d(x[b:b + 1], weight("channel_attention_module.cnn.weight"),
-                     weight("channel_attention_module.cnn.bias"), padding=1)[0].reshape(channels, -1)  # (C, HW)
+        position = attended @ weight("position_attention_module.pa.fc_o.weight").T + weight(
+            "position_attention_module.pa.fc_o.bias"
+        )  # (HW, C)
+        z = F.conv2d(
+            x[b : b + 1],
+            weight("channel_attention_module.cnn.weight"),
+            weight("channel_attention_module.cnn.bias"),
+            padding=1,
+        )[0].reshape(channels, -1)  # (C, HW)
         attended = torch.softmax(z @ z.T / math.sqrt(height * width), dim=-1) @ z
-        channel = (attended @ weight("channel_attention_module.pa.fc_o.weight").T
-                   + weight("channel_attention_module.pa.fc_o.bias"))  # (C, HW)
+        channel = attended @ weight("channel_attention_module.pa.fc_o.weight").T + weight(
+            "channel_attention_module.pa.fc_o.bias"
+        )  # (C, HW)
         out[b] = (position.T + channel).reshape(channels, height, width)
     return out
 
 
 def reference_scores(model, state, backbone, image, rois, user_image) -> tuple[torch.Tensor, torch.Tensor]:
     """(objective scores (K,), scores with the personal offsets (K,)) of the release, float64."""
+
     def conv1x1(x, name):
         return F.conv2d(x, state[f"{name}.weight"].double(), state[f"{name}.bias"].double())
 
@@ -194,16 +225,24 @@ def reference_scores(model, state, backbone, image, rois, user_image) -> tuple[t
         offsets = state["FC_layers_3.0.weight"].double() @ logits + state["FC_layers_3.0.bias"].double()
     else:
         window = state["FC_layers_3.weight"].double().flatten()
-        offsets = torch.stack([window @ logits[39 * p:39 * p + 40] for p in range(24)])
+        offsets = torch.stack([window @ logits[39 * p : 39 * p + 40] for p in range(24)])
         offsets = offsets + state["FC_layers_3.bias"].double()
     return objective, objective + offsets
 
 
 # ---------- the tests ----------
 
-KINDS = [("mobilenetv2", "linear", False), ("mobilenetv2", "conv1d", False), ("mobilenetv2", "linear", True),
-         ("mobilenetv2", "conv1d", True), ("shufflenetv2", "conv1d", True), ("shufflenetv2", "linear", False),
-         ("vgg16", "conv1d", False), ("resnet50", "linear", False), ("resnet50", "conv1d", False)]
+KINDS = [
+    ("mobilenetv2", "linear", False),
+    ("mobilenetv2", "conv1d", False),
+    ("mobilenetv2", "linear", True),
+    ("mobilenetv2", "conv1d", True),
+    ("shufflenetv2", "conv1d", True),
+    ("shufflenetv2", "linear", False),
+    ("vgg16", "conv1d", False),
+    ("resnet50", "linear", False),
+    ("resnet50", "conv1d", False),
+]
 
 
 @pytest.mark.parametrize("backbone, head, attention", KINDS)
@@ -234,8 +273,11 @@ def test_every_release_kind_loads_and_scores_as_the_release(fixture, tmp_path, b
 def test_conv1d_head_on_the_release_outputs(fixture):
     """The fixture's release outputs (objective scores, user logits) with a Conv1d FC_layers_3: the
     offsets are window sums of the release's own logits, computed here by hand."""
-    state = {n: v for n, v in release_weights(fixture["state_dict_shapes"], fixture["weight_seed"]).items()
-             if not n.startswith("FC_layers_3")}
+    state = {
+        n: v
+        for n, v in release_weights(fixture["state_dict_shapes"], fixture["weight_seed"]).items()
+        if not n.startswith("FC_layers_3")
+    }
     state.update({"FC_layers_3.weight": torch.linspace(-1, 1, 40).reshape(1, 1, 40), "FC_layers_3.bias": torch.ones(1)})
     model = load_crop_model(state)
     logits = fixture["expected_user_logits"][0].double().numpy()
@@ -243,8 +285,12 @@ def test_conv1d_head_on_the_release_outputs(fixture):
     offsets = np.array([sum(window[k] * logits[39 * p + k] for k in range(40)) + 1.0 for p in range(24)])
     expected = fixture["expected_objective_scores"].double().numpy() + offsets
     with torch.no_grad():
-        scores = model(fixture["gaic_image"], fixture["rois"][:, 1:].unsqueeze(0),
-                       user_image=fixture["per_image"]).score[0].double().numpy()
+        scores = (
+            model(fixture["gaic_image"], fixture["rois"][:, 1:].unsqueeze(0), user_image=fixture["per_image"])
+            .score[0]
+            .double()
+            .numpy()
+        )
     assert np.abs(scores - expected).max() / np.abs(expected).max() < 1e-4
 
 
@@ -253,8 +299,9 @@ def test_release_files_without_batch_counters_load(fixture):
     old = {f"module.{n}": v for n, v in state.items() if not n.endswith("num_batches_tracked")}
     model = load_crop_model(old)
     with torch.no_grad():
-        scores = model(fixture["gaic_image"], fixture["rois"][:, 1:].unsqueeze(0),
-                       user_image=fixture["per_image"]).score[0]
+        scores = model(
+            fixture["gaic_image"], fixture["rois"][:, 1:].unsqueeze(0), user_image=fixture["per_image"]
+        ).score[0]
     torch.testing.assert_close(scores, fixture["expected_scores"], rtol=1e-4, atol=1e-4)
 
 
@@ -276,8 +323,20 @@ def test_scripts_take_bare_release_files(fixture, pic_release_root, tmp_path):
     prior = prior_PIC.main(["--checkpoint", str(prior_file), "--official_prior_epochs", "1"] + common)
     saved = read_checkpoint(prior["checkpoint"])
     assert saved["config"]["channel_order"] == "bgr" and saved["stage"] == "prior"
-    result = finetune_PIC.main(["--checkpoint", str(tuned_file), "--finetune_images", "2", "--users", "centred-01",
-                                "--official_finetune_epochs", "1", "--no-save-users"] + common)
+    result = finetune_PIC.main(
+        [
+            "--checkpoint",
+            str(tuned_file),
+            "--finetune_images",
+            "2",
+            "--users",
+            "centred-01",
+            "--official_finetune_epochs",
+            "1",
+            "--no-save-users",
+        ]
+        + common
+    )
     for row in result["rows"]:
         per_k = {n: [row[f"wacc{k}_{n}"] for k in range(1, 5)] for n in (5, 10)}
         for n, values in per_k.items():

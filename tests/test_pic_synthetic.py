@@ -1,4 +1,5 @@
 """The generated PIC benchmark: taste rules on hand-computed cases, and the files it writes."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,8 @@ CROP, PERSON = (60, 20, 300, 200), (120, 50, 180, 200)
 def test_taste_terms_by_hand():
     assert taste_term("centred", 0.5, CROP, PERSON) == pytest.approx(1 - 0.125 / 0.5)
     assert taste_term("thirds", 1 / 3, CROP, PERSON) == pytest.approx(1 - (0.375 - 1 / 3) * 6)
-    assert taste_term("headroom", 0.25, CROP, PERSON) == pytest.approx(math.exp(-((1 / 6 - 0.25) / 0.08) ** 2))
-    assert taste_term("tight", 0.9, CROP, PERSON) == pytest.approx(math.exp(-((5 / 6 - 0.9) / 0.12) ** 2))
+    assert taste_term("headroom", 0.25, CROP, PERSON) == pytest.approx(math.exp(-(((1 / 6 - 0.25) / 0.08) ** 2)))
+    assert taste_term("tight", 0.9, CROP, PERSON) == pytest.approx(math.exp(-(((5 / 6 - 0.9) / 0.12) ** 2)))
     # the person's centre on the crop's left edge: no centring, no third line
     assert taste_term("centred", 0.5, (150, 0, 300, 200), PERSON) == 0.0
     assert taste_term("thirds", 0.3, (150, 0, 300, 200), PERSON) == 0.0
@@ -66,8 +67,14 @@ def test_scores_mix_kept_person_and_taste():
 
 
 @settings(max_examples=60, deadline=None)
-@given(group=st.sampled_from(GEOMETRY_GROUPS), x1=st.floats(0, 100), y1=st.floats(0, 60), w=st.floats(80, 200),
-       h=st.floats(80, 140), person=st.booleans())
+@given(
+    group=st.sampled_from(GEOMETRY_GROUPS),
+    x1=st.floats(0, 100),
+    y1=st.floats(0, 60),
+    w=st.floats(80, 200),
+    h=st.floats(80, 140),
+    person=st.booleans(),
+)
 def test_every_taste_is_mirror_symmetric(group, x1, y1, w, h, person):
     width, height = 300.0, 200.0
     crop = (x1, y1, min(width, x1 + w), min(height, y1 + h))
@@ -76,7 +83,8 @@ def test_every_taste_is_mirror_symmetric(group, x1, y1, w, h, person):
     mirrored_human = (width - PERSON[2], PERSON[1], width - PERSON[0], PERSON[3]) if person else None
     taste = Taste(group, {"centred": 0.5, "thirds": 0.33, "headroom": 0.27, "tight": 0.9}[group], 0.7, 0.1)
     assert taste_score(taste, crop, human, width, height) == pytest.approx(
-        taste_score(taste, mirrored_crop, mirrored_human, width, height), abs=1e-9)
+        taste_score(taste, mirrored_crop, mirrored_human, width, height), abs=1e-9
+    )
 
 
 def test_groups_prefer_different_crops():
@@ -90,6 +98,7 @@ def test_groups_prefer_different_crops():
 
 
 # ----- content tastes: pixels inside the crop, checked against direct numpy computations -------------
+
 
 def _luma(pixels: np.ndarray) -> np.ndarray:
     rgb = pixels.astype(np.float64) / 255
@@ -137,7 +146,8 @@ def test_second_object_term_is_the_kept_share_over_the_users_need(halves):
     assert taste_term("second_object", 0.9, (0, 0, 100, 80), (0, 0, 1, 1), content) == 0.0
     taste = Taste("second_object", 0.9, 0.7, 0.1)
     assert taste_score(taste, (10, 0, 120, 80), None, 120, 80, content) > taste_score(
-        taste, (0, 0, 110, 80), None, 120, 80, content)
+        taste, (0, 0, 110, 80), None, 120, 80, content
+    )
     with pytest.raises(ValueError, match="second object"):
         taste_term("second_object", 0.9, (0, 0, 110, 80), (0, 0, 1, 1), image_content(halves))
     for group in CONTENT_GROUPS:
@@ -152,14 +162,21 @@ def test_region_mean_is_the_plain_mean_of_the_pixels(x1, y1, w, h):
     content = image_content(pixels)
     box = (x1, y1, min(120, x1 + w), min(80, y1 + h))
     assert region_mean(content.luma_table, box) == pytest.approx(
-        _luma(pixels)[box[1]:box[3], box[0]:box[2]].mean(), abs=1e-9)
+        _luma(pixels)[box[1] : box[3], box[0] : box[2]].mean(), abs=1e-9
+    )
     assert region_mean(content.saturation_table, box) == pytest.approx(
-        _saturation(pixels)[box[1]:box[3], box[0]:box[2]].mean(), abs=1e-9)
+        _saturation(pixels)[box[1] : box[3], box[0] : box[2]].mean(), abs=1e-9
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(group=st.sampled_from(CONTENT_GROUPS), x1=st.integers(0, 40), y1=st.integers(0, 20), w=st.integers(60, 120),
-       h=st.integers(50, 80))
+@given(
+    group=st.sampled_from(CONTENT_GROUPS),
+    x1=st.integers(0, 40),
+    y1=st.integers(0, 20),
+    w=st.integers(60, 120),
+    h=st.integers(50, 80),
+)
 def test_content_tastes_are_mirror_symmetric(group, x1, y1, w, h):
     pixels = np.random.default_rng(x1 + 100 * y1).integers(0, 256, size=(80, 120, 3)).astype(np.uint8)
     crop = (x1, y1, min(120, x1 + w), min(80, y1 + h))
@@ -169,7 +186,8 @@ def test_content_tastes_are_mirror_symmetric(group, x1, y1, w, h):
     person, mirrored_person = (70, 20, 100, 80), (20, 20, 50, 80)
     assert taste_score(taste, crop, person, 120, 80, content) == pytest.approx(
         taste_score(taste, (120 - crop[2], crop[1], 120 - crop[0], crop[3]), mirrored_person, 120, 80, mirrored),
-        abs=1e-9)
+        abs=1e-9,
+    )
 
 
 def test_second_object_is_drawn_inside_its_box_away_from_the_person():
@@ -188,17 +206,34 @@ def test_second_object_is_drawn_inside_its_box_away_from_the_person():
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("pic")
-    summary = build_pic_benchmark(root, train_users_per_group=2, test_users_per_group=1, train_images=8,
-                                  test_images=6, images_per_train_user=5, long_side=96, seed=5)
+    summary = build_pic_benchmark(
+        root,
+        train_users_per_group=2,
+        test_users_per_group=1,
+        train_images=8,
+        test_images=6,
+        images_per_train_user=5,
+        long_side=96,
+        seed=5,
+    )
     return root, summary
 
 
 @pytest.fixture(scope="module")
 def generated_fixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("pic-fixed")
-    summary = build_pic_benchmark(root, train_users_per_group=1, test_users_per_group=1, train_images=8,
-                                  test_images=6, images_per_train_user=5, long_side=96, seed=2, candidates="fixed",
-                                  groups=TASTE_GROUPS)
+    summary = build_pic_benchmark(
+        root,
+        train_users_per_group=1,
+        test_users_per_group=1,
+        train_images=8,
+        test_images=6,
+        images_per_train_user=5,
+        long_side=96,
+        seed=2,
+        candidates="fixed",
+        groups=TASTE_GROUPS,
+    )
     return root, summary
 
 
@@ -231,8 +266,9 @@ def _check_scores_follow_tastes(root, summary):
         for name, entry in data.annotations[user].items():
             width, height = data.image_sizes[name]
             human = data.human_boxes.get(name)
-            expected = np.clip([taste_score(tastes[user], box, human, width, height, contents[name])
-                                for box in entry.boxes], 1, 5)
+            expected = np.clip(
+                [taste_score(tastes[user], box, human, width, height, contents[name]) for box in entry.boxes], 1, 5
+            )
             errors.append(entry.scores - expected)
         errors = np.concatenate(errors)
         assert abs(errors.mean()) < 0.1 and errors.std() < 2.5 * tastes[user].noise + 0.01, user
@@ -256,7 +292,7 @@ def test_fixed_view_benchmark_with_content_tastes(generated_fixed):
     for name, box in objects.items():
         pixels = np.asarray(Image.open(Path(data.image_dir) / name).convert("RGB"))
         x1, y1, x2, y2 = box
-        inner = pixels[y1 + (y2 - y1) // 3:y2 - (y2 - y1) // 3, x1 + (x2 - x1) // 3:x2 - (x2 - x1) // 3]
+        inner = pixels[y1 + (y2 - y1) // 3 : y2 - (y2 - y1) // 3, x1 + (x2 - x1) // 3 : x2 - (x2 - x1) // 3]
         assert _saturation(inner).mean() > 0.6, name
     with pytest.raises(ValueError, match="groups"):
         build_pic_benchmark(root / "other", groups=("bright", "sepia"))
@@ -264,8 +300,16 @@ def test_fixed_view_benchmark_with_content_tastes(generated_fixed):
 
 def test_benchmark_is_reproducible_and_departure_is_measured(generated, generated_fixed, tmp_path):
     root, summary = generated
-    again = build_pic_benchmark(tmp_path, train_users_per_group=2, test_users_per_group=1, train_images=8,
-                                test_images=6, images_per_train_user=5, long_side=96, seed=5)
+    again = build_pic_benchmark(
+        tmp_path,
+        train_users_per_group=2,
+        test_users_per_group=1,
+        train_images=8,
+        test_images=6,
+        images_per_train_user=5,
+        long_side=96,
+        seed=5,
+    )
     for user in summary["train"] + summary["test"]:
         first = json.loads((Path(summary["path"]) / "annotations" / f"{user}.json").read_text())
         assert first == json.loads((Path(again["path"]) / "annotations" / f"{user}.json").read_text())
@@ -285,8 +329,11 @@ def test_benchmark_is_reproducible_and_departure_is_measured(generated, generate
     width, height = Image.open(Path(fixed["path"]) / "images" / name).size
     bright, keeper = "bright-00", "second_object-00"
     views = fixed_views(width, height)
-    scores = {user: np.array([taste_score(tastes[user], view, None, width, height, content) for view in views])
-              for user in (bright, keeper)}
-    measured = departure_from_average(tastes, [keeper], [bright], {name: RatedImageInfo(width, height, None, content)},
-                                      candidates="fixed")
+    scores = {
+        user: np.array([taste_score(tastes[user], view, None, width, height, content) for view in views])
+        for user in (bright, keeper)
+    }
+    measured = departure_from_average(
+        tastes, [keeper], [bright], {name: RatedImageInfo(width, height, None, content)}, candidates="fixed"
+    )
     assert measured[bright] == pytest.approx(1 - spearmanr(scores[bright], scores[keeper]).statistic, abs=1e-9)

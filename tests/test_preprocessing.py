@@ -1,4 +1,5 @@
 """The one preprocessing module against hand-computed references, and the photo specs the models declare."""
+
 from __future__ import annotations
 
 import cv2

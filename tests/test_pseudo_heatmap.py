@@ -1,4 +1,5 @@
 """generate_pseudo_heatmap.py against an independent per-crop loop of the paper's recipe."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def reference_heat_map(boxes, scores, width, height, score_mean, fix_edge_cases=
     masks = []
     for _, (x1, y1, x2, y2) in ranked:
         mask = np.zeros((height, width))
-        mask[max(y1, 0):y2, max(x1, 0):x2] = 1.0
+        mask[max(y1, 0) : y2, max(x1, 0) : x2] = 1.0
         masks.append(mask)
     logits = [score + 2.0 * mask.sum() / (width * height) for (score, _), mask in zip(ranked, masks, strict=True)]
     exps = [math.exp(logit - max(logits)) for logit in logits]
@@ -72,9 +73,12 @@ def test_mean_filter_with_none_or_some_above_the_mean(fix_edge_cases):
 @pytest.fixture
 def real_gaicd_cfg(tmp_path):
     shared = require_shared()
-    return Config(data_root=str(tmp_path / "root"), GAIC_image=str(shared / "GAICD-sample" / "images"),
-                  GAIC_anno=str(shared / "human_bboxes" / "GAICD" / "image_crop.json"),
-                  GAIC_human=str(shared / "human_bboxes" / "GAICD" / "human_bboxes.json"))
+    return Config(
+        data_root=str(tmp_path / "root"),
+        GAIC_image=str(shared / "GAICD-sample" / "images"),
+        GAIC_anno=str(shared / "human_bboxes" / "GAICD" / "image_crop.json"),
+        GAIC_human=str(shared / "human_bboxes" / "GAICD" / "human_bboxes.json"),
+    )
 
 
 @pytest.fixture

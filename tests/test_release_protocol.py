@@ -1,5 +1,6 @@
 """The release's protocol and data edge cases are the defaults: the real FLMS/FCDB annotation files
 build, tiny person boxes are no person, CPC trains on the flattened batch, FCDB+FLMS pool."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ from untils.metrics import compute_iou_and_disp
 def test_defaults_are_the_release_protocol():
     gaicd, cpc = config_GAICD.Config(), config_CPC.Config()
     assert (gaicd.selection, gaicd.rank_loss_weighting) == ("test", "sin")
-    assert (cpc.selection, cpc.rank_loss_weighting, cpc.view_per_image, cpc.score_loss_over,
-            cpc.batch_size) == ("test", "sin", 0, "batch", 8)
+    assert (cpc.selection, cpc.rank_loss_weighting, cpc.view_per_image, cpc.score_loss_over, cpc.batch_size) == (
+        "test",
+        "sin",
+        0,
+        "batch",
+        8,
+    )
 
 
 def test_cpc_loss_over_the_flattened_batch_hand_case():
@@ -46,8 +52,9 @@ def test_pooled_fcdb_flms_is_the_mean_over_all_their_images():
     fcdb = {"iou": 0.6, "disp": 0.1, "recall": 0.5, "images": 3}
     flms = {"iou": 0.9, "disp": 0.05, "recall": 1.0, "images": 1}
     pooled = pooled_anchor_metrics([fcdb, flms])
-    assert pooled == pytest.approx({"iou": (3 * 0.6 + 0.9) / 4, "disp": (3 * 0.1 + 0.05) / 4,
-                                    "recall": (3 * 0.5 + 1.0) / 4, "images": 4})
+    assert pooled == pytest.approx(
+        {"iou": (3 * 0.6 + 0.9) / 4, "disp": (3 * 0.1 + 0.05) / 4, "recall": (3 * 0.5 + 1.0) / 4, "images": 4}
+    )
 
 
 def _gaicd_size(name: str) -> tuple[int, int]:
@@ -84,8 +91,10 @@ def _write_blank_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> None
 
 def test_the_full_official_flms_file_builds_and_scores_its_inverted_boxes(tmp_path):
     annotations = json.loads(require_shared("human_bboxes/FLMS/image_crop.json").read_text())
-    sizes = {name: (max(max(b[0], b[2]) for b in boxes), max(max(b[1], b[3]) for b in boxes))
-             for name, boxes in annotations.items()}
+    sizes = {
+        name: (max(max(b[0], b[2]) for b in boxes), max(max(b[1], b[3]) for b in boxes))
+        for name, boxes in annotations.items()
+    }
     root = tmp_path / "data"
     _write_blank_images(root / "FLMS" / "image", sizes)
     for name in ("image_crop.json", "human_bboxes.json"):
@@ -108,8 +117,11 @@ def test_fcdb_keeps_an_official_box_that_leaves_the_image(tmp_path):
     """The release scores FCDB's ground truth as annotated; an evaluation must not refuse it."""
     annotations = json.loads(require_shared("human_bboxes/FCDB/image_crop.json").read_text())
     people = json.loads(require_shared("human_bboxes/FCDB/human_bboxes.json").read_text())
-    sizes = {name: (math.ceil(max(x + w, people[name][2])), math.ceil(max(y + h, people[name][3])))
-             for name, (x, y, w, h) in annotations.items() if name in people}
+    sizes = {
+        name: (math.ceil(max(x + w, people[name][2])), math.ceil(max(y + h, people[name][3])))
+        for name, (x, y, w, h) in annotations.items()
+        if name in people
+    }
     # an image whose crop reaches past its person: shrunk, the crop runs 10 px beyond the right edge
     shrunk = next(name for name in sorted(sizes) if annotations[name][0] + annotations[name][2] > people[name][2] + 10)
     sizes[shrunk] = (sizes[shrunk][0] - 10, sizes[shrunk][1])
@@ -137,6 +149,8 @@ def test_training_persons_without_a_cell_in_a_flip_state(name):
     human = rescale_boxes(np.array([box], np.float64), resized_w / width, resized_h / height)
     flipped = human.copy()
     flipped[:, [0, 2]] = resized_w - human[:, [2, 0]]
-    cells = [partition_masks(torch.from_numpy(b).reshape(1, 1, 4).float(), resized_w, resized_h)[0, 4].sum().item()
-             for b in (human, flipped)]
+    cells = [
+        partition_masks(torch.from_numpy(b).reshape(1, 1, 4).float(), resized_w, resized_h)[0, 4].sum().item()
+        for b in (human, flipped)
+    ]
     assert 0 in cells

@@ -1,5 +1,6 @@
 """JSON is written strictly: NaN and infinity (which JSON lacks, and Python would write as ``NaN``)
 are an error naming the file and the value, and nothing is written."""
+
 from __future__ import annotations
 
 import ast
@@ -12,9 +13,14 @@ from tests.conftest import REPO_ROOT
 from untils.atomic import json_text, write_json_atomic
 
 
-@pytest.mark.parametrize("bad, place", [(math.nan, "['metrics']['srcc'] = nan"),
-                                        (math.inf, "['metrics']['srcc'] = inf"),
-                                        (-math.inf, "['metrics']['srcc'] = -inf")])
+@pytest.mark.parametrize(
+    "bad, place",
+    [
+        (math.nan, "['metrics']['srcc'] = nan"),
+        (math.inf, "['metrics']['srcc'] = inf"),
+        (-math.inf, "['metrics']['srcc'] = -inf"),
+    ],
+)
 def test_non_finite_value_is_refused_naming_file_and_place(bad, place, tmp_path):
     path = tmp_path / "report.json"
     path.write_text('{"kept": true}')
@@ -41,9 +47,15 @@ def test_finite_content_reads_back_equal(tmp_path):
 def _json_writes(path) -> list[int]:
     """Lines of ``path`` that call json.dump or json.dumps."""
     tree = ast.parse(path.read_text())
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute) and node.func.attr in ("dump", "dumps")
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == "json"]
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("dump", "dumps")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "json"
+    ]
 
 
 def test_every_json_writer_goes_through_the_strict_one():

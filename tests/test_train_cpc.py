@@ -1,4 +1,5 @@
 """train_on_CPC.py end to end on small generated data in the CPC, FCDB and FLMS release layouts."""
+
 from __future__ import annotations
 
 import csv
@@ -43,10 +44,14 @@ def data_root(tmp_path_factory) -> Path:
                 sizes[name] = image.size
     (root / "CPCDataset" / "images").mkdir(parents=True)
     copy(demo["train"], root / "CPCDataset" / "images")
-    _write(root / "CPCDataset" / "image_crop.json",
-           {n: {"bboxes": crops[n]["bbox"], "scores": crops[n]["score"]} for n in demo["train"]})
-    _write(root / "CPCDataset" / "human_bboxes.json",
-           {n: {"bbox": people[n], "weight": sizes[n][0], "height": sizes[n][1]} for n in demo["train"] if n in people})
+    _write(
+        root / "CPCDataset" / "image_crop.json",
+        {n: {"bboxes": crops[n]["bbox"], "scores": crops[n]["score"]} for n in demo["train"]},
+    )
+    _write(
+        root / "CPCDataset" / "human_bboxes.json",
+        {n: {"bbox": people[n], "weight": sizes[n][0], "height": sizes[n][1]} for n in demo["train"] if n in people},
+    )
     test_names = demo["test"]
     humans = [n for n in test_names if n in people]
     (root / "FCDB" / "data").mkdir(parents=True)
@@ -65,14 +70,38 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-        "--image_size", "128", "128", "--max_epoch", "1", "--warmup_epochs", "0", "--batch_size", "2",
-        "--images_per_step", "2", "--view_per_image", "8", "--no-progress", "--use_content_preserve", "false"]
+FAST = [
+    "--backbone",
+    "mobilenetv2",
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "128",
+    "128",
+    "--max_epoch",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--batch_size",
+    "2",
+    "--images_per_step",
+    "2",
+    "--view_per_image",
+    "8",
+    "--no-progress",
+    "--use_content_preserve",
+    "false",
+]
 
 
 def test_cpc_training_selects_on_fcdb_and_flms(data_root, tmp_path):
-    trainer = train_on_CPC.main(FAST + ["--data-root", str(data_root), "--selection", "test",
-                                        "--exp_root", str(tmp_path), "--exp_name", "cpc"])
+    trainer = train_on_CPC.main(
+        FAST + ["--data-root", str(data_root), "--selection", "test", "--exp_root", str(tmp_path), "--exp_name", "cpc"]
+    )
     rows = list(csv.reader(open(Path(trainer.exp_path) / "results.csv")))
     header = rows[0]
     for column in ("FCDB_human_iou", "FCDB_human_disp", "FLMS_human_iou", "FCDB_iou", "FLMS_disp"):
@@ -83,8 +112,21 @@ def test_cpc_training_selects_on_fcdb_and_flms(data_root, tmp_path):
 
 
 def test_cpc_training_with_validation_reports_fcdb_flms_once(data_root, tmp_path):
-    trainer = train_on_CPC.main(FAST + ["--data-root", str(data_root), "--selection", "val", "--val_fraction", "0.34",
-                                        "--exp_root", str(tmp_path), "--exp_name", "cpc_val"])
+    trainer = train_on_CPC.main(
+        FAST
+        + [
+            "--data-root",
+            str(data_root),
+            "--selection",
+            "val",
+            "--val_fraction",
+            "0.34",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "cpc_val",
+        ]
+    )
     assert len(trainer.val_names) == 2
     report = list(csv.DictReader(open(Path(trainer.exp_path) / "test_results.csv")))
     assert {row["selected_by"] for row in report} >= {"val srcc"}
@@ -94,10 +136,25 @@ def test_cpc_training_with_validation_reports_fcdb_flms_once(data_root, tmp_path
 def test_cpc_training_under_torchrun_evaluates_and_reports_with_the_unwrapped_model(data_root, tmp_path):
     """Two processes (gloo): validation, FCDB/FLMS evaluation and the final report load and score the
     model itself, not its DistributedDataParallel wrapper."""
-    result = run_two_processes([str(REPO_ROOT / "train_on_CPC.py"), *FAST, "--batch_size", "4",
-                                "--data-root", str(data_root),
-                                "--selection", "val", "--val_fraction", "0.34", "--exp_root", str(tmp_path),
-                                "--exp_name", "cpc_ddp"], cwd=tmp_path)
+    result = run_two_processes(
+        [
+            str(REPO_ROOT / "train_on_CPC.py"),
+            *FAST,
+            "--batch_size",
+            "4",
+            "--data-root",
+            str(data_root),
+            "--selection",
+            "val",
+            "--val_fraction",
+            "0.34",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "cpc_ddp",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
     report = list(csv.DictReader(open(tmp_path / "cpc_ddp" / "test_results.csv")))

@@ -1,21 +1,43 @@
 """``train_in_eval_mode``: ``--preset GAIC-official`` trains as GAIC's release (net.eval() once
 before training: BatchNorm statistics as loaded, dropout off); the default recipe trains in
 training mode. The buffers are compared with the freshly built model's, not with the code's own idea."""
+
 from __future__ import annotations
 
 import torch
 
 import train_on_GAICD
 
-FAST = ["--pretrained", "false", "--device", "cpu", "--num_workers", "0", "--image_size", "96", "96",
-        "--view_per_image", "8", "--max_epoch", "1", "--warmup_epochs", "0", "--no-progress", "--selection", "test"]
+FAST = [
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "96",
+    "96",
+    "--view_per_image",
+    "8",
+    "--max_epoch",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--no-progress",
+    "--selection",
+    "test",
+]
 BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 def _batch_norm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.{buffer}": getattr(module, buffer).detach().clone()
-            for name, module in model.named_modules() if isinstance(module, BATCH_NORMS)
-            for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+    return {
+        f"{name}.{buffer}": getattr(module, buffer).detach().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, BATCH_NORMS)
+        for buffer in ("running_mean", "running_var", "num_batches_tracked")
+    }
 
 
 def _train(monkeypatch, options: list[str]) -> tuple[dict, dict, dict, dict, list[bool]]:
@@ -30,7 +52,8 @@ def _train(monkeypatch, options: list[str]) -> tuple[dict, dict, dict, dict, lis
         initial["buffers"] = _batch_norm_buffers(trainer.core)
         initial["weights"] = {k: v.detach().clone() for k, v in trainer.core.named_parameters()}
         trainer.core.register_forward_pre_hook(
-            lambda module, inputs: modes.append(any(m.training for m in module.modules())))
+            lambda module, inputs: modes.append(any(m.training for m in module.modules()))
+        )
         return trainer
 
     monkeypatch.setattr(train_on_GAICD, "build_trainer", recording_build)
@@ -40,8 +63,9 @@ def _train(monkeypatch, options: list[str]) -> tuple[dict, dict, dict, dict, lis
 
 
 def test_gaic_official_preset_trains_in_eval_mode(six_image_demo, tmp_path, monkeypatch):
-    before, after, initial_weights, weights, modes = _train(monkeypatch, FAST + [
-        "--data-root", six_image_demo, "--preset", "GAIC-official", "--exp_root", str(tmp_path)])
+    before, after, initial_weights, weights, modes = _train(
+        monkeypatch, FAST + ["--data-root", six_image_demo, "--preset", "GAIC-official", "--exp_root", str(tmp_path)]
+    )
     assert len(before) >= 3 * 10  # mobilenetv2 has dozens of BatchNorm layers
     assert before.keys() == after.keys()
     changed = [name for name in before if not torch.equal(before[name], after[name])]
@@ -52,11 +76,11 @@ def test_gaic_official_preset_trains_in_eval_mode(six_image_demo, tmp_path, monk
 
 
 def test_default_recipe_updates_batch_norm_statistics(six_image_demo, tmp_path, monkeypatch):
-    before, after, _, _, modes = _train(monkeypatch, FAST + [
-        "--data-root", six_image_demo, "--backbone", "mobilenetv2", "--exp_root", str(tmp_path)])
+    before, after, _, _, modes = _train(
+        monkeypatch, FAST + ["--data-root", six_image_demo, "--backbone", "mobilenetv2", "--exp_root", str(tmp_path)]
+    )
     tracked = [name for name in before if name.endswith("num_batches_tracked")]
     # six training images, one per step: every BatchNorm layer counted six batches
     assert tracked and all(int(after[name]) - int(before[name]) == 6 for name in tracked)
     assert any(not torch.equal(before[name], after[name]) for name in before if name.endswith("running_mean"))
     assert any(modes)
-

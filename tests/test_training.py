@@ -1,4 +1,5 @@
 """Training engine on the real GAICD sample photos: checkpoints, exact resume, divergence, evaluation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,30 @@ from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import autocast, seed_everything
 from untils.training import Trainer, item_seed, sample_views, warmup_cosine
 
-FAST = ["--backbone", "mobilenetv2", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-        "--image_size", "128", "128", "--keep_aspect_ratio", "false", "--view_per_image", "16",
-        "--warmup_epochs", "1", "--lr", "1e-3", "--no-progress", "--deterministic", "true"]
+FAST = [
+    "--backbone",
+    "mobilenetv2",
+    "--pretrained",
+    "false",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+    "--image_size",
+    "128",
+    "128",
+    "--keep_aspect_ratio",
+    "false",
+    "--view_per_image",
+    "16",
+    "--warmup_epochs",
+    "1",
+    "--lr",
+    "1e-3",
+    "--no-progress",
+    "--deterministic",
+    "true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,21 @@ def test_resume_continues_exactly(data_root, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, request):
-    trainer = train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "test",
-                                          "--exp_root", str(tmp_path), "--exp_name", "nan"])
+    trainer = train_on_GAICD.main(
+        FAST
+        + [
+            "--data-root",
+            data_root,
+            "--max_epoch",
+            "1",
+            "--selection",
+            "test",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "nan",
+        ]
+    )
     checkpoint = os.path.join(trainer.exp_path, "checkpoints", "last.pth")
     before = hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
     request.getfixturevalue("diverging_loss")
@@ -69,6 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp
 def two_training_images(tmp_path_factory):
     """The sample in the flat layout with 211958.jpg and 265813.jpg in the training split."""
     import json
+
     root = build_gaicd_sample(tmp_path_factory.mktemp("gaicd_two"), flat=True)
     split = {"train": ["211958.jpg", "265813.jpg"], "test": ["297406.jpg"]}
     (root / "GAICD" / "original_data_split.json").write_text(json.dumps(split))
@@ -78,9 +114,23 @@ def two_training_images(tmp_path_factory):
 
 
 def test_validation_protocol_reports_test_once(two_training_images, tmp_path):
-    trainer = train_on_GAICD.main(FAST + ["--data-root", two_training_images, "--max_epoch", "1",
-                                          "--selection", "val", "--val_fraction", "0.5",
-                                          "--exp_root", str(tmp_path), "--exp_name", "v"])
+    trainer = train_on_GAICD.main(
+        FAST
+        + [
+            "--data-root",
+            two_training_images,
+            "--max_epoch",
+            "1",
+            "--selection",
+            "val",
+            "--val_fraction",
+            "0.5",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "v",
+        ]
+    )
     # one training image is held out for validation, the other is trained on; the test split selects nothing
     assert len(trainer.val_names) == 1 and trainer.val_names[0] in ("211958.jpg", "265813.jpg")
     assert len(trainer.train_set) == 1
@@ -90,12 +140,28 @@ def test_validation_protocol_reports_test_once(two_training_images, tmp_path):
 
 def test_validation_split_that_leaves_nothing_to_train_on_is_an_error(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"val_fraction=0\.5 holds out 1 of the 1 training images"):
-        train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "val",
-                                    "--val_fraction", "0.5", "--exp_root", str(tmp_path), "--exp_name", "v"])
+        train_on_GAICD.main(
+            FAST
+            + [
+                "--data-root",
+                data_root,
+                "--max_epoch",
+                "1",
+                "--selection",
+                "val",
+                "--val_fraction",
+                "0.5",
+                "--exp_root",
+                str(tmp_path),
+                "--exp_name",
+                "v",
+            ]
+        )
 
 
 def test_warmup_cosine_matches_the_release_formula():
     import math
+
     for epoch in range(80):
         if epoch <= 5:
             expected = min(1.0, (epoch + 1) / 5)
@@ -105,10 +171,11 @@ def test_warmup_cosine_matches_the_release_formula():
 
 
 def test_sample_views_keeps_valid_crops_only():
-    batch = {"crop_valid": torch.tensor([[True] * 6, [True, True, False, False, False, False]]),
-             "crop_box": torch.arange(48, dtype=torch.float32).reshape(2, 6, 4),
-             "score": torch.tensor([[1.0, 2, 3, 4, 5, 6],
-                                    [7, 8, float("nan"), float("nan"), float("nan"), float("nan")]])}
+    batch = {
+        "crop_valid": torch.tensor([[True] * 6, [True, True, False, False, False, False]]),
+        "crop_box": torch.arange(48, dtype=torch.float32).reshape(2, 6, 4),
+        "score": torch.tensor([[1.0, 2, 3, 4, 5, 6], [7, 8, float("nan"), float("nan"), float("nan"), float("nan")]]),
+    }
     torch.manual_seed(0)
     sampled = sample = sample_views(batch, 4)
     assert sample["crop_box"].shape == (2, 4, 4)
@@ -118,12 +185,37 @@ def test_sample_views_keeps_valid_crops_only():
 
 
 def test_table_from_checkpoints(data_root, tmp_path):
-    trainer = train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "test",
-                                          "--exp_root", str(tmp_path), "--exp_name", "t"])
+    trainer = train_on_GAICD.main(
+        FAST
+        + [
+            "--data-root",
+            data_root,
+            "--max_epoch",
+            "1",
+            "--selection",
+            "test",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "t",
+        ]
+    )
     checkpoint = os.path.join(trainer.exp_path, "checkpoints", "best-srcc.pth")
     out = tmp_path / "table"
-    evaluation.main(["--table", checkpoint, "--out", str(out), "--data-root", data_root, "--skip-missing",
-                     "--num_workers", "0", "--no-progress"])
+    evaluation.main(
+        [
+            "--table",
+            checkpoint,
+            "--out",
+            str(out),
+            "--data-root",
+            data_root,
+            "--skip-missing",
+            "--num_workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     table = (tmp_path / "table.md").read_text()
     assert "GAICD-human acc5" in table and "best-srcc.pth" in table
     row = table.strip().splitlines()[-1].split("|")
@@ -157,9 +249,18 @@ def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_pat
     Only the layers after the backbone are compared in direction: the early layers of a random-init
     backbone (BatchNorm on one image) turn rounding into gradients of another direction.
     """
-    cfg = Config(data_root=data_root, backbone="mobilenetv2", pretrained=False, image_size=(128, 128),
-                 keep_aspect_ratio=False, view_per_image=16, num_workers=0, selection="test",
-                 data_augmentation=False, exp_root=str(tmp_path))
+    cfg = Config(
+        data_root=data_root,
+        backbone="mobilenetv2",
+        pretrained=False,
+        image_size=(128, 128),
+        keep_aspect_ratio=False,
+        view_per_image=16,
+        num_workers=0,
+        selection="test",
+        data_augmentation=False,
+        exp_root=str(tmp_path),
+    )
     seed_everything(cfg.seed)
     trainer = train_on_GAICD.build_trainer(cfg, str(tmp_path / "exp"), torch.device("cpu"), progress=False)
     batch = _first_batch(trainer)
@@ -179,12 +280,25 @@ def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_pat
 # fp16 gradients of this random-init model): PyTorch then warns that the schedule stepped first.
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
-    common = FAST + ["--data-root", data_root, "--max_epoch", "8", "--selection", "test", "--precision", "fp16",
-                     "--channels_last", "true", "--eval_freq", "100",
-                     "--lr_scheduler", "step"]  # lr independent of max_epoch
+    common = FAST + [
+        "--data-root",
+        data_root,
+        "--max_epoch",
+        "8",
+        "--selection",
+        "test",
+        "--precision",
+        "fp16",
+        "--channels_last",
+        "true",
+        "--eval_freq",
+        "100",
+        "--lr_scheduler",
+        "step",
+    ]  # lr independent of max_epoch
     straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
     steps_taken = max(int(state["step"]) for state in straight.optimizer.state.values())
-    assert 2 <= steps_taken < 8 and straight.scaler.get_scale() < 2.0 ** 16  # overflowing steps were skipped
+    assert 2 <= steps_taken < 8 and straight.scaler.get_scale() < 2.0**16  # overflowing steps were skipped
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in straight.core.parameters() if p.dim() == 4)
     first = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "b"), "--exp_name", "run", "--max_epoch", "7"])
     checkpoint = os.path.join(first.exp_path, "checkpoints", "last.pth")
@@ -198,8 +312,21 @@ def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
 
 
 def test_evaluation_uses_the_configured_precision_and_batching(data_root, tmp_path, monkeypatch):
-    trainer = train_on_GAICD.main(FAST + ["--data-root", data_root, "--max_epoch", "1", "--selection", "test",
-                                          "--exp_root", str(tmp_path), "--exp_name", "e"])
+    trainer = train_on_GAICD.main(
+        FAST
+        + [
+            "--data-root",
+            data_root,
+            "--max_epoch",
+            "1",
+            "--selection",
+            "test",
+            "--exp_root",
+            str(tmp_path),
+            "--exp_name",
+            "e",
+        ]
+    )
     checkpoint = os.path.join(trainer.exp_path, "checkpoints", "last.pth")
     calls = []
     original = untils.evaluation.run_model
@@ -209,8 +336,25 @@ def test_evaluation_uses_the_configured_precision_and_batching(data_root, tmp_pa
         return original(model, batch, autocast_dtype, channels_last)
 
     monkeypatch.setattr(untils.evaluation, "run_model", spy)
-    evaluation.main(["--checkpoint", checkpoint, "--dataset", "GAICD", "--data-root", data_root, "--num_workers", "0",
-                     "--no-progress", "--precision", "bf16", "--channels_last", "true", "--images-per-batch", "2"])
+    evaluation.main(
+        [
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "GAICD",
+            "--data-root",
+            data_root,
+            "--num_workers",
+            "0",
+            "--no-progress",
+            "--precision",
+            "bf16",
+            "--channels_last",
+            "true",
+            "--images-per-batch",
+            "2",
+        ]
+    )
     # the two GAICD test photos have one resized size (128x128): one forward of both, in bf16, channels-last
     assert calls == [(torch.bfloat16, True, 2)]
 
@@ -222,8 +366,18 @@ class _Crash(Exception):
 def test_crash_mid_epoch_resumes_exactly_from_the_last_optimiser_step(six_image_demo, tmp_path, monkeypatch):
     """Batches of 2 images accumulated one at a time; last.pth every 3 steps lands only between
     optimiser steps (after step 4, not 3); a crash at step 5 resumes to the uninterrupted weights."""
-    common = FAST + ["--data-root", six_image_demo, "--max_epoch", "1", "--selection", "test",
-                     "--batch_size", "2", "--checkpoint_steps", "3"]
+    common = FAST + [
+        "--data-root",
+        six_image_demo,
+        "--max_epoch",
+        "1",
+        "--selection",
+        "test",
+        "--batch_size",
+        "2",
+        "--checkpoint_steps",
+        "3",
+    ]
     straight = train_on_GAICD.main(common + ["--exp_root", str(tmp_path / "a"), "--exp_name", "run"])
     saved = []
     original_save, original_loss = Trainer.save_training_state, Trainer.compute_loss

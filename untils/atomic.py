@@ -5,6 +5,7 @@ Every output (checkpoints, CSVs, heat maps, crops, figures, reports) goes throug
 hidden file in the target's folder that is renamed onto the target once complete: a crash or a
 second process writing the same file never leaves a half-written or mixed one behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,11 @@ def write_atomic(path: PathLike, write: Callable[[str], None], durable: bool = F
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     """:func:`write_atomic` of a text file."""
+
     def write(tmp_path: str) -> None:
         with open(tmp_path, "w", newline="") as stream:
             stream.write(text)
+
     write_atomic(path, write)
 
 
@@ -54,10 +57,14 @@ def write_folder_atomic(path: PathLike, overwrite: bool, write: Callable[[str], 
     """Call ``write(folder)`` on a hidden new folder beside ``path``, renamed onto ``path`` once whole:
     an error leaves nothing behind, and an existing folder (replaced only with ``overwrite``) stays as
     it was until then. Folders above ``path`` are created as needed (and removed again on an error)."""
+
     def check_replaceable() -> None:
         if os.path.exists(path) and not (overwrite and os.path.isdir(path)):
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
-                                  if os.path.isdir(path) else f"{path} exists and is not a folder")
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
+                if os.path.isdir(path)
+                else f"{path} exists and is not a folder"
+            )
 
     path = os.fspath(path)
     check_replaceable()
@@ -82,7 +89,6 @@ def write_folder_atomic(path: PathLike, overwrite: bool, write: Callable[[str], 
     shutil.rmtree(replaced, ignore_errors=True)
 
 
-
 def json_text(content: Any, where: PathLike, indent: int | None = None) -> str:
     """``content`` as strict JSON text, the one way JSON is made here: NaN and infinity, which JSON has
     no words for (Python would write ``NaN``, which other readers refuse), are an error naming
@@ -90,8 +96,10 @@ def json_text(content: Any, where: PathLike, indent: int | None = None) -> str:
     try:
         return json.dumps(content, indent=indent, allow_nan=False)
     except ValueError:
-        raise ValueError(f"{os.fspath(where)}: {_non_finite_place(content) or 'a value'} is not a finite number, "
-                         "which JSON cannot hold: not written") from None
+        raise ValueError(
+            f"{os.fspath(where)}: {_non_finite_place(content) or 'a value'} is not a finite number, "
+            "which JSON cannot hold: not written"
+        ) from None
 
 
 def _non_finite_place(content: Any, place: str = "") -> str | None:

@@ -9,6 +9,7 @@ Two families:
   its ShuffleNetV2 x1.0, torchvision's VGG16 and ResNet50) with the release's parameter names, so GAIC's and
   PIC's released checkpoints and ImageNet files load with ``strict=True``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -29,8 +30,12 @@ _BACKBONES = {
 }
 # Channels of f3, f4 and f5 of GAIC's release layouts; their sum is DimRed's input and tells the
 # backbone of a checkpoint.
-BACKBONE_CHANNELS = {"mobilenetv2": (32, 96, 320), "shufflenetv2": (116, 232, 464), "vgg16": (512, 512, 512),
-                     "resnet50": (512, 1024, 2048)}
+BACKBONE_CHANNELS = {
+    "mobilenetv2": (32, 96, 320),
+    "shufflenetv2": (116, 232, 464),
+    "vgg16": (512, 512, 512),
+    "resnet50": (512, 1024, 2048),
+}
 
 
 class BackboneWeightsError(RuntimeError):
@@ -52,14 +57,14 @@ def _imagenet_model(name: str, weight_path: str | None) -> nn.Module:
             f"could not load ImageNet weights for {name} through torchvision ({type(error).__name__}: "
             f"{error}). Download {weights.url} and pass it with --backbone_weight_path PATH, "
             f"place it in torch's hub cache ({torch.hub.get_dir()}/checkpoints), "
-            f"or train from random init with --pretrained false") from error
+            f"or train from random init with --pretrained false"
+        ) from error
 
 
 class Backbone(nn.Module):
     """A CNN cut into three stages giving features at strides 8 (f3), 16 (f4) and 32 (f5)."""
 
-    def __init__(self, feature3: nn.Module, feature4: nn.Module, feature5: nn.Module,
-                 channels: Sequence[int]) -> None:
+    def __init__(self, feature3: nn.Module, feature4: nn.Module, feature5: nn.Module, channels: Sequence[int]) -> None:
         super().__init__()
         self.feature3 = feature3
         self.feature4 = feature4
@@ -89,17 +94,29 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: str | None =
         net = getattr(models, _BACKBONES[name][0])(weights=None)
     channels = _BACKBONES[name][2]
     if name == "vgg16":
-        stages = (nn.Sequential(net.features[:23]), nn.Sequential(net.features[23:30]),
-                  nn.Sequential(net.features[30:]))
+        stages = (
+            nn.Sequential(net.features[:23]),
+            nn.Sequential(net.features[23:30]),
+            nn.Sequential(net.features[30:]),
+        )
     elif name == "resnet50":
-        stages = (nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2),
-                  nn.Sequential(net.layer3), nn.Sequential(net.layer4))
+        stages = (
+            nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2),
+            nn.Sequential(net.layer3),
+            nn.Sequential(net.layer4),
+        )
     elif name == "mobilenetv2":
-        stages = (nn.Sequential(net.features[:7]), nn.Sequential(net.features[7:14]),
-                  nn.Sequential(net.features[14:-1]))
+        stages = (
+            nn.Sequential(net.features[:7]),
+            nn.Sequential(net.features[7:14]),
+            nn.Sequential(net.features[14:-1]),
+        )
     else:
-        stages = (nn.Sequential(net.conv1, net.maxpool, net.stage2), nn.Sequential(net.stage3),
-                  nn.Sequential(net.stage4))
+        stages = (
+            nn.Sequential(net.conv1, net.maxpool, net.stage2),
+            nn.Sequential(net.stage3),
+            nn.Sequential(net.stage4),
+        )
     return Backbone(*stages, channels=channels)
 
 
@@ -107,8 +124,10 @@ def build_backbone(name: str, pretrained: bool = True, weight_path: str | None =
 # GAIC's release layouts
 # ----------------------------------------------------------------------------------------------
 
-def _conv_bn(inp: int, oup: int, kernel: int, stride: int = 1, groups: int = 1,
-             activation: type[nn.Module] | None = None) -> list[nn.Module]:
+
+def _conv_bn(
+    inp: int, oup: int, kernel: int, stride: int = 1, groups: int = 1, activation: type[nn.Module] | None = None
+) -> list[nn.Module]:
     layers = [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]
     return layers + ([activation(inplace=True)] if activation is not None else [])
 
@@ -121,8 +140,9 @@ class MobileNetV2Block(nn.Module):
         hidden = int(round(inp * expand_ratio))
         self.identity = stride == 1 and inp == oup
         expand = _conv_bn(inp, hidden, 1, activation=nn.ReLU6) if expand_ratio != 1 else []
-        self.conv = nn.Sequential(*expand, *_conv_bn(hidden, hidden, 3, stride, hidden, nn.ReLU6),
-                                  *_conv_bn(hidden, oup, 1))
+        self.conv = nn.Sequential(
+            *expand, *_conv_bn(hidden, hidden, 3, stride, hidden, nn.ReLU6), *_conv_bn(hidden, oup, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.identity else self.conv(x)
@@ -134,9 +154,17 @@ class ReleaseMobileNetV2(nn.Module):
     Holds the layout of ``mobilenetv2_1.0-0c6065bc.pth`` so that file loads strictly; GAIC uses
     ``features`` only.
     """
+
     # expand ratio t, output channels c, repeats n, first stride s
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,11 +197,14 @@ class ShuffleNetV2Block(nn.Module):
         self.downsample = stride == 2
         branch_in = inp if self.downsample else half
         if self.downsample:
-            self.banch1 = nn.Sequential(*_conv_bn(inp, inp, 3, stride, inp),
-                                        *_conv_bn(inp, half, 1, activation=nn.ReLU))
-        self.banch2 = nn.Sequential(*_conv_bn(branch_in, half, 1, activation=nn.ReLU),
-                                    *_conv_bn(half, half, 3, stride, half),
-                                    *_conv_bn(half, half, 1, activation=nn.ReLU))
+            self.banch1 = nn.Sequential(
+                *_conv_bn(inp, inp, 3, stride, inp), *_conv_bn(inp, half, 1, activation=nn.ReLU)
+            )
+        self.banch2 = nn.Sequential(
+            *_conv_bn(branch_in, half, 1, activation=nn.ReLU),
+            *_conv_bn(half, half, 3, stride, half),
+            *_conv_bn(half, half, 1, activation=nn.ReLU),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:
@@ -187,6 +218,7 @@ class ShuffleNetV2Block(nn.Module):
 class ReleaseShuffleNetV2(nn.Module):
     """The release's ImageNet ShuffleNetV2 x1.0: ``conv1``, ``maxpool``, ``features`` (16 units),
     ``conv_last``, ``classifier``: the layout of ``shufflenetv2_x1_69.402_88.374.pth.tar``."""
+
     STAGES = ((4, 116), (8, 232), (4, 464))  # units per stage, output channels
 
     def __init__(self) -> None:
@@ -216,15 +248,20 @@ def _load_imagenet_weights(network: nn.Module, path: str, description: str, layo
     for name, buffer in own.items():
         if name.endswith("num_batches_tracked"):
             state.setdefault(name, buffer)  # files saved before torch 0.4.1 lack this counter
-    problems = [f"{kind} {len(names)} entries ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
-                for kind, names in (("missing", sorted(set(own) - set(state))),
-                                    ("unexpected", sorted(set(state) - set(own))),
-                                    ("shape differs for", sorted(n for n in set(own) & set(state)
-                                                                 if own[n].shape != state[n].shape)))
-                if names]
+    problems = [
+        f"{kind} {len(names)} entries ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        for kind, names in (
+            ("missing", sorted(set(own) - set(state))),
+            ("unexpected", sorted(set(state) - set(own))),
+            ("shape differs for", sorted(n for n in set(own) & set(state) if own[n].shape != state[n].shape)),
+        )
+        if names
+    ]
     if problems:
-        raise BackboneWeightsError(f"{path!r} is not a {description} ImageNet state_dict with the parameter names "
-                                   f"of {layout}: {'; '.join(problems)}")
+        raise BackboneWeightsError(
+            f"{path!r} is not a {description} ImageNet state_dict with the parameter names "
+            f"of {layout}: {'; '.join(problems)}"
+        )
     network.load_state_dict(state, strict=True)
 
 

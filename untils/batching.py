@@ -1,5 +1,6 @@
 """Batching crop items: padding crop lists to one length, batches of one resized size, subsets
 that keep the datasets' metadata, and sharding evaluation over processes."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ PADDED_KEYS = {"crop_box": -1.0, "score": float("nan"), "gt_crops": -1.0}
 def _pad_stack(tensors: list[torch.Tensor], length: int, value: float) -> torch.Tensor:
     padded = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
     for row, tensor in enumerate(tensors):
-        padded[row, :len(tensor)] = tensor
+        padded[row, : len(tensor)] = tensor
     return padded
 
 
@@ -31,15 +32,16 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("collate_crops needs at least one item")
     sizes = {tuple(item["image"].shape[-2:]) for item in items}
     if len(sizes) > 1:
-        described = ", ".join(f"{item['name']}: {item['image'].shape[-1]}x{item['image'].shape[-2]}"
-                              for item in items)
-        raise ValueError(f"collate_crops needs images of one resized size, got {described}; "
-                         "batch with SizeBucketBatchSampler")
+        described = ", ".join(f"{item['name']}: {item['image'].shape[-1]}x{item['image'].shape[-2]}" for item in items)
+        raise ValueError(
+            f"collate_crops needs images of one resized size, got {described}; batch with SizeBucketBatchSampler"
+        )
     keys = set(items[0])
     for item in items[1:]:
         if set(item) != keys:
-            raise ValueError(f"items {items[0]['name']} and {item['name']} have different keys: "
-                             f"{sorted(keys ^ set(item))}")
+            raise ValueError(
+                f"items {items[0]['name']} and {item['name']} have different keys: {sorted(keys ^ set(item))}"
+            )
     batch: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
@@ -94,8 +96,16 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
     so every rank gets the same number of batches.
     """
 
-    def __init__(self, dataset: ResizedSizes, batch_size: int, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: ResizedSizes,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -118,7 +128,7 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
             if self.shuffle:
                 bucket = [bucket[i] for i in torch.randperm(len(bucket), generator=generator).tolist()]
             for start in range(0, len(bucket), self.batch_size):
-                batch = bucket[start:start + self.batch_size]
+                batch = bucket[start : start + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
         if self.shuffle:
@@ -135,7 +145,7 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
         wanted = self._batches_per_replica(len(batches)) * self.num_replicas
         if wanted > len(batches):
             batches = batches * math.ceil(wanted / len(batches))
-        yield from batches[:wanted][self.rank::self.num_replicas]
+        yield from batches[:wanted][self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
         total = 0
@@ -172,15 +182,17 @@ class NamedSubset(Dataset):
         return self.dataset.resized_size_of(self.indices[index])
 
 
-def evaluation_loader(dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
-                      pin_memory: bool = False) -> DataLoader:
+def evaluation_loader(
+    dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Every image of ``dataset`` (a :class:`ResizedSizes` dataset) once, ``images_per_batch`` of one
     resized size per batch."""
     if not isinstance(dataset, ResizedSizes):
         raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
     sampler = SizeBucketBatchSampler(dataset, images_per_batch, shuffle=False)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=num_workers,
-                      pin_memory=pin_memory)
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=num_workers, pin_memory=pin_memory
+    )
 
 
 def distributed() -> bool:

@@ -7,6 +7,7 @@ numpy arrays and then return numpy arrays.
 A box whose ``x1`` is negative is padding (the release pads with ``[-1, -1, -1, -1]``):
 it rasterises to an all-zero mask and never counts as a person.
 """
+
 from __future__ import annotations
 
 from typing import TypeVar
@@ -119,8 +120,7 @@ def box_iou(boxes_a: BoxesT, boxes_b: BoxesLike) -> BoxesT:
     return _like_input(iou, boxes_a)
 
 
-def _scaled_grid_coords(boxes: torch.Tensor, width: float, height: float,
-                        target_w: int, target_h: int) -> torch.Tensor:
+def _scaled_grid_coords(boxes: torch.Tensor, width: float, height: float, target_w: int, target_h: int) -> torch.Tensor:
     """Boxes scaled to a ``target_w`` x ``target_h`` grid and truncated toward zero.
 
     float32 arithmetic on purpose: the release multiplies float32 boxes by the ratio,
@@ -142,8 +142,9 @@ def _spans(starts: torch.Tensor, stops: torch.Tensor, length: int) -> torch.Tens
     return inside.to(torch.float32)
 
 
-def crop_mask_factors(boxes: torch.Tensor, width: float, height: float,
-                      size: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_mask_factors(
+    boxes: torch.Tensor, width: float, height: float, size: tuple[int, int] = (64, 64)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The crop masks of boxes (..., 4) in a ``width`` x ``height`` image, as their factors.
 
     A crop mask is a filled box, so ``mask = rows[..., :, None] * columns[..., None, :]`` with
@@ -160,8 +161,7 @@ def crop_mask_factors(boxes: torch.Tensor, width: float, height: float,
     return rows, columns
 
 
-def crop_masks(boxes: torch.Tensor, width: float, height: float,
-               size: tuple[int, int] = (64, 64)) -> torch.Tensor:
+def crop_masks(boxes: torch.Tensor, width: float, height: float, size: tuple[int, int] = (64, 64)) -> torch.Tensor:
     """Binary masks (..., N, size_h, size_w) of crops (N, 4) or (B, N, 4): :func:`crop_mask_factors` multiplied out."""
     if boxes.dim() not in (2, 3):
         raise ValueError(f"crop boxes must have shape (N, 4) or (B, N, 4), got {tuple(boxes.shape)}")
@@ -177,8 +177,7 @@ def _human_boxes_as_batch(human_boxes: torch.Tensor) -> tuple[torch.Tensor, bool
         return human_boxes.reshape(-1, 4), True
     if human_boxes.numel() == 4 and human_boxes.dim() <= 2:
         return human_boxes.reshape(1, 4), False
-    raise ValueError("human boxes must have shape (4,), (1, 4) or (B, 1, 4), "
-                     f"got {tuple(human_boxes.shape)}")
+    raise ValueError(f"human boxes must have shape (4,), (1, 4) or (B, 1, 4), got {tuple(human_boxes.shape)}")
 
 
 NO_PERSON_BOX = (-1.0, -1.0, -1.0, -1.0)  # the person box of an image without a person, as the models take it
@@ -194,8 +193,9 @@ def has_person(human_boxes: torch.Tensor) -> torch.Tensor:
     return present if batched else present[0]
 
 
-def partition_masks(human_boxes: torch.Tensor, width: int, height: int,
-                    downsample: int = FEATURE_STRIDE) -> torch.Tensor:
+def partition_masks(
+    human_boxes: torch.Tensor, width: int, height: int, downsample: int = FEATURE_STRIDE
+) -> torch.Tensor:
     """The nine partition masks (9, H', W') around the person, H' = int(height / downsample).
 
     The release's ``generate_partition_mask``: the box is scaled to the grid and truncated toward
@@ -221,8 +221,7 @@ def partition_masks(human_boxes: torch.Tensor, width: int, height: int,
     return masks if batched else masks[0]
 
 
-def resized_size(width: int, height: int, image_size: tuple[int, int],
-                 keep_aspect_ratio: bool) -> tuple[int, int]:
+def resized_size(width: int, height: int, image_size: tuple[int, int], keep_aspect_ratio: bool) -> tuple[int, int]:
     """The network's input size ``(w, h)`` for a ``width`` x ``height`` image.
 
     Keeping the aspect ratio, the shorter side is scaled to ``image_size[0]`` and each

@@ -24,6 +24,7 @@ against ``human_bboxes/GAICD/image_crop.json`` with each image's size inferred f
 its crops. With (0.5, 2.0) wide images lose their widest crops (1024x683: 83 instead
 of the annotated 87).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,14 @@ def _round_half_up(values: np.ndarray) -> np.ndarray:
     return np.floor(values + 0.5)
 
 
-def gaic_grid_candidates(width: float, height: float, bins: int = 12, min_area_ratio: float = 0.5,
-                         aspect_range: tuple[float, float] = (0.5, 2.2),
-                         corner_bins: int = 4) -> torch.Tensor:
+def gaic_grid_candidates(
+    width: float,
+    height: float,
+    bins: int = 12,
+    min_area_ratio: float = 0.5,
+    aspect_range: tuple[float, float] = (0.5, 2.2),
+    corner_bins: int = 4,
+) -> torch.Tensor:
     """The GAIC grid anchors of a ``width`` x ``height`` image, (N, 4) whole pixels.
 
     See the module docstring for exactly which points are used. Order: x1, y1, x2, y2
@@ -68,7 +74,7 @@ def gaic_grid_candidates(width: float, height: float, bins: int = 12, min_area_r
     starts = np.arange(corner_bins)
     ends = np.arange(bins - corner_bins, bins)
     x1, y1, x2, y2 = (grid.ravel() for grid in np.meshgrid(starts, starts, ends, ends, indexing="ij"))
-    area_ratio = (x2 - x1) * (y2 - y1) / bins ** 2
+    area_ratio = (x2 - x1) * (y2 - y1) / bins**2
     aspect = ((x2 - x1) * step_w) / ((y2 - y1) * step_h)
     # The grid area ratio is a ratio of small integers; the tolerance only absorbs float division.
     keep = (area_ratio >= min_area_ratio - 1e-9) & (aspect >= low_ratio) & (aspect <= high_ratio)
@@ -77,9 +83,9 @@ def gaic_grid_candidates(width: float, height: float, bins: int = 12, min_area_r
     return torch.from_numpy(boxes).to(torch.float32).reshape(-1, 4)
 
 
-def fixed_ratio_candidates(width: int, height: int, ratio: float,
-                           scales: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5),
-                           steps: int = 5) -> torch.Tensor:
+def fixed_ratio_candidates(
+    width: int, height: int, ratio: float, scales: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5), steps: int = 5
+) -> torch.Tensor:
     """Crops of aspect ratio ``ratio`` (w/h) inside a ``width`` x ``height`` image, (N, 4).
 
     For each scale s the crop is s times the largest ``ratio`` box that fits, in whole
@@ -97,8 +103,10 @@ def fixed_ratio_candidates(width: int, height: int, ratio: float,
     largest_h = min(height, max(1, round(fit_w / ratio)))
     largest_w = min(width, max(1, round(largest_h * ratio)))
     if min(largest_w, largest_h) < MIN_CROP_SIDE:
-        raise ValueError(f"aspect ratio {ratio:g}: its largest crop of a {width:g}x{height:g} image is "
-                         f"{largest_w}x{largest_h} pixels, under {MIN_CROP_SIDE} on a side")
+        raise ValueError(
+            f"aspect ratio {ratio:g}: its largest crop of a {width:g}x{height:g} image is "
+            f"{largest_w}x{largest_h} pixels, under {MIN_CROP_SIDE} on a side"
+        )
     boxes: list[tuple[int, int, int, int]] = []
     seen: set[tuple[int, int, int, int]] = set()
     for scale in scales:
@@ -127,14 +135,15 @@ def parse_aspect_ratio(text: str) -> float | None:
         else:
             value = float(cleaned)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"aspect ratio {text!r} is not understood: expected 'W:H' (e.g. '16:9'), "
-                         "a positive number (e.g. '1.5') or 'any'") from None
+        raise ValueError(
+            f"aspect ratio {text!r} is not understood: expected 'W:H' (e.g. '16:9'), "
+            "a positive number (e.g. '1.5') or 'any'"
+        ) from None
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"aspect ratio {text!r} must be positive and finite")
     low, high = ASPECT_RATIO_RANGE
     if not low <= value <= high:
-        raise ValueError(f"aspect ratio {text!r} = {value:g} is outside 1:20 to 20:1: no crop of a photo can "
-                         "honour it")
+        raise ValueError(f"aspect ratio {text!r} = {value:g} is outside 1:20 to 20:1: no crop of a photo can honour it")
     return value
 
 
@@ -143,14 +152,16 @@ class _NumbersOnlyUnpickler(pickle.Unpickler):
     since building those is how a crafted pickle runs code."""
 
     def find_class(self, module: str, name: str) -> object:
-        raise pickle.UnpicklingError(f"it names {module}.{name}, and only lists of numbers are read from this file "
-                                     "(other objects may run code)")
+        raise pickle.UnpicklingError(
+            f"it names {module}.{name}, and only lists of numbers are read from this file (other objects may run code)"
+        )
 
 
 def _is_number_rows(content: object) -> bool:
     """Whether ``content`` is a list (or tuple) of lists of ints and floats: all an anchors file may hold."""
     return isinstance(content, (list, tuple)) and all(
-        isinstance(row, (list, tuple)) and all(type(value) in (int, float) for value in row) for row in content)
+        isinstance(row, (list, tuple)) and all(type(value) in (int, float) for value in row) for row in content
+    )
 
 
 def load_predefined_anchors(path: str | os.PathLike) -> torch.Tensor:
@@ -159,24 +170,40 @@ def load_predefined_anchors(path: str | os.PathLike) -> torch.Tensor:
     The file is a pickle; only lists of numbers are read from it (a class or function it names is refused).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"predefined anchors file not found: {path} "
-                                "(expected pdefined_anchors.pkl, a pickled list of [x1, y1, x2, y2] fractions)")
+        raise FileNotFoundError(
+            f"predefined anchors file not found: {path} "
+            "(expected pdefined_anchors.pkl, a pickled list of [x1, y1, x2, y2] fractions)"
+        )
     try:
         with open(path, "rb") as handle:
             content = _NumbersOnlyUnpickler(handle, encoding="iso-8859-1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, MemoryError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        MemoryError,
+    ) as error:
         raise ValueError(f"predefined anchors file {path} is not a pickled list of 4-number boxes: {error}") from None
     if not _is_number_rows(content):
-        raise ValueError(f"predefined anchors file {path} is not a pickled list of 4-number boxes "
-                         f"(it holds a {type(content).__name__} of other values)")
+        raise ValueError(
+            f"predefined anchors file {path} is not a pickled list of 4-number boxes "
+            f"(it holds a {type(content).__name__} of other values)"
+        )
     anchors = np.asarray(content, dtype=np.float64)
     if anchors.shape != (NUM_PREDEFINED_ANCHORS, 4):
-        raise ValueError(f"predefined anchors file {path} holds shape {anchors.shape}, "
-                         f"expected ({NUM_PREDEFINED_ANCHORS}, 4)")
+        raise ValueError(
+            f"predefined anchors file {path} holds shape {anchors.shape}, expected ({NUM_PREDEFINED_ANCHORS}, 4)"
+        )
     if not np.isfinite(anchors).all() or anchors.min() < 0 or anchors.max() > 1:
-        raise ValueError(f"predefined anchors in {path} must be finite fractions in [0, 1], "
-                         f"got values in [{anchors.min()}, {anchors.max()}]")
+        raise ValueError(
+            f"predefined anchors in {path} must be finite fractions in [0, 1], "
+            f"got values in [{anchors.min()}, {anchors.max()}]"
+        )
     return torch.from_numpy(anchors).to(torch.float32)
 
 
@@ -207,16 +234,23 @@ def _gaic_release_grid_yxyx(width: int, height: int) -> np.ndarray:
                 for column2 in range(8, 12):
                     aspect = (column2 - column1) * step_w / (row2 - row1) / step_h
                     if (row2 - row1) * (column2 - column1) > 0.4999 * bins * bins and 0.5 < aspect < 2.0:
-                        boxes.append([step_h * (0.5 + row1), step_w * (0.5 + column1),
-                                      step_h * (0.5 + row2), step_w * (0.5 + column2)])
+                        boxes.append(
+                            [
+                                step_h * (0.5 + row1),
+                                step_w * (0.5 + column1),
+                                step_h * (0.5 + row2),
+                                step_w * (0.5 + column2),
+                            ]
+                        )
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def _gaic_release_ratio_yxyx(width: int, height: int, aspect_ratio: str) -> np.ndarray:
     """The release's ``generate_bboxes_16_9`` / ``_4_3`` / ``_1_1``: float64 ``[y1, x1, y2, x2]`` rows."""
     if aspect_ratio not in GAIC_RELEASE_RATIO_STEPS:
-        raise ValueError(f"GAIC's release has no {aspect_ratio!r} generator; expected one of "
-                         f"{sorted(GAIC_RELEASE_RATIO_STEPS)}")
+        raise ValueError(
+            f"GAIC's release has no {aspect_ratio!r} generator; expected one of {sorted(GAIC_RELEASE_RATIO_STEPS)}"
+        )
     step_w, step_h = GAIC_RELEASE_RATIO_STEPS[aspect_ratio]
     boxes = []
     for size in range(14, 30):
@@ -258,8 +292,9 @@ def gaic_release_candidates(width: int, height: int, aspect_ratio: str | None = 
     return torch.from_numpy(yxyx[:, [1, 0, 3, 2]]).to(torch.float32)
 
 
-def gaic_release_candidates_in_original(width: int, height: int, original_width: int, original_height: int,
-                                        aspect_ratio: str | None = None) -> torch.Tensor:
+def gaic_release_candidates_in_original(
+    width: int, height: int, original_width: int, original_height: int, aspect_ratio: str | None = None
+) -> torch.Tensor:
     """:func:`gaic_release_candidates` mapped to the original photo as the release's test code does
     (``source_bboxes``: float64 products with original/resized, Python's ``round``, half to even),
     (N, 4) float32 ``[x1, y1, x2, y2]`` whole pixels, in the same order."""

@@ -7,6 +7,7 @@ Every file is loaded with ``weights_only=True``: anything but tensors and plain 
 since unpickling it may run code, unless the user trusts the file (``--trust-checkpoint``); and
 before torch reads it, a file that is no PyTorch file or would unpack too large is refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,11 @@ def save_atomic(obj: Any, path: str) -> None:
 
 # What the weights-only unpickler says when it meets an object it will not build (a class, a
 # function to call); anything else it raises means the file is damaged or not a checkpoint.
-_REFUSED_OBJECT = re.compile(r"GLOBAL (?P<name>\S+)|unrecognized function (?P<function>.+?)(?: which|$)"
-                             r"|create new object .* but got (?P<cls>.+)$", re.MULTILINE)
+_REFUSED_OBJECT = re.compile(
+    r"GLOBAL (?P<name>\S+)|unrecognized function (?P<function>.+?)(?: which|$)"
+    r"|create new object .* but got (?P<cls>.+)$",
+    re.MULTILINE,
+)
 # The legacy (pre-zip) format starts with this number, pickled as an 8a 0a (LONG1, 10 bytes) opcode.
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 MAX_CHECKPOINT_GB_ENV = "HCIC_MAX_CHECKPOINT_GB"
@@ -47,7 +51,7 @@ DEFAULT_MAX_CHECKPOINT_GB = 4.0  # over ten times our largest training checkpoin
 # torch stores every entry uncompressed; a file that unpacks to this many times its size (and to more
 # than INFLATION_FREE_BYTES) is a crafted zip, refused before anything is unpacked.
 MAX_INFLATION = 100
-INFLATION_FREE_BYTES = 64 * 2 ** 20
+INFLATION_FREE_BYTES = 64 * 2**20
 
 
 def max_checkpoint_bytes(max_gb: float | None = None) -> int:
@@ -87,15 +91,19 @@ def _check_container(path: str, what: str, error_type: type[Exception], max_byte
     unpacked = sum(entry.file_size for entry in entries)
     packed = max(sum(entry.compress_size for entry in entries), 1)
     if unpacked > max_bytes:
-        raise error_type(f"{what} {path!r} would unpack to {unpacked / 1e9:.2f} GB, {over_limit}: "
-                         "refused before reading it")
+        raise error_type(
+            f"{what} {path!r} would unpack to {unpacked / 1e9:.2f} GB, {over_limit}: refused before reading it"
+        )
     if unpacked > INFLATION_FREE_BYTES and unpacked > MAX_INFLATION * packed:
-        raise error_type(f"{what} {path!r} would inflate {unpacked / packed:.0f}-fold ({packed} bytes to {unpacked} "
-                         "once unpacked), which no checkpoint torch wrote does: refused before reading it")
+        raise error_type(
+            f"{what} {path!r} would inflate {unpacked / packed:.0f}-fold ({packed} bytes to {unpacked} "
+            "once unpacked), which no checkpoint torch wrote does: refused before reading it"
+        )
 
 
-def load_file(path: str, what: str, error_type: type[Exception], trusted: bool = False,
-              max_gb: float | None = None) -> Any:
+def load_file(
+    path: str, what: str, error_type: type[Exception], trusted: bool = False, max_gb: float | None = None
+) -> Any:
     """``torch.load`` of ``path`` on the CPU, accepting only tensors and plain data unless ``trusted``.
 
     ``error_type`` names ``what`` and the path when the file is missing, unreadable, not a PyTorch
@@ -127,7 +135,8 @@ def load_file(path: str, what: str, error_type: type[Exception], trusted: bool =
         raise error_type(
             f"{what} {path!r} holds objects other than tensors and plain data"
             f"{f' ({found})' if found else ''}, and loading them may run code: refused. If you made this file "
-            "yourself with an older version of this project, --trust-checkpoint loads it anyway (unsafe)") from None
+            "yourself with an older version of this project, --trust-checkpoint loads it anyway (unsafe)"
+        ) from None
     except Exception as error:
         raise error_type(f"{what} {path!r} could not be read ({type(error).__name__}: {_cause(error)})") from error
 
@@ -166,7 +175,7 @@ def release_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     renamed = {}
     for name, value in state_dict.items():
         if name.startswith("module."):
-            name = name[len("module."):]
+            name = name[len("module.") :]
         renamed[name.replace("partition_aware.p_conv", "partition_aware.group_conv")] = value
     return renamed
 
@@ -183,8 +192,10 @@ def load_model_weights(model: torch.nn.Module, checkpoint: dict | str) -> None:
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(n for n in set(own) & set(state) if own[n].shape != state[n].shape)
     if missing or unexpected or mismatched:
+
         def head(names):
             return ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+
         problems = []
         if missing:
             problems.append(f"missing: {head(missing)}")
@@ -192,8 +203,10 @@ def load_model_weights(model: torch.nn.Module, checkpoint: dict | str) -> None:
             problems.append(f"unexpected: {head(unexpected)}")
         if mismatched:
             problems.append(f"shape differs: {head(mismatched)}")
-        raise CheckpointError(f"{source} does not fit the model built from its config ({'; '.join(problems)}). "
-                              "Pass the options it was trained with (e.g. --backbone, --partition_aware_type).")
+        raise CheckpointError(
+            f"{source} does not fit the model built from its config ({'; '.join(problems)}). "
+            "Pass the options it was trained with (e.g. --backbone, --partition_aware_type)."
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -238,8 +251,10 @@ def stored_options(checkpoint: dict, config_cls: type, source: str = "checkpoint
     derived = {field.name for field in dataclasses.fields(config_cls) if field.metadata.get("derived")}
     for name, value in stored.items():
         if name in known and not (value is None and name in derived) and not _fits(value, known[name]):
-            raise CheckpointError(f"{source}: its saved config option {name}={reprlib.repr(value)} is not of the "
-                                  f"option's type ({_type_name(known[name])})")
+            raise CheckpointError(
+                f"{source}: its saved config option {name}={reprlib.repr(value)} is not of the "
+                f"option's type ({_type_name(known[name])})"
+            )
     return {name: value for name, value in stored.items() if name in known}
 
 
@@ -256,8 +271,9 @@ def build_config(config_cls: type, options: dict, source: str = "checkpoint") ->
         raise CheckpointError(f"{source}: {error}") from None
 
 
-def config_from_checkpoint(checkpoint: dict, config_cls: type, overrides: dict | None = None,
-                           source: str = "checkpoint") -> Any:
+def config_from_checkpoint(
+    checkpoint: dict, config_cls: type, overrides: dict | None = None, source: str = "checkpoint"
+) -> Any:
     """The config stored in ``checkpoint`` (or the defaults for the release's bare state_dicts).
 
     ``overrides`` (e.g. data paths, device) win over the stored values; options the stored config
@@ -265,8 +281,12 @@ def config_from_checkpoint(checkpoint: dict, config_cls: type, overrides: dict |
     type or value is a CheckpointError naming ``source`` (the file) and the option.
     """
     stored = stored_options(checkpoint, config_cls, source)
-    for name in [k for k in stored if k.endswith(("_path", "_image", "_anno", "_human", "_split", "_heat_map",
-                                                   "_dir", "_pkl")) or k in ("data_root", "exp_root", "exp_name")]:
+    for name in [
+        k
+        for k in stored
+        if k.endswith(("_path", "_image", "_anno", "_human", "_split", "_heat_map", "_dir", "_pkl"))
+        or k in ("data_root", "exp_root", "exp_name")
+    ]:
         stored.pop(name)  # paths belong to the machine that trained, not this one
     stored.update(overrides or {})
     stored["pretrained"] = False  # the checkpoint supplies every weight

@@ -1,5 +1,6 @@
 """Command-line conventions shared by the scripts: every long option in both spellings, and errors
 said in one line."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def add_option_aliases(parser: argparse.ArgumentParser,
-                       renamed: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+def add_option_aliases(
+    parser: argparse.ArgumentParser, renamed: Mapping[str, str] | None = None
+) -> argparse.ArgumentParser:
     """Accept ``--a_b`` for every ``--a-b`` option of ``parser`` (and its subcommands) and the reverse.
 
     ``renamed`` maps old option names to the options that replaced them (``{"--batch-size":

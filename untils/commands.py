@@ -5,6 +5,7 @@ beside the installed library modules and loaded by path under a name of their ow
 them (``test.py``) shares its module name with Python's own ``test`` package, which an import would
 find first.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -4,6 +4,7 @@ Every field of a config dataclass becomes an option: ``--max_epoch 2`` and
 ``--max-epoch 2`` both work. Values are converted with the field's type, so a wrong
 type is an error, and argparse rejects unknown options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def _none_or(convert):
         if str(text).lower() in {"none", "null"}:
             return None
         return convert(text)
+
     parse.__name__ = getattr(convert, "__name__", "value")
     return parse
 
@@ -58,8 +60,7 @@ def _argument_spec(annotation: Any, derived: bool = False) -> dict[str, Any]:
         item_args = [a for a in typing.get_args(inner) if a is not Ellipsis]
         item_type = item_args[0] if item_args else str
         fixed = origin is tuple and Ellipsis not in typing.get_args(inner)
-        spec = {"type": item_type, "nargs": len(item_args) if fixed else "+",
-                "metavar": item_type.__name__.upper()}
+        spec = {"type": item_type, "nargs": len(item_args) if fixed else "+", "metavar": item_type.__name__.upper()}
     else:
         raise TypeError(f"config fields of type {annotation!r} cannot be set from the command line")
     if optional:
@@ -67,12 +68,10 @@ def _argument_spec(annotation: Any, derived: bool = False) -> dict[str, Any]:
     return spec
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type,
-                         exclude: Sequence[str] = ()) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, exclude: Sequence[str] = ()) -> None:
     """Add one option per field of ``config_cls`` (a dataclass) to ``parser``, except ``exclude``
     (e.g. the training options of a script that only evaluates)."""
-    group = parser.add_argument_group(
-        f"{config_cls.__module__} options (defaults from {config_cls.__module__}.py)")
+    group = parser.add_argument_group(f"{config_cls.__module__} options (defaults from {config_cls.__module__}.py)")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         if not field.init or field.name in exclude:
@@ -84,13 +83,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type,
         dashed = f"--{field.name.replace('_', '-')}"
         if dashed != flags[0]:
             flags.append(dashed)
-        group.add_argument(*flags, dest=f"cfg__{field.name}", default=argparse.SUPPRESS,
-                           help=f"{help_text} (default: {default})".strip(), **spec)
+        group.add_argument(
+            *flags,
+            dest=f"cfg__{field.name}",
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {default})".strip(),
+            **spec,
+        )
 
 
 def given_config_options(args: argparse.Namespace) -> dict[str, Any]:
     """The config options given on the command line (by field name), from :func:`add_config_arguments`."""
-    return {key[len("cfg__"):]: value for key, value in vars(args).items() if key.startswith("cfg__")}
+    return {key[len("cfg__") :]: value for key, value in vars(args).items() if key.startswith("cfg__")}
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

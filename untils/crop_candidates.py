@@ -13,6 +13,7 @@ The rule is the one the model's ``photo_spec`` declares (``untils.preprocessing.
   offset per position of that order; boxes scaled to the input as the release (x1, y1 floored,
   x2, y2 ceiled), not clipped, as ``untils.pic_recipe.rated_images`` feeds them. No other candidates.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,9 +61,15 @@ def requested_ratios(aspect_ratios: AspectRatios) -> list[tuple[str, float | Non
     for ratio in given:
         value = aspect_value(ratio)
         text = "any" if ratio is None else ratio.strip() if isinstance(ratio, str) else f"{value:g}"
-        twin = next((seen for seen, seen_value in ratios
-                     if seen_value == value or (seen_value is not None and value is not None
-                                                and math.isclose(seen_value, value, rel_tol=1e-9))), None)
+        twin = next(
+            (
+                seen
+                for seen, seen_value in ratios
+                if seen_value == value
+                or (seen_value is not None and value is not None and math.isclose(seen_value, value, rel_tol=1e-9))
+            ),
+            None,
+        )
         if twin is not None:
             raise ValueError(f"aspect ratio {text!r} is asked for twice (as {twin!r})")
         ratios.append((text, value))
@@ -82,8 +89,9 @@ def containing(candidates: np.ndarray, required: Sequence[Sequence[float]]) -> n
     """Which ``(N, 4)`` candidates contain every ``required`` box whole, as an ``(N,)`` bool mask."""
     keep = np.ones(len(candidates), dtype=bool)
     for x1, y1, x2, y2 in required:
-        keep &= ((candidates[:, 0] <= x1) & (candidates[:, 1] <= y1)
-                 & (candidates[:, 2] >= x2) & (candidates[:, 3] >= y2))
+        keep &= (
+            (candidates[:, 0] <= x1) & (candidates[:, 1] <= y1) & (candidates[:, 2] >= x2) & (candidates[:, 3] >= y2)
+        )
     return keep
 
 
@@ -103,12 +111,16 @@ def describe_candidates(rule: str, aspect_ratio: float | None) -> str:
     raises ValueError for a ratio the rule cannot give (any ratio for ``pic``)."""
     if rule == "pic":
         if aspect_ratio is not None:
-            raise ValueError(f"aspect ratio {aspect_ratio:g}: an official PIC checkpoint crops only among its "
-                             f"{FIXED_VIEW_COUNT} fixed views (one personal offset per position), at their "
-                             "own ratio; drop --aspect-ratio")
-        return (f"PIC fixed views: the {FIXED_VIEW_COUNT} crops of untils.pic_format.fixed_views (4 scales, "
-                "95% to 65% of each side, at 6 anchors), in that order: the official PIC model's candidates, "
-                "one personal offset per position")
+            raise ValueError(
+                f"aspect ratio {aspect_ratio:g}: an official PIC checkpoint crops only among its "
+                f"{FIXED_VIEW_COUNT} fixed views (one personal offset per position), at their "
+                "own ratio; drop --aspect-ratio"
+            )
+        return (
+            f"PIC fixed views: the {FIXED_VIEW_COUNT} crops of untils.pic_format.fixed_views (4 scales, "
+            "95% to 65% of each side, at 6 anchors), in that order: the official PIC model's candidates, "
+            "one personal offset per position"
+        )
     if rule == "gaic":
         ratio = release_ratio(aspect_ratio)
         return "GAIC release grid" if ratio is None else f"GAIC release {ratio} generator"
@@ -123,8 +135,9 @@ def boxes_in_input(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int,
     return torch.from_numpy(clip_boxes(scaled, *resized).astype(np.float32))
 
 
-def photo_candidates(rule: str, size: tuple[int, int], resized: tuple[int, int],
-                     aspect_ratio: float | None) -> tuple[np.ndarray, torch.Tensor]:
+def photo_candidates(
+    rule: str, size: tuple[int, int], resized: tuple[int, int], aspect_ratio: float | None
+) -> tuple[np.ndarray, torch.Tensor]:
     """The candidates of a ``size`` (w, h) photo whose network input is ``resized`` (w, h): ``(N, 4)``
     int64 whole pixels of the photo, in the rule's order, and the same crops ``(N, 4)`` float32 in
     the input's pixels. Raises :class:`PhotoError` when the photo has none."""
@@ -146,7 +159,9 @@ def photo_candidates(rule: str, size: tuple[int, int], resized: tuple[int, int],
         except ValueError as error:  # a ratio this photo cannot honour: this photo fails, the others go on
             raise PhotoError(str(error)) from None
     if len(boxes) == 0:
-        raise PhotoError(f"no candidate crop for a {size[0]}x{size[1]} photo: the GAIC grid keeps crops of aspect "
-                         "ratio 0.5 to 2.2 covering half the photo; pass --aspect-ratio for such a shape")
+        raise PhotoError(
+            f"no candidate crop for a {size[0]}x{size[1]} photo: the GAIC grid keeps crops of aspect "
+            "ratio 0.5 to 2.2 covering half the photo; pass --aspect-ratio for such a shape"
+        )
     candidates = boxes.numpy().astype(np.int64)
     return candidates, boxes_in_input(candidates, size, resized)

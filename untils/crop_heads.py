@@ -4,6 +4,7 @@ head, padded crops), so the model modules build on these and never on each other
 
 The ops come from the ``roi_align`` and ``rod_align`` packages; nothing else of the top level.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -23,6 +24,7 @@ ALIGN_SIZE = 9
 class CropOutput(NamedTuple):
     """What every crop model returns: ``score`` (B, N), padded crops ``-inf``; the human-centric
     model's ``heat_map`` (B, 1, 64, 64) and ``partition_feat`` (B, P, H/16, W/16), None elsewhere."""
+
     score: torch.Tensor
     heat_map: torch.Tensor | None = None
     partition_feat: torch.Tensor | None = None
@@ -62,8 +64,9 @@ class CropAlignFeatures(nn.Module):
     Output ``(K, C * (2 if use_rod else 1), align, align)``; shared by every crop scorer.
     """
 
-    def __init__(self, align_size: int = ALIGN_SIZE, spatial_scale: float = 1.0 / FEATURE_STRIDE,
-                 use_rod: bool = True) -> None:
+    def __init__(
+        self, align_size: int = ALIGN_SIZE, spatial_scale: float = 1.0 / FEATURE_STRIDE, use_rod: bool = True
+    ) -> None:
         super().__init__()
         self.RoIAlign = RoIAlignAvg(align_size, align_size, spatial_scale)
         self.RoDAlign = RoDAlignAvg(align_size, align_size, spatial_scale) if use_rod else None
@@ -84,8 +87,9 @@ def mask_padded_scores(scores: torch.Tensor, crop_valid: torch.Tensor | None) ->
     return scores if crop_valid is None else scores.masked_fill(~crop_valid, float("-inf"))
 
 
-def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: torch.Tensor | None,
-                         batch: int, count: int) -> torch.Tensor:
+def scatter_valid_scores(
+    valid_scores: torch.Tensor, crop_valid: torch.Tensor | None, batch: int, count: int
+) -> torch.Tensor:
     """Place the scores of valid crops in a (B, N) tensor; padded crops get ``-inf``."""
     if crop_valid is None:
         return valid_scores.reshape(batch, count)
@@ -97,8 +101,10 @@ def scatter_valid_scores(valid_scores: torch.Tensor, crop_valid: torch.Tensor | 
 def gaic_fc_layers(in_dim: int, align_size: int, dropout: bool) -> nn.Sequential:
     """GAIC's scoring head over aligned crop features (the release's ``fc_layers``): conv -> 768,
     ReLU; 1x1 -> 128, ReLU; [dropout]; 1x1 -> 1. Our baseline has no dropout."""
-    layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
-                               nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True))]
+    layers: list[nn.Module] = [
+        nn.Sequential(nn.Conv2d(in_dim, 768, kernel_size=align_size), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Conv2d(768, 128, kernel_size=1), nn.ReLU(inplace=True)),
+    ]
     if dropout:
         layers.append(nn.Dropout(p=0.5))
     return nn.Sequential(*layers, nn.Conv2d(128, 1, kernel_size=1))
@@ -110,9 +116,11 @@ def release_scales(f3: torch.Tensor, f4: torch.Tensor, f5: torch.Tensor) -> torc
     down = F.interpolate(f3, scale_factor=0.5, mode="bilinear", align_corners=True)
     up = F.interpolate(f5, scale_factor=2.0, mode="bilinear", align_corners=True)
     if not down.shape[-2:] == f4.shape[-2:] == up.shape[-2:]:
-        raise ValueError(f"feature maps of sizes {tuple(down.shape[-2:])}, {tuple(f4.shape[-2:])} and "
-                         f"{tuple(up.shape[-2:])}: the release models of GAIC and PIC need image sides that are "
-                         "multiples of 32 (untils.preprocessing.gaic_preprocess makes them)")
+        raise ValueError(
+            f"feature maps of sizes {tuple(down.shape[-2:])}, {tuple(f4.shape[-2:])} and "
+            f"{tuple(up.shape[-2:])}: the release models of GAIC and PIC need image sides that are "
+            "multiples of 32 (untils.preprocessing.gaic_preprocess makes them)"
+        )
     return torch.cat([down, f4, 0.5 * up], dim=1)
 
 
@@ -124,8 +132,9 @@ class GAICScorer(nn.Module):
     are their checkpoints' parameter names.
     """
 
-    def __init__(self, backbone: str, reduced_dim: int, use_rod: bool, pretrained: bool,
-                 backbone_weight_path: str | None = None) -> None:
+    def __init__(
+        self, backbone: str, reduced_dim: int, use_rod: bool, pretrained: bool, backbone_weight_path: str | None = None
+    ) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained, backbone_weight_path)
         self.DimRed = nn.Conv2d(sum(self.backbone.channels), reduced_dim, kernel_size=1)
@@ -137,8 +146,9 @@ class GAICScorer(nn.Module):
         f3, f4, f5 = self.backbone(im)
         return self.DimRed(torch.cat([resize_to(f3, f4), f4, 0.5 * resize_to(f5, f4)], dim=1))
 
-    def objective_scores(self, image: torch.Tensor, crop_box: torch.Tensor,
-                         crop_valid: torch.Tensor | None = None) -> torch.Tensor:
+    def objective_scores(
+        self, image: torch.Tensor, crop_box: torch.Tensor, crop_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scores (B, N) of crops ``crop_box`` (B, N, 4, input pixels); padded crops ``-inf``."""
         rois = boxes_with_batch_index(crop_box)
         scores = self.FC_layers(self.crop_align(self.reduced_features(image), rois)).reshape(crop_box.shape[:2])

@@ -5,6 +5,7 @@ Every file is encoded in memory and written whole (:func:`untils.photos.write_ve
 comes last, as the mark of a complete set; when any file fails, the files of the set written so far
 are removed. Stale files of an earlier run (``--overwrite``) are removed once the new set is whole.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,15 @@ from untils.xmp import crop_sidecar
 COORDINATES = "pixels of the upright photo (EXIF orientation applied), [x1, y1, x2, y2]"
 
 
-def write_outputs(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cropper, top_k: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, stale: Sequence[Path] = ()) -> None:
+def write_outputs(
+    result: CropResult,
+    photo: Path,
+    paths: OutputPaths,
+    cropper: Cropper,
+    top_k: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stale: Sequence[Path] = (),
+) -> None:
     """Crops, figures, XMP (the first ratio's best crop) and JSON of one photo, then ``stale`` removed.
 
     Raises :class:`PhotoError` when the photo changed since it was scored and
@@ -54,17 +62,29 @@ def _write(path: Path, content: bytes, written: list[Path]) -> None:
     written.append(path)
 
 
-def _write_set(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cropper, top_k: int, max_pixels: int,
-               written: list[Path]) -> None:
+def _write_set(
+    result: CropResult,
+    photo: Path,
+    paths: OutputPaths,
+    cropper: Cropper,
+    top_k: int,
+    max_pixels: int,
+    written: list[Path],
+) -> None:
     needs_pixels = any(paths.crops.values()) or bool(paths.figures)
     image = None
     if needs_pixels:
         image, header = open_upright(photo, max_pixels)
         if (header.width, header.height) != (result.width, result.height):
-            raise PhotoError(f"changed while it was cropped: {header.width}x{header.height} now, "
-                             f"{result.width}x{result.height} when scored")
-    deep = (read_png_16_bit_upright(photo, result.exif_orientation)
-            if any(paths.crops.values()) and paths.crop_format == "PNG" and png_is_16_bit_colour(photo) else None)
+            raise PhotoError(
+                f"changed while it was cropped: {header.width}x{header.height} now, "
+                f"{result.width}x{result.height} when scored"
+            )
+    deep = (
+        read_png_16_bit_upright(photo, result.exif_orientation)
+        if any(paths.crops.values()) and paths.crop_format == "PNG" and png_is_16_bit_colour(photo)
+        else None
+    )
     files: list[list[str | None]] = []
     for ratio in result.results:
         crop_paths = paths.crops.get(ratio_tag(ratio.aspect_ratio), [])
@@ -74,8 +94,11 @@ def _write_set(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cro
                 names.append(None)
                 continue
             x1, y1, x2, y2 = box
-            content = (encode_png_16_bit(deep[y1:y2, x1:x2], image.info.get("icc_profile")) if deep is not None
-                       else encode_crop(image, box, paths.crop_format))
+            content = (
+                encode_png_16_bit(deep[y1:y2, x1:x2], image.info.get("icc_profile"))
+                if deep is not None
+                else encode_crop(image, box, paths.crop_format)
+            )
             _write(crop_paths[rank], content, written)
             names.append(crop_paths[rank].name)
         files.append(names)
@@ -87,10 +110,15 @@ def _write_set(result: CropResult, photo: Path, paths: OutputPaths, cropper: Cro
             written.append(figure)
             entry["figure"] = figure.name
     description = {
-        "photo": str(photo), "width": result.width, "height": result.height,
-        "exif_orientation": result.exif_orientation, "coordinates": COORDINATES,
-        "model": cropper.describe(), "resized_to": list(result.resized_size),
-        "person": result.person.to_json(), "results": entries,
+        "photo": str(photo),
+        "width": result.width,
+        "height": result.height,
+        "exif_orientation": result.exif_orientation,
+        "coordinates": COORDINATES,
+        "model": cropper.describe(),
+        "resized_to": list(result.resized_size),
+        "person": result.person.to_json(),
+        "results": entries,
     }
     if paths.xmp is not None:
         first = result.results[0]
@@ -108,15 +136,19 @@ def _draw(result: CropResult, aspect_ratio: str, image, path: Path, cropper: Cro
     ratio = next(r for r in result.results if r.aspect_ratio == aspect_ratio)
     best = ratio.top(top_k)
     scored_as = f"; as user {cropper.user} likes" if cropper.user is not None else ""
-    title_lines = [f"{Path(result.name).name}: top {len(best)} of {len(ratio.boxes)} crops, ratio {aspect_ratio}"
-                   f"{scored_as}",
-                   f"{cropper.model_type} {cropper.cfg.backbone}; "
-                   + (f"heat map of content to keep (jet, 0 blue to 1 red): {result.heat_map.min():.2f} to "
-                      f"{result.heat_map.max():.2f}; " if result.heat_map is not None else "")
-                   + ("dashed: person" if result.person.box is not None else "no person")]
+    title_lines = [
+        f"{Path(result.name).name}: top {len(best)} of {len(ratio.boxes)} crops, ratio {aspect_ratio}{scored_as}",
+        f"{cropper.model_type} {cropper.cfg.backbone}; "
+        + (
+            f"heat map of content to keep (jet, 0 blue to 1 red): {result.heat_map.min():.2f} to "
+            f"{result.heat_map.max():.2f}; "
+            if result.heat_map is not None
+            else ""
+        )
+        + ("dashed: person" if result.person.box is not None else "no person"),
+    ]
     if ratio.note:
         title_lines.append(ratio.note)
     if cropper.untrained:
         title_lines.append(UNTRAINED_WARNING)
     draw_crops(image, best, result.person.box, result.heat_map, path, title_lines, warning=cropper.untrained)
-

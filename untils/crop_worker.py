@@ -2,6 +2,7 @@
 the jobs waiting together as one batch, so concurrent requests never run the weights in parallel
 threads (which would only oversubscribe the CPU).
 """
+
 from __future__ import annotations
 
 import queue
@@ -40,17 +41,25 @@ class PhotoRanking:
     results: list[RatioRanking] = field(default_factory=list)
 
 
-def rank_ratios(cropper: Cropper, images: Sequence[Image.Image], persons: Sequence[PersonInfo],
-                aspect_ratios: Sequence[str], keep_person: bool, batch_size: int) -> list[PhotoRanking | str]:
+def rank_ratios(
+    cropper: Cropper,
+    images: Sequence[Image.Image],
+    persons: Sequence[PersonInfo],
+    aspect_ratios: Sequence[str],
+    keep_person: bool,
+    batch_size: int,
+) -> list[PhotoRanking | str]:
     """Every photo ranked at every ratio in one pass (``Cropper.rank_many``: each photo decoded and run
     through the backbone once), in input order; a failing photo is its error message. The person each
     photo is scored with is ``persons[i]`` (given, detected or none) and is reported as such; with
     ``keep_person`` a ratio keeps only candidates holding that whole box, or says none does."""
     rankings: list[PhotoRanking | str] = [
-        PhotoRanking(image.width, image.height, person, None) for image, person in zip(images, persons, strict=True)]
+        PhotoRanking(image.width, image.height, person, None) for image, person in zip(images, persons, strict=True)
+    ]
     boxes = [person.box for person in persons]
-    for result in cropper.rank_many(images, boxes, tuple(aspect_ratios), keep_person=keep_person,
-                                    batch_size=batch_size, num_workers=0):
+    for result in cropper.rank_many(
+        images, boxes, tuple(aspect_ratios), keep_person=keep_person, batch_size=batch_size, num_workers=0
+    ):
         if isinstance(result, PhotoFailure):
             rankings[result.index] = result.message
             continue
@@ -58,8 +67,10 @@ def rank_ratios(cropper: Cropper, images: Sequence[Image.Image], persons: Sequen
         if isinstance(entry, str):
             continue
         entry.heat_map = result.heat_map
-        entry.results = [RatioRanking(ratio.aspect_ratio, ratio.boxes, ratio.scores, ratio.candidates, ratio.note)
-                         for ratio in result.results]
+        entry.results = [
+            RatioRanking(ratio.aspect_ratio, ratio.boxes, ratio.scores, ratio.candidates, ratio.note)
+            for ratio in result.results
+        ]
     return rankings
 
 
@@ -80,8 +91,9 @@ class CropWorker:
     future of its :class:`PhotoRanking`; the jobs waiting when the thread is free (at most
     ``max_jobs``) are scored together, ``photos_per_batch`` photos per forward pass."""
 
-    def __init__(self, cropper: Cropper, detector: PersonDetector | None = None, *, max_jobs: int = 8,
-                 photos_per_batch: int = 4) -> None:
+    def __init__(
+        self, cropper: Cropper, detector: PersonDetector | None = None, *, max_jobs: int = 8, photos_per_batch: int = 4
+    ) -> None:
         if max_jobs < 1 or photos_per_batch < 1:
             raise ValueError(f"max_jobs and photos_per_batch must be >= 1, got {max_jobs} and {photos_per_batch}")
         self.cropper, self.detector = cropper, detector
@@ -127,8 +139,7 @@ class CropWorker:
         rgb = np.asarray(to_rgb8(job.image))
         detections = choose_main_person(self.detector(rgb), job.image.width, job.image.height)
         main = next((detection for detection in detections if detection.main), None)
-        box = None if main is None else (float(main.box[0]), float(main.box[1]), float(main.box[2]),
-                                          float(main.box[3]))
+        box = None if main is None else (float(main.box[0]), float(main.box[1]), float(main.box[2]), float(main.box[3]))
         return PersonInfo(box, "detected" if box else "none", detections, getattr(self.detector, "name", None))
 
     def _serve(self, jobs: list[CropJob]) -> None:
@@ -145,9 +156,14 @@ class CropWorker:
             groups.setdefault((job.aspect_ratios, job.keep_person), []).append((job, person))
         for (ratios, keep_person), members in groups.items():
             try:
-                rankings = rank_ratios(self.cropper, [job.image for job, _ in members],
-                                       [person for _, person in members], ratios, keep_person,
-                                       self.photos_per_batch)
+                rankings = rank_ratios(
+                    self.cropper,
+                    [job.image for job, _ in members],
+                    [person for _, person in members],
+                    ratios,
+                    keep_person,
+                    self.photos_per_batch,
+                )
             except Exception as error:  # e.g. a ratio the model refuses: answer, and keep serving
                 for job, _ in members:
                     job.future.set_exception(error)

@@ -3,6 +3,7 @@
 the photo dataset that prepares them. Every requested aspect ratio is ranked from one pass of the
 model over the photo (the candidates of all ratios scored together).
 """
+
 from __future__ import annotations
 
 import os
@@ -106,11 +107,14 @@ class PersonInfo:
     detector: str | None = None
 
     def to_json(self) -> dict:
-        entry: dict[str, Any] = {"box": None if self.box is None else [float(v) for v in self.box],
-                                 "source": self.source}
+        entry: dict[str, Any] = {
+            "box": None if self.box is None else [float(v) for v in self.box],
+            "source": self.source,
+        }
         if self.detector is not None:
-            entry.update(detector=self.detector, rule=MAIN_PERSON_RULE,
-                         detections=[d.to_json() for d in self.detections])
+            entry.update(
+                detector=self.detector, rule=MAIN_PERSON_RULE, detections=[d.to_json() for d in self.detections]
+            )
         if self.box is None:
             entry["note"] = NO_PERSON_NOTE
         return entry
@@ -151,13 +155,24 @@ class RatioResult:
         None where none was written) and every candidate ranked."""
         best = self.top(top_k)
         names = list(files) if files is not None else [None] * len(best)
-        return {"aspect_ratio": self.aspect_ratio, "aspect_ratio_value": self.aspect_ratio_value,
-                "candidates": self.candidates, "note": self.note,
-                "crops": [{"rank": rank, "file": name, "box": list(box), "score": score,
-                           "width": box[2] - box[0], "height": box[3] - box[1]}
-                          for rank, ((box, score), name) in enumerate(zip(best, names, strict=False), start=1)],
-                "ranked": [{"box": list(box), "score": score}
-                           for box, score in zip(self.boxes, self.scores, strict=True)]}
+        return {
+            "aspect_ratio": self.aspect_ratio,
+            "aspect_ratio_value": self.aspect_ratio_value,
+            "candidates": self.candidates,
+            "note": self.note,
+            "crops": [
+                {
+                    "rank": rank,
+                    "file": name,
+                    "box": list(box),
+                    "score": score,
+                    "width": box[2] - box[0],
+                    "height": box[3] - box[1],
+                }
+                for rank, ((box, score), name) in enumerate(zip(best, names, strict=False), start=1)
+            ],
+            "ranked": [{"box": list(box), "score": score} for box, score in zip(self.boxes, self.scores, strict=True)],
+        }
 
 
 @dataclass
@@ -198,6 +213,7 @@ class CropResult:
 # ----------------------------------------------------------------------------------------------
 # Photos and candidates
 # ----------------------------------------------------------------------------------------------
+
 
 def photo_name(photo: PhotoLike, index: int) -> str:
     """A photo's name in results: its file name, or ``image<index>`` for an image given in memory."""
@@ -246,11 +262,16 @@ class PhotoDataset(Dataset):
     Items that fail later (corrupt data, bad person box) come back as a ``PhotoFailure`` too.
     """
 
-    def __init__(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None],
-                 human_source: str, detector: PersonDetector | None, settings: PhotoSettings) -> None:
+    def __init__(
+        self,
+        photos: Sequence[PhotoLike],
+        human_boxes: Sequence[Sequence[float] | None],
+        human_source: str,
+        detector: PersonDetector | None,
+        settings: PhotoSettings,
+    ) -> None:
         self.settings, self.detector, self.human_source = settings, detector, human_source
-        self.entries: list[tuple[int, str | tuple[Image.Image, PhotoHeader], PhotoHeader,
-                                 Sequence[float] | None]] = []
+        self.entries: list[tuple[int, str | tuple[Image.Image, PhotoHeader], PhotoHeader, Sequence[float] | None]] = []
         self.resized_sizes: list[tuple[int, int]] = []
         self.failures: list[PhotoFailure] = []
         for index, (photo, human_box) in enumerate(zip(photos, human_boxes, strict=True)):
@@ -293,19 +314,31 @@ class PhotoDataset(Dataset):
         try:
             image, decoded = source if not isinstance(source, str) else open_upright(source, self.settings.max_pixels)
             if (decoded.width, decoded.height) != (header.width, header.height):
-                raise PhotoError(f"the decoded image ({decoded.width}x{decoded.height}) does not match its header "
-                                 f"({header.width}x{header.height})")
+                raise PhotoError(
+                    f"the decoded image ({decoded.width}x{decoded.height}) does not match its header "
+                    f"({header.width}x{header.height})"
+                )
             return self._item(index, name, image, decoded, human_box, self.resized_sizes[position])
         except PhotoError as error:
             return PhotoFailure(index, name, str(error))
 
-    def _item(self, index: int, name: str, image: Image.Image, header: PhotoHeader,
-              human_box: Sequence[float] | None, resized: tuple[int, int]) -> dict[str, Any]:
+    def _item(
+        self,
+        index: int,
+        name: str,
+        image: Image.Image,
+        header: PhotoHeader,
+        human_box: Sequence[float] | None,
+        resized: tuple[int, int],
+    ) -> dict[str, Any]:
         size, settings = image.size, self.settings
         rgb = to_rgb8(image)
         person = self._person(rgb, human_box)
-        required = [] if person.box is None or not settings.keep_person else (
-            [person.box] + [d.evidence for d in person.detections if d.evidence is not None])
+        required = (
+            []
+            if person.box is None or not settings.keep_person
+            else ([person.box] + [d.evidence for d in person.detections if d.evidence is not None])
+        )
         per_ratio: list[tuple[np.ndarray, torch.Tensor]] = []
         notes: list[str | None] = []
         for value in settings.aspect_ratios:
@@ -316,17 +349,21 @@ class PhotoDataset(Dataset):
                 notes.append(str(error))
                 continue
             keep = containing(candidates, required)
-            notes.append(None if keep.any() else
-                         f"no candidate contains the whole person {[round(v, 1) for v in required[0]]}"
-                         + (" and every detected face" if len(required) > 1 else "")
-                         + " (--keep-person): none is given rather than one that cuts the person")
+            notes.append(
+                None
+                if keep.any()
+                else f"no candidate contains the whole person {[round(v, 1) for v in required[0]]}"
+                + (" and every detected face" if len(required) > 1 else "")
+                + " (--keep-person): none is given rather than one that cuts the person"
+            )
             per_ratio.append((candidates[keep], resized_boxes[torch.from_numpy(keep)]))
         if all(len(candidates) == 0 for candidates, _ in per_ratio) and not required:
             raise PhotoError("; ".join(note for note in notes if note))
         # Every ratio's crops scored in one pass: each distinct (photo box, input box) once, in the order
         # first met (an official PIC model adds one offset per position of its views' order).
-        joined = np.concatenate([np.concatenate([candidates, boxes.numpy().astype(np.float64)], axis=1)
-                                 for candidates, boxes in per_ratio])
+        joined = np.concatenate(
+            [np.concatenate([candidates, boxes.numpy().astype(np.float64)], axis=1) for candidates, boxes in per_ratio]
+        )
         _, first, rows = np.unique(joined, axis=0, return_index=True, return_inverse=True)
         order = np.argsort(first)
         position = np.empty_like(order)
@@ -335,14 +372,28 @@ class PhotoDataset(Dataset):
         if len(distinct) == 0:  # the person fits no candidate: the whole photo is scored, for the heat map
             distinct = np.array([[0, 0, *size, 0, 0, *resized]], dtype=np.float64)
         splits = np.cumsum([len(candidates) for candidates, _ in per_ratio])[:-1]
-        record = PhotoRecord(index, name, size[0], size[1], [candidates for candidates, _ in per_ratio],
-                             np.split(rows, splits), notes, person, resized, header.orientation,
-                             image if settings.keep_image else None, header.format)
+        record = PhotoRecord(
+            index,
+            name,
+            size[0],
+            size[1],
+            [candidates for candidates, _ in per_ratio],
+            np.split(rows, splits),
+            notes,
+            person,
+            resized,
+            header.orientation,
+            image if settings.keep_image else None,
+            header.format,
+        )
         item = {
             "image": photo_input(rgb, settings.spec, resized),
             "crop_box": torch.from_numpy(distinct[:, 4:].astype(np.float32)),
-            "human_box": (boxes_in_input(np.array([person.box]), size, resized) if person.box is not None
-                          else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)),
+            "human_box": (
+                boxes_in_input(np.array([person.box]), size, resized)
+                if person.box is not None
+                else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)
+            ),
             "name": name,
             "photo": record,
         }
@@ -371,22 +422,28 @@ def official_pic_scoring(model: OfficialPICModel, checkpoint: str, user: str | N
     a prior (or the release's file) holds no per-user state, each photo's own user logits give its
     offsets; a pre-trained one (``model.stage``) scores by its objective score alone."""
     stage, trained_for = model.stage, model.trained_user
-    what = {"finetuned": f"the official PIC model fine-tuned to user {trained_for}",
-            "prior": "the official PIC prior model, which holds no per-user state",
-            "pretrain": "an official PIC pre-trained model, whose position offsets are not trained"
-            }.get(stage or "", "a state_dict of PIC's release, which records no user")
+    what = {
+        "finetuned": f"the official PIC model fine-tuned to user {trained_for}",
+        "prior": "the official PIC prior model, which holds no per-user state",
+        "pretrain": "an official PIC pre-trained model, whose position offsets are not trained",
+    }.get(stage or "", "a state_dict of PIC's release, which records no user")
     if user is not None and (stage != "finetuned" or user != trained_for):
-        raise ValueError(f"--user {user}: {checkpoint} is {what}; crop for {user} with their fine-tuned checkpoint "
-                         f"(users/{user}.pth of finetune_PIC.py)")
+        raise ValueError(
+            f"--user {user}: {checkpoint} is {what}; crop for {user} with their fine-tuned checkpoint "
+            f"(users/{user}.pth of finetune_PIC.py)"
+        )
     if stage == "pretrain":
         warnings.warn(f"{checkpoint} is {what}: crops are ranked by its objective score alone", stacklevel=3)
         return False, f"objective score ({what})"
     if model.num_positions != FIXED_VIEW_COUNT:
-        raise ValueError(f"{checkpoint}: its {model.num_positions} position offsets do not fit the {FIXED_VIEW_COUNT} "
-                         "fixed views crop.py scores (untils.pic_format.fixed_views)")
+        raise ValueError(
+            f"{checkpoint}: its {model.num_positions} position offsets do not fit the {FIXED_VIEW_COUNT} "
+            "fixed views crop.py scores (untils.pic_format.fixed_views)"
+        )
     if user is None:
-        warnings.warn(f"{checkpoint} is {what}, used without --user: crops are ranked by its {OFFICIAL_PIC_SCORE}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{checkpoint} is {what}, used without --user: crops are ranked by its {OFFICIAL_PIC_SCORE}", stacklevel=3
+        )
     return True, f"{'user ' + user + ': ' if user else ''}{OFFICIAL_PIC_SCORE}; {what}"
 
 
@@ -403,9 +460,17 @@ class Cropper:
     (both faster on GPUs).
     """
 
-    def __init__(self, model: nn.Module, *, checkpoint: str | None = None, untrained: bool = False,
-                 detector: PersonDetector | None = None, user: str | None = None, precision: str = "fp32",
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        checkpoint: str | None = None,
+        untrained: bool = False,
+        detector: PersonDetector | None = None,
+        user: str | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+    ) -> None:
         if not isinstance(model, CropModel):
             raise TypeError(f"{type(model).__name__} is not a crop model: it has no photo_spec and cfg")
         self.model = model
@@ -437,23 +502,34 @@ class Cropper:
                     raise ValueError(f"--user {user}: {checkpoint} knows no such user (known users: {known})") from None
             self.scored_as = f"user {user}" if user is not None else NO_USER_SCORE
             if user is None:  # say so: without a user the scores are nobody's taste
-                warnings.warn(f"{checkpoint} is a personalized (PIC) checkpoint used without --user: crops are ranked "
-                              f"by its {NO_USER_SCORE}; --user ID ranks them as one of its users ({known})",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{checkpoint} is a personalized (PIC) checkpoint used without --user: crops are ranked "
+                    f"by its {NO_USER_SCORE}; --user ID ranks them as one of its users ({known})",
+                    stacklevel=2,
+                )
         elif user is not None:
-            raise ValueError(f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
-                             "train one with prior_PIC.py / finetune_PIC.py")
+            raise ValueError(
+                f"--user {user}: {checkpoint} is not a personalized (PIC) checkpoint; "
+                "train one with prior_PIC.py / finetune_PIC.py"
+            )
         self.detector = detector
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     def describe(self) -> dict[str, Any]:
         """The model, for the JSON outputs."""
-        entry = {"checkpoint": self.checkpoint, "model_type": self.model_type, "user": self.user,
-                 "backbone": self.cfg.backbone,
-                 "image_size": list(self.spec.image_size), "keep_aspect_ratio": self.spec.keep_aspect_ratio,
-                 "channel_order": self.spec.channel_order,
-                 "untrained": self.untrained, "precision": self.precision, "channels_last": self.channels_last}
+        entry = {
+            "checkpoint": self.checkpoint,
+            "model_type": self.model_type,
+            "user": self.user,
+            "backbone": self.cfg.backbone,
+            "image_size": list(self.spec.image_size),
+            "keep_aspect_ratio": self.spec.keep_aspect_ratio,
+            "channel_order": self.spec.channel_order,
+            "untrained": self.untrained,
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+        }
         if self.scored_as is not None:
             entry["scored_as"] = self.scored_as
         if self.untrained:
@@ -463,13 +539,22 @@ class Cropper:
     def candidates(self, aspect_ratio: None | str | float = None) -> str:
         """How this model's candidates are chosen at ``aspect_ratio`` (``untils.crop_candidates``);
         raises ValueError for a ratio they cannot give (any, for an official PIC model)."""
-        (_, value), = requested_ratios(aspect_ratio)
+        ((_, value),) = requested_ratios(aspect_ratio)
         return describe_candidates(self.spec.candidates, value)
 
-    def rank_many(self, photos: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None] | None = None,
-                  aspect_ratios: AspectRatios = ("any",), *, keep_person: bool = False, human_source: str = "given",
-                  batch_size: int = 4, num_workers: int = 0, keep_image: bool = False,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[CropResult | PhotoFailure]:
+    def rank_many(
+        self,
+        photos: Sequence[PhotoLike],
+        human_boxes: Sequence[Sequence[float] | None] | None = None,
+        aspect_ratios: AspectRatios = ("any",),
+        *,
+        keep_person: bool = False,
+        human_source: str = "given",
+        batch_size: int = 4,
+        num_workers: int = 0,
+        keep_image: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Iterator[CropResult | PhotoFailure]:
         """Rank the candidates of many photos; yields one result or failure per photo, as they finish.
 
         ``aspect_ratios``: one ratio ("any", "16:9", a number w/h) or several; each photo is decoded,
@@ -491,72 +576,117 @@ class Cropper:
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
         ratios = requested_ratios(aspect_ratios)
         descriptions = [describe_candidates(self.spec.candidates, value) for _, value in ratios]  # refuses bad ones
-        settings = PhotoSettings(self.spec, tuple(value for _, value in ratios), keep_image, max_pixels,
-                                 self.user_image, keep_person)
+        settings = PhotoSettings(
+            self.spec, tuple(value for _, value in ratios), keep_image, max_pixels, self.user_image, keep_person
+        )
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures
         if len(dataset) == 0:
             return
-        loader = DataLoader(dataset, batch_sampler=SizeBucketBatchSampler(dataset, batch_size, shuffle=False),
-                            collate_fn=collate_photos, num_workers=num_workers,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_sampler=SizeBucketBatchSampler(dataset, batch_size, shuffle=False),
+            collate_fn=collate_photos,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for batch, failures in loader:
             yield from failures
             if batch is not None:
                 yield from self._score(batch, ratios, descriptions)
 
     @torch.inference_mode()
-    def _score(self, batch: dict[str, Any], ratios: list[tuple[str, float | None]],
-               descriptions: list[str]) -> list[CropResult]:
-        output = run_model(self.model, move_batch(batch, self.device), self.autocast_dtype, self.channels_last,
-                           self.user if self.spec.takes_user else None)
+    def _score(
+        self, batch: dict[str, Any], ratios: list[tuple[str, float | None]], descriptions: list[str]
+    ) -> list[CropResult]:
+        output = run_model(
+            self.model,
+            move_batch(batch, self.device),
+            self.autocast_dtype,
+            self.channels_last,
+            self.user if self.spec.takes_user else None,
+        )
         results = []
         scores = output.score.float().cpu()  # one device-to-host copy per batch
         heat_maps = output.heat_map[:, 0].float().cpu() if output.heat_map is not None else None
-        if not (bool(torch.isfinite(scores[batch["crop_valid"]]).all())
-                and (heat_maps is None or bool(torch.isfinite(heat_maps).all()))):
-            raise NonFiniteScoresError(f"{self.checkpoint or 'the model'}: the model gives non-finite scores (NaN or "
-                                       "infinity): its weights are broken (a diverged training?); no crop written")
+        if not (
+            bool(torch.isfinite(scores[batch["crop_valid"]]).all())
+            and (heat_maps is None or bool(torch.isfinite(heat_maps).all()))
+        ):
+            raise NonFiniteScoresError(
+                f"{self.checkpoint or 'the model'}: the model gives non-finite scores (NaN or "
+                "infinity): its weights are broken (a diverged training?); no crop written"
+            )
         for row, record in enumerate(batch["photo"]):
             photo_scores = scores[row]
             ranked = []
             for (text, value), description, candidates, scored, note in zip(
-                    ratios, descriptions, record.candidates, record.scored, record.notes, strict=True):
+                ratios, descriptions, record.candidates, record.scored, record.notes, strict=True
+            ):
                 ratio_scores = photo_scores[torch.from_numpy(scored)]
                 order = torch.argsort(ratio_scores, descending=True, stable=True).numpy()
                 boxes: list[Box] = [(int(c[0]), int(c[1]), int(c[2]), int(c[3])) for c in candidates[order]]
-                ranked.append(RatioResult(text, value, boxes,
-                                          [float(ratio_scores[i]) for i in order], description, note))
+                ranked.append(
+                    RatioResult(text, value, boxes, [float(ratio_scores[i]) for i in order], description, note)
+                )
             heat_map = heat_maps[row].numpy() if heat_maps is not None else None
-            results.append(CropResult(
-                index=record.index, name=record.name, width=record.width, height=record.height, results=ranked,
-                person=record.person, resized_size=record.resized_size, exif_orientation=record.exif_orientation,
-                heat_map=heat_map, image=record.image, image_format=record.image_format))
+            results.append(
+                CropResult(
+                    index=record.index,
+                    name=record.name,
+                    width=record.width,
+                    height=record.height,
+                    results=ranked,
+                    person=record.person,
+                    resized_size=record.resized_size,
+                    exif_orientation=record.exif_orientation,
+                    heat_map=heat_map,
+                    image=record.image,
+                    image_format=record.image_format,
+                )
+            )
         return results
 
-    def rank(self, image: PhotoLike, human_box: Sequence[float] | None = None,
-             aspect_ratios: AspectRatios = ("any",), keep_person: bool = False) -> CropResult:
+    def rank(
+        self,
+        image: PhotoLike,
+        human_box: Sequence[float] | None = None,
+        aspect_ratios: AspectRatios = ("any",),
+        keep_person: bool = False,
+    ) -> CropResult:
         """Every candidate of one photo, ranked per ratio; raises :class:`PhotoError` if it cannot be cropped."""
         (result,) = self.rank_many([image], [human_box], aspect_ratios, keep_person=keep_person)
         if isinstance(result, PhotoFailure):
             raise PhotoError(f"{result.name}: {result.message}")
         return result
 
-    def crop(self, image: PhotoLike, human_box: Sequence[float] | None = None,
-             aspect_ratios: AspectRatios = ("any",), top_k: int = 1,
-             keep_person: bool = False) -> list[tuple[Box, float]]:
+    def crop(
+        self,
+        image: PhotoLike,
+        human_box: Sequence[float] | None = None,
+        aspect_ratios: AspectRatios = ("any",),
+        top_k: int = 1,
+        keep_person: bool = False,
+    ) -> list[tuple[Box, float]]:
         """The ``top_k`` best ``((x1, y1, x2, y2), score)`` of a photo (path, PIL image or uint8 array), at
         the first of ``aspect_ratios``."""
         return self.rank(image, human_box, aspect_ratios, keep_person).top(top_k)
 
-    def crop_many(self, images: Sequence[PhotoLike], human_boxes: Sequence[Sequence[float] | None] | None = None,
-                  aspect_ratios: AspectRatios = ("any",), top_k: int = 1, batch_size: int = 4,
-                  num_workers: int = 0) -> list[list[tuple[Box, float]]]:
+    def crop_many(
+        self,
+        images: Sequence[PhotoLike],
+        human_boxes: Sequence[Sequence[float] | None] | None = None,
+        aspect_ratios: AspectRatios = ("any",),
+        top_k: int = 1,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> list[list[tuple[Box, float]]]:
         """:meth:`crop` for many photos, batched, in input order; raises naming every photo that failed."""
         ranked: dict[int, list[tuple[Box, float]]] = {}
         failures = []
-        for result in self.rank_many(images, human_boxes, aspect_ratios, batch_size=batch_size,
-                                     num_workers=num_workers):
+        for result in self.rank_many(
+            images, human_boxes, aspect_ratios, batch_size=batch_size, num_workers=num_workers
+        ):
             if isinstance(result, PhotoFailure):
                 failures.append(f"{result.name}: {result.message}")
             else:

@@ -1,4 +1,5 @@
 """The one error type for bad dataset files, and the helper that lists every problem in one error."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -39,6 +39,7 @@ Without a person: quality = 0.5 * size + 0.5 * centring, centring = 1 - the crop
 centre's distance from the image centre relative to the half-diagonal.
 The score is ``1 + 4 * quality``.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,12 +68,15 @@ Box = Sequence[float]
 def _skimage_image(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         import skimage.data
+
         return _as_rgb(getattr(skimage.data, name)())
+
     return load
 
 
 def _grace_hopper() -> np.ndarray:
     import matplotlib
+
     path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"matplotlib sample photo not found: {path}")
@@ -133,8 +137,8 @@ def composition_score(crop: Box, human_box: Box | None, width: float, height: fl
     line_distance = min(abs(centre_u - line) for line in (1 / 3, 1 / 2, 2 / 3))
     placement = _clip01(1.0 - line_distance / (1 / 6))
     gap = (hy1 - y1) / crop_h
-    headroom = math.exp(-((gap - 0.08) / 0.12) ** 2)
-    return 1.0 + 4.0 * (0.50 * kept ** 2 + 0.25 * placement + 0.15 * headroom + 0.10 * size)
+    headroom = math.exp(-(((gap - 0.08) / 0.12) ** 2))
+    return 1.0 + 4.0 * (0.50 * kept**2 + 0.25 * placement + 0.15 * headroom + 0.10 * size)
 
 
 def _image_size(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
@@ -187,13 +191,12 @@ def _background(rng: np.random.Generator, cache: _SourceCache, width: int, heigh
     region_h = region_w * height / width
     left = rng.uniform(0, source_w - region_w)
     top = rng.uniform(0, source_h - region_h)
-    region = source[int(top):int(top + region_h), int(left):int(left + region_w)]
+    region = source[int(top) : int(top + region_h), int(left) : int(left + region_w)]
     pixels = _resize(region, width, height)
     return pixels[:, ::-1] if rng.random() < 0.5 else pixels
 
 
-def _composite(rng: np.random.Generator, cache: _SourceCache, width: int,
-               height: int) -> tuple[np.ndarray, list[int]]:
+def _composite(rng: np.random.Generator, cache: _SourceCache, width: int, height: int) -> tuple[np.ndarray, list[int]]:
     """A person (with context) pasted onto a background; returns pixels and the person box."""
     canvas = _background(rng, cache, width, height).copy()
     name = list(PERSON_SOURCES)[rng.integers(len(PERSON_SOURCES))]
@@ -215,7 +218,7 @@ def _composite(rng: np.random.Generator, cache: _SourceCache, width: int,
         box_x1, box_x2 = patch_w - box_x2, patch_w - box_x1
     offset_x = int(rng.integers(0, width - patch_w + 1))
     offset_y = height - patch_h  # the sources' people run off the bottom of the photo
-    canvas[offset_y:offset_y + patch_h, offset_x:offset_x + patch_w] = patch
+    canvas[offset_y : offset_y + patch_h, offset_x : offset_x + patch_w] = patch
     person = [offset_x + box_x1, offset_y + (py1 - top) * ratio_y, offset_x + box_x2, offset_y + (py2 - top) * ratio_y]
     return canvas, _whole_pixel_box(person, width, height)
 
@@ -234,8 +237,7 @@ def _plain_photo(cache: _SourceCache, name: str, long_side: int) -> tuple[np.nda
     return _resize(photo, width, height), _whole_pixel_box(box, width, height)
 
 
-def _scored_crops(rng: np.random.Generator, width: int, height: int,
-                  person: list[int] | None) -> dict[str, list]:
+def _scored_crops(rng: np.random.Generator, width: int, height: int, person: list[int] | None) -> dict[str, list]:
     crops = gaic_grid_candidates(width, height).long().tolist()
     scores = [composition_score(crop, person, width, height) + rng.normal(0.0, SCORE_NOISE) for crop in crops]
     scores = [round(min(MAX_SCORE, max(MIN_SCORE, s)), 2) for s in scores]
@@ -247,8 +249,14 @@ def _write_json(path: str, content: dict) -> None:
     write_json_atomic(path, content)
 
 
-def build_demo_dataset(root: str | os.PathLike, num_train: int = 48, num_test: int = 16, seed: int = 0,
-                       long_side: int = 448, overwrite: bool = False) -> dict:
+def build_demo_dataset(
+    root: str | os.PathLike,
+    num_train: int = 48,
+    num_test: int = 16,
+    seed: int = 0,
+    long_side: int = 448,
+    overwrite: bool = False,
+) -> dict:
     """Write the demo dataset under ``<root>/GAICD`` in GAICD's layout; return a summary.
 
     Files: ``images/train/*.jpg``, ``images/test/*.jpg``, ``image_crop.json``,
@@ -258,8 +266,10 @@ def build_demo_dataset(root: str | os.PathLike, num_train: int = 48, num_test: i
     ``train``/``test`` image names and ``human_train``/``human_test``.
     """
     if num_train < len(PERSON_SOURCES) + 1 or num_test < 2:
-        raise ValueError(f"need num_train >= {len(PERSON_SOURCES) + 1} and num_test >= 2, "
-                         f"got num_train={num_train}, num_test={num_test}")
+        raise ValueError(
+            f"need num_train >= {len(PERSON_SOURCES) + 1} and num_test >= 2, "
+            f"got num_train={num_train}, num_test={num_test}"
+        )
     if long_side < 64:
         raise ValueError(f"long_side={long_side} must be at least 64 pixels")
     gaicd = os.path.join(os.fspath(root), "GAICD")
@@ -301,5 +311,10 @@ def build_demo_dataset(root: str | os.PathLike, num_train: int = 48, num_test: i
     _write_json(os.path.join(gaicd, "human_bboxes.json"), human_boxes)
     _write_json(os.path.join(gaicd, "original_data_split.json"), split)
     _write_json(os.path.join(gaicd, "human_data_split.json"), human_split)
-    return {"path": gaicd, "train": split["train"], "test": split["test"],
-            "human_train": human_split["train"], "human_test": human_split["test"]}
+    return {
+        "path": gaicd,
+        "train": split["train"],
+        "test": split["test"],
+        "human_train": human_split["train"],
+        "human_test": human_split["test"],
+    }

@@ -8,6 +8,7 @@ External-Attention-pytorch's ``DAModule`` builds its two branches for 512 channe
 whatever it is given; the release's call (448 or 812 channels, 16x16) can only have run with the
 arguments passed on, which is what :class:`DualAttention` does.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,10 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] * x.shape[-1] != self.pa.fc_o.in_features:
-            raise ValueError(f"channel attention over a {x.shape[-2]}x{x.shape[-1]} map: it was built for "
-                             f"{self.pa.fc_o.in_features} positions (the release: 16x16, a 256x256 photo)")
+            raise ValueError(
+                f"channel attention over a {x.shape[-2]}x{x.shape[-1]} map: it was built for "
+                f"{self.pa.fc_o.in_features} positions (the release: 16x16, a 256x256 photo)"
+            )
         return self.pa(self.cnn(x).flatten(2)).view_as(x)
 
 

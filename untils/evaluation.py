@@ -7,6 +7,7 @@ on the device until every batch is queued (no host-device synchronisation per ba
 torch.distributed score this process's share and gather the results. Scores that are NaN or
 infinite are refused (:class:`NonFiniteScores`), never turned into NaN metrics.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,14 +40,23 @@ def _refuse_non_finite(finite: Sequence[bool], description: str) -> None:
     """Raise :class:`NonFiniteScores` when some image's scores (one flag per image) are not all finite."""
     bad = len(finite) - sum(finite)
     if bad:
-        raise NonFiniteScores(f"the model gave NaN or infinite scores on {bad} of {len(finite)} images "
-                              f"({description}): no metrics computed")
+        raise NonFiniteScores(
+            f"the model gave NaN or infinite scores on {bad} of {len(finite)} images "
+            f"({description}): no metrics computed"
+        )
 
 
 @torch.no_grad()
-def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
-                    progress: bool = True, description: str = "evaluating",
-                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
+def evaluate_scored(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    images_per_batch: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "evaluating",
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """Acc_K/N, Acc5, Acc10, SRCC, PCC, wAcc_K/N, wAcc5 and wAcc10 (means over K, as Acc5 and Acc10) of
     ``model`` on a dataset of scored crops (a :class:`~untils.batching.ResizedSizes` one), and ``images``.
 
@@ -58,8 +68,9 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)
-    loader = evaluation_loader(shard_for_this_process(dataset), images_per_batch, num_workers,
-                               pin_memory=device.type == "cuda")
+    loader = evaluation_loader(
+        shard_for_this_process(dataset), images_per_batch, num_workers, pin_memory=device.type == "cuda"
+    )
     scored = []  # (device scores (B, N), host ground truth (B, N), host crop_valid (B, N)) per batch
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
@@ -81,9 +92,16 @@ def evaluate_scored(model: torch.nn.Module, dataset: Dataset, images_per_batch: 
 
 
 @torch.no_grad()
-def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch: int = 1, num_workers: int = 0,
-                     progress: bool = True, description: str = "evaluating",
-                     autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
+def evaluate_anchors(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    images_per_batch: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "evaluating",
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
     ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
     if not isinstance(dataset, ResizedSizes):
@@ -91,8 +109,9 @@ def evaluate_anchors(model: torch.nn.Module, dataset: Dataset, images_per_batch:
     if len(dataset) == 0:
         raise ValueError(f"no images to evaluate ({description})")
     device = prepare_for_inference(model, channels_last)
-    loader = evaluation_loader(shard_for_this_process(dataset), images_per_batch, num_workers,
-                               pin_memory=device.type == "cuda")
+    loader = evaluation_loader(
+        shard_for_this_process(dataset), images_per_batch, num_workers, pin_memory=device.type == "cuda"
+    )
     scored = []  # (device scores (B, N), resized (w, h), the host fields the metrics need) per batch
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score

@@ -4,6 +4,7 @@ and its lock, the process group, and how a run ends (a diverged loss, Ctrl-C, a 
 Its one rule: a run writes only inside an experiment folder this project made, and ends with one
 line saying what happened and how to go on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,38 +39,64 @@ class ExperimentLock:
             fcntl.flock(self.stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.stream.close()
-            raise SystemExit(f"error: another run is using the experiment folder {exp_path}; "
-                             "wait for it to finish or train in another folder") from None
+            raise SystemExit(
+                f"error: another run is using the experiment folder {exp_path}; "
+                "wait for it to finish or train in another folder"
+            ) from None
 
     def release(self) -> None:
         fcntl.flock(self.stream, fcntl.LOCK_UN)
         self.stream.close()
 
 
-def build_parser(description: str, config_cls: type, presets: dict[str, tuple[str, dict]] | None = None,
-                 with_demo: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
+def build_parser(
+    description: str,
+    config_cls: type,
+    presets: dict[str, tuple[str, dict]] | None = None,
+    with_demo: bool = False,
+    exclude: Sequence[str] = (),
+) -> argparse.ArgumentParser:
     """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
     presets = presets or {}
-    epilog = ("presets (--preset NAME; explicit options win over the preset):\n"
-              + "\n".join(f"  {name:14s} {text}" for name, (text, _) in presets.items())) if presets else None
+    epilog = (
+        (
+            "presets (--preset NAME; explicit options win over the preset):\n"
+            + "\n".join(f"  {name:14s} {text}" for name, (text, _) in presets.items())
+        )
+        if presets
+        else None
+    )
     parser = argparse.ArgumentParser(
-        usage="%(prog)s " + ("[--demo | --preset NAME | --resume PATH]" if presets else "[--resume PATH]")
+        usage="%(prog)s "
+        + ("[--demo | --preset NAME | --resume PATH]" if presets else "[--resume PATH]")
         + " [config options]",
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog,
+    )
     if with_demo:
-        parser.add_argument("--demo", action="store_true",
-                            help="generate a small human-centric dataset from photos shipped in pip packages and "
-                                 "train on it on the CPU (exercises the pipeline; not a result of the paper)")
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="generate a small human-centric dataset from photos shipped in pip packages and "
+            "train on it on the CPU (exercises the pipeline; not a result of the paper)",
+        )
         parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
-    parser.add_argument("--resume", metavar="PATH",
-                        help="continue from a last.pth training checkpoint, in the experiment folder it is in "
-                             "(EXPERIMENT/checkpoints/last.pth beside EXPERIMENT/config.json; a last.pth "
-                             "elsewhere is refused)")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="--resume from a file that holds more than tensors and plain data (UNSAFE: such a file "
-                             "can run code; only for files you made yourself with an older version)")
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a last.pth training checkpoint, in the experiment folder it is in "
+        "(EXPERIMENT/checkpoints/last.pth beside EXPERIMENT/config.json; a last.pth "
+        "elsewhere is refused)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="--resume from a file that holds more than tensors and plain data (UNSAFE: such a file "
+        "can run code; only for files you made yourself with an older version)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_debug_option(parser)
     add_config_arguments(parser, config_cls, exclude)
@@ -101,14 +128,20 @@ def experiment_of_checkpoint(path: str, checkpoint: dict) -> str:
         same_run = isinstance(config, dict) and run is not None and config.get("exp_name") == run
         problem = None if same_run else f"{config_path} is not the config of the run that saved it"
     if problem:
-        raise SystemExit(f"error: --resume {path}: {problem}; resuming writes into the experiment folder, so it "
-                         "continues only inside the one this project's training made (move the whole folder)")
+        raise SystemExit(
+            f"error: --resume {path}: {problem}; resuming writes into the experiment folder, so it "
+            "continues only inside the one this project's training made (move the whole folder)"
+        )
     return exp_path
 
 
-def launch(build_trainer: TrainerFactory[TrainerT], config_cls: type, args: argparse.Namespace,
-           presets: dict[str, tuple[str, dict]] | None = None,
-           prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> TrainerT:
+def launch(
+    build_trainer: TrainerFactory[TrainerT],
+    config_cls: type,
+    args: argparse.Namespace,
+    presets: dict[str, tuple[str, dict]] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> TrainerT:
     """Start (or ``--resume``) an experiment and train it. A diverged loss, Ctrl-C (exit status 130)
     and a checkpoint that cannot be written (a full disk) end with one line saying how to go on.
 
@@ -173,8 +206,16 @@ class _StartFailed(Exception):
         self.error = error
 
 
-def _train(build_trainer: TrainerFactory[TrainerT], cfg, exp_path: str, checkpoint: dict | None,
-           args: argparse.Namespace, rank: int, world: int, local_rank: int) -> TrainerT:
+def _train(
+    build_trainer: TrainerFactory[TrainerT],
+    cfg,
+    exp_path: str,
+    checkpoint: dict | None,
+    args: argparse.Namespace,
+    rank: int,
+    world: int,
+    local_rank: int,
+) -> TrainerT:
     try:
         device = resolve_device(cfg.device, cfg.gpu_id)
         if world > 1 and device.type == "cuda":
@@ -203,8 +244,10 @@ def _train(build_trainer: TrainerFactory[TrainerT], cfg, exp_path: str, checkpoi
             raise SystemExit(f"training stopped: {error}") from None
         if isinstance(error, KeyboardInterrupt):
             trainer.writer.close()
-            raise _interrupted(rank, f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step}; "
-                                     f"{resume_hint(trainer.checkpoint_dir)}") from None
+            raise _interrupted(
+                rank,
+                f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step}; {resume_hint(trainer.checkpoint_dir)}",
+            ) from None
         raise
     if world > 1:
         shut_down_distributed(trainer)

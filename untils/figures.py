@@ -3,6 +3,7 @@
 Each figure is drawn with matplotlib's Agg backend (no display needed) and returned as an
 (H, W, 3) uint8 array, so the trainer can both log it to TensorBoard and save it as a PNG.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ def photo_of(image: torch.Tensor) -> np.ndarray:
 
 def _render(figure) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -40,6 +42,7 @@ def _resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
 def _three_panels(image: torch.Tensor, first_title: str):
     """A figure of three panels, the photo in the first: ``(figure, axes, photo)``."""
     from matplotlib.figure import Figure
+
     photo = photo_of(image)
     figure = Figure(figsize=(12, 4.2), dpi=80, layout="constrained")
     axes = figure.subplots(1, 3)
@@ -48,16 +51,16 @@ def _three_panels(image: torch.Tensor, first_title: str):
     return figure, axes, photo
 
 
-def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor,
-                    title: str = "") -> np.ndarray:
+def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor, title: str = "") -> np.ndarray:
     """Photo, target and predicted heat maps (values in [0, 1]) over it, one colour bar for both.
 
     A flat target (e.g. an image without a pseudo heat map) is said so instead of drawn."""
     figure, axes, photo = _three_panels(image, "input")
     height, width = photo.shape[:2]
     shown = None
-    for axis, (name, heat_map) in zip(axes[1:], (("target heat map", target), ("predicted heat map", predicted)),
-                                      strict=True):
+    for axis, (name, heat_map) in zip(
+        axes[1:], (("target heat map", target), ("predicted heat map", predicted)), strict=True
+    ):
         values = heat_map.detach().float().cpu().numpy().reshape(target.shape[-2:])
         axis.imshow(photo)
         if values.max() - values.min() < FLAT_MAP:
@@ -74,13 +77,19 @@ def heat_map_figure(image: torch.Tensor, target: torch.Tensor, predicted: torch.
     return _render(figure)
 
 
-def partition_figure(image: torch.Tensor, human_box: Sequence[float] | None, target: torch.Tensor,
-                     predicted: torch.Tensor, title: str = "") -> np.ndarray:
+def partition_figure(
+    image: torch.Tensor,
+    human_box: Sequence[float] | None,
+    target: torch.Tensor,
+    predicted: torch.Tensor,
+    title: str = "",
+) -> np.ndarray:
     """Photo with the person's box, then the nine regions of the target partition mask and the
     partition feature's strongest region per cell (softmax over the nine channels), labelled."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
+
     nine_colours = ListedColormap(colormaps["tab10"](np.arange(9)))  # its first nine colours
     figure, axes, photo = _three_panels(image, "input and person box")
     height, width = photo.shape[:2]
@@ -88,13 +97,21 @@ def partition_figure(image: torch.Tensor, human_box: Sequence[float] | None, tar
         x1, y1, x2, y2 = human_box
         axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="yellow", linewidth=2))
     regions = None
-    for axis, (name, maps) in zip(axes[1:], (("target regions", target),
-                                              ("predicted regions", torch.softmax(predicted.float(), dim=0))),
-                                  strict=True):
+    for axis, (name, maps) in zip(
+        axes[1:],
+        (("target regions", target), ("predicted regions", torch.softmax(predicted.float(), dim=0))),
+        strict=True,
+    ):
         labels = maps.detach().float().cpu().argmax(dim=0).numpy()
         axis.imshow(photo)
-        regions = axis.imshow(_resized(labels, height, width), cmap=nine_colours, vmin=-0.5, vmax=8.5,
-                              alpha=OVERLAY_ALPHA, interpolation="nearest")
+        regions = axis.imshow(
+            _resized(labels, height, width),
+            cmap=nine_colours,
+            vmin=-0.5,
+            vmax=8.5,
+            alpha=OVERLAY_ALPHA,
+            interpolation="nearest",
+        )
         axis.set_title(name)
     for axis in axes:
         axis.axis("off")

@@ -6,6 +6,7 @@ shard count. Shards of one sharded run (same N, other I) share the folder. A loc
 gone (same host, no such pid) is stale and taken over; one of another host cannot be checked and
 is kept (remove it by hand if that run is over).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ class FolderLock:
         return found
 
     def __enter__(self) -> FolderLock:
-        record = json_text({"pid": os.getpid(), "host": socket.gethostname(),
-                            "shard": f"{self.shard[0]}/{self.shard[1]}"}, self.path)
+        record = json_text(
+            {"pid": os.getpid(), "host": socket.gethostname(), "shard": f"{self.shard[0]}/{self.shard[1]}"}, self.path
+        )
         for _ in range(2):
             try:
                 descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -93,13 +95,14 @@ class FolderLock:
             raise FolderLockedError(self._message(*conflicts[0]))
         return self
 
-    def __exit__(self, kind: type | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         owner = _owner(self.path)
         if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
 
     def _message(self, path: Path, owner: dict) -> str:
-        return (f"--out {self.folder}: another crop.py run writes there (pid {owner.get('pid', '?')} on "
-                f"{owner.get('host', '?')}, shard {owner.get('shard', '?')}; lock {path}); wait for it or choose "
-                "another --out (remove the lock if that run is over)")
+        return (
+            f"--out {self.folder}: another crop.py run writes there (pid {owner.get('pid', '?')} on "
+            f"{owner.get('host', '?')}, shard {owner.get('shard', '?')}; lock {path}); wait for it or choose "
+            "another --out (remove the lock if that run is over)"
+        )

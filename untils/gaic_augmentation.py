@@ -38,6 +38,7 @@ Where this departs from the release, and why:
   The distributions are the same (numpy's ``randint(2)`` and ``uniform`` are a fair coin and
   U[low, high) too); the individual draws of a given seed are not the release's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

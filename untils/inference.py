@@ -5,6 +5,7 @@ and returns an ``untils.crop_heads.CropOutput``; this module is the one place th
 model's ``photo_spec`` says it takes is added: ``user`` (the user a PIC embedding model scores for)
 when one is given, ``user_image`` (the whole photo, for the official PIC model) when the batch has one.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,12 +20,19 @@ DEVICE_KEYS = ("image", "crop_box", "human_box", "partition_mask", "crop_valid",
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch with the tensors a model reads on ``device`` (non-blocking from pinned memory)."""
-    return {key: (value.to(device, non_blocking=True) if torch.is_tensor(value) and key in DEVICE_KEYS else value)
-            for key, value in batch.items()}
+    return {
+        key: (value.to(device, non_blocking=True) if torch.is_tensor(value) and key in DEVICE_KEYS else value)
+        for key, value in batch.items()
+    }
 
 
-def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: torch.dtype | None = None,
-              channels_last: bool = False, user: str | None = None) -> Any:
+def run_model(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    user: str | None = None,
+) -> Any:
     """The model's ``CropOutput`` for a batch already on its device (for ``user``, when given).
 
     ``autocast_dtype`` (torch.bfloat16 or torch.float16) runs the forward under autocast;
@@ -38,8 +46,9 @@ def run_model(model: torch.nn.Module, batch: dict[str, Any], autocast_dtype: tor
     if user is not None:
         extra["user"] = user
     with autocast(image.device, autocast_dtype):
-        return model(image, batch["crop_box"], human_box=batch.get("human_box"), crop_valid=batch.get("crop_valid"),
-                     **extra)
+        return model(
+            image, batch["crop_box"], human_box=batch.get("human_box"), crop_valid=batch.get("crop_valid"), **extra
+        )
 
 
 def prepare_for_inference(model: torch.nn.Module, channels_last: bool = False) -> torch.device:

@@ -37,6 +37,7 @@ unless the box with the smallest displacement has that same IoU, then that one.
 four sides, the reported Disp) and counts recall at IoU >= 0.75. Arithmetic is float64
 (the release's is float32, which can only matter for exact ties).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -60,8 +61,9 @@ def _as_float64(values: ArrayLike) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _image_score_pairs(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
-                       valid: Sequence[ArrayLike] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _image_score_pairs(
+    gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike], valid: Sequence[ArrayLike] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image (gt, pred) float64 vectors with padding removed, checked."""
     if len(gt_scores) != len(pr_scores):
         raise ValueError(f"got ground truth for {len(gt_scores)} images but predictions for {len(pr_scores)}")
@@ -97,7 +99,7 @@ def _top_k_hits(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     gt_descending = np.sort(gt)[::-1]
     accuracies = {}
     for n in ACC_N:
-        hits = gt[predicted_order[:max(TOP_K)]] >= gt_descending[n - 1]
+        hits = gt[predicted_order[: max(TOP_K)]] >= gt_descending[n - 1]
         for k in TOP_K:
             accuracies[f"acc{k}_{n}"] = float(hits[:k].mean())
     return accuracies
@@ -118,7 +120,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson's correlation of two 1-D arrays; NaN when either is constant."""
     a_centred, b_centred = a - a.mean(), b - b.mean()
-    denominator = np.sqrt((a_centred ** 2).sum() * (b_centred ** 2).sum())
+    denominator = np.sqrt((a_centred**2).sum() * (b_centred**2).sum())
     if denominator == 0:
         return float("nan")
     return float(np.clip((a_centred * b_centred).sum() / denominator, -1.0, 1.0))
@@ -129,8 +131,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(average_ranks(a), average_ranks(b))
 
 
-def gaicd_metrics(gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike],
-                  valid: Sequence[ArrayLike] | None = None) -> dict[str, float]:
+def gaicd_metrics(
+    gt_scores: Sequence[ArrayLike], pr_scores: Sequence[ArrayLike], valid: Sequence[ArrayLike] | None = None
+) -> dict[str, float]:
     """The full GAICD table: acc1_5..acc4_5, acc1_10..acc4_10, acc5, acc10, srcc, pcc.
 
     ``gt_scores`` and ``pr_scores`` hold one score vector per image (see the module
@@ -150,7 +153,7 @@ def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
     """wAcc_K/N of one image: {N: [K = 1..4]}."""
     ground_truth_rank = np.empty(gt.size, dtype=np.int64)
     ground_truth_rank[np.argsort(-gt, kind="stable")] = np.arange(gt.size)
-    returned = ground_truth_rank[np.argsort(-pred, kind="stable")[:max(TOP_K)]]
+    returned = ground_truth_rank[np.argsort(-pred, kind="stable")[: max(TOP_K)]]
     accuracies: dict[int, list[float]] = {}
     for n, decay in WACC_DECAY.items():
         accuracies[n] = []
@@ -161,8 +164,9 @@ def _weighted_hits(gt: np.ndarray, pred: np.ndarray) -> dict[int, list[float]]:
     return accuracies
 
 
-def weighted_accuracy(gt_scores: Sequence[ArrayLike], pred_scores: Sequence[ArrayLike],
-                      valid: Sequence[ArrayLike] | None = None) -> tuple[list[float], list[float]]:
+def weighted_accuracy(
+    gt_scores: Sequence[ArrayLike], pred_scores: Sequence[ArrayLike], valid: Sequence[ArrayLike] | None = None
+) -> tuple[list[float], list[float]]:
     """``(wacc5, wacc10)``: wAcc_K/5 and wAcc_K/10 for K = 1..4, fractions averaged over images.
 
     Inputs as :func:`gaicd_metrics`; the definition is in the module docstring.
@@ -179,8 +183,7 @@ def _as_boxes(boxes: ArrayLike, name: str) -> torch.Tensor:
     return tensor.reshape(-1, 4)
 
 
-def compute_iou_and_disp(gt_crops: ArrayLike, pred_crop: ArrayLike,
-                         width: float, height: float) -> tuple[float, float]:
+def compute_iou_and_disp(gt_crops: ArrayLike, pred_crop: ArrayLike, width: float, height: float) -> tuple[float, float]:
     """IoU and displacement of one predicted box against an image's ground truth.
 
     ``gt_crops``: (G, 4) boxes in original pixels, padding rows (x1 < 0) ignored;
@@ -206,8 +209,7 @@ def compute_iou_and_disp(gt_crops: ArrayLike, pred_crop: ArrayLike,
     return float(iou[chosen]), float(disp[chosen])
 
 
-def crop_metrics(results: Iterable[tuple[float, float]],
-                 iou_threshold: float = RECALL_IOU) -> dict[str, float]:
+def crop_metrics(results: Iterable[tuple[float, float]], iou_threshold: float = RECALL_IOU) -> dict[str, float]:
     """Mean IoU, mean Disp (per side) and recall at ``iou >= iou_threshold``.
 
     ``results`` holds one ``compute_iou_and_disp`` pair per image.
@@ -216,12 +218,19 @@ def crop_metrics(results: Iterable[tuple[float, float]],
     if pairs.shape[0] == 0:
         raise ValueError("no images to evaluate")
     ious, disps = pairs[:, 0], pairs[:, 1]
-    return {"iou": float(ious.mean()), "disp": float(disps.mean() / 4.0),
-            "recall": float((ious >= iou_threshold).mean())}
+    return {
+        "iou": float(ious.mean()),
+        "disp": float(disps.mean() / 4.0),
+        "recall": float((ious >= iou_threshold).mean()),
+    }
 
 
-def best_crop_in_original(anchor_boxes_resized: ArrayLike, scores: ArrayLike,
-                          resized_wh: tuple[float, float], original_wh: tuple[float, float]) -> list[int]:
+def best_crop_in_original(
+    anchor_boxes_resized: ArrayLike,
+    scores: ArrayLike,
+    resized_wh: tuple[float, float],
+    original_wh: tuple[float, float],
+) -> list[int]:
     """The highest-scoring candidate mapped to original pixels as ``[x1, y1, x2, y2]`` ints.
 
     The release multiplies the anchor's float32 fractions by the original size and

@@ -2,6 +2,7 @@
 ``detector(rgb) -> list[Detection]``, the torchvision model or, where it cannot be had, the offline
 HOG and face detectors (README.md, "Person detection", describes them and the rules).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,15 +27,24 @@ CONFIDENT_FRACTION = 0.8
 DUPLICATE_IOU = 0.5
 # A face counts as lying in a box when this share of its area is inside it.
 FACE_INSIDE_SHARE = 0.8
-MAIN_PERSON_RULE = (f"most confident, then largest and most central: detections scoring below {CONFIDENT_FRACTION} "
-                    "of the best score of their own detector are set aside (a detection without a score counts "
-                    "as its detector's best); among the rest, the highest (box area / image area) * "
-                    "(1 - distance of box centre from image centre / half the image diagonal)")
+MAIN_PERSON_RULE = (
+    f"most confident, then largest and most central: detections scoring below {CONFIDENT_FRACTION} "
+    "of the best score of their own detector are set aside (a detection without a score counts "
+    "as its detector's best); among the rest, the highest (box area / image area) * "
+    "(1 - distance of box centre from image centre / half the image diagonal)"
+)
 COCO_PERSON_LABEL = 1
 DEFAULT_TORCHVISION_ARCH = "fasterrcnn_mobilenet_v3_large_fpn"
-TORCHVISION_ARCHS = ("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                     "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn",
-                     "maskrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large")
+TORCHVISION_ARCHS = (
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "keypointrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
+)
 # A face box (x, y, w, h) becomes the body box x+w/2 -/+ 1.6w, from y - 0.5h (hair) to
 # y + 7h (about 7.5 head heights in all): a standing adult, cut by the frame as needed.
 BODY_FROM_FACE = {"half_width": 1.6, "above": 0.5, "below": 7.0}
@@ -76,8 +86,13 @@ class Detection:
     also_found_by: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        entry = {"box": list(self.box), "score": self.score, "detector": self.detector, "main": self.main,
-                 "also_found_by": list(self.also_found_by)}
+        entry = {
+            "box": list(self.box),
+            "score": self.score,
+            "detector": self.detector,
+            "main": self.main,
+            "also_found_by": list(self.also_found_by),
+        }
         if self.evidence is not None:
             entry["evidence"] = list(self.evidence)
         return entry
@@ -139,8 +154,7 @@ def merge_duplicates(detections: Sequence[Detection], iou_threshold: float = DUP
         for j, second in enumerate(detections):
             duplicates[i, j] |= _face_in_top_half(first, second)
     duplicates |= duplicates.T
-    order = sorted(range(len(detections)),
-                   key=lambda i: (detections[i].score is None, -(detections[i].score or 0.0)))
+    order = sorted(range(len(detections)), key=lambda i: (detections[i].score is None, -(detections[i].score or 0.0)))
     merged = []
     for kept, absorbed in _greedy_suppression(order, duplicates).items():
         detection = detections[kept]
@@ -164,17 +178,20 @@ def confident(detections: Sequence[Detection]) -> list[bool]:
         if detection.score is not None:
             best[detection.detector] = max(best.get(detection.detector, -math.inf), detection.score)
     # Written as a margin below the best so that a detector with scores <= 0 keeps at least its best.
-    return [d.score is None
-            or d.score >= best[d.detector] - (1 - CONFIDENT_FRACTION) * abs(best[d.detector])
-            for d in detections]
+    return [
+        d.score is None or d.score >= best[d.detector] - (1 - CONFIDENT_FRACTION) * abs(best[d.detector])
+        for d in detections
+    ]
 
 
 def main_person(detections: Sequence[Detection], width: int, height: int) -> int | None:
     """Index of the main person by ``MAIN_PERSON_RULE``, None without detections."""
     if not detections:
         return None
-    values = [prominence(d.box, width, height) if keep else -math.inf
-              for d, keep in zip(detections, confident(detections), strict=True)]
+    values = [
+        prominence(d.box, width, height) if keep else -math.inf
+        for d, keep in zip(detections, confident(detections), strict=True)
+    ]
     return int(np.argmax(values))
 
 
@@ -203,11 +220,14 @@ class HogPersonDetector:
 
     name = "hog"
 
-    def __init__(self, max_side: int = 640, border: float = 0.25, min_score: float = 0.5,
-                 iou_threshold: float = 0.45) -> None:
+    def __init__(
+        self, max_side: int = 640, border: float = 0.25, min_score: float = 0.5, iou_threshold: float = 0.45
+    ) -> None:
         if not hog_available():
-            raise DetectorError(f"OpenCV {cv2.__version__} has no HOG people detector (OpenCV 5 moved it out of "
-                                "the main package); the face detector still works, or install opencv 4.x")
+            raise DetectorError(
+                f"OpenCV {cv2.__version__} has no HOG people detector (OpenCV 5 moved it out of "
+                "the main package); the face detector still works, or install opencv 4.x"
+            )
         self.max_side, self.border = max_side, border
         self.min_score, self.iou_threshold = min_score, iou_threshold
         self._hog: cv2.HOGDescriptor | None = None
@@ -228,14 +248,19 @@ class HogPersonDetector:
         boxes, scores = [], []
         for pad in (0, round(self.border * max(small.shape[:2]))):
             scanned = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            rects, weights = self._descriptor().detectMultiScale(scanned, winStride=(8, 8), padding=(8, 8),
-                                                                scale=1.05)
+            rects, weights = self._descriptor().detectMultiScale(scanned, winStride=(8, 8), padding=(8, 8), scale=1.05)
             for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.reshape(weights, -1), strict=True):
                 if weight < self.min_score:
                     continue
                 margin_x, margin_y = HOG_WINDOW_MARGIN[0] * w, HOG_WINDOW_MARGIN[1] * h
-                boxes.append([(x - pad + margin_x) / scale, (y - pad + margin_y) / scale,
-                              (x - pad + w - margin_x) / scale, (y - pad + h - margin_y) / scale])
+                boxes.append(
+                    [
+                        (x - pad + margin_x) / scale,
+                        (y - pad + margin_y) / scale,
+                        (x - pad + w - margin_x) / scale,
+                        (y - pad + h - margin_y) / scale,
+                    ]
+                )
                 scores.append(float(weight))
         detections = []
         for index in non_max_suppression(np.array(boxes), np.array(scores), self.iou_threshold):
@@ -251,8 +276,9 @@ class FacePersonDetector:
 
     name = "face"
 
-    def __init__(self, max_side: int = 512, min_face: float = 0.04, scale_factor: float = 1.2,
-                 min_neighbours: int = 6) -> None:
+    def __init__(
+        self, max_side: int = 512, min_face: float = 0.04, scale_factor: float = 1.2, min_neighbours: int = 6
+    ) -> None:
         self.max_side, self.min_face, self.scale_factor = max_side, min_face, scale_factor
         self.min_neighbours = min_neighbours  # overlapping hits a face needs; scikit-image's 4 lets blur through
         self._cascade = None
@@ -264,6 +290,7 @@ class FacePersonDetector:
         if self._cascade is None:
             from skimage import data
             from skimage.feature import Cascade
+
             self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
         return self._cascade
 
@@ -275,17 +302,27 @@ class FacePersonDetector:
         smallest = max(16, round(self.min_face * shorter))
         if shorter < smallest:
             return []
-        faces = self._detector().detect_multi_scale(img=small, scale_factor=self.scale_factor, step_ratio=1,
-                                                    min_size=(smallest, smallest), max_size=(shorter, shorter),
-                                                    min_neighbor_number=self.min_neighbours)
+        faces = self._detector().detect_multi_scale(
+            img=small,
+            scale_factor=self.scale_factor,
+            step_ratio=1,
+            min_size=(smallest, smallest),
+            max_size=(shorter, shorter),
+            min_neighbor_number=self.min_neighbours,
+        )
         detections = []
         for face in faces:
             x, y = face["c"] / scale, face["r"] / scale
             w, h = face["width"] / scale, face["height"] / scale
             centre = x + w / 2
-            body = clip_to_image(centre - BODY_FROM_FACE["half_width"] * w, y - BODY_FROM_FACE["above"] * h,
-                                 centre + BODY_FROM_FACE["half_width"] * w, y + BODY_FROM_FACE["below"] * h,
-                                 width, height)
+            body = clip_to_image(
+                centre - BODY_FROM_FACE["half_width"] * w,
+                y - BODY_FROM_FACE["above"] * h,
+                centre + BODY_FROM_FACE["half_width"] * w,
+                y + BODY_FROM_FACE["below"] * h,
+                width,
+                height,
+            )
             face_box = clip_to_image(x, y, x + w, y + h, width, height)
             if body is not None:
                 detections.append(Detection(body, None, self.name, evidence=face_box))
@@ -296,7 +333,7 @@ class OfflinePersonDetector:
     """HOG (where this OpenCV has it) and faces, their detections listed together, duplicates merged."""
 
     def __init__(self) -> None:
-        self.detectors: list[PersonDetector] = ([HogPersonDetector()] if hog_available() else [])
+        self.detectors: list[PersonDetector] = [HogPersonDetector()] if hog_available() else []
         self.detectors.append(FacePersonDetector())
         self.name = "+".join(detector.name for detector in self.detectors)
 
@@ -317,6 +354,7 @@ def torchvision_ops_problem(device: str | torch.device = "cpu") -> str | None:
     """
     try:
         from untils.torchvision_compat import torchvision
+
         boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]], device=device)
         torchvision.ops.nms(boxes, torch.ones(1, device=device), 0.5)
         torchvision.ops.roi_align(torch.zeros(1, 1, 4, 4, device=device), [boxes], output_size=2)
@@ -343,16 +381,20 @@ def _hub_cache_file(url: str) -> str:
 def _weights_api_state(arch: str, allow_download: bool) -> tuple[dict, str]:
     """The state_dict of ``arch``'s DEFAULT weights from torchvision's weights API, and their URL."""
     from untils.torchvision_compat import models
+
     weights = models.get_model_weights(arch).DEFAULT
-    advice = (f"download {weights.url} and pass it with --detector-weights FILE, "
-              f"or place it in torch's hub cache ({os.path.dirname(_hub_cache_file(weights.url))})")
+    advice = (
+        f"download {weights.url} and pass it with --detector-weights FILE, "
+        f"or place it in torch's hub cache ({os.path.dirname(_hub_cache_file(weights.url))})"
+    )
     if not allow_download and not os.path.isfile(_hub_cache_file(weights.url)):
         raise DetectorError(f"the {weights} weights are not in torch's hub cache and downloads are off; {advice}")
     try:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
     except Exception as error:  # offline, proxy, corrupt cache: all end the same way for the user
-        raise DetectorError(f"could not get the {weights} weights ({type(error).__name__}: "
-                            f"{_first_sentence(error)}); {advice}") from error
+        raise DetectorError(
+            f"could not get the {weights} weights ({type(error).__name__}: {_first_sentence(error)}); {advice}"
+        ) from error
     return state, weights.url
 
 
@@ -364,22 +406,27 @@ def _check_arch(arch: str) -> None:
 def _check_torchvision_runs(arch: str, device: torch.device, advice: str = "") -> None:
     problem = torchvision_ops_problem(device)
     if problem is not None:
-        raise DetectorError(f"torchvision's {arch} cannot run on this installation: its compiled operators "
-                            f"(nms, roi_align) fail ({problem}); this torchvision is built for a different "
-                            f"torch (e.g. a CUDA build on a CPU-only torch){advice}")
+        raise DetectorError(
+            f"torchvision's {arch} cannot run on this installation: its compiled operators "
+            f"(nms, roi_align) fail ({problem}); this torchvision is built for a different "
+            f"torch (e.g. a CUDA build on a CPU-only torch){advice}"
+        )
 
 
 def _torchvision_model(arch: str, state: dict, source: str) -> torch.nn.Module:
     """``arch`` built without weights (nothing downloaded), ``state`` loaded strictly."""
     from untils.torchvision_compat import models
+
     model = getattr(models.detection, arch)(weights=None, weights_backbone=None)
     try:
         # torchvision's own files were saved from FrozenBatchNorm2d and lack num_batches_tracked:
         # BatchNorm2d fills it in, and in eval mode computes the same.
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise DetectorError(f"{source!r} is not a state_dict of torchvision's {arch} "
-                            f"({str(error).splitlines()[0]}); pass --detector-arch to match it") from error
+        raise DetectorError(
+            f"{source!r} is not a state_dict of torchvision's {arch} "
+            f"({str(error).splitlines()[0]}); pass --detector-arch to match it"
+        ) from error
     return model
 
 
@@ -392,16 +439,26 @@ class TorchvisionPersonDetector:
     here; without a file, whether it can run is checked before anything is downloaded.
     """
 
-    def __init__(self, weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
-                 min_score: float = 0.5, device: str | torch.device = "cpu", allow_download: bool = True) -> None:
+    def __init__(
+        self,
+        weights_path: str | None = None,
+        arch: str = DEFAULT_TORCHVISION_ARCH,
+        min_score: float = 0.5,
+        device: str | torch.device = "cpu",
+        allow_download: bool = True,
+    ) -> None:
         _check_arch(arch)
         self.device = torch.device(device)
         self.name, self.min_score = f"torchvision:{arch}", min_score
         if weights_path:
             self.weights_source = weights_path
             model = _torchvision_model(arch, _read_detector_state(weights_path), weights_path)
-            _check_torchvision_runs(arch, self.device, ". Use --detect-human without --detector-weights "
-                                    "(offline HOG/face detection), or give the person with --human-box / --human-boxes")
+            _check_torchvision_runs(
+                arch,
+                self.device,
+                ". Use --detect-human without --detector-weights "
+                "(offline HOG/face detection), or give the person with --human-box / --human-boxes",
+            )
         else:
             _check_torchvision_runs(arch, self.device)
             state, self.weights_source = _weights_api_state(arch, allow_download)
@@ -418,16 +475,24 @@ class TorchvisionPersonDetector:
         height, width = rgb.shape[:2]
         output = self._run(rgb)
         detections = []
-        for (x1, y1, x2, y2), label, score in zip(output["boxes"].cpu().tolist(), output["labels"].cpu().tolist(),
-                                                  output["scores"].cpu().tolist(), strict=True):
+        for (x1, y1, x2, y2), label, score in zip(
+            output["boxes"].cpu().tolist(),
+            output["labels"].cpu().tolist(),
+            output["scores"].cpu().tolist(),
+            strict=True,
+        ):
             clipped = clip_to_image(x1, y1, x2, y2, width, height)
             if label == COCO_PERSON_LABEL and score >= self.min_score and clipped is not None:
                 detections.append(Detection(clipped, round(float(score), 4), self.name))
         return detections
 
 
-def build_person_detector(weights_path: str | None = None, arch: str = DEFAULT_TORCHVISION_ARCH,
-                          device: str | torch.device = "cpu", allow_download: bool = True) -> PersonDetector:
+def build_person_detector(
+    weights_path: str | None = None,
+    arch: str = DEFAULT_TORCHVISION_ARCH,
+    device: str | torch.device = "cpu",
+    allow_download: bool = True,
+) -> PersonDetector:
     """The torchvision detector, or the offline one with one warning where it cannot be had.
 
     With ``weights_path`` the user asked for that file: a :class:`DetectorError` when it cannot
@@ -442,6 +507,9 @@ def build_person_detector(weights_path: str | None = None, arch: str = DEFAULT_T
         return TorchvisionPersonDetector(None, arch, device=device, allow_download=allow_download)
     except DetectorError as error:
         fallback = OfflinePersonDetector()
-        warnings.warn(f"person detection: {error}; using the offline {fallback.name} detector instead",
-                      DetectorFallbackWarning, stacklevel=2)
+        warnings.warn(
+            f"person detection: {error}; using the offline {fallback.name} detector instead",
+            DetectorFallbackWarning,
+            stacklevel=2,
+        )
         return fallback

@@ -2,6 +2,7 @@
 named by a random id. Its one rule: no client-given text ever becomes a path; a photo id is checked
 to be one of ours (32 hex digits) before it names a folder, and the oldest photos go past the cap.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,5 +99,5 @@ class PhotoStore:
                     except FileNotFoundError:  # removed meanwhile
                         continue
             stored.sort()
-            for _, name in stored[:max(0, len(stored) + len(self._in_progress) - self.max_photos)]:
+            for _, name in stored[: max(0, len(stored) + len(self._in_progress) - self.max_photos)]:
                 shutil.rmtree(self.folder / name, ignore_errors=True)

@@ -3,6 +3,7 @@ listing folders, and writing crops and reports atomically under the crop tool's 
 
 Boxes and sizes here are those of the *upright* photo: EXIF orientation applied, as viewers show it.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,12 +30,33 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x I
 JPEG_QUALITY = 95
 SAVE_AS = {"MPO": "JPEG"}  # phone JPEGs often open as MPO; their crops are plain JPEGs
 # Camera and phone formats this Pillow may have no plugin for; checked against Pillow at run time.
-PHOTO_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF", ".jxl": "JPEG XL",
-                 ".dng": "DNG raw", ".cr2": "Canon raw", ".cr3": "Canon raw", ".nef": "Nikon raw",
-                 ".arw": "Sony raw", ".orf": "Olympus raw", ".rw2": "Panasonic raw", ".raf": "Fujifilm raw"}
+PHOTO_FORMATS = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".hif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".dng": "DNG raw",
+    ".cr2": "Canon raw",
+    ".cr3": "Canon raw",
+    ".nef": "Nikon raw",
+    ".arw": "Sony raw",
+    ".orf": "Olympus raw",
+    ".rw2": "Panasonic raw",
+    ".raf": "Fujifilm raw",
+}
 # ISO base-media brands (bytes 8-12 of the file) of HEIF-family photos, to name them whatever their extension.
-FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
-               b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+FTYP_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
 # Sample values of 16-bit modes span [0, 65535]; float images are taken to span [0, 1].
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # NAME_<ratio>_cropN.EXT and NAME_<ratio>_visualization.png (ratio: any, 16x9, 1.5; see crop_candidates.ratio_tag)
@@ -75,8 +97,10 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise PhotoError(f"too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                         "(a decompression bomb or a huge photo; --max-pixels raises it)")
+        raise PhotoError(
+            f"too large: {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(a decompression bomb or a huge photo; --max-pixels raises it)"
+        )
     return image
 
 
@@ -104,8 +128,10 @@ def unsupported_format(path: str | os.PathLike) -> str | None:
 
 
 def _unsupported(fmt: str) -> str:
-    return (f"unsupported image format {fmt}: Pillow on this installation cannot open it; convert it to JPEG "
-            "or PNG (or install a Pillow plugin for it, e.g. pillow-heif)")
+    return (
+        f"unsupported image format {fmt}: Pillow on this installation cannot open it; convert it to JPEG "
+        "or PNG (or install a Pillow plugin for it, e.g. pillow-heif)"
+    )
 
 
 def _unreadable(path: str | os.PathLike, error: Exception) -> PhotoError:
@@ -215,6 +241,7 @@ def _refusing_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[st
                 raise ValueError(f"--human-boxes {path}: the key {key!r} appears twice; give each photo one box")
             content[key] = value
         return content
+
     return pairs_to_dict
 
 
@@ -229,10 +256,14 @@ def read_human_boxes_file(path: str) -> dict[str, list[float]]:
         raise ValueError(f"--human-boxes {path}: not valid JSON ({error})") from None
     # a repeated key's ValueError (from the hook) already names the file and the key
     if not isinstance(content, dict):
-        raise ValueError(f"--human-boxes {path}: expected an object {{name: [x1, y1, x2, y2]}}, "
-                         f"got {type(content).__name__}")
-    bad = [name for name, box in content.items()
-           if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box))]
+        raise ValueError(
+            f"--human-boxes {path}: expected an object {{name: [x1, y1, x2, y2]}}, got {type(content).__name__}"
+        )
+    bad = [
+        name
+        for name, box in content.items()
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box))
+    ]
     if bad:
         raise ValueError(f"--human-boxes {path}: entries must be [x1, y1, x2, y2] numbers; bad: {', '.join(bad[:10])}")
     return content
@@ -241,6 +272,7 @@ def read_human_boxes_file(path: str) -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------------------------
 # Listing photos
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PhotoListing:
@@ -260,8 +292,13 @@ def outputs_listed_in(report: Path) -> set[str]:
     if not (isinstance(content, dict) and "photo" in content and isinstance(content.get("results"), list)):
         return set()
     entries = [entry for entry in content["results"] if isinstance(entry, dict)]
-    names = {crop.get("file") for entry in entries if isinstance(entry.get("crops"), list)
-             for crop in entry["crops"] if isinstance(crop, dict)}
+    names = {
+        crop.get("file")
+        for entry in entries
+        if isinstance(entry.get("crops"), list)
+        for crop in entry["crops"]
+        if isinstance(crop, dict)
+    }
     names |= {entry.get("figure") for entry in entries} | {content.get("xmp"), report.name}
     return {name for name in names if isinstance(name, str)}
 
@@ -297,17 +334,20 @@ def list_photos(inputs: Sequence[str]) -> PhotoListing:
             files = [p for p in entries if p.is_file()]
             broken = [p for p in entries if p.is_symlink() and not p.exists()]
             if broken:
-                listing.notes.append(f"{path}: {len(broken)} broken symbolic link(s), not cropped: "
-                                     + ", ".join(f"{p.name} -> {os.readlink(p)}" for p in broken[:10])
-                                     + (" ..." if len(broken) > 10 else ""))
+                listing.notes.append(
+                    f"{path}: {len(broken)} broken symbolic link(s), not cropped: "
+                    + ", ".join(f"{p.name} -> {os.readlink(p)}" for p in broken[:10])
+                    + (" ..." if len(broken) > 10 else "")
+                )
             ours = _tool_outputs(files)
             others = {p: unsupported_format(p) for p in files if p not in ours and p.suffix.lower() not in readable}
             listing.photos.extend(p for p in files if p not in ours and p.suffix.lower() in readable)
             listing.failures.extend(f"{p}: {_unsupported(fmt)}" for p, fmt in others.items() if fmt is not None)
             ignored = [p for p, fmt in others.items() if fmt is None]
             if ours:
-                listing.notes.append(f"{path}: left out {len(ours)} file(s) this tool wrote there: "
-                                     f"{_names(sorted(ours))}")
+                listing.notes.append(
+                    f"{path}: left out {len(ours)} file(s) this tool wrote there: {_names(sorted(ours))}"
+                )
             if ignored:
                 listing.notes.append(f"{path}: ignored {len(ignored)} file(s) that are not images: {_names(ignored)}")
         elif path.is_file():
@@ -320,6 +360,7 @@ def list_photos(inputs: Sequence[str]) -> PhotoListing:
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
+
 
 def save_format(image_format: str | None, suffix: str) -> tuple[str, str]:
     """``(Pillow format, extension)`` of the crops: the photo's own where Pillow writes it, else PNG.
@@ -349,21 +390,38 @@ class OutputPaths:
 
     def files(self) -> list[Path]:
         """Every file of the set, the JSON last."""
-        return ([path for paths in self.crops.values() for path in paths] + list(self.figures.values())
-                + ([self.xmp] if self.xmp is not None else []) + [self.json])
+        return (
+            [path for paths in self.crops.values() for path in paths]
+            + list(self.figures.values())
+            + ([self.xmp] if self.xmp is not None else [])
+            + [self.json]
+        )
 
 
-def output_paths(out_dir: Path, photo: Path, tags: Sequence[str], top_k: int, visualize: bool,
-                 image_format: str | None, pixels: bool = True, xmp: bool = False) -> OutputPaths:
+def output_paths(
+    out_dir: Path,
+    photo: Path,
+    tags: Sequence[str],
+    top_k: int,
+    visualize: bool,
+    image_format: str | None,
+    pixels: bool = True,
+    xmp: bool = False,
+) -> OutputPaths:
     """``NAME.json``, ``NAME_<tag>_crop1.EXT``... and ``NAME_<tag>_visualization.png`` per ratio tag, and
     ``NAME.xmp``, in ``out_dir``; EXT from the photo's decoded ``image_format`` (see :func:`save_format`)."""
     crop_format, extension = save_format(image_format, photo.suffix)
     stem = photo.stem
-    return OutputPaths(out_dir / f"{stem}.json",
-                       {tag: [out_dir / f"{stem}_{tag}_crop{rank}{extension}" for rank in range(1, top_k + 1)]
-                        if pixels else [] for tag in tags},
-                       {tag: out_dir / f"{stem}_{tag}_visualization.png" for tag in tags} if visualize else {},
-                       out_dir / f"{stem}.xmp" if xmp else None, crop_format)
+    return OutputPaths(
+        out_dir / f"{stem}.json",
+        {
+            tag: [out_dir / f"{stem}_{tag}_crop{rank}{extension}" for rank in range(1, top_k + 1)] if pixels else []
+            for tag in tags
+        },
+        {tag: out_dir / f"{stem}_{tag}_visualization.png" for tag in tags} if visualize else {},
+        out_dir / f"{stem}.xmp" if xmp else None,
+        crop_format,
+    )
 
 
 @dataclass
@@ -390,9 +448,18 @@ def _outputs_by_stem(out_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
-def plan_outputs(photos: Sequence[Path], out_dir: Path, tags: Sequence[str], top_k: int, visualize: bool,
-                 overwrite: bool, max_pixels: int = DEFAULT_MAX_PIXELS, pixels: bool = True, xmp: bool = False,
-                 inputs: Sequence[Path] = ()) -> OutputPlan:
+def plan_outputs(
+    photos: Sequence[Path],
+    out_dir: Path,
+    tags: Sequence[str],
+    top_k: int,
+    visualize: bool,
+    overwrite: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pixels: bool = True,
+    xmp: bool = False,
+    inputs: Sequence[Path] = (),
+) -> OutputPlan:
     """Each photo's :func:`output_paths`, named from the format its header declares (a JPEG named
     .png gets .jpg crops). A photo whose JSON (written last, the mark of a complete set) exists is
     done: skipped unless ``overwrite``; one without is (re)done. A file among ``inputs`` (and the
@@ -404,20 +471,25 @@ def plan_outputs(photos: Sequence[Path], out_dir: Path, tags: Sequence[str], top
     by_stem = _outputs_by_stem(out_dir) if overwrite else {}
     for photo in photos:
         try:
-            paths = output_paths(out_dir, photo, tags, top_k, visualize, read_header(photo, max_pixels).format,
-                                 pixels, xmp)
+            paths = output_paths(
+                out_dir, photo, tags, top_k, visualize, read_header(photo, max_pixels).format, pixels, xmp
+            )
         except PhotoError as error:
             plan.failures.append(f"{photo}: {error}")
             continue
         if paths.json in claimed:
-            plan.failures.append(f"{photo}: its outputs would have the same names as {claimed[paths.json]}'s; "
-                                 "crop it on its own run or rename it")
+            plan.failures.append(
+                f"{photo}: its outputs would have the same names as {claimed[paths.json]}'s; "
+                "crop it on its own run or rename it"
+            )
             continue
         claimed[paths.json] = photo
         inputs_hit = [path for path in paths.files() if path.resolve() in protected]
         if inputs_hit:
-            plan.failures.append(f"{photo}: its output {inputs_hit[0].name} would replace an input photo of this run "
-                                 f"({inputs_hit[0]}); choose another --out")
+            plan.failures.append(
+                f"{photo}: its output {inputs_hit[0].name} would replace an input photo of this run "
+                f"({inputs_hit[0]}); choose another --out"
+            )
             continue
         if paths.json.exists() and not overwrite:
             plan.skipped.append(f"{photo}: outputs exist ({paths.json.name}); --overwrite replaces them")
@@ -438,6 +510,7 @@ def write_verified(path: Path, content: bytes) -> None:
     """``content`` written to ``path`` all or nothing: into a hidden file beside it, flushed to disk, its
     size checked against ``content``, then renamed into place. Raises :class:`OutputWriteError`
     naming the file (a full disk, a quota) with no partial file left."""
+
     def write(tmp_path: str) -> None:
         descriptor = os.open(tmp_path, os.O_WRONLY | os.O_TRUNC)
         try:
@@ -453,11 +526,13 @@ def write_verified(path: Path, content: bytes) -> None:
             os.close(descriptor)
         if size != len(content):
             raise OSError(f"{size} of {len(content)} bytes reached the disk")
+
     try:
         write_atomic(path, write)
     except OSError as error:
-        raise OutputWriteError(f"could not write {path.name} ({error.strerror or error}); nothing of it was "
-                               "left") from None
+        raise OutputWriteError(
+            f"could not write {path.name} ({error.strerror or error}); nothing of it was left"
+        ) from None
 
 
 def encode_crop(image: Image.Image, box: tuple[int, int, int, int], image_format: str) -> bytes:
@@ -475,9 +550,15 @@ def encode_crop(image: Image.Image, box: tuple[int, int, int, int], image_format
 
 
 # What each EXIF orientation does to the stored pixels to show them upright (numpy, rows first).
-_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
-            8: lambda a: np.rot90(a, 1)}
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def png_is_16_bit_colour(path: str | os.PathLike) -> bool:
@@ -494,12 +575,13 @@ def read_png_16_bit_upright(path: str | os.PathLike, orientation: int) -> np.nda
     stored = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if stored is None or stored.dtype != np.uint16 or stored.ndim != 3:
         raise PhotoError("cannot decode its 16-bit pixels")
-    rgb = stored[..., [2, 1, 0, 3][:stored.shape[2]]]
+    rgb = stored[..., [2, 1, 0, 3][: stored.shape[2]]]
     return np.ascontiguousarray(_UPRIGHT.get(orientation, lambda a: a)(rgb))
 
 
 def encode_png_16_bit(pixels: np.ndarray, icc_profile: bytes | None = None) -> bytes:
     """(H, W, 3 or 4) uint16 RGB(A) as a 16-bit PNG (with the colour profile, when given)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -508,12 +590,24 @@ def encode_png_16_bit(pixels: np.ndarray, icc_profile: bytes | None = None) -> b
     rows = np.ascontiguousarray(pixels.astype(">u2")).reshape(height, width * channels).view(np.uint8)
     filtered = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # filter type 0 per row
     profile = chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)) if icc_profile else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + profile
-            + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + profile
+        + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
-def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_box: Sequence[float] | None,
-               heat_map: np.ndarray | None, path: Path, title_lines: Sequence[str], warning: bool) -> None:
+def draw_crops(
+    image: Image.Image,
+    ranked: Sequence[tuple[Box, float]],
+    person_box: Sequence[float] | None,
+    heat_map: np.ndarray | None,
+    path: Path,
+    title_lines: Sequence[str],
+    warning: bool,
+) -> None:
     """The photo with the ``ranked`` ``(box, score)`` crops, best first, and the person (dashed) drawn; a
     heat map over the whole photo (values in [0, 1]) overlaid where there is one; ``title_lines`` above
     it, the last one in red when ``warning``. Written as a PNG."""
@@ -529,30 +623,54 @@ def draw_crops(image: Image.Image, ranked: Sequence[tuple[Box, float]], person_b
     axes = figure.add_axes((0, 0, 1, photo_inches / total_inches))
     axes.imshow(to_rgb8(image))
     if heat_map is not None and np.ptp(heat_map) > 1e-6:  # a flat map would only tint the photo
-        axes.imshow(heat_map, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
-                    extent=(0, image.width, image.height, 0))
+        axes.imshow(
+            heat_map,
+            cmap="jet",
+            alpha=0.4,
+            vmin=0,
+            vmax=1,
+            interpolation="bilinear",
+            extent=(0, image.width, image.height, 0),
+        )
     colours = ["#ff2d2d", "#ffd400", "#2dd4ff", "#7dff2d", "#ff7dff"]
     for rank, (box, score) in reversed(list(enumerate(ranked, start=1))):
         colour = colours[(rank - 1) % len(colours)]
         x1, y1, x2, y2 = box
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
-                                 linewidth=3.0 if rank == 1 else 1.5))
+        axes.add_patch(
+            Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=3.0 if rank == 1 else 1.5)
+        )
         # Labels are listed in the corner: the best crops often share edges, so labels on them would overlap.
-        axes.text(0.01, 0.99 - (rank - 1) * 0.045, f"#{rank} {score:.3f}", transform=axes.transAxes,
-                  color="black", fontsize=9, va="top",
-                  bbox={"facecolor": colour, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"})
+        axes.text(
+            0.01,
+            0.99 - (rank - 1) * 0.045,
+            f"#{rank} {score:.3f}",
+            transform=axes.transAxes,
+            color="black",
+            fontsize=9,
+            va="top",
+            bbox={"facecolor": colour, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"},
+        )
     if person_box is not None:
         left, top, right, bottom = person_box
-        axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white",
-                                 linestyle="--", linewidth=1.5))
+        axes.add_patch(
+            Rectangle(
+                (left, top), right - left, bottom - top, fill=False, edgecolor="white", linestyle="--", linewidth=1.5
+            )
+        )
     axes.set_xlim(0, image.width)
     axes.set_ylim(image.height, 0)
     axes.axis("off")
     for line_number, line in enumerate(title_lines):
         is_warning = warning and line_number == len(title_lines) - 1
-        figure.text(0.01, 1 - line_inches * (line_number + 0.75) / total_inches, line, fontsize=9, va="center",
-                    color="red" if is_warning else "black", fontweight="bold" if is_warning else "normal")
+        figure.text(
+            0.01,
+            1 - line_inches * (line_number + 0.75) / total_inches,
+            line,
+            fontsize=9,
+            va="center",
+            color="red" if is_warning else "black",
+            fontweight="bold" if is_warning else "normal",
+        )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     write_verified(path, buffer.getvalue())
-

@@ -3,6 +3,7 @@ crops, kept so the preference module trains and is evaluated without the backbon
 cache, a user's rated images and the scores of a user's embedding. Models and preference modules
 are taken as they come (duck-typed), so this module needs nothing of the top level.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,29 +39,41 @@ def single_threaded() -> Iterator[None]:
 @dataclass
 class ImageFeatures:
     """What the frozen model says about an image's candidate crops, per view (as is, mirrored)."""
+
     objective: torch.Tensor  # (VIEWS, N)
-    features: torch.Tensor   # (VIEWS, N, F) descriptions for the preference module
+    features: torch.Tensor  # (VIEWS, N, F) descriptions for the preference module
 
 
 @dataclass
 class UserImage:
     """One image a user rated: the frozen model's outputs for the user's crops, and the user's scores."""
+
     name: str
     objective: torch.Tensor  # (VIEWS, n)
-    features: torch.Tensor   # (VIEWS, n, F)
-    scores: torch.Tensor     # (n,)
-    evidence: torch.Tensor   # (VIEWS, best_crops, 2F) evidence rows of the user's best crops
+    features: torch.Tensor  # (VIEWS, n, F)
+    scores: torch.Tensor  # (n,)
+    evidence: torch.Tensor  # (VIEWS, best_crops, 2F) evidence rows of the user's best crops
 
 
 @torch.no_grad()
-def extract_features(model: Any, dataset: Dataset, device: torch.device, images_per_batch: int = 1,
-                     num_workers: int = 0, progress: bool = True) -> dict[str, ImageFeatures]:
+def extract_features(
+    model: Any,
+    dataset: Dataset,
+    device: torch.device,
+    images_per_batch: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, ImageFeatures]:
     """Objective scores and descriptions (``model.crop_outputs``) of every crop of ``dataset``'s images
     (``pic_dataset.PICImageDataset``), for both views."""
     model.eval()
     cache: dict[str, ImageFeatures] = {}
-    for batch in tqdm(evaluation_loader(dataset, images_per_batch, num_workers), desc="crop features",
-                      disable=not progress, leave=False):
+    for batch in tqdm(
+        evaluation_loader(dataset, images_per_batch, num_workers),
+        desc="crop features",
+        disable=not progress,
+        leave=False,
+    ):
         batch = move_batch(batch, device)
         valid = batch["crop_valid"]
         per_view = []
@@ -74,12 +87,14 @@ def extract_features(model: Any, dataset: Dataset, device: torch.device, images_
         for index, name in enumerate(batch["name"]):
             rows = [view_index == index for _, _, view_index in per_view]
             cache[name] = ImageFeatures(
-                objective=torch.stack([objective[keep] for (objective, _, _), keep
-                                       in zip(per_view, rows, strict=True)]).cpu(),
-                features=torch.stack([features[keep] for (_, features, _), keep
-                                      in zip(per_view, rows, strict=True)]).cpu())
+                objective=torch.stack(
+                    [objective[keep] for (objective, _, _), keep in zip(per_view, rows, strict=True)]
+                ).cpu(),
+                features=torch.stack(
+                    [features[keep] for (_, features, _), keep in zip(per_view, rows, strict=True)]
+                ).cpu(),
+            )
     return cache
-
 
 
 def embed_user(preference: Any, examples: Sequence[UserImage], view: int = 0) -> torch.Tensor:
@@ -87,8 +102,7 @@ def embed_user(preference: Any, examples: Sequence[UserImage], view: int = 0) ->
     return preference.embed(torch.cat([example.evidence[view] for example in examples]))
 
 
-def user_scores(preference: Any, embedding: torch.Tensor | None, example: UserImage,
-                view: int = 0) -> torch.Tensor:
+def user_scores(preference: Any, embedding: torch.Tensor | None, example: UserImage, view: int = 0) -> torch.Tensor:
     """Scores of an image's crops: objective, plus the preference when an embedding is given."""
     if embedding is None or preference is None:
         return example.objective[view]
@@ -96,8 +110,9 @@ def user_scores(preference: Any, embedding: torch.Tensor | None, example: UserIm
 
 
 @torch.no_grad()
-def evaluate_user(preference: nn.Module | None, embedding: torch.Tensor | None,
-                  examples: Sequence[UserImage]) -> dict[str, float]:
+def evaluate_user(
+    preference: nn.Module | None, embedding: torch.Tensor | None, examples: Sequence[UserImage]
+) -> dict[str, float]:
     """:func:`untils.pic_recipe.user_metrics` (Acc_K/N, wAcc_K/N per K and their means, SRCC, PCC) of
     a user's images, scored as :func:`user_scores` (view 0)."""
     predictions = [user_scores(preference, embedding, example) for example in examples]

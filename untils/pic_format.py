@@ -7,6 +7,7 @@ the generated benchmark (``untils/pic_synthetic.py``), the model and the crop to
 and ``untils`` modules import nothing from the top level. The folder format itself is described
 in ``pic_dataset.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,13 @@ USER_IMAGE_SIZE = 256  # the subjective branch sees the whole photo at 256x256
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a user id names the user's file
 
 
-def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: Sequence[str],
-                          ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
-                          human_boxes: Mapping[str, Sequence[float]] | None = None) -> None:
+def write_pic_annotations(
+    pic_dir: str,
+    train_users: Sequence[str],
+    test_users: Sequence[str],
+    ratings: Mapping[str, Mapping[str, Mapping[str, list]]],
+    human_boxes: Mapping[str, Sequence[float]] | None = None,
+) -> None:
     """Write users.json, annotations/<user>.json (``ratings[user][image] = {"bbox", "score"}``) and,
     when given, human_bboxes.json into ``pic_dir``."""
     bad = [user for user in list(train_users) + list(test_users) if not USER_ID_PATTERN.match(user)]
@@ -35,21 +40,24 @@ def write_pic_annotations(pic_dir: str, train_users: Sequence[str], test_users: 
         raise ValueError(f"user ids must be letters, digits, '_', '-' or '.' (not first): {bad[:5]}")
     folder = os.path.join(pic_dir, "annotations")
     os.makedirs(folder, exist_ok=True)
-    write_json_atomic(os.path.join(pic_dir, "users.json"), {"train": list(train_users), "test": list(test_users)},
-                      indent=1)
+    write_json_atomic(
+        os.path.join(pic_dir, "users.json"), {"train": list(train_users), "test": list(test_users)}, indent=1
+    )
     for user in list(train_users) + list(test_users):
         write_json_atomic(os.path.join(folder, f"{user}.json"), ratings[user])
     if human_boxes is not None:
-        write_json_atomic(os.path.join(pic_dir, "human_bboxes.json"),
-                          {name: [float(v) for v in box] for name, box in human_boxes.items()})
+        write_json_atomic(
+            os.path.join(pic_dir, "human_bboxes.json"),
+            {name: [float(v) for v in box] for name, box in human_boxes.items()},
+        )
 
 
 # The layout of PIC's release (github Cooperxjt/PIC): per-user CSV files of ``name,bbox,score``.
 RELEASE_CSV_HEADER = ("name", "bbox", "score")
-RELEASE_PRIOR_FOLDER = "prior"        # <user>_train.csv, <user>_val.csv of the training users
+RELEASE_PRIOR_FOLDER = "prior"  # <user>_train.csv, <user>_val.csv of the training users
 RELEASE_FINETUNE_FOLDER = "finetune"  # <N>/train/<user>_train.csv, <N>/val/<user>_val.csv of the test users
 RELEASE_PRETRAIN_FOLDER = "pretrain"  # <user>/<image>: the user-classification images, one folder per user
-RELEASE_IMAGE_FOLDER = "images"       # the photos the CSV names point to
+RELEASE_IMAGE_FOLDER = "images"  # the photos the CSV names point to
 
 
 def _number_text(value: float) -> str:

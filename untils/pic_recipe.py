@@ -3,6 +3,7 @@ trains and is evaluated on, its augmentation of the subjective input, its loss (
 smooth-L1) and its loop (prior and fine-tuning alike). The model is taken as it comes (any module
 called like it), so this module needs nothing of the top level.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,25 +30,28 @@ def fidelity_rank_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     ((sign(target_i - target_j) + 1) / 2: ties give 1/2); the mean of 1 - fidelity."""
     pred, target = pred.reshape(-1), target.reshape(-1).to(pred.dtype)
     if pred.numel() < 2 or pred.numel() != target.numel():
-        raise ValueError(f"fidelity_rank_loss needs two or more crops and one target each, got {pred.numel()} "
-                         f"predictions and {target.numel()} targets")
+        raise ValueError(
+            f"fidelity_rank_loss needs two or more crops and one target each, got {pred.numel()} "
+            f"predictions and {target.numel()} targets"
+        )
     rows, cols = torch.triu_indices(pred.numel(), pred.numel(), offset=1, device=pred.device)
     probability = 0.5 * (1 + torch.erf((pred[rows] - pred[cols]) / np.sqrt(2.0)))
     order = 0.5 * (torch.sign(target[rows] - target[cols]) + 1)
-    fidelity = torch.sqrt(probability * order + FIDELITY_EPS) + torch.sqrt((1 - probability) * (1 - order)
-                                                                            + FIDELITY_EPS)
+    fidelity = torch.sqrt(probability * order + FIDELITY_EPS) + torch.sqrt(
+        (1 - probability) * (1 - order) + FIDELITY_EPS
+    )
     return torch.mean(1 - fidelity)
-
 
 
 @dataclass
 class RatedImage:
     """One rated image, ready for the official model: its inputs and the user's scores."""
+
     name: str
-    image: torch.Tensor      # (1, 3, H, W) objective branch input
-    crop_box: torch.Tensor   # (1, N, 4) crops in its pixels, in the file's fixed order
+    image: torch.Tensor  # (1, 3, H, W) objective branch input
+    crop_box: torch.Tensor  # (1, N, 4) crops in its pixels, in the file's fixed order
     user_image: torch.Tensor  # (1, 3, 256, 256) subjective branch input, without augmentation
-    scores: torch.Tensor     # (N,)
+    scores: torch.Tensor  # (N,)
 
 
 def rated_images(image_dir: str, ratings: Mapping[str, Any], bgr_order: bool = False) -> list[RatedImage]:
@@ -61,8 +65,15 @@ def rated_images(image_dir: str, ratings: Mapping[str, Any], bgr_order: bool = F
             image, ratio_w, ratio_h = pic_crop_image(np.asarray(rgb), bgr_order)
             user_image = pic_user_image(rgb)
         boxes = rescale_boxes(np.asarray(entry.boxes, dtype=np.float64), ratio_w, ratio_h)
-        examples.append(RatedImage(name, image, torch.from_numpy(boxes).unsqueeze(0), user_image,
-                                   torch.as_tensor(entry.scores, dtype=torch.float32)))
+        examples.append(
+            RatedImage(
+                name,
+                image,
+                torch.from_numpy(boxes).unsqueeze(0),
+                user_image,
+                torch.as_tensor(entry.scores, dtype=torch.float32),
+            )
+        )
     return examples
 
 
@@ -81,8 +92,15 @@ def official_loss(scores: torch.Tensor, target: torch.Tensor, rank_weight: float
     return rank_weight * fidelity_rank_loss(scores, target) + l1_weight * F.smooth_l1_loss(scores, target)
 
 
-def train_on_images(model: nn.Module, examples: Sequence[RatedImage], epochs: int, lr: float,
-                    rank_weight: float, l1_weight: float, generator: torch.Generator) -> list[float]:
+def train_on_images(
+    model: nn.Module,
+    examples: Sequence[RatedImage],
+    epochs: int,
+    lr: float,
+    rank_weight: float,
+    l1_weight: float,
+    generator: torch.Generator,
+) -> list[float]:
     """The prior's and fine-tuning's loop: every parameter, Adam, batch 1, images in order, the
     model in training mode throughout, crops in their fixed order; mean loss per epoch."""
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -91,8 +109,9 @@ def train_on_images(model: nn.Module, examples: Sequence[RatedImage], epochs: in
     for _ in range(epochs):
         total = 0.0
         for example in examples:
-            scores = model(example.image, example.crop_box,
-                           user_image=augmented_user_image(example.user_image, generator)).score
+            scores = model(
+                example.image, example.crop_box, user_image=augmented_user_image(example.user_image, generator)
+            ).score
             loss = official_loss(scores, example.scores, rank_weight, l1_weight)
             optimiser.zero_grad()
             loss.backward()
@@ -108,8 +127,10 @@ def evaluate_images(model: nn.Module, examples: Sequence[RatedImage], personal: 
     """Acc_K/5, Acc_K/10, wAcc_K/5, wAcc_K/10 (K = 1..4, and their means), SRCC, PCC of a user's
     images (fractions, not x100); ``personal=False`` scores with the objective branch alone."""
     model.eval()
-    predictions = [model(example.image, example.crop_box,
-                         user_image=example.user_image if personal else None).score[0] for example in examples]
+    predictions = [
+        model(example.image, example.crop_box, user_image=example.user_image if personal else None).score[0]
+        for example in examples
+    ]
     return user_metrics([example.scores for example in examples], predictions)
 
 

@@ -43,6 +43,7 @@ keep their scores. These are SYNTHETIC tastes, written to test whether a model c
 individual preferences; they are no human data. ``tastes.json`` in the PIC folder records each
 user's group and parameters, ``objects.json`` the second objects (the loader ignores both).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -66,8 +67,15 @@ from untils.pic_format import fixed_views, write_pic_annotations
 GEOMETRY_GROUPS = ("centred", "thirds", "headroom", "tight")
 CONTENT_GROUPS = ("bright", "colourful", "second_object")
 TASTE_GROUPS = GEOMETRY_GROUPS + CONTENT_GROUPS
-TARGET_RANGES = {"centred": (0.47, 0.53), "thirds": (0.30, 0.36), "headroom": (0.22, 0.32), "tight": (0.85, 0.95),
-                 "bright": (0.010, 0.020), "colourful": (0.010, 0.020), "second_object": (0.85, 1.00)}
+TARGET_RANGES = {
+    "centred": (0.47, 0.53),
+    "thirds": (0.30, 0.36),
+    "headroom": (0.22, 0.32),
+    "tight": (0.85, 0.95),
+    "bright": (0.010, 0.020),
+    "colourful": (0.010, 0.020),
+    "second_object": (0.85, 1.00),
+}
 WEIGHT_RANGE = (0.6, 0.8)
 NOISE_RANGE = (0.05, 0.15)
 MIN_SCORE, MAX_SCORE = 1.0, 5.0
@@ -84,6 +92,7 @@ Box = Sequence[float]
 @dataclass(frozen=True)
 class Taste:
     """One user's taste: the group's rule, its target, the weight of the taste term, the rating noise."""
+
     group: str
     target: float
     weight: float
@@ -94,6 +103,7 @@ class Taste:
 class ImageContent:
     """What the content tastes read from one image: summed-area tables ((H + 1, W + 1), float64)
     of per-pixel luma and saturation, and the second object's box (None: the image has none)."""
+
     luma_table: np.ndarray
     saturation_table: np.ndarray
     object_box: tuple[float, float, float, float] | None
@@ -172,9 +182,9 @@ def taste_term(group: str, target: float, crop: Box, subject: Box, content: Imag
     if group == "thirds":
         return min(1.0, max(0.0, 1.0 - min(abs(u - target), abs(u - (1 - target))) / (1 / 6)))
     if group == "headroom":
-        return math.exp(-(((sy1 - y1) / crop_h - target) / 0.08) ** 2)
+        return math.exp(-((((sy1 - y1) / crop_h - target) / 0.08) ** 2))
     if group == "tight":
-        return math.exp(-(((sy2 - sy1) / crop_h - target) / 0.12) ** 2)
+        return math.exp(-((((sy2 - sy1) / crop_h - target) / 0.12) ** 2))
     raise ValueError(f"unknown taste group {group!r}; expected one of {TASTE_GROUPS}")
 
 
@@ -186,21 +196,27 @@ def kept_share(crop: Box, subject: Box) -> float:
     return overlap / ((sx2 - sx1) * (sy2 - sy1))
 
 
-def taste_score(taste: Taste, crop: Box, human_box: Box | None, width: float, height: float,
-                content: ImageContent | None = None) -> float:
+def taste_score(
+    taste: Taste, crop: Box, human_box: Box | None, width: float, height: float, content: ImageContent | None = None
+) -> float:
     """A user's noise-free score in [1, 5] of ``crop`` in a ``width`` x ``height`` image
     (``content``: the image's :class:`ImageContent`, needed by the content groups)."""
     subject = subject_box(human_box, width, height)
     quality = (1 - taste.weight) * kept_share(crop, subject) ** 2 + taste.weight * taste_term(
-        taste.group, taste.target, crop, subject, content)
+        taste.group, taste.target, crop, subject, content
+    )
     return MIN_SCORE + (MAX_SCORE - MIN_SCORE) * quality
 
 
 def sample_taste(group: str, rng: np.random.Generator) -> Taste:
     if group not in TARGET_RANGES:
         raise ValueError(f"unknown taste group {group!r}; expected one of {TASTE_GROUPS}")
-    return Taste(group, float(rng.uniform(*TARGET_RANGES[group])), float(rng.uniform(*WEIGHT_RANGE)),
-                 float(rng.uniform(*NOISE_RANGE)))
+    return Taste(
+        group,
+        float(rng.uniform(*TARGET_RANGES[group])),
+        float(rng.uniform(*WEIGHT_RANGE)),
+        float(rng.uniform(*NOISE_RANGE)),
+    )
 
 
 def draw_second_object(image: Image.Image, human_box: Box | None, rng: np.random.Generator) -> list[int]:
@@ -217,8 +233,9 @@ def draw_second_object(image: Image.Image, human_box: Box | None, rng: np.random
     x1 = gap if on_left else width - gap - size
     y1 = int(rng.integers(round(0.1 * height), max(round(0.1 * height) + 1, round(0.9 * height) - size + 1)))
     fill = tuple(round(255 * v) for v in colorsys.hsv_to_rgb(float(rng.uniform()), 0.9, 0.9))
-    ImageDraw.Draw(image).ellipse([x1, y1, x1 + size - 1, y1 + size - 1], fill=fill, outline=(20, 20, 20),
-                                  width=max(1, size // 12))
+    ImageDraw.Draw(image).ellipse(
+        [x1, y1, x1 + size - 1, y1 + size - 1], fill=fill, outline=(20, 20, 20), width=max(1, size // 12)
+    )
     return [x1, y1, x1 + size, y1 + size]
 
 
@@ -231,18 +248,35 @@ def candidate_crops(width: int, height: int, candidates: str) -> list[list[int]]
     raise ValueError(f"candidates={candidates!r}; expected one of {CANDIDATE_KINDS}")
 
 
-def _rate(taste: Taste, rng: np.random.Generator, width: int, height: int, human_box: Box | None,
-          content: ImageContent, candidates: str) -> dict[str, list]:
+def _rate(
+    taste: Taste,
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    human_box: Box | None,
+    content: ImageContent,
+    candidates: str,
+) -> dict[str, list]:
     crops = candidate_crops(width, height, candidates)
-    scores = [taste_score(taste, crop, human_box, width, height, content) + rng.normal(0.0, taste.noise)
-              for crop in crops]
+    scores = [
+        taste_score(taste, crop, human_box, width, height, content) + rng.normal(0.0, taste.noise) for crop in crops
+    ]
     return {"bbox": crops, "score": [round(min(MAX_SCORE, max(MIN_SCORE, s)), 2) for s in scores]}
 
 
-def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6, test_users_per_group: int = 2,
-                        train_images: int = 96, test_images: int = 40, images_per_train_user: int = 32,
-                        long_side: int = 256, seed: int = 0, overwrite: bool = False, candidates: str = "grid",
-                        groups: Sequence[str] = GEOMETRY_GROUPS) -> dict:
+def build_pic_benchmark(
+    root: str | os.PathLike,
+    train_users_per_group: int = 6,
+    test_users_per_group: int = 2,
+    train_images: int = 96,
+    test_images: int = 40,
+    images_per_train_user: int = 32,
+    long_side: int = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+    candidates: str = "grid",
+    groups: Sequence[str] = GEOMETRY_GROUPS,
+) -> dict:
     """Write ``<root>/PIC`` (with its ``tastes.json`` and ``objects.json``); return ``{"path",
     "train", "test", "groups"}``.
 
@@ -267,8 +301,7 @@ def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6,
     os.makedirs(os.path.join(pic_dir, "images"))
     source = tempfile.mkdtemp(prefix=".pic-source-", dir=os.fspath(root))
     try:
-        demo = build_demo_dataset(source, num_train=train_images, num_test=test_images, seed=seed,
-                                  long_side=long_side)
+        demo = build_demo_dataset(source, num_train=train_images, num_test=test_images, seed=seed, long_side=long_side)
         with open(os.path.join(demo["path"], "human_bboxes.json")) as stream:
             human_boxes = json.load(stream)
         object_boxes, contents, sizes = {}, {}, {}
@@ -302,14 +335,21 @@ def build_pic_benchmark(root: str | os.PathLike, train_users_per_group: int = 6,
         else:
             count = min(images_per_train_user, len(demo["train"]))
             names = sorted(user_rng.choice(demo["train"], size=count, replace=False).tolist())
-        ratings[user] = {name: _rate(tastes[user], user_rng, *sizes[name], human_boxes.get(name), contents[name],
-                                     candidates) for name in names}
+        ratings[user] = {
+            name: _rate(tastes[user], user_rng, *sizes[name], human_boxes.get(name), contents[name], candidates)
+            for name in names
+        }
     write_pic_annotations(pic_dir, train_users, test_users, ratings, human_boxes)
-    write_json_atomic(os.path.join(pic_dir, TASTES_FILE), {user: asdict(taste) for user, taste in tastes.items()},
-                      indent=1)
+    write_json_atomic(
+        os.path.join(pic_dir, TASTES_FILE), {user: asdict(taste) for user, taste in tastes.items()}, indent=1
+    )
     write_json_atomic(os.path.join(pic_dir, OBJECTS_FILE), object_boxes)
-    return {"path": pic_dir, "train": train_users, "test": test_users,
-            "groups": {user: taste.group for user, taste in tastes.items()}}
+    return {
+        "path": pic_dir,
+        "train": train_users,
+        "test": test_users,
+        "groups": {user: taste.group for user, taste in tastes.items()},
+    }
 
 
 def read_tastes(pic_dir: str) -> dict[str, Taste]:
@@ -338,6 +378,7 @@ def read_image_contents(pic_dir: str, names: Sequence[str]) -> dict[str, ImageCo
 @dataclass(frozen=True)
 class RatedImageInfo:
     """What a user's noise-free scores of an image depend on."""
+
     width: int
     height: int
     human_box: Box | None
@@ -348,8 +389,13 @@ def _noise_free_scores(taste: Taste, crops: Sequence[Box], info: RatedImageInfo)
     return np.array([taste_score(taste, crop, info.human_box, info.width, info.height, info.content) for crop in crops])
 
 
-def departure_from_average(tastes: Mapping[str, Taste], population: Sequence[str], users: Sequence[str],
-                           images: Mapping[str, RatedImageInfo], candidates: str = "grid") -> dict[str, float]:
+def departure_from_average(
+    tastes: Mapping[str, Taste],
+    population: Sequence[str],
+    users: Sequence[str],
+    images: Mapping[str, RatedImageInfo],
+    candidates: str = "grid",
+) -> dict[str, float]:
     """How far each user's taste is from the population's: 1 - mean SRCC over ``images`` between
     the user's noise-free scores of the candidates (``candidates`` as in
     :func:`build_pic_benchmark`) and the mean noise-free score of the ``population`` users."""

@@ -4,6 +4,7 @@ release's and GAIC's), and :class:`PhotoSpec`, each model's declaration of the i
 One module for the datasets, the crop tool and PIC alike, so the same photo gives the same input
 (to the bit) wherever it is prepared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,10 @@ class PhotoSpec:
         if self.candidates not in CANDIDATE_RULES:
             raise ValueError(f"candidate rule {self.candidates!r}: expected one of {', '.join(CANDIDATE_RULES)}")
         if self.channel_order not in CHANNEL_ORDERS or (self.channel_order == "bgr" and self.preprocessing != "gaic"):
-            raise ValueError(f"channel order {self.channel_order!r} with {self.preprocessing} preprocessing: expected "
-                             "rgb, or bgr with gaic")
+            raise ValueError(
+                f"channel order {self.channel_order!r} with {self.preprocessing} preprocessing: expected "
+                "rgb, or bgr with gaic"
+            )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The network input size ``(w, h)`` of a ``width`` x ``height`` photo."""
@@ -64,8 +67,14 @@ class PhotoSpec:
 def spec_of_config(cfg, uses_person: bool = False, takes_user: bool = False) -> PhotoSpec:
     """The spec of a model trained with a ``config_GAICD.Config``-like ``cfg``: its preprocessing
     (also its candidate rule) and resize rule."""
-    return PhotoSpec(cfg.image_preprocessing, tuple(cfg.image_size), bool(cfg.keep_aspect_ratio),
-                     cfg.image_preprocessing, uses_person=uses_person, takes_user=takes_user)
+    return PhotoSpec(
+        cfg.image_preprocessing,
+        tuple(cfg.image_size),
+        bool(cfg.keep_aspect_ratio),
+        cfg.image_preprocessing,
+        uses_person=uses_person,
+        takes_user=takes_user,
+    )
 
 
 # GAIC's release test code: shorter side 256, sides multiples of 32, its candidate generators.
@@ -89,8 +98,9 @@ def gaic_resized_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return cv2.resize(np.ascontiguousarray(pixels), size).astype(np.float32) / GAIC_PIXEL_DIVISOR
 
 
-def network_input(image: Image.Image, size: tuple[int, int], preprocessing: str,
-                  bgr_order: bool = False) -> torch.Tensor:
+def network_input(
+    image: Image.Image, size: tuple[int, int], preprocessing: str, bgr_order: bool = False
+) -> torch.Tensor:
     """An 8-bit RGB photo as a model's input (3, h, w) of ``size`` (w, h): hcic resizes with PIL's
     Lanczos and divides by 255 (the HCIC release), gaic with cv2's bilinear and by 256 (GAIC's).
     ``bgr_order`` (gaic only) feeds the channels in cv2's BGR order, as PIC's release does."""
@@ -117,8 +127,7 @@ def gaic_preprocess(rgb: np.ndarray) -> tuple[torch.Tensor, float, float]:
     pixels to the resized image (``untils.boxes.rescale_boxes``).
     """
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        described = (f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray)
-                     else type(rgb).__name__)
+        described = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ValueError(f"gaic_preprocess expects an (H, W, 3) uint8 RGB array, got {described}")
     height, width = rgb.shape[:2]
     resized_w, resized_h = GAIC_RELEASE_SPEC.resized_size(width, height)

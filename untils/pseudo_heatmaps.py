@@ -10,6 +10,7 @@ human-centric images a figure also goes to ``<out>/<dataset>/display/``.
 What a dataset's maps are made from comes in a ``HeatMapSources`` (``cropping_dataset.heat_map_sources``
 reads one from a config), so this module knows nothing of the datasets' file layouts.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ OVERLAY_ALPHA = 0.7  # weight of the colour-mapped heat map over the photo in th
 LEVEL_EPSILON = 1e-6
 
 
-def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int,
-                  score_mean: float, fix_edge_cases: bool = False) -> np.ndarray:
+def crop_heat_map(
+    boxes: np.ndarray, scores: np.ndarray, width: int, height: int, score_mean: float, fix_edge_cases: bool = False
+) -> np.ndarray:
     """The pseudo heat map (height, width) uint8 of one image's crops (N, 4) and scores (N,).
 
     Boxes are truncated to integer pixels and clipped to the image, as the release's
@@ -47,8 +49,9 @@ def crop_heat_map(boxes: np.ndarray, scores: np.ndarray, width: int, height: int
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(boxes) == 0 or len(boxes) != len(scores):
-        raise ValueError(f"need one score per crop and at least one crop, got {len(boxes)} crops "
-                         f"and {len(scores)} scores")
+        raise ValueError(
+            f"need one score per crop and at least one crop, got {len(boxes)} crops and {len(scores)} scores"
+        )
     if len(boxes) > MEAN_FILTER_MIN_CROPS:
         above = scores > score_mean
         if not above.any() and not fix_edge_cases:
@@ -87,6 +90,7 @@ def save_png_atomically(pixels: np.ndarray, path: str) -> None:
 
 def _overlay(image: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
+
     colours = colormaps["jet"](heat_map)[..., :3] * 255.0
     return ((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colours).astype(np.uint8)
 
@@ -100,12 +104,20 @@ def save_display_figure(task: HeatMapTask, image: np.ndarray, heat_map: np.ndarr
     order = np.argsort(-task.scores, kind="stable")
     boxes, scores = task.boxes[order], task.scores[order]
     final = _overlay(image, heat_map)
-    panels = [("input image", image),
-              ("top-5 heat map", _overlay(image, crop_heat_map(boxes[:5], scores[:5], width, height,
-                                                               task.score_mean, task.fix_edge_cases))),
-              ("top-10 heat map", _overlay(image, crop_heat_map(boxes[:10], scores[:10], width, height,
-                                                                task.score_mean, task.fix_edge_cases))),
-              ("heat map", final)]
+    panels = [
+        ("input image", image),
+        (
+            "top-5 heat map",
+            _overlay(image, crop_heat_map(boxes[:5], scores[:5], width, height, task.score_mean, task.fix_edge_cases)),
+        ),
+        (
+            "top-10 heat map",
+            _overlay(
+                image, crop_heat_map(boxes[:10], scores[:10], width, height, task.score_mean, task.fix_edge_cases)
+            ),
+        ),
+        ("heat map", final),
+    ]
     for title, box in (("best crop", boxes[0]), ("worst crop", boxes[-1])):
         x1, y1, x2, y2 = np.clip(box.astype(np.int64), 0, [width, height, width, height])
         panels.append((title, final[y1:y2, x1:x2]))
@@ -143,6 +155,7 @@ def _is_finished(task: HeatMapTask) -> bool:
 
 class ScoredCrops(Protocol):
     """One image's candidate crops (N, 4) in original pixels and their scores (N,)."""
+
     boxes: np.ndarray
     scores: np.ndarray
 
@@ -155,6 +168,7 @@ class HeatMapSources:
     every score in the annotation file; ``skip_missing`` leaves out (and counts) the images that are
     not there instead of failing, for a partial dataset.
     """
+
     annotations: Mapping[str, ScoredCrops]
     human_names: frozenset[str]
     image_path: Callable[[str], str | None]
@@ -162,8 +176,13 @@ class HeatMapSources:
     skip_missing: bool = False
 
 
-def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, images: Sequence[str] | None = None,
-                   fix_edge_cases: bool = False) -> list[HeatMapTask]:
+def heat_map_tasks(
+    dataset_name: str,
+    sources: HeatMapSources,
+    out_dir: str,
+    images: Sequence[str] | None = None,
+    fix_edge_cases: bool = False,
+) -> list[HeatMapTask]:
     """One task per image of ``dataset_name`` (all annotated images, or ``images``).
 
     Raises one error listing every requested image that is unannotated or missing; with
@@ -173,7 +192,7 @@ def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, ima
     mask_dir = os.path.join(out_dir, dataset_name, "mask")
     display_dir = os.path.join(out_dir, dataset_name, "display")
     tasks, problems, skipped = [], [], 0
-    for name in (list(annotations) if images is None else images):
+    for name in list(annotations) if images is None else images:
         path = sources.image_path(name)
         if name not in annotations:
             problems.append(f"{name}: not in the crop annotation file")
@@ -184,19 +203,38 @@ def heat_map_tasks(dataset_name: str, sources: HeatMapSources, out_dir: str, ima
         else:
             stem = os.path.splitext(name)[0]
             display = resolve_inside(display_dir, stem + ".jpg") if name in sources.human_names else None
-            tasks.append(HeatMapTask(name, path, annotations[name].boxes, annotations[name].scores, sources.score_mean,
-                                     resolve_inside(mask_dir, stem + ".png"), display, fix_edge_cases))
+            tasks.append(
+                HeatMapTask(
+                    name,
+                    path,
+                    annotations[name].boxes,
+                    annotations[name].scores,
+                    sources.score_mean,
+                    resolve_inside(mask_dir, stem + ".png"),
+                    display,
+                    fix_edge_cases,
+                )
+            )
     if problems:
         raise problems_error(f"{dataset_name} heat maps", problems)
     if skipped:
-        print(f"{dataset_name} heat maps: {skipped} of {skipped + len(tasks)} images are not there and were skipped",
-              flush=True)
+        print(
+            f"{dataset_name} heat maps: {skipped} of {skipped + len(tasks)} images are not there and were skipped",
+            flush=True,
+        )
     return tasks
 
 
-def generate_heatmaps(dataset_name: str, sources: HeatMapSources, out_dir: str, workers: int = 0,
-                      overwrite: bool = False, images: Sequence[str] | None = None,
-                      fix_edge_cases: bool = False, progress: bool = True) -> list[str]:
+def generate_heatmaps(
+    dataset_name: str,
+    sources: HeatMapSources,
+    out_dir: str,
+    workers: int = 0,
+    overwrite: bool = False,
+    images: Sequence[str] | None = None,
+    fix_edge_cases: bool = False,
+    progress: bool = True,
+) -> list[str]:
     """Write the heat maps of ``dataset_name`` (it names the folder) under ``out_dir``.
 
     ``images`` restricts the run to those names. Finished images are skipped unless ``overwrite``.

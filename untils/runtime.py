@@ -1,4 +1,5 @@
 """Devices, seeds and random-number state shared by the scripts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,10 @@ def resolve_device(name: str = "auto", gpu_id: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name} was asked for, but this torch build sees no CUDA device "
-                               f"(torch {torch.__version__}); use --device cpu")
+            raise RuntimeError(
+                f"--device {name} was asked for, but this torch build sees no CUDA device "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
         if device.index is None:
             device = torch.device(f"cuda:{gpu_id}")
     return device
@@ -74,11 +77,17 @@ def rng_state() -> dict:
     if not isinstance(numpy_state, tuple):  # the legacy tuple, as the global MT19937 always gives
         raise TypeError(f"numpy's global random state is a {type(numpy_state).__name__}, expected its legacy tuple")
     bit_generator, key, position, has_gauss, cached_gaussian = numpy_state
-    state = {"python": random.getstate(),
-             "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)),
-                       "position": int(position), "has_gauss": int(has_gauss),
-                       "cached_gaussian": float(cached_gaussian)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": bit_generator,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -90,8 +99,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32),
-                       numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+        numpy_state = (
+            numpy_state["bit_generator"],
+            numpy_state["key"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

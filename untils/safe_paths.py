@@ -3,6 +3,7 @@ keeps them inside their folder: a relative path of non-empty parts, none of them
 without NUL, that still lies inside the folder once symbolic links are resolved. Anything else is
 refused with an error naming the value; every read or write of such a name goes through here.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def check_name(name: str) -> None:
     separators = "/" + os.sep + (os.altsep or "")
     parts = name.translate({ord(sep): "/" for sep in separators}).split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise UnsafeNameError(f"file name {name!r} has an empty, '.' or '..' part; names are plain paths "
-                              "inside their folder")
+        raise UnsafeNameError(
+            f"file name {name!r} has an empty, '.' or '..' part; names are plain paths inside their folder"
+        )
 
 
 def resolve_inside(folder: str, name: str) -> str:
@@ -36,13 +38,13 @@ def resolve_inside(folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     root, real = os.path.realpath(folder), os.path.realpath(path)
     if os.path.commonpath([root, real]) != root:
-        raise UnsafeNameError(f"file name {name!r} in {folder} leads outside it (through a symbolic link, "
-                              f"to {real})")
+        raise UnsafeNameError(f"file name {name!r} in {folder} leads outside it (through a symbolic link, to {real})")
     return path
 
 
-def copy_named_files(names: Sequence[str], source_dir: str, target_dir: str,
-                     target_name: Callable[[str], str] = str) -> None:
+def copy_named_files(
+    names: Sequence[str], source_dir: str, target_dir: str, target_name: Callable[[str], str] = str
+) -> None:
     """Copy each ``source_dir/name`` to ``target_dir/target_name(name)`` (subfolders created), both
     sides through :func:`resolve_inside`; a target that already exists (two names landing on one
     file) is refused, so nothing is overwritten."""
@@ -51,7 +53,6 @@ def copy_named_files(names: Sequence[str], source_dir: str, target_dir: str,
         source = resolve_inside(source_dir, name)
         target = resolve_inside(target_dir, target_name(name))
         if os.path.lexists(target):
-            raise UnsafeNameError(f"file name {name!r} would be written as {target}, which another name "
-                                  "already wrote")
+            raise UnsafeNameError(f"file name {name!r} would be written as {target}, which another name already wrote")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(source, target)

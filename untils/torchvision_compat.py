@@ -7,6 +7,7 @@ model definitions, weights and transforms, so on that failure we declare the two
 schemas (without kernels) and import again. Calling ``torchvision.ops.nms`` still
 fails loudly, which is fine: this project never depends on torchvision's ops.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,6 +29,7 @@ def import_torchvision() -> types.ModuleType:
     global _schema_library
     try:
         import torchvision
+
         return torchvision
     except RuntimeError as error:
         if "torchvision::" not in str(error):
@@ -41,6 +43,7 @@ def import_torchvision() -> types.ModuleType:
             except RuntimeError:
                 pass  # already declared by an earlier attempt
     import torchvision
+
     return torchvision
 
 

@@ -5,6 +5,7 @@ subclasses it for the evaluation; ``untils.experiment.launch`` starts or resumes
 Training is reproducible whatever the process layout: each image's augmentation and view sampling
 are seeded from (seed, epoch, image), and each epoch's batch order from (seed, epoch).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,7 +70,7 @@ def held_out_images(names: Sequence[str], val_fraction: float, seed: int) -> lis
     images another trained on.
     """
     order = seeded_order(names, seed, "validation")
-    return sorted(order[:max(1, round(val_fraction * len(order)))])
+    return sorted(order[: max(1, round(val_fraction * len(order)))])
 
 
 def split_validation(full: ScoredCrops, cfg) -> tuple[ScoredCrops, list[str] | None]:
@@ -79,8 +80,10 @@ def split_validation(full: ScoredCrops, cfg) -> tuple[ScoredCrops, list[str] | N
         return full, None
     val_names = held_out_images(full.names, cfg.val_fraction, cfg.seed)
     if len(val_names) >= len(full.names):
-        raise ValueError(f"val_fraction={cfg.val_fraction} holds out {len(val_names)} of the {len(full.names)} "
-                         "training images and leaves none to train on: lower --val_fraction or use --selection test")
+        raise ValueError(
+            f"val_fraction={cfg.val_fraction} holds out {len(val_names)} of the {len(full.names)} "
+            "training images and leaves none to train on: lower --val_fraction or use --selection test"
+        )
     held = set(val_names)
     return NamedSubset(full, [i for i, name in enumerate(full.names) if name not in held]), val_names
 
@@ -123,8 +126,8 @@ def sample_views(batch: dict, views: int, seeds: Sequence[int] | None = None) ->
     for image, count in enumerate(counts):
         generator = None if seeds is None else torch.Generator().manual_seed(seeds[image])
         chosen = valid[image].nonzero().flatten()[torch.randperm(int(count), generator=generator)[:keep]]
-        index[image, :len(chosen)] = chosen
-        new_valid[image, :len(chosen)] = True
+        index[image, : len(chosen)] = chosen
+        new_valid[image, : len(chosen)] = True
     sampled = dict(batch)
     rows = torch.arange(valid.shape[0]).unsqueeze(1)
     for key in ("crop_box", "score"):
@@ -190,14 +193,19 @@ def write_or_stop(path: str, write: Callable[[], None], checkpoint_dir: str) -> 
     try:
         write()
     except (OSError, RuntimeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else (
-            str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = (
+            error.strerror
+            if isinstance(error, OSError) and error.strerror
+            else (str(error).strip().splitlines() or [type(error).__name__])[0]
+        )
         try:
             reason += f"; {shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.0f} MiB free there"
         except OSError:
             pass
-        raise SystemExit(f"error: could not write {path} ({reason}); it was left as it was. "
-                         f"Make room, then {resume_hint(checkpoint_dir)}") from None
+        raise SystemExit(
+            f"error: could not write {path} ({reason}); it was left as it was. "
+            f"Make room, then {resume_hint(checkpoint_dir)}"
+        ) from None
 
 
 class Trainer:
@@ -215,8 +223,17 @@ class Trainer:
     selection_metrics: tuple[str, ...] = ()
     lower_is_better: frozenset[str] = frozenset()
 
-    def __init__(self, cfg, exp_path: str, device: torch.device, model: torch.nn.Module, train_set: NamedCrops,
-                 val_names: list[str] | None, loss_fn: LossFunction, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg,
+        exp_path: str,
+        device: torch.device,
+        model: torch.nn.Module,
+        train_set: NamedCrops,
+        val_names: list[str] | None,
+        loss_fn: LossFunction,
+        progress: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.exp_path = exp_path
         self.device = device
@@ -226,8 +243,10 @@ class Trainer:
         self.checkpoint_dir = os.path.join(exp_path, "checkpoints")
         os.makedirs(self.checkpoint_dir, exist_ok=True)
         if cfg.batch_size % (cfg.images_per_step * self.world):
-            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of images_per_step x processes "
-                             f"= {cfg.images_per_step} x {self.world}")
+            raise ValueError(
+                f"batch_size={cfg.batch_size} must be a multiple of images_per_step x processes "
+                f"= {cfg.images_per_step} x {self.world}"
+            )
         self.core = model.to(device)
         if cfg.channels_last:
             self.core.to(memory_format=torch.channels_last)
@@ -239,18 +258,21 @@ class Trainer:
         if self.world > 1:
             # starts every process from rank 0's weights; every parameter takes part in every forward
             # (the partition-aware module runs on all images, also those without a person)
-            self.model = DistributedDataParallel(self.core,
-                                                 device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = DistributedDataParallel(
+                self.core, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.Adam(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
         if cfg.lr_scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch))
+                self.optimizer, lambda e: warmup_cosine(e, cfg.warmup_epochs, cfg.max_epoch)
+            )
         elif cfg.lr_scheduler == "constant":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
         else:
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                self.optimizer, milestones=cfg.lr_decay_epoch or [cfg.max_epoch + 1], gamma=cfg.lr_decay)
+                self.optimizer, milestones=cfg.lr_decay_epoch or [cfg.max_epoch + 1], gamma=cfg.lr_decay
+            )
         self.train_set, self.val_names = train_set, val_names
         self.epoch = 0
         self.step = 0
@@ -269,19 +291,31 @@ class Trainer:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches of dataset indices, a function of (seed, epoch) alone, so resuming is exact."""
         if self.cfg.images_per_step == 1:
-            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(
-                self.cfg.seed * 100003 + epoch)).tolist()
-            order += order[:(-len(order)) % self.world]  # every rank takes the same number of steps
-            return [[i] for i in order[self.rank::self.world]]
-        sampler = SizeBucketBatchSampler(self.train_set, self.cfg.images_per_step, shuffle=True, drop_last=False,
-                                         seed=self.cfg.seed, num_replicas=self.world, rank=self.rank)
+            order = torch.randperm(
+                len(self.train_set), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+            ).tolist()
+            order += order[: (-len(order)) % self.world]  # every rank takes the same number of steps
+            return [[i] for i in order[self.rank :: self.world]]
+        sampler = SizeBucketBatchSampler(
+            self.train_set,
+            self.cfg.images_per_step,
+            shuffle=True,
+            drop_last=False,
+            seed=self.cfg.seed,
+            num_replicas=self.world,
+            rank=self.rank,
+        )
         sampler.set_epoch(epoch)
         return list(sampler)
 
     def loader(self, batches: list[list[int]]) -> DataLoader:
-        return DataLoader(EpochSeededItems(self.train_set, self.cfg.seed, self.epoch), batch_sampler=batches,
-                          collate_fn=collate_crops, num_workers=self.cfg.num_workers,
-                          pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            EpochSeededItems(self.train_set, self.cfg.seed, self.epoch),
+            batch_sampler=batches,
+            collate_fn=collate_crops,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     # ----- training -------------------------------------------------------------------------
     def forward(self, batch: dict) -> Any:
@@ -309,21 +343,29 @@ class Trainer:
             seed_everything(cfg.seed * 7919 + self.epoch)
             self.epoch_sums = {}
         batches = self.epoch_batches(self.epoch)
-        remaining = batches[self.batch_in_epoch:]
+        remaining = batches[self.batch_in_epoch :]
         accumulate = cfg.batch_size // (cfg.images_per_step * self.world)
         start = time.time()
         # closed on the way out too: an interrupted epoch clears its bar before the one-line message
-        with tqdm(self.loader(remaining), total=len(remaining), disable=not self.progress,
-                  desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}", leave=False) as bar:
+        with tqdm(
+            self.loader(remaining),
+            total=len(remaining),
+            disable=not self.progress,
+            desc=f"epoch {self.epoch + 1}/{cfg.max_epoch}",
+            leave=False,
+        ) as bar:
             for batch in bar:
-                steps_optimizer = ((self.batch_in_epoch + 1) % accumulate == 0
-                                   or self.batch_in_epoch + 1 == len(batches))
+                steps_optimizer = (self.batch_in_epoch + 1) % accumulate == 0 or self.batch_in_epoch + 1 == len(batches)
                 self.train_step(batch, accumulate, steps_optimizer)
                 if self.step % self.check_every == 0:
                     bar.set_postfix(loss=f"{float(self.epoch_sums['total_loss']) / self.batch_in_epoch:.4f}")
                 # only between optimiser steps: gradients accumulated so far are not part of a checkpoint
-                if (cfg.checkpoint_steps and steps_optimizer and self.step - self.saved_step >= cfg.checkpoint_steps
-                        and self.batch_in_epoch < len(batches)):
+                if (
+                    cfg.checkpoint_steps
+                    and steps_optimizer
+                    and self.step - self.saved_step >= cfg.checkpoint_steps
+                    and self.batch_in_epoch < len(batches)
+                ):
                     self.save_training_state()
         self.check_finite()
         averages = {key: float(value) / max(self.batch_in_epoch, 1) for key, value in self.epoch_sums.items()}
@@ -341,8 +383,11 @@ class Trainer:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         # gradients are averaged over processes once per optimiser step, not per accumulated batch
         model = self.model
-        with (model.no_sync() if isinstance(model, DistributedDataParallel) and not steps_optimizer
-              else contextlib.nullcontext()):
+        with (
+            model.no_sync()
+            if isinstance(model, DistributedDataParallel) and not steps_optimizer
+            else contextlib.nullcontext()
+        ):
             with autocast(self.device, self.autocast_dtype):
                 loss, parts, outputs = self.compute_loss(batch)
             self.unchecked.append((self.step, batch["name"], loss.detach()))
@@ -377,16 +422,26 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
             last = os.path.join(self.checkpoint_dir, "last.pth")
-            kept = (f"the last good checkpoint is {last}" if os.path.isfile(last)
-                    else "no training checkpoint was saved yet")
-            bad = [(step, names, value) for (step, names, _), value in zip(self.unchecked, losses.tolist(), strict=True)
-                   if not math.isfinite(value)]
+            kept = (
+                f"the last good checkpoint is {last}"
+                if os.path.isfile(last)
+                else "no training checkpoint was saved yet"
+            )
+            bad = [
+                (step, names, value)
+                for (step, names, _), value in zip(self.unchecked, losses.tolist(), strict=True)
+                if not math.isfinite(value)
+            ]
             if not bad:
-                raise TrainingDiverged(f"the loss is not finite on another process, by step {self.step} of epoch "
-                                       f"{self.epoch} (rank {self.rank} is fine); {kept}")
+                raise TrainingDiverged(
+                    f"the loss is not finite on another process, by step {self.step} of epoch "
+                    f"{self.epoch} (rank {self.rank} is fine); {kept}"
+                )
             step, names, value = bad[0]
-            raise TrainingDiverged(f"loss is {value} at epoch {self.epoch}, step {step}, on image(s) "
-                                   f"{', '.join(names)} (rank {self.rank}); {kept}")
+            raise TrainingDiverged(
+                f"loss is {value} at epoch {self.epoch}, step {step}, on image(s) "
+                f"{', '.join(names)} (rank {self.rank}); {kept}"
+            )
         self.unchecked.clear()
 
     def log_panels(self, batch: dict, output: Any) -> None:
@@ -399,13 +454,21 @@ class Trainer:
         heat_map, partition_feat = getattr(output, "heat_map", None), getattr(output, "partition_feat", None)
         title = f"{batch['name'][0]}, step {self.step}"
         if heat_map is not None and self.cfg.use_content_preserve:
-            figures["heat_map"] = (heat_map_figure(batch["image"][0], batch["heat_map"][0, 0], heat_map[0, 0], title),
-                                   self.cfg.visualize_heat_map)
-        if partition_feat is not None and self.cfg.use_partition_aware and partition_feat.shape[1] == 9 \
-                and partition_feat[0].abs().sum() > 0:
+            figures["heat_map"] = (
+                heat_map_figure(batch["image"][0], batch["heat_map"][0, 0], heat_map[0, 0], title),
+                self.cfg.visualize_heat_map,
+            )
+        if (
+            partition_feat is not None
+            and self.cfg.use_partition_aware
+            and partition_feat.shape[1] == 9
+            and partition_feat[0].abs().sum() > 0
+        ):
             human_box = batch["human_box"][0].reshape(-1).tolist()
-            figures["partition"] = (partition_figure(batch["image"][0], human_box, batch["partition_mask"][0],
-                                                     partition_feat[0], title), self.cfg.visualize_partition_feature)
+            figures["partition"] = (
+                partition_figure(batch["image"][0], human_box, batch["partition_mask"][0], partition_feat[0], title),
+                self.cfg.visualize_partition_feature,
+            )
         for name, (pixels, save) in figures.items():
             self.writer.add_image(f"train/{name}", pixels, self.step, dataformats="HWC")
             if save:
@@ -422,16 +485,20 @@ class Trainer:
         raise NotImplementedError
 
     def record(self, train_stats: dict[str, float], metrics: dict[str, float]) -> None:
-        row = {"epoch": self.epoch, **{k: round(v, 4) for k, v in metrics.items()},
-               "loss": round(train_stats.get("total_loss", float("nan")), 5),
-               "lr": self.optimizer.param_groups[0]["lr"]}
+        row = {
+            "epoch": self.epoch,
+            **{k: round(v, 4) for k, v in metrics.items()},
+            "loss": round(train_stats.get("total_loss", float("nan")), 5),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         self.history.append(row)
         for name in self.selection_metrics:
             if name in metrics:
                 self.writer.add_scalar(f"{self.cfg.selection}/{name}", metrics[name], self.epoch)
                 previous = self.best.get(name, {}).get("value")
-                improved = previous is None or (metrics[name] < previous if name in self.lower_is_better
-                                                else metrics[name] > previous)
+                improved = previous is None or (
+                    metrics[name] < previous if name in self.lower_is_better else metrics[name] > previous
+                )
                 if improved:
                     self.best[name] = {"value": metrics[name], "epoch": self.epoch}
                     self.save_weights(os.path.join(self.checkpoint_dir, f"best-{name}.pth"), metrics)
@@ -443,8 +510,11 @@ class Trainer:
         if not self.is_main:
             return
         selected = [m for m in self.selection_metrics if any(m in row for row in self.history)]
-        reported = [key for key in dict.fromkeys(k for row in self.history for k in row)
-                    if key not in selected and key not in ("epoch", "loss", "lr")]
+        reported = [
+            key
+            for key in dict.fromkeys(k for row in self.history for k in row)
+            if key not in selected and key not in ("epoch", "loss", "lr")
+        ]
         header = ["epoch"] + selected + reported + ["loss", "lr"]
         rows = [[row.get(column, "") for column in header] for row in self.history]
         for name in selected:
@@ -458,8 +528,13 @@ class Trainer:
     def save_weights(self, path: str, metrics: dict[str, float]) -> None:
         if not self.is_main:
             return
-        checkpoint = {"model": self.core.state_dict(), "config": config_to_dict(self.cfg),
-                      "model_type": self.cfg.model_type, "epoch": self.epoch, "metrics": metrics}
+        checkpoint = {
+            "model": self.core.state_dict(),
+            "config": config_to_dict(self.cfg),
+            "model_type": self.cfg.model_type,
+            "epoch": self.epoch,
+            "metrics": metrics,
+        }
         write_or_stop(path, lambda: save_atomic(checkpoint, path), self.checkpoint_dir)
 
     def save_training_state(self) -> str:
@@ -468,13 +543,22 @@ class Trainer:
         self.saved_step = self.step
         if not self.is_main:
             return path
-        state = {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "config": config_to_dict(self.cfg),
-                 "model_type": self.cfg.model_type, "epoch": self.epoch, "step": self.step,
-                 "batch_in_epoch": self.batch_in_epoch,
-                 "epoch_sums": {key: float(value) for key, value in self.epoch_sums.items()}, "rng": rng_state(),
-                 "history": self.history, "best": self.best, "val_names": self.val_names}
+        state = {
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": config_to_dict(self.cfg),
+            "model_type": self.cfg.model_type,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_sums": {key: float(value) for key, value in self.epoch_sums.items()},
+            "rng": rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "val_names": self.val_names,
+        }
         write_or_stop(path, lambda: save_atomic(state, path), self.checkpoint_dir)
         return path
 
@@ -503,8 +587,11 @@ class Trainer:
                 self.record(stats, metrics)
                 shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
                 if self.is_main:
-                    print(f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
-                          f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}", flush=True)
+                    print(
+                        f"epoch {self.epoch + 1}/{cfg.max_epoch}: loss={stats.get('total_loss', float('nan')):.4f} "
+                        f"({stats['seconds']:.1f}s) | {cfg.selection}: {shown}",
+                        flush=True,
+                    )
             if cfg.save_freq and (self.epoch + 1) % cfg.save_freq == 0:
                 self.save_weights(os.path.join(self.checkpoint_dir, f"epoch-{self.epoch + 1}.pth"), {})
             self.scheduler.step()
@@ -523,8 +610,13 @@ class Trainer:
             if name not in self.best:  # the same on every rank, unlike the files rank 0 writes
                 continue
             load_model_weights(self.core, os.path.join(self.checkpoint_dir, f"best-{name}.pth"))
-            rows.append({"selected_by": f"val {name}", "epoch": self.best[name]["epoch"],
-                         **{k: round(v, 4) for k, v in self.evaluate_test().items()}})
+            rows.append(
+                {
+                    "selected_by": f"val {name}",
+                    "epoch": self.best[name]["epoch"],
+                    **{k: round(v, 4) for k, v in self.evaluate_test().items()},
+                }
+            )
         if not rows or not self.is_main:
             return
         header = list(dict.fromkeys(k for row in rows for k in row))

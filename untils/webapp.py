@@ -3,6 +3,7 @@
 Its one rule: the model is touched only by the :class:`untils.crop_worker.CropWorker` thread, and
 every bad request gets a 4xx ``{"error": "one sentence"}`` while the server keeps serving.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,6 +126,7 @@ def ratio_slug(ratio: str) -> str:
 # The request's options
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CropOptions:
     aspect_ratios: tuple[str, ...]
@@ -192,34 +194,59 @@ def parse_options(form: Any, worker: CropWorker) -> CropOptions:
         raise RequestError(400, "give either human_box or detect_human=true, not both")
     if detect and worker.detector is None:
         raise RequestError(400, "detect_human: this server runs without a person detector")
-    return CropOptions(parse_ratios(field("aspect_ratio"), worker), top_k, human_box, detect,
-                       parse_flag("keep_person", field("keep_person")))
+    return CropOptions(
+        parse_ratios(field("aspect_ratio"), worker),
+        top_k,
+        human_box,
+        detect,
+        parse_flag("keep_person", field("keep_person")),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------
 
+
 def ranking_json(photo_id: str, name: str, ranking: PhotoRanking, top_k: int, model: dict) -> dict[str, Any]:
     """The ``/api/crop`` answer: crop.py's JSON ``results`` schema, one entry per ratio."""
     results = []
     for entry in ranking.results:
         best = zip(entry.boxes[:top_k], entry.scores[:top_k], strict=True)
-        crops = [{"rank": rank, "box": list(box), "score": score, "width": box[2] - box[0],
-                  "height": box[3] - box[1], "url": f"/api/photos/{photo_id}/crops/{entry.aspect_ratio}/{rank}"}
-                 for rank, (box, score) in enumerate(best, start=1)]
-        result: dict[str, Any] = {"aspect_ratio": entry.aspect_ratio, "crops": crops,
-                                  "ranked": [{"box": list(box), "score": score}
-                                             for box, score in zip(entry.boxes, entry.scores, strict=True)],
-                                  "candidates": entry.candidates}
+        crops = [
+            {
+                "rank": rank,
+                "box": list(box),
+                "score": score,
+                "width": box[2] - box[0],
+                "height": box[3] - box[1],
+                "url": f"/api/photos/{photo_id}/crops/{entry.aspect_ratio}/{rank}",
+            }
+            for rank, (box, score) in enumerate(best, start=1)
+        ]
+        result: dict[str, Any] = {
+            "aspect_ratio": entry.aspect_ratio,
+            "crops": crops,
+            "ranked": [
+                {"box": list(box), "score": score} for box, score in zip(entry.boxes, entry.scores, strict=True)
+            ],
+            "candidates": entry.candidates,
+        }
         if entry.note is not None:
             result["note"] = entry.note
         results.append(result)
-    return {"photo_id": photo_id, "name": name, "width": ranking.width, "height": ranking.height,
-            "coordinates": "pixels of the upright photo (EXIF orientation applied), [x1, y1, x2, y2]",
-            "person": ranking.person.to_json(), "results": results,
-            "heat_map": f"/api/photos/{photo_id}/heat_map.png" if ranking.heat_map is not None else None,
-            "preview": f"/api/photos/{photo_id}/preview.jpg", "model": model}
+    return {
+        "photo_id": photo_id,
+        "name": name,
+        "width": ranking.width,
+        "height": ranking.height,
+        "coordinates": "pixels of the upright photo (EXIF orientation applied), [x1, y1, x2, y2]",
+        "person": ranking.person.to_json(),
+        "results": results,
+        "heat_map": f"/api/photos/{photo_id}/heat_map.png" if ranking.heat_map is not None else None,
+        "preview": f"/api/photos/{photo_id}/preview.jpg",
+        "model": model,
+    }
 
 
 def heat_map_png(heat_map: np.ndarray) -> Image.Image:
@@ -337,12 +364,14 @@ class CropService:
 # The application
 # ----------------------------------------------------------------------------------------------
 
+
 def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> FastAPI:
     """The page and its API over a running :class:`CropWorker` and a :class:`PhotoStore`."""
     service = CropService(worker, store, limits)
     app = FastAPI(title="Human-centric image cropping", docs_url=None, redoc_url=None, openapi_url=None)
-    too_large = (f"the upload is larger than this server's limit of {limits.max_upload_mb:g} MB "
-                 "(--max-upload-mb raises it)")
+    too_large = (
+        f"the upload is larger than this server's limit of {limits.max_upload_mb:g} MB (--max-upload-mb raises it)"
+    )
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + FORM_OVERHEAD, message=too_large)
 
     @app.exception_handler(RequestError)
@@ -378,10 +407,15 @@ def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> F
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": worker.cropper.describe(),
-                "detector": getattr(worker.detector, "name", None) if worker.detector is not None else None,
-                "ratios": list(PAGE_RATIOS), "max_top_k": MAX_TOP_K,
-                "max_upload_mb": limits.max_upload_mb, "max_pixels": limits.max_pixels}
+        return {
+            "status": "ok",
+            "model": worker.cropper.describe(),
+            "detector": getattr(worker.detector, "name", None) if worker.detector is not None else None,
+            "ratios": list(PAGE_RATIOS),
+            "max_top_k": MAX_TOP_K,
+            "max_upload_mb": limits.max_upload_mb,
+            "max_pixels": limits.max_pixels,
+        }
 
     @app.post("/api/crop")
     async def crop(request: Request) -> JSONResponse:
@@ -411,8 +445,9 @@ def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> F
     @app.get("/api/photos/{photo_id}/crops.zip")
     async def crops_zip(photo_id: str) -> Response:
         content, name = await run_in_threadpool(service.crops_zip, photo_id)
-        return Response(content, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            content, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
 
     @app.get("/api/photos/{photo_id}/preview.jpg")
     async def preview(photo_id: str) -> FileResponse:

@@ -1,4 +1,5 @@
 """RoDAlign modules; the import path of the original GAIC code."""
+
 from __future__ import annotations
 
 from roi_align.align_core import AlignModule, Backend

@@ -1,4 +1,5 @@
 """RoIAlign modules; the import path of the original GAIC code."""
+
 from __future__ import annotations
 
 from ..align_core import AlignModule, Backend
