@@ -83,12 +83,31 @@ def test_two_processes_match_one(six_image_demo, tmp_path, backbone, batch_size)
     assert "test: " in result.stdout
 
 
+DIVERGING_TRAINING = """
+import train_on_GAICD
+from untils.cli import run_script
+
+real_loss = train_on_GAICD.crop_training_loss
+
+
+def nan_loss(*args, **kwargs):
+    loss, parts = real_loss(*args, **kwargs)
+    return loss * float("nan"), parts
+
+
+train_on_GAICD.crop_training_loss = nan_loss
+raise SystemExit(run_script(train_on_GAICD.main))
+"""
+
+
 def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(six_image_demo, tmp_path):
     """A NaN loss on both ranks ends the run (the error path tears the process group down without a
     barrier) with the training's own message, not a hang."""
+    diverging = tmp_path / "diverging_train_on_GAICD.py"  # train_on_GAICD with its loss made NaN
+    diverging.write_text(DIVERGING_TRAINING)
     result = run_two_processes(
         [
-            str(REPO_ROOT / "train_on_GAICD.py"),
+            str(diverging),
             *COMMON,
             "--data-root",
             six_image_demo,
@@ -96,8 +115,6 @@ def test_a_diverged_two_process_run_stops_on_every_rank_with_a_clear_message(six
             "mobilenetv2",
             "--batch_size",
             "2",
-            "--content_loss_weight",
-            "nan",
             "--exp_root",
             str(tmp_path / "runs"),
             "--exp_name",
