@@ -223,3 +223,22 @@ def diverging_loss(monkeypatch):
         return loss * float("nan"), parts
 
     monkeypatch.setattr(train_on_GAICD, "crop_training_loss", nan_loss)
+
+
+def small_training_options(image_size: int, views: int) -> list[str]:
+    """The options every quick CPU training run in the tests shares: random-init weights, the CPU, no
+    workers, ``image_size`` squares, ``views`` crops an image, no progress bar."""
+    return [
+        "--pretrained",
+        "false",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--image_size",
+        str(image_size),
+        str(image_size),
+        "--view_per_image",
+        str(views),
+        "--no-progress",
+    ]

@@ -10,23 +10,12 @@ import torch
 
 import train_on_GAICD
 from config_GAICD import PRESETS, Config
-from tests.conftest import REPO_ROOT, process_alive, run_two_processes
+from tests.conftest import REPO_ROOT, process_alive, run_two_processes, small_training_options
 from untils.training import Trainer
 
-COMMON = [
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "128",
-    "128",
+COMMON = small_training_options(128, 8) + [
     "--keep_aspect_ratio",
     "false",
-    "--view_per_image",
-    "8",
     "--max_epoch",
     "1",
     "--warmup_epochs",
@@ -37,7 +26,6 @@ COMMON = [
     "test",
     "--deterministic",
     "true",
-    "--no-progress",
 ]
 
 

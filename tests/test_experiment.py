@@ -13,28 +13,17 @@ import pytest
 import torch
 
 import train_on_GAICD
+from tests.conftest import small_training_options
 from untils.cli import run_script
 from untils.training import Trainer
 
-FAST = [
+FAST = small_training_options(96, 8) + [
     "--backbone",
     "mobilenetv2",
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "96",
-    "96",
     "--keep_aspect_ratio",
     "false",
-    "--view_per_image",
-    "8",
     "--warmup_epochs",
     "0",
-    "--no-progress",
     "--selection",
     "test",
 ]

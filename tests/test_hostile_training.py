@@ -16,31 +16,19 @@ import pytest
 import train_on_GAICD
 from config_GAICD import Config
 from cropping_dataset import DatasetError, GAICDataset, heat_map_sources
-from tests.conftest import REPO_ROOT, build_gaicd_sample
+from tests.conftest import REPO_ROOT, build_gaicd_sample, small_training_options
 from untils.atomic import write_text_atomic
 from untils.pseudo_heatmaps import generate_heatmaps
 
-FAST = [
+FAST = small_training_options(96, 8) + [
     "--backbone",
     "mobilenetv2",
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "96",
-    "96",
     "--keep_aspect_ratio",
     "false",
-    "--view_per_image",
-    "8",
     "--max_epoch",
     "1",
     "--warmup_epochs",
     "0",
-    "--no-progress",
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 import train_on_CPC
 from config_CPC import Config
 from cropping_dataset import heat_map_sources
-from tests.conftest import REPO_ROOT, require_shared, run_two_processes
+from tests.conftest import REPO_ROOT, require_shared, run_two_processes, small_training_options
 from untils.demo_data import build_demo_dataset
 from untils.pseudo_heatmaps import generate_heatmaps
 
@@ -70,18 +70,9 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-FAST = [
+FAST = small_training_options(128, 8) + [
     "--backbone",
     "mobilenetv2",
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "128",
-    "128",
     "--max_epoch",
     "1",
     "--warmup_epochs",
@@ -90,9 +81,6 @@ FAST = [
     "2",
     "--images_per_step",
     "2",
-    "--view_per_image",
-    "8",
-    "--no-progress",
     "--use_content_preserve",
     "false",
 ]

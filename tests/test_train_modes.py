@@ -7,27 +7,9 @@ from __future__ import annotations
 import torch
 
 import train_on_GAICD
+from tests.conftest import small_training_options
 
-FAST = [
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "96",
-    "96",
-    "--view_per_image",
-    "8",
-    "--max_epoch",
-    "1",
-    "--warmup_epochs",
-    "0",
-    "--no-progress",
-    "--selection",
-    "test",
-]
+FAST = small_training_options(96, 8) + ["--max_epoch", "1", "--warmup_epochs", "0", "--selection", "test"]
 BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 

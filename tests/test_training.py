@@ -14,33 +14,21 @@ import train_on_GAICD
 import untils.evaluation
 from config_GAICD import Config
 from cropping_dataset import heat_map_sources
-from tests.conftest import build_gaicd_sample
+from tests.conftest import build_gaicd_sample, small_training_options
 from untils.inference import move_batch
 from untils.pseudo_heatmaps import generate_heatmaps
 from untils.runtime import autocast, seed_everything
 from untils.training import Trainer, item_seed, sample_views, warmup_cosine
 
-FAST = [
+FAST = small_training_options(128, 16) + [
     "--backbone",
     "mobilenetv2",
-    "--pretrained",
-    "false",
-    "--device",
-    "cpu",
-    "--num_workers",
-    "0",
-    "--image_size",
-    "128",
-    "128",
     "--keep_aspect_ratio",
     "false",
-    "--view_per_image",
-    "16",
     "--warmup_epochs",
     "1",
     "--lr",
     "1e-3",
-    "--no-progress",
     "--deterministic",
     "true",
 ]
