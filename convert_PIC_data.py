@@ -41,6 +41,7 @@ from pic_dataset import (
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
 from untils.pic_format import (
+    RATINGS_CSV_COLUMNS,
     RELEASE_FINETUNE_FOLDER,
     RELEASE_IMAGE_FOLDER,
     RELEASE_PRETRAIN_FOLDER,
@@ -52,8 +53,7 @@ from untils.pic_format import (
 from untils.safe_paths import copy_named_files
 from untils.training import held_out_images
 
-CSV_COLUMNS = ("annotator", "image", "x1", "y1", "x2", "y2", "score")
-RATINGS_CSV = CropCsvLayout(CSV_COLUMNS, "image", ("x1", "y1", "x2", "y2"), "x1, y1, x2, y2", "line")
+RATINGS_CSV = CropCsvLayout(RATINGS_CSV_COLUMNS, "image", ("x1", "y1", "x2", "y2"), "x1, y1, x2, y2", "line")
 LISTED_NAMES = 20  # a report of left-out entries names this many
 
 

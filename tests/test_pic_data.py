@@ -17,11 +17,12 @@ from PIL import Image
 
 import config_PIC
 import convert_PIC_data
-from convert_PIC_data import CSV_COLUMNS, convert_ratings_csv, split_users, write_release_layout
+from convert_PIC_data import convert_ratings_csv, split_users, write_release_layout
 from cropping_dataset import DatasetError
 from pic_dataset import PICDataset, PICImageDataset, best_crop_indices, load_pic_data, split_user_images, union_crops
 from untils.atomic import write_folder_atomic
 from untils.cli import run_script
+from untils.pic_format import RATINGS_CSV_COLUMNS
 from untils.training import held_out_images
 
 SIZES = {"a.jpg": (200, 100), "b.jpg": (120, 160), "c.jpg": (160, 160)}
@@ -180,7 +181,7 @@ def test_datasets_give_cropping_items_with_the_user(small):
         PICDataset(cfg, data, ["cyd"], names={"cyd": ["a.jpg"]})
 
 
-def write_csv(path: Path, rows: list[dict], columns=CSV_COLUMNS) -> None:
+def write_csv(path: Path, rows: list[dict], columns=RATINGS_CSV_COLUMNS) -> None:
     with open(path, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(columns))
         writer.writeheader()

@@ -54,6 +54,9 @@ def write_pic_annotations(
 
 # The layout of PIC's release (github Cooperxjt/PIC): per-user CSV files of ``name,bbox,score``.
 RELEASE_CSV_HEADER = ("name", "bbox", "score")
+# Per-annotator ratings (convert_PIC_data.py ratings reads them; the web page writes them): boxes in
+# the upright photo's pixels.
+RATINGS_CSV_COLUMNS = ("annotator", "image", "x1", "y1", "x2", "y2", "score")
 RELEASE_PRIOR_FOLDER = "prior"  # <user>_train.csv, <user>_val.csv of the training users
 RELEASE_FINETUNE_FOLDER = "finetune"  # <N>/train/<user>_train.csv, <N>/val/<user>_val.csv of the test users
 RELEASE_PRETRAIN_FOLDER = "pretrain"  # <user>/<image>: the user-classification images, one folder per user
