@@ -4,9 +4,9 @@ included: ``pic_model`` builds on ``untils.crop_heads``, never on this module).
 
 The first two share one backbone builder (:func:`untils.backbones.build_backbone`, three feature
 scales); all three share one RoI/RoD head (``untils.crop_heads``: :class:`CropOutput`, the calling
-convention, and :class:`CropAlignFeatures`). Parameter names
-and shapes of :class:`HumanCentricCroppingModel` are those of the official release, so its
-checkpoints load with ``strict=True``. Differences from the release, each a bug fix that leaves its
+convention; ``rod_align.CropAlignFeatures``, the RoI + RoD features). Parameter names and shapes
+of :class:`HumanCentricCroppingModel` are those of the official release, so its checkpoints load
+with ``strict=True``. Differences from the release, each a bug fix that leaves its
 numbers as they are:
 
 * whether an image contains a person is decided per image, not from the first image of the batch;
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD, Config
 from pic_model import PICModel, PICOfficialModel, build_official_model, is_official_pic_state_dict, official_pic_options
+from rod_align import CropAlignFeatures
 from roi_align import RoIAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
@@ -54,7 +55,6 @@ from untils.checkpoint import (
 )
 from untils.crop_heads import (
     ALIGN_SIZE,
-    CropAlignFeatures,
     CropOutput,
     GAICScorer,
     boxes_with_batch_index,
@@ -369,7 +369,14 @@ class GAICModel(GAICScorer):
         if cfg is None:
             from config_GAICD import cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
+        super().__init__(
+            cfg.backbone,
+            cfg.reduced_dim,
+            cfg.use_rod_feature,
+            pretrained,
+            cfg.backbone_weight_path,
+            crop_aligner=CropAlignFeatures,
+        )
         self.cfg = cfg
 
     @property
