@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 import config_PIC
-from cropping_dataset import DatasetError, check_boxes, problems_error, read_human_boxes
 from pic_dataset import (
     PRETRAIN_FOLDER,
     CropCsvLayout,
@@ -40,6 +39,8 @@ from pic_dataset import (
 )
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
+from untils.dataset_errors import DatasetError, problems_error
+from untils.dataset_files import check_boxes, read_human_boxes
 from untils.pic_format import (
     RELEASE_FINETUNE_FOLDER,
     RELEASE_IMAGE_FOLDER,

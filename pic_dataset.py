@@ -32,16 +32,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
-from cropping_dataset import (
-    CropAnnotation,
-    DatasetError,
-    ScoredCropDataset,
-    check_boxes,
-    load_json,
-    problems_error,
-    read_crop_annotations,
-    read_human_boxes,
-)
+from cropping_dataset import ScoredCropDataset
+from untils.dataset_errors import DatasetError, problems_error
+from untils.dataset_files import CropAnnotation, check_boxes, load_json, read_crop_annotations, read_human_boxes
 from untils.pic_format import (
     RELEASE_CSV_HEADER,
     RELEASE_FINETUNE_FOLDER,
@@ -195,7 +188,7 @@ def check_rated_crops(
 ) -> tuple[np.ndarray, bool, list[CropProblem]]:
     """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
     converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
-    each box valid for the ``size`` (width, height) image by ``cropping_dataset.check_boxes``
+    each box valid for the ``size`` (width, height) image by ``untils.dataset_files.check_boxes``
     (clipped when slightly outside). ``size`` None (image not at hand): boxes are checked for
     emptiness only. Returns ``(boxes, clipped, problems)``."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
