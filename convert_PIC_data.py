@@ -21,26 +21,12 @@ from typing import Any
 import numpy as np
 
 import config_PIC
-from pic_dataset import (
-    PRETRAIN_FOLDER,
-    CropCsvLayout,
-    PICData,
-    ReleaseData,
-    UserRatings,
-    check_rated_rows,
-    config_path,
-    load_pic_data,
-    load_release_layout,
-    merged_crops,
-    named_image_size,
-    read_crop_rows,
-    read_pretrain_folder,
-    split_user_images,
-)
+from pic_dataset import PRETRAIN_FOLDER, PICData, config_path, load_pic_data, split_user_images
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
 from untils.dataset_errors import DatasetError, problems_error
 from untils.dataset_files import check_boxes, read_human_boxes
+from untils.pic_checks import named_image_size, read_pretrain_folder
 from untils.pic_format import (
     RELEASE_FINETUNE_FOLDER,
     RELEASE_IMAGE_FOLDER,
@@ -49,6 +35,15 @@ from untils.pic_format import (
     USER_ID_PATTERN,
     write_pic_annotations,
     write_release_csv,
+)
+from untils.pic_release_layout import (
+    CropCsvLayout,
+    ReleaseData,
+    UserRatings,
+    check_rated_rows,
+    load_release_layout,
+    merged_crops,
+    read_crop_rows,
 )
 from untils.safe_paths import copy_named_files
 from untils.training import held_out_images
@@ -85,7 +80,7 @@ def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[
 def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[str, dict[str, list]]]:
     """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox,
     score}}}``, boxes and scores as given. Each user's crops of an image are checked by the loader's
-    rule (``pic_dataset.check_rated_crops``), against the photo in ``image_dir`` when given (its name
+    rule (``untils.pic_checks.check_rated_crops``), against the photo in ``image_dir`` when given (its name
     kept inside that folder); every problem is listed in one ``DatasetError`` naming its lines."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ratings CSV not found: {path}")
