@@ -466,29 +466,14 @@ and the same images finetune_PIC.py's embedding variant reports on. A test user'
         metavar="N",
         help="the fine-tuning set sizes N (default: 5 10 20)",
     )
-    to_release.add_argument(
-        "--val-fraction",
-        type=float,
-        default=config_PIC.Config.val_fraction,
-        metavar="F",
-        help="share of a training user's images in _val.csv (default: the config's "
-        f"val_fraction, {config_PIC.Config.val_fraction})",
-    )
-    to_release.add_argument(
-        "--test-fraction",
-        type=float,
-        default=config_PIC.Config.user_test_fraction,
-        metavar="F",
-        help="share of a test user's images held out for testing (default: the config's "
-        f"user_test_fraction, {config_PIC.Config.user_test_fraction})",
-    )
-    to_release.add_argument(
-        "--seed",
-        type=int,
-        default=config_PIC.Config.seed,
-        metavar="N",
-        help=f"seed of the splits (default: the config's seed, {config_PIC.Config.seed})",
-    )
+    for option, field, kind, metavar, text in (
+        ("--val-fraction", "val_fraction", float, "F", "share of a training user's images in _val.csv"),
+        ("--test-fraction", "user_test_fraction", float, "F", "share of a test user's images held out for testing"),
+        ("--seed", "seed", int, "N", "seed of the splits"),
+    ):  # defaults: the PIC scripts' own, from config_PIC.Config
+        default = getattr(config_PIC.Config, field)
+        help_text = f"{text} (default: the config's {field}, {default})"
+        to_release.add_argument(option, type=kind, default=default, metavar=metavar, help=help_text)
     return add_option_aliases(parser)
 
 
