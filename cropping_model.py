@@ -266,14 +266,7 @@ class GAICModel(GAICScorer):
         if cfg is None:
             from config_GAICD import cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        super().__init__(
-            cfg.backbone,
-            cfg.reduced_dim,
-            cfg.use_rod_feature,
-            pretrained,
-            cfg.backbone_weight_path,
-            crop_aligner=CropAlignFeatures,
-        )
+        super().__init__(cfg, pretrained, CropAlignFeatures)
         self.cfg = cfg
 
     @property

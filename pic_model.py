@@ -309,14 +309,7 @@ class PICModel(GAICScorer):
     def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         cfg = config_PIC.cfg if cfg is None else cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        super().__init__(
-            cfg.backbone,
-            cfg.reduced_dim,
-            cfg.use_rod_feature,
-            pretrained,
-            cfg.backbone_weight_path,
-            crop_aligner=CropAlignFeatures,
-        )
+        super().__init__(cfg, pretrained, CropAlignFeatures)
         self.cfg = cfg
         align_dim = cfg.reduced_dim * (2 if cfg.use_rod_feature else 1)
         self.subjective_branch = SubjectiveBranch(align_dim, cfg.subjective_dim)

@@ -9,7 +9,7 @@ It imports nothing of the top level, the op packages included: a scorer's RoI + 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
@@ -108,30 +108,30 @@ def release_scales(f3: torch.Tensor, f4: torch.Tensor, f5: torch.Tensor) -> torc
     return torch.cat([down, f4, 0.5 * up], dim=1)
 
 
+class ScorerOptions(Protocol):
+    """The options a :class:`GAICScorer` is built from (``config_GAICD.Config`` and ``config_PIC.Config`` have them)."""
+
+    backbone: str
+    reduced_dim: int
+    use_rod_feature: bool
+    backbone_weight_path: str | None
+
+
 class GAICScorer(nn.Module):
     """GAIC's multi-scale shared-feature scorer (Zeng et al.) on our backbones: f3, f4 and f5/2
     brought to f4's size and concatenated -> ``DimRed`` -> RoI (+ RoD) align -> ``FC_layers``.
 
     The objective branch of our GAIC baseline and of the PIC embedding variant; its module names
-    are their checkpoints' parameter names. ``crop_aligner`` builds its ``crop_align`` (the models
-    pass ``rod_align.CropAlignFeatures``).
+    are their checkpoints' parameter names. Built from the options of ``cfg`` (:class:`ScorerOptions`);
+    ``crop_aligner`` builds its ``crop_align`` (the models pass ``rod_align.CropAlignFeatures``).
     """
 
-    def __init__(
-        self,
-        backbone: str,
-        reduced_dim: int,
-        use_rod: bool,
-        pretrained: bool,
-        backbone_weight_path: str | None = None,
-        *,
-        crop_aligner: CropAlignerFactory,
-    ) -> None:
+    def __init__(self, cfg: ScorerOptions, pretrained: bool, crop_aligner: CropAlignerFactory) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained, backbone_weight_path)
-        self.DimRed = nn.Conv2d(sum(self.backbone.channels), reduced_dim, kernel_size=1)
-        self.crop_align = crop_aligner(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, use_rod)
-        self.FC_layers = gaic_fc_layers(reduced_dim * (2 if use_rod else 1), ALIGN_SIZE, False)
+        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
+        self.DimRed = nn.Conv2d(sum(self.backbone.channels), cfg.reduced_dim, kernel_size=1)
+        self.crop_align = crop_aligner(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
+        self.FC_layers = gaic_fc_layers(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1), ALIGN_SIZE, False)
 
     def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
         """(B, reduced_dim, H/16, W/16)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,30 +134,32 @@ def read_human_boxes(path: str) -> dict[str, np.ndarray]:
 
 def read_fcdb_ground_truth(path: str) -> dict[str, np.ndarray]:
     """FCDB's ground-truth crop of each image, ``{name: [x, y, w, h]}`` in the file, as (1, 4) ``[x1, y1, x2, y2]``."""
-    raw = load_json(path, "FCDB crop annotation file")
-    gt_crops = {}
-    for name, xywh in raw.items():
-        try:
-            x, y, w, h = np.asarray(xywh, dtype=np.float64).reshape(4)
-        except (TypeError, ValueError) as error:
-            raise DatasetError(
-                f"FCDB crop annotation file {path}: {name} must be [x, y, w, h], got {xywh!r}"
-            ) from error
-        gt_crops[name] = np.array([[x, y, x + w, y + h]])
-    return gt_crops
+
+    def corners(xywh: np.ndarray) -> np.ndarray:
+        x, y, w, h = xywh.reshape(4)
+        return np.array([[x, y, x + w, y + h]])
+
+    return _read_ground_truth(path, "FCDB crop annotation file", "[x, y, w, h]", corners)
 
 
 def read_flms_ground_truth(path: str) -> dict[str, np.ndarray]:
     """FLMS's ground-truth crops of each image, ``{name: [[x1, y1, x2, y2], ...]}``, as (M, 4)."""
-    raw = load_json(path, "FLMS crop annotation file")
+    return _read_ground_truth(
+        path, "FLMS crop annotation file", "a list of [x1, y1, x2, y2]", lambda boxes: boxes.reshape(-1, 4)
+    )
+
+
+def _read_ground_truth(
+    path: str, what: str, form: str, to_boxes: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``to_boxes`` of each image's entry of a ``{name: numbers}`` file; an entry it cannot read (not ``form``)
+    is an error naming it."""
     gt_crops = {}
-    for name, boxes in raw.items():
+    for name, value in load_json(path, what).items():
         try:
-            gt_crops[name] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            gt_crops[name] = to_boxes(np.asarray(value, dtype=np.float64))
         except (TypeError, ValueError) as error:
-            raise DatasetError(
-                f"FLMS crop annotation file {path}: {name} must be a list of [x1, y1, x2, y2], got {boxes!r}"
-            ) from error
+            raise DatasetError(f"{what} {path}: {name} must be {form}, got {value!r}") from error
     return gt_crops
 
 
