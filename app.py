@@ -26,7 +26,7 @@ from cropping_model import load_crop_model
 from untils.cli import add_option_aliases, run_script
 from untils.crop_worker import CropWorker
 from untils.cropper import Cropper
-from untils.person_detection import DEFAULT_TORCHVISION_ARCH, TORCHVISION_ARCHS, build_person_detector
+from untils.person_detection import add_detector_options, build_person_detector
 from untils.photo_store import PhotoStore
 from untils.photos import DEFAULT_MAX_PIXELS
 from untils.runtime import configure_threads, resolve_device
@@ -105,24 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "moves scores in their last bits)",
     )
     parser.add_argument("--no-detector", action="store_true", help="serve without person detection")
-    parser.add_argument(
-        "--detector-weights",
-        metavar="PATH",
-        help="a torchvision detection model's state_dict file "
-        "(default: torchvision's COCO weights, from torch's hub cache or downloaded once)",
-    )
-    parser.add_argument(
-        "--detector-arch",
-        default=DEFAULT_TORCHVISION_ARCH,
-        choices=TORCHVISION_ARCHS,
-        help="the torchvision person detector (default %(default)s)",
-    )
-    parser.add_argument(
-        "--no-download",
-        action="store_true",
-        help="never download detector weights; without "
-        "them in torch's hub cache, detect with the offline HOG/face detectors",
-    )
+    add_detector_options(parser)
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",

@@ -65,7 +65,7 @@ class Config(GAICDConfig):
     PIC_anno: str | None = _opt("PIC annotations/ folder, one <user>.json per user")
     PIC_human: str | None = _opt("PIC human_bboxes.json (optional file)")
     PIC_release: str | None = _opt(
-        "the official variant's data: a folder in the release's CSV layout (pic_dataset.ReleaseData)"
+        "the official variant's data: a folder in the release's CSV layout (untils.pic_release_layout.ReleaseData)"
     )
 
     model_type: str = field(default="PIC", metadata={"help": "PIC (the only model of the PIC scripts)"})

@@ -21,25 +21,12 @@ from typing import Any
 import numpy as np
 
 import config_PIC
-from cropping_dataset import DatasetError, check_boxes, problems_error, read_human_boxes
-from pic_dataset import (
-    PRETRAIN_FOLDER,
-    CropCsvLayout,
-    PICData,
-    ReleaseData,
-    UserRatings,
-    check_rated_rows,
-    config_path,
-    load_pic_data,
-    load_release_layout,
-    merged_crops,
-    named_image_size,
-    read_crop_rows,
-    read_pretrain_folder,
-    split_user_images,
-)
+from pic_dataset import PRETRAIN_FOLDER, PICData, config_path, load_pic_data, split_user_images
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
+from untils.dataset_errors import DatasetError, problems_error
+from untils.dataset_files import check_boxes, read_human_boxes
+from untils.pic_checks import named_image_size, read_pretrain_folder
 from untils.pic_format import (
     RATINGS_CSV_COLUMNS,
     RELEASE_FINETUNE_FOLDER,
@@ -49,6 +36,15 @@ from untils.pic_format import (
     USER_ID_PATTERN,
     write_pic_annotations,
     write_release_csv,
+)
+from untils.pic_release_layout import (
+    CropCsvLayout,
+    ReleaseData,
+    UserRatings,
+    check_rated_rows,
+    load_release_layout,
+    merged_crops,
+    read_crop_rows,
 )
 from untils.safe_paths import copy_named_files
 from untils.training import held_out_images
@@ -84,7 +80,7 @@ def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[
 def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[str, dict[str, list]]]:
     """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox,
     score}}}``, boxes and scores as given. Each user's crops of an image are checked by the loader's
-    rule (``pic_dataset.check_rated_crops``), against the photo in ``image_dir`` when given (its name
+    rule (``untils.pic_checks.check_rated_crops``), against the photo in ``image_dir`` when given (its name
     kept inside that folder); every problem is listed in one ``DatasetError`` naming its lines."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ratings CSV not found: {path}")
@@ -470,29 +466,14 @@ and the same images finetune_PIC.py's embedding variant reports on. A test user'
         metavar="N",
         help="the fine-tuning set sizes N (default: 5 10 20)",
     )
-    to_release.add_argument(
-        "--val-fraction",
-        type=float,
-        default=config_PIC.Config.val_fraction,
-        metavar="F",
-        help="share of a training user's images in _val.csv (default: the config's "
-        f"val_fraction, {config_PIC.Config.val_fraction})",
-    )
-    to_release.add_argument(
-        "--test-fraction",
-        type=float,
-        default=config_PIC.Config.user_test_fraction,
-        metavar="F",
-        help="share of a test user's images held out for testing (default: the config's "
-        f"user_test_fraction, {config_PIC.Config.user_test_fraction})",
-    )
-    to_release.add_argument(
-        "--seed",
-        type=int,
-        default=config_PIC.Config.seed,
-        metavar="N",
-        help=f"seed of the splits (default: the config's seed, {config_PIC.Config.seed})",
-    )
+    for option, field, kind, metavar, text in (
+        ("--val-fraction", "val_fraction", float, "F", "share of a training user's images in _val.csv"),
+        ("--test-fraction", "user_test_fraction", float, "F", "share of a test user's images held out for testing"),
+        ("--seed", "seed", int, "N", "seed of the splits"),
+    ):  # defaults: the PIC scripts' own, from config_PIC.Config
+        default = getattr(config_PIC.Config, field)
+        help_text = f"{text} (default: the config's {field}, {default})"
+        to_release.add_argument(option, type=kind, default=default, metavar=metavar, help=help_text)
     return add_option_aliases(parser)
 
 

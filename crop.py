@@ -25,7 +25,7 @@ from untils.crop_candidates import ratio_tag, requested_ratios
 from untils.crop_outputs import write_outputs
 from untils.cropper import UNTRAINED_WARNING, NonFiniteScoresError, PhotoFailure
 from untils.folder_lock import FolderLock, FolderLockedError
-from untils.person_detection import DEFAULT_TORCHVISION_ARCH, TORCHVISION_ARCHS, PersonDetector, build_person_detector
+from untils.person_detection import PersonDetector, add_detector_options, build_person_detector
 from untils.photos import (
     DEFAULT_MAX_PIXELS,
     OutputWriteError,
@@ -189,25 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     person.add_argument("--human-boxes", metavar="JSON", help="a JSON file {file name or stem: [x1, y1, x2, y2]}")
     person.add_argument("--detect-human", action="store_true", help="find the person (see above)")
-    parser.add_argument(
-        "--detector-weights",
-        metavar="PATH",
-        help="with --detect-human: a torchvision detection model's state_dict file, used offline "
-        "(default: torchvision's COCO weights for --detector-arch, downloaded once into torch's hub "
-        "cache)",
-    )
-    parser.add_argument(
-        "--detector-arch",
-        default=DEFAULT_TORCHVISION_ARCH,
-        choices=TORCHVISION_ARCHS,
-        help="the torchvision person detector (default %(default)s)",
-    )
-    parser.add_argument(
-        "--no-download",
-        action="store_true",
-        help="with --detect-human: never download detector weights; without them in torch's hub "
-        "cache, use the offline HOG/face detectors",
-    )
+    add_detector_options(parser, needs="with --detect-human: ")
     parser.add_argument("--out", default="crops", help="output folder (default crops/)")
     parser.add_argument("--visualize", action="store_true", help="also write NAME_visualization.png")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -23,11 +23,8 @@ annotation is reported in one error.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +36,6 @@ from untils.boxes import (
     FEATURE_STRIDE,
     HEAT_MAP_SIZE,
     NO_PERSON_BOX,
-    clip_boxes,
     flip_boxes_horizontal,
     has_person,
     partition_masks,
@@ -48,6 +44,22 @@ from untils.boxes import (
 )
 from untils.candidates import load_predefined_anchors, scale_anchors
 from untils.dataset_errors import DatasetError, problems_error
+from untils.dataset_files import (
+    CLIP_TOLERANCE,
+    CropAnnotation,
+    check_boxes,
+    existing_file,
+    first_non_float32,
+    gaicd_image_path,
+    heat_map_path,
+    load_json,
+    read_crop_annotations,
+    read_fcdb_ground_truth,
+    read_flms_ground_truth,
+    read_human_boxes,
+    score_statistics,
+    unique_names,
+)
 from untils.gaic_augmentation import photometric_distort
 from untils.photos import to_rgb8
 from untils.preprocessing import gaic_resized_pixels, network_input, normalize_image, normalize_pixels
@@ -59,119 +71,7 @@ if TYPE_CHECKING:
     from config_GAICD import Config
 
 FLMS_MAX_CROPS = 10
-CLIP_TOLERANCE = 0.02  # crops may run this fraction of a side outside the image and get clipped
 GAICD_SPLITS = ("train", "test", "all")
-
-
-def load_json(path: str, what: str) -> Any:
-    """The JSON content of ``path``; an object that gives one key twice is an error (JSON keeps the last)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
-        if repeated:
-            raise DatasetError(f"{what} {path} gives {len(repeated)} key(s) twice: {', '.join(repeated[:10])}")
-        return dict(pairs)
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{what} {path} is not valid JSON: {error}") from error
-
-
-def unique_names(names: Sequence[str], where: str) -> list[str]:
-    """``names`` as a list; a name listed twice is an error (it would leak into both sides of a split)."""
-    names = list(names)
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    for name in names:
-        if name in seen:
-            repeated.add(name)
-        seen.add(name)
-    if repeated:
-        raise DatasetError(f"{where} lists {len(repeated)} image(s) twice: {', '.join(sorted(repeated)[:10])}")
-    return names
-
-
-def first_non_float32(values: np.ndarray) -> float | None:
-    """The first value that is NaN or infinite once stored as float32, the dtype the model and metrics
-    use (1e300 is finite in float64 but infinite in float32); None when every value is fine."""
-    with np.errstate(over="ignore"):
-        bad = ~np.isfinite(np.asarray(values, dtype=np.float64).astype(np.float32))
-    return float(np.asarray(values, dtype=np.float64)[bad][0]) if bad.any() else None
-
-
-@dataclass
-class CropAnnotation:
-    """Candidate crops (N, 4) in original pixels (float64) and their scores (N,)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-
-
-def read_crop_annotations(path: str, box_key: str, score_key: str) -> dict[str, CropAnnotation]:
-    """Read ``{name: {box_key: [[x1, y1, x2, y2], ...], score_key: [s, ...]}}``.
-
-    GAICD uses ``bbox``/``score``, CPC ``bboxes``/``scores``.
-    """
-    raw = load_json(path, "crop annotation file")
-    if not isinstance(raw, dict):
-        raise DatasetError(f"crop annotation file {path} must hold a JSON object {{name: ...}}")
-    annotations, problems = {}, []
-    for name, entry in raw.items():
-        if not isinstance(entry, dict) or box_key not in entry or score_key not in entry:
-            problems.append(f"{name}: expected keys '{box_key}' and '{score_key}'")
-            continue
-        try:
-            boxes = np.asarray(entry[box_key], dtype=np.float64).reshape(-1, 4)
-            scores = np.asarray(entry[score_key], dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            problems.append(f"{name}: '{box_key}' must be a list of [x1, y1, x2, y2] and '{score_key}' numbers")
-            continue
-        if len(boxes) == 0 or len(boxes) != len(scores):
-            problems.append(f"{name}: {len(boxes)} boxes but {len(scores)} scores")
-            continue
-        bad = [value for value in (first_non_float32(scores), first_non_float32(boxes)) if value is not None]
-        if bad:
-            problems.append(f"{name}: boxes and scores must be finite float32 numbers, found {bad[0]}")
-            continue
-        annotations[name] = CropAnnotation(boxes, scores)
-    if problems:
-        raise problems_error(f"crop annotation file {path}", problems)
-    return annotations
-
-
-def score_statistics(annotations: dict[str, CropAnnotation]) -> tuple[float, float]:
-    """Mean and (population) standard deviation of every score in the annotation file, as the release."""
-    scores = np.concatenate([entry.scores for entry in annotations.values()])
-    return float(np.mean(scores)), float(np.std(scores))
-
-
-def read_human_boxes(path: str) -> dict[str, np.ndarray]:
-    """Person boxes (4,) float64 by image name.
-
-    Accepts ``{name: [x1, y1, x2, y2]}`` (GAICD, FCDB, FLMS) and CPC's
-    ``{name: {"bbox": [...], "weight": W, "height": H}}``.
-    """
-    raw = load_json(path, "human box file")
-    if not isinstance(raw, dict):
-        raise DatasetError(f"human box file {path} must hold a JSON object {{name: box}}")
-    boxes, problems = {}, []
-    for name, entry in raw.items():
-        box = entry.get("bbox") if isinstance(entry, dict) else entry
-        try:
-            boxes[name] = np.asarray(box, dtype=np.float64).reshape(4)
-        except (TypeError, ValueError):
-            problems.append(f"{name}: expected [x1, y1, x2, y2], got {box!r}")
-            continue
-        if first_non_float32(boxes[name]) is not None:
-            problems.append(f"{name}: the person box {box!r} must hold finite float32 numbers")
-    if problems:
-        raise problems_error(f"human box file {path}", problems)
-    return boxes
 
 
 def _names_from_split(path: str, key: str, what: str) -> list[str]:
@@ -216,51 +116,6 @@ def flms_image_names(cfg: Config, only_human: bool) -> list[str]:
     if only_human:
         return list(read_human_boxes(cfg.FLMS_human))
     return list(load_json(cfg.FLMS_anno, "FLMS crop annotation file"))
-
-
-def gaicd_image_path(image_dir: str, name: str) -> str | None:
-    """Where a GAICD image is: flat ``images/`` or the download's ``images/train|test/``."""
-    for candidate in (
-        resolve_inside(image_dir, name),
-        resolve_inside(os.path.join(image_dir, "train"), name),
-        resolve_inside(os.path.join(image_dir, "test"), name),
-    ):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def heat_map_path(heat_map_dir: str, name: str) -> str:
-    return resolve_inside(heat_map_dir, os.path.splitext(name)[0] + ".png")
-
-
-def check_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, bool, str | None]:
-    """Validate boxes (N, 4) of a ``width`` x ``height`` image.
-
-    Returns ``(boxes, clipped, problem)``: boxes at most ``CLIP_TOLERANCE`` of a side
-    outside the image are clipped; an empty box or one further out is a problem.
-    """
-    x1, y1, x2, y2 = boxes.T
-    empty = (x2 <= x1) | (y2 <= y1)
-    if empty.any():
-        index = int(np.argmax(empty))
-        return boxes, False, f"box {index} {boxes[index].tolist()} has x2 <= x1 or y2 <= y1"
-    slack_w, slack_h = CLIP_TOLERANCE * width, CLIP_TOLERANCE * height
-    far = (x1 < -slack_w) | (y1 < -slack_h) | (x2 > width + slack_w) | (y2 > height + slack_h)
-    if far.any():
-        index = int(np.argmax(far))
-        return (
-            boxes,
-            False,
-            (
-                f"box {index} {boxes[index].tolist()} lies more than {CLIP_TOLERANCE:.0%} "
-                f"outside the {width}x{height} image"
-            ),
-        )
-    outside = (x1 < 0) | (y1 < 0) | (x2 > width) | (y2 > height)
-    if outside.any():
-        return clip_boxes(boxes, width, height), True, None
-    return boxes, False, None
 
 
 class CroppingDataset(Dataset):
@@ -661,16 +516,7 @@ class FCDBDataset(AnchorEvalDataset):
     title = "FCDB"
 
     def __init__(self, cfg: Config, only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
-        raw = load_json(cfg.FCDB_anno, "FCDB crop annotation file")
-        gt_crops = {}
-        for name, xywh in raw.items():
-            try:
-                x, y, w, h = np.asarray(xywh, dtype=np.float64).reshape(4)
-            except (TypeError, ValueError) as error:
-                raise DatasetError(
-                    f"FCDB crop annotation file {cfg.FCDB_anno}: {name} must be [x, y, w, h], got {xywh!r}"
-                ) from error
-            gt_crops[name] = np.array([[x, y, x + w, y + h]])
+        gt_crops = read_fcdb_ground_truth(cfg.FCDB_anno)
         super().__init__(
             cfg,
             fcdb_image_names(cfg, only_human_images),
@@ -691,16 +537,7 @@ class FLMSDataset(AnchorEvalDataset):
     title = "FLMS"
 
     def __init__(self, cfg: Config, only_human_images: bool = True, keep_aspect_ratio: bool = False) -> None:
-        raw = load_json(cfg.FLMS_anno, "FLMS crop annotation file")
-        gt_crops = {}
-        for name, boxes in raw.items():
-            try:
-                gt_crops[name] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            except (TypeError, ValueError) as error:
-                raise DatasetError(
-                    f"FLMS crop annotation file {cfg.FLMS_anno}: {name} must be a list of "
-                    f"[x1, y1, x2, y2], got {boxes!r}"
-                ) from error
+        gt_crops = read_flms_ground_truth(cfg.FLMS_anno)
         super().__init__(
             cfg,
             flms_image_names(cfg, only_human_images),
@@ -759,7 +596,7 @@ def heat_map_sources(dataset_name: str, cfg: Config) -> HeatMapSources:
         human_file, image_path = cfg.GAIC_human, functools.partial(gaicd_image_path, cfg.GAIC_image)
     else:
         annotations = read_crop_annotations(cfg.CPC_anno, "bboxes", "scores")
-        human_file, image_path = cfg.CPC_human, functools.partial(_existing_file, cfg.CPC_image)
+        human_file, image_path = cfg.CPC_human, functools.partial(existing_file, cfg.CPC_image)
     return HeatMapSources(
         annotations,
         frozenset(read_human_boxes(human_file)),
@@ -767,8 +604,3 @@ def heat_map_sources(dataset_name: str, cfg: Config) -> HeatMapSources:
         score_statistics(annotations)[0],
         cfg.skip_missing,
     )
-
-
-def _existing_file(folder: str, name: str) -> str | None:
-    path = resolve_inside(folder, name)
-    return path if os.path.isfile(path) else None

@@ -4,9 +4,9 @@ included: ``pic_model`` builds on ``untils.crop_heads``, never on this module).
 
 The first two share one backbone builder (:func:`untils.backbones.build_backbone`, three feature
 scales); all three share one RoI/RoD head (``untils.crop_heads``: :class:`CropOutput`, the calling
-convention, and :class:`CropAlignFeatures`). Parameter names
-and shapes of :class:`HumanCentricCroppingModel` are those of the official release, so its
-checkpoints load with ``strict=True``. Differences from the release, each a bug fix that leaves its
+convention; ``rod_align.CropAlignFeatures``, the RoI + RoD features). Parameter names and shapes
+of :class:`HumanCentricCroppingModel` are those of the official release, so its checkpoints load
+with ``strict=True``. Differences from the release, each a bug fix that leaves its
 numbers as they are:
 
 * whether an image contains a person is decided per image, not from the first image of the batch;
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD, Config
 from pic_model import PICModel, PICOfficialModel, build_official_model, is_official_pic_state_dict, official_pic_options
+from rod_align import CropAlignFeatures
 from roi_align import RoIAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
 from untils.boxes import FEATURE_STRIDE, HEAT_MAP_SIZE, crop_mask_factors, partition_masks
@@ -51,10 +52,11 @@ from untils.checkpoint import (
     load_model_weights,
     read_checkpoint,
     release_state_dict,
+    with_batch_counters,
 )
+from untils.content_preserve import ContentPreserveModule
 from untils.crop_heads import (
     ALIGN_SIZE,
-    CropAlignFeatures,
     CropOutput,
     GAICScorer,
     boxes_with_batch_index,
@@ -65,14 +67,14 @@ from untils.crop_heads import (
     resize_to,
 )
 from untils.preprocessing import CHANNEL_ORDERS, GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
+from untils.score_losses import (
+    listwise_view_ranking_loss,
+    score_rank_loss,
+    score_regression_loss,
+    score_weighted_regression_loss,
+)
 
 CONTENT_FEAT_DIM = 256
-# Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
-# and FLMS score 1,745 anchors per image).
-CROP_CHUNK = 512
-# On the CPU, crops whose first-layer maps (60x60x64 floats each, ~0.9 MB) are built and pooled
-# together: a sub-chunk stays in the cache between the two passes over it.
-CPU_FIRST_LAYER_CHUNK = 8
 
 # ----------------------------------------------------------------------------------------------
 # Human-centric model
@@ -130,111 +132,6 @@ class PartitionAwareModule(nn.Module):
             human_mask = partition_mask[:, 4:5]
             fused = p_feat[:, 0] * human_mask + p_feat[:, 1] * (1 - human_mask)
         return x + fused, p_mean
-
-
-class GraphReasoningModule(nn.Module):
-    """Graph reasoning over feature-map positions: cosine-similarity softmax, then a projection."""
-
-    def __init__(self, in_dim: int, inter_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.phi = nn.Linear(in_dim, inter_dim, bias=False)
-        self.theta = nn.Linear(in_dim, inter_dim, bias=False)
-        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
-        nn.init.xavier_uniform_(self.weight)
-
-    def forward(self, feat_map: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = feat_map.shape
-        nodes = feat_map.flatten(2).transpose(1, 2)  # (B, HW, C)
-        phi, theta = self.phi(nodes), self.theta(nodes)
-        product = phi @ theta.transpose(1, 2)
-        norms = phi.norm(dim=-1, keepdim=True) @ theta.norm(dim=-1, keepdim=True).transpose(1, 2)
-        similarity = torch.softmax(product / norms.clamp_min(1e-12), dim=-1)
-        out = (similarity @ nodes) @ self.weight  # (B, HW, out_dim)
-        return F.relu(out.transpose(1, 2).reshape(batch, -1, height, width))
-
-
-class ContentPreserveModule(nn.Module):
-    """Predicts a heat map of content a good crop keeps, and a feature of each crop's mask on it."""
-
-    def __init__(self, in_dim: int, inter_dim: int, out_dim: int, mode: str = "gcn") -> None:
-        super().__init__()
-        self.relation_encoder: nn.Module
-        if mode == "conv":
-            self.relation_encoder = nn.Sequential(
-                nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1),
-                nn.ReLU(True),
-                nn.Conv2d(in_dim, inter_dim, kernel_size=1),
-            )
-        elif mode == "gcn":
-            self.relation_encoder = GraphReasoningModule(in_dim, in_dim, inter_dim)
-        else:
-            raise ValueError(f"content_preserve_type={mode!r}; expected 'gcn' or 'conv'")
-        self.preserve_predict = nn.Sequential(
-            nn.Upsample(size=(HEAT_MAP_SIZE, HEAT_MAP_SIZE), mode="bilinear", align_corners=True),
-            nn.Conv2d(inter_dim, inter_dim, kernel_size=3, padding=1),
-            nn.ReLU(True),
-            nn.Conv2d(inter_dim, 1, kernel_size=1),
-            nn.Sigmoid(),
-        )
-        # No non-linearity between these layers, as in the release (parameter indices match it).
-        self.content_feat_layer = nn.Sequential(
-            nn.Conv2d(2, 64, kernel_size=5),
-            nn.MaxPool2d(kernel_size=2),
-            nn.Conv2d(64, 32, kernel_size=5),
-            nn.MaxPool2d(kernel_size=2),
-            nn.Flatten(1),
-            nn.Linear(32 * 13 * 13, out_dim),
-        )
-
-    def predict_heat_map(self, feat_map: torch.Tensor) -> torch.Tensor:
-        return self.preserve_predict(self.relation_encoder(feat_map))
-
-    def crop_features_reference(
-        self, heat_map: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor
-    ) -> torch.Tensor:
-        """The plain formulation (the release's): ``content_feat_layer`` on [its image's heat map, its
-        crop mask] for each crop; ``masks`` (K, 64, 64), ``image_index`` (K,). :meth:`crop_features`
-        computes the same for box masks, faster."""
-        inputs = torch.cat([heat_map.index_select(0, image_index), masks.unsqueeze(1).to(heat_map.dtype)], dim=1)
-        return self.content_feat_layer(inputs)
-
-    def crop_features(
-        self, heat_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, image_index: torch.Tensor
-    ) -> torch.Tensor:
-        """Content feature (K, out_dim) of crops whose masks are ``outer(rows[k], columns[k])``.
-
-        Equal to :meth:`crop_features_reference`. The first convolution is linear, so it splits into a
-        heat-map half (with the bias), run once per image, and a mask half which, for a box mask, is
-        ``sum_j columns[x+j] * (sum_i rows[y+i] W[o,i,j])``: separable, no per-crop convolution. Only
-        the pooling, the second convolution and the linear layer see each crop. First-layer maps are
-        kept channels-last (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK``
-        at a time, and on the CPU ``CPU_FIRST_LAYER_CHUNK`` at a time through the cache.
-        """
-        first, pool = cast(nn.Conv2d, self.content_feat_layer[0]), self.content_feat_layer[1]
-        heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
-        count = image_index.shape[0]
-        if count == 0:
-            return heat_term.new_zeros(0, cast(nn.Linear, self.content_feat_layer[-1]).out_features)
-        kernel = first.weight[:, 1].to(heat_term.dtype)  # (C, s, s)
-        size, height, width = kernel.shape[-1], heat_term.shape[1], heat_term.shape[2]
-        step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
-        features = []
-        for start in range(0, count, CROP_CHUNK):
-            stop = min(start + CROP_CHUNK, count)
-            row_windows = rows[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, h, s): rows[y + i]
-            column_windows = columns[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, w, s): columns[x + j]
-            crops = stop - start
-            row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, -1)
-            columns_per_row = column_windows.unsqueeze(1).expand(crops, height, width, size).reshape(-1, width, size)
-            pooled = []
-            for begin in range(0, crops, step):
-                end = min(begin + step, crops)
-                maps = heat_term.index_select(0, image_index[start + begin : start + end])  # (k, h, w, C), fresh
-                rows_of_crops = slice(begin * height, end * height)
-                maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
-                pooled.append(pool(maps.permute(0, 3, 1, 2)))
-            features.append(self.content_feat_layer[2:](torch.cat(pooled)))
-        return torch.cat(features)
 
 
 class HumanCentricCroppingModel(nn.Module):
@@ -369,7 +266,7 @@ class GAICModel(GAICScorer):
         if cfg is None:
             from config_GAICD import cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
+        super().__init__(cfg, pretrained, CropAlignFeatures)
         self.cfg = cfg
 
     @property
@@ -490,20 +387,6 @@ def official_gaic_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GAI
     )
     load_model_weights(model, {"model": with_batch_counters(model, state)})
     return model.eval()
-
-
-def with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``:
-    files saved by PyTorch 0.4.0 and earlier (GAIC's release) have none. The counter only steps
-    a cumulative running average, which these models never use, so scores are unchanged."""
-    counters = {
-        name: buffer
-        for name, buffer in model.state_dict().items()
-        if name.endswith(".num_batches_tracked")
-        and name not in state
-        and name.replace(".num_batches_tracked", ".running_mean") in state
-    }
-    return {**state, **counters}
 
 
 def build_crop_model(cfg, model_type: str = "HCIC", loadweights: bool | None = None) -> nn.Module:
@@ -647,57 +530,6 @@ def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted:
     model = build_crop_model(cfg, model_type, loadweights=False)
     load_model_weights(model, content)
     return model
-
-
-def _flat_pair(pre_score: torch.Tensor, gt_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    pre, gt = pre_score.reshape(-1), gt_score.reshape(-1).to(pre_score.dtype)
-    if pre.shape != gt.shape:
-        raise ValueError(f"predicted scores {tuple(pre_score.shape)} and ground truth {tuple(gt_score.shape)} differ")
-    return pre, gt
-
-
-def score_regression_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) -> torch.Tensor:
-    """Smooth-L1 regression of the scores, averaged over crops."""
-    pre, gt = _flat_pair(pre_score, gt_score)
-    return F.smooth_l1_loss(pre, gt, reduction="mean")
-
-
-def score_weighted_regression_loss(
-    pre_score: torch.Tensor, gt_score: torch.Tensor, score_mean: float = MOS_MEAN
-) -> torch.Tensor:
-    """Smooth-L1 regression weighted by exp(max(score - mean, 0)): good crops count more."""
-    pre, gt = _flat_pair(pre_score, gt_score)
-    weight = torch.exp((gt - score_mean).clamp(min=0, max=100))
-    return torch.mean(weight * F.smooth_l1_loss(pre, gt, reduction="none"))
-
-
-def score_rank_loss(pre_score: torch.Tensor, gt_score: torch.Tensor, weighting: str = "sign") -> torch.Tensor:
-    """Pairwise rank loss: sum over pairs of max(0, -w(g_i - g_j) * ((p_i - p_j) - (g_i - g_j))) / pairs.
-
-    ``w`` is ``sin`` (what the human-centric release computes) or ``sign`` (a variant).
-    """
-    pre, gt = _flat_pair(pre_score, gt_score)
-    count = pre.shape[0]
-    if count < 2:
-        return pre.sum() * 0
-    pre_diff = pre[:, None] - pre[None, :]
-    gt_diff = gt[:, None] - gt[None, :]
-    if weighting == "sign":
-        direction = torch.sign(gt_diff)
-    elif weighting == "sin":
-        direction = torch.sin(gt_diff)
-    else:
-        raise ValueError(f"rank loss weighting {weighting!r}; expected 'sign' or 'sin'")
-    violation = torch.clamp(-direction * (pre_diff - gt_diff), min=0)
-    return violation.sum() / (count * (count - 1) / 2)
-
-
-def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between softmax(predictions) and softmax(dense rank of the ground truth)."""
-    pre, gt = _flat_pair(pre_score, gt_score)
-    _, dense_rank = torch.unique(gt, sorted=True, return_inverse=True)
-    target = torch.softmax(dense_rank.to(pre.dtype) + 1, dim=-1)
-    return -(torch.log_softmax(pre, dim=-1) * target).sum()
 
 
 def crop_score_loss(

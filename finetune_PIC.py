@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
-from pic_dataset import PICImageDataset, load_pic_data, load_release_layout, split_user_images
+from pic_dataset import PICImageDataset, load_pic_data, split_user_images
 from pic_model import (
     PICModel,
     PICOfficialModel,
@@ -68,6 +68,7 @@ from untils.pic_features import (
     user_scores,
 )
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
+from untils.pic_release_layout import load_release_layout
 from untils.runtime import resolve_device, seed_everything
 from untils.training import summary_writer
 

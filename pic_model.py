@@ -16,12 +16,12 @@ import torch.nn as nn
 
 import config_PIC
 from pic_dataset import PICData, PICImageDataset, best_crop_indices
+from rod_align import CropAlignFeatures
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.boxes import FEATURE_STRIDE
 from untils.checkpoint import CheckpointError, release_state_dict
 from untils.crop_heads import (
     ALIGN_SIZE,
-    CropAlignFeatures,
     CropOutput,
     GAICScorer,
     boxes_with_batch_index,
@@ -309,7 +309,7 @@ class PICModel(GAICScorer):
     def __init__(self, cfg=None, loadweights: bool | None = None) -> None:
         cfg = config_PIC.cfg if cfg is None else cfg
         pretrained = cfg.pretrained if loadweights is None else loadweights
-        super().__init__(cfg.backbone, cfg.reduced_dim, cfg.use_rod_feature, pretrained, cfg.backbone_weight_path)
+        super().__init__(cfg, pretrained, CropAlignFeatures)
         self.cfg = cfg
         align_dim = cfg.reduced_dim * (2 if cfg.use_rod_feature else 1)
         self.subjective_branch = SubjectiveBranch(align_dim, cfg.subjective_dim)

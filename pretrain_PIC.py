@@ -9,7 +9,7 @@ release: GAIC's preprocessing and augmentation, `official_crops_per_step` (64) r
 image, smooth-L1 against (MOS - 2.95) / 0.8) or the training users' mean score of each crop of the
 images in ``PIC_release`` (``PIC``, for data without GAICD). Each step adds to that loss the
 cross-entropy of `official_user_images_per_step` (4) augmented 256x256 images of
-``PIC_release/pretrain/<user>/`` classified by their user (pic_dataset.ReleaseData), one Adam step
+``PIC_release/pretrain/<user>/`` classified by their user (untils.pic_release_layout.ReleaseData), one Adam step
 at `lr` (1e-4); an epoch is one pass over the objective images; after `max_epoch` epochs it writes
 checkpoints/pretrain.pth (the release keeps every epoch and selects none). The rest of this text
 is our variant (``--variant embedding``, ``pic_model.py``):
@@ -47,7 +47,7 @@ import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD
 from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import crop_score_loss
-from pic_dataset import PICData, PICImageDataset, config_path, load_pic_data, load_release_layout, rated_average
+from pic_dataset import PICData, PICImageDataset, config_path, load_pic_data
 from pic_model import PICModel, build_official_model
 from untils.batching import (
     NamedSubset,
@@ -66,6 +66,7 @@ from untils.experiment import build_parser, launch
 from untils.inference import move_batch
 from untils.pic_format import pic_user_image
 from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
+from untils.pic_release_layout import load_release_layout, rated_average
 from untils.preprocessing import GAIC_SHORT_SIDE, IMAGE_NET_MEAN, IMAGE_NET_STD
 from untils.runtime import seed_everything
 from untils.training import (

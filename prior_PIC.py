@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
-from pic_dataset import PICImageDataset, load_pic_data, load_release_layout
+from pic_dataset import PICImageDataset, load_pic_data
 from pic_model import PICModel, PICOfficialModel, PreferenceModule, is_official_pic_state_dict, user_images
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
@@ -52,6 +52,7 @@ from untils.pic_features import (
     user_scores,
 )
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
+from untils.pic_release_layout import load_release_layout
 from untils.runtime import resolve_device, seed_everything
 from untils.training import held_out_images, summary_writer
 

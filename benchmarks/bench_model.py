@@ -41,114 +41,40 @@ machine, repeat the run.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import functools
 import multiprocessing
 import os
-import platform
-import resource
 import statistics
 import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model_epoch import GAICD_TRAIN_IMAGES, epoch_section  # noqa: E402
+from model_timing import (  # noqa: E402
+    DTYPES,
+    Setting,
+    build_model,
+    machine_description,
+    make_batch,
+    resident_bytes,
+    synchronize,
+    time_calls,
+)
+
 import rod_align  # noqa: E402
 import roi_align  # noqa: E402
-from config_GAICD import Config  # noqa: E402
-from cropping_model import HumanCentricCroppingModel, crop_score_loss, crop_training_loss  # noqa: E402
+from cropping_model import HumanCentricCroppingModel, crop_score_loss  # noqa: E402
 from untils.atomic import write_json_atomic  # noqa: E402
-from untils.boxes import HEAT_MAP_SIZE, crop_mask_factors, crop_masks, partition_masks  # noqa: E402
-from untils.candidates import gaic_grid_candidates  # noqa: E402
+from untils.boxes import crop_mask_factors, crop_masks  # noqa: E402
 from untils.inference import run_model  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PERSON_BOX = (120.0, 40.0, 230.0, 250.0)  # in the 352x256 input
-GAICD_TRAIN_IMAGES = 1036
-
-
-@dataclass(frozen=True)
-class Setting:
-    device: torch.device
-    dtype: torch.dtype
-    channels_last: bool
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return None if self.dtype == torch.float32 else self.dtype
-
-    @property
-    def label(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "")
-        return f"{self.device.type} {dtype} {'channels-last' if self.channels_last else 'contiguous'}"
-
-
-def build_model(backbone: str, setting: Setting) -> HumanCentricCroppingModel:
-    torch.manual_seed(0)
-    model = HumanCentricCroppingModel(Config(backbone=backbone, pretrained=False), loadweights=False)
-    model = model.to(setting.device)
-    if setting.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def make_batch(images: int, height: int, width: int, device: torch.device, crops: int | None = None) -> dict:
-    """``images`` random images with the GAIC grid (or its first ``crops``) and one person each."""
-    boxes = gaic_grid_candidates(width, height)[:crops]
-    generator = torch.Generator().manual_seed(images)
-    human_box = torch.tensor(PERSON_BOX).view(1, 1, 4).repeat(images, 1, 1)
-    batch = {
-        "image": torch.randn(images, 3, height, width, generator=generator),
-        "crop_box": boxes.unsqueeze(0).repeat(images, 1, 1),
-        "human_box": human_box,
-        "partition_mask": partition_masks(human_box, width, height),
-        "crop_valid": torch.ones(images, len(boxes), dtype=torch.bool),
-    }
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(call: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones (CUDA events on CUDA)."""
-    for _ in range(warmup):
-        call()
-    synchronize(device)
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1000.0)
-        else:
-            begin = time.perf_counter()
-            call()
-            seconds.append(time.perf_counter() - begin)
-    return seconds
-
-
-def precision(setting: Setting):
-    if setting.autocast_dtype is None:
-        return torch.autocast(setting.device.type, enabled=False)
-    return torch.autocast(setting.device.type, dtype=setting.autocast_dtype)
 
 
 @torch.no_grad()
@@ -273,22 +199,6 @@ def training_stats(
     return {"step": statistics.median(seconds), "peak": resident_bytes(setting.device), "built": built}
 
 
-def resident_bytes(device: torch.device) -> float:
-    """Peak memory so far: CUDA's allocated bytes, or this process's peak resident set size.
-
-    On Linux the peak RSS is VmHWM: getrusage's ru_maxrss would carry the parent's peak into a
-    spawned child (it survives fork and exec).
-    """
-    if device.type == "cuda":
-        return float(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as stream:
-            line = next(line for line in stream if line.startswith("VmHWM:"))
-        return float(line.split()[1]) * 1024.0  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux, bytes on macOS
-
-
 def _training_stats_in_fresh_process(arguments: tuple) -> dict[str, float]:
     backbone, device, dtype, channels_last, threads, views, height, width, repeats, warmup = arguments
     torch.set_num_threads(threads)
@@ -394,131 +304,6 @@ def compile_comparison(
         rates[name] = 1.0 / statistics.median(seconds)
     rates["compile_seconds"] = compile_seconds
     return rates
-
-
-class InMemoryGAICD(Dataset):
-    """``count`` GAICD-shaped training items made in memory: a random ``height`` x ``width`` image
-    with its GAIC-grid crops and their scores, a person and a pseudo heat map (the training set's
-    interface: ``names``, ``score_mean``, ``resized_size_of``). Decoding and resizing JPEGs is left
-    out; the DataLoader's workers do that off the training step's critical path."""
-
-    def __init__(self, count: int, height: int, width: int) -> None:
-        self.names = [f"in_memory_{index:04d}.jpg" for index in range(count)]
-        self.score_mean = 3.0
-        self.size = (width, height)
-        self.crop_box = gaic_grid_candidates(width, height)
-        self.human_box = torch.tensor([PERSON_BOX]) * torch.tensor([width / 352, height / 256] * 2)
-        self.partition_mask = partition_masks(self.human_box, width, height)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def resized_size_of(self, index: int) -> tuple[int, int]:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        generator = torch.Generator().manual_seed(index)
-        width, height = self.size
-        return {
-            "image": torch.randn(3, height, width, generator=generator),
-            "crop_box": self.crop_box,
-            "human_box": self.human_box,
-            "has_human": True,
-            "partition_mask": self.partition_mask,
-            "width": width,
-            "height": height,
-            "name": self.names[index],
-            "flipped": False,
-            "score": 1 + 4 * torch.rand(len(self.crop_box), generator=generator),
-            "heat_map": torch.rand(1, HEAT_MAP_SIZE, HEAT_MAP_SIZE, generator=generator),
-            "has_heat_map": True,
-        }
-
-
-def timed_epoch(trainer, images: int, height: int, width: int) -> float:
-    """Seconds of one ``train_epoch`` of the trainer over ``images`` in-memory images."""
-    trainer.train_set = InMemoryGAICD(images, height, width)
-    synchronize(trainer.device)
-    begin = time.perf_counter()
-    trainer.train_epoch()
-    synchronize(trainer.device)
-    return time.perf_counter() - begin
-
-
-def synchronising_lines(trainer, height: int, width: int) -> dict[str, int]:
-    """Host-device synchronisations of a one-image training epoch (one step) on CUDA, counted by the
-    Python line that caused each (``torch.cuda.set_sync_debug_mode("warn")``)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            timed_epoch(trainer, 1, height, width)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    root = Path(__file__).resolve().parent.parent
-    lines = collections.Counter(
-        f"{os.path.relpath(warning.filename, root)}:{warning.lineno}"
-        for warning in caught
-        if "synchronizing CUDA operation" in str(warning.message)
-    )
-    return dict(lines.most_common())
-
-
-def training_epoch(backbone: str, setting: Setting, args: argparse.Namespace) -> dict:
-    """One training epoch of the paper's recipe through ``GAICDTrainer.train_epoch``, after two
-    warm-up epochs of ``--epoch-warmup`` images; fewer images than ``--epoch-images`` when the
-    second warm-up predicts more than ``--epoch-budget-s`` seconds (the result is then extrapolated)."""
-    from train_on_GAICD import GAICDTrainer  # the training scripts import far more than the rest needs
-
-    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[setting.dtype]
-    with tempfile.TemporaryDirectory() as exp_path:
-        cfg = Config(
-            backbone=backbone,
-            pretrained=False,
-            device=str(setting.device),
-            precision=precision,
-            channels_last=setting.channels_last,
-            num_workers=args.epoch_workers,
-            view_per_image=args.views,
-            exp_root=exp_path,
-        )
-        torch.manual_seed(0)
-        model = HumanCentricCroppingModel(cfg, loadweights=False)
-        train_set = InMemoryGAICD(args.epoch_warmup, args.height, args.width)
-        loss_fn = functools.partial(crop_training_loss, cfg=cfg, score_mean=train_set.score_mean)
-        trainer = GAICDTrainer(cfg, exp_path, setting.device, model, train_set, None, loss_fn, progress=False)
-        timed_epoch(trainer, args.epoch_warmup, args.height, args.width)  # first calls: kernels, allocator
-        warmup_seconds = timed_epoch(trainer, args.epoch_warmup, args.height, args.width)
-        images = args.epoch_images
-        if args.epoch_budget_s is not None:
-            images = max(1, min(images, int(args.epoch_budget_s * args.epoch_warmup / warmup_seconds)))
-        if setting.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(setting.device)
-        seconds = timed_epoch(trainer, images, args.height, args.width)
-        peak_memory = resident_bytes(setting.device)
-        syncs = synchronising_lines(trainer, args.height, args.width) if setting.device.type == "cuda" else None
-        trainer.writer.close()
-    return {
-        "images": images,
-        "seconds": seconds,
-        "warmup_images": args.epoch_warmup,
-        "warmup_seconds": warmup_seconds,
-        "gaicd_epoch_seconds": seconds * GAICD_TRAIN_IMAGES / images,
-        "peak_memory_mb": peak_memory / 2**20,
-        "syncs_per_step": syncs,
-    }
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            model_name = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model_name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
 
 
 def resolve(args: argparse.Namespace) -> tuple[torch.device, list[Setting]]:
@@ -719,48 +504,6 @@ def compile_section(args: argparse.Namespace, device: torch.device) -> list[dict
             flush=True,
         )
         rows.append({"backbone": backbone, "backend": args.compile_backend, **result})
-    return rows
-
-
-def epoch_section(args: argparse.Namespace, settings: list[Setting]) -> list[dict]:
-    budget = "" if args.epoch_budget_s is None else f", at most about {args.epoch_budget_s:.0f} s timed per setting"
-    print(
-        f"\nOne training epoch through GAICDTrainer.train_epoch: batch 1, {args.views} views, "
-        f"DataLoader workers: {args.epoch_workers}, in-memory {args.width}x{args.height} images; after two "
-        f"{args.epoch_warmup}-image warm-up epochs{budget}.\n"
-    )
-    print("| backbone | setting | images timed | seconds | GAICD epoch, 1,036 images (s) | peak memory (MB) |")
-    print("|---|---|---|---|---|---|")
-    rows, sync_notes = [], []
-    for backbone in args.backbones:
-        for setting in settings:
-            result = training_epoch(backbone, setting, args)
-            if result["syncs_per_step"] is not None:
-                sites = ", ".join(f"{line} x{count}" for line, count in result["syncs_per_step"].items())
-                sync_notes.append(
-                    f"- {backbone}, {setting.label}: {sum(result['syncs_per_step'].values())} ({sites or 'none'})"
-                )
-            extrapolated = " (extrapolated)" if result["images"] != GAICD_TRAIN_IMAGES else ""
-            memory = "RSS " if setting.device.type == "cpu" else ""
-            print(
-                f"| {backbone} | {setting.label} | {result['images']} | {result['seconds']:.2f} | "
-                f"{result['gaicd_epoch_seconds']:.1f}{extrapolated} | {memory}{result['peak_memory_mb']:.0f} |",
-                flush=True,
-            )
-            rows.append(
-                {
-                    "backbone": backbone,
-                    "setting": setting.label,
-                    "dtype": str(setting.dtype).replace("torch.", ""),
-                    **result,
-                }
-            )
-    if sync_notes:
-        print(
-            "\nHost-device synchronisations in one training step (torch.cuda.set_sync_debug_mode), by the "
-            "line that caused them:\n"
-        )
-        print("\n".join(sync_notes))
     return rows
 
 

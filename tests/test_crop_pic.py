@@ -192,6 +192,23 @@ def _release_scores(model, rgb, personal, bgr=False):
     return scores
 
 
+def _crop_report(photo, checkpoint, out, top_k, options):
+    """The JSON report of crop.py on ``photo`` (no workers, the ``top_k`` best crops written), which must succeed."""
+    common = ["--workers", "0", "--top-k", str(top_k)]
+    assert crop.main([str(photo), "--checkpoint", str(checkpoint), "--out", str(out), *common, *options]) == 0
+    return json.loads((out / f"{photo.stem}.json").read_text())
+
+
+def _assert_release_scores(report, model, photo, personal, bgr):
+    """The report ranks the 24 fixed views once each, with the release's scores (:func:`_release_scores`)."""
+    views = fixed_views(480, 320)
+    ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
+    assert len(report["results"][0]["ranked"]) == len(ranked) == 24 and set(ranked) == {tuple(view) for view in views}
+    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), personal, bgr=bgr)
+    written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)  # in fixed-view order
+    assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 def test_fixed_views_are_the_hand_computed_ones():
     views = fixed_views(480, 320)  # 95% of 480x320 is 456x304: 24 and 16 pixels to spare
     assert len(views) == 24
@@ -207,25 +224,8 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
     model = _official_checkpoint(tmp_path / "model.pth", stage, user)
     photo = _photo(tmp_path / "photo.png")
     out = tmp_path / "out"
-    assert (
-        crop.main(
-            [
-                str(photo),
-                "--checkpoint",
-                str(tmp_path / "model.pth"),
-                "--out",
-                str(out),
-                "--workers",
-                "0",
-                "--top-k",
-                "2",
-            ]
-            + (["--user", user] if user else [])
-        )
-        == 0
-    )
+    report = _crop_report(photo, tmp_path / "model.pth", out, 2, ["--user", user] if user else [])
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    report = json.loads((out / "photo.json").read_text())
     assert report["results"][0]["candidates"].startswith("PIC fixed views: the 24 crops")
     assert report["model"]["user"] == user and report["model"]["image_size"] == [256, 256]
     scored_as = report["model"]["scored_as"]
@@ -237,13 +237,8 @@ def test_official_checkpoints_score_the_fixed_views_as_the_release(tmp_path, cap
     else:
         assert "offset from this photo's user logits" in scored_as and "without --user" in notes[0]
 
-    views = fixed_views(480, 320)
-    ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
-    assert len(report["results"][0]["ranked"]) == len(ranked) == 24 and set(ranked) == {tuple(view) for view in views}
-    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), personal, bgr=stage is None)
     assert report["model"]["channel_order"] == ("bgr" if stage is None else "rgb")
-    written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)  # in fixed-view order
-    assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
+    _assert_release_scores(report, model, photo, personal, bgr=stage is None)
     scores = [entry["score"] for entry in report["results"][0]["ranked"]]
     assert scores == sorted(scores, reverse=True)
     best = report["results"][0]["crops"][0]
@@ -294,32 +289,10 @@ def test_a_fine_tuned_release_file_crops_without_user(tmp_path, capsys, order):
     model: crop.py ranks with its offsets, on BGR photos unless --channel-order says otherwise."""
     model = _official_checkpoint(tmp_path / "model.pth", None, position_head="conv1d")
     photo = _photo(tmp_path / "photo.png")
-    out = tmp_path / "out"
     options = ["--channel-order", order] if order else []
-    assert (
-        crop.main(
-            [
-                str(photo),
-                "--checkpoint",
-                str(tmp_path / "model.pth"),
-                "--out",
-                str(out),
-                "--workers",
-                "0",
-                "--top-k",
-                "1",
-            ]
-            + options
-        )
-        == 0
-    )
-    report = json.loads((out / "photo.json").read_text())
+    report = _crop_report(photo, tmp_path / "model.pth", tmp_path / "out", 1, options)
     assert report["model"]["channel_order"] == (order or "bgr") and report["model"]["user"] is None
-    views = fixed_views(480, 320)
-    ranked = {tuple(entry["box"]): entry["score"] for entry in report["results"][0]["ranked"]}
-    expected = _release_scores(model, np.asarray(Image.open(photo).convert("RGB")), True, bgr=order != "rgb")
-    written = torch.tensor([ranked[tuple(view)] for view in views], dtype=torch.float64)
-    assert (written - expected).abs().max() <= 1e-4 * expected.abs().max()
+    _assert_release_scores(report, model, photo, True, bgr=order != "rgb")
 
 
 def test_channel_order_bgr_is_refused_for_other_models(tmp_path, capsys):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from cropping_dataset import gaicd_image_path, heat_map_path
 from tests.conftest import REPO_ROOT, build_gaicd_sample
+from untils.dataset_files import gaicd_image_path, heat_map_path
 from untils.safe_paths import UnsafeNameError
 
 

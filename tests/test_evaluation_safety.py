@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from config_GAICD import Config
-from cropping_dataset import read_crop_annotations, read_human_boxes
 from cropping_model import build_crop_model
 from tests.conftest import REPO_ROOT, require_shared
 from untils.checkpoint import config_to_dict, save_atomic
 from untils.dataset_errors import DatasetError
+from untils.dataset_files import read_crop_annotations, read_human_boxes
 from untils.metrics import gaicd_metrics
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # about 3.4e38: larger values are infinite in float32

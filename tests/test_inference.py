@@ -18,6 +18,7 @@ import cropping_model as cm
 from config_GAICD import Config
 from cropping_dataset import evaluation_dataset
 from tests.conftest import require_shared
+from untils import content_preserve
 from untils.batching import collate_crops, evaluation_loader
 from untils.boxes import crop_mask_factors, crop_masks, partition_masks
 from untils.candidates import gaic_grid_candidates
@@ -84,17 +85,17 @@ def test_box_masks_factor_the_rasterised_masks():
     assert rebuilt[-1].sum() == 0 and rebuilt[-2].sum() == 0  # padding, and a box empty on the grid
 
 
-@pytest.mark.parametrize("chunks", [(cm.CROP_CHUNK, cm.CPU_FIRST_LAYER_CHUNK), (5, 2)])
+@pytest.mark.parametrize("chunks", [(content_preserve.CROP_CHUNK, content_preserve.CPU_FIRST_LAYER_CHUNK), (5, 2)])
 @pytest.mark.parametrize("masks_as", ["boxes", "general"])
 def test_content_features_equal_the_original_formulation_in_float64(masks_as, chunks, monkeypatch):
     """19 crops (more than a CPU chunk, not a multiple of it) of two images, interleaved."""
-    monkeypatch.setattr(cm, "CROP_CHUNK", chunks[0])
-    monkeypatch.setattr(cm, "CPU_FIRST_LAYER_CHUNK", chunks[1])
+    monkeypatch.setattr(content_preserve, "CROP_CHUNK", chunks[0])
+    monkeypatch.setattr(content_preserve, "CPU_FIRST_LAYER_CHUNK", chunks[1])
     torch.manual_seed(0)
-    module = cm.ContentPreserveModule(32, 8, 256).double()
+    module = content_preserve.ContentPreserveModule(32, 8, 256).double()
     width, height = 160, 96
     boxes = awkward_boxes(width, height, 13, seed=2)
-    assert len(boxes) > cm.CPU_FIRST_LAYER_CHUNK and len(boxes) % cm.CPU_FIRST_LAYER_CHUNK
+    assert len(boxes) > content_preserve.CPU_FIRST_LAYER_CHUNK and len(boxes) % content_preserve.CPU_FIRST_LAYER_CHUNK
     heat_map = torch.rand(2, 1, 64, 64, dtype=torch.float64)
     image_index = torch.randint(0, 2, (len(boxes),), generator=torch.Generator().manual_seed(3))
     if masks_as == "boxes":  # the fast path
@@ -112,7 +113,7 @@ def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
     """Box edges on even and odd cells of the 64x64 grid, at and next to its sides, boxes thinner
     than the 5x5 kernel and as tall as the grid: the factored box path is the original's."""
     torch.manual_seed(0)
-    module = cm.ContentPreserveModule(32, 8, 256).double()
+    module = content_preserve.ContentPreserveModule(32, 8, 256).double()
     edges = [0, 1, 2, 3, 4, 5, 6, 9, 30, 31, 33, 56, 58, 59, 60, 61, 62, 63, 64]
     spans = [(low, high) for low in edges for high in edges if high > low]
     boxes = torch.tensor(
@@ -130,7 +131,7 @@ def test_box_content_features_for_edges_at_every_kind_of_offset_in_float64():
 def test_content_feature_gradients_equal_the_original_formulation_in_float64():
     """Training takes the box path: its gradients must be the original's too."""
     torch.manual_seed(0)
-    module = cm.ContentPreserveModule(32, 8, 256).double()
+    module = content_preserve.ContentPreserveModule(32, 8, 256).double()
     width, height = 128, 128
     boxes = awkward_boxes(width, height, 6, seed=4)
     image_index = torch.tensor([0, 1] * (len(boxes) // 2))
@@ -152,7 +153,7 @@ def test_content_feature_gradients_equal_the_original_formulation_in_float64():
 
 
 def test_content_features_of_no_crops():
-    module = cm.ContentPreserveModule(32, 8, 256)
+    module = content_preserve.ContentPreserveModule(32, 8, 256)
     rows, columns = crop_mask_factors(torch.zeros(0, 4), 64, 64)
     features = module.crop_features(torch.rand(1, 1, 64, 64), rows, columns, torch.zeros(0, dtype=torch.long))
     assert features.shape == (0, 256)

@@ -12,6 +12,13 @@ import cropping_model as cm
 from config_GAICD import Config
 from tests.conftest import require_shared
 from untils.boxes import crop_masks
+from untils.content_preserve import GraphReasoningModule
+from untils.score_losses import (
+    listwise_view_ranking_loss,
+    score_rank_loss,
+    score_regression_loss,
+    score_weighted_regression_loss,
+)
 
 
 def small_cfg(**overrides) -> Config:
@@ -177,7 +184,7 @@ def test_content_preserve_switches():
     assert _build().fc_layer.in_features == 512
     conv = _build(content_preserve_type="conv")
     assert isinstance(conv.content_preserve.relation_encoder, torch.nn.Sequential)
-    assert isinstance(_build().content_preserve.relation_encoder, cm.GraphReasoningModule)
+    assert isinstance(_build().content_preserve.relation_encoder, GraphReasoningModule)
     only = _build(only_content_preserve=True)
     assert only.roi_feat_layer is None and only.fc_layer.in_features == 256
     for model in (conv, only, _build(use_content_preserve=False)):
@@ -198,7 +205,7 @@ def test_reduced_dim_changes_widths():
 
 def test_graph_reasoning_matches_a_loop():
     torch.manual_seed(1)
-    module = cm.GraphReasoningModule(4, 4, 3).double()
+    module = GraphReasoningModule(4, 4, 3).double()
     feat = torch.randn(1, 4, 2, 3, dtype=torch.float64)
     nodes = [feat[0, :, i, j] for i in range(2) for j in range(3)]
     out = torch.zeros(3, 2, 3, dtype=torch.float64)
@@ -276,17 +283,17 @@ def test_missing_imagenet_weights_explain_the_fix(monkeypatch, tmp_path):
 def test_smooth_l1_and_weighted_regression():
     pred, gt = torch.tensor([1.0, 2.0]), torch.tensor([1.5, 4.0])
     # |d| = 0.5 -> 0.5 * 0.5^2 = 0.125;  |d| = 2 -> 2 - 0.5 = 1.5
-    assert cm.score_regression_loss(pred, gt).item() == pytest.approx((0.125 + 1.5) / 2)
-    weighted = cm.score_weighted_regression_loss(pred, gt, 2.95).item()
+    assert score_regression_loss(pred, gt).item() == pytest.approx((0.125 + 1.5) / 2)
+    weighted = score_weighted_regression_loss(pred, gt, 2.95).item()
     assert weighted == pytest.approx((0.125 * 1.0 + 1.5 * math.exp(4.0 - 2.95)) / 2, rel=1e-6)
 
 
 def test_rank_loss_hand_case():
     pred, gt = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])
     # every ordered pair violates: (0,1),(1,2) contribute 2 each way, (0,2) 4 each way -> 16 / 3 pairs
-    assert cm.score_rank_loss(pred, gt).item() == pytest.approx(16 / 3)
-    assert cm.score_rank_loss(gt, gt).item() == 0
-    sin_case = cm.score_rank_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), "sin").item()
+    assert score_rank_loss(pred, gt).item() == pytest.approx(16 / 3)
+    assert score_rank_loss(gt, gt).item() == 0
+    sin_case = score_rank_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), "sin").item()
     assert sin_case == pytest.approx(2 * math.sin(1.0) * 1.0 / 1)
 
 
@@ -296,7 +303,7 @@ def test_listwise_view_ranking_hand_case():
     target = [t / sum(target) for t in target]
     log_z = math.log(sum(math.exp(p) for p in (0.5, -1.0, 2.0)))
     expected = -sum(t * (p - log_z) for t, p in zip(target, (0.5, -1.0, 2.0), strict=True))
-    assert cm.listwise_view_ranking_loss(pred, gt).item() == pytest.approx(expected, rel=1e-6)
+    assert listwise_view_ranking_loss(pred, gt).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_crop_score_loss_ignores_padding_and_separates_images():
@@ -304,5 +311,5 @@ def test_crop_score_loss_ignores_padding_and_separates_images():
     gt = torch.tensor([[3.0, 2.0, 1.0], [1.0, 0.0, float("nan")]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
     loss = cm.crop_score_loss(pred, gt, ["RankLoss"], valid).item()
-    second = cm.score_rank_loss(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])).item()
+    second = score_rank_loss(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])).item()
     assert loss == pytest.approx((16 / 3 + second) / 2)

@@ -23,13 +23,14 @@ import prior_PIC
 from convert_PIC_data import release_to_json
 from cropping_dataset import DatasetError
 from cropping_model import load_crop_model, official_pic_from_state_dict
-from pic_dataset import load_pic_data, load_release_layout
+from pic_dataset import load_pic_data
 from pic_model import PICOfficialModel, is_official_pic_state_dict
 from tests.conftest import require_shared
 from tests.test_gaic_official import release_weights
 from untils.checkpoint import CheckpointError, read_checkpoint
 from untils.pic_format import pic_crop_image, pic_user_image
 from untils.pic_recipe import evaluate_images, fidelity_rank_loss, rated_images
+from untils.pic_release_layout import load_release_layout
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from config_GAICD import Config
-from cropping_dataset import heat_map_sources, read_crop_annotations, score_statistics
+from cropping_dataset import heat_map_sources
 from generate_pseudo_heatmap import main
 from tests.conftest import require_shared
+from untils.dataset_files import read_crop_annotations, score_statistics
 from untils.pseudo_heatmaps import crop_heat_map, generate_heatmaps
 
 REAL_IMAGE = "297406.jpg"  # human-centric, 1024x744, 90 crops

@@ -17,11 +17,12 @@ from PIL import Image
 import config_CPC
 import config_GAICD
 from cropping_dataset import FCDBDataset, FLMSDataset
-from cropping_model import HumanCentricCroppingModel, crop_score_loss, score_rank_loss, score_regression_loss
+from cropping_model import HumanCentricCroppingModel, crop_score_loss
 from tests.conftest import require_shared
 from untils.boxes import partition_masks, rescale_boxes, resized_size
 from untils.evaluation import pooled_anchor_metrics
 from untils.metrics import compute_iou_and_disp
+from untils.score_losses import score_rank_loss, score_regression_loss
 
 
 def test_defaults_are_the_release_protocol():

@@ -180,6 +180,20 @@ def release_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return renamed
 
 
+def with_batch_counters(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``:
+    files saved by PyTorch 0.4.0 and earlier (GAIC's release) have none. The counter only steps
+    a cumulative running average, which these models never use, so scores are unchanged."""
+    counters = {
+        name: buffer
+        for name, buffer in model.state_dict().items()
+        if name.endswith(".num_batches_tracked")
+        and name not in state
+        and name.replace(".num_batches_tracked", ".running_mean") in state
+    }
+    return {**state, **counters}
+
+
 def load_model_weights(model: torch.nn.Module, checkpoint: dict | str) -> None:
     """Load weights strictly, with an error naming the missing and unexpected parameters."""
     if isinstance(checkpoint, str):

@@ -2,23 +2,27 @@
 :class:`CropOutput`, crop boxes to RoIs, RoI + RoD features, GAIC's multi-scale features and scoring
 head, padded crops), so the model modules build on these and never on each other.
 
-The ops come from the ``roi_align`` and ``rod_align`` packages; nothing else of the top level.
+It imports nothing of the top level, the op packages included: a scorer's RoI + RoD aligner
+(``rod_align.CropAlignFeatures``) is given by the model that builds it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rod_align import RoDAlignAvg
-from roi_align import RoIAlignAvg
 from untils.backbones import build_backbone
 from untils.boxes import FEATURE_STRIDE
 
 ALIGN_SIZE = 9
+
+# Builds the aligned features of each crop from (align_size, spatial_scale, use_rod): an
+# ``nn.Module`` taking (feature_map, rois) to (K, C * (2 if use_rod else 1), align_size, align_size).
+CropAlignerFactory = Callable[[int, float, bool], nn.Module]
 
 
 class CropOutput(NamedTuple):
@@ -56,26 +60,6 @@ def check_crop_box(crop_box: torch.Tensor, batch: int) -> None:
     """Raise naming the shape unless ``crop_box`` is (batch, N, 4)."""
     if crop_box.dim() != 3 or crop_box.shape[0] != batch or crop_box.shape[-1] != 4:
         raise ValueError(f"crop_box of shape {tuple(crop_box.shape)}: expected ({batch}, N, 4)")
-
-
-class CropAlignFeatures(nn.Module):
-    """RoIAlign (inside the crop) and RoDAlign (what the crop discards) features of each crop.
-
-    Output ``(K, C * (2 if use_rod else 1), align, align)``; shared by every crop scorer.
-    """
-
-    def __init__(
-        self, align_size: int = ALIGN_SIZE, spatial_scale: float = 1.0 / FEATURE_STRIDE, use_rod: bool = True
-    ) -> None:
-        super().__init__()
-        self.RoIAlign = RoIAlignAvg(align_size, align_size, spatial_scale)
-        self.RoDAlign = RoDAlignAvg(align_size, align_size, spatial_scale) if use_rod else None
-
-    def forward(self, feature_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        roi_feat = self.RoIAlign(feature_map, rois)
-        if self.RoDAlign is None:
-            return roi_feat
-        return torch.cat([roi_feat, self.RoDAlign(feature_map, rois)], dim=1)
 
 
 def mask_padded_scores(scores: torch.Tensor, crop_valid: torch.Tensor | None) -> torch.Tensor:
@@ -124,22 +108,30 @@ def release_scales(f3: torch.Tensor, f4: torch.Tensor, f5: torch.Tensor) -> torc
     return torch.cat([down, f4, 0.5 * up], dim=1)
 
 
+class ScorerOptions(Protocol):
+    """The options a :class:`GAICScorer` is built from (``config_GAICD.Config`` and ``config_PIC.Config`` have them)."""
+
+    backbone: str
+    reduced_dim: int
+    use_rod_feature: bool
+    backbone_weight_path: str | None
+
+
 class GAICScorer(nn.Module):
     """GAIC's multi-scale shared-feature scorer (Zeng et al.) on our backbones: f3, f4 and f5/2
     brought to f4's size and concatenated -> ``DimRed`` -> RoI (+ RoD) align -> ``FC_layers``.
 
     The objective branch of our GAIC baseline and of the PIC embedding variant; its module names
-    are their checkpoints' parameter names.
+    are their checkpoints' parameter names. Built from the options of ``cfg`` (:class:`ScorerOptions`);
+    ``crop_aligner`` builds its ``crop_align`` (the models pass ``rod_align.CropAlignFeatures``).
     """
 
-    def __init__(
-        self, backbone: str, reduced_dim: int, use_rod: bool, pretrained: bool, backbone_weight_path: str | None = None
-    ) -> None:
+    def __init__(self, cfg: ScorerOptions, pretrained: bool, crop_aligner: CropAlignerFactory) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained, backbone_weight_path)
-        self.DimRed = nn.Conv2d(sum(self.backbone.channels), reduced_dim, kernel_size=1)
-        self.crop_align = CropAlignFeatures(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, use_rod)
-        self.FC_layers = gaic_fc_layers(reduced_dim * (2 if use_rod else 1), ALIGN_SIZE, False)
+        self.backbone = build_backbone(cfg.backbone, pretrained, cfg.backbone_weight_path)
+        self.DimRed = nn.Conv2d(sum(self.backbone.channels), cfg.reduced_dim, kernel_size=1)
+        self.crop_align = crop_aligner(ALIGN_SIZE, 1.0 / FEATURE_STRIDE, cfg.use_rod_feature)
+        self.FC_layers = gaic_fc_layers(cfg.reduced_dim * (2 if cfg.use_rod_feature else 1), ALIGN_SIZE, False)
 
     def reduced_features(self, im: torch.Tensor) -> torch.Tensor:
         """(B, reduced_dim, H/16, W/16)."""

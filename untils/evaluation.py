@@ -10,7 +10,8 @@ infinite are refused (:class:`NonFiniteScores`), never turned into NaN metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from untils.metrics import (
 )
 
 _FIELDS_FOR_CROP_METRICS = ("crop_box", "crop_valid", "gt_crops", "width", "height")
+Kept = TypeVar("Kept")
 
 
 class NonFiniteScores(ValueError):
@@ -44,6 +46,32 @@ def _refuse_non_finite(finite: Sequence[bool], description: str) -> None:
             f"the model gave NaN or infinite scores on {bad} of {len(finite)} images "
             f"({description}): no metrics computed"
         )
+
+
+def _scored_batches(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    options: tuple[int, int, bool, str, torch.dtype | None, bool],
+    keep: Callable[[dict], Kept],
+) -> list[tuple[torch.Tensor, Kept]]:
+    """This process's share of ``dataset`` scored by ``model`` batch by batch: each batch's scores
+    (B, N), left on the device until every batch is queued, with ``keep(batch)``, the host fields
+    its metrics need. ``options``: the evaluators' ``(images_per_batch, num_workers, progress,
+    description, autocast_dtype, channels_last)``."""
+    images_per_batch, num_workers, progress, description, autocast_dtype, channels_last = options
+    if not isinstance(dataset, ResizedSizes):
+        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
+    if len(dataset) == 0:
+        raise ValueError(f"no images to evaluate ({description})")
+    device = prepare_for_inference(model, channels_last)
+    loader = evaluation_loader(
+        shard_for_this_process(dataset), images_per_batch, num_workers, pin_memory=device.type == "cuda"
+    )
+    scored = []
+    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+        score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
+        scored.append((score, keep(batch)))
+    return scored
 
 
 @torch.no_grad()
@@ -63,20 +91,14 @@ def evaluate_scored(
     ``autocast_dtype`` and ``channels_last`` are :func:`untils.inference.run_model`'s
     (``channels_last`` converts the model's weights in place).
     """
-    if not isinstance(dataset, ResizedSizes):
-        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
-    if len(dataset) == 0:
-        raise ValueError(f"no images to evaluate ({description})")
-    device = prepare_for_inference(model, channels_last)
-    loader = evaluation_loader(
-        shard_for_this_process(dataset), images_per_batch, num_workers, pin_memory=device.type == "cuda"
+    scored = _scored_batches(  # the host ground truth (B, N) and crop_valid (B, N) of each batch
+        model,
+        dataset,
+        (images_per_batch, num_workers, progress, description, autocast_dtype, channels_last),
+        lambda batch: (batch["score"], batch["crop_valid"]),
     )
-    scored = []  # (device scores (B, N), host ground truth (B, N), host crop_valid (B, N)) per batch
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
-        scored.append((score, batch["score"], batch["crop_valid"]))
     gt_scores, pr_scores = [], []
-    for score, truth, valid in scored:
+    for score, (truth, valid) in scored:
         score = score.float().cpu()
         for image in range(score.shape[0]):
             gt_scores.append(truth[image][valid[image]].double().numpy())
@@ -104,21 +126,17 @@ def evaluate_anchors(
 ) -> dict[str, float]:
     """IoU, Disp and recall (IoU >= 0.75) of the best-scored anchor of each image against its
     ground-truth crops, and ``images``; the options are :func:`evaluate_scored`'s."""
-    if not isinstance(dataset, ResizedSizes):
-        raise TypeError(f"{type(dataset).__name__} cannot be batched by size: it has no resized_size_of")
-    if len(dataset) == 0:
-        raise ValueError(f"no images to evaluate ({description})")
-    device = prepare_for_inference(model, channels_last)
-    loader = evaluation_loader(
-        shard_for_this_process(dataset), images_per_batch, num_workers, pin_memory=device.type == "cuda"
+    scored = _scored_batches(  # resized (w, h) and the host fields the metrics need of each batch
+        model,
+        dataset,
+        (images_per_batch, num_workers, progress, description, autocast_dtype, channels_last),
+        lambda batch: (
+            (batch["image"].shape[-1], batch["image"].shape[-2]),
+            {key: batch[key] for key in _FIELDS_FOR_CROP_METRICS},
+        ),
     )
-    scored = []  # (device scores (B, N), resized (w, h), the host fields the metrics need) per batch
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        score = run_model(model, move_batch(batch, device), autocast_dtype, channels_last).score
-        resized = (batch["image"].shape[-1], batch["image"].shape[-2])
-        scored.append((score, resized, {key: batch[key] for key in _FIELDS_FOR_CROP_METRICS}))
     results, finite = [], []
-    for score, resized, fields in scored:
+    for score, (resized, fields) in scored:
         score = score.float().cpu()
         for image in range(score.shape[0]):
             original = (int(fields["width"][image]), int(fields["height"][image]))

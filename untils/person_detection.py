@@ -5,6 +5,7 @@ HOG and face detectors (README.md, "Person detection", describes them and the ru
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -513,3 +514,27 @@ def build_person_detector(
             stacklevel=2,
         )
         return fallback
+
+
+def add_detector_options(parser: argparse.ArgumentParser, needs: str = "") -> None:
+    """The options of :func:`build_person_detector` a script takes (``--detector-weights``,
+    ``--detector-arch``, ``--no-download``), one wording for every script; ``needs`` begins the help
+    of the two that count only with another option (e.g. "with --detect-human: ")."""
+    parser.add_argument(
+        "--detector-weights",
+        metavar="PATH",
+        help=f"{needs}a torchvision detection model's state_dict file, used offline (default: torchvision's "
+        "COCO weights for --detector-arch, from torch's hub cache or downloaded once)",
+    )
+    parser.add_argument(
+        "--detector-arch",
+        default=DEFAULT_TORCHVISION_ARCH,
+        choices=TORCHVISION_ARCHS,
+        help="the torchvision person detector (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help=f"{needs}never download detector weights; without them in torch's hub cache, use the offline "
+        "HOG/face detectors",
+    )
