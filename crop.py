@@ -17,7 +17,12 @@ from tqdm import tqdm
 from config_GAICD import BACKBONES, PRECISIONS, Config
 from cropping_model import build_crop_model, load_crop_model
 from untils import cropper as crop_library
-from untils.candidates import parse_aspect_ratio
+from untils.candidates import (
+    DEFAULT_RATIO_CANDIDATES,
+    RATIO_CANDIDATE_GRIDS,
+    most_ratio_candidates,
+    parse_aspect_ratio,
+)
 from untils.checkpoint import CheckpointError, read_checkpoint
 from untils.cli import add_option_aliases
 from untils.config import parse_bool
@@ -92,6 +97,7 @@ class Cropper(crop_library.Cropper):
         channels_last: bool = False,
         trust_checkpoint: bool = False,
         channel_order: str | None = None,
+        ratio_candidates: str = DEFAULT_RATIO_CANDIDATES,
     ) -> None:
         target = resolve_device(device)
         if checkpoint is None:
@@ -112,6 +118,7 @@ class Cropper(crop_library.Cropper):
             user=user,
             precision=precision,
             channels_last=channels_last,
+            ratio_candidates=ratio_candidates,
         )
 
 
@@ -159,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="one or more of: any (the GAIC grid), W:H such as 1:1, 4:3, 3:4, 16:9, or a number w/h; "
         "all ranked from one pass over each photo, reported in that order; an official PIC "
         "checkpoint takes only any (its fixed views)",
+    )
+    fast_scales, fast_steps = RATIO_CANDIDATE_GRIDS["fast"]
+    dense_scales, dense_steps = RATIO_CANDIDATE_GRIDS["dense"]
+    parser.add_argument(
+        "--ratio-candidates",
+        choices=tuple(RATIO_CANDIDATE_GRIDS),
+        default=DEFAULT_RATIO_CANDIDATES,
+        help=f"the crops a fixed ratio (W:H) ranks: dense, {len(dense_scales)} scales x {dense_steps}x{dense_steps} "
+        f"positions (up to {most_ratio_candidates('dense')} crops), or fast, {len(fast_scales)} scales x "
+        f"{fast_steps}x{fast_steps} (up to {most_ratio_candidates('fast')}: quicker with several ratios, "
+        f"BENCHMARKS.md); any's GAIC grid is the same in both (default {DEFAULT_RATIO_CANDIDATES})",
     )
     parser.add_argument("--top-k", type=int, default=3, help="crops saved per photo and ratio (default 3)")
     parser.add_argument(
@@ -339,6 +357,7 @@ def _run(args: argparse.Namespace) -> int:
                 channels_last=args.channels_last,
                 trust_checkpoint=args.trust_checkpoint,
                 channel_order=args.channel_order,
+                ratio_candidates=args.ratio_candidates,
             )
         for text, _ in ratios:
             cropper.candidates(text)  # a ratio its candidates cannot give fails here, not per photo

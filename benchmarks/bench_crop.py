@@ -4,6 +4,8 @@
   python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 30 --num-workers 0 --photos-per-batch 1
   python benchmarks/bench_crop.py --breakdown   # model time only: backbone vs per-crop content features
   python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 40 --compare-ratios any 1:1 16:9 9:16
+  python benchmarks/bench_crop.py --photos 12 --vgg16-photos 6 --compare-ratios any 1:1 16:9 9:16 \
+      --ratio-candidates dense fast --repeats 3
 
 Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
 with a random-weight human-centric model (timing does not depend on the weights), free ratio
@@ -12,8 +14,11 @@ with a random-weight human-centric model (timing does not depend on the weights)
 decoding, LANCZOS resizing, scoring and JPEG encoding of the crops. The model is built once
 more outside the timed run to report its construction time, which the end-to-end time includes.
 
-``--compare-ratios R1 R2 ...`` times the same folder twice per backbone: with ``--aspect-ratio R1``
-alone, then with all the ratios in one run (one pass over each photo), and prints the cost ratio.
+``--compare-ratios R1 R2 ...`` times the same folder per backbone with ``--aspect-ratio R1`` alone,
+then with all the ratios in one run (one pass over each photo), once per ``--ratio-candidates`` grid
+(``crop.py --ratio-candidates``), and prints the cost ratio. ``--repeats N`` runs every condition N
+times, interleaved (one of each, then again), and keeps each one's median: on a shared machine the
+load then falls on every condition alike.
 
 ``--breakdown`` times two parts of the model instead, on one batch of ``--photos-per-batch`` 1024x768
 photos (resized to 352x256, 90 GAIC candidates each), best of 3: the backbone, and the
@@ -43,7 +48,7 @@ import rod_align  # noqa: E402
 import roi_align  # noqa: E402
 from config_GAICD import BACKBONES  # noqa: E402
 from untils.boxes import crop_mask_factors, resized_size  # noqa: E402
-from untils.candidates import gaic_grid_candidates  # noqa: E402
+from untils.candidates import gaic_grid_candidates, parse_aspect_ratio  # noqa: E402
 from untils.cli import add_option_aliases  # noqa: E402
 from untils.runtime import default_workers  # noqa: E402
 
@@ -79,7 +84,12 @@ def align_backends() -> str:
 
 
 def time_backbone(
-    backbone: str, folder: Path, out_dir: Path, args: argparse.Namespace, ratios: tuple[str, ...] = ("any",)
+    backbone: str,
+    folder: Path,
+    out_dir: Path,
+    args: argparse.Namespace,
+    ratios: tuple[str, ...] = ("any",),
+    ratio_candidates: str = "dense",
 ) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,6 +113,8 @@ def time_backbone(
         "--device",
         args.device,
         "--overwrite",
+        "--ratio-candidates",
+        ratio_candidates,
         "--aspect-ratio",
         *ratios,
     ] + (["--detect-human"] if args.detect_human else [])
@@ -114,11 +126,41 @@ def time_backbone(
     return {
         "backbone": backbone,
         "ratios": " ".join(ratios),
+        "ratio_candidates": ratio_candidates,
         "photos": photos,
         "total_s": total_s,
         "build_s": build_s,
         "photos_per_s": photos / total_s,
     }
+
+
+def compared_runs(backbone: str, folder: Path, tmp: Path, args: argparse.Namespace) -> list[dict]:
+    """The timed conditions of one backbone, each the median of ``args.repeats`` interleaved runs; with
+    ``--compare-ratios``, the first ratio alone and every ratio at once per candidate grid, the latter
+    with ``versus_one`` (its time over the first ratio's alone on the same grid)."""
+    conditions = [(("any",), "dense")]
+    if args.compare_ratios:
+        alone, every = (args.compare_ratios[0],), tuple(args.compare_ratios)
+        fixed_first = parse_aspect_ratio(alone[0]) is not None  # a free first ratio ignores the grid
+        conditions = [(alone, args.ratio_candidates[0])] if not fixed_first else []
+        for mode in args.ratio_candidates:
+            conditions += ([(alone, mode)] if fixed_first else []) + [(every, mode)]
+    runs: dict[tuple, list[dict]] = {condition: [] for condition in conditions}
+    for _ in range(args.repeats):
+        for index, (ratios, mode) in enumerate(conditions):
+            out_dir = tmp / f"out-{backbone}-{index}"
+            runs[(ratios, mode)].append(time_backbone(backbone, folder, out_dir, args, ratios, mode))
+    rows = []
+    for timed in runs.values():
+        row = dict(timed[0], total_s=float(np.median([run["total_s"] for run in timed])), repeats=len(timed))
+        row["photos_per_s"] = row["photos"] / row["total_s"]
+        rows.append(row)
+    by_condition = dict(zip(conditions, rows, strict=True))
+    for (ratios, mode), row in by_condition.items():
+        if len(ratios) > 1:
+            alone_row = by_condition.get(((ratios[0],), mode)) or by_condition[((ratios[0],), args.ratio_candidates[0])]
+            row["versus_one"] = row["total_s"] / alone_row["total_s"]
+    return rows
 
 
 def best_of(repeats: int, run) -> float:
@@ -171,12 +213,22 @@ def main(argv: list[str] | None = None) -> None:
         help="time the first ratio alone, then all of them in one run (see above)",
     )
     parser.add_argument(
+        "--ratio-candidates",
+        nargs="+",
+        default=["dense"],
+        choices=("dense", "fast"),
+        help="with --compare-ratios: the candidate grids of fixed ratios to time (default dense)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each condition, interleaved; median kept")
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="time the backbone and the per-crop content features instead (see above)",
     )
     add_option_aliases(parser, renamed={"--batch-size": "--photos-per-batch", "--workers": "--num-workers"})
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected at least 1")
     width, height = (int(v) for v in args.size.lower().split("x"))
     if args.breakdown:
         print(
@@ -197,15 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         for backbone in args.backbones:
             count = args.vgg16_photos if backbone == "vgg16" else args.photos
             folder = make_folder(Path(tmp) / f"photos{count}", count, width, height, args.seed)
-            if args.compare_ratios:
-                one = time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}-1", args, (args.compare_ratios[0],))
-                every = time_backbone(
-                    backbone, folder, Path(tmp) / f"out-{backbone}-n", args, tuple(args.compare_ratios)
-                )
-                every["versus_one"] = every["total_s"] / one["total_s"]
-                rows += [one, every]
-            else:
-                rows.append(time_backbone(backbone, folder, Path(tmp) / f"out-{backbone}", args))
+            rows += compared_runs(backbone, folder, Path(tmp), args)
     print(
         f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
@@ -217,14 +261,15 @@ def main(argv: list[str] | None = None) -> None:
         "random-weight models\n"
     )
     print(
-        "| backbone | aspect ratios | photos | total (s) | photos/s | s/photo | model construction (s) | "
-        "time / one ratio |"
+        f"| backbone | aspect ratios | ratio candidates | photos | total (s), median of {args.repeats} | photos/s | "
+        "s/photo | model construction (s) | time / one ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         versus = f"{row['versus_one']:.2f}x" if "versus_one" in row else ""
         print(
-            f"| {row['backbone']} | {row['ratios']} | {row['photos']} | {row['total_s']:.1f} | "
+            f"| {row['backbone']} | {row['ratios']} | {row['ratio_candidates']} | {row['photos']} | "
+            f"{row['total_s']:.1f} | "
             f"{row['photos_per_s']:.2f} | {row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} | {versus} |"
         )
 

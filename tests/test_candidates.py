@@ -11,12 +11,14 @@ import torch
 
 from tests.conftest import require_shared
 from untils.candidates import (
+    RATIO_CANDIDATE_GRIDS,
     fixed_ratio_candidates,
     gaic_grid_candidates,
     load_predefined_anchors,
     parse_aspect_ratio,
     scale_anchors,
 )
+from untils.crop_candidates import photo_candidates
 
 
 def _brute_force_grid(width: int, height: int, low: float, high: float) -> set[tuple[int, ...]]:
@@ -184,3 +186,68 @@ def test_fixed_ratio_crops_too_thin_for_their_ratio_are_refused():
         fixed_ratio_candidates(200, 150, 1 / 15)
     boxes = fixed_ratio_candidates(400, 300, 1 / 15)  # 20x300: kept, and every crop keeps its ratio
     assert (boxes[:, 2] - boxes[:, 0]).min() >= 1 and len(boxes) > 0
+
+
+# The fixed-ratio grids as documented (crop.py --help, untils.candidates): scales, positions per axis.
+DOCUMENTED_GRIDS = {"dense": ((1.0, 0.9, 0.8, 0.7, 0.6, 0.5), 5), "fast": ((1.0, 0.8, 0.6), 4)}
+
+
+def _brute_force_ratio_crops(width: int, height: int, ratio: float, density: str) -> list[tuple[int, ...]]:
+    """The documented fixed-ratio grid, one crop at a time: each scale of the largest ``ratio`` box
+    that fits, in whole pixels, its top-left corner at ``steps`` evenly spaced positions per axis
+    (rounded half to even), duplicates dropped, in scale, y1, x1 order."""
+    scales, steps = DOCUMENTED_GRIDS[density]
+    largest_w = min(width, height * ratio)
+    crops: list[tuple[int, ...]] = []
+    for scale in scales:
+        crop_h = min(height, max(1, round(largest_w * scale / ratio)))
+        crop_w = min(width, max(1, round(crop_h * ratio)))
+        spots_y = sorted({round(k * (height - crop_h) / (steps - 1)) for k in range(steps)})
+        spots_x = sorted({round(k * (width - crop_w) / (steps - 1)) for k in range(steps)})
+        for y1 in spots_y:
+            for x1 in spots_x:
+                if (x1, y1, x1 + crop_w, y1 + crop_h) not in crops:
+                    crops.append((x1, y1, x1 + crop_w, y1 + crop_h))
+    return crops
+
+
+def test_documented_grids_are_the_ones_used():
+    assert RATIO_CANDIDATE_GRIDS == DOCUMENTED_GRIDS
+
+
+@pytest.mark.parametrize("density", ["dense", "fast"])
+@pytest.mark.parametrize(
+    "width, height, ratio",
+    [
+        (1024, 768, 1.0),
+        (1024, 768, 16 / 9),
+        (1024, 768, 9 / 16),
+        (683, 1024, 4 / 5),
+        (512, 512, 3 / 2),
+        (999, 401, 2.0),
+    ],
+)
+def test_ratio_grids_match_brute_force_keep_the_ratio_and_fit(width, height, ratio, density):
+    in_photo, in_input = photo_candidates("hcic", (width, height), (352, 264), ratio, density)
+    assert [tuple(int(v) for v in row) for row in in_photo] == _brute_force_ratio_crops(width, height, ratio, density)
+    assert len(in_input) == len(in_photo)
+    for x1, y1, x2, y2 in in_photo.tolist():
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        crop_w, crop_h = x2 - x1, y2 - y1
+        assert min(abs(crop_w - ratio * crop_h), abs(crop_h - crop_w / ratio)) <= 1.0  # exact to a pixel
+
+
+def test_dense_grid_is_the_previous_candidates_of_a_4_3_photo():
+    # 1024x768 at 1:1: 768x768 at scale 1 fills the height (x1 = 0, 64, 128, 192, 256), then 691, 614, 538,
+    # 461 and 384 pixels square at 5x5 positions each: 5 + 5 * 25 crops; the fast grid: 4 + 2 * 16.
+    dense, _ = photo_candidates("hcic", (1024, 768), (352, 264), 1.0, "dense")
+    assert len(dense) == 130
+    assert [tuple(row) for row in dense[:5].tolist()] == [(x, 0, x + 768, 768) for x in (0, 64, 128, 192, 256)]
+    assert sorted({int(row[2] - row[0]) for row in dense}) == [384, 461, 538, 614, 691, 768]
+    fast, _ = photo_candidates("hcic", (1024, 768), (352, 264), 1.0, "fast")
+    assert len(fast) == 36 and sorted({int(row[2] - row[0]) for row in fast}) == [461, 614, 768]
+    assert photo_candidates("hcic", (1024, 768), (352, 264), None, "fast")[0].tolist() == (
+        photo_candidates("hcic", (1024, 768), (352, 264), None, "dense")[0].tolist()
+    )  # the free ratio's GAIC grid is the same in both
+    with pytest.raises(ValueError, match="ratio candidates 'sparse'"):
+        photo_candidates("hcic", (1024, 768), (352, 264), 1.0, "sparse")

@@ -209,3 +209,31 @@ def test_keep_person_says_when_no_crop_of_a_ratio_fits(checkpoint, tmp_path):
     assert square.boxes and all(b[0] <= 130 and b[1] <= 20 and b[2] >= 390 and b[3] >= 512 for b in square.boxes)
     unconstrained = cropper.rank(tall, human_box=[130, 20, 390, 512], aspect_ratios="16:9")
     assert unconstrained.results[0].boxes  # without --keep-person the ratio has crops (that cut her)
+
+
+def test_ratio_candidates_fast_is_recorded_and_ranks_its_documented_grid(checkpoint, tmp_path, capsys):
+    assert "--ratio-candidates {dense,fast}" in crop.build_parser().format_help()
+    small_person_photo(tmp_path / "p.jpg", 400)
+    reports = {}
+    for mode in ("fast", "dense"):
+        args = [tmp_path / "p.jpg", "--checkpoint", checkpoint, "--out", tmp_path / mode, "--no-pixels", "--workers", 0]
+        code = crop.main([str(a) for a in args + ["--aspect-ratio", "any", "1:1", "--ratio-candidates", mode]])
+        assert code == 0, capsys.readouterr().err
+        reports[mode] = json.loads((tmp_path / mode / "p.json").read_text())
+    for mode, report in reports.items():
+        assert report["model"]["ratio_candidates"] == mode
+        free, square = report["results"]
+        assert mode in square["candidates"] and free["candidates"] == "GAIC grid"
+    # 1024x576 at 1:1: 576 pixels square at 4 (fast) or 5 (dense) positions across, then 461 and 346
+    # (fast) or 518, 461, 403, 346 and 288 (dense) square at 4x4 or 5x5 positions.
+    assert len(reports["fast"]["results"][1]["ranked"]) == 4 + 2 * 16
+    assert len(reports["dense"]["results"][1]["ranked"]) == 5 + 5 * 25
+    assert reports["fast"]["results"][0]["ranked"] == reports["dense"]["results"][0]["ranked"]  # any: unchanged
+    fast_sizes = {
+        (c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) for c in reports["fast"]["results"][1]["ranked"]
+    }
+    assert fast_sizes == {(576, 576), (461, 461), (346, 346)}
+    result = crop.Cropper(str(checkpoint), device="cpu", ratio_candidates="fast").rank(tmp_path / "p.jpg", None, "1:1")
+    assert result.ratio_candidates == "fast" and len(result.boxes) == 36
+    with pytest.raises(ValueError, match="ratio candidates 'sparse'"):
+        crop.Cropper(str(checkpoint), device="cpu", ratio_candidates="sparse")

@@ -40,6 +40,14 @@ NUM_PREDEFINED_ANCHORS = 1745
 # more than 6% of it) nor be a useful crop; more extreme ratios than these make such crops on any photo.
 MIN_CROP_SIDE = 16
 ASPECT_RATIO_RANGE = (1 / 20, 20.0)
+# The fixed-ratio candidate grids, as (scales, positions per axis) of :func:`fixed_ratio_candidates`:
+# dense is the grid fixed ratios have always had (6 scales x 5x5 positions, up to 130 crops); fast has
+# up to 36 (3 scales x 4x4), for several ratios in one run (BENCHMARKS.md measures both).
+RATIO_CANDIDATE_GRIDS: dict[str, tuple[tuple[float, ...], int]] = {
+    "dense": ((1.0, 0.9, 0.8, 0.7, 0.6, 0.5), 5),
+    "fast": ((1.0, 0.8, 0.6), 4),
+}
+DEFAULT_RATIO_CANDIDATES = "dense"
 
 
 def _check_image_size(width: float, height: float) -> None:
@@ -83,8 +91,26 @@ def gaic_grid_candidates(
     return torch.from_numpy(boxes).to(torch.float32).reshape(-1, 4)
 
 
+def ratio_candidate_grid(density: str) -> tuple[tuple[float, ...], int]:
+    """The ``(scales, steps)`` of a fixed-ratio candidate grid by name (``fast`` or ``dense``)."""
+    if density not in RATIO_CANDIDATE_GRIDS:
+        raise ValueError(f"ratio candidates {density!r}: expected one of {', '.join(RATIO_CANDIDATE_GRIDS)}")
+    return RATIO_CANDIDATE_GRIDS[density]
+
+
+def most_ratio_candidates(density: str) -> int:
+    """The most crops the ``density`` grid gives a photo: a scale-1 crop fills one axis, so it has one
+    row of positions, a smaller one ``steps`` x ``steps`` (fewer where a crop fills an axis)."""
+    scales, steps = ratio_candidate_grid(density)
+    return sum(steps if scale == 1 else steps**2 for scale in scales)
+
+
 def fixed_ratio_candidates(
-    width: int, height: int, ratio: float, scales: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5), steps: int = 5
+    width: int,
+    height: int,
+    ratio: float,
+    scales: Sequence[float] = RATIO_CANDIDATE_GRIDS["dense"][0],
+    steps: int = RATIO_CANDIDATE_GRIDS["dense"][1],
 ) -> torch.Tensor:
     """Crops of aspect ratio ``ratio`` (w/h) inside a ``width`` x ``height`` image, (N, 4).
 

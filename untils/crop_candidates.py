@@ -4,8 +4,9 @@ pixels (what is ranked and cut) and in the network input's (what the model score
 The rule is the one the model's ``photo_spec`` declares (``untils.preprocessing.PhotoSpec.candidates``):
 
 * ``hcic`` (our models): the GAIC grid of the paper (up to 90 crops, aspect ratios 0.5 to 2.2)
-  when the ratio is free, or crops of exactly the ratio at six scales and 5x5 positions
-  (``untils.candidates``); made in the photo's pixels, scaled to the input and clipped inside it;
+  when the ratio is free, or crops of exactly the ratio on the ``dense`` grid (six scales, 5x5
+  positions) or the ``fast`` one (three scales, 4x4 positions; ``untils.candidates``); made in the
+  photo's pixels, scaled to the input and clipped inside it;
 * ``gaic`` (GAIC's release models): the release's own generators (its 12x12 grid, or its 16:9,
   4:3 and 1:1 ones) on its input, mapped back to the photo as its test code does;
 * ``pic`` (PIC's official models): the fixed views of ``untils.pic_format.fixed_views`` (4 scales
@@ -26,11 +27,13 @@ import torch
 
 from untils.boxes import clip_boxes, rescale_boxes
 from untils.candidates import (
+    DEFAULT_RATIO_CANDIDATES,
     fixed_ratio_candidates,
     gaic_grid_candidates,
     gaic_release_candidates,
     gaic_release_candidates_in_original,
     parse_aspect_ratio,
+    ratio_candidate_grid,
 )
 from untils.photos import PhotoError
 from untils.pic_format import fixed_views
@@ -106,9 +109,11 @@ def release_ratio(aspect_ratio: float | None) -> str | None:
     raise PhotoError(f"aspect ratio {aspect_ratio:g}: GAIC's release models crop freely or at 16:9, 4:3 or 1:1")
 
 
-def describe_candidates(rule: str, aspect_ratio: float | None) -> str:
-    """How ``rule`` chooses the candidates at ``aspect_ratio`` (w/h, None: free), for the JSON outputs;
-    raises ValueError for a ratio the rule cannot give (any ratio for ``pic``)."""
+def describe_candidates(rule: str, aspect_ratio: float | None, density: str = DEFAULT_RATIO_CANDIDATES) -> str:
+    """How ``rule`` chooses the candidates at ``aspect_ratio`` (w/h, None: free) with the ``density``
+    (``fast`` or ``dense``) of ``hcic``'s fixed-ratio grid, for the JSON outputs; raises ValueError for
+    a ratio the rule cannot give (any ratio for ``pic``) or an unknown density."""
+    scales, steps = ratio_candidate_grid(density)
     if rule == "pic":
         if aspect_ratio is not None:
             raise ValueError(
@@ -126,7 +131,9 @@ def describe_candidates(rule: str, aspect_ratio: float | None) -> str:
         return "GAIC release grid" if ratio is None else f"GAIC release {ratio} generator"
     if rule != "hcic":
         raise ValueError(f"candidate rule {rule!r}: expected one of {', '.join(CANDIDATE_RULES)}")
-    return "GAIC grid" if aspect_ratio is None else "fixed ratio"
+    if aspect_ratio is None:
+        return "GAIC grid"
+    return f"fixed ratio, {density} grid: {len(scales)} scales x {steps}x{steps} positions"
 
 
 def boxes_in_input(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
@@ -136,12 +143,17 @@ def boxes_in_input(boxes: np.ndarray, size: tuple[int, int], resized: tuple[int,
 
 
 def photo_candidates(
-    rule: str, size: tuple[int, int], resized: tuple[int, int], aspect_ratio: float | None
+    rule: str,
+    size: tuple[int, int],
+    resized: tuple[int, int],
+    aspect_ratio: float | None,
+    density: str = DEFAULT_RATIO_CANDIDATES,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """The candidates of a ``size`` (w, h) photo whose network input is ``resized`` (w, h): ``(N, 4)``
     int64 whole pixels of the photo, in the rule's order, and the same crops ``(N, 4)`` float32 in
-    the input's pixels. Raises :class:`PhotoError` when the photo has none."""
-    describe_candidates(rule, aspect_ratio)  # refuses a ratio the rule cannot give
+    the input's pixels; ``density`` picks ``hcic``'s fixed-ratio grid. Raises :class:`PhotoError`
+    when the photo has none."""
+    describe_candidates(rule, aspect_ratio, density)  # refuses a ratio the rule cannot give
     if rule == "pic":
         candidates = np.asarray(fixed_views(*size), dtype=np.int64)
         return candidates, rescale_boxes(torch.from_numpy(candidates), resized[0] / size[0], resized[1] / size[1])
@@ -155,7 +167,7 @@ def photo_candidates(
         boxes = gaic_grid_candidates(*size)
     else:
         try:
-            boxes = fixed_ratio_candidates(*size, aspect_ratio)
+            boxes = fixed_ratio_candidates(*size, aspect_ratio, *ratio_candidate_grid(density))
         except ValueError as error:  # a ratio this photo cannot honour: this photo fails, the others go on
             raise PhotoError(str(error)) from None
     if len(boxes) == 0:

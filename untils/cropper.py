@@ -1,54 +1,33 @@
 """The crop library: photos in, ranked candidate crops out, for an already-loaded crop model
-(``cropping_model.load_crop_model``); the model's ``photo_spec`` says how it wants its photos. Also
-the photo dataset that prepares them. Every requested aspect ratio is ranked from one pass of the
+(``cropping_model.load_crop_model``); the model's ``photo_spec`` says how it wants its photos
+(``untils.crop_photos`` prepares them). Every requested aspect ratio is ranked from one pass of the
 model over the photo (the candidates of all ratios scored together).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from untils.batching import SizeBucketBatchSampler, collate_crops
-from untils.boxes import NO_PERSON_BOX
-from untils.crop_candidates import (
-    FIXED_VIEW_COUNT,
-    AspectRatios,
-    boxes_in_input,
-    containing,
-    describe_candidates,
-    photo_candidates,
-    requested_ratios,
-)
+from untils.batching import SizeBucketBatchSampler
+from untils.candidates import DEFAULT_RATIO_CANDIDATES, ratio_candidate_grid
+from untils.crop_candidates import FIXED_VIEW_COUNT, AspectRatios, describe_candidates, requested_ratios
+from untils.crop_photos import PersonInfo, PhotoDataset, PhotoFailure, PhotoSettings, collate_photos
 from untils.inference import move_batch, run_model
-from untils.person_detection import MAIN_PERSON_RULE, Detection, PersonDetector, choose_main_person
-from untils.photos import (
-    DEFAULT_MAX_PIXELS,
-    Box,
-    PhotoError,
-    PhotoHeader,
-    PhotoLike,
-    as_upright_image,
-    checked_person_box,
-    open_upright,
-    read_header,
-    to_rgb8,
-)
-from untils.pic_format import pic_user_image
-from untils.preprocessing import PhotoSpec, photo_input
+from untils.person_detection import PersonDetector
+from untils.photos import DEFAULT_MAX_PIXELS, Box, PhotoError, PhotoLike
+from untils.preprocessing import PhotoSpec
 from untils.runtime import autocast_dtype
 
 UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): these crops are meaningless"
-NO_PERSON_NOTE = "no person: scored with the model's no-person input (human box of -1s)"
 NO_USER_SCORE = "objective score (no --user: no user's preference added)"
 
 
@@ -95,38 +74,6 @@ class OfficialPICModel(Protocol):
 
 class NonFiniteScoresError(ValueError):
     """The model gave NaN or infinite scores (a checkpoint with non-finite weights, or an overflow)."""
-
-
-@dataclass
-class PersonInfo:
-    """The person box used (upright photo pixels; None: no person) and where it came from."""
-
-    box: tuple[float, float, float, float] | None
-    source: str  # given, file, detected or none
-    detections: list[Detection] = field(default_factory=list)
-    detector: str | None = None
-
-    def to_json(self) -> dict:
-        entry: dict[str, Any] = {
-            "box": None if self.box is None else [float(v) for v in self.box],
-            "source": self.source,
-        }
-        if self.detector is not None:
-            entry.update(
-                detector=self.detector, rule=MAIN_PERSON_RULE, detections=[d.to_json() for d in self.detections]
-            )
-        if self.box is None:
-            entry["note"] = NO_PERSON_NOTE
-        return entry
-
-
-@dataclass
-class PhotoFailure:
-    """A photo that was skipped, and why."""
-
-    index: int
-    name: str
-    message: str
 
 
 @dataclass
@@ -178,7 +125,8 @@ class RatioResult:
 @dataclass
 class CropResult:
     """One photo's ranked candidates: ``results`` has one :class:`RatioResult` per requested ratio, in
-    the order asked; ``top``, ``boxes`` and ``scores`` are the first ratio's."""
+    the order asked; ``top``, ``boxes`` and ``scores`` are the first ratio's. ``ratio_candidates``
+    is the fixed-ratio grid used (``fast`` or ``dense``, ``untils.candidates.RATIO_CANDIDATE_GRIDS``)."""
 
     index: int
     name: str
@@ -191,6 +139,7 @@ class CropResult:
     heat_map: np.ndarray | None = None  # (64, 64) in [0, 1] over the whole photo (human-centric model)
     image: Image.Image | None = None  # the upright photo, when asked for (keep_image)
     image_format: str | None = None
+    ratio_candidates: str = DEFAULT_RATIO_CANDIDATES
 
     @property
     def boxes(self) -> list[Box]:
@@ -208,205 +157,6 @@ class CropResult:
         """The JSON ``results``: one entry per ratio (see :meth:`RatioResult.to_json`)."""
         names = list(files) if files is not None else [None] * len(self.results)
         return [result.to_json(top_k, ratio_files) for result, ratio_files in zip(self.results, names, strict=True)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Photos and candidates
-# ----------------------------------------------------------------------------------------------
-
-
-def photo_name(photo: PhotoLike, index: int) -> str:
-    """A photo's name in results: its file name, or ``image<index>`` for an image given in memory."""
-    return os.path.basename(os.fspath(photo)) if isinstance(photo, (str, os.PathLike)) else f"image{index}"
-
-
-@dataclass
-class PhotoRecord:
-    """What the scorer needs besides tensors; travels through the DataLoader unchanged (no full-size
-    image unless asked for: crops are cut from the file when they are written)."""
-
-    index: int
-    name: str
-    width: int
-    height: int
-    candidates: list[np.ndarray]  # per ratio: (N_r, 4) photo pixels, in the rule's order
-    scored: list[np.ndarray]  # per ratio: (N_r,) rows of the scored crop_box (all ratios' crops, once each)
-    notes: list[str | None]  # per ratio: why it has no candidate
-    person: PersonInfo
-    resized_size: tuple[int, int]
-    exif_orientation: int
-    image: Image.Image | None
-    image_format: str | None
-
-
-@dataclass(frozen=True)
-class PhotoSettings:
-    """How photos are prepared: the model's :class:`untils.preprocessing.PhotoSpec`, the crop ratios
-    (w/h, None: free), whether to keep the photo, the largest photo (in pixels) that is decoded,
-    whether to add the whole photo for an official PIC model's subjective branch, and whether only
-    candidates that contain the person (and every detected face) whole are kept."""
-
-    spec: PhotoSpec
-    aspect_ratios: tuple[float | None, ...]
-    keep_image: bool
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    user_image: bool = False
-    keep_person: bool = False
-
-
-class PhotoDataset(Dataset):
-    """Photos decoded, person found, candidates made and resized; items for ``collate_crops``.
-
-    File headers are read at construction, so every photo's resized size is known for size
-    bucketing; unreadable or too large files become :class:`PhotoFailure` entries in ``failures``.
-    Items that fail later (corrupt data, bad person box) come back as a ``PhotoFailure`` too.
-    """
-
-    def __init__(
-        self,
-        photos: Sequence[PhotoLike],
-        human_boxes: Sequence[Sequence[float] | None],
-        human_source: str,
-        detector: PersonDetector | None,
-        settings: PhotoSettings,
-    ) -> None:
-        self.settings, self.detector, self.human_source = settings, detector, human_source
-        self.entries: list[tuple[int, str | tuple[Image.Image, PhotoHeader], PhotoHeader, Sequence[float] | None]] = []
-        self.resized_sizes: list[tuple[int, int]] = []
-        self.failures: list[PhotoFailure] = []
-        for index, (photo, human_box) in enumerate(zip(photos, human_boxes, strict=True)):
-            try:
-                if isinstance(photo, (str, os.PathLike)):
-                    path = os.fspath(photo)
-                    header = read_header(path, settings.max_pixels)
-                    source: str | tuple[Image.Image, PhotoHeader] = path
-                else:
-                    source = as_upright_image(photo)
-                    header = source[1]
-            except PhotoError as error:
-                self.failures.append(PhotoFailure(index, photo_name(photo, index), str(error)))
-                continue
-            self.entries.append((index, source, header, human_box))
-            self.resized_sizes.append(settings.spec.resized_size(header.width, header.height))
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def resized_size_of(self, index: int) -> tuple[int, int]:
-        return self.resized_sizes[index]
-
-    def _person(self, rgb: Image.Image, human_box: Sequence[float] | None) -> PersonInfo:
-        width, height = rgb.size
-        if human_box is not None:
-            return PersonInfo(checked_person_box(human_box, width, height), self.human_source)
-        if self.detector is None:
-            return PersonInfo(None, "none")
-        detections = choose_main_person(self.detector(np.asarray(rgb)), width, height)
-        main = next((detection for detection in detections if detection.main), None)
-        if main is None:
-            return PersonInfo(None, "none", detections, self.detector.name)
-        x1, y1, x2, y2 = main.box
-        return PersonInfo((float(x1), float(y1), float(x2), float(y2)), "detected", detections, self.detector.name)
-
-    def __getitem__(self, position: int) -> dict[str, Any] | PhotoFailure:
-        index, source, header, human_box = self.entries[position]
-        name = photo_name(source if isinstance(source, str) else source[0], index)
-        try:
-            image, decoded = source if not isinstance(source, str) else open_upright(source, self.settings.max_pixels)
-            if (decoded.width, decoded.height) != (header.width, header.height):
-                raise PhotoError(
-                    f"the decoded image ({decoded.width}x{decoded.height}) does not match its header "
-                    f"({header.width}x{header.height})"
-                )
-            return self._item(index, name, image, decoded, human_box, self.resized_sizes[position])
-        except PhotoError as error:
-            return PhotoFailure(index, name, str(error))
-
-    def _item(
-        self,
-        index: int,
-        name: str,
-        image: Image.Image,
-        header: PhotoHeader,
-        human_box: Sequence[float] | None,
-        resized: tuple[int, int],
-    ) -> dict[str, Any]:
-        size, settings = image.size, self.settings
-        rgb = to_rgb8(image)
-        person = self._person(rgb, human_box)
-        required = (
-            []
-            if person.box is None or not settings.keep_person
-            else ([person.box] + [d.evidence for d in person.detections if d.evidence is not None])
-        )
-        per_ratio: list[tuple[np.ndarray, torch.Tensor]] = []
-        notes: list[str | None] = []
-        for value in settings.aspect_ratios:
-            try:
-                candidates, resized_boxes = photo_candidates(settings.spec.candidates, size, resized, value)
-            except PhotoError as error:  # this ratio has none here; the others go on
-                per_ratio.append((np.zeros((0, 4), np.int64), torch.zeros(0, 4)))
-                notes.append(str(error))
-                continue
-            keep = containing(candidates, required)
-            notes.append(
-                None
-                if keep.any()
-                else f"no candidate contains the whole person {[round(v, 1) for v in required[0]]}"
-                + (" and every detected face" if len(required) > 1 else "")
-                + " (--keep-person): none is given rather than one that cuts the person"
-            )
-            per_ratio.append((candidates[keep], resized_boxes[torch.from_numpy(keep)]))
-        if all(len(candidates) == 0 for candidates, _ in per_ratio) and not required:
-            raise PhotoError("; ".join(note for note in notes if note))
-        # Every ratio's crops scored in one pass: each distinct (photo box, input box) once, in the order
-        # first met (an official PIC model adds one offset per position of its views' order).
-        joined = np.concatenate(
-            [np.concatenate([candidates, boxes.numpy().astype(np.float64)], axis=1) for candidates, boxes in per_ratio]
-        )
-        _, first, rows = np.unique(joined, axis=0, return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        position = np.empty_like(order)
-        position[order] = np.arange(len(order))
-        distinct, rows = joined[first[order]], position[rows.reshape(-1)]
-        if len(distinct) == 0:  # the person fits no candidate: the whole photo is scored, for the heat map
-            distinct = np.array([[0, 0, *size, 0, 0, *resized]], dtype=np.float64)
-        splits = np.cumsum([len(candidates) for candidates, _ in per_ratio])[:-1]
-        record = PhotoRecord(
-            index,
-            name,
-            size[0],
-            size[1],
-            [candidates for candidates, _ in per_ratio],
-            np.split(rows, splits),
-            notes,
-            person,
-            resized,
-            header.orientation,
-            image if settings.keep_image else None,
-            header.format,
-        )
-        item = {
-            "image": photo_input(rgb, settings.spec, resized),
-            "crop_box": torch.from_numpy(distinct[:, 4:].astype(np.float32)),
-            "human_box": (
-                boxes_in_input(np.array([person.box]), size, resized)
-                if person.box is not None
-                else torch.tensor([NO_PERSON_BOX], dtype=torch.float32)
-            ),
-            "name": name,
-            "photo": record,
-        }
-        if settings.user_image:
-            item["user_image"] = pic_user_image(rgb)[0]
-        return item
-
-
-def collate_photos(items: list) -> tuple[dict[str, Any] | None, list[PhotoFailure]]:
-    """``collate_crops`` of the photos that were prepared, and the failures beside them."""
-    failures = [item for item in items if isinstance(item, PhotoFailure)]
-    prepared = [item for item in items if not isinstance(item, PhotoFailure)]
-    return (collate_crops(prepared) if prepared else None), failures
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +207,9 @@ class Cropper:
     weights: its crops mean nothing, said in every output) describe where the model came from.
     ``detector`` finds the person when none is given (see ``untils.person_detection``). ``precision``
     (fp32, bf16, fp16) autocasts the forward pass; ``channels_last`` runs the model channels-last
-    (both faster on GPUs).
+    (both faster on GPUs). ``ratio_candidates`` (``fast`` or ``dense``) picks the grid of crops a fixed
+    aspect ratio ranks (``untils.candidates.RATIO_CANDIDATE_GRIDS``; the free ratio's GAIC grid is the
+    same in both).
     """
 
     def __init__(
@@ -470,6 +222,7 @@ class Cropper:
         user: str | None = None,
         precision: str = "fp32",
         channels_last: bool = False,
+        ratio_candidates: str = DEFAULT_RATIO_CANDIDATES,
     ) -> None:
         if not isinstance(model, CropModel):
             raise TypeError(f"{type(model).__name__} is not a crop model: it has no photo_spec and cfg")
@@ -481,6 +234,8 @@ class Cropper:
         self.precision = precision
         self.autocast_dtype = autocast_dtype(precision)
         self.channels_last = channels_last
+        ratio_candidate_grid(ratio_candidates)  # refuses an unknown grid
+        self.ratio_candidates = ratio_candidates
         self.checkpoint = checkpoint
         self.untrained = untrained
         self.user = user
@@ -529,6 +284,7 @@ class Cropper:
             "untrained": self.untrained,
             "precision": self.precision,
             "channels_last": self.channels_last,
+            "ratio_candidates": self.ratio_candidates,
         }
         if self.scored_as is not None:
             entry["scored_as"] = self.scored_as
@@ -540,7 +296,7 @@ class Cropper:
         """How this model's candidates are chosen at ``aspect_ratio`` (``untils.crop_candidates``);
         raises ValueError for a ratio they cannot give (any, for an official PIC model)."""
         ((_, value),) = requested_ratios(aspect_ratio)
-        return describe_candidates(self.spec.candidates, value)
+        return describe_candidates(self.spec.candidates, value, self.ratio_candidates)
 
     def rank_many(
         self,
@@ -575,9 +331,17 @@ class Cropper:
         if len(human_boxes) != len(photos):
             raise ValueError(f"got {len(human_boxes)} person boxes for {len(photos)} photos")
         ratios = requested_ratios(aspect_ratios)
-        descriptions = [describe_candidates(self.spec.candidates, value) for _, value in ratios]  # refuses bad ones
+        descriptions = [  # refuses bad ones
+            describe_candidates(self.spec.candidates, value, self.ratio_candidates) for _, value in ratios
+        ]
         settings = PhotoSettings(
-            self.spec, tuple(value for _, value in ratios), keep_image, max_pixels, self.user_image, keep_person
+            self.spec,
+            tuple(value for _, value in ratios),
+            keep_image,
+            max_pixels,
+            self.user_image,
+            keep_person,
+            self.ratio_candidates,
         )
         dataset = PhotoDataset(photos, human_boxes, human_source, self.detector, settings)
         yield from dataset.failures
@@ -643,6 +407,7 @@ class Cropper:
                     heat_map=heat_map,
                     image=record.image,
                     image_format=record.image_format,
+                    ratio_candidates=self.ratio_candidates,
                 )
             )
         return results
