@@ -104,5 +104,9 @@ def demo_prior_options(demo_dir: str) -> dict[str, Any]:
 
 def copy_atomic(source: str, target: str) -> None:
     """Copy ``source`` to ``target`` so that ``target`` is either the whole copy or left as it was."""
+
+    def copy(temporary: str) -> None:
+        shutil.copyfile(source, temporary)
+
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
+    write_atomic(target, copy)
