@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["MIN_RATED_PHOTOS", "PICRanker"]  # re-exported: the personalization interface
+__all__ = ["MIN_RATED_CROPS", "MIN_RATED_PHOTOS", "PICRanker"]  # re-exported: the personalization interface
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.pic_format import USER_ID_PATTERN
 from untils.pic_personalize import (
+    MIN_RATED_CROPS,
     MIN_RATED_PHOTOS,
     PERSONALIZATION_OPTIONS,
     Box,
@@ -614,7 +615,7 @@ def personalize_from_ratings(
     ``ratings_csv`` has the columns ``untils.pic_format.RATINGS_CSV_COLUMNS``; its image column
     names files in ``photo_dir`` (upright photos), boxes in those photos' pixels, rows of other
     users ignored; at least ``MIN_RATED_PHOTOS`` photos with at least
-    ``untils.pic_personalize.MIN_RATED_CROPS`` rated crops each. ``human_boxes`` maps an image name
+    ``MIN_RATED_CROPS`` rated crops each. ``human_boxes`` maps an image name
     to its person box (None: no person). The personal model is written atomically to ``out_path``
     (a previous file stays untouched on failure); ``progress(fraction 0..1, message)`` is called as
     it goes. Returns ``{"user", "photos", "ratings", "seconds", "variant", "scope", "step",
