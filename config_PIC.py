@@ -264,10 +264,19 @@ ENGINE_OPTIONS = (
 )
 
 
-def script_parser(description: str) -> argparse.ArgumentParser:
-    """The command line of the scripts that start from a PIC checkpoint (prior_PIC.py, finetune_PIC.py)."""
+def script_parser(description: str, with_demo: bool = False) -> argparse.ArgumentParser:
+    """The command line of the scripts that start from a PIC checkpoint (prior_PIC.py, finetune_PIC.py);
+    ``with_demo``: also ``--demo`` (the demo prior's step, untils/pic_demo.py, which names the checkpoint)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the checkpoint to start from")
+    parser.add_argument("--checkpoint", required=not with_demo, metavar="PATH", help="the checkpoint to start from")
+    if with_demo:
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="the demo prior's step on generated users, from DEMO_DIR/pic/pretrain.pth (written by "
+            "pretrain_PIC.py --demo) to DEMO_DIR/pic/prior.pth, small CPU settings (not a result of the paper)",
+        )
+        parser.add_argument("--demo-dir", default="demo_runs", help="where --demo reads and writes")
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",

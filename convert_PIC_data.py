@@ -24,32 +24,27 @@ import config_PIC
 from pic_dataset import PRETRAIN_FOLDER, PICData, config_path, load_pic_data, split_user_images
 from untils.atomic import write_folder_atomic
 from untils.cli import add_debug_option, add_option_aliases, run_script
-from untils.dataset_errors import DatasetError, problems_error
+from untils.dataset_errors import problems_error
 from untils.dataset_files import check_boxes, read_human_boxes
 from untils.pic_checks import named_image_size, read_pretrain_folder
 from untils.pic_format import (
-    RATINGS_CSV_COLUMNS,
     RELEASE_FINETUNE_FOLDER,
     RELEASE_IMAGE_FOLDER,
     RELEASE_PRETRAIN_FOLDER,
     RELEASE_PRIOR_FOLDER,
-    USER_ID_PATTERN,
     write_pic_annotations,
     write_release_csv,
 )
+from untils.pic_ratings import read_ratings_csv
 from untils.pic_release_layout import (
-    CropCsvLayout,
     ReleaseData,
     UserRatings,
-    check_rated_rows,
     load_release_layout,
     merged_crops,
-    read_crop_rows,
 )
 from untils.safe_paths import copy_named_files
 from untils.training import held_out_images
 
-RATINGS_CSV = CropCsvLayout(RATINGS_CSV_COLUMNS, "image", ("x1", "y1", "x2", "y2"), "x1, y1, x2, y2", "line")
 LISTED_NAMES = 20  # a report of left-out entries names this many
 
 
@@ -75,54 +70,6 @@ def split_users(users: Sequence[str], test_fraction: float, seed: int) -> tuple[
     if test_fraction > 0 and len(order) > 1:
         test_count = min(max(test_count, 1), len(order) - 1)
     return sorted(order[test_count:]), sorted(order[:test_count])
-
-
-def read_ratings_csv(path: str, image_dir: str | None = None) -> dict[str, dict[str, dict[str, list]]]:
-    """``annotator,image,x1,y1,x2,y2,score`` rows (extra columns ignored) -> ``{user: {image: {bbox,
-    score}}}``, boxes and scores as given. Each user's crops of an image are checked by the loader's
-    rule (``untils.pic_checks.check_rated_crops``), against the photo in ``image_dir`` when given (its name
-    kept inside that folder); every problem is listed in one ``DatasetError`` naming its lines."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ratings CSV not found: {path}")
-    problems: list[str] = []
-    rows: dict[str, dict[str, list[tuple[int, list[float], float]]]] = {}
-    first_line: dict[str, int] = {}
-    for line, row, image, box, score in read_crop_rows(path, RATINGS_CSV, str, problems):
-        user = (row["annotator"] or "").strip()
-        if not USER_ID_PATTERN.match(user):
-            problems.append(f"line {line}: annotator {user!r} must be letters, digits, '_', '-' or '.' (not first)")
-            continue
-        first_line.setdefault(image, line)
-        rows.setdefault(user, {}).setdefault(image, []).append((line, box, score))
-    sizes: dict[str, tuple[int, int] | None] = {}
-    if image_dir is not None:
-        for name, line in first_line.items():
-            sizes[name], problem = named_image_size(image_dir, name)
-            if problem:
-                problems.append(f"line {line}: {problem}")
-    for user, user_rows in rows.items():
-
-        def where(at: str, user: str = user) -> str:
-            return f"{at}: annotator {user}"
-
-        check_rated_rows(
-            RATINGS_CSV,
-            {name: found for name, found in user_rows.items() if image_dir is None or sizes[name] is not None},
-            sizes,
-            where,
-            problems,
-        )
-    if problems:
-        raise problems_error(f"ratings CSV {path}", problems)
-    if not rows:
-        raise DatasetError(f"ratings CSV {path} has no rows")
-    return {
-        user: {
-            name: {"bbox": [box for _, box, _ in found], "score": [score for _, _, score in found]}
-            for name, found in user_rows.items()
-        }
-        for user, user_rows in rows.items()
-    }
 
 
 def read_person_boxes(path: str, sizes: dict[str, tuple[int, int] | None]) -> dict[str, list[float]]:

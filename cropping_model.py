@@ -41,7 +41,14 @@ import torch.nn.functional as F
 
 import config_PIC
 from config_GAICD import MOS_MEAN, MOS_STD, Config
-from pic_model import PICModel, PICOfficialModel, build_official_model, is_official_pic_state_dict, official_pic_options
+from pic_model import (
+    PICModel,
+    PICOfficialModel,
+    build_official_model,
+    is_official_pic_state_dict,
+    official_pic_options,
+    pic_model_from_checkpoint,
+)
 from rod_align import CropAlignFeatures
 from roi_align import RoIAlignAvg
 from untils.backbones import BACKBONE_CHANNELS, BackboneWeightsError, GAICBackbone, build_backbone
@@ -67,12 +74,7 @@ from untils.crop_heads import (
     resize_to,
 )
 from untils.preprocessing import CHANNEL_ORDERS, GAIC_RELEASE_SPEC, PhotoSpec, spec_of_config
-from untils.score_losses import (
-    listwise_view_ranking_loss,
-    score_rank_loss,
-    score_regression_loss,
-    score_weighted_regression_loss,
-)
+from untils.score_losses import group_score_loss
 
 CONTENT_FEAT_DIM = 256
 
@@ -432,34 +434,6 @@ def official_pic_from_state_dict(
     return model.eval()
 
 
-def _pic_model(content: dict, overrides: dict | None) -> nn.Module:
-    """A PIC model from our checkpoint content (``model_type`` PIC); the weights' names pick the
-    variant: the release's names (:class:`pic_model.PICOfficialModel`, which also records the
-    checkpoint's ``stage`` and the ``trained_user`` it was fine-tuned to) or the embedding variant's
-    (:class:`pic_model.PICModel`, also checkpoints written before variants existed, with every
-    user the checkpoint knows in ``user_embeddings``)."""
-    if is_official_pic_state_dict(content.get("model", {})):
-        stored = content.get("config", {})
-        if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
-            content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
-        official = build_official_model(
-            config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "official"})
-        )
-        load_model_weights(official, content)
-        official.stage, official.trained_user = content.get("stage"), content.get("user")
-        return official
-    model = PICModel(
-        config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
-        loadweights=False,
-    )
-    load_model_weights(model, content)
-    model.user_embeddings = {
-        user: torch.as_tensor(vector, dtype=torch.float32)
-        for user, vector in content.get("user_embeddings", {}).items()
-    }
-    return model
-
-
 def load_crop_model(
     source: str | os.PathLike | dict,
     device: str | torch.device = "cpu",
@@ -523,7 +497,7 @@ def _load_any(source: str | os.PathLike | dict, overrides: dict | None, trusted:
         return official_pic_from_state_dict(content["model"], overrides)
     model_type = content.get("model_type", "HCIC")
     if model_type == "PIC":
-        return _pic_model(content, overrides)
+        return pic_model_from_checkpoint(content, overrides)
     if model_type not in ("HCIC", "GAIC", "GAIC-official"):
         raise CheckpointError(f"{name}: unknown model_type {model_type!r}")
     cfg = config_from_checkpoint(content, Config, {**(overrides or {}), "model_type": model_type}, name)
@@ -554,17 +528,7 @@ def crop_score_loss(
         groups = [(pred[image][crop_valid[image]], gt[image][crop_valid[image]]) for image in range(pred.shape[0])]
     total = pred.new_zeros(())
     for p, g in groups:
-        for loss_type in loss_types:
-            if loss_type == "L1Loss":
-                total = total + score_regression_loss(p, g)
-            elif loss_type == "WeightedL1Loss":
-                total = total + score_weighted_regression_loss(p, g, score_mean)
-            elif loss_type == "RankLoss":
-                total = total + score_rank_loss(p, g, rank_loss_weighting)
-            elif loss_type == "LVRLoss":
-                total = total + listwise_view_ranking_loss(p, g)
-            else:
-                raise ValueError(f"unknown score loss {loss_type!r}")
+        total = total + group_score_loss(p, g, loss_types, score_mean, rank_loss_weighting)
     return total / len(groups)
 
 

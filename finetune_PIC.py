@@ -37,7 +37,6 @@ import copy
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -45,28 +44,25 @@ import torch
 from tqdm import tqdm
 
 import config_PIC
-from cropping_model import crop_score_loss, load_crop_model
+from config_GAICD import MOS_MEAN
+from cropping_model import load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data, split_user_images
 from pic_model import (
     PICModel,
     PICOfficialModel,
-    PreferenceModule,
     is_official_pic_state_dict,
-    prior_pull_loss,
     user_images,
 )
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
 from untils.pic_features import (
-    VIEWS,
-    UserImage,
     embed_user,
     evaluate_user,
     extract_features,
     single_threaded,
-    user_scores,
 )
+from untils.pic_finetune import finetune_user, personal_checkpoint
 from untils.pic_recipe import evaluate_images, rated_images, train_on_images
 from untils.pic_release_layout import load_release_layout
 from untils.runtime import resolve_device, seed_everything
@@ -111,73 +107,6 @@ METRIC_TITLES = {
         for n in (5, 10)
     },
 }
-
-
-@dataclass
-class FinetuneResult:
-    """A fine-tuned user: their embedding and preference module, the chosen step and its validation SRCC."""
-
-    embedding: torch.Tensor
-    preference: PreferenceModule
-    step: int
-    val_srcc: float
-    history: list[dict[str, float]]
-
-
-def _srcc(preference: PreferenceModule, embedding: torch.Tensor, examples: Sequence[UserImage]) -> float:
-    value = evaluate_user(preference, embedding, examples)["srcc"]
-    return -float("inf") if np.isnan(value) else value
-
-
-def finetune_user(
-    preference: PreferenceModule,
-    support: Sequence[UserImage],
-    val: Sequence[UserImage],
-    cfg,
-    generator: torch.Generator,
-) -> FinetuneResult:
-    """Fine-tune a copy of ``preference`` and a user embedding (started from the support images'
-    evidence) on ``support``; keep the step with the best SRCC on ``val``. ``preference`` itself
-    is left as it was."""
-    tuned_preference = copy.deepcopy(preference).requires_grad_(False)
-    with torch.no_grad():
-        start = embed_user(tuned_preference, support)
-    embedding = start.clone().requires_grad_(True)
-    tuned, anchors = [embedding], [start]
-    if cfg.finetune_scope == "head":
-        head = [*tuned_preference.taste.parameters(), *tuned_preference.user_weights.parameters()]
-        for parameter in head:
-            parameter.requires_grad_(True)
-        tuned += head
-        anchors += [parameter.detach().clone() for parameter in head]
-    optimizer = torch.optim.Adam(tuned, lr=cfg.finetune_lr)
-    best_srcc = _srcc(tuned_preference, start, val)
-    best = (0, start.clone(), copy.deepcopy(tuned_preference.state_dict()))
-    history = [{"step": 0, "loss": float("nan"), "val_srcc": best_srcc}]
-    for step in range(1, cfg.finetune_steps + 1):
-        views = torch.randint(VIEWS, (len(support),), generator=generator).tolist()
-        losses = [
-            crop_score_loss(
-                user_scores(tuned_preference, embedding, example, view),
-                example.scores,
-                cfg.loss_type,
-                rank_loss_weighting=cfg.rank_loss_weighting,
-            )
-            for example, view in zip(support, views, strict=True)
-        ]
-        loss = torch.stack(losses).mean() + cfg.finetune_reg * prior_pull_loss(tuned, anchors)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % cfg.finetune_eval_every == 0 or step == cfg.finetune_steps:
-            srcc = _srcc(tuned_preference, embedding.detach(), val)
-            history.append({"step": step, "loss": loss.item(), "val_srcc": srcc})
-            if srcc > best_srcc:
-                best_srcc = srcc
-                best = (step, embedding.detach().clone(), copy.deepcopy(tuned_preference.state_dict()))
-    step, best_embedding, state = best
-    tuned_preference.load_state_dict(state)
-    return FinetuneResult(best_embedding, tuned_preference.requires_grad_(False), step, best_srcc, history)
 
 
 def result_row(user: str, model: str, metrics: dict[str, float], images: int, **extra) -> dict:
@@ -350,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
             with torch.no_grad():
                 prior_embedding = embed_user(preference, support)
-            result = finetune_user(preference, support, val, cfg, generator)
+            result = finetune_user(preference, support, val, cfg, generator, MOS_MEAN)
             for entry in result.history[1:]:
                 writer.add_scalar(f"{user}/val_srcc", entry["val_srcc"], entry["step"])
             evaluations = {
@@ -371,26 +300,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 for name, metrics in evaluations.items()
             ]
             if not args.no_save_users:
-                state = model.state_dict()
-                state.update({f"preference.{key}": value for key, value in result.preference.state_dict().items()})
-                embeddings = dict(prior_users) if cfg.finetune_scope == "embedding" else {}
-                embeddings[user] = result.embedding
+                finetune = {"support": split.support, "val": split.val, "test": split.test}
                 save_atomic(
-                    {
-                        "model": state,
-                        "config": config_to_dict(cfg),
-                        "model_type": "PIC",
-                        "stage": "finetuned",
-                        "user": user,
-                        "user_embeddings": {u: e.tolist() for u, e in embeddings.items()},
-                        "finetune": {
-                            "step": result.step,
-                            "val_srcc": result.val_srcc,
-                            "support": split.support,
-                            "val": split.val,
-                            "test": split.test,
-                        },
-                    },
+                    personal_checkpoint(model.state_dict(), cfg, user, result, prior_users, finetune),
                     os.path.join(exp_path, "users", f"{user}.pth"),
                 )
     writer.close()

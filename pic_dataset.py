@@ -31,7 +31,7 @@ from torch.utils.data import ConcatDataset
 from cropping_dataset import ScoredCropDataset
 from untils.dataset_errors import DatasetError, problems_error
 from untils.dataset_files import CropAnnotation, check_boxes, load_json, read_crop_annotations, read_human_boxes
-from untils.pic_checks import box_key, check_rated_crops, crop_position, named_image_size
+from untils.pic_checks import best_crop_indices, box_key, check_rated_crops, crop_position, named_image_size
 from untils.pic_format import RELEASE_PRETRAIN_FOLDER, USER_ID_PATTERN
 from untils.training import seeded_order
 
@@ -146,11 +146,6 @@ def split_user_images(
             f"image are needed (lower {options[0]} or {options[1]})"
         )
     return UserSplit(support=pool[:shots], val=pool[shots : shots + val_images], test=test)
-
-
-def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the ``count`` highest scores; ties go to the crop listed first."""
-    return np.argsort(-np.asarray(scores), kind="stable")[:count]
 
 
 # ----------------------------------------------------------------------------------------------

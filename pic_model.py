@@ -1,25 +1,37 @@
 """Personalized image cropping (PIC): the published model (:class:`PICOfficialModel`, Cooperxjt/PIC,
 parameter names the release's) and this project's embedding variant (:class:`PICModel`), their
 building blocks and the embedding variant's losses and data. README.md (PIC section) describes both;
-``cropping_model.load_crop_model`` loads their checkpoints; the release's recipe is
-``untils.pic_recipe``, the embedding variant's feature cache ``untils.pic_features``.
+:func:`pic_model_from_checkpoint` builds them from our checkpoints (``cropping_model.load_crop_model``
+loads every kind); the release's recipe is ``untils.pic_recipe``, the embedding variant's feature
+cache ``untils.pic_features``, its fine-tuning ``untils.pic_finetune``. A person's own ratings
+become their personal model through :func:`personalize_from_ratings`; :func:`load_pic_ranker`
+ranks a photo's candidates with a prior or personal model (``untils.pic_personalize``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+
+__all__ = ["MIN_RATED_PHOTOS", "PICRanker"]  # re-exported: the personalization interface
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 import config_PIC
+from config_GAICD import MOS_MEAN
 from pic_dataset import PICData, PICImageDataset, best_crop_indices
 from rod_align import CropAlignFeatures
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.boxes import FEATURE_STRIDE
-from untils.checkpoint import CheckpointError, release_state_dict
+from untils.checkpoint import (
+    CheckpointError,
+    config_from_checkpoint,
+    load_model_weights,
+    read_checkpoint,
+    release_state_dict,
+)
 from untils.crop_heads import (
     ALIGN_SIZE,
     CropOutput,
@@ -32,6 +44,8 @@ from untils.crop_heads import (
 )
 from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
+from untils.pic_format import USER_ID_PATTERN
+from untils.pic_personalize import MIN_RATED_PHOTOS, Box, PICRanker, Progress, personalize_model
 from untils.preprocessing import GAIC_SHORT_SIDE, PhotoSpec, spec_of_config
 
 RELEASE_NUM_USERS = 945  # the release's training users and CPC's views per image (its hard-wired sizes)
@@ -416,13 +430,6 @@ class PICModel(GAICScorer):
         return self.user_embeddings[user]
 
 
-def prior_pull_loss(current: Sequence[torch.Tensor], prior: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean squared distance of fine-tuned tensors from their prior values, summed over tensors."""
-    return cast(
-        torch.Tensor, sum(torch.mean((now - before.detach()) ** 2) for now, before in zip(current, prior, strict=True))
-    )
-
-
 def user_images(
     data: PICData,
     dataset: PICImageDataset,
@@ -528,3 +535,92 @@ def build_official_model(cfg, backbone_weight_path: str | None = None) -> PICOff
     )
     model.cfg = cfg
     return model
+
+
+def pic_model_from_checkpoint(content: dict, overrides: dict | None = None) -> PICModel | PICOfficialModel:
+    """A PIC model from our checkpoint content (``model_type`` PIC); the weights' names pick the
+    variant: the release's names (:class:`PICOfficialModel`, which also records the checkpoint's
+    ``stage`` and the ``trained_user`` it was fine-tuned to) or the embedding variant's
+    (:class:`PICModel`, also checkpoints written before variants existed, with every
+    user the checkpoint knows in ``user_embeddings``)."""
+    if is_official_pic_state_dict(content.get("model", {})):
+        stored = content.get("config", {})
+        if isinstance(stored, dict) and stored.get("bgr_order") is True and "channel_order" not in stored:
+            content = {**content, "config": {**stored, "channel_order": "bgr"}}  # its name before channel_order
+        official = build_official_model(
+            config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "official"})
+        )
+        load_model_weights(official, content)
+        official.stage, official.trained_user = content.get("stage"), content.get("user")
+        return official
+    model = PICModel(
+        config_from_checkpoint(content, config_PIC.Config, {**(overrides or {}), "variant": "embedding"}),
+        loadweights=False,
+    )
+    load_model_weights(model, content)
+    model.user_embeddings = {
+        user: torch.as_tensor(vector, dtype=torch.float32)
+        for user, vector in content.get("user_embeddings", {}).items()
+    }
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# One person's model: ranking with a prior or personal checkpoint, personalizing from ratings
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_pic_checkpoint(path: str) -> dict:
+    try:
+        content = read_checkpoint(path)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
+    if content.get("model_type") != "PIC" or content.get("stage") not in ("prior", "finetuned"):
+        raise ValueError(
+            f"{path} is neither a PIC prior (prior_PIC.py) nor a personal PIC model "
+            "(finetune_PIC.py, personalize_from_ratings)"
+        )
+    return content
+
+
+def load_pic_ranker(path: str, device: str = "cpu") -> PICRanker:
+    """The :class:`PICRanker` of a prior or personal checkpoint (either variant), on ``device``."""
+    content = _read_pic_checkpoint(path)
+    model = pic_model_from_checkpoint(content).to(device).eval()
+    if content["stage"] == "prior":
+        return PICRanker(model, "prior", None, path)
+    return PICRanker(model, "personal", content.get("user"), path)
+
+
+def personalize_from_ratings(
+    prior_path: str,
+    user: str,
+    ratings_csv: str,
+    photo_dir: str,
+    out_path: str,
+    *,
+    human_boxes: Mapping[str, Box | None] | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Fine-tunes the prior on ``user``'s rows of ``ratings_csv`` and writes the personal model.
+
+    ``ratings_csv`` has the columns ``untils.pic_format.RATINGS_CSV_COLUMNS``; its image column
+    names files in ``photo_dir`` (upright photos), boxes in those photos' pixels, rows of other
+    users ignored; at least ``MIN_RATED_PHOTOS`` photos with at least
+    ``untils.pic_personalize.MIN_RATED_CROPS`` rated crops each. ``human_boxes`` maps an image name
+    to its person box (None: no person). The personal model is written atomically to ``out_path``
+    (a previous file stays untouched on failure); ``progress(fraction 0..1, message)`` is called as
+    it goes. Returns ``{"user", "photos", "ratings", "seconds", "variant", "scope", "step",
+    "train_srcc", "path"}``. Raises ValueError with one sentence naming the file or value when the
+    data are unusable. Only embedding-variant priors are personalized (README, PIC: the variant
+    that learns best from 5 to 20 rated photos).
+    """
+    if not USER_ID_PATTERN.match(user):
+        raise ValueError(f"user id {user!r} must be letters, digits, '_', '-' or '.' (not first)")
+    content = _read_pic_checkpoint(prior_path)
+    model = pic_model_from_checkpoint(content)
+    if content["stage"] != "prior" or not isinstance(model, PICModel) or not model.user_embeddings:
+        raise ValueError(f"{prior_path} is not an embedding-variant PIC prior (prior_PIC.py --variant embedding)")
+    return personalize_model(
+        model, model.user_embeddings, user, ratings_csv, photo_dir, out_path, MOS_MEAN, human_boxes, progress
+    )

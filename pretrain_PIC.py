@@ -17,6 +17,7 @@ is our variant (``--variant embedding``, ``pic_model.py``):
   python pretrain_PIC.py --data-root DATA --variant embedding                        # the users' average scores
   python pretrain_PIC.py --data-root DATA --variant embedding --objective_set GAICD  # GAICD's scores (or CPC)
   python pretrain_PIC.py --resume experiments/PIC_mobilenetv2/checkpoints/last.pth
+  python pretrain_PIC.py --demo --demo-dir demo_runs   # the demo prior's pre-training (untils/pic_demo.py)
 
 Each step scores `view_per_image` random candidate crops of each image with the objective branch
 (GAIC's head on RoI+RoD features; `loss_type` losses against the objective scores) and classifies
@@ -64,6 +65,7 @@ from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
 from untils.experiment import build_parser, launch
 from untils.inference import move_batch
+from untils.pic_demo import copy_atomic, demo_pretrain_checkpoint, demo_pretrain_options
 from untils.pic_format import pic_user_image
 from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
 from untils.pic_release_layout import load_release_layout, rated_average
@@ -424,8 +426,18 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> Trainer | dict:
-    parser = build_parser(__doc__, config_PIC.Config, exclude=config_PIC.NOT_PIC_OPTIONS)
+    parser = build_parser(__doc__, config_PIC.Config, with_demo=True, exclude=config_PIC.NOT_PIC_OPTIONS)
     args = parser.parse_args(argv)
+    if args.demo:  # the demo prior's first step (untils/pic_demo.py); the given options win
+        trainer = launch(
+            build_trainer,
+            config_PIC.Config,
+            args,
+            prepare=lambda given: {**demo_pretrain_options(args.demo_dir), **given},
+        )
+        copy_atomic(os.path.join(trainer.checkpoint_dir, "best-srcc.pth"), demo_pretrain_checkpoint(args.demo_dir))
+        print(f"demo pre-training saved to {demo_pretrain_checkpoint(args.demo_dir)}", flush=True)
+        return trainer
     if config_PIC.Config(**given_config_options(args)).variant == "official":
         if args.resume:
             raise SystemExit("--resume is for the embedding variant's engine; the official pre-training restarts")

@@ -1,6 +1,7 @@
 """Train the PIC prior model.
 
   python prior_PIC.py --checkpoint experiments/PIC_mobilenetv2/checkpoints/pretrain.pth --data-root DATA
+  python prior_PIC.py --demo --demo-dir demo_runs   # the demo prior (after pretrain_PIC.py --demo)
 
 The checkpoint's variant decides; a bare state_dict of PIC's release is official. Official (the
 published recipe): every parameter is trained
@@ -42,6 +43,7 @@ from pic_model import PICModel, PICOfficialModel, PreferenceModule, is_official_
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
+from untils.pic_demo import copy_atomic, demo_pretrain_checkpoint, demo_prior_checkpoint, demo_prior_options
 from untils.pic_features import (
     VIEWS,
     UserImage,
@@ -208,18 +210,34 @@ def prior_official(content: dict, overrides: dict, progress: bool) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = config_PIC.script_parser(__doc__).parse_args(argv)
+    parser = config_PIC.script_parser(__doc__, with_demo=True)
+    args = parser.parse_args(argv)
+    overrides = given_config_options(args)
+    if args.demo:  # the demo prior's second step (untils/pic_demo.py); the given options win
+        args.checkpoint = args.checkpoint or demo_pretrain_checkpoint(args.demo_dir)
+        overrides = {**demo_prior_options(args.demo_dir), **overrides}
+    elif args.checkpoint is None:
+        parser.error("--checkpoint is required (or --demo)")
+    result = train_prior_of(args, overrides)
+    if args.demo:
+        copy_atomic(result["checkpoint"], demo_prior_checkpoint(args.demo_dir))
+        print(f"demo prior saved to {demo_prior_checkpoint(args.demo_dir)}", flush=True)
+    return result
+
+
+def train_prior_of(args, overrides: dict) -> dict:
+    """The prior of ``args.checkpoint``'s variant, with the config ``overrides``."""
     content = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     if "model_type" not in content and is_official_pic_state_dict(content.get("model", {})):
-        return prior_official(content, given_config_options(args), not args.no_progress)  # a release file
+        return prior_official(content, overrides, not args.no_progress)  # a release file
     if content.get("model_type") != "PIC":
         raise SystemExit(
             f"{args.checkpoint} is not a PIC checkpoint (model_type={content.get('model_type')!r}); "
             "give a checkpoint of pretrain_PIC.py or a state_dict of PIC's release"
         )
     if is_official_pic_state_dict(content.get("model", {})):
-        return prior_official(content, given_config_options(args), not args.no_progress)
-    model = cast(PICModel, load_crop_model(content, overrides=given_config_options(args)).requires_grad_(False))
+        return prior_official(content, overrides, not args.no_progress)
+    model = cast(PICModel, load_crop_model(content, overrides=overrides).requires_grad_(False))
     cfg = model.cfg
     device = resolve_device(cfg.device, cfg.gpu_id)
     model.to(device)

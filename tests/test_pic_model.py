@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import config_PIC
+from config_GAICD import MOS_MEAN
 from cropping_model import build_crop_model, load_crop_model
-from finetune_PIC import finetune_user
 from pic_model import GEOMETRY_DIM, PICModel, PreferenceModule, crop_geometry
 from untils.checkpoint import CheckpointError, config_to_dict
 from untils.pic_features import VIEWS, UserImage
+from untils.pic_finetune import finetune_user
 
 
 def tiny_cfg(**overrides) -> config_PIC.Config:
@@ -201,7 +202,7 @@ def test_finetuning_changes_only_what_its_scope_allows(scope):
     with torch.no_grad():
         start = preference.embed(torch.cat([example.evidence[0] for example in support]))
     # validating on the support images makes some step better than the start
-    result = finetune_user(preference, support, support, cfg, generator)
+    result = finetune_user(preference, support, support, cfg, generator, MOS_MEAN)
     assert result.step > 0
     for name, value in preference.state_dict().items():
         torch.testing.assert_close(value, before[name])  # the prior is left as it was

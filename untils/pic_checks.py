@@ -20,6 +20,11 @@ MIN_CROPS = 10
 BOX_KEY_DECIMALS = 3  # crops of the same image are the same crop when equal to this many decimals
 
 
+def best_crop_indices(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` highest scores; ties go to the crop listed first."""
+    return np.argsort(-np.asarray(scores), kind="stable")[:count]
+
+
 def box_key(box: Iterable[float]) -> tuple[float, ...]:
     return tuple(round(float(v), BOX_KEY_DECIMALS) for v in box)
 
@@ -33,18 +38,19 @@ class CropProblem(NamedTuple):
 
 
 def check_rated_crops(
-    boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None
+    boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int] | None, min_crops: int = MIN_CROPS
 ) -> tuple[np.ndarray, bool, list[CropProblem]]:
     """The one rule for a user's crops (N, 4) and scores (N,) of one image, for every loader and
-    converter: at least ``MIN_CROPS`` crops, finite scores, no crop twice (:func:`box_key`), and
+    converter: at least ``min_crops`` crops (``MIN_CROPS`` for a data set; personalization from a
+    person's own ratings asks fewer), finite scores, no crop twice (:func:`box_key`), and
     each box valid for the ``size`` (width, height) image by ``untils.dataset_files.check_boxes``
     (clipped when slightly outside). ``size`` None (image not at hand): boxes are checked for
     emptiness only. Returns ``(boxes, clipped, problems)``."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     problems = []
-    if len(boxes) < MIN_CROPS:
-        problems.append(CropProblem((), f"{len(boxes)} crops, at least {MIN_CROPS} are needed"))
+    if len(boxes) < min_crops:
+        problems.append(CropProblem((), f"{len(boxes)} crops, at least {min_crops} are needed"))
     not_finite = tuple(int(i) for i in np.flatnonzero(~np.isfinite(scores)))
     if not_finite:
         problems.append(CropProblem(not_finite, "scores must be finite numbers"))

@@ -49,10 +49,10 @@ class UserImage:
     """One image a user rated: the frozen model's outputs for the user's crops, and the user's scores."""
 
     name: str
-    objective: torch.Tensor  # (VIEWS, n)
-    features: torch.Tensor  # (VIEWS, n, F)
+    objective: torch.Tensor  # (views, n): VIEWS, or 1 (no mirrored view) for a person's own ratings
+    features: torch.Tensor  # (views, n, F)
     scores: torch.Tensor  # (n,)
-    evidence: torch.Tensor  # (VIEWS, best_crops, 2F) evidence rows of the user's best crops
+    evidence: torch.Tensor  # (views, best_crops, 2F) evidence rows of the user's best crops
 
 
 @torch.no_grad()

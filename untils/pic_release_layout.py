@@ -18,7 +18,7 @@ import numpy as np
 
 from untils.dataset_errors import DatasetError, problems_error
 from untils.dataset_files import CropAnnotation
-from untils.pic_checks import box_key, check_rated_crops, named_image_size, read_pretrain_folder
+from untils.pic_checks import MIN_CROPS, box_key, check_rated_crops, named_image_size, read_pretrain_folder
 from untils.pic_format import (
     RELEASE_CSV_HEADER,
     RELEASE_FINETUNE_FOLDER,
@@ -161,16 +161,18 @@ def check_rated_rows(
     sizes: Mapping[str, tuple[int, int] | None],
     where: Callable[[str], str],
     problems: list[str],
+    min_crops: int = MIN_CROPS,
 ) -> tuple[UserRatings, bool]:
     """One user's CSV rows ``{image: [(line, box, score), ...]}`` through :func:`check_rated_crops`
-    (``sizes[image]`` None: not at hand); every problem is appended naming its rows. Returns the
-    checked ``{image: crops}`` (boxes clipped as the loader clips them) and whether any was clipped."""
+    (``sizes[image]`` None: not at hand; ``min_crops`` crops at least); every problem is appended
+    naming its rows. Returns the checked ``{image: crops}`` (boxes clipped as the loader clips them)
+    and whether any was clipped."""
     ratings, clipped = {}, False
     for name, image_rows in rows.items():
         lines = [line for line, _, _ in image_rows]
         scores = np.asarray([score for _, _, score in image_rows])
         boxes, was_clipped, crop_problems = check_rated_crops(
-            np.asarray([box for _, box, _ in image_rows]), scores, sizes.get(name)
+            np.asarray([box for _, box, _ in image_rows]), scores, sizes.get(name), min_crops
         )
         problems += [
             f"{where(rows_text(layout, [lines[i] for i in problem.crops] or lines[:1]))}: image {name}: {problem.text}"

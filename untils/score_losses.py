@@ -1,10 +1,13 @@
 """The score losses of one group of crops (predicted and ground-truth scores, flat): smooth-L1,
 its score-weighted form, the pairwise rank loss and the listwise view-ranking loss.
 
-``cropping_model.crop_score_loss`` sums the chosen ones over each image's valid crops.
+:func:`group_score_loss` sums the chosen ones for one group; ``cropping_model.crop_score_loss``
+over each image's valid crops.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,3 +60,26 @@ def listwise_view_ranking_loss(pre_score: torch.Tensor, gt_score: torch.Tensor) 
     _, dense_rank = torch.unique(gt, sorted=True, return_inverse=True)
     target = torch.softmax(dense_rank.to(pre.dtype) + 1, dim=-1)
     return -(torch.log_softmax(pre, dim=-1) * target).sum()
+
+
+def group_score_loss(
+    pre_score: torch.Tensor,
+    gt_score: torch.Tensor,
+    loss_types: Sequence[str],
+    score_mean: float,
+    rank_loss_weighting: str = "sign",
+) -> torch.Tensor:
+    """Sum of the ``loss_types`` (L1Loss, WeightedL1Loss, RankLoss, LVRLoss) of one group of crops."""
+    total = pre_score.new_zeros(())
+    for loss_type in loss_types:
+        if loss_type == "L1Loss":
+            total = total + score_regression_loss(pre_score, gt_score)
+        elif loss_type == "WeightedL1Loss":
+            total = total + score_weighted_regression_loss(pre_score, gt_score, score_mean)
+        elif loss_type == "RankLoss":
+            total = total + score_rank_loss(pre_score, gt_score, rank_loss_weighting)
+        elif loss_type == "LVRLoss":
+            total = total + listwise_view_ranking_loss(pre_score, gt_score)
+        else:
+            raise ValueError(f"unknown score loss {loss_type!r}")
+    return total
