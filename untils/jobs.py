@@ -86,13 +86,16 @@ class JobRunner:
         self._thread = threading.Thread(target=self._run, name="job-runner", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, kwargs: dict[str, Any]) -> Job:
+    def submit(self, key: str, prepare: Callable[[], dict[str, Any]]) -> Job:
+        """Queue a job for ``key`` with the arguments ``prepare()`` returns: called only once no job
+        of ``key`` is queued or running (so it may write the job's input files), never twice at once."""
         with self._lock:
             busy = next(
                 (job for job in self._jobs.values() if job.key == key and job.state in ("queued", "running")), None
             )
             if busy is not None:
                 raise JobConflict(f"a job for {key} is {busy.state} already ({busy.id}); wait for it to end")
+            kwargs = prepare()
             job = Job(secrets.token_hex(8), key)
             self._jobs[job.id] = job
             while len(self._jobs) > JOBS_KEPT:
@@ -145,7 +148,7 @@ class JobRunner:
         except Exception as error:  # e.g. no memory for a process: the job fails, the server goes on
             self._update(job, "failed", 0.0, f"could not start the training process ({failure_sentence(error)})")
             return
-        ended = None
+        ended: tuple[str, float, Any] | None = None
         while ended is None:
             try:
                 kind, fraction, payload = updates.get(timeout=POLL_S)

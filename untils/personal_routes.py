@@ -53,15 +53,19 @@ class PersonalService:
     def describe(self) -> dict[str, Any]:
         return {"available": True, **self.models.describe()}
 
+    def summary(self, user: str) -> dict[str, Any]:
+        """The user's ratings and counts (``photos_ready``: photos with enough rated crops to learn from)."""
+        return self.ratings.summary(user, self.models.personalization.min_rated_crops)
+
     def ranking_json(
         self, user: str, photo_id: str, image: Image.Image, human_box: Box | None, top_k: int
     ) -> dict[str, Any]:
         """``POST /api/crop``'s ``personal`` entry (run off the event loop): the user's top-k of the
         candidates (the prior's when the user has no model yet) with their ratings, the prior's top-k
-        beside them, and every candidate (``ranked``: the crops one may rate)."""
+        beside them, and every candidate in the user's order (``ranked``: the crops one may rate)."""
         ranking = self.models.rank(user, image, human_box)
         rated = {box_key(r.box): r.score for r in self.ratings.ratings(user) if r.photo_id == photo_id}
-        summary = self.ratings.summary(user)
+        summary = self.summary(user)
         return {
             "user": summary["user"],
             "kind": ranking.kind,
@@ -70,8 +74,8 @@ class PersonalService:
             else self.models.describe()["prior"],
             "crops": crops_json(ranking.ranked, top_k, rated),
             "generic": crops_json(ranking.prior, top_k),
-            "ranked": [{"box": list(box), "score": score} for box, score in ranking.ranked],
-            "rated": {"crops": summary["crops"], "photos": summary["photos"]},
+            "ranked": crops_json(ranking.ranked, len(ranking.ranked), rated),
+            "rated": {key: summary[key] for key in ("crops", "photos", "photos_ready")},
         }
 
     def _offer(self, photo_id: str) -> None:
@@ -100,8 +104,8 @@ class PersonalService:
                 raise
             self._offer(photo_id)  # first rating of this photo, or newly offered crops of it
             rating = self.ratings.rate(user, photo_id, box, body.get("score"))
-        summary = self.ratings.summary(user)
-        return {"rating": rating.to_json(), **{key: summary[key] for key in ("user", "crops", "photos", "has_model")}}
+        summary = self.summary(user)
+        return {"rating": rating.to_json(), **{key: value for key, value in summary.items() if key != "ratings"}}
 
     def delete(self, user: str, photo_id: str, box_text: str) -> dict[str, Any]:
         try:
@@ -109,27 +113,33 @@ class PersonalService:
         except ValueError:
             box = []
         self.ratings.delete(user, photo_id, checked_box(box))
-        return self.ratings.summary(user)
+        return self.summary(user)
 
     def personalize(self, body: dict[str, Any]) -> str:
         user = checked_user(body.get("user"))
-        summary = self.ratings.summary(user)
-        needed = self.models.personalization.min_rated_photos
-        if summary["photos"] < needed:
+        ready, needed = self.summary(user)["photos_ready"], self.models.personalization.min_rated_photos
+        if ready < needed:
+            crops = self.models.personalization.min_rated_crops
             raise RatingError(
-                f"user {user} has rated crops of {summary['photos']} photos; personalizing needs at least {needed}", 422
+                f"user {user} has rated at least {crops} crops of {ready} photos; "
+                f"personalizing needs {needed} such photos",
+                422,
             )
-        names = {self.ratings.image_name(r.photo_id) for r in self.ratings.ratings(user)}
-        boxes = self.ratings.human_boxes()
-        kwargs = {
-            "prior_path": self.models.personalization.prior_path,
-            "user": user,
-            "ratings_csv": str(self.ratings.ratings_file(user)),
-            "photo_dir": str(self.ratings.photo_dir),
-            "out_path": str(self.ratings.model_file(user)),
-            "human_boxes": {name: boxes.get(name) for name in names if name is not None},
-        }
-        return self.jobs.submit(user, kwargs).id
+
+        def prepare() -> dict[str, Any]:
+            names = {self.ratings.image_name(r.photo_id) for r in self.ratings.ratings(user)}
+            boxes = self.ratings.human_boxes()
+            training = self.ratings.training_file(user, self.models.personalization.min_rated_crops)
+            return {
+                "prior_path": self.models.personalization.prior_path,
+                "user": user,
+                "ratings_csv": str(training),
+                "photo_dir": str(self.ratings.photo_dir),
+                "out_path": str(self.ratings.model_file(user)),
+                "human_boxes": {name: boxes.get(name) for name in names if name is not None},
+            }
+
+        return self.jobs.submit(user, prepare).id
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -166,7 +176,7 @@ def add_personal_routes(app: FastAPI, service: PersonalService) -> None:
 
     @app.get("/api/users/{user}/ratings")
     async def user_ratings(user: str) -> dict[str, Any]:
-        return await run_in_threadpool(service.ratings.summary, user)
+        return await run_in_threadpool(service.summary, user)
 
     @app.delete("/api/users/{user}/ratings/{photo_id}")
     async def delete_rating(user: str, photo_id: str, box: str) -> dict[str, Any]:

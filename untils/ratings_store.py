@@ -7,6 +7,7 @@ Layout (README.md, "The web page")::
     rated_photos/human_bboxes.json       {image: person box}, for the photos ranked with a person
     rated_photos/candidates.json         {image: the crops the server offered for rating}
     users/<user>/ratings.csv             annotator,image,x1,y1,x2,y2,score (convert_PIC_data.py ratings)
+    users/<user>/training.csv            the ratings the last fine-tuning job read (a snapshot)
     users/<user>/model.pth               the user's personal model (POST /api/personalize)
 
 Its one rule: no client-given text becomes a path unchecked; a user name matches :data:`USER_NAME`
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from untils.pic_format import RATINGS_CSV_COLUMNS
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 MIN_SCORE, MAX_SCORE = 1, 5
 RATINGS_FILE = "ratings.csv"
+TRAINING_FILE = "training.csv"
 MODEL_FILE = "model.pth"
 HUMAN_BOXES_FILE = "human_bboxes.json"
 CANDIDATES_FILE = "candidates.json"
@@ -140,7 +143,7 @@ class RatingsStore:
 
     def human_boxes(self) -> dict[str, Box | None]:
         boxes = self._read_json(HUMAN_BOXES_FILE)
-        return {name: tuple(box) for name, box in boxes.items()}  # type: ignore[misc]
+        return {name: tuple(box) for name, box in boxes.items()}
 
     # -- photos --------------------------------------------------------------------------------
 
@@ -182,7 +185,7 @@ class RatingsStore:
         key = box_key(box)
         for offered in self._read_json(CANDIDATES_FILE)[name]:
             if box_key(offered) == key:
-                return tuple(offered)  # type: ignore[return-value]
+                return tuple(offered)
         raise RatingError(f"box {list(box)}: not one of the crops offered for rating of photo {photo_id}", 422)
 
     # -- ratings -------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ class RatingsStore:
                 for row in csv.DictReader(stream)
             ]
 
-    def _write(self, user: str, ratings: Sequence[Rating]) -> None:
+    def _write(self, user: str, ratings: Sequence[Rating], path: Path | None = None) -> None:
         names = self._read_json(CANDIDATES_FILE)
         by_id = {name.split(".")[0]: name for name in names}
         buffer = io.StringIO()
@@ -211,7 +214,7 @@ class RatingsStore:
         for rating in ratings:
             writer.writerow([checked_user(user), by_id[rating.photo_id], *map(_number, rating.box), rating.score])
         self.user_dir(user).mkdir(exist_ok=True)
-        write_text_atomic(self.ratings_file(user), buffer.getvalue())
+        write_text_atomic(path or self.ratings_file(user), buffer.getvalue())
 
     def rate(self, user: str, photo_id: str, box: object, score: object) -> Rating:
         """Store (or replace: one rating per photo and crop) the user's rating of an offered crop."""
@@ -238,13 +241,27 @@ class RatingsStore:
                 raise RatingError(f"user {user} has no rating of crop {list(checked)} of photo {photo_id}", 404)
             self._write(user, kept)
 
-    def summary(self, user: str) -> dict[str, Any]:
-        """``{"user", "crops", "photos", "ratings", "has_model"}``: what the page shows of a user."""
+    def training_file(self, user: str, min_crops: int) -> Path:
+        """A snapshot of the user's ratings of the photos with at least ``min_crops`` rated crops
+        (``users/<user>/training.csv``, the same columns): what a fine-tuning job reads, unchanged by
+        ratings given while it runs."""
+        with self._lock:
+            ratings = self.ratings(user)
+            per_photo = Counter(rating.photo_id for rating in ratings)
+            path = self.user_dir(user) / TRAINING_FILE
+            self._write(user, [rating for rating in ratings if per_photo[rating.photo_id] >= min_crops], path)
+        return path
+
+    def summary(self, user: str, min_crops: int = 1) -> dict[str, Any]:
+        """``{"user", "crops", "photos", "photos_ready", "ratings", "has_model"}``: what the page shows
+        of a user; ``photos_ready`` counts the photos with at least ``min_crops`` rated crops."""
         ratings = self.ratings(user)
+        per_photo = Counter(rating.photo_id for rating in ratings)
         return {
             "user": checked_user(user),
             "crops": len(ratings),
-            "photos": len({rating.photo_id for rating in ratings}),
+            "photos": len(per_photo),
+            "photos_ready": sum(count >= min_crops for count in per_photo.values()),
             "ratings": [rating.to_json() for rating in ratings],
             "has_model": self.model_file(user).is_file(),
         }

@@ -31,12 +31,14 @@ class Ranker(Protocol):
 class Personalization:
     """How the server personalizes, handed over by app.py (``untils`` imports no top-level module):
     the prior's checkpoint, the loader of a prior or personal checkpoint, the fine-tuning function
-    (run in a spawned process, so importable by name) and the fewest rated photos it takes."""
+    (run in a spawned process, so importable by name) and the fewest rated photos it takes, each
+    with at least ``min_rated_crops`` rated crops."""
 
     prior_path: str
     load_ranker: Callable[[str], Ranker]
     personalize: Callable[..., dict]
     min_rated_photos: int
+    min_rated_crops: int
 
 
 @dataclass(frozen=True)
@@ -74,4 +76,8 @@ class UserModels:
             return UserRanking("personal", self._ranker(str(model)).rank(image, human_box), prior)
 
     def describe(self) -> dict[str, Any]:
-        return {"prior": self.personalization.prior_path, "min_rated_photos": self.personalization.min_rated_photos}
+        return {
+            "prior": self.personalization.prior_path,
+            "min_rated_photos": self.personalization.min_rated_photos,
+            "min_rated_crops": self.personalization.min_rated_crops,
+        }

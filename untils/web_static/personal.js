@@ -5,7 +5,7 @@
 "use strict";
 
 const USER_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
-const personal = { available: false, minPhotos: 0, job: null, summary: null };
+const personal = { available: false, minPhotos: 0, minCrops: 1, job: null };
 
 const $p = (selector, root = document) => root.querySelector(selector);
 
@@ -37,10 +37,11 @@ async function askJson(url, options = {}) {
 }
 
 function showCounts(summary) {
-  personal.summary = summary;
-  const needed = Math.max(0, personal.minPhotos - summary.photos);
-  $p("#rated-count").textContent = `${summary.user}: ${summary.crops} crops of ${summary.photos} photos rated` +
-    (summary.has_model ? "; personal model in use." : needed ? ` (${needed} more photos to personalize).` : ".");
+  const needed = Math.max(0, personal.minPhotos - summary.photos_ready);
+  const more = needed ? ` Rate ${personal.minCrops}+ crops of ${needed} more photos to personalize.` : "";
+  $p("#rated-count").textContent = `${summary.user}: ${summary.crops} crops of ${summary.photos} photos rated ` +
+    `(${summary.photos_ready} with ${personal.minCrops}+ crops).${more}` +
+    (summary.has_model ? " Personal model in use." : "");
   $p("#personalize").disabled = needed > 0 || personal.job !== null;
 }
 
@@ -87,7 +88,7 @@ async function rate(card, crop, score, item) {
       body: JSON.stringify({ user, photo_id: card.answer.photo_id, box: crop.box, score }),
     });
     crop.rating = answer.rating.score;
-    showCounts({ ...answer, ratings: [] });
+    showCounts(answer);
     for (const button of item.querySelectorAll(".stars button")) {
       button.setAttribute("aria-pressed", String(Number(button.dataset.score) <= crop.rating));
     }
@@ -155,7 +156,14 @@ function renderPersonal(card) {
   $p(".personal-title", column).textContent = mine
     ? `${entry.user}'s ranking (personal model)`
     : `Rate these crops, ${entry.user} (the ${entry.ranked.length} candidates your model will score)`;
-  $p(".personal-crops", column).replaceChildren(...entry.crops.map((crop) => ratableItem(card, crop)));
+  const shown = Math.max(entry.crops.length, card.ratingsShown || 0);
+  $p(".personal-crops", column).replaceChildren(...entry.ranked.slice(0, shown).map((crop) => ratableItem(card, crop)));
+  const more = $p(".more-crops", column);
+  more.hidden = shown >= entry.ranked.length;
+  more.onclick = () => {
+    card.ratingsShown = shown + personal.minCrops;
+    renderPersonal(card);
+  };
   const generic = $p(".generic-column", column);
   generic.hidden = !mine;
   $p(".generic-crops", column).replaceChildren(...(mine ? entry.generic.map((crop) => plainItem(card, crop)) : []));
@@ -208,6 +216,7 @@ function setUpPersonal(health) {
     return;
   }
   personal.minPhotos = health.personalization.min_rated_photos;
+  personal.minCrops = health.personalization.min_rated_crops;
   $p("#personalize").addEventListener("click", personalize);
   let timer = null;
   $p("#user").addEventListener("input", () => {
