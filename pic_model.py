@@ -45,7 +45,14 @@ from untils.crop_heads import (
 from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.pic_format import USER_ID_PATTERN
-from untils.pic_personalize import MIN_RATED_PHOTOS, Box, PICRanker, Progress, personalize_model
+from untils.pic_personalize import (
+    MIN_RATED_PHOTOS,
+    PERSONALIZATION_OPTIONS,
+    Box,
+    PICRanker,
+    Progress,
+    personalize_model,
+)
 from untils.preprocessing import GAIC_SHORT_SIDE, PhotoSpec, spec_of_config
 
 RELEASE_NUM_USERS = 945  # the release's training users and CPC's views per image (its hard-wired sizes)
@@ -613,12 +620,13 @@ def personalize_from_ratings(
     it goes. Returns ``{"user", "photos", "ratings", "seconds", "variant", "scope", "step",
     "train_srcc", "path"}``. Raises ValueError with one sentence naming the file or value when the
     data are unusable. Only embedding-variant priors are personalized (README, PIC: the variant
-    that learns best from 5 to 20 rated photos).
+    that learns best from 5 to 20 rated photos), with ``PERSONALIZATION_OPTIONS`` over the
+    prior's fine-tuning options.
     """
     if not USER_ID_PATTERN.match(user):
         raise ValueError(f"user id {user!r} must be letters, digits, '_', '-' or '.' (not first)")
     content = _read_pic_checkpoint(prior_path)
-    model = pic_model_from_checkpoint(content)
+    model = pic_model_from_checkpoint(content, PERSONALIZATION_OPTIONS)
     if content["stage"] != "prior" or not isinstance(model, PICModel) or not model.user_embeddings:
         raise ValueError(f"{prior_path} is not an embedding-variant PIC prior (prior_PIC.py --variant embedding)")
     return personalize_model(

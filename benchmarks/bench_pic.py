@@ -3,6 +3,7 @@
   python benchmarks/bench_pic.py                          # the run reported in BENCHMARKS.md
   python benchmarks/bench_pic.py --quick                  # the small run of tests/test_pic.py
   python benchmarks/bench_pic.py --out experiments/bench_pic --overwrite
+  python benchmarks/bench_pic.py --seeds 0 1 2                  # fewer seeds
 
 For each seed (it seeds the generated data and every stage's initialisation and sampling), users
 of the taste groups of ``BenchmarkSettings.groups`` (untils/pic_synthetic.py: geometry tastes the
@@ -34,7 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -354,9 +355,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the small settings of tests/test_pic.py")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="these seeds only (default: 0-4)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two
     settings = QUICK if args.quick else BenchmarkSettings()
+    if args.seeds:
+        settings = replace(settings, seeds=tuple(args.seeds))
     result = run_benchmark(args.out, settings, args.progress, args.overwrite)
     text = "\n\n".join(
         f"{METRICS[metric]} (x100), mean ± std over {len(settings.seeds)} seeds:\n\n"

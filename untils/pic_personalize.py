@@ -36,6 +36,8 @@ from untils.runtime import seed_everything
 MIN_RATED_PHOTOS = 3  # fewer rated photos: personalize_model refuses (ValueError)
 MIN_RATED_CROPS = 4  # rated crops per photo at least: the ranking losses compare crops of one photo
 RANKER_KINDS = ("prior", "personal")
+# a person's taste need not be one the prior's training users had: the preference head is tuned too
+PERSONALIZATION_OPTIONS = {"finetune_scope": "head"}
 
 Box = tuple[float, float, float, float]
 Progress = Callable[[float, str], None]
