@@ -101,6 +101,7 @@ async function rate(card, crop, score, item) {
 
 function ratableItem(card, crop) {
   const item = document.createElement("li");
+  item.dataset.box = crop.box.join(",");
   item.tabIndex = 0;
   item.className = crop.rating ? "rated" : "";
   item.setAttribute("aria-label", `crop ${crop.rank}, score ${crop.score.toFixed(3)}: press 1 to 5 to rate it`);
@@ -139,6 +140,7 @@ function ratableItem(card, crop) {
 
 function plainItem(card, crop) {
   const item = document.createElement("li");
+  item.dataset.box = crop.box.join(",");
   const caption = document.createElement("div");
   caption.textContent = `#${crop.rank} · ${crop.score.toFixed(3)}`;
   item.append(cropThumb(card, crop.box), caption);
@@ -152,6 +154,7 @@ function renderPersonal(card) {
   if (!entry) {
     return;
   }
+  card.element.dataset.width = card.answer.width;
   const mine = entry.kind === "personal";
   $p(".personal-title", column).textContent = mine
     ? `${entry.user}'s ranking (personal model)`
