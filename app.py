@@ -3,13 +3,18 @@
   python app.py --checkpoint experiments/GAICD_PA_CP/checkpoints/best-srcc.pth
   python app.py --demo                   # no checkpoint, no network: the demo model of train_on_GAICD.py --demo
   python app.py --checkpoint best.pth --port 8080 --data-dir /tmp/crops
+  python app.py --checkpoint best.pth --pic-prior prior.pth   # users rate crops and get their own model
 
 Serves http://127.0.0.1:8000/ (loopback only unless --host names another interface): drop photos,
 choose ratios, top-k and the person (detected, drawn or none), see the ranked crops on the photo
 with their scores, the content heat map and the person box, download a crop, all crops as a zip,
-or the JSON. The page's JSON API (/api/health, /api/crop, /api/photos/ID/crops/RATIO/RANK) is
-described in README.md ("The web page"). Uploads are kept in --data-dir, at most --max-photos of
-them (the oldest are removed). Every option also takes underscores (--data_dir).
+or the JSON. With a PIC prior (--pic-prior, or --demo's), a user also rates the crops the
+personal model scores, presses "Personalize" to fine-tune their own model in the background, and
+then sees their ranking beside the generic one. The page's JSON API (/api/health, /api/crop,
+/api/photos/ID/crops/RATIO/RANK, /api/ratings, /api/personalize, /api/jobs/ID) is described in
+README.md ("The web page"). Uploads are kept in --data-dir, at most --max-photos of them (the oldest
+are removed); ratings and users' models are kept there too. Every option also takes underscores
+(--data_dir).
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ beside the generic one. Skips only outside CI when no browser or Playwright is i
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import httpx
 import pytest
 
 from tests.test_app import Server
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, browser_missing
+from tests.test_app_browser import browser_page, require_browser
 from tests.test_app_ratings import taste
 from tests.test_crop import save_checkpoint
 
@@ -32,33 +30,12 @@ def photo_files(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def served(demo_pic_prior, tmp_path_factory) -> Iterator[tuple]:
-    missing = browser_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser tests must run under CI: {missing}")
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
+    require_browser()
     checkpoint = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hcic.pth", "HCIC")
-    server = Server(
-        checkpoint, tmp_path_factory.mktemp("browser-personal") / "data", "--pic-prior", demo_pic_prior, "--no-detector"
-    )
-    try:
-        with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000},
-            )
-            context.set_default_timeout(TIMEOUT_MS)
-            page = context.new_page()
-            page.goto(server.url + "/")
-            yield page, server
-            context.close()
-    finally:
-        server.stop()
+    data = tmp_path_factory.mktemp("browser-personal") / "data"
+    server = Server(checkpoint, data, "--pic-prior", demo_pic_prior, "--no-detector")
+    with browser_page(server) as page:
+        yield page, server
 
 
 def listed_boxes(card, selector: str) -> list[list[float]]:

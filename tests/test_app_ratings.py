@@ -7,7 +7,6 @@ and a taste rule written here, never the server's own answers."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path

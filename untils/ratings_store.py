@@ -34,6 +34,7 @@ from PIL import Image
 
 from untils.atomic import write_atomic, write_json_atomic, write_text_atomic
 from untils.photo_store import PHOTO_ID
+from untils.photos import to_rgb8
 from untils.pic_checks import box_key
 from untils.pic_format import RATINGS_CSV_COLUMNS
 
@@ -155,7 +156,7 @@ class RatingsStore:
             if name is None:
                 extension = ".jpg" if photo.image_format == "JPEG" else ".png"
                 name = photo_id + extension
-                image = photo.image.convert("RGB")
+                image = to_rgb8(photo.image)
 
                 def save(tmp: str) -> None:
                     image.save(tmp, format="JPEG" if extension == ".jpg" else "PNG", quality=95)
