@@ -8,6 +8,7 @@ Its one rule: a job's state only moves queued -> running -> done | failed, its p
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import queue
 import secrets
@@ -32,7 +33,8 @@ class UnknownJob(LookupError):
 
 @dataclass
 class Job:
-    """One job: ``state`` queued | running | done | failed, ``progress`` in [0, 1], ``message``."""
+    """One job: ``state`` queued | running | done | failed, ``progress`` in [0, 1], ``message``,
+    and once done what the job function returned (``result``: plain JSON values)."""
 
     id: str
     key: str
@@ -48,6 +50,7 @@ class Job:
             "state": self.state,
             "progress": self.progress,
             "message": self.message,
+            "result": self.result,
         }
 
 
@@ -171,7 +174,11 @@ class JobRunner:
             self._process = None
         kind, _, payload = ended
         if kind == "done":
-            job.result = payload
+            job.result = {  # only what JSON holds: a NaN or a tensor would break the job's answer
+                key: value
+                for key, value in payload.items()
+                if isinstance(value, (str, int)) or (isinstance(value, float) and math.isfinite(value))
+            }
             self._update(job, "done", 1.0, "done")
         else:
             self._update(job, "failed", job.progress, payload)

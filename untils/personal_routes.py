@@ -86,6 +86,8 @@ class PersonalService:
         except (UnknownPhotoError, ValueError):
             return  # no longer in the photo store: the ratings store's copy is all there is
         offered = ranking.get("personal", {}).get("ranked", [])
+        if not offered:  # ranked without a user: no crops were offered for rating
+            return
         person = ranking.get("person", {}).get("box")
         self.ratings.add_photo(
             photo_id,
