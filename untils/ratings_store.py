@@ -129,9 +129,6 @@ class RatingsStore:
     def model_file(self, user: str) -> Path:
         return self.user_dir(user) / MODEL_FILE
 
-    def human_boxes_file(self) -> Path:
-        return self.photo_dir / HUMAN_BOXES_FILE
-
     def _read_json(self, name: str) -> dict[str, Any]:
         path = self.photo_dir / name
         return json.loads(path.read_text()) if path.is_file() else {}
