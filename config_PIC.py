@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from config_GAICD import LOSS_TYPES, _opt
 from config_GAICD import Config as GAICDConfig
-from untils.cli import add_debug_option, add_option_aliases
+from untils.cli import add_debug_option, add_demo_options, add_option_aliases
 from untils.config import add_config_arguments, check_choice
 
 PIC_BACKBONES = ("mobilenetv2", "shufflenetv2", "vgg16", "resnet50")
@@ -270,13 +270,11 @@ def script_parser(description: str, with_demo: bool = False) -> argparse.Argumen
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=not with_demo, metavar="PATH", help="the checkpoint to start from")
     if with_demo:
-        parser.add_argument(
-            "--demo",
-            action="store_true",
-            help="the demo prior's step on generated users, from DEMO_DIR/pic/pretrain.pth (written by "
+        add_demo_options(
+            parser,
+            "the demo prior's step on generated users, from DEMO_DIR/pic/pretrain.pth (written by "
             "pretrain_PIC.py --demo) to DEMO_DIR/pic/prior.pth, small CPU settings (not a result of the paper)",
         )
-        parser.add_argument("--demo-dir", default="demo_runs", help="where --demo reads and writes")
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",

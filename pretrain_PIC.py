@@ -426,7 +426,15 @@ def pretrain_official(cfg: config_PIC.Config, progress: bool = True) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> Trainer | dict:
-    parser = build_parser(__doc__, config_PIC.Config, with_demo=True, exclude=config_PIC.NOT_PIC_OPTIONS)
+    parser = build_parser(
+        __doc__,
+        config_PIC.Config,
+        with_demo=True,
+        exclude=config_PIC.NOT_PIC_OPTIONS,
+        demo_help="the demo prior's first step (untils/pic_demo.py): generate PIC users on photos of people in "
+        "DEMO_DIR/pic/data, pre-train a small embedding model on the CPU, copy it to DEMO_DIR/pic/pretrain.pth "
+        "(not a result of the paper)",
+    )
     args = parser.parse_args(argv)
     if args.demo:  # the demo prior's first step (untils/pic_demo.py); the given options win
         trainer = launch(

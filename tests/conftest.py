@@ -135,13 +135,16 @@ def pic_release_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_pic_prior(tmp_path_factory) -> str:
     """The demo PIC prior, made by the very commands ``app.py --demo`` runs
-    (``untils.pic_demo.demo_prior_commands``); every test that personalizes shares it."""
+    (``untils.pic_demo.demo_prior_commands``) with fewer epochs; every test that personalizes shares it."""
     from untils.pic_demo import demo_prior_checkpoint, demo_prior_commands
 
     demo_dir = str(tmp_path_factory.mktemp("pic_demo"))
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for command in demo_prior_commands(demo_dir, sys.executable):
-        done = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    fewer_epochs = (["--max_epoch", "3"], ["--prior_epochs", "5"])
+    for command, epochs in zip(demo_prior_commands(demo_dir, sys.executable), fewer_epochs, strict=True):
+        done = subprocess.run(
+            [*command, *epochs], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return demo_prior_checkpoint(demo_dir)
 

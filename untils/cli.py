@@ -54,3 +54,9 @@ def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] 
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def add_demo_options(parser: argparse.ArgumentParser, demo_help: str) -> None:
+    """``--demo`` (a script's run on generated data, ``demo_help`` saying what it does) and ``--demo-dir``."""
+    parser.add_argument("--demo", action="store_true", help=demo_help)
+    parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")

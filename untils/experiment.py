@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from untils.atomic import write_json_atomic
 from untils.checkpoint import build_config, config_to_dict, read_checkpoint, stored_options
-from untils.cli import add_debug_option, add_option_aliases
+from untils.cli import add_debug_option, add_demo_options, add_option_aliases
 from untils.config import add_config_arguments, given_config_options
 from untils.runtime import resolve_device, seed_everything
 from untils.training import Trainer, TrainingDiverged, init_distributed, resume_hint
@@ -55,8 +55,11 @@ def build_parser(
     presets: dict[str, tuple[str, dict]] | None = None,
     with_demo: bool = False,
     exclude: Sequence[str] = (),
+    demo_help: str = "generate a small human-centric dataset from photos shipped in pip packages and "
+    "train on it on the CPU (exercises the pipeline; not a result of the paper)",
 ) -> argparse.ArgumentParser:
-    """The training scripts' options: presets, resume, and every field of ``config_cls`` but ``exclude``."""
+    """The training scripts' options: presets, resume, ``--demo`` (``with_demo``, ``demo_help`` its
+    help), and every field of ``config_cls`` but ``exclude``."""
     presets = presets or {}
     epilog = (
         (
@@ -75,13 +78,7 @@ def build_parser(
         epilog=epilog,
     )
     if with_demo:
-        parser.add_argument(
-            "--demo",
-            action="store_true",
-            help="generate a small human-centric dataset from photos shipped in pip packages and "
-            "train on it on the CPU (exercises the pipeline; not a result of the paper)",
-        )
-        parser.add_argument("--demo-dir", default="demo_runs", help="where --demo writes its data and experiment")
+        add_demo_options(parser, demo_help)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="an ablation row of the paper (see below)")
     parser.add_argument(

@@ -21,9 +21,9 @@ DEMO_SUBFOLDER = "pic"
 DEMO_USERS: dict[str, Any] = {
     "train_users_per_group": 2,
     "test_users_per_group": 1,
-    "train_images": 16,
+    "train_images": 24,
     "test_images": 4,
-    "images_per_train_user": 10,
+    "images_per_train_user": 12,
     "long_side": 160,
     "candidates": "grid",
     "groups": GEOMETRY_GROUPS,
@@ -82,7 +82,7 @@ def demo_pretrain_options(demo_dir: str) -> dict[str, Any]:
         "keep_aspect_ratio": False,
         "images_per_step": 8,
         "batch_size": 8,
-        "max_epoch": 4,
+        "max_epoch": 16,
         "warmup_epochs": 1,
         "view_per_image": 32,
         "lr": 1e-3,
@@ -104,5 +104,9 @@ def demo_prior_options(demo_dir: str) -> dict[str, Any]:
 
 def copy_atomic(source: str, target: str) -> None:
     """Copy ``source`` to ``target`` so that ``target`` is either the whole copy or left as it was."""
+
+    def copy(temporary: str) -> None:
+        shutil.copyfile(source, temporary)
+
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
+    write_atomic(target, copy)

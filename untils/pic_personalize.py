@@ -97,6 +97,15 @@ def rated_photo(
     )
 
 
+def _open_photo(photo_dir: str, name: str) -> Image.Image:
+    path = os.path.join(photo_dir, name)
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"photo {path} cannot be read: {error}") from None
+
+
 def _read_rated(ratings_csv: str, photo_dir: str, user: str) -> dict[str, dict[str, list]]:
     """``user``'s ratings of ``ratings_csv``, checked against the photos; one ValueError otherwise."""
     try:
@@ -140,8 +149,7 @@ def personalize_model(
     examples: list[UserImage] = []
     with single_threaded():
         for index, (name, entry) in enumerate(sorted(rated.items())):
-            with Image.open(os.path.join(photo_dir, name)) as opened:
-                photo = opened.convert("RGB")
+            photo = _open_photo(photo_dir, name)
             examples.append(
                 rated_photo(
                     model,
