@@ -226,9 +226,8 @@ def test_personalizing_changes_the_ranking(server, photos, left_leaning):
 
 def test_a_taste_is_followed_on_unseen_photos(server, photos, left_leaning):
     """The issue's "done when": on photos the user never rated, the personal top crop follows the
-    user's taste clearly more often than the generic (prior's) top crop. The demo prior already puts
-    crops left of centre first, so the taste it does not share (right of centre) is the clear test;
-    the left-leaning user must still get left crops at least as often."""
+    user's taste (left of centre; and right, the mirror) clearly more often than the generic
+    (prior's) top crop: at least 3 photos more, or on all of them where the prior is close to that."""
     right_leaning = rate_by_taste(server, photos, "righty", +1)
     assert right_leaning["state"]["state"] == "done", right_leaning["state"]
     counts = {"lefty": [0, 0], "righty": [0, 0]}
@@ -241,8 +240,8 @@ def test_a_taste_is_followed_on_unseen_photos(server, photos, left_leaning):
         f"\ntop crop on the user's side, {UNSEEN_PHOTOS} unseen photos (personal, generic): {counts}; "
         f"personalizing took {left_leaning['seconds']:.1f} s and {right_leaning['seconds']:.1f} s"
     )
-    assert counts["righty"][0] >= counts["righty"][1] + 3, counts
-    assert counts["lefty"][0] >= counts["lefty"][1], counts
+    for personal, generic in counts.values():
+        assert personal >= min(generic + 3, UNSEEN_PHOTOS), counts
 
 
 def test_a_second_job_is_refused_and_a_failed_one_keeps_the_model(server, photos, left_leaning):
