@@ -84,6 +84,16 @@ def test_rate_personalize_and_see_the_ranking_change(served, photo_files, tmp_pa
     stored = httpx.get(f"{server.url}/api/users/lena/ratings", timeout=30).json()
     assert (stored["crops"], stored["photos"]) == (rated, PHOTOS)
 
+    # 0 clears a rating (the server forgets it), a key gives it again
+    item = page.query_selector(".card .personal-crops li:nth-child(2)")
+    item.focus()
+    page.keyboard.press("0")
+    page.wait_for_function("item => !item.classList.contains('rated')", arg=item)
+    page.wait_for_function(f"document.querySelector('#rated-count').textContent.includes('{rated - 1} crops')")
+    assert httpx.get(f"{server.url}/api/users/lena/ratings", timeout=30).json()["crops"] == rated - 1
+    page.keyboard.press("5")
+    page.wait_for_function(f"document.querySelector('#rated-count').textContent.includes('{rated} crops')")
+
     # personalize: the progress bar runs, then every card shows lena's ranking beside the generic one
     assert page.is_enabled("#personalize")
     page.click("#personalize")

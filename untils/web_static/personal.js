@@ -79,20 +79,32 @@ function cropThumb(card, box) {
   return thumb;
 }
 
+function showRating(crop, item) {
+  for (const button of item.querySelectorAll(".stars button")) {
+    button.setAttribute("aria-pressed", String(Boolean(crop.rating) && Number(button.dataset.score) <= crop.rating));
+  }
+  item.classList.toggle("rated", Boolean(crop.rating));
+}
+
+// score 1-5 rates the crop; null removes its rating
 async function rate(card, crop, score, item) {
   const user = currentUser();
+  const photo = card.answer.photo_id;
   try {
-    const answer = await askJson("/api/ratings", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ user, photo_id: card.answer.photo_id, box: crop.box, score }),
-    });
-    crop.rating = answer.rating.score;
-    showCounts(answer);
-    for (const button of item.querySelectorAll(".stars button")) {
-      button.setAttribute("aria-pressed", String(Number(button.dataset.score) <= crop.rating));
+    if (score === null) {
+      const box = encodeURIComponent(crop.box.join(","));
+      showCounts(await askJson(`/api/users/${user}/ratings/${photo}?box=${box}`, { method: "DELETE" }));
+      crop.rating = null;
+    } else {
+      const answer = await askJson("/api/ratings", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user, photo_id: photo, box: crop.box, score }),
+      });
+      crop.rating = answer.rating.score;
+      showCounts(answer);
     }
-    item.classList.add("rated");
+    showRating(crop, item);
     setPersonalStatus("");
   } catch (error) {
     setPersonalStatus(`Could not save the rating: ${error.message}`, true);
@@ -104,7 +116,7 @@ function ratableItem(card, crop) {
   item.dataset.box = crop.box.join(",");
   item.tabIndex = 0;
   item.className = crop.rating ? "rated" : "";
-  item.setAttribute("aria-label", `crop ${crop.rank}, score ${crop.score.toFixed(3)}: press 1 to 5 to rate it`);
+  item.setAttribute("aria-label", `crop ${crop.rank}, score ${crop.score.toFixed(3)}: press 1 to 5 to rate it, 0 to clear`);
   const stars = document.createElement("div");
   stars.className = "stars";
   stars.setAttribute("role", "group");
@@ -124,6 +136,9 @@ function ratableItem(card, crop) {
     if (/^[1-5]$/.test(event.key)) {
       event.preventDefault();
       rate(card, crop, Number(event.key), item);
+    } else if ((event.key === "0" || event.key === "Delete") && crop.rating) {
+      event.preventDefault();
+      rate(card, crop, null, item);
     } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
       event.preventDefault();
       const next = event.key === "ArrowDown" ? item.nextElementSibling : item.previousElementSibling;
