@@ -3,13 +3,18 @@
   python app.py --checkpoint experiments/GAICD_PA_CP/checkpoints/best-srcc.pth
   python app.py --demo                   # no checkpoint, no network: the demo model of train_on_GAICD.py --demo
   python app.py --checkpoint best.pth --port 8080 --data-dir /tmp/crops
+  python app.py --checkpoint best.pth --pic-prior prior.pth   # users rate crops and get their own model
 
 Serves http://127.0.0.1:8000/ (loopback only unless --host names another interface): drop photos,
 choose ratios, top-k and the person (detected, drawn or none), see the ranked crops on the photo
 with their scores, the content heat map and the person box, download a crop, all crops as a zip,
-or the JSON. The page's JSON API (/api/health, /api/crop, /api/photos/ID/crops/RATIO/RANK) is
-described in README.md ("The web page"). Uploads are kept in --data-dir, at most --max-photos of
-them (the oldest are removed). Every option also takes underscores (--data_dir).
+or the JSON. With a PIC prior (--pic-prior, or --demo's), a user also rates the crops the
+personal model scores, presses "Personalize" to fine-tune their own model in the background, and
+then sees their ranking beside the generic one. The page's JSON API (/api/health, /api/crop,
+/api/photos/ID/crops/RATIO/RANK, /api/ratings, /api/personalize, /api/jobs/ID) is described in
+README.md ("The web page"). Uploads are kept in --data-dir, at most --max-photos of them (the oldest
+are removed); ratings and users' models are kept there too. Every option also takes underscores
+(--data_dir).
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from cropping_model import load_crop_model
+from pic_model import MIN_RATED_PHOTOS, load_pic_ranker, personalize_from_ratings
 from untils.cli import add_option_aliases, run_script
 from untils.crop_worker import CropWorker
 from untils.cropper import Cropper
 from untils.person_detection import add_detector_options, build_person_detector
 from untils.photo_store import PhotoStore
 from untils.photos import DEFAULT_MAX_PIXELS
+from untils.pic_demo import demo_prior_checkpoint, demo_prior_commands
+from untils.pic_personalize import MIN_RATED_CROPS
 from untils.runtime import configure_threads, resolve_device
+from untils.user_models import Personalization
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -39,17 +49,33 @@ def demo_checkpoint(demo_dir: str) -> str:
     return os.path.join(demo_dir, "experiments", "demo", "checkpoints", "best-srcc.pth")
 
 
-def train_demo_model(demo_dir: str) -> str:
-    """The demo model, trained first (train_on_GAICD.py --demo, about a minute on a CPU) when absent."""
-    checkpoint = demo_checkpoint(demo_dir)
+def train_if_absent(checkpoint: str, commands: Sequence[Sequence[str]], what: str) -> str:
+    """``checkpoint``, made first by running ``commands`` (their output on stderr) when absent."""
     if os.path.isfile(checkpoint):
         return checkpoint
-    script = Path(__file__).resolve().parent / "train_on_GAICD.py"
-    print(f"no demo model in {demo_dir}: training it first ({script.name} --demo) ...", file=sys.stderr, flush=True)
-    command = [sys.executable, str(script), "--demo", "--demo-dir", demo_dir, "--no-progress"]
-    if subprocess.run(command, stdout=sys.stderr).returncode != 0 or not os.path.isfile(checkpoint):
-        raise RuntimeError(f"training the demo model failed ({' '.join(command)}); see its output above")
+    print(f"no {what} at {checkpoint}: training it first ...", file=sys.stderr, flush=True)
+    for command in commands:
+        if subprocess.run(list(command), stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"training the {what} failed ({' '.join(command)}); see its output above")
+    if not os.path.isfile(checkpoint):
+        raise RuntimeError(f"training the {what} wrote no {checkpoint}; see the output above")
     return checkpoint
+
+
+def train_demo_model(demo_dir: str) -> str:
+    """The demo model, trained first (train_on_GAICD.py --demo, about a minute on a CPU) when absent."""
+    script = Path(__file__).resolve().parent / "train_on_GAICD.py"
+    command = [sys.executable, str(script), "--demo", "--demo-dir", demo_dir, "--no-progress"]
+    return train_if_absent(demo_checkpoint(demo_dir), [command], "demo model")
+
+
+def build_personalization(prior: str, device: str) -> Personalization:
+    """Rating and personalizing in the page, from the PIC prior ``prior`` (loaded now, so a bad file
+    stops the server before it serves)."""
+    load_pic_ranker(prior, device)
+    return Personalization(
+        prior, partial(load_pic_ranker, device=device), personalize_from_ratings, MIN_RATED_PHOTOS, MIN_RATED_CROPS
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help=f"photos with more pixels are refused (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--pic-prior",
+        metavar="CKPT",
+        help="PIC prior checkpoint (prior_PIC.py): users rate crops in the page and get their own model "
+        "fine-tuned from it (with --demo, default: the demo prior, trained first when absent)",
     )
     parser.add_argument("--user", metavar="ID", help="score as this user of a personalized checkpoint (crop.py --user)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -128,9 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     import uvicorn  # the server stack is needed only once the options are good
 
+    from untils.jobs import JobRunner
+    from untils.personal_routes import PersonalService
+    from untils.ratings_store import RatingsStore
+    from untils.user_models import UserModels
     from untils.webapp import ServerLimits, create_app
 
     checkpoint = train_demo_model(args.demo_dir) if args.demo else args.checkpoint
+    prior = args.pic_prior
+    if prior is None and args.demo:
+        commands = demo_prior_commands(args.demo_dir, sys.executable)
+        prior = train_if_absent(demo_prior_checkpoint(args.demo_dir), commands, "demo PIC prior")
     configure_threads()  # one worker thread scores; more torch threads than free CPUs only contend
     device = resolve_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
@@ -150,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = CropWorker(cropper, detector, max_jobs=args.max_batch, photos_per_batch=args.photos_per_batch)
     store = PhotoStore(args.data_dir, args.max_photos)
     limits = ServerLimits(int(args.max_upload_mb * 2**20), args.max_pixels)
+    personal, jobs = None, None
+    if prior is not None:
+        personalization = build_personalization(prior, str(device))
+        ratings = RatingsStore(args.data_dir)
+        jobs = JobRunner(personalization.personalize)
+        personal = PersonalService(ratings, UserModels(personalization, ratings), jobs, store, args.max_pixels)
     if args.host not in LOOPBACK:
         print(
             f"WARNING: serving on {args.host}: anyone who can reach this machine can use the page (no login)",
@@ -161,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(worker, store, limits), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(worker, store, limits, personal), host=args.host, port=args.port, log_level="warning")
     worker.close()
+    if jobs is not None:
+        jobs.close()
     return 0
 
 

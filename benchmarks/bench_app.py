@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -60,14 +61,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(checkpoint: Path, data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: Sequence[str], data_dir: Path, log: Path, wait_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """``python app.py MODEL...`` on a free loopback port, no person detector, answering within
+    ``wait_s`` seconds: (process, its address)."""
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
             str(ROOT / "app.py"),
-            "--checkpoint",
-            str(checkpoint),
+            *model,
             "--port",
             str(port),
             "--data-dir",
@@ -78,7 +80,7 @@ def start_server(checkpoint: Path, data_dir: Path, log: Path) -> tuple[subproces
         stderr=log.open("w"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"app.py exited: {log.read_text()}")
@@ -88,7 +90,7 @@ def start_server(checkpoint: Path, data_dir: Path, log: Path) -> tuple[subproces
         except httpx.HTTPError:
             time.sleep(0.3)
     process.kill()
-    raise RuntimeError("app.py did not answer in 300 s")
+    raise RuntimeError(f"app.py did not answer in {wait_s:g} s")
 
 
 def post(client: httpx.Client, url: str, photo: Path) -> float:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         crop_rate = args.photos / (time.perf_counter() - start)
         if code != 0:
             raise RuntimeError(f"crop.main exited with {code}")
-        process, url = start_server(checkpoint, Path(tmp) / "data", Path(tmp) / "server.log")
+        process, url = start_server(["--checkpoint", str(checkpoint)], Path(tmp) / "data", Path(tmp) / "server.log")
         try:
             photos = sorted(folder.iterdir())
             with httpx.Client() as client:

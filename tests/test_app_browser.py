@@ -4,6 +4,7 @@ browser or Playwright is installed; fails under CI=true."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -41,17 +42,20 @@ def browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory) -> Iterator:
+def require_browser() -> None:
+    """Skip (fail under CI) when Playwright or Chromium is missing."""
     missing = browser_missing()
     if missing is not None:
         if os.environ.get("CI"):
             pytest.fail(f"the browser tests must run under CI: {missing}")
         pytest.skip(missing)
+
+
+@contextlib.contextmanager
+def browser_page(server: Server) -> Iterator:
+    """The server's page in headless Chromium (a fresh profile); the server is stopped afterwards."""
     from playwright.sync_api import sync_playwright
 
-    checkpoint = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hcic.pth", "HCIC")
-    server = Server(checkpoint, tmp_path_factory.mktemp("browser-app") / "data")
     try:
         with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
             context = playwright.chromium.launch_persistent_context(
@@ -69,6 +73,14 @@ def page(tmp_path_factory) -> Iterator:
             context.close()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> Iterator:
+    require_browser()
+    checkpoint = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hcic.pth", "HCIC")
+    with browser_page(Server(checkpoint, tmp_path_factory.mktemp("browser-app") / "data")) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from untils.atomic import write_atomic
 from untils.candidates import parse_aspect_ratio
 from untils.config import parse_bool
 from untils.crop_worker import CropJob, CropWorker, PhotoRanking
+from untils.personal_routes import PersonalService, add_personal_routes
 from untils.photo_store import PhotoStore, UnknownPhotoError
 from untils.photos import (
     PhotoError,
@@ -42,6 +43,7 @@ from untils.photos import (
     to_rgb8,
     write_verified,
 )
+from untils.ratings_store import RatingError, checked_user
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
 PAGE_RATIOS = ("free", "1:1", "4:5", "3:2", "16:9", "9:16")
@@ -134,6 +136,7 @@ class CropOptions:
     human_box: tuple[float, float, float, float] | None
     detect_human: bool
     keep_person: bool
+    user: str | None = None  # rank for this user too (their model, or the prior's crops to rate)
 
 
 def parse_ratios(text: str | None, worker: CropWorker) -> tuple[str, ...]:
@@ -194,12 +197,19 @@ def parse_options(form: Any, worker: CropWorker) -> CropOptions:
         raise RequestError(400, "give either human_box or detect_human=true, not both")
     if detect and worker.detector is None:
         raise RequestError(400, "detect_human: this server runs without a person detector")
+    user = field("user") or None
+    if user is not None:
+        try:
+            user = checked_user(user)
+        except RatingError as error:
+            raise RequestError(400, str(error)) from None
     return CropOptions(
         parse_ratios(field("aspect_ratio"), worker),
         top_k,
         human_box,
         detect,
         parse_flag("keep_person", field("keep_person")),
+        user,
     )
 
 
@@ -259,8 +269,10 @@ class CropService:
     """What the routes do, off the event loop: store and decode uploads, rank through the worker,
     cut crops from the stored photo."""
 
-    def __init__(self, worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> None:
-        self.worker, self.store, self.limits = worker, store, limits
+    def __init__(
+        self, worker: CropWorker, store: PhotoStore, limits: ServerLimits, personal: PersonalService | None = None
+    ) -> None:
+        self.worker, self.store, self.limits, self.personal = worker, store, limits, personal
 
     def decode(self, content: bytes, name: str) -> tuple[str, Image.Image]:
         """Store the upload and decode it upright; a bad file is removed again and refused."""
@@ -283,12 +295,27 @@ class CropService:
         name = safe_name(filename)
         photo_id, image = await run_in_threadpool(self.decode, content, name)
         try:
-            ranking = await self._rank(image, options)
-            body = ranking_json(photo_id, name, ranking, options.top_k, self.worker.cropper.describe())
-            await run_in_threadpool(self.save, photo_id, body, ranking.heat_map)
+            return await self._answer(photo_id, name, image, options)
         except BaseException:  # a refused or failed request keeps nothing
             self.store.remove(photo_id)
             raise
+
+    async def rerank(self, photo_id: str, options: CropOptions) -> dict[str, Any]:
+        """A stored photo ranked again (other options or user) without uploading it again."""
+        name = (await run_in_threadpool(self.store.ranking, photo_id))["name"]
+        image, _ = await run_in_threadpool(self._open, photo_id)
+        return await self._answer(photo_id, name, image, options)
+
+    async def _answer(self, photo_id: str, name: str, image: Image.Image, options: CropOptions) -> dict[str, Any]:
+        ranking = await self._rank(image, options)
+        body = ranking_json(photo_id, name, ranking, options.top_k, self.worker.cropper.describe())
+        if options.user is not None:
+            if self.personal is None:
+                raise RequestError(400, "user: this server does not personalize (start it with --pic-prior or --demo)")
+            body["personal"] = await run_in_threadpool(
+                self.personal.ranking_json, options.user, photo_id, image, ranking.person.box, options.top_k
+            )
+        await run_in_threadpool(self.save, photo_id, body, ranking.heat_map)
         return body
 
     async def _rank(self, image: Image.Image, options: CropOptions) -> PhotoRanking:
@@ -305,9 +332,11 @@ class CropService:
             raise RequestError(422, str(error)) from None
 
     def save(self, photo_id: str, body: dict[str, Any], heat_map: np.ndarray | None) -> None:
+        folder = self.store.path(photo_id)
+        for cut in folder.glob("crop-*"):  # a photo ranked again: the crops cut from its last ranking go
+            cut.unlink(missing_ok=True)
         if heat_map is not None:
-            path = self.store.path(photo_id) / "heat_map.png"
-            write_atomic(path, lambda tmp: heat_map_png(heat_map).save(tmp, format="PNG"))
+            write_atomic(folder / "heat_map.png", lambda tmp: heat_map_png(heat_map).save(tmp, format="PNG"))
         self.store.save_ranking(photo_id, body)
 
     def _open(self, photo_id: str) -> tuple[Image.Image, PhotoHeader]:
@@ -365,9 +394,12 @@ class CropService:
 # ----------------------------------------------------------------------------------------------
 
 
-def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> FastAPI:
-    """The page and its API over a running :class:`CropWorker` and a :class:`PhotoStore`."""
-    service = CropService(worker, store, limits)
+def create_app(
+    worker: CropWorker, store: PhotoStore, limits: ServerLimits, personal: PersonalService | None = None
+) -> FastAPI:
+    """The page and its API over a running :class:`CropWorker` and a :class:`PhotoStore`; with
+    ``personal``, also the personalization API (:mod:`untils.personal_routes`)."""
+    service = CropService(worker, store, limits, personal)
     app = FastAPI(title="Human-centric image cropping", docs_url=None, redoc_url=None, openapi_url=None)
     too_large = (
         f"the upload is larger than this server's limit of {limits.max_upload_mb:g} MB (--max-upload-mb raises it)"
@@ -415,6 +447,7 @@ def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> F
             "max_top_k": MAX_TOP_K,
             "max_upload_mb": limits.max_upload_mb,
             "max_pixels": limits.max_pixels,
+            "personalization": personal.describe() if personal is not None else {"available": False},
         }
 
     @app.post("/api/crop")
@@ -426,10 +459,15 @@ def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> F
         except Exception:  # not multipart, broken boundaries, too many parts: all one answer
             raise RequestError(400, "send a multipart form with the image in a field named photo") from None
         try:
-            photo = form.get("photo")
-            if not isinstance(photo, UploadFile):
-                raise RequestError(400, "no photo: send the image file in the multipart field named photo")
+            photo, photo_id = form.get("photo"), form.get("photo_id")
             options = parse_options(form, worker)
+            if isinstance(photo_id, str) and photo_id and photo is None:
+                return JSONResponse(await service.rerank(photo_id, options))
+            if not isinstance(photo, UploadFile):
+                raise RequestError(
+                    400,
+                    "no photo: send the image file in the multipart field named photo (or a stored photo's photo_id)",
+                )
             content = await photo.read(limits.max_upload_bytes + 1)
         finally:
             await form.close()
@@ -457,5 +495,7 @@ def create_app(worker: CropWorker, store: PhotoStore, limits: ServerLimits) -> F
     async def heat_map(photo_id: str) -> FileResponse:
         return FileResponse(service.heat_map_file(photo_id), media_type="image/png")
 
+    if personal is not None:
+        add_personal_routes(app, personal)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

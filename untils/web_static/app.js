@@ -33,6 +33,7 @@ async function describeServer() {
     $("#model").textContent = model.warning ? `${text} ${model.warning}` : text;
     $("#model").classList.toggle("warning", Boolean(model.warning));
     hasDetector = Boolean(health.detector);
+    setUpPersonal(health);
     if (!hasDetector) {
       const detected = $('input[name="person"][value="detected"]');
       detected.disabled = true;
@@ -95,7 +96,6 @@ async function cropPhoto(card) {
     return;
   }
   const form = new FormData();
-  form.append("photo", card.file, card.file.name);
   form.append("aspect_ratio", chosen.ratios.join(","));
   form.append("top_k", chosen.topK);
   if (chosen.person === "detected" && hasDetector) {
@@ -106,16 +106,13 @@ async function cropPhoto(card) {
   if (chosen.keepPerson) {
     form.append("keep_person", "true");
   }
+  personalField(form);
   const request = ++card.request;
   setStatus(card, "Ranking the crops…");
   card.element.setAttribute("aria-busy", "true");
   let answer;
   try {
-    const response = await fetch("/api/crop", { method: "POST", body: form });
-    answer = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
-    if (!response.ok) {
-      throw new Error(answer.error || `the server answered ${response.status}`);
-    }
+    answer = await postCrop(card, form);
   } catch (error) {
     if (request === card.request) {
       card.element.removeAttribute("aria-busy");
@@ -129,6 +126,30 @@ async function cropPhoto(card) {
   card.answer = answer;
   card.element.removeAttribute("aria-busy");
   render(card);
+}
+
+// A photo already on the server is ranked again by its id; uploaded again only once the server removed it.
+async function postCrop(card, form) {
+  let response = null;
+  if (card.answer) {
+    const byId = new FormData();
+    form.forEach((value, key) => byId.append(key, value));
+    byId.append("photo_id", card.answer.photo_id);
+    response = await fetch("/api/crop", { method: "POST", body: byId });
+  }
+  if (response === null || response.status === 404) {
+    form.append("photo", card.file, card.file.name);
+    response = await fetch("/api/crop", { method: "POST", body: form });
+  }
+  const answer = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
+  if (!response.ok) {
+    throw new Error(answer.error || `the server answered ${response.status}`);
+  }
+  return answer;
+}
+
+function recropAll() {
+  cards.forEach(cropPhoto);
 }
 
 function render(card) {
@@ -174,6 +195,7 @@ function render(card) {
     link(`/api/photos/${answer.photo_id}/crops.zip`, "All crops (zip)", `${stem}_crops.zip`),
     link(downloads.dataset.jsonUrl, "JSON", `${stem}.json`));
   renderRatio(card);
+  renderPersonal(card);
 }
 
 function link(href, text, download) {
@@ -333,7 +355,7 @@ function optionsChanged() {
   }
   showError(options().ratios.length ? "" : "Choose at least one ratio.");
   clearTimeout(optionsTimer);
-  optionsTimer = setTimeout(() => cards.forEach(cropPhoto), 250);
+  optionsTimer = setTimeout(recropAll, 250);
 }
 
 function setUp() {
