@@ -1,5 +1,5 @@
 """PIC's formats: the folders (our JSON layout, ``pic_dataset.load_pic_data``, and the release's CSV
-layout, ``pic_dataset.load_release_layout``), the official model's fixed candidate views and its
+layout, ``untils.pic_release_layout.load_release_layout``), the official model's fixed candidate views and its
 two inputs (:func:`pic_crop_image`, :func:`pic_user_image`).
 
 Here, not in ``pic_dataset.py`` or ``pic_model.py``, because the converters (``convert_PIC_data.py``),

@@ -56,7 +56,7 @@ class RatedImage:
 
 def rated_images(image_dir: str, ratings: Mapping[str, Any], bgr_order: bool = False) -> list[RatedImage]:
     """The images of a user's file (``{name: annotation with .boxes and .scores}``, e.g.
-    ``cropping_dataset.CropAnnotation``) as :class:`RatedImage` (crop boxes scaled as the release:
+    ``untils.dataset_files.CropAnnotation``) as :class:`RatedImage` (crop boxes scaled as the release:
     x1/y1 floored, x2/y2 ceiled)."""
     examples = []
     for name, entry in ratings.items():
