@@ -36,6 +36,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pic_model import load_pic_ranker, personalize_from_ratings  # noqa: E402
+from untils.atomic import json_text, write_json_atomic  # noqa: E402
 from untils.demo_data import build_demo_dataset  # noqa: E402
 from untils.pic_demo import demo_prior_checkpoint, demo_prior_commands  # noqa: E402
 from untils.pic_format import RATINGS_CSV_COLUMNS  # noqa: E402
@@ -112,9 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "threads": args.threads,
         "torch": torch.__version__,
     }
-    with open(os.path.join(args.out, "bench_personalize.json"), "w") as stream:
-        json.dump(result, stream, indent=1)
-    print(json.dumps(result, indent=1))
+    write_json_atomic(os.path.join(args.out, "bench_personalize.json"), result, indent=1)
+    print(json_text(result, "bench_personalize", indent=1))
     return result
 
 
