@@ -50,6 +50,7 @@ from cropping_dataset import CPCDataset, GAICDataset
 from cropping_model import crop_score_loss
 from pic_dataset import PICData, PICImageDataset, config_path, load_pic_data
 from pic_model import PICModel, build_official_model
+from untils.atomic import copy_file_atomic
 from untils.batching import (
     NamedSubset,
     ScoredCrops,
@@ -65,7 +66,7 @@ from untils.config import given_config_options
 from untils.evaluation import evaluate_scored
 from untils.experiment import build_parser, launch
 from untils.inference import move_batch
-from untils.pic_demo import copy_atomic, demo_pretrain_checkpoint, demo_pretrain_options
+from untils.pic_demo import demo_pretrain_checkpoint, demo_pretrain_options
 from untils.pic_format import pic_user_image
 from untils.pic_recipe import RatedImage, augmented_user_image, rated_images
 from untils.pic_release_layout import load_release_layout, rated_average
@@ -443,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> Trainer | dict:
             args,
             prepare=lambda given: {**demo_pretrain_options(args.demo_dir), **given},
         )
-        copy_atomic(os.path.join(trainer.checkpoint_dir, "best-srcc.pth"), demo_pretrain_checkpoint(args.demo_dir))
+        copy_file_atomic(os.path.join(trainer.checkpoint_dir, "best-srcc.pth"), demo_pretrain_checkpoint(args.demo_dir))
         print(f"demo pre-training saved to {demo_pretrain_checkpoint(args.demo_dir)}", flush=True)
         return trainer
     if config_PIC.Config(**given_config_options(args)).variant == "official":

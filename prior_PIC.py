@@ -40,10 +40,11 @@ import config_PIC
 from cropping_model import crop_score_loss, load_crop_model
 from pic_dataset import PICImageDataset, load_pic_data
 from pic_model import PICModel, PICOfficialModel, PreferenceModule, is_official_pic_state_dict, user_images
+from untils.atomic import copy_file_atomic
 from untils.checkpoint import config_to_dict, read_checkpoint, save_atomic
 from untils.cli import run_script
 from untils.config import given_config_options
-from untils.pic_demo import copy_atomic, demo_pretrain_checkpoint, demo_prior_checkpoint, demo_prior_options
+from untils.pic_demo import demo_pretrain_checkpoint, demo_prior_checkpoint, demo_prior_options
 from untils.pic_features import (
     VIEWS,
     UserImage,
@@ -220,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error("--checkpoint is required (or --demo)")
     result = train_prior_of(args, overrides)
     if args.demo:
-        copy_atomic(result["checkpoint"], demo_prior_checkpoint(args.demo_dir))
+        copy_file_atomic(result["checkpoint"], demo_prior_checkpoint(args.demo_dir))
         print(f"demo prior saved to {demo_prior_checkpoint(args.demo_dir)}", flush=True)
     return result
 

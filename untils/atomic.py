@@ -43,6 +43,17 @@ def write_atomic(path: PathLike, write: Callable[[str], None], durable: bool = F
         raise
 
 
+def copy_file_atomic(source: PathLike, target: PathLike) -> None:
+    """Copy ``source`` to ``target`` (its folder made when missing), durably: ``target`` is either the
+    whole copy or left as it was."""
+
+    def copy(temporary: str) -> None:
+        shutil.copyfile(source, temporary)
+
+    os.makedirs(os.path.dirname(os.fspath(target)) or ".", exist_ok=True)
+    write_atomic(target, copy, durable=True)
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
     """:func:`write_atomic` of a text file."""
 

@@ -12,7 +12,6 @@ import os
 import shutil
 from typing import Any
 
-from untils.atomic import write_atomic
 from untils.pic_synthetic import GEOMETRY_GROUPS, OBJECTS_FILE, build_pic_benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,13 +99,3 @@ def demo_prior_options(demo_dir: str) -> dict[str, Any]:
         "num_workers": 0,
         "prior_epochs": 20,
     }
-
-
-def copy_atomic(source: str, target: str) -> None:
-    """Copy ``source`` to ``target`` so that ``target`` is either the whole copy or left as it was."""
-
-    def copy(temporary: str) -> None:
-        shutil.copyfile(source, temporary)
-
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    write_atomic(target, copy)
