@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from cropping_model import load_crop_model
-from pic_model import MIN_RATED_PHOTOS, load_pic_ranker, personalize_from_ratings
+from pic_model import MIN_RATED_CROPS, MIN_RATED_PHOTOS, load_pic_ranker, personalize_from_ratings
 from untils.cli import add_option_aliases, run_script
 from untils.crop_worker import CropWorker
 from untils.cropper import Cropper
@@ -37,7 +37,6 @@ from untils.person_detection import add_detector_options, build_person_detector
 from untils.photo_store import PhotoStore
 from untils.photos import DEFAULT_MAX_PIXELS
 from untils.pic_demo import demo_prior_checkpoint, demo_prior_commands
-from untils.pic_personalize import MIN_RATED_CROPS
 from untils.runtime import configure_threads, resolve_device
 from untils.user_models import Personalization
 

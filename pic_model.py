@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-
-__all__ = ["MIN_RATED_CROPS", "MIN_RATED_PHOTOS", "PICRanker"]  # re-exported: the personalization interface
 from typing import Any
 
 import torch
@@ -45,15 +43,10 @@ from untils.crop_heads import (
 from untils.dual_attention import DualAttention
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.pic_format import USER_ID_PATTERN
-from untils.pic_personalize import (
-    MIN_RATED_CROPS,
-    MIN_RATED_PHOTOS,
-    PERSONALIZATION_OPTIONS,
-    Box,
-    PICRanker,
-    Progress,
-    personalize_model,
-)
+from untils.pic_personalize import MIN_RATED_CROPS as MIN_RATED_CROPS  # the personalization interface
+from untils.pic_personalize import MIN_RATED_PHOTOS as MIN_RATED_PHOTOS
+from untils.pic_personalize import PERSONALIZATION_OPTIONS, Box, Progress, personalize_model
+from untils.pic_personalize import PICRanker as PICRanker
 from untils.preprocessing import GAIC_SHORT_SIDE, PhotoSpec, spec_of_config
 
 RELEASE_NUM_USERS = 945  # the release's training users and CPC's views per image (its hard-wired sizes)
