@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from PIL import Image
 
 from untils.ratings_store import RatingsStore
 
+CACHED_MODELS = 8  # the prior and the users seen last stay loaded; a user's model is ~ a backbone in memory
 Box = tuple[float, float, float, float]
 Ranked = list[tuple[Box, float]]
 
@@ -51,11 +53,12 @@ class UserRanking:
 
 
 class UserModels:
-    """Loads and runs the prior and the users' models (cached by file and modification time)."""
+    """Loads and runs the prior and the users' models (cached by file and modification time, the
+    :data:`CACHED_MODELS` used last)."""
 
     def __init__(self, personalization: Personalization, store: RatingsStore) -> None:
         self.personalization, self.store = personalization, store
-        self._cache: dict[str, tuple[int, Ranker]] = {}
+        self._cache: OrderedDict[str, tuple[int, Ranker]] = OrderedDict()
         self._lock = threading.Lock()  # one model runs at a time
 
     def _ranker(self, path: str) -> Ranker:
@@ -64,6 +67,9 @@ class UserModels:
         if cached is None or cached[0] != stamp:
             cached = (stamp, self.personalization.load_ranker(path))
             self._cache[path] = cached
+        self._cache.move_to_end(path)
+        while len(self._cache) > CACHED_MODELS:
+            self._cache.popitem(last=False)
         return cached[1]
 
     def rank(self, user: str, image: Image.Image, human_box: Box | None) -> UserRanking:
