@@ -17,6 +17,7 @@ from tqdm import tqdm
 from config_GAICD import BACKBONES, PRECISIONS, Config
 from cropping_model import build_crop_model, load_crop_model
 from untils import cropper as crop_library
+from untils.boxes import box_from_text
 from untils.candidates import (
     DEFAULT_RATIO_CANDIDATES,
     RATIO_CANDIDATE_GRIDS,
@@ -135,15 +136,11 @@ def _aspect_argument(text: str) -> str:
     return text
 
 
-def _box_argument(text: str) -> tuple[float, ...]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
+def _box_argument(text: str) -> tuple[float, float, float, float]:
+    box = box_from_text(text)
+    if box is None:
         raise argparse.ArgumentTypeError(f"--human-box {text!r}: expected four numbers x1,y1,x2,y2")
-    return values
+    return box
 
 
 def build_parser() -> argparse.ArgumentParser:

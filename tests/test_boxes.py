@@ -11,6 +11,7 @@ import torch
 from tests.conftest import require_shared
 from untils.boxes import (
     box_area,
+    box_from_text,
     box_iou,
     clip_boxes,
     crop_masks,
@@ -215,3 +216,18 @@ def test_masks_match_release_fixture():
     assert no_person.shape == fixture["partition_mask_no_human"].shape
     assert no_person[0, 8].sum() == no_person[0, 8].numel() and no_person.sum() == no_person[0, 8].numel()
     assert fixture["partition_mask_no_human"][:, 4].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1,2,3,4", (1.0, 2.0, 3.0, 4.0)),
+        (" 10.5, 0 ,-3,1e2", (10.5, 0.0, -3.0, 100.0)),
+        ("1,2,3", None),
+        ("1,2,3,4,5", None),
+        ("a,2,3,4", None),
+        ("", None),
+    ],
+)
+def test_box_from_text(text: str, expected: tuple | None) -> None:
+    assert box_from_text(text) == expected

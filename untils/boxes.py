@@ -234,3 +234,14 @@ def resized_size(width: int, height: int, image_size: tuple[int, int], keep_aspe
         return int(image_size[0]), int(image_size[1])
     scale = float(image_size[0]) / min(width, height)
     return int(round(width * scale / 32.0) * 32), int(round(height * scale / 32.0) * 32)
+
+
+def box_from_text(text: str) -> tuple[float, float, float, float] | None:
+    """``"x1,y1,x2,y2"`` (spaces allowed) as four floats; None unless it is exactly four numbers."""
+    try:
+        values = [float(part) for part in text.replace(" ", "").split(",")]
+    except ValueError:
+        return None
+    if len(values) != 4:
+        return None
+    return values[0], values[1], values[2], values[3]

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from untils.boxes import box_from_text
 from untils.jobs import JobConflict, JobRunner, UnknownJob
 from untils.photo_store import PhotoStore, UnknownPhotoError
 from untils.photos import open_upright
@@ -110,11 +111,7 @@ class PersonalService:
         return {"rating": rating.to_json(), **{key: value for key, value in summary.items() if key != "ratings"}}
 
     def delete(self, user: str, photo_id: str, box_text: str) -> dict[str, Any]:
-        try:
-            box = [float(part) for part in box_text.split(",")]
-        except ValueError:
-            box = []
-        self.ratings.delete(user, photo_id, checked_box(box))
+        self.ratings.delete(user, photo_id, checked_box(box_from_text(box_text)))
         return self.summary(user)
 
     def personalize(self, body: dict[str, Any]) -> str:

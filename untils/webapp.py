@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from untils.atomic import write_atomic
+from untils.boxes import box_from_text
 from untils.candidates import parse_aspect_ratio
 from untils.config import parse_bool
 from untils.crop_worker import CropJob, CropWorker, PhotoRanking
@@ -157,14 +158,10 @@ def parse_ratios(text: str | None, worker: CropWorker) -> tuple[str, ...]:
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = [float(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4:
+    box = box_from_text(text)
+    if box is None:
         raise RequestError(400, f"human_box {text!r}: expected four numbers x1,y1,x2,y2 in the photo's pixels")
-    return values[0], values[1], values[2], values[3]
+    return box
 
 
 def parse_flag(name: str, text: str | None) -> bool:
