@@ -19,7 +19,7 @@ import torch.nn as nn
 
 import config_PIC
 from config_GAICD import MOS_MEAN
-from pic_dataset import PICData, PICImageDataset, best_crop_indices
+from pic_dataset import PICData, PICImageDataset
 from rod_align import CropAlignFeatures
 from untils.backbones import BACKBONE_CHANNELS, GAICBackbone
 from untils.boxes import FEATURE_STRIDE
@@ -41,6 +41,7 @@ from untils.crop_heads import (
     scatter_valid_scores,
 )
 from untils.dual_attention import DualAttention
+from untils.pic_checks import best_crop_indices
 from untils.pic_features import VIEWS, ImageFeatures, UserImage
 from untils.pic_format import USER_ID_PATTERN
 from untils.pic_personalize import MIN_RATED_CROPS as MIN_RATED_CROPS  # the personalization interface

@@ -19,9 +19,10 @@ import config_PIC
 import convert_PIC_data
 from convert_PIC_data import convert_ratings_csv, split_users, write_release_layout
 from cropping_dataset import DatasetError
-from pic_dataset import PICDataset, PICImageDataset, best_crop_indices, load_pic_data, split_user_images, union_crops
+from pic_dataset import PICDataset, PICImageDataset, load_pic_data, split_user_images, union_crops
 from untils.atomic import write_folder_atomic
 from untils.cli import run_script
+from untils.pic_checks import best_crop_indices
 from untils.pic_format import RATINGS_CSV_COLUMNS
 from untils.training import held_out_images
 
