@@ -85,17 +85,16 @@ def test_box_masks_factor_the_rasterised_masks():
     assert rebuilt[-1].sum() == 0 and rebuilt[-2].sum() == 0  # padding, and a box empty on the grid
 
 
-@pytest.mark.parametrize("chunks", [(content_preserve.CROP_CHUNK, content_preserve.CPU_FIRST_LAYER_CHUNK), (5, 2)])
+@pytest.mark.parametrize("chunk", [content_preserve.CPU_CROP_CHUNK, 5])
 @pytest.mark.parametrize("masks_as", ["boxes", "general"])
-def test_content_features_equal_the_original_formulation_in_float64(masks_as, chunks, monkeypatch):
-    """19 crops (more than a CPU chunk, not a multiple of it) of two images, interleaved."""
-    monkeypatch.setattr(content_preserve, "CROP_CHUNK", chunks[0])
-    monkeypatch.setattr(content_preserve, "CPU_FIRST_LAYER_CHUNK", chunks[1])
+def test_content_features_equal_the_original_formulation_in_float64(masks_as, chunk, monkeypatch):
+    """Crops of two images, interleaved, in one chunk and in several (the last one shorter)."""
+    monkeypatch.setattr(content_preserve, "CPU_CROP_CHUNK", chunk)
     torch.manual_seed(0)
     module = content_preserve.ContentPreserveModule(32, 8, 256).double()
     width, height = 160, 96
-    boxes = awkward_boxes(width, height, 13, seed=2)
-    assert len(boxes) > content_preserve.CPU_FIRST_LAYER_CHUNK and len(boxes) % content_preserve.CPU_FIRST_LAYER_CHUNK
+    boxes = awkward_boxes(width, height, 35, seed=2)
+    assert len(boxes) > chunk and len(boxes) % chunk
     heat_map = torch.rand(2, 1, 64, 64, dtype=torch.float64)
     image_index = torch.randint(0, 2, (len(boxes),), generator=torch.Generator().manual_seed(3))
     if masks_as == "boxes":  # the fast path

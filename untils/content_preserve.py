@@ -18,9 +18,9 @@ from untils.boxes import HEAT_MAP_SIZE
 # Crops whose content features are computed together: bounds the memory of the per-crop maps (FCDB
 # and FLMS score 1,745 anchors per image).
 CROP_CHUNK = 512
-# On the CPU, crops whose first-layer maps (60x60x64 floats each, ~0.9 MB) are built and pooled
-# together: a sub-chunk stays in the cache between the two passes over it.
-CPU_FIRST_LAYER_CHUNK = 8
+# On the CPU fewer at a time: a chunk's pooled maps (30x30x64 floats a crop) then stay in the cache
+# between the passes over them.
+CPU_CROP_CHUNK = 32
 
 
 class GraphReasoningModule(nn.Module):
@@ -92,37 +92,84 @@ class ContentPreserveModule(nn.Module):
     def crop_features(
         self, heat_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, image_index: torch.Tensor
     ) -> torch.Tensor:
-        """Content feature (K, out_dim) of crops whose masks are ``outer(rows[k], columns[k])``.
+        """Content feature (K, out_dim) of crops whose masks are ``outer(rows[k], columns[k])``, with
+        ``rows`` and ``columns`` 0/1 indicators of one run of cells each (:func:`crop_mask_factors`).
 
-        Equal to :meth:`crop_features_reference`. The first convolution is linear, so it splits into a
-        heat-map half (with the bias), run once per image, and a mask half which, for a box mask, is
-        ``sum_j columns[x+j] * (sum_i rows[y+i] W[o,i,j])``: separable, no per-crop convolution. Only
-        the pooling, the second convolution and the linear layer see each crop. First-layer maps are
-        kept channels-last (the CPU's max pooling is several times faster so); crops go ``CROP_CHUNK``
-        at a time, and on the CPU ``CPU_FIRST_LAYER_CHUNK`` at a time through the cache.
+        Equal to :meth:`crop_features_reference`, without a per-crop first layer. That convolution is
+        linear: a heat-map half (with the bias) run once per image, plus a mask half that is the
+        kernel's sum where its window lies inside the box and 0 where it lies outside. So, away from
+        the box's edges, the pooled first layer is the pooled heat-map half plus that sum; along each
+        of the four edges a band of a few pooled lines is computed exactly (the mask half there is
+        separable: ``sum_j columns[x+j] * (sum_i rows[y+i] W[o,i,j])``) and written over it. Only the
+        second convolution and what follows see each crop's whole map.
         """
         first, pool = cast(nn.Conv2d, self.content_feat_layer[0]), self.content_feat_layer[1]
-        heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()
+        heat_term = F.conv2d(heat_map, first.weight[:, :1], first.bias).permute(0, 2, 3, 1).contiguous()  # (B,h,w,C)
         count = image_index.shape[0]
         if count == 0:
             return heat_term.new_zeros(0, cast(nn.Linear, self.content_feat_layer[-1]).out_features)
         kernel = first.weight[:, 1].to(heat_term.dtype)  # (C, s, s)
-        size, height, width = kernel.shape[-1], heat_term.shape[1], heat_term.shape[2]
-        step = CPU_FIRST_LAYER_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
+        size = kernel.shape[-1]
+        pooled_heat = pool(heat_term.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, h/2, w/2, C)
+        inside = kernel.sum((1, 2))  # the mask half where the kernel's window lies inside the box
+        # the columns' bands are the rows' bands of the transposed maps
+        swapped_term, swapped_kernel = heat_term.transpose(1, 2).contiguous(), kernel.transpose(1, 2)
+        chunk = CPU_CROP_CHUNK if heat_map.device.type == "cpu" else CROP_CHUNK
         features = []
-        for start in range(0, count, CROP_CHUNK):
-            stop = min(start + CROP_CHUNK, count)
-            row_windows = rows[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, h, s): rows[y + i]
-            column_windows = columns[start:stop].to(kernel.dtype).unfold(1, size, 1)  # (k, w, s): columns[x + j]
-            crops = stop - start
-            row_sums = torch.einsum("kyi,oij->kyjo", row_windows, kernel).reshape(crops * height, size, -1)
-            columns_per_row = column_windows.unsqueeze(1).expand(crops, height, width, size).reshape(-1, width, size)
-            pooled = []
-            for begin in range(0, crops, step):
-                end = min(begin + step, crops)
-                maps = heat_term.index_select(0, image_index[start + begin : start + end])  # (k, h, w, C), fresh
-                rows_of_crops = slice(begin * height, end * height)
-                maps.view(-1, width, maps.shape[-1]).baddbmm_(columns_per_row[rows_of_crops], row_sums[rows_of_crops])
-                pooled.append(pool(maps.permute(0, 3, 1, 2)))
-            features.append(self.content_feat_layer[2:](torch.cat(pooled)))
+        for start in range(0, count, chunk):
+            index = image_index[start : start + chunk]
+            row_windows = rows[start : start + chunk].to(kernel.dtype).unfold(1, size, 1)  # (k, h, s): rows[y + i]
+            column_windows = columns[start : start + chunk].to(kernel.dtype).unfold(1, size, 1)  # (k, w, s)
+            whole = _pooled_inside(row_windows).unsqueeze(2) * _pooled_inside(column_windows).unsqueeze(1)
+            pooled = pooled_heat.index_select(0, index).addcmul_(whole.unsqueeze(-1), inside)
+            for edge in _run_edges(rows[start : start + chunk]):
+                lines, band = _edge_band(heat_term, index, row_windows, column_windows, kernel, edge, pool)
+                pooled[torch.arange(len(index), device=pooled.device).unsqueeze(1), lines] = band
+            for edge in _run_edges(columns[start : start + chunk]):
+                lines, band = _edge_band(swapped_term, index, column_windows, row_windows, swapped_kernel, edge, pool)
+                pooled.transpose(1, 2)[torch.arange(len(index), device=pooled.device).unsqueeze(1), lines] = band
+            features.append(self.content_feat_layer[2:](pooled.permute(0, 3, 1, 2)))
         return torch.cat(features)
+
+
+def _pooled_inside(windows: torch.Tensor) -> torch.Tensor:
+    """(k, n/2): 1 where both first-layer lines a pooled line covers see only the box's run, else 0."""
+    inside = windows.amin(-1)
+    pooled_lines = inside.shape[1] // 2
+    return inside[:, : 2 * pooled_lines].unflatten(1, (pooled_lines, 2)).amin(-1)
+
+
+def _run_edges(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first cell of each row's run of ones and the cell after it (0 and 0 for an empty run)."""
+    occupied = factor > 0
+    first = occupied.to(torch.int64).argmax(1)
+    return first, first + occupied.sum(1)
+
+
+def _edge_band(
+    heat_term: torch.Tensor,
+    index: torch.Tensor,
+    own_windows: torch.Tensor,
+    cross_windows: torch.Tensor,
+    kernel: torch.Tensor,
+    edge: torch.Tensor,
+    pool: nn.Module,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled first layer, exactly, on the pooled lines (along dim 1 of ``heat_term``) whose
+    windows an edge of each crop's box at cell ``edge`` crosses: (lines (k, n), values (k, n, m/2, C)).
+
+    An edge crosses the windows of the ``size - 1`` first-layer lines before it; they lie on at most
+    ``size // 2 + 1`` pooled lines, taken from the first (kept inside the map, where every value is
+    exact anyway).
+    """
+    crops, size = len(index), kernel.shape[-1]
+    count, pooled_lines = size // 2 + 1, heat_term.shape[1] // 2
+    first = torch.div(edge - (size - 1), 2, rounding_mode="floor").clamp(0, pooled_lines - count)
+    lines = 2 * first.unsqueeze(1) + torch.arange(2 * count, device=edge.device)  # (k, 2n) first-layer lines
+    picked = torch.arange(crops, device=edge.device).unsqueeze(1)
+    line_sums = torch.einsum("kyi,oij->kyjo", own_windows[picked, lines], kernel)  # (k, 2n, s, C)
+    values = heat_term[index.unsqueeze(1), lines]  # (k, 2n, m, C)
+    cross = cross_windows.unsqueeze(1).expand(-1, 2 * count, -1, -1)  # (k, 2n, m, s)
+    values.view(-1, *values.shape[2:]).baddbmm_(cross.flatten(0, 1), line_sums.flatten(0, 1))  # fresh: in place
+    band = pool(values.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return first.unsqueeze(1) + torch.arange(count, device=edge.device), band
