@@ -2,11 +2,12 @@
 
   python benchmarks/bench_app.py                       # 48 photos, 8 clients, mobilenetv2
   python benchmarks/bench_app.py --photos 96 --clients 8 --latency-runs 15
+  python benchmarks/bench_app.py --device cuda --json app.json   # the model on a GPU (gpu_check.py)
 
 One random-weight human-centric mobilenetv2 checkpoint (timing does not depend on the weights) is
 written once; crop.py (``crop.main`` in this process: free ratio, top-3 crops and JSON written, its
-default batch and DataLoader workers) crops a folder of generated 1024x768 JPEGs (bench_crop.py's
-photos); then ``python app.py`` serves the same checkpoint (no person detector) and
+default batch and DataLoader workers) crops a folder of generated 1024x768 JPEGs (photo_folder.py's,
+as bench_crop.py's); then ``python app.py`` serves the same checkpoint (no person detector) and
 * latency: one client posts one photo at a time (free ratio, top 3), ``--latency-runs`` times;
   the median and the slowest are reported;
 * throughput: ``--clients`` clients post the whole folder (each photo once) as fast as the server
@@ -22,14 +23,11 @@ import dataclasses
 import os
 import platform
 import queue
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -39,11 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_crop import make_folder  # noqa: E402
+from app_server import start_server  # noqa: E402
+from photo_folder import make_folder  # noqa: E402
 
 import crop  # noqa: E402
 from config_GAICD import Config  # noqa: E402
 from cropping_model import build_crop_model  # noqa: E402
+from untils.atomic import write_json_atomic  # noqa: E402
 from untils.cli import add_option_aliases  # noqa: E402
 
 
@@ -53,44 +53,6 @@ def tiny_checkpoint(path: Path, backbone: str) -> Path:
     model = build_crop_model(cfg, "HCIC")
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "model_type": "HCIC"}, path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model: Sequence[str], data_dir: Path, log: Path, wait_s: float = 300) -> tuple[subprocess.Popen, str]:
-    """``python app.py MODEL...`` on a free loopback port, no person detector, answering within
-    ``wait_s`` seconds: (process, its address)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "app.py"),
-            *model,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--no-detector",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"app.py did not answer in {wait_s:g} s")
 
 
 def post(client: httpx.Client, url: str, photo: Path) -> float:
@@ -145,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated photos")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where crop.py and app.py run the model (default cpu)")
+    parser.add_argument("--json", help="also write every number to this JSON file")
     args = add_option_aliases(parser).parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     load_before = os.getloadavg()[0]
@@ -162,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
                 "--top-k",
                 "3",
                 "--device",
-                "cpu",
+                args.device,
             ]
         )
         crop_rate = args.photos / (time.perf_counter() - start)
         if code != 0:
             raise RuntimeError(f"crop.main exited with {code}")
-        process, url = start_server(["--checkpoint", str(checkpoint)], Path(tmp) / "data", Path(tmp) / "server.log")
+        process, url = start_server(
+            ["--checkpoint", str(checkpoint), "--device", args.device], Path(tmp) / "data", Path(tmp) / "server.log"
+        )
         try:
             photos = sorted(folder.iterdir())
             with httpx.Client() as client:
@@ -178,14 +144,25 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    print(
-        f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
-        f"used, torch {torch.__version__} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}"
-    )
-    print(
-        f"{args.photos} generated {width}x{height} JPEGs, random-weight HCIC {args.backbone}, free ratio, top 3, "
-        "no person detection\n"
-    )
+    results = {
+        "environment": (
+            f"{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"device {args.device}, torch {torch.__version__} | load average before: {load_before:.1f}, "
+            f"after: {os.getloadavg()[0]:.1f}"
+        ),
+        "setting": (
+            f"{args.photos} generated {width}x{height} JPEGs, random-weight HCIC {args.backbone}, free ratio, top 3, "
+            "no person detection"
+        ),
+        "crop_photos_per_s": crop_rate,
+        "clients": args.clients,
+        "server_photos_per_s": server_rate,
+        "latency_median_s": statistics.median(latencies),
+        "latency_max_s": max(latencies),
+        "latency_runs": len(latencies),
+    }
+    print(f"\n{results['environment']}")
+    print(f"{results['setting']}\n")
     print("| measure | value |")
     print("|---|---|")
     print(f"| crop.py folder throughput (photos/s) | {crop_rate:.2f} |")
@@ -193,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| app.py / crop.py throughput | {server_rate / crop_rate:.0%} |")
     print(f"| app.py, one photo alone: median latency (s) | {statistics.median(latencies):.3f} |")
     print(f"| app.py, one photo alone: slowest of {len(latencies)} (s) | {max(latencies):.3f} |")
+    if args.json:
+        write_json_atomic(args.json, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_app import start_server  # noqa: E402
+from app_server import start_server  # noqa: E402
 
 from untils.cli import add_option_aliases  # noqa: E402
 from untils.demo_data import build_demo_dataset  # noqa: E402

@@ -6,6 +6,7 @@
   python benchmarks/bench_crop.py --backbones mobilenetv2 --photos 40 --compare-ratios any 1:1 16:9 9:16
   python benchmarks/bench_crop.py --photos 12 --vgg16-photos 6 --compare-ratios any 1:1 16:9 9:16 \
       --ratio-candidates dense fast --repeats 3
+  python benchmarks/bench_crop.py --device cuda --compare-ratios any 1:1 16:9 9:16 --warmup 1 --json crop.json
 
 Each run is the whole command line tool, in process: ``crop.main([folder, --allow-untrained, ...])``
 with a random-weight human-centric model (timing does not depend on the weights), free ratio
@@ -39,41 +40,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from photo_folder import make_folder  # noqa: E402
 
 import crop  # noqa: E402
 import rod_align  # noqa: E402
 import roi_align  # noqa: E402
 from config_GAICD import BACKBONES  # noqa: E402
+from untils.atomic import write_json_atomic  # noqa: E402
 from untils.boxes import crop_mask_factors, resized_size  # noqa: E402
 from untils.candidates import gaic_grid_candidates, parse_aspect_ratio  # noqa: E402
 from untils.cli import add_option_aliases  # noqa: E402
 from untils.runtime import default_workers  # noqa: E402
-
-
-def generated_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A photo-like image: a smooth colour field, a few filled shapes, sensor-like noise."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    corners = rng.uniform(30, 225, size=(4, 3)).astype(np.float32)
-    u, v = (xs / width)[..., None], (ys / height)[..., None]
-    pixels = corners[0] * (1 - u) * (1 - v) + corners[1] * u * (1 - v) + corners[2] * (1 - u) * v + corners[3] * u * v
-    for _ in range(rng.integers(3, 8)):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        rx, ry = rng.uniform(30, width / 4), rng.uniform(30, height / 4)
-        inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 < 1
-        pixels[inside] = rng.uniform(0, 255, size=3)
-    pixels += rng.normal(0, 6, size=pixels.shape).astype(np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def make_folder(folder: Path, count: int, width: int, height: int, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        generated_photo(rng, width, height).save(folder / f"photo{index:04d}.jpg", quality=90)
-    return folder
 
 
 def align_backends() -> str:
@@ -146,6 +126,9 @@ def compared_runs(backbone: str, folder: Path, tmp: Path, args: argparse.Namespa
         for mode in args.ratio_candidates:
             conditions += ([(alone, mode)] if fixed_first else []) + [(every, mode)]
     runs: dict[tuple, list[dict]] = {condition: [] for condition in conditions}
+    for _ in range(args.warmup):
+        for index, (ratios, mode) in enumerate(conditions):
+            time_backbone(backbone, folder, tmp / f"warmup-{backbone}-{index}", args, ratios, mode)
     for _ in range(args.repeats):
         for index, (ratios, mode) in enumerate(conditions):
             out_dir = tmp / f"out-{backbone}-{index}"
@@ -221,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each condition, interleaved; median kept")
     parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed runs of each condition first (a GPU's first calls load kernels)"
+    )
+    parser.add_argument("--json", help="also write every timed run to this JSON file")
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="time the backbone and the per-crop content features instead (see above)",
@@ -229,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: expected at least 1")
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup}: expected 0 or more")
     width, height = (int(v) for v in args.size.lower().split("x"))
     if args.breakdown:
         print(
@@ -250,11 +239,12 @@ def main(argv: list[str] | None = None) -> None:
             count = args.vgg16_photos if backbone == "vgg16" else args.photos
             folder = make_folder(Path(tmp) / f"photos{count}", count, width, height, args.seed)
             rows += compared_runs(backbone, folder, Path(tmp), args)
-    print(
-        f"\n{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+    environment = (
+        f"{date.today()} | {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device} | "
         f"{align_backends()} | load average before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}"
     )
+    print(f"\n{environment}")
     print(
         f"{width}x{height} JPEGs, top-3 crops per ratio + JSON written, {args.photos_per_batch} photos per batch, "
         f"{args.num_workers} DataLoader workers, person detection {'on' if args.detect_human else 'off'}, "
@@ -272,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['total_s']:.1f} | "
             f"{row['photos_per_s']:.2f} | {row['total_s'] / row['photos']:.2f} | {row['build_s']:.1f} | {versus} |"
         )
+    if args.json:
+        write_json_atomic(args.json, {"environment": environment, "runs": rows}, indent=1)
 
 
 if __name__ == "__main__":

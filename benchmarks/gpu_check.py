@@ -18,7 +18,10 @@ Stages, each command with its own time budget, all inside ``--budget-s`` (defaul
    channels-last, a batch sweep, a training step, the FLOP bound); one GAICD-sized
    training epoch through the real training loop (``bench_model.py --only epoch``, vgg16, fp32 and
    bf16: fewer images are timed when the budget needs it, and extrapolated, as the report says);
-   ``torch.compile`` against eager. The dry run uses tiny sizes.
+   ``crop.py`` on a folder with four aspect ratios against one (``bench_crop.py``, vgg16 and
+   mobilenetv2, dense and fast candidates: issue 24's 1.3x); the web app's latency and throughput
+   with the model on the GPU (``bench_app.py``); ``torch.compile`` against eager. The dry run uses
+   tiny sizes.
 4. report: one Markdown file at ``--report``: the machine, torch, CUDA, every number, pass/fail per
    check, the issue's targets, and the time each stage took. It is rewritten atomically after every
    command, so a stage that fails or runs out of time still leaves a whole report.
@@ -44,13 +47,14 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from gpu_targets import target_rows  # noqa: E402
 
 from untils.atomic import write_text_atomic  # noqa: E402
 
@@ -247,107 +251,6 @@ def junit_rows(path: Path) -> list[dict]:
 # ----- the issue's targets ----------------------------------------------------------------------
 
 
-def target_rows(results: dict[str, dict], dry_run: bool) -> list[tuple[str, str, str, str]]:
-    """(target, goal, measured, verdict) for each of issue 14's targets that the benchmarks measure."""
-    align, model, epoch = results.get("align", {}), results.get("model", {}), results.get("epoch", {})
-    rows = []
-
-    def verdict(value: float | None, passes: Callable[[float], bool]) -> str:
-        if dry_run:
-            return "n/a (CPU dry run)"
-        return "not measured" if value is None else ("met" if passes(value) else "NOT met")
-
-    both = next((entry for entry in align.get("bandwidth", []) if entry["op"] == "both"), None)
-    share = both and both.get("share_of_copy")
-    rows.append(
-        (
-            "RoI+RoD large shape, forward+backward",
-            ">= 50% of a 1 GiB device copy's bandwidth",
-            "-" if share is None else f"{share:.0%} ({both['compulsory_bytes'] / 1e6:.0f} MB compulsory)",
-            verdict(share, lambda value: value >= 0.5),
-        )
-    )
-    for backbone, goal in (("vgg16", 3000.0), ("mobilenetv2", 5000.0)):
-        row = next(
-            (
-                row
-                for row in model.get("inference", [])
-                if row["backbone"] == backbone and row["dtype"] == "bfloat16" and row["channels_last"]
-            ),
-            None,
-        )
-        rate = row and row["best_images_per_s"]
-        rows.append(
-            (
-                f"{backbone} bf16 channels-last inference, 90 crops per 256x352 image",
-                f">= {goal:,.0f} images/s",
-                "-" if rate is None else f"{rate:,.0f} images/s (batch {row['best_batch']})",
-                verdict(rate, lambda value, goal=goal: value >= goal),
-            )
-        )
-    rates = {
-        row["backbone"]: row["best_images_per_s"] for row in model.get("inference", []) if row["dtype"] == "bfloat16"
-    }
-    rows.append(
-        (
-            "against GAIC's own model: 125-200 images/s on a GTX 1080 Ti (its paper)",
-            "for comparison",
-            ", ".join(f"{name} {rate / 200:.1f}-{rate / 125:.1f}x" for name, rate in rates.items()) or "-",
-            "n/a (CPU dry run)" if dry_run else "for comparison",
-        )
-    )
-    limit = next(
-        (
-            row
-            for row in model.get("limits", [])
-            if row["backbone"] == "vgg16" and "bfloat16 channels-last" in row["setting"]
-        ),
-        None,
-    )
-    share = limit and limit["share_of_bound"]
-    rows.append(
-        (
-            "vgg16 bf16: backbone FLOPs at the measured bf16 matmul throughput",
-            ">= 25%",
-            "-"
-            if share is None
-            else f"{share:.0%} of {limit['matmul_tflops']:.0f} TFLOP/s ({limit['backbone_gflop']:.1f} GFLOP/image)",
-            verdict(share, lambda value: value >= 0.25),
-        )
-    )
-    for row in epoch.get("epoch", []) or [None]:
-        label = "" if row is None else f", {row['backbone']}, {row['setting']}"
-        seconds = row and row["gaicd_epoch_seconds"]
-        measured = (
-            "-"
-            if row is None
-            else (
-                f"{seconds:.1f} s ({row['images']} images timed{'' if row['images'] == 1036 else ', extrapolated'}), "
-                f"peak memory {row['peak_memory_mb']:,.0f} MB"
-            )
-        )
-        rows.append(
-            (
-                f"GAICD epoch, batch 1, 64 views (vgg16: the paper's recipe){label}",
-                "<= 15 s",
-                measured,
-                verdict(seconds, lambda value: value <= 15),
-            )
-        )
-        syncs = None if row is None else row.get("syncs_per_step")
-        count = None if syncs is None else sum(syncs.values())
-        sites = "-" if syncs is None else ", ".join(f"{line} x{number}" for line, number in syncs.items()) or "none"
-        rows.append(
-            (
-                f"host-device synchronisations per training step{label}",
-                "0 (.item() only when logging)",
-                sites if count is None else f"{count}: {sites}",
-                verdict(count, lambda value: value == 0),
-            )
-        )
-    return rows
-
-
 # ----- the report -------------------------------------------------------------------------------
 
 
@@ -385,7 +288,7 @@ def render(run: Run) -> str:
     for check in run.checks:
         detail = check.detail.replace("|", "/").replace("\n", " ")
         lines.append(f"| {check.stage} | {check.name} | {check.status} | {check.seconds:.1f} | {detail} |")
-    lines += ["", "## Targets of issue 14", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    lines += ["", "## Targets", "", "| target | goal | measured | verdict |", "|---|---|---|---|"]
     try:
         lines += [f"| {' | '.join(row)} |" for row in target_rows(run.bench_results, run.mode != "CUDA")]
     except (KeyError, TypeError, ValueError) as error:  # whatever a benchmark wrote, the report is written
@@ -534,7 +437,8 @@ class GPUCheck:
         stage = STAGES[2]
         output = self.work_dir / f"{name}.json"
         command = [sys.executable, f"benchmarks/{script}", *arguments, "--json", str(output)]
-        result = self.step(stage, f"{script} {' '.join(arguments)}", command, cap_s, required=False)
+        quiet = {"TQDM_DISABLE": "1"}  # crop.py's progress bars would fill the report
+        result = self.step(stage, f"{script} {' '.join(arguments)}", command, cap_s, quiet, required=False)
         if result is not None and result.returncode == 0:
             self.run.sections[stage] += [
                 f"### {name}",
@@ -582,6 +486,21 @@ class GPUCheck:
                 "bench_model.py",
                 [*tiny, "--only", "epoch", "--epoch-images", "2", "--epoch-warmup", "1", "--epoch-workers", "1"],
                 40,
+            )
+            self.benchmark(
+                "crop",
+                "bench_crop.py",
+                [
+                    *("--device", "cpu", "--backbones", "mobilenetv2", "--photos", "2", "--size", "320x240"),
+                    *("--num-workers", "0", "--compare-ratios", "any", "1:1", "--ratio-candidates", "dense", "fast"),
+                ],
+                60,
+            )
+            self.benchmark(
+                "app",
+                "bench_app.py",
+                ["--device", "cpu", "--photos", "2", "--size", "320x240", "--clients", "2", "--latency-runs", "1"],
+                60,
             )
             self.benchmark(
                 "compile", "bench_model.py", [*tiny, "--only", "compile", "--compile-backend", "aot_eager"], 40
@@ -633,6 +552,16 @@ class GPUCheck:
             ],
             epoch_cap,
         )
+        self.benchmark(
+            "crop",
+            "bench_crop.py",
+            [
+                *("--device", "cuda", "--photos", "24", "--vgg16-photos", "24", "--num-workers", "4", "--warmup", "1"),
+                *("--compare-ratios", "any", "1:1", "16:9", "9:16", "--ratio-candidates", "dense", "fast"),
+            ],
+            75,
+        )
+        self.benchmark("app", "bench_app.py", ["--device", "cuda", "--photos", "32", "--latency-runs", "10"], 50)
         # vgg16 only: its eval graph at this size is the one tests/test_models_cuda.py compiled already
         self.benchmark(
             "compile", "bench_model.py", ["--device", "cuda", "--backbones", "vgg16", "--only", "compile"], 60

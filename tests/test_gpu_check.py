@@ -61,8 +61,9 @@ def test_cpu_dry_run_writes_a_complete_report(tmp_path):
     assert checks["build the kernels in place"] == "skip"
     assert checks["kernels load (CPU)"] == "pass"
     assert checks["pytest tests/test_align_cuda.py tests/test_models_cuda.py"] == "pass"
-    benchmarks = [name for name in checks if name.startswith(("bench_align.py", "bench_model.py"))]
-    assert len(benchmarks) == 4 and all(checks[name] == "pass" for name in benchmarks)
+    benchmarks = [name for name in checks if name.startswith("bench_")]
+    assert len(benchmarks) == 6 and all(checks[name] == "pass" for name in benchmarks)
+    assert sum(name.startswith(("bench_crop.py", "bench_app.py")) for name in benchmarks) == 2
 
     tests = {row[0]: row for row in markdown_table(report, "## 2. tests")}
     cpu_cases = [name for name in tests if name.startswith("test_models_cuda::") and "[cpu" in name]
@@ -70,8 +71,10 @@ def test_cpu_dry_run_writes_a_complete_report(tmp_path):
     assert "max_relative_error" in tests["test_models_cuda::test_fp32_matches_float64[cpu-hcic-contiguous]"][3]
     assert not any("[cuda" in name or name.startswith("test_align_cuda::") for name in tests)  # -m "not cuda"
 
-    targets = markdown_table(report, "## Targets of issue 14")
-    assert len(targets) == 7 and all(row[3] == "n/a (CPU dry run)" for row in targets)
+    targets = markdown_table(report, "## Targets")
+    assert len(targets) == 10 and all(row[3] == "n/a (CPU dry run)" for row in targets)
+    assert [row[1] for row in targets[-3:]] == ["<= 1.3x (issue 24)"] * 2 + ["reported (issue 27)"]
+    assert all(row[2] != "-" for row in targets[-3:])  # the dry run measured them
     benchmark_text = report.split("\n## 3. benchmarks\n", 1)[1]
     for table_header in (
         "| shape | op | pass |",
@@ -91,7 +94,7 @@ def test_budget_stops_the_run_and_still_reports(tmp_path):
     assert "- result: **FAIL**" in report
     checks = {row[1]: row[2] for row in markdown_table(report, "## Checks")}
     assert checks["pytest tests/test_align_cuda.py tests/test_models_cuda.py"] in ("timeout", "not run")
-    assert [status for name, status in checks.items() if name.startswith("bench_")] == ["not run"] * 4
+    assert [status for name, status in checks.items() if name.startswith("bench_")] == ["not run"] * 6
     assert checks[f"report written to {report_path}"] == "pass"
 
 
@@ -228,6 +231,34 @@ def test_targets_hand_computed():
             ]
         },
     }
+    results["crop"] = {
+        "runs": [
+            {"backbone": "vgg16", "ratios": "any", "ratio_candidates": "dense", "photos": 8, "total_s": 2.0},
+            {
+                "backbone": "vgg16",
+                "ratios": "any 1:1",
+                "ratio_candidates": "dense",
+                "photos": 8,
+                "total_s": 2.6,
+                "versus_one": 1.3,
+            },
+            {
+                "backbone": "vgg16",
+                "ratios": "any 1:1",
+                "ratio_candidates": "fast",
+                "photos": 8,
+                "total_s": 2.8,
+                "versus_one": 1.4,
+            },
+        ]
+    }
+    results["app"] = {
+        "latency_median_s": 0.0421,
+        "latency_max_s": 0.05,
+        "latency_runs": 10,
+        "clients": 8,
+        "server_photos_per_s": 55.55,
+    }
     rows = gpu_check.target_rows(results, dry_run=False)
     assert [row[3] for row in rows] == [
         "met",
@@ -239,7 +270,12 @@ def test_targets_hand_computed():
         "NOT met",
         "met",
         "met",
+        "met",
+        "NOT met",
+        "reported",
     ]
+    assert rows[9][2] == "1.30x (325 ms a photo, 8 photos)" and rows[10][2].startswith("1.40x (350 ms")
+    assert rows[11][2] == "median 42 ms, slowest 50 ms of 10; 8 clients: 55.5 photos/s"
     assert rows[0][2] == "55% (250 MB compulsory)"
     assert rows[1][2] == "2,999 images/s (batch 32)"
     assert rows[3][2] == "vgg16 15.0-24.0x"  # 2,999 / 200 and 2,999 / 125
@@ -247,3 +283,5 @@ def test_targets_hand_computed():
     assert rows[7][2] == "9.0 s (500 images timed, extrapolated), peak memory 2,000 MB"
     assert rows[8][2] == "0: none"
     assert all(row[3] == "n/a (CPU dry run)" for row in gpu_check.target_rows(results, dry_run=True))
+    unmeasured = gpu_check.target_rows({}, dry_run=False)[-2:]
+    assert [row[2:] for row in unmeasured] == [("-", "not measured")] * 2
