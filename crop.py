@@ -9,6 +9,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from config_GAICD import BACKBONES, PRECISIONS, Config
 from cropping_model import build_crop_model, load_crop_model
 from untils import cropper as crop_library
+from untils.background_writes import BackgroundWrites
 from untils.boxes import box_from_text
 from untils.candidates import (
     DEFAULT_RATIO_CANDIDATES,
@@ -29,7 +31,7 @@ from untils.cli import add_option_aliases
 from untils.config import parse_bool
 from untils.crop_candidates import ratio_tag, requested_ratios
 from untils.crop_outputs import write_outputs
-from untils.cropper import UNTRAINED_WARNING, NonFiniteScoresError, PhotoFailure
+from untils.cropper import UNTRAINED_WARNING, CropResult, NonFiniteScoresError, PhotoFailure
 from untils.folder_lock import FolderLock, FolderLockedError
 from untils.person_detection import PersonDetector, add_detector_options, build_person_detector
 from untils.photos import (
@@ -61,6 +63,8 @@ Every option also takes underscores (--top_k). Exit status: 0 when every photo w
 skipped, 1 when some failed or there was nothing to crop, 2 on a setup error. README.md ("Crop your
 own photos") tells the rest.
 """
+# Threads that encode and write finished photos' outputs while the model scores the next photos.
+OUTPUT_WRITERS = 2
 NO_CHECKPOINT_MESSAGE = (
     "crop.py needs a trained checkpoint: --checkpoint PATH.\n"
     "  * train one: python train_on_GAICD.py (the paper's recipe, needs GAICD), or\n"
@@ -418,7 +422,34 @@ def _crop(
             )
 
     cropped = 0
-    with tqdm(total=len(todo), unit="photo", desc="cropping", file=sys.stderr) as progress:
+
+    def report(photo: Path, result: CropResult, written: Future) -> None:
+        """The outcome of one photo's outputs, in the order the photos were scored."""
+        nonlocal cropped
+        progress.update(1)
+        try:
+            written.result()
+        except (OSError, PhotoError) as error:
+            message = (
+                str(error)
+                if isinstance(error, (PhotoError, OutputWriteError))
+                else f"could not write its outputs ({error})"
+            )
+            failures.append(f"{photo}: {message}")
+            progress.write(f"failed {photo}: {message}", file=sys.stderr)
+            return
+        cropped += 1
+        if result.person.source == "detected" or (args.detect_human and result.person.box is None):
+            found = "no person found" if result.person.box is None else f"person at {list(result.person.box)}"
+            progress.write(f"{photo.name}: {found}", file=sys.stderr)
+
+    # the crops of scored photos are encoded and written in the background while the model scores
+    # the next ones (one thread for figures: matplotlib's font cache is shared)
+    writers = 1 if args.visualize else OUTPUT_WRITERS
+    with (
+        tqdm(total=len(todo), unit="photo", desc="cropping", file=sys.stderr) as progress,
+        BackgroundWrites[tuple[Path, CropResult]](writers, max_pending=2 * args.photos_per_batch) as writes,
+    ):
         for result in cropper.rank_many(
             [str(p) for p in todo],
             boxes,
@@ -430,26 +461,16 @@ def _crop(
             max_pixels=args.max_pixels,
         ):
             photo = todo[result.index]
-            progress.update(1)
-            try:
-                if isinstance(result, PhotoFailure):
-                    raise PhotoError(result.message)
-                write_outputs(
-                    result, photo, plan.todo[photo], cropper, args.top_k, args.max_pixels, plan.stale.get(photo, [])
-                )
-            except (OSError, PhotoError) as error:
-                message = (
-                    str(error)
-                    if isinstance(error, (PhotoError, OutputWriteError))
-                    else f"could not write its outputs ({error})"
-                )
-                failures.append(f"{photo}: {message}")
-                progress.write(f"failed {photo}: {message}", file=sys.stderr)
+            if isinstance(result, PhotoFailure):
+                progress.update(1)
+                failures.append(f"{photo}: {result.message}")
+                progress.write(f"failed {photo}: {result.message}", file=sys.stderr)
                 continue
-            cropped += 1
-            if result.person.source == "detected" or (args.detect_human and result.person.box is None):
-                found = "no person found" if result.person.box is None else f"person at {list(result.person.box)}"
-                progress.write(f"{photo.name}: {found}", file=sys.stderr)
+            outputs = (result, photo, plan.todo[photo], cropper, args.top_k, args.max_pixels, plan.stale.get(photo, []))
+            for (done_photo, done_result), written in writes.submit((photo, result), write_outputs, *outputs):
+                report(done_photo, done_result, written)
+        for (done_photo, done_result), written in writes.finish():
+            report(done_photo, done_result, written)
     who = f"shard {shard[0]}/{shard[1]} (pid {os.getpid()}): " if shard[1] > 1 else ""
     print(
         f"{who}{cropped} photo(s) cropped into {out_dir}/, {len(plan.skipped)} skipped (outputs exist), "
