@@ -268,7 +268,10 @@ def test_mixed_precision_loss_and_gradients_are_close_to_fp32(data_root, tmp_pat
 # fp16 gradients of this random-init model): PyTorch then warns that the schedule stepped first.
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 def test_fp16_training_with_loss_scaling_resumes_exactly(data_root, tmp_path):
+    # 4 views an image: the CPU's fp16 convolution backward is slow, and its time grows with the crops
     common = FAST + [
+        "--view_per_image",
+        "4",
         "--data-root",
         data_root,
         "--max_epoch",
