@@ -122,12 +122,15 @@ class ContentPreserveModule(nn.Module):
             column_windows = columns[start : start + chunk].to(kernel.dtype).unfold(1, size, 1)  # (k, w, s)
             whole = _pooled_inside(row_windows).unsqueeze(2) * _pooled_inside(column_windows).unsqueeze(1)
             pooled = pooled_heat.index_select(0, index).addcmul_(whole.unsqueeze(-1), inside)
+            picked = torch.arange(len(index), device=pooled.device).unsqueeze(1)  # each crop's own lines
             for edge in _run_edges(rows[start : start + chunk]):
-                lines, band = _edge_band(heat_term, index, row_windows, column_windows, kernel, edge, pool)
-                pooled[torch.arange(len(index), device=pooled.device).unsqueeze(1), lines] = band
+                lines, band = _edge_band(heat_term, index, picked, row_windows, column_windows, kernel, edge, pool)
+                pooled[picked, lines] = band
             for edge in _run_edges(columns[start : start + chunk]):
-                lines, band = _edge_band(swapped_term, index, column_windows, row_windows, swapped_kernel, edge, pool)
-                pooled.transpose(1, 2)[torch.arange(len(index), device=pooled.device).unsqueeze(1), lines] = band
+                lines, band = _edge_band(
+                    swapped_term, index, picked, column_windows, row_windows, swapped_kernel, edge, pool
+                )
+                pooled.transpose(1, 2)[picked, lines] = band
             features.append(self.content_feat_layer[2:](pooled.permute(0, 3, 1, 2)))
         return torch.cat(features)
 
@@ -149,6 +152,7 @@ def _run_edges(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _edge_band(
     heat_term: torch.Tensor,
     index: torch.Tensor,
+    picked: torch.Tensor,
     own_windows: torch.Tensor,
     cross_windows: torch.Tensor,
     kernel: torch.Tensor,
@@ -157,16 +161,16 @@ def _edge_band(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled first layer, exactly, on the pooled lines (along dim 1 of ``heat_term``) whose
     windows an edge of each crop's box at cell ``edge`` crosses: (lines (k, n), values (k, n, m/2, C)).
+    ``picked`` is ``arange(k)[:, None]``, ``index`` each crop's image.
 
     An edge crosses the windows of the ``size - 1`` first-layer lines before it; they lie on at most
     ``size // 2 + 1`` pooled lines, taken from the first (kept inside the map, where every value is
     exact anyway).
     """
-    crops, size = len(index), kernel.shape[-1]
+    size = kernel.shape[-1]
     count, pooled_lines = size // 2 + 1, heat_term.shape[1] // 2
     first = torch.div(edge - (size - 1), 2, rounding_mode="floor").clamp(0, pooled_lines - count)
     lines = 2 * first.unsqueeze(1) + torch.arange(2 * count, device=edge.device)  # (k, 2n) first-layer lines
-    picked = torch.arange(crops, device=edge.device).unsqueeze(1)
     line_sums = torch.einsum("kyi,oij->kyjo", own_windows[picked, lines], kernel)  # (k, 2n, s, C)
     values = heat_term[index.unsqueeze(1), lines]  # (k, 2n, m, C)
     cross = cross_windows.unsqueeze(1).expand(-1, 2 * count, -1, -1)  # (k, 2n, m, s)
